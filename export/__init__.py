@@ -1,0 +1,1 @@
+"""Export layer: turns training checkpoints into TorchScript and self-describing ONNX files."""
