@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+DATA_DIR = Path(__file__).parent / "data" / "mnist"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+@pytest.fixture
+def invoke(capsys, monkeypatch) -> Callable[..., Result]:
+    """Run a console-script ``main`` in this process with ``args``; return its exit code and output."""
+
+    def run(main: Callable[[], None], *args: object) -> Result:
+        monkeypatch.setattr(sys, "argv", ["prog", *map(str, args)])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        code = exit_info.value.code
+        return Result(code if isinstance(code, int) else 1, captured.out, captured.err)
+
+    return run
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    """Exit code != 0, one line on stderr naming the problem, no traceback."""
+    assert result.code != 0, result
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got:\n{result.err}"
+    assert "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"

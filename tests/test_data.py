@@ -1,0 +1,85 @@
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.runtime.errors import DDPMError
+from ddpm.runtime.mnist import load_mnist, read_idx
+from ddpm.train.data import DataConfig, load_training_images, transform_images
+
+
+def test_reads_gzipped_and_plain(data_dir, tmp_path):
+    images, labels = load_mnist(data_dir, "train")
+    assert images.shape == (1000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (1000,) and set(np.unique(labels)) == set(range(10))
+    assert images.max() == 255 and images.min() == 0
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(gzip.decompress((data_dir / f"{name}.gz").read_bytes()))
+    plain_images, plain_labels = load_mnist(tmp_path, "train")
+    assert np.array_equal(plain_images, images) and np.array_equal(plain_labels, labels)
+
+
+def test_wrong_magic(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x01" + b"\x00" * 100)
+    with pytest.raises(DDPMError, match="not an IDX file of 3-D unsigned bytes"):
+        read_idx(path, ndim=3)
+
+
+def test_truncated(data_dir, tmp_path):
+    raw = gzip.decompress((data_dir / "train-images-idx3-ubyte.gz").read_bytes())
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(raw[:-10])
+    with pytest.raises(DDPMError, match="truncated"):
+        read_idx(path, ndim=3)
+
+
+def test_corrupt_gzip(data_dir, tmp_path):
+    raw = (data_dir / "train-images-idx3-ubyte.gz").read_bytes()
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DDPMError, match="cannot read"):
+        read_idx(path, ndim=3)
+
+
+def test_missing_and_mismatched_files(data_dir, tmp_path):
+    with pytest.raises(DDPMError, match="train-labels-idx1-ubyte"):
+        shutil.copy(data_dir / "train-images-idx3-ubyte.gz", tmp_path)
+        load_mnist(tmp_path, "train")
+    shutil.copy(data_dir / "t10k-labels-idx1-ubyte.gz", tmp_path / "train-labels-idx1-ubyte.gz")
+    with pytest.raises(DDPMError, match="1000 train images but 200 labels"):
+        load_mnist(tmp_path, "train")
+
+
+def test_pad_and_range(data_dir):
+    images, _ = load_mnist(data_dir, "train")
+    padded = transform_images(images[:4], DataConfig(32, "pad", (-1.0, 1.0)))
+    assert padded.shape == (4, 1, 32, 32)
+    assert padded.min() == -1.0 and padded.max() == 1.0
+    assert torch.all(padded[:, :, :2] == -1.0) and torch.all(padded[:, :, :, -2:] == -1.0)
+    inner = (padded[:, 0, 2:30, 2:30] + 1) / 2 * 255
+    assert torch.allclose(inner, torch.from_numpy(images[:4]).float(), atol=1e-3)
+    unit = transform_images(images[:4], DataConfig(32, "pad", (0.0, 1.0)))
+    assert unit.min() == 0.0 and unit.max() == 1.0
+
+
+def test_resize(data_dir):
+    images, _ = load_mnist(data_dir, "train")
+    resized = transform_images(images[:2], DataConfig(32, "resize", (-1.0, 1.0)))
+    assert resized.shape == (2, 1, 32, 32)
+    assert -1.0 <= resized.min() and resized.max() <= 1.0
+    # a resized digit fills the frame: the border is not all background as with padding
+    assert (resized[:, :, 1:31, 1:31] > -0.9).sum() > (transform_images(images[:2], DataConfig()) > -0.9).sum()
+    with pytest.raises(DDPMError, match="cannot pad"):
+        transform_images(images[:1], DataConfig(16, "pad"))
+
+
+def test_max_images(data_dir):
+    assert load_training_images(data_dir, DataConfig(), max_images=10).shape == (10, 1, 32, 32)
+
+
+def test_missing_data_dir_names_files_and_download(tmp_path):
+    with pytest.raises(DDPMError, match=r"train-images-idx3-ubyte.*--download"):
+        load_training_images(tmp_path / "nowhere", DataConfig())

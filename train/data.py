@@ -1,0 +1,97 @@
+"""MNIST as one in-memory tensor, transformed to the model's size and value range."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddpm.runtime.errors import DDPMError
+from ddpm.runtime.mnist import SPLIT_FILES, load_mnist, missing_files
+
+TRANSFORMS = ("pad", "resize")
+DATA_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How 28x28 uint8 digits become training images; recorded in every checkpoint.
+
+    ``pad`` surrounds the digit with background up to ``image_size``; ``resize`` scales it
+    (bilinear, antialiased). Pixel 0 maps to ``data_range[0]`` and 255 to ``data_range[1]``.
+    """
+
+    image_size: int = 32
+    transform: str = "pad"
+    data_range: tuple[float, float] = (-1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_range", tuple(float(v) for v in self.data_range))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["data_range"] = list(self.data_range)
+        data["dataset"] = "mnist"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DataConfig":
+        return cls(image_size=data["image_size"], transform=data["transform"], data_range=tuple(data["data_range"]))
+
+
+def transform_images(images: np.ndarray, config: DataConfig) -> torch.Tensor:
+    """uint8 [N, h, w] → float32 [N, 1, S, S] in ``config.data_range``."""
+    pixels = torch.tensor(np.asarray(images), dtype=torch.float32).div_(255.0)[:, None]
+    size, height, width = config.image_size, pixels.shape[-2], pixels.shape[-1]
+    if config.transform == "pad":
+        if size < max(height, width):
+            raise DDPMError(f"cannot pad {height}x{width} images to {size}x{size}; use --transform resize")
+        top, left = (size - height) // 2, (size - width) // 2
+        pixels = F.pad(pixels, (left, size - width - left, top, size - height - top), value=0.0)
+    elif config.transform == "resize":
+        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        pixels = pixels.clamp_(0.0, 1.0)
+    else:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {config.transform!r}")
+    low, high = config.data_range
+    return pixels.mul_(high - low).add_(low)
+
+
+def download_mnist(data_dir: Path) -> Path:
+    """Fetch MNIST through torchvision into ``data_dir``; returns the folder holding the IDX files."""
+    try:
+        from torchvision.datasets import MNIST
+    except ImportError as exc:
+        raise DDPMError(f"--download needs torchvision ({exc})") from None
+    try:
+        MNIST(str(data_dir), train=True, download=True)
+        MNIST(str(data_dir), train=False, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise DDPMError(f"downloading MNIST into {data_dir} failed: {exc}") from None
+    return data_dir / "MNIST" / "raw"
+
+
+def resolve_data_dir(data_dir: Path, download: bool) -> Path:
+    """The folder with the training files: ``data_dir`` itself, torchvision's layout under it, or a fresh download."""
+    for candidate in (data_dir, data_dir / "MNIST" / "raw"):
+        if candidate.is_dir() and not missing_files(candidate, "train"):
+            return candidate
+    if download:
+        return download_mnist(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DDPMError(f"--data-dir {data_dir} is not a directory")
+    expected = ", ".join(f"{name}[.gz]" for name in SPLIT_FILES["train"])
+    where = "does not exist" if not data_dir.exists() else "lacks the MNIST training files"
+    raise DDPMError(f"data directory {data_dir} {where}: expected {expected}; pass --download to fetch them")
+
+
+def load_training_images(data_dir: Path, config: DataConfig, download: bool = False, max_images: int | None = None) -> torch.Tensor:
+    folder = resolve_data_dir(Path(data_dir), download)
+    images, _ = load_mnist(folder, "train")
+    if max_images is not None:
+        images = images[:max_images]
+    return transform_images(images, config)
