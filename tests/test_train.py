@@ -1,0 +1,223 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error
+from ddpm.train.checkpoint import FORMAT, load_checkpoint
+from ddpm.train.cli import main as train_main
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def tiny_args(data_dir, out, *extra):
+    return ("--preset", "tiny", "--data-dir", data_dir, "--out", out, "--no-progress", "--no-samples", *extra)
+
+
+def test_tiny_loss_falls_on_real_mnist(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "100", "--log-every", "10", "--epochs", "4"))
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 100
+    losses = [record["loss"] for record in records]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.2
+
+
+def test_checkpoint_contents(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(
+        train_main,
+        *tiny_args(data_dir, out, "--max-steps", "3", "--data-range=0,1", "--transform", "resize", "--seed", "7", "--lr", "3e-4"),
+    )
+    assert result.code == 0, result.err
+    assert f"wrote {out / 'model.pt'} (step 3)" in result.out
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert checkpoint["format"] == FORMAT
+    assert checkpoint["model_config"]["base_channels"] == 8
+    assert checkpoint["schedule"] == {"kind": "linear", "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+    assert checkpoint["data"] == {"image_size": 32, "transform": "resize", "data_range": [0.0, 1.0], "dataset": "mnist"}
+    assert checkpoint["train"]["seed"] == 7 and checkpoint["train"]["lr"] == 3e-4
+    assert checkpoint["progress"]["step"] == 3
+    assert set(checkpoint["ema"]) == set(checkpoint["model"])
+    assert not torch.equal(checkpoint["ema"]["final.weight"], checkpoint["model"]["final.weight"])
+    assert checkpoint["optimizer"]["state"]
+    assert {"torch", "numpy", "python"} <= set(checkpoint["rng"])
+    assert checkpoint["versions"]["torch"] == torch.__version__
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_samples_grid_written_each_epoch(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ("--preset", "tiny", "--data-dir", data_dir, "--out", out, "--no-progress", "--max-images", "64",
+            "--batch-size", "32", "--epochs", "2", "--sample-steps", "5", "--sample-count", "4")
+    assert invoke(train_main, *args).code == 0
+    assert sorted(p.name for p in out.glob("samples-*.png")) == ["samples-epoch001.png", "samples-epoch002.png"]
+
+
+def test_resume_equals_uninterrupted_run(invoke, data_dir, tmp_path):
+    # 4 steps per epoch, so the run crosses epoch boundaries before and after the interruption.
+    common = ("--max-images", "64", "--batch-size", "16", "--epochs", "5", "--save-every", "0")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert invoke(train_main, *tiny_args(data_dir, straight, *common, "--max-steps", "10")).code == 0
+    assert invoke(train_main, *tiny_args(data_dir, split, *common, "--max-steps", "6")).code == 0
+    resumed = invoke(train_main, "--resume", split / "model.pt", "--max-steps", "10", "--data-dir", data_dir,
+                     "--out", split, "--no-progress", "--no-samples")
+    assert resumed.code == 0, resumed.err
+    a, b = load_checkpoint(straight / "model.pt"), load_checkpoint(split / "model.pt")
+    assert a["progress"] == b["progress"] and a["progress"]["step"] == 10
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][index]["exp_avg"])
+
+
+def test_resume_refuses_changed_settings(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2")).code == 0
+    result = invoke(train_main, "--resume", out / "model.pt", "--lr", "0.1", "--data-dir", data_dir, "--out", out)
+    assert_one_line_error(result, "--lr")
+    done = invoke(train_main, "--resume", out / "model.pt", "--max-steps", "2", "--data-dir", data_dir, "--out", out, "--no-progress")
+    assert_one_line_error(done, "already at step 2")
+
+
+def test_existing_checkpoint_is_not_overwritten(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2")).code == 0
+    before = (out / "model.pt").read_bytes()
+    result = invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2"))
+    assert_one_line_error(result, "exists", "--resume", "--overwrite")
+    assert (out / "model.pt").read_bytes() == before
+    assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "1", "--overwrite")).code == 0
+    assert load_checkpoint(out / "model.pt")["progress"]["step"] == 1
+
+
+def test_dry_run_writes_nothing(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(train_main, *tiny_args(data_dir, out, "--dry-run"))
+    assert result.code == 0
+    assert "38,257 parameters" in result.err and "1,000 images" in result.err
+    assert not out.exists()
+
+
+# -- bad input: one line, exit code != 0, nothing written --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, value, fragment",
+    [
+        ("--batch-size", "0", "--batch-size"),
+        ("--batch-size", "-3", "--batch-size"),
+        ("--epochs", "0", "--epochs"),
+        ("--lr", "0", "--lr"),
+        ("--lr", "-1e-4", "--lr"),
+        ("--lr", "abc", "--lr"),
+        ("--max-steps", "0", "--max-steps"),
+        ("--channel-mults", "1,x", "--channel-mults"),
+        ("--attention", "0,maybe", "--attention"),
+        ("--adam-betas", "0.9", "--adam-betas"),
+        ("--norm-groups", "3", "not divisible by norm_groups"),
+        ("--attention", "1", "attention has 1 entries"),
+        ("--image-size", "31", "--image-size"),
+        ("--data-range", "0,255", "--data-range"),
+    ],
+)
+def test_bad_options(invoke, data_dir, tmp_path, option, value, fragment):
+    out = tmp_path / "run"
+    result = invoke(train_main, *tiny_args(data_dir, out, option, value))
+    assert_one_line_error(result, fragment)
+    assert not out.exists()
+
+
+def test_missing_data_dir(invoke, tmp_path):
+    result = invoke(train_main, *tiny_args(tmp_path / "nope", tmp_path / "run"))
+    assert_one_line_error(result, "does not exist", "train-images-idx3-ubyte", "--download")
+
+
+def test_incomplete_data_dir(invoke, data_dir, tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes((data_dir / "train-images-idx3-ubyte.gz").read_bytes())
+    result = invoke(train_main, *tiny_args(tmp_path, tmp_path / "run"))
+    assert_one_line_error(result, "lacks the MNIST training files", "train-labels-idx1-ubyte", "--download")
+
+
+def test_data_file_that_is_not_idx(invoke, data_dir, tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(os.urandom(5000))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes((data_dir / "train-labels-idx1-ubyte.gz").read_bytes())
+    result = invoke(train_main, *tiny_args(tmp_path, tmp_path / "run"))
+    assert_one_line_error(result, "train-images-idx3-ubyte", "not an IDX file")
+
+
+def test_unwritable_output(invoke, data_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line_error(invoke(train_main, *tiny_args(data_dir, blocker)), "not a directory")
+    assert_one_line_error(invoke(train_main, *tiny_args(data_dir, blocker / "sub")), "cannot write to output directory")
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output(invoke, data_dir, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert_one_line_error(invoke(train_main, *tiny_args(data_dir, locked)), "cannot write to output directory")
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "random", "foreign", "bare_state_dict", "directory"])
+def test_bad_resume_files(invoke, data_dir, tmp_path, kind):
+    path = tmp_path / "model.pt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        out = tmp_path / "good"
+        assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "1")).code == 0
+        path.write_bytes((out / "model.pt").read_bytes()[:5000])
+    elif kind == "random":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "foreign":
+        torch.save({"epoch": 3, "notes": "something else"}, path)
+    elif kind == "bare_state_dict":
+        torch.save({"final.weight": torch.zeros(1, 8, 3, 3)}, path)
+    elif kind == "directory":
+        path.mkdir()
+    fragments = {
+        "missing": ["does not exist"], "empty": ["is empty"], "truncated": ["not a readable PyTorch checkpoint"],
+        "random": ["not a readable PyTorch checkpoint"], "foreign": ["not a ddpm-mnist checkpoint"],
+        "bare_state_dict": ["bare state dict"], "directory": ["is a directory"],
+    }[kind]
+    result = invoke(train_main, "--resume", path, "--data-dir", data_dir, "--out", tmp_path / "out", "--no-progress")
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_pickled_code_is_not_executed(invoke, data_dir, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": Exploit()}))
+    result = invoke(train_main, "--resume", tmp_path / "evil.pt", "--data-dir", data_dir, "--out", tmp_path / "o")
+    assert_one_line_error(result, "not a readable PyTorch checkpoint")
+    assert not marker.exists()
+
+
+def test_console_script_runs(data_dir, tmp_path):
+    """The installed entry point works end to end in a fresh process and prints help."""
+    script = [sys.executable, "-c", "from ddpm.train.cli import main; main()"]
+    help_text = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--preset", "--resume", "--max-images", "--precision", "--ema-decay", "--data-range"):
+        assert option in help_text
+    bad = subprocess.run([*script, "--batch-size", "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

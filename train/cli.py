@@ -1,0 +1,255 @@
+"""``ddpm-train``: train a U-Net on MNIST and write checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ddpm.runtime.cli import run_command
+from ddpm.runtime.errors import DDPMError
+from ddpm.runtime.files import ensure_writable_dir
+
+PRESET_NAMES = ("small", "labml", "tiny")
+# Training defaults per preset; `labml` follows the seed's own settings.
+PRESET_TRAINING: dict[str, dict[str, Any]] = {
+    "small": {"batch_size": 128, "lr": 2e-4, "epochs": 20},
+    "labml": {"batch_size": 64, "lr": 2e-5, "epochs": 3},
+    "tiny": {"batch_size": 32, "lr": 1e-3, "epochs": 1},
+}
+MODEL_OPTIONS = ("base_channels", "channel_mults", "attention", "blocks", "norm_groups", "final_norm_groups", "dropout", "width_rule")
+FIXED_ON_RESUME = MODEL_OPTIONS + (
+    "preset", "image_size", "transform", "data_range", "timesteps", "beta_start", "beta_end", "batch_size", "lr",
+    "adam_betas", "weight_decay", "grad_clip", "lr_warmup_steps", "ema_decay", "ema_warmup", "max_images", "seed", "precision",
+)
+
+
+class IntList(click.ParamType):
+    name = "INTS"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            items = tuple(int(item) for item in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+        if any(item < 1 for item in items):
+            self.fail(f"{value!r}: every entry must be >= 1", param, ctx)
+        return items
+
+
+class BoolList(click.ParamType):
+    name = "FLAGS"
+    TRUE, FALSE = {"1", "t", "true", "y", "yes"}, {"0", "f", "false", "n", "no"}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[bool, ...]:
+        if isinstance(value, tuple):
+            return value
+        flags = []
+        for item in str(value).lower().split(","):
+            if item not in self.TRUE | self.FALSE:
+                self.fail(f"{value!r}: use a comma-separated list of 1/0 (one per resolution level)", param, ctx)
+            flags.append(item in self.TRUE)
+        return tuple(flags)
+
+
+class Betas(click.ParamType):
+    name = "B1,B2"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[float, float]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            betas = tuple(float(item) for item in str(value).split(","))
+        except ValueError:
+            betas = ()
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            self.fail(f"{value!r}: expected two numbers in [0, 1) such as 0.9,0.999", param, ctx)
+        return betas
+
+
+POSITIVE_INT = click.IntRange(min=1)
+POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="small",
+              help="Model preset: 'labml' is the seed's 169M network; 'small' a ~2M network for CPUs; 'tiny' for tests.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
+              help="Folder with the four MNIST IDX files (plain or .gz). Env: DDPM_DATA_DIR.")
+@click.option("--download", is_flag=True, help="Fetch MNIST through torchvision into --data-dir if it is missing.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder for model.pt (always the latest checkpoint), log.jsonl and sample grids. [default: runs/PRESET]")
+@click.option("--overwrite", is_flag=True, help="Start a new run even if OUT/model.pt exists (it is replaced at the first save).")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue from this checkpoint with its model, data, schedule and optimizer; only --epochs/--max-steps may change.")
+@click.option("--epochs", type=POSITIVE_INT, default=None, help="Passes over the data. [default: small 20, labml 3, tiny 1]")
+@click.option("--max-steps", type=POSITIVE_INT, default=None, help="Stop after this many optimizer steps in total (caps --epochs).")
+@click.option("--max-images", type=POSITIVE_INT, default=None, help="Train on the first N images only (quick runs).")
+@click.option("--batch-size", type=POSITIVE_INT, default=None, help="Images per step. [default: small 128, labml 64, tiny 32]")
+@click.option("--lr", type=POSITIVE_FLOAT, default=None, help="AdamW learning rate. [default: small 2e-4, labml 2e-5, tiny 1e-3]")
+@click.option("--adam-betas", type=Betas(), default="0.9,0.999", help="AdamW β1,β2.")
+@click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.0, help="AdamW decoupled weight decay.")
+@click.option("--grad-clip", type=click.FloatRange(min=0.0), default=1.0, help="Clip the gradient norm to this value (0 disables).")
+@click.option("--lr-warmup-steps", type=click.IntRange(min=0), default=0, help="Ramp the learning rate linearly over this many steps.")
+@click.option("--ema-decay", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=0.999,
+              help="EMA decay of the weights; keep 1/(1-decay) well below the run's step count.")
+@click.option("--ema-warmup/--no-ema-warmup", default=True, help="Use decay min(d, (1+n)/(10+n)) for the first updates.")
+@click.option("--base-channels", type=POSITIVE_INT, default=None, help="Channels after the input projection. [preset]")
+@click.option("--channel-mults", type=IntList(), default=None, help="Channel multiplier per resolution level, e.g. 1,2,2,4. [preset]")
+@click.option("--attention", type=BoolList(), default=None, help="Self-attention per level as 1/0, e.g. 0,0,1,1. [preset]")
+@click.option("--blocks", type=POSITIVE_INT, default=None, help="Residual blocks per resolution level. [preset]")
+@click.option("--norm-groups", type=POSITIVE_INT, default=None, help="GroupNorm groups in the blocks. [preset]")
+@click.option("--final-norm-groups", type=POSITIVE_INT, default=None, help="GroupNorm groups before the output conv. [preset]")
+@click.option("--dropout", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=None, help="Dropout in the residual blocks. [preset]")
+@click.option("--width-rule", type=click.Choice(["compound", "base"]), default=None,
+              help="'compound': width = previous·mult (labml); 'base': width = base·mult. [preset]")
+@click.option("--timesteps", type=POSITIVE_INT, default=1000, help="Diffusion steps T.")
+@click.option("--beta-start", type=POSITIVE_FLOAT, default=1e-4, help="β_1 of the linear schedule.")
+@click.option("--beta-end", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=0.02, help="β_T of the linear schedule.")
+@click.option("--image-size", type=click.IntRange(min=8), default=32, help="Training image size (MNIST is 28).")
+@click.option("--transform", type=click.Choice(["pad", "resize"]), default="pad", help="How 28x28 digits reach --image-size.")
+@click.option("--data-range", type=click.Choice(["-1,1", "0,1"]), default="-1,1",
+              help="Pixel value range; '0,1' is labml's. Write --data-range=0,1.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed for torch, NumPy and Python.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Where to train.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+              help="'auto': bf16 autocast on CUDA, fp32 on CPU; 'bf16' also speeds up CPUs with AVX-512 BF16.")
+@click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads for PyTorch. [default: PyTorch's choice]")
+@click.option("--save-every", type=click.IntRange(min=0), default=1000, help="Write OUT/model.pt every N steps (0: only at the end).")
+@click.option("--log-every", type=POSITIVE_INT, default=20, help="Append the mean loss to OUT/log.jsonl every N steps.")
+@click.option("--samples/--no-samples", default=True, help="Write an EMA sample grid PNG at the end of each epoch.")
+@click.option("--sample-count", type=POSITIVE_INT, default=16, help="Images in each sample grid.")
+@click.option("--sample-steps", type=POSITIVE_INT, default=100, help="Sampling steps for the grids (respaced ancestral).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@click.option("--dry-run", is_flag=True, help="Check the data and settings, print the model's size and cost, and exit.")
+@click.pass_context
+def train_command(ctx: click.Context, **args: Any) -> None:
+    """Train a DDPM U-Net on MNIST (L_simple, AdamW, EMA) and write OUT/model.pt.
+
+    \b
+    CPU:  ddpm-train --preset small --data-dir ../shared/data/mnist --out runs/small
+    GPU:  ddpm-train --preset labml --device cuda --out runs/labml
+    """
+    # torch is imported here so that --help and argument errors stay fast.
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import preset as make_preset
+    from .data import DATA_RANGES, DataConfig
+    from .trainer import RunOptions, TrainConfig, Trainer, resolve_device
+    from .unet import UNet, count_parameters, forward_flops
+
+    explicit = {name for name in args if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    out_dir = args["out_dir"] or Path("runs") / args["preset"]
+
+    if args["resume"] is not None:
+        changed = sorted(explicit & set(FIXED_ON_RESUME))
+        if changed:
+            raise click.UsageError(
+                "--resume continues with the checkpoint's settings; cannot also set " + ", ".join(f"--{n.replace('_', '-')}" for n in changed)
+            )
+        checkpoint = load_checkpoint(args["resume"])
+        try:
+            from .config import UNetConfig
+
+            model_config = UNetConfig.from_dict(checkpoint["model_config"])
+            data_config = DataConfig.from_dict(checkpoint["data"])
+            schedule = dict(checkpoint["schedule"])
+            train_config = TrainConfig.from_dict(checkpoint["train"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DDPMError(f"{args['resume']}: checkpoint settings are unreadable ({exc})") from None
+        updates = {key: args[key] for key in ("epochs", "max_steps") if key in explicit}
+        train_config = replace(train_config, **updates)
+    else:
+        checkpoint = None
+        defaults = PRESET_TRAINING[args["preset"]]
+        overrides = {
+            "base_channels": args["base_channels"], "channel_mults": args["channel_mults"], "attention": args["attention"],
+            "blocks_per_resolution": args["blocks"], "norm_groups": args["norm_groups"],
+            "final_norm_groups": args["final_norm_groups"], "dropout": args["dropout"], "width_rule": args["width_rule"],
+        }
+        model_config = make_preset(args["preset"], **{k: v for k, v in overrides.items() if v is not None})
+        problems = model_config.problems()
+        if problems:
+            raise click.UsageError("invalid model settings: " + "; ".join(problems))
+        data_config = DataConfig(args["image_size"], args["transform"], DATA_RANGES[args["data_range"]])
+        if args["image_size"] % (2 ** model_config.downsamplings()):
+            raise click.UsageError(
+                f"--image-size {args['image_size']} must be divisible by {2 ** model_config.downsamplings()} "
+                f"({model_config.downsamplings()} downsamplings)"
+            )
+        if not args["beta_start"] <= args["beta_end"]:
+            raise click.UsageError("--beta-start must not exceed --beta-end")
+        schedule = {"kind": "linear", "timesteps": args["timesteps"], "beta_start": args["beta_start"], "beta_end": args["beta_end"]}
+        train_config = TrainConfig(
+            preset=args["preset"],
+            batch_size=args["batch_size"] or defaults["batch_size"],
+            lr=args["lr"] or defaults["lr"],
+            adam_betas=args["adam_betas"],
+            weight_decay=args["weight_decay"],
+            grad_clip=args["grad_clip"],
+            lr_warmup_steps=args["lr_warmup_steps"],
+            ema_decay=args["ema_decay"],
+            ema_warmup=args["ema_warmup"],
+            epochs=args["epochs"] or defaults["epochs"],
+            max_steps=args["max_steps"],
+            max_images=args["max_images"],
+            seed=args["seed"],
+            precision=args["precision"],
+        )
+
+    device = resolve_device(args["device"])
+    if train_config.precision == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
+        raise DDPMError("--precision bf16 on CPU needs a PyTorch build with oneDNN")
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+
+    if not args["dry_run"]:
+        ensure_writable_dir(out_dir)
+        latest = out_dir / "model.pt"
+        resuming_in_place = checkpoint is not None and Path(args["resume"]).resolve() == latest.resolve()
+        if latest.exists() and not resuming_in_place and not args["overwrite"]:
+            raise DDPMError(f"{latest} exists; continue it with --resume {latest}, or pass --overwrite or another --out")
+
+    options = RunOptions(
+        out_dir=out_dir, device=args["device"], save_every=args["save_every"], log_every=args["log_every"],
+        sample_grid=args["samples"], sample_count=args["sample_count"], sample_steps=min(args["sample_steps"], schedule["timesteps"]),
+        progress=args["progress"], data_dir=args["data_dir"], download=args["download"],
+    )
+    trainer = Trainer(model_config, data_config, schedule, train_config, options, resume=checkpoint)
+    if not args["dry_run"] and trainer.step >= trainer.total_steps:
+        raise DDPMError(
+            f"the checkpoint is already at step {trainer.step}, the end of this run; raise --epochs or --max-steps to go on"
+        )
+
+    parameters = count_parameters(trainer.model)
+    gflops = forward_flops(trainer.model, data_config.image_size) / 1e9
+    precision = "bf16 autocast" if trainer.use_bf16 else "fp32"
+    click.echo(
+        f"model: {train_config.preset}, {parameters:,} parameters, widths {model_config.widths()}, "
+        f"{gflops:.2f} GFLOP per forward at {data_config.image_size}x{data_config.image_size}",
+        err=True,
+    )
+    click.echo(
+        f"data: {len(trainer.images):,} images from {options.data_dir} ({data_config.transform} to "
+        f"{data_config.image_size}, range {list(data_config.data_range)}); device {device.type} ({precision}, "
+        f"{torch.get_num_threads()} threads)",
+        err=True,
+    )
+    click.echo(
+        f"plan: steps {trainer.step} -> {trainer.total_steps} ({trainer.steps_per_epoch} per epoch, batch "
+        f"{train_config.batch_size}); checkpoints in {out_dir}/model.pt",
+        err=True,
+    )
+    if args["dry_run"]:
+        return
+    path = trainer.run()
+    click.echo(f"wrote {path} (step {trainer.step})")
+
+
+def main() -> None:
+    run_command(train_command, "ddpm-train")

@@ -1,0 +1,66 @@
+"""The forward process q(x_t | x_0), the L_simple loss, and sampling a torch model.
+
+The coefficients come from the NumPy schedule in the runtime layer; this module only moves
+them to torch. Sampling reuses the runtime's NumPy sampler, so the trainer's preview grids
+follow exactly the update the ONNX runtime uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddpm.runtime.sampler import AncestralSampler
+from ddpm.runtime.schedule import Schedule
+
+
+class Diffusion:
+    def __init__(self, schedule: Schedule, device: torch.device | str = "cpu") -> None:
+        self.schedule = schedule
+        self.timesteps = schedule.timesteps
+        alpha_bars = schedule.alpha_bars
+        self.sqrt_alpha_bars = torch.tensor(np.sqrt(alpha_bars), dtype=torch.float32, device=device)
+        self.sqrt_one_minus_alpha_bars = torch.tensor(np.sqrt(1.0 - alpha_bars), dtype=torch.float32, device=device)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t · x_0 + √(1−ᾱ_t) · ε."""
+        return self.sqrt_alpha_bars[t][:, None, None, None] * x0 + self.sqrt_one_minus_alpha_bars[t][:, None, None, None] * noise
+
+    def loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_simple = E_{t, ε} ‖ε − ε_θ(x_t, t)‖² with t uniform over 0..T−1."""
+        t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        eps = model(self.q_sample(x0, t, noise), t)
+        return F.mse_loss(eps.float(), noise)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    schedule: Schedule,
+    count: int,
+    image_size: int,
+    seed: int = 0,
+    steps: int | None = None,
+    variance: str = "beta",
+) -> np.ndarray:
+    """Ancestral samples [count, C, H, W] float32 from ``model`` with a NumPy noise stream."""
+    device = next(model.parameters()).device
+    channels = model.config.image_channels
+    sampler = AncestralSampler(schedule, steps=steps, variance=variance)
+    rng = np.random.default_rng(seed)
+    shape = (count, channels, image_size, image_size)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        for i, t in enumerate(sampler.model_timesteps):
+            t_batch = torch.full((count,), int(t), dtype=torch.long, device=device)
+            eps = model(torch.from_numpy(x).to(device), t_batch).float().cpu().numpy()
+            noise = rng.standard_normal(shape, dtype=np.float32) if sampler.needs_noise(i) else None
+            x = sampler.step(x, i, eps, noise)
+    finally:
+        model.train(was_training)
+    return x
