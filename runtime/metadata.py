@@ -1,0 +1,107 @@
+"""What an exported ONNX file says about itself: the contract between exporter and runtime.
+
+Every field is stored in the model's ``metadata_props`` under ``ddpm.<field>`` as a JSON value.
+The runtime needs nothing but these and the graph to sample correctly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from .errors import DDPMError
+from .sampler import VARIANCES
+from .schedule import Schedule, make_schedule
+
+PREFIX = "ddpm."
+FORMAT = "ddpm-mnist-onnx"
+FORMAT_VERSION = 1
+PREDICTIONS = ("eps",)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    schedule: dict[str, Any]
+    image_size: int
+    image_channels: int
+    data_range: tuple[float, float]
+    prediction: str = "eps"
+    variance: str = "beta"
+    noise_at_last_step: bool = False
+    num_classes: int = 0
+    fixed_batch: int | None = None
+    model_config: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    def make_schedule(self) -> Schedule:
+        return make_schedule(**self.schedule)
+
+    def problems(self) -> list[str]:
+        found = []
+        try:
+            self.make_schedule()
+        except (TypeError, ValueError) as exc:
+            found.append(f"schedule {self.schedule}: {exc}")
+        if not isinstance(self.image_size, int) or not 1 <= self.image_size <= 4096:
+            found.append(f"image_size {self.image_size!r} is not an integer in 1..4096")
+        if not isinstance(self.image_channels, int) or not 1 <= self.image_channels <= 4:
+            found.append(f"image_channels {self.image_channels!r} is not an integer in 1..4")
+        low, high = self.data_range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            found.append(f"data_range {list(self.data_range)} is not an increasing pair of finite numbers")
+        if self.prediction not in PREDICTIONS:
+            found.append(f"prediction {self.prediction!r} is not one of {PREDICTIONS}")
+        if self.variance not in VARIANCES:
+            found.append(f"variance {self.variance!r} is not one of {VARIANCES}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            found.append(f"num_classes {self.num_classes!r} is not a non-negative integer")
+        if self.fixed_batch is not None and (not isinstance(self.fixed_batch, int) or self.fixed_batch < 1):
+            found.append(f"fixed_batch {self.fixed_batch!r} is not a positive integer")
+        return found
+
+    def to_metadata(self) -> dict[str, str]:
+        props = {"format": FORMAT, "format_version": FORMAT_VERSION}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            props[item.name] = list(value) if isinstance(value, tuple) else value
+        return {PREFIX + key: json.dumps(value, sort_keys=True) for key, value in props.items()}
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], origin: str = "model") -> "ModelInfo":
+        """Parse and check ``metadata_props``; a DDPMError names the first thing wrong."""
+        values: dict[str, Any] = {}
+        for key, text in props.items():
+            if key.startswith(PREFIX):
+                try:
+                    values[key[len(PREFIX):]] = json.loads(text)
+                except (TypeError, ValueError):
+                    raise DDPMError(f"{origin}: metadata {key} is not valid JSON") from None
+        if values.get("format") != FORMAT:
+            raise DDPMError(
+                f"{origin} is not a ddpm-mnist export (its metadata lacks {PREFIX}format={FORMAT}); "
+                "export a checkpoint with ddpm-export"
+            )
+        if values.get("format_version") != FORMAT_VERSION:
+            raise DDPMError(f"{origin}: export format version {values.get('format_version')!r} is not supported")
+        names = {item.name for item in fields(cls)}
+        required = {"schedule", "image_size", "image_channels", "data_range"}
+        missing = sorted(required - set(values))
+        if missing:
+            raise DDPMError(f"{origin}: metadata lacks {', '.join(PREFIX + m for m in missing)}")
+        try:
+            data_range = values["data_range"]
+            info = cls(
+                **{k: v for k, v in values.items() if k in names and k != "data_range"},
+                data_range=(float(data_range[0]), float(data_range[1])) if len(data_range) == 2 else (math.nan, math.nan),
+            )
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise DDPMError(f"{origin}: metadata has values of the wrong type ({exc})") from None
+        if not isinstance(info.schedule, dict):
+            raise DDPMError(f"{origin}: metadata {PREFIX}schedule is not an object")
+        problems = info.problems()
+        if problems:
+            raise DDPMError(f"{origin}: impossible metadata: {problems[0]}")
+        return info
