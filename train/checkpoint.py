@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import random
+import re
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -68,23 +70,45 @@ def read_checkpoint_file(path: str | Path) -> Any:
     if path.stat().st_size == 0:
         raise DDPMError(f"checkpoint {path} is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, unsafe globals ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DDPMError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason[:200]}") from None
+        text = str(exc)
+        unsafe = re.search(r"GLOBAL ([\w.]+)", text)
+        if unsafe:
+            raise DDPMError(
+                f"{path} refused: loading it would run code ({unsafe.group(1)}); checkpoints are read with "
+                "torch.load(weights_only=True), which accepts only tensors and plain values"
+            ) from None
+        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise DDPMError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason[:160]}") from None
+
+
+def is_project_checkpoint(content: Any) -> bool:
+    return isinstance(content, dict) and content.get("format") == FORMAT
+
+
+def is_state_dict(content: Any) -> bool:
+    return isinstance(content, dict) and bool(content) and all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in content.items()
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A ddpm-mnist training checkpoint, checked for the keys training needs."""
-    content = read_checkpoint_file(path)
-    if isinstance(content, dict) and content.get("format") == FORMAT:
+    return validate_checkpoint(read_checkpoint_file(path), path)
+
+
+def validate_checkpoint(content: Any, path: str | Path) -> dict[str, Any]:
+    if is_project_checkpoint(content):
         if content.get("format_version") != FORMAT_VERSION:
             raise DDPMError(f"{path}: checkpoint format version {content.get('format_version')} is not supported")
         missing = [key for key in REQUIRED_KEYS if key not in content]
         if missing:
             raise DDPMError(f"{path}: checkpoint lacks {', '.join(missing)}")
         return content
-    if isinstance(content, dict) and content and all(isinstance(v, torch.Tensor) for v in content.values()):
+    if is_state_dict(content):
         raise DDPMError(
             f"{path} is a bare state dict (weights only): it has no optimizer, EMA or step to resume from"
         )
