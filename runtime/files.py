@@ -50,3 +50,40 @@ def ensure_writable_dir(directory: str | Path) -> Path:
     except OSError as exc:
         raise DDPMError(f"cannot write to output directory {directory}: {exc.strerror or exc}") from None
     return directory
+
+
+class StagedFiles:
+    """Several outputs that appear together or not at all.
+
+    ``stage(path)`` returns a temporary path beside ``path`` to write to; ``commit()`` renames
+    every staged file to its final name. Leaving the ``with`` block by an exception (or without
+    commit) deletes the temporary files, so no half-written or unverified output remains.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def stage(self, path: str | Path) -> Path:
+        path = Path(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        self._staged.append((Path(tmp_name), path))
+        return Path(tmp_name)
+
+    def commit(self) -> None:
+        for tmp, final in self._staged:
+            os.replace(tmp, final)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._staged.clear()
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()

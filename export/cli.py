@@ -1,0 +1,119 @@
+"""``ddpm-export``: a checkpoint to a verified, self-describing ONNX file and a traced TorchScript file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ddpm.runtime.cli import run_command
+from ddpm.runtime.errors import DDPMError
+from ddpm.runtime.files import StagedFiles, ensure_writable_dir
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
+
+
+def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
+    path = explicit if explicit is not None else out_dir / name
+    if path.is_dir():
+        raise DDPMError(f"output path {path} is a directory")
+    ensure_writable_dir(path.parent)
+    return path
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--ckpt", type=click.Path(path_type=Path), required=True,
+              help="A ddpm-train checkpoint, or a labml.ai U-Net state dict (torch.save(unet.state_dict())).")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for unet.onnx and unet.ts.pt. [default: the checkpoint's folder]")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None, help="ONNX output path. [default: OUT_DIR/unet.onnx]")
+@click.option("--torchscript", "torchscript_path", type=click.Path(path_type=Path), default=None,
+              help="TorchScript output path. [default: OUT_DIR/unet.ts.pt]")
+@click.option("--no-torchscript", is_flag=True, help="Write the ONNX file only.")
+@click.option("--opset", type=click.IntRange(18, 20), default=18, help="ONNX opset (18-20; 21+ lacks GroupNormalization in ONNX Runtime).")
+@click.option("--raw", is_flag=True, help="Export the raw training weights instead of the EMA weights.")
+@click.option("--fixed-batch", type=click.IntRange(min=1), default=None,
+              help="Also write a static-shape copy with this batch size (OUT_DIR/unet.bN.onnx), e.g. for CUDA graphs.")
+@click.option("--atol", type=click.FloatRange(min=0.0, min_open=True), default=1e-4,
+              help="Largest allowed abs difference to eager PyTorch; above it nothing is written.")
+@click.option("--no-verify", is_flag=True, help="Skip comparing the exports with eager PyTorch.")
+@click.option("--norm-groups", type=click.IntRange(min=1), default=None,
+              help="labml state dicts only: GroupNorm groups in the blocks (not stored in a state dict). [default: 32]")
+@click.option("--final-norm-groups", type=click.IntRange(min=1), default=None,
+              help="labml state dicts only: GroupNorm groups before the output conv. [default: 8]")
+def export_command(
+    ckpt: Path, out_dir: Path | None, onnx_path: Path | None, torchscript_path: Path | None, no_torchscript: bool,
+    opset: int, raw: bool, fixed_batch: int | None, atol: float, no_verify: bool,
+    norm_groups: int | None, final_norm_groups: int | None,
+) -> None:
+    """Export a U-Net checkpoint to ONNX (dynamic batch, sampling settings in its metadata) and TorchScript.
+
+    Both exports are checked against eager PyTorch on ONNX Runtime's CPU provider for batches 1
+    and 3 at t = 0, T/2 and T-1 before anything is written.
+
+    \b
+    ddpm-export --ckpt runs/small/model.pt
+    ddpm-export --ckpt labml_model.pt --out-dir exported --fixed-batch 16
+    """
+    from .exporter import onnx_model, save_torchscript, torchscript_module, verify
+    from .load import load_for_export
+
+    out_dir = out_dir if out_dir is not None else ckpt.parent
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DDPMError(f"--out-dir {out_dir} is not a directory")
+    source = load_for_export(ckpt, "raw" if raw else "ema", norm_groups, final_norm_groups)
+    if source.kind == "ddpm-mnist" and (norm_groups or final_norm_groups):
+        raise click.UsageError("--norm-groups/--final-norm-groups apply to labml state dicts only; checkpoints record them")
+    parameters = sum(p.numel() for p in source.model.parameters())
+    what = (
+        f"ddpm-mnist checkpoint, step {source.info.source['step']}, {'raw' if raw else 'EMA'} weights"
+        if source.kind == "ddpm-mnist"
+        else "labml state dict, data range [0,1], noise at every step"
+    )
+    click.echo(f"read {ckpt} ({what}): {parameters:,} parameters, widths {source.model.config.widths()}")
+
+    targets = {"onnx": _output_path(onnx_path, out_dir, "unet.onnx")}
+    if not no_torchscript:
+        targets["torchscript"] = _output_path(torchscript_path, out_dir, "unet.ts.pt")
+    if fixed_batch is not None:
+        targets["fixed"] = targets["onnx"].with_name(f"{targets['onnx'].stem}.b{fixed_batch}.onnx")
+    if len({p.resolve() for p in targets.values()}) != len(targets):
+        raise click.UsageError("the output paths must differ")
+
+    with StagedFiles() as staged:
+        temp = {name: staged.stage(path) for name, path in targets.items()}
+        start = time.perf_counter()
+        temp["onnx"].write_bytes(onnx_model(source, opset).SerializeToString())
+        timings = {"onnx": time.perf_counter() - start}
+        if "torchscript" in temp:
+            start = time.perf_counter()
+            save_torchscript(torchscript_module(source), source.info, temp["torchscript"])
+            timings["torchscript"] = time.perf_counter() - start
+        if "fixed" in temp:
+            start = time.perf_counter()
+            temp["fixed"].write_bytes(onnx_model(source, opset, fixed_batch=fixed_batch).SerializeToString())
+            timings["fixed"] = time.perf_counter() - start
+
+        if not no_verify:
+            diffs = verify(source, temp["onnx"], temp.get("torchscript"))
+            if "fixed" in temp:
+                diffs["onnx fixed-batch"] = verify(source, temp["fixed"], None, batches=(fixed_batch,))["onnx"]
+            summary = ", ".join(f"{name} {value:.2e}" for name, value in diffs.items())
+            worst = max(diffs.values())
+            if not worst <= atol:
+                raise DDPMError(f"verification failed: max abs difference to eager PyTorch {summary} exceeds --atol {atol:g}; nothing written")
+        staged.commit()
+
+    for name, path in targets.items():
+        click.echo(f"wrote {path} ({_size(path)}, {timings[name]:.1f} s)")
+    if no_verify:
+        click.echo("verification skipped (--no-verify)")
+    else:
+        click.echo(f"verified against eager PyTorch (batches 1 and 3, t = 0, T/2, T-1): max abs diff {summary} (atol {atol:g})")
+
+
+def main() -> None:
+    run_command(export_command, "ddpm-export")
