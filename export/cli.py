@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ddpm.runtime.cli import run_command
+from ddpm.runtime.console import run_command
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.files import StagedFiles, ensure_writable_dir
 

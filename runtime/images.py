@@ -1,15 +1,10 @@
-"""Turning model outputs into pictures: scaling to uint8, grids, PNG files."""
+"""Turning model outputs into pictures: scaling to uint8 and tiling into grids."""
 
 from __future__ import annotations
 
-import io
 import math
-from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
-
-from .files import atomic_write
 
 
 def to_uint8(images: np.ndarray, data_range: tuple[float, float]) -> np.ndarray:
@@ -36,10 +31,3 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2, 
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     return grid
 
-
-def write_png(path: str | Path, picture: np.ndarray) -> None:
-    """Write a uint8 picture as PNG, atomically."""
-    buffer = io.BytesIO()
-    iio.imwrite(buffer, picture, extension=".png")
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())

@@ -46,3 +46,23 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.err
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+TINY_STEPS = 300
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    """A tiny model trained 300 steps on the MNIST slice (enough for stable sampling), exported.
+
+    The folder holds model.pt, unet.onnx, unet.ts.pt and the fixed-batch copy unet.b3.onnx.
+    """
+    from ddpm.export.cli import main as export_main
+    from ddpm.train.cli import main as train_main
+    from tests_support import run_main
+
+    root = tmp_path_factory.mktemp("tiny")
+    assert run_main(train_main, "--preset", "tiny", "--data-dir", DATA_DIR, "--out", root, "--max-steps", TINY_STEPS,
+                    "--epochs", 20, "--ema-decay", 0.99, "--no-progress", "--no-samples") == 0
+    assert run_main(export_main, "--ckpt", root / "model.pt", "--fixed-batch", 3) == 0
+    return root

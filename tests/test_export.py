@@ -10,29 +10,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import TINY_STEPS, assert_one_line_error
 from ddpm.export.cli import main as export_main
 from ddpm.export.load import infer_labml_config
 from ddpm.runtime.metadata import ModelInfo
-from ddpm.train.cli import main as train_main
 from ddpm.train.config import preset
 from ddpm.train.unet import UNet
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    """A tiny checkpoint trained for a few steps, exported once for the module."""
-    from tests_support import run_main
-
-    root = tmp_path_factory.mktemp("tiny")
-    code = run_main(train_main, "--preset", "tiny", "--data-dir", "tests/data/mnist", "--out", root, "--max-steps", "5",
-                    "--no-progress", "--no-samples")
-    assert code == 0
-    code = run_main(export_main, "--ckpt", root / "model.pt", "--fixed-batch", "2")
-    assert code == 0
-    return root
 
 
 def session(path):
@@ -72,17 +57,17 @@ def test_onnx_file_is_single_checked_and_self_describing(tiny_export):
     assert (info.prediction, info.variance, info.noise_at_last_step, info.num_classes) == ("eps", "beta", False, 0)
     assert info.model_config == preset("tiny").to_dict()
     assert info.source["sha256"] == __import__("hashlib").sha256((tiny_export / "model.pt").read_bytes()).hexdigest()
-    assert info.source["weights"] == "ema" and info.source["step"] == 5
+    assert info.source["weights"] == "ema" and info.source["step"] == TINY_STEPS
     assert info.versions["export"]["torch"] == str(torch.__version__)
     assert info.fixed_batch is None
 
 
 def test_fixed_batch_copy(tiny_export):
-    sess = session(tiny_export / "unet.b2.onnx")
-    assert sess.get_inputs()[0].shape == [2, 1, 32, 32]
-    assert json.loads(sess.get_modelmeta().custom_metadata_map["ddpm.fixed_batch"]) == 2
-    x = np.zeros((2, 1, 32, 32), np.float32)
-    t = np.array([0, 999])
+    sess = session(tiny_export / "unet.b3.onnx")
+    assert sess.get_inputs()[0].shape == [3, 1, 32, 32]
+    assert json.loads(sess.get_modelmeta().custom_metadata_map["ddpm.fixed_batch"]) == 3
+    x = np.zeros((3, 1, 32, 32), np.float32)
+    t = np.array([0, 500, 999])
     assert np.allclose(sess.run(None, {"x": x, "t": t})[0], session(tiny_export / "unet.onnx").run(None, {"x": x, "t": t})[0], atol=1e-5)
 
 

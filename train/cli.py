@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ddpm.runtime.cli import run_command
+from ddpm.runtime.console import run_command
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.files import ensure_writable_dir
 

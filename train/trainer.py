@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.images import make_grid, to_uint8, write_png
+from ddpm.runtime.images import to_uint8
+from ddpm.runtime.outputs import write_png
 from ddpm.runtime.progress import Progress
 from ddpm.runtime.schedule import make_schedule
 
@@ -192,7 +193,7 @@ class Trainer:
             steps=self.options.sample_steps,
         )
         path = self.options.out_dir / f"samples-epoch{epoch:03d}.png"
-        write_png(path, make_grid(to_uint8(images, self.data_config.data_range), scale=2))
+        write_png(path, to_uint8(images, self.data_config.data_range), scale=2)
         return path
 
     # -- the loop ----------------------------------------------------------------------------

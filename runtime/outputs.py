@@ -1,0 +1,55 @@
+"""Writers for a sampling run: animated GIF, PNG grid, NumPy archive. Each writes atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from .files import atomic_write
+from .images import make_grid
+
+
+def gif_bytes(frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, scale: int = 3) -> bytes:
+    """An endlessly looping GIF of the frames as grids; the last frame stays ``hold`` seconds."""
+    pictures = [make_grid(frame, scale=scale) for frame in frames]
+    durations = [1000.0 / fps] * len(pictures)
+    durations[-1] = max(durations[-1], hold * 1000.0)
+    buffer = io.BytesIO()
+    iio.imwrite(buffer, np.stack(pictures), extension=".gif", duration=durations, loop=0)
+    return buffer.getvalue()
+
+
+def png_bytes(images: np.ndarray, scale: int = 3) -> bytes:
+    buffer = io.BytesIO()
+    iio.imwrite(buffer, make_grid(images, scale=scale), extension=".png")
+    return buffer.getvalue()
+
+
+def npz_bytes(images: np.ndarray, settings: dict) -> bytes:
+    """uint8 ``images`` [N, H, W], the seed, and every setting as JSON."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, images=images, seed=np.int64(settings.get("seed", -1)), settings=np.array(json.dumps(settings, sort_keys=True))
+    )
+    return buffer.getvalue()
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_write(path) as handle:
+        handle.write(data)
+
+
+def write_gif(path: str | Path, frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, scale: int = 3) -> None:
+    write_bytes(path, gif_bytes(frames, fps, hold, scale))
+
+
+def write_png(path: str | Path, images: np.ndarray, scale: int = 3) -> None:
+    write_bytes(path, png_bytes(images, scale))
+
+
+def write_npz(path: str | Path, images: np.ndarray, settings: dict) -> None:
+    write_bytes(path, npz_bytes(images, settings))

@@ -1,0 +1,152 @@
+"""An exported U-Net in an ONNX Runtime session: provider choice, checks, and ε(x, t)."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import DDPMError
+from .metadata import ModelInfo
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+MAX_MODEL_BYTES = 2 << 30  # a single-file ONNX model cannot exceed protobuf's 2 GiB
+
+
+def gpu_present() -> bool:
+    """Whether an NVIDIA driver is loadable; checked before asking ONNX Runtime for CUDA."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+class UNetSession:
+    """ε_θ(x_t, t) through ONNX Runtime, with the model's metadata.
+
+    ``provider`` is "auto" (CUDA when a GPU and the CUDA provider are present, else CPU), "cpu",
+    "cuda" or "tensorrt". The provider that really runs is in ``self.provider``; ``self.notes``
+    says why it differs from the one asked for.
+    """
+
+    def __init__(self, model_path: str | Path, provider: str = "auto", threads: int | None = None) -> None:
+        self.path = Path(model_path)
+        self.notes: list[str] = []
+        model_bytes = self._read(self.path)
+        options = _session_options(threads)
+        self.session = self._open(model_bytes, options, provider)
+        self.provider = self.session.get_providers()[0]
+        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self._check_signature()
+        self.run_seconds = 0.0
+        self.run_calls = 0
+
+    @staticmethod
+    def _read(path: Path) -> bytes:
+        if not path.exists():
+            raise DDPMError(f"model {path} does not exist")
+        if path.is_dir():
+            raise DDPMError(f"model {path} is a directory, not an .onnx file")
+        size = path.stat().st_size
+        if size == 0:
+            raise DDPMError(f"model {path} is empty")
+        if size > MAX_MODEL_BYTES:
+            raise DDPMError(f"model {path} is {size / 2**30:.1f} GiB, larger than any single-file ONNX model can be")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise DDPMError(f"cannot read model {path}: {exc.strerror or exc}") from None
+
+    def _open(self, model: bytes, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
+        available = ort.get_available_providers()
+        if provider == "cpu":
+            return self._load(model, options, ["CPUExecutionProvider"])
+        if provider == "auto":
+            if "CUDAExecutionProvider" in available and gpu_present():
+                try:
+                    session = self._load(model, options, self._gpu_providers("cuda"))
+                    if session.get_providers()[0] == "CUDAExecutionProvider":
+                        return session
+                    self.notes.append("CUDA provider could not start; running on CPU")
+                except DDPMError as exc:
+                    self.notes.append(f"CUDA provider failed ({exc}); running on CPU")
+            return self._load(model, options, ["CPUExecutionProvider"])
+        name = PROVIDERS[provider]
+        if name not in available:
+            raise DDPMError(
+                f"--provider {provider}: this ONNX Runtime build has no {name} (available: {', '.join(available)})"
+            )
+        if not gpu_present():
+            raise DDPMError(f"--provider {provider}: no NVIDIA GPU driver found on this machine")
+        session = self._load(model, options, self._gpu_providers(provider))
+        if session.get_providers()[0] != name:
+            raise DDPMError(f"--provider {provider}: ONNX Runtime could not start {name} (missing CUDA/cuDNN libraries?)")
+        return session
+
+    @staticmethod
+    def _gpu_providers(provider: str) -> list:
+        if hasattr(ort, "preload_dlls"):
+            try:
+                ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, when installed
+            except Exception:
+                pass
+        chain = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"}), "CPUExecutionProvider"]
+        return ["TensorrtExecutionProvider", *chain] if provider == "tensorrt" else chain
+
+    def _load(self, model: bytes, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(model, options, providers=providers)
+        except Exception as exc:  # ONNX Runtime raises its own exception types for bad files
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DDPMError(f"{self.path} is not a loadable ONNX model: {reason[:200]}") from None
+
+    def _check_signature(self) -> None:
+        info = self.info
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = self.session.get_outputs()
+        expected = {"x": ("tensor(float)", 4), "t": ("tensor(int64)", 1)}
+        if info.num_classes:
+            expected["y"] = ("tensor(int64)", 1)
+        if set(inputs) != set(expected):
+            raise DDPMError(f"{self.path}: inputs are {sorted(inputs)}, expected {sorted(expected)}")
+        for name, (dtype, rank) in expected.items():
+            if inputs[name].type != dtype or len(inputs[name].shape) != rank:
+                raise DDPMError(
+                    f"{self.path}: input {name} is {inputs[name].type} of rank {len(inputs[name].shape)}, "
+                    f"expected {dtype} of rank {rank}"
+                )
+        if len(outputs) != 1 or outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 4:
+            raise DDPMError(f"{self.path}: expected one float32 output of rank 4 (eps)")
+        self.output_name = outputs[0].name
+        shape = inputs["x"].shape
+        image = (info.image_channels, info.image_size, info.image_size)
+        if any(isinstance(d, int) and d != e for d, e in zip(shape[1:], image)):
+            raise DDPMError(f"{self.path}: input x has shape {shape}, but its metadata says images are {image}")
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+
+    def eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        result = self.session.run([self.output_name], {"x": x, "t": t})[0]
+        self.run_seconds += time.perf_counter() - start
+        self.run_calls += 1
+        return result
+
