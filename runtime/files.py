@@ -17,16 +17,21 @@ def _umask() -> int:
     return current
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """An open descriptor and name of a new hidden file in ``path``'s directory, with the usual permissions."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600
+    return fd, tmp_name
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file in ``path``'s directory; on success fsync it and rename it to ``path``.
 
     On any exception the temporary file is removed and ``path`` keeps its previous content.
     """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = _temp_beside(Path(path))
     try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -65,9 +70,8 @@ class StagedFiles:
 
     def stage(self, path: str | Path) -> Path:
         path = Path(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = _temp_beside(path)
         os.close(fd)
-        os.chmod(tmp_name, 0o666 & ~_umask())
         self._staged.append((Path(tmp_name), path))
         return Path(tmp_name)
 
