@@ -65,11 +65,14 @@ def test_resume_equals_uninterrupted_run(invoke, data_dir, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert invoke(train_main, *tiny_args(data_dir, straight, *common, "--max-steps", "10")).code == 0
     assert invoke(train_main, *tiny_args(data_dir, split, *common, "--max-steps", "6")).code == 0
+    first_part = load_checkpoint(split / "model.pt")["progress"]["elapsed_s"]
     resumed = invoke(train_main, "--resume", split / "model.pt", "--max-steps", "10", "--data-dir", data_dir,
                      "--out", split, "--no-progress", "--no-samples")
     assert resumed.code == 0, resumed.err
     a, b = load_checkpoint(straight / "model.pt"), load_checkpoint(split / "model.pt")
-    assert a["progress"] == b["progress"] and a["progress"]["step"] == 10
+    assert a["progress"]["step"] == b["progress"]["step"] == 10
+    assert a["progress"]["epoch"] == b["progress"]["epoch"] == 2
+    assert b["progress"]["elapsed_s"] > first_part > 0  # wall time accumulates across resumes
     for key in ("model", "ema"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)

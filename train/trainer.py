@@ -148,11 +148,14 @@ class Trainer:
             weight_decay=train_config.weight_decay,
         )
         self.step = 0
+        self.elapsed_before = 0.0  # training seconds of earlier runs of this checkpoint
+        self._started: float | None = None
         if resume is not None:
             self.model.load_state_dict(resume["model"])
             self.ema.model.load_state_dict(resume["ema"])
             self.optimizer.load_state_dict(resume["optimizer"])
             self.step = int(resume["progress"]["step"])
+            self.elapsed_before = float(resume["progress"].get("elapsed_s", 0.0))
             restore_rng_state(resume["rng"])
 
         self.images = load_training_images(options.data_dir, data_config, options.download, train_config.max_images).to(self.device)
@@ -174,9 +177,19 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "progress": {"step": self.step, "epoch": self.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch},
+            "progress": {
+                "step": self.step,
+                "epoch": self.step // self.steps_per_epoch,
+                "steps_per_epoch": self.steps_per_epoch,
+                "elapsed_s": self.elapsed(),
+            },
             "rng": capture_rng_state(),
         }
+
+    def elapsed(self) -> float:
+        """Training wall time of this checkpoint, earlier runs included."""
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self.elapsed_before + running
 
     def save(self) -> Path:
         path = self.options.out_dir / "model.pt"
@@ -216,8 +229,7 @@ class Trainer:
         options, config = self.options, self.config
         log_path = options.out_dir / "log.jsonl"
         self.model.train()
-        start_step = self.step
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         window_loss = torch.zeros((), device=self.device)
         window_steps, window_images, window_start = 0, 0, time.perf_counter()
         progress = Progress(self.total_steps, "train", unit="step", start=self.step, enabled=options.progress)
@@ -247,7 +259,7 @@ class Trainer:
                         "epoch": self.step / self.steps_per_epoch,
                         "loss": mean_loss,
                         "images_per_s": rate,
-                        "elapsed_s": time.perf_counter() - started,
+                        "elapsed_s": self.elapsed(),
                     }
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -259,6 +271,5 @@ class Trainer:
                     self.save()
                 if end_of_epoch and options.sample_grid:
                     self.write_samples(self.step // self.steps_per_epoch)
-        self.last_run_steps = self.step - start_step
         return options.out_dir / "model.pt"
 
