@@ -22,7 +22,7 @@ def _target(path: Path | None, option: str) -> Path | None:
         return None
     if path.is_dir():
         raise DDPMError(f"{option} {path} is a directory; give a file name")
-    ensure_writable_dir(path.parent if str(path.parent) else Path("."))
+    ensure_writable_dir(path.parent)
     return path
 
 

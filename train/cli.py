@@ -138,6 +138,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     import torch
 
     from .checkpoint import load_checkpoint
+    from .config import UNetConfig
     from .config import preset as make_preset
     from .data import DATA_RANGES, DataConfig
     from .trainer import RunOptions, TrainConfig, Trainer, resolve_device
@@ -154,8 +155,6 @@ def train_command(ctx: click.Context, **args: Any) -> None:
             )
         checkpoint = load_checkpoint(args["resume"])
         try:
-            from .config import UNetConfig
-
             model_config = UNetConfig.from_dict(checkpoint["model_config"])
             data_config = DataConfig.from_dict(checkpoint["data"])
             schedule = dict(checkpoint["schedule"])
