@@ -69,9 +69,9 @@ def run_cli(
         return
     if steps is not None and steps > ddpm.timesteps:
         raise click.BadParameter(f"{steps} is more than the model's {ddpm.timesteps} diffusion steps", param_hint="'--steps'")
-    for note in ddpm.session.notes:
-        click.echo(f"ddpm-run: {note}", err=True)
     if not quiet:
+        for note in ddpm.session.notes:
+            click.echo(f"ddpm-run: {note}", err=True)
         threads_note = f", {threads} threads" if threads else ""
         click.echo(f"model {ddpm.session.path.name} on {ddpm.provider}{threads_note}", err=True)
 

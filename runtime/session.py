@@ -81,14 +81,18 @@ class UNetSession:
         if provider == "cpu":
             return self._load(model, options, ["CPUExecutionProvider"])
         if provider == "auto":
-            if "CUDAExecutionProvider" in available and gpu_present():
+            if "CUDAExecutionProvider" not in available:
+                self.notes.append("this ONNX Runtime build has no CUDA provider; running on the CPU")
+            elif not gpu_present():
+                self.notes.append("no NVIDIA GPU driver found; running on the CPU")
+            else:
                 try:
                     session = self._load(model, options, self._gpu_providers("cuda"))
                     if session.get_providers()[0] == "CUDAExecutionProvider":
                         return session
-                    self.notes.append("CUDA provider could not start; running on CPU")
+                    self.notes.append("the CUDA provider could not start; running on the CPU")
                 except DDPMError as exc:
-                    self.notes.append(f"CUDA provider failed ({exc}); running on CPU")
+                    self.notes.append(f"the CUDA provider failed ({exc}); running on the CPU")
             return self._load(model, options, ["CPUExecutionProvider"])
         name = PROVIDERS[provider]
         if name not in available:

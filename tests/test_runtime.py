@@ -102,6 +102,19 @@ def test_python_api(tiny):
     assert ddpm.provider == "CPUExecutionProvider"
 
 
+def test_auto_provider_says_when_it_falls_back(invoke, tiny, tmp_path, monkeypatch):
+    import ddpm.runtime.session as session_module
+
+    monkeypatch.setattr(session_module, "gpu_present", lambda: False)
+    result = invoke(run_main, "--onnx", tiny / "unet.onnx", "-n", "1", "--steps", "2", "--png", tmp_path / "o.png")
+    assert result.code == 0
+    notes = [line for line in result.err.splitlines() if "running on the CPU" in line]
+    assert len(notes) == 1
+    assert "on CPUExecutionProvider" in result.err
+    quiet = invoke(run_main, "--onnx", tiny / "unet.onnx", "-n", "1", "--steps", "2", "--png", tmp_path / "o.png", "-q")
+    assert quiet.code == 0 and quiet.err == ""
+
+
 def test_runtime_works_without_torch(tiny, tmp_path):
     """ddpm-run in a process where importing torch, onnx or the other layers fails."""
     script = (
