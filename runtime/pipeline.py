@@ -25,7 +25,9 @@ from .errors import DDPMError
 from .images import to_uint8
 from .metadata import ModelInfo
 from .sampler import AncestralSampler
-from .session import UNetSession
+from .session import BoundEps, UNetSession
+
+ENGINES = ("plain", "iobinding")
 
 DEFAULT_MODEL = "default.onnx"
 # Per-image time of the small model on a 2-core CPU is flat from 16 to 32 and rises beyond
@@ -77,9 +79,11 @@ class DDPM:
         self.schedule = self.info.make_schedule()
 
     @classmethod
-    def load(cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None) -> "DDPM":
+    def load(
+        cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False
+    ) -> "DDPM":
         path = Path(onnx_path) if onnx_path is not None else default_model_path()
-        return cls(UNetSession(path, provider=provider, threads=threads))
+        return cls(UNetSession(path, provider=provider, threads=threads, cuda_graph=cuda_graph))
 
     @property
     def provider(self) -> str:
@@ -106,8 +110,17 @@ class DDPM:
         steps: int | None = None,
         frames: int = 0,
         on_step: Callable[[int, int], None] | None = None,
+        engine: str = "plain",
     ) -> SampleRun:
-        """Run the ancestral loop for ``n`` samples; keep ``frames`` snapshots of the whole batch."""
+        """Run the ancestral loop for ``n`` samples; keep ``frames`` snapshots of the whole batch.
+
+        ``engine`` "plain" calls ``session.run`` with NumPy arrays; "iobinding" keeps bound
+        input and output buffers per sub-batch size (required for CUDA graphs).
+        """
+        if engine not in ENGINES:
+            raise DDPMError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if self.session.cuda_graph and engine != "iobinding":
+            raise DDPMError("a CUDA-graph session runs through IOBinding: use engine='iobinding'")
         if n < 1:
             raise DDPMError(f"the number of samples must be >= 1, got {n}")
         if seed < 0:
@@ -128,11 +141,12 @@ class DDPM:
         if frames:
             run.frames.append(to_uint8(x, info.data_range))
             run.frame_timesteps.append(-1)
+        bound: dict[int, BoundEps] = {}
         self.session.run_seconds = 0.0
         start = time.perf_counter()
         for i, t in enumerate(sampler.model_timesteps):
             noise = rng.standard_normal(shape, dtype=np.float32) if sampler.needs_noise(i) else None
-            eps = self._eps(x, int(t), batch_size)
+            eps = self._eps(x, int(t), batch_size, bound if engine == "iobinding" else None)
             x = sampler.step(x, i, eps, noise)
             if i in keep:
                 run.frames.append(to_uint8(x, info.data_range))
@@ -145,12 +159,12 @@ class DDPM:
         run.images = to_uint8(x, info.data_range)
         run.settings = {
             "seed": seed, "num_samples": n, "steps": len(sampler), "timesteps": self.timesteps,
-            "batch_size": batch_size, "variance": info.variance, "noise_at_last_step": info.noise_at_last_step,
+            "batch_size": batch_size, "engine": engine, "variance": info.variance, "noise_at_last_step": info.noise_at_last_step,
             "provider": self.provider, "model": str(self.session.path), "model_sha256": info.source.get("sha256", ""),
         }
         return run
 
-    def _eps(self, x: np.ndarray, t: int, batch_size: int) -> np.ndarray:
+    def _eps(self, x: np.ndarray, t: int, batch_size: int, bound: dict[int, BoundEps] | None) -> np.ndarray:
         n = len(x)
         eps = np.empty_like(x)
         for start in range(0, n, batch_size):
@@ -159,7 +173,13 @@ class DDPM:
             if count < batch_size and self.session.fixed_batch is not None:
                 chunk = np.concatenate([chunk, np.zeros((batch_size - count, *chunk.shape[1:]), np.float32)])
             t_batch = np.full(len(chunk), t, dtype=np.int64)
-            eps[start : start + count] = self.session.eps(np.ascontiguousarray(chunk), t_batch)[:count]
+            if bound is None:
+                result = self.session.eps(np.ascontiguousarray(chunk), t_batch)
+            else:
+                if len(chunk) not in bound:
+                    bound[len(chunk)] = BoundEps(self.session, len(chunk))
+                result = bound[len(chunk)](chunk, t_batch)
+            eps[start : start + count] = result[:count]
         return eps
 
     def sample(self, n: int, seed: int = 0, batch_size: int | None = None, steps: int | None = None) -> np.ndarray:
