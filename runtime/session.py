@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from .errors import DDPMError
 from .metadata import ModelInfo
+from .onnx_check import check_contract, read_outline
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -55,10 +56,13 @@ class UNetSession:
         self.notes: list[str] = []
         self.cuda_graph = cuda_graph
         model_bytes = self._read(self.path)
+        # Everything about the file is checked before ONNX Runtime parses it.
+        outline = read_outline(model_bytes, str(self.path))
+        self.info = ModelInfo.from_metadata(outline.metadata, str(self.path))
+        check_contract(outline, self.info.num_classes, str(self.path))
         options = _session_options(threads)
         self.session = self._open(model_bytes, options, provider)
         self.provider = self.session.get_providers()[0]
-        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self._check_signature()
         self.run_seconds = 0.0
         self.run_calls = 0

@@ -110,5 +110,5 @@ def test_bad_options(invoke, tmp_path, args, fragment):
 def test_onnx_that_is_not_ours(invoke, tmp_path):
     (tmp_path / "foreign.onnx").write_bytes(b"\x08\x07" + b"junk" * 100)
     result = invoke(bench_main, "--quick", "--onnx", tmp_path / "foreign.onnx", "--out-dir", tmp_path / "out")
-    assert_one_line_error(result, "not a loadable ONNX model")
+    assert_one_line_error(result, "is not an ONNX model")
     assert not (tmp_path / "out").exists()

@@ -194,8 +194,8 @@ def _with_metadata(source, path, **changes):
     [
         ("missing", ["does not exist"]),
         ("empty", ["is empty"]),
-        ("truncated", ["not a loadable ONNX model"]),
-        ("random", ["not a loadable ONNX model"]),
+        ("truncated", ["is not an ONNX model"]),
+        ("random", ["is not an ONNX model"]),
         ("directory", ["is a directory"]),
         ("foreign", ["not a ddpm-mnist export"]),
         ("bad_size", ["impossible metadata", "image_size"]),
