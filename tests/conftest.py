@@ -66,3 +66,13 @@ def tiny_export(tmp_path_factory) -> Path:
                     "--epochs", 20, "--ema-decay", 0.99, "--no-progress", "--no-samples") == 0
     assert run_main(export_main, "--ckpt", root / "model.pt", "--fixed-batch", 3) == 0
     return root
+
+
+def assert_error_line(result: Result, *fragments: str) -> None:
+    """For failures after progress output: exit code != 0, exactly one 'error:' line naming the problem, no traceback."""
+    assert result.code != 0, result
+    assert "Traceback" not in result.err
+    errors = [line for line in result.err.splitlines() if ": error: " in line]
+    assert len(errors) == 1, result.err
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"

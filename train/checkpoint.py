@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import random
 import re
+import shutil
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -113,3 +116,67 @@ def validate_checkpoint(content: Any, path: str | Path) -> dict[str, Any]:
             f"{path} is a bare state dict (weights only): it has no optimizer, EMA or step to resume from"
         )
     raise DDPMError(f"{path} is not a ddpm-mnist checkpoint (expected a dict with format={FORMAT!r})")
+
+
+# -- a run's checkpoint folder: ckpt-<step>.pt files, model.pt = the newest --------------------------
+
+STEP_FILE = re.compile(r"^ckpt-(\d{8})\.pt$")
+LATEST = "model.pt"
+
+
+def step_file_name(step: int) -> str:
+    return f"ckpt-{step:08d}.pt"
+
+
+def step_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """The ckpt-<step>.pt files in ``directory``, newest first."""
+    found = []
+    for path in directory.iterdir() if directory.is_dir() else []:
+        match = STEP_FILE.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def publish_latest(source: Path, latest: Path) -> None:
+    """Point ``latest`` at ``source`` atomically (a hard link, or a copy where links are not possible)."""
+    tmp = latest.with_name(f".{latest.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, latest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise DDPMError(f"cannot update {latest}: {exc.strerror or exc}") from None
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    for _, path in step_checkpoints(directory)[keep:]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Temporary files a killed run left behind (never complete checkpoints)."""
+    for path in directory.glob(".*.tmp") if directory.is_dir() else []:
+        if path.name.startswith((".ckpt-", f".{LATEST}.", ".samples-", ".log.jsonl.")):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def find_resumable(directory: Path, warn) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``directory`` that loads; corrupt ones are skipped with a warning."""
+    candidates = [path for _, path in step_checkpoints(directory)]
+    if (directory / LATEST).is_file():
+        candidates.append(directory / LATEST)
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except DDPMError as exc:
+            warn(f"skipping {path.name}: {exc}")
+    return None

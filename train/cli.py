@@ -10,7 +10,7 @@ import click
 
 from ddpm.runtime.console import run_command
 from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import ensure_writable_dir
+from ddpm.runtime.files import check_writable_dir
 
 PRESET_NAMES = ("small", "labml", "tiny")
 # Training defaults per preset; `labml` follows the seed's own settings.
@@ -19,11 +19,6 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "labml": {"batch_size": 64, "lr": 2e-5, "epochs": 3},
     "tiny": {"batch_size": 32, "lr": 1e-3, "epochs": 1},
 }
-MODEL_OPTIONS = ("base_channels", "channel_mults", "attention", "blocks", "norm_groups", "final_norm_groups", "dropout", "width_rule")
-FIXED_ON_RESUME = MODEL_OPTIONS + (
-    "preset", "image_size", "transform", "data_range", "timesteps", "beta_start", "beta_end", "batch_size", "lr",
-    "adam_betas", "weight_decay", "grad_clip", "lr_warmup_steps", "ema_decay", "ema_warmup", "max_images", "seed", "precision",
-)
 
 
 class IntList(click.ParamType):
@@ -71,6 +66,97 @@ class Betas(click.ParamType):
         return betas
 
 
+SETTING_KEYS = {
+    "preset": ("train", "preset"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "adam_betas": ("train", "adam_betas"), "weight_decay": ("train", "weight_decay"), "grad_clip": ("train", "grad_clip"),
+    "lr_warmup_steps": ("train", "lr_warmup_steps"), "ema_decay": ("train", "ema_decay"), "ema_warmup": ("train", "ema_warmup"),
+    "max_images": ("train", "max_images"), "seed": ("train", "seed"), "precision": ("train", "precision"),
+    "base_channels": ("model_config", "base_channels"), "channel_mults": ("model_config", "channel_mults"),
+    "attention": ("model_config", "attention"), "blocks": ("model_config", "blocks_per_resolution"),
+    "norm_groups": ("model_config", "norm_groups"), "final_norm_groups": ("model_config", "final_norm_groups"),
+    "dropout": ("model_config", "dropout"), "width_rule": ("model_config", "width_rule"),
+    "image_size": ("data", "image_size"), "transform": ("data", "transform"), "data_range": ("data", "data_range"),
+    "timesteps": ("schedule", "timesteps"), "beta_start": ("schedule", "beta_start"), "beta_end": ("schedule", "beta_end"),
+}
+
+
+def settings_from_args(args: dict[str, Any]):
+    """Model, data, schedule and training settings of a new run, from the command line."""
+    from .config import preset as make_preset
+    from .data import DATA_RANGES, DataConfig
+    from .trainer import TrainConfig
+
+    defaults = PRESET_TRAINING[args["preset"]]
+    overrides = {
+        "base_channels": args["base_channels"], "channel_mults": args["channel_mults"], "attention": args["attention"],
+        "blocks_per_resolution": args["blocks"], "norm_groups": args["norm_groups"],
+        "final_norm_groups": args["final_norm_groups"], "dropout": args["dropout"], "width_rule": args["width_rule"],
+    }
+    model_config = make_preset(args["preset"], **{k: v for k, v in overrides.items() if v is not None})
+    problems = model_config.problems()
+    if problems:
+        raise click.UsageError("invalid model settings: " + "; ".join(problems))
+    data_config = DataConfig(args["image_size"], args["transform"], DATA_RANGES[args["data_range"]])
+    if args["image_size"] % (2 ** model_config.downsamplings()):
+        raise click.UsageError(
+            f"--image-size {args['image_size']} must be divisible by {2 ** model_config.downsamplings()} "
+            f"({model_config.downsamplings()} downsamplings)"
+        )
+    if not args["beta_start"] <= args["beta_end"]:
+        raise click.UsageError("--beta-start must not exceed --beta-end")
+    schedule = {"kind": "linear", "timesteps": args["timesteps"], "beta_start": args["beta_start"], "beta_end": args["beta_end"]}
+    train_config = TrainConfig(
+        preset=args["preset"],
+        batch_size=args["batch_size"] or defaults["batch_size"],
+        lr=args["lr"] or defaults["lr"],
+        adam_betas=args["adam_betas"],
+        weight_decay=args["weight_decay"],
+        grad_clip=args["grad_clip"],
+        lr_warmup_steps=args["lr_warmup_steps"],
+        ema_decay=args["ema_decay"],
+        ema_warmup=args["ema_warmup"],
+        epochs=args["epochs"] or defaults["epochs"],
+        max_steps=args["max_steps"],
+        max_images=args["max_images"],
+        seed=args["seed"],
+        precision=args["precision"],
+    )
+    return model_config, data_config, schedule, train_config
+
+
+def settings_from_checkpoint(checkpoint: dict[str, Any], origin: Any):
+    from .config import UNetConfig
+    from .data import DataConfig
+    from .trainer import TrainConfig
+
+    try:
+        return (
+            UNetConfig.from_dict(checkpoint["model_config"]),
+            DataConfig.from_dict(checkpoint["data"]),
+            dict(checkpoint["schedule"]),
+            TrainConfig.from_dict(checkpoint["train"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DDPMError(f"{origin}: checkpoint settings are unreadable ({exc})") from None
+
+
+def differing_settings(fresh, checkpoint: dict[str, Any], explicit: set[str]) -> list[str]:
+    """Options given on the command line whose values differ from the checkpoint's."""
+    model_config, data_config, schedule, train_config = fresh
+    sections = {
+        "model_config": model_config.to_dict(), "data": data_config.to_dict(), "schedule": schedule, "train": train_config.to_dict(),
+    }
+    differing = []
+    for option in sorted(explicit & set(SETTING_KEYS)):
+        section, key = SETTING_KEYS[option]
+        given, stored = sections[section].get(key), checkpoint[section].get(key)
+        if isinstance(given, tuple):
+            given = list(given)
+        if given != stored:
+            differing.append(f"--{option.replace('_', '-')} {given} (checkpoint: {stored})")
+    return differing
+
+
 POSITIVE_INT = click.IntRange(min=1)
 POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
 
@@ -84,8 +170,12 @@ POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder for model.pt (always the latest checkpoint), log.jsonl and sample grids. [default: runs/PRESET]")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if OUT/model.pt exists (it is replaced at the first save).")
-@click.option("--resume", type=click.Path(path_type=Path), default=None,
-              help="Continue from this checkpoint with its model, data, schedule and optimizer; only --epochs/--max-steps may change.")
+@click.option("--resume", default=None, metavar="PATH|auto",
+              help="Continue from this checkpoint with its model, data, schedule and optimizer; only --epochs/--max-steps "
+                   "may change. 'auto': the newest readable checkpoint in --out (skipping corrupt ones), or a new run if none.")
+@click.option("--keep", type=POSITIVE_INT, default=3, help="Step checkpoints (ckpt-STEP.pt) kept beside model.pt.")
+@click.option("--max-bad-steps", type=click.IntRange(min=0), default=0,
+              help="Batches with a non-finite loss or gradient to skip (no update) before stopping.")
 @click.option("--epochs", type=POSITIVE_INT, default=None, help="Passes over the data. [default: small 20, labml 3, tiny 1]")
 @click.option("--max-steps", type=POSITIVE_INT, default=None, help="Stop after this many optimizer steps in total (caps --epochs).")
 @click.option("--max-images", type=POSITIVE_INT, default=None, help="Train on the first N images only (quick runs).")
@@ -137,69 +227,41 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     # torch is imported here so that --help and argument errors stay fast.
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .config import UNetConfig
-    from .config import preset as make_preset
-    from .data import DATA_RANGES, DataConfig
-    from .trainer import RunOptions, TrainConfig, Trainer, resolve_device
+    from .checkpoint import find_resumable, load_checkpoint, step_checkpoints
+    from .trainer import RunOptions, Trainer, resolve_device
     from .unet import UNet, count_parameters, forward_flops
 
     explicit = {name for name in args if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     out_dir = args["out_dir"] or Path("runs") / args["preset"]
 
-    if args["resume"] is not None:
-        changed = sorted(explicit & set(FIXED_ON_RESUME))
+    warn = lambda message: click.echo(f"ddpm-train: {message}", err=True)  # noqa: E731
+    resume = args["resume"]
+    checkpoint = None
+    if resume is not None and resume != "auto":
+        changed = sorted(explicit & set(SETTING_KEYS))
         if changed:
             raise click.UsageError(
                 "--resume continues with the checkpoint's settings; cannot also set " + ", ".join(f"--{n.replace('_', '-')}" for n in changed)
             )
-        checkpoint = load_checkpoint(args["resume"])
-        try:
-            model_config = UNetConfig.from_dict(checkpoint["model_config"])
-            data_config = DataConfig.from_dict(checkpoint["data"])
-            schedule = dict(checkpoint["schedule"])
-            train_config = TrainConfig.from_dict(checkpoint["train"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DDPMError(f"{args['resume']}: checkpoint settings are unreadable ({exc})") from None
+        checkpoint = load_checkpoint(Path(resume))
+    elif resume == "auto":
+        fresh = settings_from_args(args)
+        found = find_resumable(out_dir, warn)
+        if found is None:
+            warn(f"no checkpoint in {out_dir}: starting a new run")
+            model_config, data_config, schedule, train_config = fresh
+        else:
+            resume, checkpoint = found
+            differing = differing_settings(fresh, checkpoint, explicit)
+            if differing:
+                raise click.UsageError(f"{resume} was trained with other settings: {'; '.join(differing)}")
+            click.echo(f"resuming {resume} (step {checkpoint['progress']['step']})", err=True)
+    else:
+        model_config, data_config, schedule, train_config = settings_from_args(args)
+    if checkpoint is not None:
+        model_config, data_config, schedule, train_config = settings_from_checkpoint(checkpoint, resume)
         updates = {key: args[key] for key in ("epochs", "max_steps") if key in explicit}
         train_config = replace(train_config, **updates)
-    else:
-        checkpoint = None
-        defaults = PRESET_TRAINING[args["preset"]]
-        overrides = {
-            "base_channels": args["base_channels"], "channel_mults": args["channel_mults"], "attention": args["attention"],
-            "blocks_per_resolution": args["blocks"], "norm_groups": args["norm_groups"],
-            "final_norm_groups": args["final_norm_groups"], "dropout": args["dropout"], "width_rule": args["width_rule"],
-        }
-        model_config = make_preset(args["preset"], **{k: v for k, v in overrides.items() if v is not None})
-        problems = model_config.problems()
-        if problems:
-            raise click.UsageError("invalid model settings: " + "; ".join(problems))
-        data_config = DataConfig(args["image_size"], args["transform"], DATA_RANGES[args["data_range"]])
-        if args["image_size"] % (2 ** model_config.downsamplings()):
-            raise click.UsageError(
-                f"--image-size {args['image_size']} must be divisible by {2 ** model_config.downsamplings()} "
-                f"({model_config.downsamplings()} downsamplings)"
-            )
-        if not args["beta_start"] <= args["beta_end"]:
-            raise click.UsageError("--beta-start must not exceed --beta-end")
-        schedule = {"kind": "linear", "timesteps": args["timesteps"], "beta_start": args["beta_start"], "beta_end": args["beta_end"]}
-        train_config = TrainConfig(
-            preset=args["preset"],
-            batch_size=args["batch_size"] or defaults["batch_size"],
-            lr=args["lr"] or defaults["lr"],
-            adam_betas=args["adam_betas"],
-            weight_decay=args["weight_decay"],
-            grad_clip=args["grad_clip"],
-            lr_warmup_steps=args["lr_warmup_steps"],
-            ema_decay=args["ema_decay"],
-            ema_warmup=args["ema_warmup"],
-            epochs=args["epochs"] or defaults["epochs"],
-            max_steps=args["max_steps"],
-            max_images=args["max_images"],
-            seed=args["seed"],
-            precision=args["precision"],
-        )
 
     device = resolve_device(args["device"])
     if train_config.precision == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
@@ -208,16 +270,18 @@ def train_command(ctx: click.Context, **args: Any) -> None:
         torch.set_num_threads(args["threads"])
 
     if not args["dry_run"]:
-        ensure_writable_dir(out_dir)
+        check_writable_dir(out_dir)
         latest = out_dir / "model.pt"
-        resuming_in_place = checkpoint is not None and Path(args["resume"]).resolve() == latest.resolve()
+        resuming_in_place = checkpoint is not None and Path(resume).resolve().parent == out_dir.resolve()
         if latest.exists() and not resuming_in_place and not args["overwrite"]:
-            raise DDPMError(f"{latest} exists; continue it with --resume {latest}, or pass --overwrite or another --out")
+            raise DDPMError(f"{latest} exists; continue it with --resume auto, or pass --overwrite or another --out")
 
     options = RunOptions(
         out_dir=out_dir, device=args["device"], save_every=args["save_every"], log_every=args["log_every"],
         sample_grid=args["samples"], sample_count=args["sample_count"], sample_steps=min(args["sample_steps"], schedule["timesteps"]),
         progress=args["progress"], data_dir=args["data_dir"], download=args["download"],
+        keep=args["keep"], max_bad_steps=args["max_bad_steps"],
+        replace_old=checkpoint is None and bool(step_checkpoints(out_dir)),
     )
     trainer = Trainer(model_config, data_config, schedule, train_config, options, resume=checkpoint)
     if not args["dry_run"] and trainer.step >= trainer.total_steps:
@@ -246,7 +310,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     )
     if args["dry_run"]:
         return
-    path = trainer.run()
+    path = trainer.run(warn)
     click.echo(f"wrote {path} (step {trainer.step})")
 
 

@@ -6,6 +6,8 @@ import copy
 import json
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,12 +18,22 @@ import torch
 from torch import nn
 
 from ddpm.runtime.errors import DDPMError
+from ddpm.runtime.files import atomic_write, make_dir
 from ddpm.runtime.images import to_uint8
 from ddpm.runtime.outputs import write_png
 from ddpm.runtime.progress import Progress
 from ddpm.runtime.schedule import make_schedule
 
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    LATEST,
+    capture_rng_state,
+    prune_checkpoints,
+    publish_latest,
+    remove_stale_temporaries,
+    restore_rng_state,
+    save_checkpoint,
+    step_file_name,
+)
 from .config import UNetConfig
 from .data import DataConfig, load_training_images
 from .diffusion import Diffusion, sample
@@ -73,6 +85,9 @@ class RunOptions:
     progress: bool = True
     data_dir: Path = Path("data/mnist")
     download: bool = False
+    keep: int = 3  # step checkpoints kept beside model.pt
+    max_bad_steps: int = 0  # batches with a non-finite loss or gradient skipped before giving up
+    replace_old: bool = False  # a new run in a folder with older checkpoints: drop them at the first save
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,8 +207,15 @@ class Trainer:
         return self.elapsed_before + running
 
     def save(self) -> Path:
-        path = self.options.out_dir / "model.pt"
+        """ckpt-<step>.pt, written atomically, then model.pt pointed at it; older ones beyond --keep go."""
+        out_dir = self.options.out_dir
+        path = out_dir / step_file_name(self.step)
+        if self.options.replace_old:
+            prune_checkpoints(out_dir, 0)  # the earlier run's; this run's first is written next
+            self.options.replace_old = False
         save_checkpoint(path, self.checkpoint())
+        publish_latest(path, out_dir / LATEST)
+        prune_checkpoints(out_dir, self.options.keep)
         return path
 
     def write_samples(self, epoch: int) -> Path:
@@ -211,48 +233,69 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def train_step(self, batch: torch.Tensor) -> torch.Tensor:
+    def train_step(self, batch: torch.Tensor) -> float:
+        """One optimizer step; returns the loss. A non-finite loss or gradient norm skips the update."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             loss = self.diffusion.loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model, self.step)
+        loss_value = loss.item()
+        healthy = math.isfinite(loss_value)
+        if healthy:
+            loss.backward()
+            if self.config.grad_clip > 0:
+                norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+                healthy = bool(torch.isfinite(norm))
+                if not healthy:
+                    loss_value = float("nan")
+        if healthy:
+            self.optimizer.step()
+            self.ema.update(self.model, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return loss.detach()
+        return loss_value
 
-    def run(self) -> Path:
+    def run(self, warn=None) -> Path:
+        """Train to ``total_steps``. SIGINT/SIGTERM end the run after the current step with a checkpoint."""
         options, config = self.options, self.config
+        warn = warn or (lambda message: None)
+        make_dir(options.out_dir)
+        remove_stale_temporaries(options.out_dir)
         log_path = options.out_dir / "log.jsonl"
+        trim_log(log_path, self.step)
         self.model.train()
         self._started = time.perf_counter()
-        window_loss = torch.zeros((), device=self.device)
-        window_steps, window_images, window_start = 0, 0, time.perf_counter()
+        window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
+        bad_steps = 0
         progress = Progress(self.total_steps, "train", unit="step", start=self.step, enabled=options.progress)
-        with progress, open(log_path, "a", encoding="utf-8") as log:
+        with progress, open(log_path, "a", encoding="utf-8") as log, StopSignals() as stop:
             while self.step < self.total_steps:
                 epoch, index = divmod(self.step, self.steps_per_epoch)
                 order = epoch_order(config.seed, epoch, len(self.images))
                 batch_ids = order[index * config.batch_size : (index + 1) * config.batch_size].to(self.device)
                 loss = self.train_step(self.images[batch_ids])
-                window_loss += loss
-                window_steps += 1
+                if not math.isfinite(loss):
+                    bad_steps += 1
+                    latest = options.out_dir / LATEST
+                    kept = f"{latest} is intact" if latest.exists() else "no checkpoint was written yet"
+                    if bad_steps > options.max_bad_steps:
+                        raise DDPMError(
+                            f"non-finite loss or gradient ({loss}) at step {self.step}"
+                            f"{f' after skipping {bad_steps - 1} such batches' if bad_steps > 1 else ''}; stopped, {kept} "
+                            "(--max-bad-steps skips a few such batches)"
+                        )
+                    warn(f"skipped the update of step {self.step}: non-finite loss or gradient ({bad_steps}/{options.max_bad_steps})")
+                else:
+                    window_loss += loss
+                    window_steps += 1
                 window_images += len(batch_ids)
 
                 end_of_epoch = self.step % self.steps_per_epoch == 0
                 finished = self.step >= self.total_steps
                 saving = finished or (options.save_every and self.step % options.save_every == 0)
-                if window_steps == options.log_every or saving or end_of_epoch:
-                    mean_loss = window_loss.item() / window_steps
-                    if not math.isfinite(mean_loss):
-                        raise DDPMError(
-                            f"loss became {mean_loss} by step {self.step}; stopped without saving "
-                            f"(the last checkpoint in {options.out_dir} is intact)"
-                        )
+                if window_steps and (window_steps >= options.log_every or saving or end_of_epoch):
+                    mean_loss = window_loss / window_steps
                     rate = window_images / max(time.perf_counter() - window_start, 1e-9)
                     record = {
                         "step": self.step,
@@ -263,13 +306,62 @@ class Trainer:
                     }
                     log.write(json.dumps(record) + "\n")
                     log.flush()
-                    window_loss.zero_()
-                    window_steps, window_images, window_start = 0, 0, time.perf_counter()
+                    window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
                     progress.status = f"epoch {self.step / self.steps_per_epoch:.2f}  loss {mean_loss:.4f}  {rate:.1f} img/s"
                 progress.update(1)
-                if saving:
+                if saving or stop.received:
                     self.save()
-                if end_of_epoch and options.sample_grid:
+                if end_of_epoch and options.sample_grid and not stop.received:
                     self.write_samples(self.step // self.steps_per_epoch)
-        return options.out_dir / "model.pt"
+                if stop.received:
+                    raise Interrupted(stop.received, self.step, options.out_dir / LATEST)
+        return options.out_dir / LATEST
 
+
+class Interrupted(DDPMError):
+    """SIGINT or SIGTERM ended training after a checkpoint was saved."""
+
+    def __init__(self, signum: int, step: int, path: Path) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {step}: saved {path}; continue with --resume auto --out {path.parent}")
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set ``received``: the loop finishes its step and saves."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log records past ``step`` (a killed run logged steps that the resumed run repeats)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(kept) != len(lines):
+        with atomic_write(path) as handle:
+            handle.write("".join(f"{line}\n" for line in kept).encode("utf-8"))
