@@ -30,6 +30,7 @@ import numpy as np
 
 from ddpm.runtime.console import run_command
 from ddpm.runtime.errors import DDPMError
+from ddpm.runtime.files import StagedFiles, check_writable_dir
 from ddpm.runtime.metadata import ModelInfo
 from ddpm.runtime.pipeline import DDPM, default_model_path
 from ddpm.runtime.sampler import AncestralSampler
@@ -452,7 +453,7 @@ def target_lines(rows: list[Row]) -> list[str]:
     return lines
 
 
-def write_chart(rows: list[Row], path: Path) -> str | None:
+def write_chart(rows: list[Row], staged: StagedFiles, path: Path) -> str | None:
     try:
         import matplotlib
 
@@ -475,7 +476,7 @@ def write_chart(rows: list[Row], path: Path) -> str | None:
     axis.set_xlabel("seconds per sample, 1000 steps (log scale; blue: measured loop, grey: extrapolated)")
     axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(staged.stage(path), dpi=110, format="png")
     plt.close(figure)
     return None
 
@@ -509,7 +510,7 @@ class CommaList(click.ParamType):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--models", type=CommaList(MODELS), default="small,labml", help="Which networks to time.")
+@click.option("--models", type=CommaList(MODELS), default=None, help="Which networks to time. [default: small,labml; small with --quick]")
 @click.option("--implementations", type=CommaList(IMPLEMENTATIONS), default=",".join(IMPLEMENTATIONS),
               help="Which implementations; those a provider cannot run are left out, those missing a package get a note.")
 @click.option("--providers", type=CommaList(PROVIDERS), default=None, help="[default: cpu, plus cuda when a GPU is present]")
@@ -545,14 +546,13 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
         providers = ["cpu", "cuda"] if gpu_present() else ["cpu"]
     if "cuda" in providers and not gpu_present():
         raise DDPMError("--providers cuda: no NVIDIA GPU driver found on this machine")
+    if models is None:
+        models = ["small"] if quick else list(MODELS)
+    if labml_onnx is not None and "labml" not in models:
+        raise click.UsageError("--labml-onnx is given but labml is not among --models")
     if quick:
-        models = [m for m in models if m == "small"] or ["small"]
         warmup, repeats = 2, 10
-    for path, option in ((small_onnx, "--onnx"), (labml_onnx, "--labml-onnx")):
-        if path is not None and not path.is_file():
-            raise DDPMError(f"{option} {path} does not exist or is not a file")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DDPMError(f"--out-dir {out_dir} is not a directory")
+    check_writable_dir(out_dir)
     tag = tag or ("gpu" if "cuda" in providers else "cpu") + ("-quick" if quick else "")
 
     def echo(message: str) -> None:
@@ -580,7 +580,6 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
     for line in targets:
         echo(line)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     report = {
         "created": stamp, "machine": asdict(machine), "limits": limits, "seed_seconds_per_sample": SEED_SECONDS_PER_SAMPLE,
@@ -590,9 +589,11 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
                    for m in bench_models},
         "rows": [asdict(r) for r in rows], "targets": targets, "notes": notes,
     }
-    (out_dir / f"bench-{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / f"bench-{tag}.md").write_text(markdown(rows, machine, limits, targets, notes))
-    chart_note = write_chart(rows, out_dir / f"bench-{tag}.png")
+    with StagedFiles() as staged:
+        staged.stage(out_dir / f"bench-{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
+        staged.stage(out_dir / f"bench-{tag}.md").write_text(markdown(rows, machine, limits, targets, notes))
+        chart_note = write_chart(rows, staged, out_dir / f"bench-{tag}.png")
+        staged.commit()
     if chart_note:
         echo(chart_note)
     click.echo(f"wrote {out_dir / f'bench-{tag}.json'}, .md{'' if chart_note else ', .png'}")

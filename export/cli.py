@@ -9,7 +9,7 @@ import click
 
 from ddpm.runtime.console import run_command
 from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import StagedFiles, ensure_writable_dir
+from ddpm.runtime.files import StagedFiles, check_writable_dir
 
 
 def _size(path: Path) -> str:
@@ -20,7 +20,7 @@ def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
     path = explicit if explicit is not None else out_dir / name
     if path.is_dir():
         raise DDPMError(f"output path {path} is a directory")
-    ensure_writable_dir(path.parent)
+    check_writable_dir(path.parent)
     return path
 
 

@@ -9,7 +9,7 @@ import click
 
 from .console import run_command
 from .errors import DDPMError
-from .files import StagedFiles, ensure_writable_dir
+from .files import StagedFiles, check_writable_dir
 from .outputs import gif_bytes, npz_bytes, png_bytes
 from .pipeline import DDPM
 from .progress import Progress
@@ -22,7 +22,7 @@ def _target(path: Path | None, option: str) -> Path | None:
         return None
     if path.is_dir():
         raise DDPMError(f"{option} {path} is a directory; give a file name")
-    ensure_writable_dir(path.parent)
+    check_writable_dir(path.parent)
     return path
 
 

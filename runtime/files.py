@@ -43,17 +43,33 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
         raise
 
 
-def ensure_writable_dir(directory: str | Path) -> Path:
-    """Create ``directory`` if needed and prove a file can be written there, or raise DDPMError."""
+def check_writable_dir(directory: str | Path) -> Path:
+    """Raise DDPMError unless ``directory`` exists and takes files, or could be created: nothing is made here.
+
+    A missing directory is judged by its nearest existing ancestor, which must be a writable directory.
+    """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise DDPMError(f"output directory {directory} exists and is not a directory")
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DDPMError(f"cannot write to output directory {directory}: {existing} is not a directory")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         raise DDPMError(f"cannot write to output directory {directory}: {exc.strerror or exc}") from None
+    return directory
+
+
+def make_dir(directory: str | Path) -> Path:
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DDPMError(f"cannot create output directory {directory}: {exc.strerror or exc}") from None
     return directory
 
 
@@ -70,6 +86,7 @@ class StagedFiles:
 
     def stage(self, path: str | Path) -> Path:
         path = Path(path)
+        make_dir(path.parent)
         fd, tmp_name = _temp_beside(path)
         os.close(fd)
         self._staged.append((Path(tmp_name), path))
