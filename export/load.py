@@ -157,7 +157,7 @@ def load_for_export(
             noise_at_last_step=True,
             num_classes=0,
             model_config=config.to_dict(),
-            source={"kind": "labml", "sha256": sha256, "weights": "state_dict"},
+            source={"kind": "labml", "sha256": sha256, "weights": "state_dict", "transform": "resize"},
             versions={"export": versions()},
         )
         return ExportSource(model, info, "labml")

@@ -161,6 +161,7 @@ class DDPM:
             "seed": seed, "num_samples": n, "steps": len(sampler), "timesteps": self.timesteps,
             "batch_size": batch_size, "engine": engine, "variance": info.variance, "noise_at_last_step": info.noise_at_last_step,
             "provider": self.provider, "model": str(self.session.path), "model_sha256": info.source.get("sha256", ""),
+            "transform": info.source.get("transform", "pad"),
         }
         return run
 

@@ -19,6 +19,8 @@ from ddpm.export.cli import export_command
 from ddpm.export.cli import main as export_main
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.cli import run_cli
+from ddpm.runtime.eval_cli import eval_command
+from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.train.cli import main as train_main
 from ddpm.train.cli import train_command
 
@@ -66,6 +68,19 @@ def foreign_onnx() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9).SerializeToString()
 
 
+def npz_bytes(images: bool) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    if images:
+        np.savez(buffer, images=np.zeros((4, 32, 32), np.uint8))
+    else:
+        np.savez(buffer, weights=np.zeros(3))
+    return buffer.getvalue()
+
+
 # (command, file option, the other arguments it needs; OUT is replaced by the case's output folder)
 FILE_OPTIONS = [
     ("ddpm-train", "--resume", ["--data-dir", str(DATA_DIR), "--out", "OUT", "--no-progress"]),
@@ -73,8 +88,11 @@ FILE_OPTIONS = [
     ("ddpm-run", "--onnx", ["--png", "OUT/o.png", "-n", "1", "--steps", "2"]),
     ("ddpm-bench", "--onnx", ["--quick", "--out-dir", "OUT"]),
     ("ddpm-bench", "--labml-onnx", ["--quick", "--out-dir", "OUT", "--models", "labml"]),
+    ("ddpm-eval", "--npz", ["--data-dir", str(DATA_DIR), "--json", "OUT/r.json"]),
+    ("ddpm-eval", "--onnx", ["--data-dir", str(DATA_DIR), "--json", "OUT/r.json", "-n", "4", "--steps", "2"]),
 ]
-MAINS = {"ddpm-train": train_main, "ddpm-export": export_main, "ddpm-run": run_main, "ddpm-bench": bench_main}
+MAINS = {"ddpm-train": train_main, "ddpm-export": export_main, "ddpm-run": run_main, "ddpm-bench": bench_main,
+         "ddpm-eval": eval_main}
 EXPECTED = {  # what the one line must say, per kind of bad file
     "missing": "does not exist", "empty": "empty", "directory": "directory",
 }
@@ -83,10 +101,13 @@ EXPECTED = {  # what the one line must say, per kind of bad file
 @pytest.mark.parametrize("kind", FILE_CASES)
 @pytest.mark.parametrize("command, option, others", FILE_OPTIONS, ids=[f"{c}{o}" for c, o, _ in FILE_OPTIONS])
 def test_bad_files(invoke, tmp_path, tiny_export, foreign_checkpoint, command, option, others, kind):
-    onnx_like = option.endswith("onnx")
-    good = (tiny_export / ("unet.onnx" if onnx_like else "model.pt")).read_bytes()
-    path = tmp_path / ("input.onnx" if onnx_like else "input.pt")
-    make_bad(kind, path, good, foreign_onnx() if onnx_like else foreign_checkpoint)
+    if option == "--npz":
+        good, foreign, path = npz_bytes(images=True), npz_bytes(images=False), tmp_path / "input.npz"
+    elif option.endswith("onnx"):
+        good, foreign, path = (tiny_export / "unet.onnx").read_bytes(), foreign_onnx(), tmp_path / "input.onnx"
+    else:
+        good, foreign, path = (tiny_export / "model.pt").read_bytes(), foreign_checkpoint, tmp_path / "input.pt"
+    make_bad(kind, path, good, foreign)
     before = snapshot(tmp_path)
     args = [fill(a, {"OUT": str(tmp_path / "out")}) for a in others]
     result = invoke(MAINS[command], option, path, *args)
@@ -127,7 +148,7 @@ def numeric_cases():
     """Every numeric option of every command: a word, and a value just outside its range."""
     cases = []
     for name, command in (("ddpm-train", train_command), ("ddpm-export", export_command), ("ddpm-run", run_cli),
-                          ("ddpm-bench", bench_command)):
+                          ("ddpm-bench", bench_command), ("ddpm-eval", eval_command)):
         for param in command.params:
             if not isinstance(param, click.Option) or param.is_flag:
                 continue
@@ -153,6 +174,7 @@ BASE_ARGS = {
     "ddpm-export": ["--ckpt", "CKPT", "--out-dir", "OUT"],
     "ddpm-run": ["--onnx", "ONNX", "--png", "OUT/o.png"],
     "ddpm-bench": ["--quick", "--out-dir", "OUT"],
+    "ddpm-eval": ["--onnx", "ONNX", "--data-dir", str(DATA_DIR), "--json", "OUT/r.json", "-q"],
 }
 
 

@@ -1,0 +1,155 @@
+"""``ddpm-eval``: how good are a model's digits? Judge confidence, class balance and Fréchet distance,
+beside the same figures for real held-out MNIST digits (the floor). No PyTorch needed."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .console import run_command
+from .errors import DDPMError
+from .files import StagedFiles, check_writable_dir
+from .mnist import load_mnist
+from .pipeline import DDPM
+from .progress import Progress
+from .quality import Judge, Scores, score, to_judge_size
+
+# The test set's second half is the reference; its first half supplies the real-data floor.
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, dict]:
+    """uint8 ``images`` [N, H, W] and the settings of a ddpm-run archive, checked."""
+    if not path.exists():
+        raise DDPMError(f"--npz {path} does not exist")
+    if path.is_dir():
+        raise DDPMError(f"--npz {path} is a directory")
+    if path.stat().st_size == 0:
+        raise DDPMError(f"--npz {path} is empty")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "images" not in archive.files:
+                raise DDPMError(f"{path} has no 'images' array (found: {', '.join(archive.files) or 'nothing'})")
+            images = archive["images"]
+            settings = json.loads(str(archive["settings"])) if "settings" in archive.files else {}
+    except DDPMError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise DDPMError(f"{path} is not a readable .npz archive ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+    if images.dtype != np.uint8:
+        raise DDPMError(f"{path}: images are {images.dtype}, expected uint8 (as ddpm-run writes them)")
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise DDPMError(f"{path}: images have shape {list(images.shape)}, expected [N, H, W] with H = W")
+    if len(images) < 2:
+        raise DDPMError(f"{path} holds {len(images)} images; at least 2 are needed")
+    return images, settings if isinstance(settings, dict) else {}
+
+
+def targets(samples: Scores, floor: Scores) -> list[str]:
+    checks = [
+        ("Fréchet distance <= 2 x floor", samples.frechet_distance <= 2 * floor.frechet_distance,
+         f"{samples.frechet_distance:.3f} vs {2 * floor.frechet_distance:.3f}"),
+        ("confidence >= floor - 0.03", samples.confidence >= floor.confidence - 0.03,
+         f"{samples.confidence:.3f} vs {floor.confidence - 0.03:.3f}"),
+        ("largest class deviation <= 0.03", samples.max_class_deviation <= 0.03, f"{samples.max_class_deviation:.3f}"),
+    ]
+    return [f"{name}: {figures}: {'met' if ok else 'missed'}" for name, ok, figures in checks]
+
+
+def table(samples: Scores, floor: Scores) -> str:
+    rows = [
+        ("images", f"{samples.count}", f"{floor.count}"),
+        ("confidence (top class p > 0.9)", f"{samples.confidence:.3f}", f"{floor.confidence:.3f}"),
+        ("largest class deviation from 0.1", f"{samples.max_class_deviation:.3f}", f"{floor.max_class_deviation:.3f}"),
+        ("Fréchet distance (judge features)", f"{samples.frechet_distance:.3f}", f"{floor.frechet_distance:.3f}"),
+    ]
+    rows += [(f"  class {digit} share", f"{samples.histogram[digit]:.3f}", f"{floor.histogram[digit]:.3f}") for digit in range(10)]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':{width}}  {'samples':>10}  {'real (floor)':>12}"]
+    lines += [f"{name:{width}}  {a:>10}  {b:>12}" for name, a, b in rows]
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--npz", type=click.Path(path_type=Path), default=None, help="Score the images of a ddpm-run --npz archive.")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
+              help="Sample this exported model (without --npz). [default: the embedded model]")
+@click.option("-n", "--num-samples", type=click.IntRange(min=2), default=1000,
+              help="Samples to draw when sampling (the floor uses as many real images; at most half the test set).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed when sampling.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampling steps. [default: the model's T]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per network call when sampling.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", help="Provider when sampling.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
+              help="Folder with the MNIST test files (t10k-*). Env: DDPM_DATA_DIR.")
+@click.option("--transform", type=click.Choice(["auto", "pad", "resize"]), default="auto",
+              help="How samples return to 28x28 for the judge: crop the padding or resize. 'auto': what the model was trained with.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, steps: int | None,
+                 batch_size: int | None, provider: str, threads: int | None, data_dir: Path, transform: str,
+                 json_path: Path | None, quiet: bool) -> None:
+    """Score generated digits with the judge: confidence, class histogram, Fréchet distance to the MNIST
+    test set, and the same figures for as many real held-out test digits (the floor).
+
+    \b
+    ddpm-eval -n 1000 --data-dir ../shared/data/mnist              # the embedded model
+    ddpm-eval --npz samples.npz --data-dir ../shared/data/mnist    # what ddpm-run --npz wrote
+    """
+    if npz is not None and onnx_path is not None:
+        raise click.UsageError("give --npz or --onnx, not both")
+    if json_path is not None:
+        if json_path.is_dir():
+            raise DDPMError(f"--json {json_path} is a directory")
+        check_writable_dir(json_path.parent)
+    test_images, _ = load_mnist(data_dir, "test")
+    half = len(test_images) // 2
+    if npz is None and num_samples > half:
+        raise click.BadParameter(f"{num_samples} is more than half the test set ({half}), which the floor draws from",
+                                 param_hint="'-n'")
+    judge = Judge(threads=threads)
+
+    if npz is not None:
+        images, settings = load_npz(npz)
+        if len(images) > half:
+            raise DDPMError(f"{npz} holds {len(images)} images; at most {half} (half the test set) can be compared with the floor")
+        source = {"npz": str(npz), **{k: settings[k] for k in ("seed", "steps", "model", "model_sha256") if k in settings}}
+        chosen = settings.get("transform", "pad") if transform == "auto" else transform
+    else:
+        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads)
+        progress = Progress(steps or ddpm.timesteps, f"sample {num_samples}", unit="step", enabled=not quiet)
+        with progress:
+            run = ddpm.generate(num_samples, seed=seed, steps=steps, batch_size=batch_size,
+                                on_step=lambda done, total: progress.update(1))
+        images, settings = run.images, run.settings
+        source = {"onnx": str(ddpm.session.path), "seed": seed, "steps": run.settings["steps"],
+                  "model_sha256": run.settings["model_sha256"], "sampling_seconds": run.seconds, "provider": ddpm.provider}
+        chosen = ddpm.info.source.get("transform", "pad") if transform == "auto" else transform
+
+    count = len(images)
+    reference = judge(test_images[half:])[1]
+    sample_scores = score(*judge(to_judge_size(images, chosen)), reference)
+    floor_scores = score(*judge(test_images[:count]), reference)
+    checks = targets(sample_scores, floor_scores)
+
+    click.echo(table(sample_scores, floor_scores))
+    click.echo("\n".join(checks))
+    if json_path is not None:
+        report = {
+            "samples": sample_scores.to_dict(), "floor": floor_scores.to_dict(), "targets": checks,
+            "source": source, "transform": chosen,
+            "reference": f"MNIST test images {half}..{len(test_images) - 1}",
+            "floor_images": f"MNIST test images 0..{count - 1}",
+        }
+        with StagedFiles() as staged:
+            staged.stage(json_path).write_text(json.dumps(report, indent=2) + "\n")
+            staged.commit()
+        click.echo(f"wrote {json_path}")
+
+
+def main() -> None:
+    run_command(eval_command, "ddpm-eval")
