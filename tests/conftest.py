@@ -17,7 +17,7 @@ class Result:
     err: str
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA_DIR
 

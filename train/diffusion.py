@@ -28,12 +28,16 @@ class Diffusion:
         """x_t = √ᾱ_t · x_0 + √(1−ᾱ_t) · ε."""
         return self.sqrt_alpha_bars[t][:, None, None, None] * x0 + self.sqrt_one_minus_alpha_bars[t][:, None, None, None] * noise
 
-    def loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """L_simple = E_{t, ε} ‖ε − ε_θ(x_t, t)‖² with t uniform over 0..T−1."""
+    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """L_simple = ‖ε − ε_θ(x_t, t)‖² averaged over the batch, for the given t (uniform over 0..T−1) and ε."""
+        eps = model(self.q_sample(x0, t, noise.to(x0.dtype)), t)
+        return F.mse_loss(eps.float(), noise.float())
+
+    def random_loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_simple with t and ε drawn here."""
         t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        eps = model(self.q_sample(x0, t, noise), t)
-        return F.mse_loss(eps.float(), noise)
+        return self.loss(model, x0, t, noise)
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -88,6 +89,8 @@ class RunOptions:
     keep: int = 3  # step checkpoints kept beside model.pt
     max_bad_steps: int = 0  # batches with a non-finite loss or gradient skipped before giving up
     replace_old: bool = False  # a new run in a folder with older checkpoints: drop them at the first save
+    channels_last: bool | None = None  # None: on for CUDA
+    compile: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,6 +139,47 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr
 
 
+def step_seed(*keys: int) -> int:
+    """A 63-bit seed for one (seed, step[, rank]) key, independent of everything that ran before."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (world 1 when run directly)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> Distributed:
+    """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(rank, world, local_rank)
+
+
+def shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class Trainer:
     def __init__(
         self,
@@ -148,19 +192,28 @@ class Trainer:
     ) -> None:
         self.model_config, self.data_config, self.schedule_spec = model_config, data_config, schedule
         self.config, self.options = train_config, options
+        self.dist = setup_distributed(options.device)
         self.device = resolve_device(options.device)
+        if self.device.type == "cuda" and self.dist.world > 1:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if train_config.batch_size % self.dist.world:
+            raise DDPMError(f"--batch-size {train_config.batch_size} (the global batch) must be divisible by the "
+                            f"{self.dist.world} processes")
         self.use_bf16 = train_config.precision == "bf16" or (train_config.precision == "auto" and self.device.type == "cuda")
+        channels_last = options.channels_last if options.channels_last is not None else self.device.type == "cuda"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.schedule = make_schedule(**schedule)
         self.diffusion = Diffusion(self.schedule, self.device)
 
         seed_everything(train_config.seed)
-        self.model = UNet(model_config).to(self.device)
+        self.model = UNet(model_config).to(self.device, memory_format=self.memory_format)
         self.ema = EMA(self.model, train_config.ema_decay, train_config.ema_warmup)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=train_config.lr,
             betas=train_config.adam_betas,
             weight_decay=train_config.weight_decay,
+            fused=self.device.type == "cuda",
         )
         self.step = 0
         self.elapsed_before = 0.0  # training seconds of earlier runs of this checkpoint
@@ -173,10 +226,28 @@ class Trainer:
             self.elapsed_before = float(resume["progress"].get("elapsed_s", 0.0))
             restore_rng_state(resume["rng"])
 
-        self.images = load_training_images(options.data_dir, data_config, options.download, train_config.max_images).to(self.device)
-        if len(self.images) == 0:
-            raise DDPMError("the training set is empty (check --max-images)")
-        self.steps_per_epoch = math.ceil(len(self.images) / train_config.batch_size)
+        # The module that runs the forward pass: DDP averages gradients over the processes.
+        self.train_module: nn.Module = self.model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_module = DistributedDataParallel(self.model, device_ids=ids)
+        if options.compile:
+            self.train_module = torch.compile(self.train_module)
+
+        # The whole (small) dataset lives on the training device.
+        images = load_training_images(options.data_dir, data_config, options.download, train_config.max_images)
+        if self.device.type == "cuda":
+            images = images.pin_memory()
+        self.images = images.to(self.device, non_blocking=True)
+        if len(self.images) < train_config.batch_size:
+            raise DDPMError(
+                f"the training set ({len(self.images)} images) is smaller than one batch ({train_config.batch_size}); "
+                "lower --batch-size or raise --max-images"
+            )
+        # Full batches only: every process gets the same share of every step.
+        self.steps_per_epoch = len(self.images) // train_config.batch_size
         total = train_config.epochs * self.steps_per_epoch
         self.total_steps = min(total, train_config.max_steps) if train_config.max_steps else total
 
@@ -197,6 +268,7 @@ class Trainer:
                 "epoch": self.step // self.steps_per_epoch,
                 "steps_per_epoch": self.steps_per_epoch,
                 "elapsed_s": self.elapsed(),
+                "processes": self.dist.world,
             },
             "rng": capture_rng_state(),
         }
@@ -233,14 +305,41 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def train_step(self, batch: torch.Tensor) -> float:
-        """One optimizer step; returns the loss. A non-finite loss or gradient norm skips the update."""
+    def step_noise(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """t and ε of the whole global batch for this step, from a generator keyed by (seed, step).
+
+        Every process draws the same global batch and takes its share, so the result does not depend
+        on the number of processes, and a resumed run needs no generator state.
+        """
+        generator = torch.Generator(self.device).manual_seed(step_seed(self.config.seed, self.step))
+        shape = (batch, self.model_config.image_channels, self.data_config.image_size, self.data_config.image_size)
+        t = torch.randint(0, self.schedule.timesteps, (batch,), device=self.device, generator=generator)
+        noise = torch.randn(shape, device=self.device, generator=generator)
+        return t, noise
+
+    def train_step(self, batch_ids: torch.Tensor, stop_requested: bool = False) -> tuple[float, bool]:
+        """One optimizer step on this process's share of the global batch ``batch_ids``.
+
+        Returns the loss (mean over all processes) and whether any process asked to stop. A
+        non-finite loss or gradient norm on any process skips the update everywhere.
+        """
+        share = slice(self.dist.rank, None, self.dist.world)
+        t, noise = self.step_noise(len(batch_ids))
+        x0 = self.images[batch_ids[share]].contiguous(memory_format=self.memory_format)
+        torch.manual_seed(step_seed(self.config.seed, self.step, self.dist.rank))  # dropout
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            loss = self.diffusion.loss(self.model, batch)
+            loss = self.diffusion.loss(self.train_module, x0, t[share], noise[share])
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
+        status = torch.stack([loss.detach().float(), torch.tensor(float(stop_requested), device=self.device)])
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            status[0] = torch.nan_to_num(status[0], nan=float("inf"))  # NaN would not survive the sum
+            dist.all_reduce(status)
+            status[0] /= self.dist.world
+        loss_value, stop = float(status[0]), bool(status[1] > 0)
         healthy = math.isfinite(loss_value)
         if healthy:
             loss.backward()
@@ -251,70 +350,88 @@ class Trainer:
                     loss_value = float("nan")
         if healthy:
             self.optimizer.step()
-            self.ema.update(self.model, self.step)
+            if self.dist.is_main:
+                self.ema.update(self.model, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return loss_value
+        return loss_value, stop
 
     def run(self, warn=None) -> Path:
-        """Train to ``total_steps``. SIGINT/SIGTERM end the run after the current step with a checkpoint."""
-        options, config = self.options, self.config
-        warn = warn or (lambda message: None)
-        make_dir(options.out_dir)
-        remove_stale_temporaries(options.out_dir)
-        log_path = options.out_dir / "log.jsonl"
-        trim_log(log_path, self.step)
-        self.model.train()
+        """Train to ``total_steps``. SIGINT/SIGTERM end the run after the current step with a checkpoint.
+
+        Under torchrun every process trains; only rank 0 logs, saves and draws sample grids.
+        """
+        try:
+            return self._run(warn or (lambda message: None))
+        finally:
+            shutdown_distributed()
+
+    def _run(self, warn) -> Path:
+        options, config, main = self.options, self.config, self.dist.is_main
+        if main:
+            make_dir(options.out_dir)
+            remove_stale_temporaries(options.out_dir)
+            trim_log(options.out_dir / "log.jsonl", self.step)
+        self.train_module.train()
         self._started = time.perf_counter()
         window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
         bad_steps = 0
-        progress = Progress(self.total_steps, "train", unit="step", start=self.step, enabled=options.progress)
-        with progress, open(log_path, "a", encoding="utf-8") as log, StopSignals() as stop:
-            while self.step < self.total_steps:
-                epoch, index = divmod(self.step, self.steps_per_epoch)
-                order = epoch_order(config.seed, epoch, len(self.images))
-                batch_ids = order[index * config.batch_size : (index + 1) * config.batch_size].to(self.device)
-                loss = self.train_step(self.images[batch_ids])
-                if not math.isfinite(loss):
-                    bad_steps += 1
-                    latest = options.out_dir / LATEST
-                    kept = f"{latest} is intact" if latest.exists() else "no checkpoint was written yet"
-                    if bad_steps > options.max_bad_steps:
-                        raise DDPMError(
-                            f"non-finite loss or gradient ({loss}) at step {self.step}"
-                            f"{f' after skipping {bad_steps - 1} such batches' if bad_steps > 1 else ''}; stopped, {kept} "
-                            "(--max-bad-steps skips a few such batches)"
-                        )
-                    warn(f"skipped the update of step {self.step}: non-finite loss or gradient ({bad_steps}/{options.max_bad_steps})")
-                else:
-                    window_loss += loss
-                    window_steps += 1
-                window_images += len(batch_ids)
+        progress = Progress(self.total_steps, "train", unit="step", start=self.step, enabled=options.progress and main)
+        log = open(options.out_dir / "log.jsonl", "a", encoding="utf-8") if main else None
+        try:
+            with progress, StopSignals() as signals:
+                while self.step < self.total_steps:
+                    epoch, index = divmod(self.step, self.steps_per_epoch)
+                    order = epoch_order(config.seed, epoch, len(self.images))
+                    batch_ids = order[index * config.batch_size : (index + 1) * config.batch_size].to(self.device)
+                    loss, stop = self.train_step(batch_ids, bool(signals.received))
+                    if not math.isfinite(loss):
+                        bad_steps += 1
+                        latest = options.out_dir / LATEST
+                        kept = f"{latest} is intact" if latest.exists() else "no checkpoint was written yet"
+                        if bad_steps > options.max_bad_steps:
+                            raise DDPMError(
+                                f"non-finite loss or gradient ({loss}) at step {self.step}"
+                                f"{f' after skipping {bad_steps - 1} such batches' if bad_steps > 1 else ''}; stopped, {kept} "
+                                "(--max-bad-steps skips a few such batches)"
+                            )
+                        if main:
+                            warn(f"skipped the update of step {self.step}: non-finite loss or gradient "
+                                 f"({bad_steps}/{options.max_bad_steps})")
+                    else:
+                        window_loss += loss
+                        window_steps += 1
+                    window_images += len(batch_ids)
 
-                end_of_epoch = self.step % self.steps_per_epoch == 0
-                finished = self.step >= self.total_steps
-                saving = finished or (options.save_every and self.step % options.save_every == 0)
-                if window_steps and (window_steps >= options.log_every or saving or end_of_epoch):
-                    mean_loss = window_loss / window_steps
-                    rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                    record = {
-                        "step": self.step,
-                        "epoch": self.step / self.steps_per_epoch,
-                        "loss": mean_loss,
-                        "images_per_s": rate,
-                        "elapsed_s": self.elapsed(),
-                    }
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
-                    progress.status = f"epoch {self.step / self.steps_per_epoch:.2f}  loss {mean_loss:.4f}  {rate:.1f} img/s"
-                progress.update(1)
-                if saving or stop.received:
-                    self.save()
-                if end_of_epoch and options.sample_grid and not stop.received:
-                    self.write_samples(self.step // self.steps_per_epoch)
-                if stop.received:
-                    raise Interrupted(stop.received, self.step, options.out_dir / LATEST)
+                    end_of_epoch = self.step % self.steps_per_epoch == 0
+                    finished = self.step >= self.total_steps
+                    saving = finished or stop or (options.save_every and self.step % options.save_every == 0)
+                    if main and window_steps and (window_steps >= options.log_every or saving or end_of_epoch):
+                        mean_loss = window_loss / window_steps
+                        rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                        record = {
+                            "step": self.step,
+                            "epoch": self.step / self.steps_per_epoch,
+                            "loss": mean_loss,
+                            "images_per_s": rate,
+                            "elapsed_s": self.elapsed(),
+                        }
+                        if self.device.type == "cuda":
+                            record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                        window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
+                        progress.status = f"epoch {self.step / self.steps_per_epoch:.2f}  loss {mean_loss:.4f}  {rate:.1f} img/s"
+                    progress.update(1)
+                    if main and saving:
+                        self.save()
+                    if main and end_of_epoch and options.sample_grid and not stop:
+                        self.write_samples(self.step // self.steps_per_epoch)
+                    if stop:
+                        raise Interrupted(signals.received or signal.SIGTERM, self.step, options.out_dir / LATEST)
+        finally:
+            if log is not None:
+                log.close()
         return options.out_dir / LATEST
 
 

@@ -73,6 +73,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels)
+        self.norm.requires_grad_(False)  # never used: no gradient, so DDP need not look for unused parameters
         self.projection = nn.Linear(channels, channels * 3)
         self.output = nn.Linear(channels, channels)
 
