@@ -3,7 +3,10 @@
 One process measures every row side by side, with the machine's own limit beside them:
 
 - implementations: PyTorch eager, TorchScript (traced), ONNX Runtime ``run``, ONNX Runtime with
-  IOBinding, IOBinding + CUDA graph (fixed-batch model, CUDA only), TensorRT (when it starts);
+  IOBinding, IOBinding + CUDA graph (fixed-batch model, CUDA only), the fused-step graph (U-Net
+  and update in one graph, x kept on the device; with and without a CUDA graph), fp16 (CUDA
+  only; alone and fused with a CUDA graph), TensorRT (when it starts); variants other than the
+  model file itself are exported on the spot from the PyTorch module;
 - a *step* is one network call plus the DDPM update, in the implementation's own arrays;
 - per row: median, min and max step time after warm-up; per-sample latency = step time x T / B
   ("extrapolated"), or the wall time of a whole T-step ``ddpm-run`` loop ÷ B ("measured");
@@ -34,10 +37,24 @@ from ddpm.runtime.files import StagedFiles, check_writable_dir
 from ddpm.runtime.metadata import ModelInfo
 from ddpm.runtime.pipeline import DDPM, default_model_path
 from ddpm.runtime.sampler import AncestralSampler
-from ddpm.runtime.session import BoundEps, UNetSession, gpu_present
+from ddpm.runtime.session import BoundEps, BoundStep, UNetSession, gpu_present
 
 SEED_SECONDS_PER_SAMPLE = 50.0  # the seed's figure: 1000 steps, batch 1, eager PyTorch on a V100
-IMPLEMENTATIONS = ("eager", "torchscript", "ort", "ort-iobinding", "ort-cudagraph", "tensorrt")
+IMPLEMENTATIONS = ("eager", "torchscript", "ort", "ort-iobinding", "ort-cudagraph", "ort-fused", "ort-fused-cudagraph",
+                   "ort-fp16", "ort-fp16-fused-cudagraph", "tensorrt")
+# The ONNX variant each ONNX Runtime row runs: (graph, fp16, fixed batch), and the engine.
+# "fused" graphs take (x, t, noise) and return x_{t-1}; x stays in device buffers between steps.
+ORT_VARIANTS = {
+    "ort": ("eps", False, False, "plain"),
+    "ort-iobinding": ("eps", False, False, "iobinding"),
+    "ort-cudagraph": ("eps", False, True, "iobinding"),
+    "ort-fused": ("fused-step", False, False, "iobinding"),
+    "ort-fused-cudagraph": ("fused-step", False, True, "iobinding"),
+    "ort-fp16": ("eps", True, False, "iobinding"),
+    "ort-fp16-fused-cudagraph": ("fused-step", True, True, "iobinding"),
+    "tensorrt": ("eps", False, False, "iobinding"),
+}
+CUDA_ONLY = {"ort-cudagraph", "ort-fused-cudagraph", "ort-fp16", "ort-fp16-fused-cudagraph", "tensorrt"}
 TORCH_IMPLEMENTATIONS = ("eager", "torchscript")
 PROVIDERS = ("cpu", "cuda")
 MODELS = ("small", "labml")
@@ -164,11 +181,24 @@ class BenchModel:
     flops_per_image: float | None
     weight_bytes: float | None
     torch_module: Any = None
-    fixed_paths: dict[int, Path] = field(default_factory=dict)
+    workdir: Path | None = None
+    variants: dict[tuple, Path] = field(default_factory=dict)
+
+    def variant(self, graph: str, fp16: bool, fixed_batch: int | None, echo: Callable[[str], None]) -> Path:
+        """The ONNX file for a row: the model itself, or an export of the PyTorch module made on first use."""
+        if (graph, fp16, fixed_batch) == ("eps", False, None):
+            return self.onnx_path
+        key = (graph, fp16, fixed_batch)
+        if key not in self.variants:
+            if self.torch_module is None:
+                raise SkipRow("skipped: this variant is exported on the spot, which needs PyTorch and onnx")
+            name = f"{self.name}{'.step' if graph != 'eps' else ''}{'.fp16' if fp16 else ''}" + (f".b{fixed_batch}" if fixed_batch else "")
+            self.variants[key] = export_random(self.torch_module, self.workdir / f"{name}.onnx", fixed_batch, echo, graph, fp16)
+        return self.variants[key]
 
 
 def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path | None, workdir: Path, torch,
-                   fixed_batches: list[int], echo: Callable[[str], None]) -> tuple[list[BenchModel], list[str]]:
+                   echo: Callable[[str], None]) -> tuple[list[BenchModel], list[str]]:
     models, notes = [], []
     for name in names:
         if name == "small":
@@ -202,15 +232,12 @@ def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path |
             weight_bytes = 4.0 * count_parameters(module)
             if name == "small" and small_onnx is None:
                 weights = "embedded (trained) in ONNX rows; random in PyTorch rows"
-        model = BenchModel(name, path, info, weights, flops, weight_bytes, module)
-        if fixed_batches and torch is not None:
-            for batch in fixed_batches:
-                model.fixed_paths[batch] = export_random(module, workdir / f"{name}.b{batch}.onnx", batch, echo)
-        models.append(model)
+        models.append(BenchModel(name, path, info, weights, flops, weight_bytes, module, workdir))
     return models, notes
 
 
-def export_random(module, path: Path, fixed_batch: int | None, echo: Callable[[str], None]) -> Path:
+def export_random(module, path: Path, fixed_batch: int | None, echo: Callable[[str], None], graph: str = "eps",
+                  fp16: bool = False) -> Path:
     """Export a PyTorch U-Net (with whatever weights it has) for timing."""
     from ddpm.export.exporter import onnx_model
     from ddpm.export.load import ExportSource
@@ -223,7 +250,8 @@ def export_random(module, path: Path, fixed_batch: int | None, echo: Callable[[s
         source={"kind": "benchmark", "weights": "random"}, versions={"export": versions()},
     )
     start = time.perf_counter()
-    path.write_bytes(onnx_model(ExportSource(module, info, "benchmark"), fixed_batch=fixed_batch).SerializeToString())
+    model = onnx_model(ExportSource(module, info, "benchmark"), fixed_batch=fixed_batch, graph=graph, fp16=fp16)
+    path.write_bytes(model.SerializeToString())
     echo(f"exported {path.name} in {time.perf_counter() - start:.0f} s")
     return path
 
@@ -246,6 +274,21 @@ def ort_step(session: UNetSession, batch: int, engine: str) -> Callable[[int], N
         t = np.full(batch, sampler.model_timesteps[position], dtype=np.int64)
         eps = eps_fn(state["x"], t)
         state["x"] = sampler.step(state["x"], position, eps, noise if sampler.needs_noise(position) else None)
+
+    return step
+
+
+def ort_fused_step(session: UNetSession, batch: int) -> Callable[[int], None]:
+    """One sampling step through a fused-step graph: t and the noise go in, x stays in device buffers."""
+    info = session.info
+    shape = (batch, info.image_channels, info.image_size, info.image_size)
+    rng = np.random.default_rng(0)
+    stepper = BoundStep(session, rng.standard_normal(shape, dtype=np.float32))
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    timesteps = info.make_schedule().timesteps
+
+    def step(i: int) -> None:
+        stepper(np.full(batch, timesteps - 1 - i % timesteps, dtype=np.int64), noise)
 
     return step
 
@@ -330,12 +373,12 @@ def run_benchmark(
         timesteps = model.info.make_schedule().timesteps
         for provider in providers:
             for implementation in implementations:
-                if implementation in ("ort-cudagraph", "tensorrt") and provider != "cuda":
+                if implementation in CUDA_ONLY and provider != "cuda":
                     continue
                 for batch in batches[provider]:
                     row = Row(model.name, model.weights, implementation, provider, batch)
                     try:
-                        step = make_step(model, implementation, provider, batch, threads, torch)
+                        step = make_step(model, implementation, provider, batch, threads, torch, echo)
                     except SkipRow as skip:
                         row.note = str(skip)
                         rows.append(row)
@@ -374,26 +417,27 @@ class SkipRow(Exception):
     """This row cannot run here; the message says why."""
 
 
-def make_step(model: BenchModel, implementation: str, provider: str, batch: int, threads: int, torch) -> Callable[[int], None]:
+def make_step(model: BenchModel, implementation: str, provider: str, batch: int, threads: int, torch,
+              echo: Callable[[str], None] = lambda message: None) -> Callable[[int], None]:
     if implementation in TORCH_IMPLEMENTATIONS:
         if torch is None:
             raise SkipRow("skipped: PyTorch is not installed")
         if provider == "cuda" and not torch.cuda.is_available():
             raise SkipRow("skipped: PyTorch sees no CUDA device")
         return torch_step(torch, model.torch_module, model.info, batch, provider, implementation == "torchscript")
-    cpu_threads = threads if provider == "cpu" else None
-    if implementation == "ort-cudagraph":
-        path = model.fixed_paths.get(batch)
-        if path is None:
-            raise SkipRow("skipped: needs a fixed-batch export (PyTorch and onnx to make one)")
-        session = UNetSession(path, provider="cuda", cuda_graph=True)
-        return ort_step(session, batch, "iobinding")
-    name = {"ort": "cuda", "ort-iobinding": "cuda", "tensorrt": "tensorrt"}[implementation] if provider == "cuda" else "cpu"
+    graph, fp16, graphed, engine = ORT_VARIANTS[implementation]
+    if provider == "cpu":
+        name = "cpu"
+    else:
+        name = "tensorrt" if implementation == "tensorrt" else "cuda"
     try:
-        session = UNetSession(model.onnx_path, provider=name, threads=cpu_threads)
+        path = model.variant(graph, fp16, batch if graphed else None, echo)
+        session = UNetSession(path, provider=name, threads=threads if provider == "cpu" else None, cuda_graph=graphed)
     except DDPMError as exc:
         raise SkipRow(f"skipped: {exc}") from None
-    return ort_step(session, batch, "iobinding" if implementation != "ort" else "plain")
+    if graph == "fused-step":
+        return ort_fused_step(session, batch)
+    return ort_step(session, batch, engine)
 
 
 # -- reporting -----------------------------------------------------------------------------------------
@@ -559,9 +603,8 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
         click.echo(message, err=True)
 
     machine = describe_machine(threads, torch)
-    fixed = sorted(set(gpu_batches)) if "cuda" in providers and "ort-cudagraph" in implementations else []
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as workdir:
-        bench_models, notes = prepare_models(models, small_onnx, labml_onnx, Path(workdir), torch, fixed, echo)
+        bench_models, notes = prepare_models(models, small_onnx, labml_onnx, Path(workdir), torch, echo)
         limits: dict[str, Any] = {}
         limits["cpu_sgemm_gflops"], limits["cpu_sgemm_method"] = cpu_sgemm_gflops(torch)
         echo(f"{machine.cpu}, {threads} threads: sgemm {limits['cpu_sgemm_gflops']:.1f} GFLOP/s ({limits['cpu_sgemm_method']})")

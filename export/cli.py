@@ -40,14 +40,20 @@ def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
 @click.option("--atol", type=click.FloatRange(min=0.0, min_open=True), default=1e-4,
               help="Largest allowed abs difference to eager PyTorch; above it nothing is written.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the exports with eager PyTorch.")
+@click.option("--fp16", is_flag=True,
+              help="Also write fp16 copies (unet.fp16.onnx ...): fp32 inputs and outputs, the timestep embedding kept fp32.")
+@click.option("--fp16-atol", type=click.FloatRange(min=0.0, min_open=True), default=1e-2,
+              help="Largest allowed abs difference of the fp16 copies to eager fp32 PyTorch.")
+@click.option("--fused-step", is_flag=True,
+              help="Also write unet.step.onnx: the U-Net plus the DDPM update (x, t, noise -> x_prev), so x can stay on the GPU.")
 @click.option("--norm-groups", type=click.IntRange(min=1), default=None,
               help="labml state dicts only: GroupNorm groups in the blocks (not stored in a state dict). [default: 32]")
 @click.option("--final-norm-groups", type=click.IntRange(min=1), default=None,
               help="labml state dicts only: GroupNorm groups before the output conv. [default: 8]")
 def export_command(
     ckpt: Path, out_dir: Path | None, onnx_path: Path | None, torchscript_path: Path | None, no_torchscript: bool,
-    opset: int, raw: bool, fixed_batch: int | None, atol: float, no_verify: bool,
-    norm_groups: int | None, final_norm_groups: int | None,
+    opset: int, raw: bool, fixed_batch: int | None, atol: float, no_verify: bool, fp16: bool, fp16_atol: float,
+    fused_step: bool, norm_groups: int | None, final_norm_groups: int | None,
 ) -> None:
     """Export a U-Net checkpoint to ONNX (dynamic batch, sampling settings in its metadata) and TorchScript.
 
@@ -57,6 +63,7 @@ def export_command(
     \b
     ddpm-export --ckpt runs/small/model.pt
     ddpm-export --ckpt labml_model.pt --out-dir exported --fixed-batch 16
+    ddpm-export --ckpt model.pt --fp16 --fused-step --fixed-batch 1     # the GPU variants
     """
     from .exporter import onnx_model, save_torchscript, torchscript_module, verify
     from .load import load_for_export
@@ -75,36 +82,49 @@ def export_command(
     )
     click.echo(f"read {ckpt} ({what}): {parameters:,} parameters, widths {source.model.config.widths()}")
 
-    targets = {"onnx": _output_path(onnx_path, out_dir, "unet.onnx")}
+    # Every ONNX variant asked for: (graph, fp16, fixed batch); the first is the plain dynamic ε graph.
+    base = _output_path(onnx_path, out_dir, "unet.onnx")
+    variants = [
+        (graph, half, batch)
+        for graph in (["eps", "fused-step"] if fused_step else ["eps"])
+        for half in ([False, True] if fp16 else [False])
+        for batch in ([None, fixed_batch] if fixed_batch is not None else [None])
+    ]
+    targets: dict[str, Path] = {}
+    for graph, half, batch in variants:
+        suffix = f"{'.step' if graph == 'fused-step' else ''}{'.fp16' if half else ''}{f'.b{batch}' if batch else ''}"
+        targets[f"onnx{suffix}"] = base.with_name(f"{base.stem}{suffix}.onnx")
     if not no_torchscript:
         targets["torchscript"] = _output_path(torchscript_path, out_dir, "unet.ts.pt")
-    if fixed_batch is not None:
-        targets["fixed"] = targets["onnx"].with_name(f"{targets['onnx'].stem}.b{fixed_batch}.onnx")
     if len({p.resolve() for p in targets.values()}) != len(targets):
         raise click.UsageError("the output paths must differ")
 
+    summary: list[str] = []
     with StagedFiles() as staged:
         temp = {name: staged.stage(path) for name, path in targets.items()}
-        start = time.perf_counter()
-        temp["onnx"].write_bytes(onnx_model(source, opset).SerializeToString())
-        timings = {"onnx": time.perf_counter() - start}
+        timings: dict[str, float] = {}
+        for (graph, half, batch), name in zip(variants, [n for n in targets if n.startswith("onnx")]):
+            start = time.perf_counter()
+            temp[name].write_bytes(onnx_model(source, opset, fixed_batch=batch, graph=graph, fp16=half).SerializeToString())
+            timings[name] = time.perf_counter() - start
         if "torchscript" in temp:
             start = time.perf_counter()
             save_torchscript(torchscript_module(source), source.info, temp["torchscript"])
             timings["torchscript"] = time.perf_counter() - start
-        if "fixed" in temp:
-            start = time.perf_counter()
-            temp["fixed"].write_bytes(onnx_model(source, opset, fixed_batch=fixed_batch).SerializeToString())
-            timings["fixed"] = time.perf_counter() - start
 
         if not no_verify:
-            diffs = verify(source, temp["onnx"], temp.get("torchscript"))
-            if "fixed" in temp:
-                diffs["onnx fixed-batch"] = verify(source, temp["fixed"], None, batches=(fixed_batch,))["onnx"]
-            summary = ", ".join(f"{name} {value:.2e}" for name, value in diffs.items())
-            worst = max(diffs.values())
-            if not worst <= atol:
-                raise DDPMError(f"verification failed: max abs difference to eager PyTorch {summary} exceeds --atol {atol:g}; nothing written")
+            failures = []
+            for (graph, half, batch), name in zip(variants, [n for n in targets if n.startswith("onnx")]):
+                ts = temp.get("torchscript") if name == "onnx" else None
+                diffs = verify(source, temp[name], ts, batches=(batch,) if batch else (1, 3), graph=graph)
+                limit = fp16_atol if half else atol
+                for kind, value in diffs.items():
+                    label = "torchscript" if kind == "torchscript" else targets[name].name
+                    summary.append(f"{label} {value:.2e}")
+                    if not value <= limit:
+                        failures.append(f"{label} {value:.2e} > {limit:g}")
+            if failures:
+                raise DDPMError(f"verification failed: max abs difference to eager PyTorch {', '.join(failures)}; nothing written")
         staged.commit()
 
     for name, path in targets.items():
@@ -112,7 +132,10 @@ def export_command(
     if no_verify:
         click.echo("verification skipped (--no-verify)")
     else:
-        click.echo(f"verified against eager PyTorch (batches 1 and 3, t = 0, T/2, T-1): max abs diff {summary} (atol {atol:g})")
+        click.echo(
+            f"verified against eager PyTorch fp32 (batches 1 and 3, t = 0, T/2, T-1): max abs diff {', '.join(summary)} "
+            f"(atol {atol:g}{f', fp16 {fp16_atol:g}' if fp16 else ''})"
+        )
 
 
 def main() -> None:

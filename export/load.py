@@ -135,7 +135,7 @@ def load_for_export(
             prediction=sampling["prediction"],
             variance=sampling["variance"],
             noise_at_last_step=bool(sampling["noise_at_last_step"]),
-            num_classes=0,
+            num_classes=config.num_classes,
             model_config=config.to_dict(),
             source={
                 "kind": "ddpm-mnist", "sha256": sha256, "weights": weights, "step": int(checkpoint["progress"]["step"]),

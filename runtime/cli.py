@@ -11,8 +11,9 @@ from .console import run_command
 from .errors import DDPMError
 from .files import StagedFiles, check_writable_dir
 from .outputs import gif_bytes, npz_bytes, png_bytes
-from .pipeline import DDPM
+from .pipeline import DDPM, ENGINE_CHOICES, resolve_engine
 from .progress import Progress
+from .sampling_cli import sampling_options, sampling_request
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 
@@ -33,60 +34,73 @@ def _target(path: Path | None, option: str) -> Path | None:
 @click.option("--png", type=click.Path(path_type=Path), default=None, help="Write the final samples as a PNG grid.")
 @click.option("--npz", type=click.Path(path_type=Path), default=None,
               help="Write uint8 'images' [N,H,W], the seed and the settings (JSON) as a NumPy archive.")
-@click.option("-n", "--num-samples", type=click.IntRange(min=1), default=16, help="How many digits to draw.")
+@click.option("-n", "--num-samples", type=click.IntRange(min=1), default=None,
+              help="How many digits to draw. [default: 16; 2 per class with --digit all]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per network call. [default: 16 on CPU, up to 256 on GPU; a fixed-batch model uses its own]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the noise; the same seed gives the same digits.")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Sampling steps; fewer than the model's T (1000) respace the ancestral schedule. [default: T]")
 @click.option("--frames", type=click.IntRange(min=2), default=40, help="GIF frames, spaced densely towards the end of the process.")
 @click.option("--fps", type=click.FloatRange(min=0.1, max=100.0), default=12.0, help="GIF frames per second.")
 @click.option("--hold", type=click.FloatRange(min=0.0, max=60.0), default=2.0, help="Seconds the GIF shows the final frame.")
 @click.option("--scale", type=click.IntRange(1, 16), default=3, help="Pixel upscaling of the GIF and PNG grids.")
+@sampling_options
 @click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto",
               help="ONNX Runtime execution provider; 'auto' uses CUDA when a GPU is usable, else the CPU.")
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto",
+              help="How each step reaches the network: 'plain' session.run with NumPy arrays; 'iobinding' "
+                   "device buffers updated in place; 'cudagraph' IOBinding with a captured CUDA graph (CUDA "
+                   "provider, fixed-batch model); 'auto' is iobinding on a GPU, plain on the CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU provider threads. [default: ONNX Runtime's choice]")
 @click.option("--info", "show_info", is_flag=True, help="Print the model's metadata as JSON and exit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary, only errors.")
 def run_cli(
-    onnx_path: Path | None, gif: Path | None, png: Path | None, npz: Path | None, num_samples: int,
-    batch_size: int | None, seed: int, steps: int | None, frames: int, fps: float, hold: float, scale: int,
-    provider: str, threads: int | None, show_info: bool, quiet: bool,
+    onnx_path: Path | None, gif: Path | None, png: Path | None, npz: Path | None, num_samples: int | None,
+    batch_size: int | None, seed: int, frames: int, fps: float, hold: float, scale: int,
+    sampler: str, steps: int | None, eta: float | None, spacing: str, digit: str | None, guidance: float | None,
+    provider: str, engine: str, threads: int | None, show_info: bool, quiet: bool,
 ) -> None:
-    """Draw MNIST digits with an exported DDPM: the 1000-step ancestral loop in NumPy around ONNX Runtime.
+    """Draw MNIST digits with an exported DDPM: the ancestral (or DDIM) loop in NumPy around ONNX Runtime.
 
     \b
     ddpm-run --gif out.gif                      # the embedded model, 16 digits
     ddpm-run --onnx unet.onnx -n 64 --png grid.png --npz samples.npz --seed 3
+    ddpm-run --sampler ddim --steps 50 --png fast.png              # 20x fewer network calls
+    ddpm-run --onnx cond.onnx --digit all --guidance 2 --gif all.gif
     """
     targets = {"gif": _target(gif, "--gif"), "png": _target(png, "--png"), "npz": _target(npz, "--npz")}
     if not show_info and not any(targets.values()):
         raise click.UsageError("nothing to write: give --gif, --png and/or --npz")
-    ddpm = DDPM.load(onnx_path, provider=provider, threads=threads)
+    if engine == "cudagraph" and provider == "cpu":
+        raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
+    ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, cuda_graph=engine == "cudagraph")
     if show_info:
         info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}
         click.echo(json.dumps({"model": str(ddpm.session.path), "provider": ddpm.provider, **info}, indent=2))
         return
-    if steps is not None and steps > ddpm.timesteps:
-        raise click.BadParameter(f"{steps} is more than the model's {ddpm.timesteps} diffusion steps", param_hint="'--steps'")
+    loop_engine = resolve_engine(engine, ddpm.provider, ddpm.session.fixed_batch)
+    if num_samples is None:
+        every = digit is not None and digit.strip().lower() == "all" and ddpm.info.num_classes
+        num_samples = 2 * ddpm.info.num_classes if every else 16
+    request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance)
     if not quiet:
         for note in ddpm.session.notes:
             click.echo(f"ddpm-run: {note}", err=True)
         threads_note = f", {threads} threads" if threads else ""
-        click.echo(f"model {ddpm.session.path.name} on {ddpm.provider}{threads_note}", err=True)
+        click.echo(f"model {ddpm.session.path.name} on {ddpm.provider}{threads_note}, engine {engine}"
+                   f"{f' ({loop_engine})' if engine == 'auto' else ''}", err=True)
 
-    progress = Progress(steps or ddpm.timesteps, "sample", unit="step", enabled=not quiet)
+    progress = Progress(request.steps, "sample", unit="step", enabled=not quiet)
     with progress:
         run = ddpm.generate(
-            num_samples, seed=seed, batch_size=batch_size, steps=steps, frames=frames if gif else 0,
-            on_step=lambda done, total: progress.update(1),
+            num_samples, seed=seed, batch_size=batch_size, frames=frames if gif else 0,
+            on_step=lambda done, total: progress.update(1), engine=loop_engine, **request.kwargs,
         )
 
     payloads = {}
     if targets["gif"]:
-        payloads["gif"] = gif_bytes(run.frames, fps=fps, hold=hold, scale=scale)
+        payloads["gif"] = gif_bytes(run.frames, fps=fps, hold=hold, scale=scale, columns=request.columns)
     if targets["png"]:
-        payloads["png"] = png_bytes(run.images, scale=scale)
+        payloads["png"] = png_bytes(run.images, scale=scale, columns=request.columns)
     if targets["npz"]:
         payloads["npz"] = npz_bytes(run.images, run.settings)
     with StagedFiles() as staged:

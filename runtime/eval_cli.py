@@ -17,8 +17,14 @@ from .mnist import load_mnist
 from .pipeline import DDPM
 from .progress import Progress
 from .quality import Judge, Scores, score, to_judge_size
+from .sampling_cli import sampling_options, sampling_request
+
+CONDITIONAL_ACCURACY = 0.97
 
 # The test set's second half is the reference; its first half supplies the real-data floor.
+
+
+SETTINGS_KEPT = ("seed", "sampler", "steps", "eta", "spacing", "guidance", "model", "model_sha256")
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, dict]:
@@ -56,6 +62,9 @@ def targets(samples: Scores, floor: Scores) -> list[str]:
          f"{samples.confidence:.3f} vs {floor.confidence - 0.03:.3f}"),
         ("largest class deviation <= 0.03", samples.max_class_deviation <= 0.03, f"{samples.max_class_deviation:.3f}"),
     ]
+    if samples.accuracy is not None:
+        checks.append((f"conditional accuracy >= {CONDITIONAL_ACCURACY:g}", samples.accuracy >= CONDITIONAL_ACCURACY,
+                       f"{samples.accuracy:.3f}"))
     return [f"{name}: {figures}: {'met' if ok else 'missed'}" for name, ok, figures in checks]
 
 
@@ -66,6 +75,8 @@ def table(samples: Scores, floor: Scores) -> str:
         ("largest class deviation from 0.1", f"{samples.max_class_deviation:.3f}", f"{floor.max_class_deviation:.3f}"),
         ("Fréchet distance (judge features)", f"{samples.frechet_distance:.3f}", f"{floor.frechet_distance:.3f}"),
     ]
+    if samples.accuracy is not None:
+        rows.insert(1, ("judged as the requested digit", f"{samples.accuracy:.3f}", f"{floor.accuracy:.3f}"))
     rows += [(f"  class {digit} share", f"{samples.histogram[digit]:.3f}", f"{floor.histogram[digit]:.3f}") for digit in range(10)]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'samples':>10}  {'real (floor)':>12}"]
@@ -80,7 +91,7 @@ def table(samples: Scores, floor: Scores) -> str:
 @click.option("-n", "--num-samples", type=click.IntRange(min=2), default=1000,
               help="Samples to draw when sampling (the floor uses as many real images; at most half the test set).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed when sampling.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampling steps. [default: the model's T]")
+@sampling_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per network call when sampling.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", help="Provider when sampling.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
@@ -90,8 +101,8 @@ def table(samples: Scores, floor: Scores) -> str:
               help="How samples return to 28x28 for the judge: crop the padding or resize. 'auto': what the model was trained with.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, steps: int | None,
-                 batch_size: int | None, provider: str, threads: int | None, data_dir: Path, transform: str,
+def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, sampler: str,
+                 steps: int | None, eta: float | None, spacing: str, digit: str | None, guidance: float | None, batch_size: int | None, provider: str, threads: int | None, data_dir: Path, transform: str,
                  json_path: Path | None, quiet: bool) -> None:
     """Score generated digits with the judge: confidence, class histogram, Fréchet distance to the MNIST
     test set, and the same figures for as many real held-out test digits (the floor).
@@ -99,6 +110,11 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
     \b
     ddpm-eval -n 1000 --data-dir ../shared/data/mnist              # the embedded model
     ddpm-eval --npz samples.npz --data-dir ../shared/data/mnist    # what ddpm-run --npz wrote
+    ddpm-eval -n 1000 --sampler ddim --steps 50 --data-dir ../shared/data/mnist
+    ddpm-eval --onnx cond.onnx --digit all --guidance 1 --data-dir ../shared/data/mnist
+
+    With --digit (class-conditional models) it also reports the share of samples the judge assigns
+    to the requested digit, beside the judge's accuracy on the real digits.
     """
     if npz is not None and onnx_path is not None:
         raise click.UsageError("give --npz or --onnx, not both")
@@ -106,7 +122,10 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
         if json_path.is_dir():
             raise DDPMError(f"--json {json_path} is a directory")
         check_writable_dir(json_path.parent)
-    test_images, _ = load_mnist(data_dir, "test")
+    sampling_given = sampler != "ancestral" or any(v is not None for v in (steps, eta, digit, guidance)) or spacing != "uniform"
+    if npz is not None and sampling_given:
+        raise click.UsageError("--npz scores finished images; sampling options (--sampler, --steps, --digit, ...) need --onnx")
+    test_images, test_labels = load_mnist(data_dir, "test")
     half = len(test_images) // 2
     if npz is None and num_samples > half:
         raise click.BadParameter(f"{num_samples} is more than half the test set ({half}), which the floor draws from",
@@ -117,23 +136,28 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
         images, settings = load_npz(npz)
         if len(images) > half:
             raise DDPMError(f"{npz} holds {len(images)} images; at most {half} (half the test set) can be compared with the floor")
-        source = {"npz": str(npz), **{k: settings[k] for k in ("seed", "steps", "model", "model_sha256") if k in settings}}
+        source = {"npz": str(npz), **{k: settings[k] for k in SETTINGS_KEPT if k in settings}}
         chosen = settings.get("transform", "pad") if transform == "auto" else transform
+        labels = settings.get("labels")
+        if labels is not None and len(labels) != len(images):
+            raise DDPMError(f"{npz}: its settings list {len(labels)} labels for {len(images)} images")
     else:
         ddpm = DDPM.load(onnx_path, provider=provider, threads=threads)
-        progress = Progress(steps or ddpm.timesteps, f"sample {num_samples}", unit="step", enabled=not quiet)
+        request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance)
+        progress = Progress(request.steps, f"sample {num_samples}", unit="step", enabled=not quiet)
         with progress:
-            run = ddpm.generate(num_samples, seed=seed, steps=steps, batch_size=batch_size,
-                                on_step=lambda done, total: progress.update(1))
+            run = ddpm.generate(num_samples, seed=seed, batch_size=batch_size,
+                                on_step=lambda done, total: progress.update(1), **request.kwargs)
         images, settings = run.images, run.settings
-        source = {"onnx": str(ddpm.session.path), "seed": seed, "steps": run.settings["steps"],
-                  "model_sha256": run.settings["model_sha256"], "sampling_seconds": run.seconds, "provider": ddpm.provider}
+        source = {"onnx": str(ddpm.session.path), **{k: settings[k] for k in SETTINGS_KEPT if k in settings},
+                  "sampling_seconds": run.seconds, "seconds_per_sample": run.seconds / num_samples, "provider": ddpm.provider}
+        labels = settings.get("labels")
         chosen = ddpm.info.source.get("transform", "pad") if transform == "auto" else transform
 
     count = len(images)
     reference = judge(test_images[half:])[1]
-    sample_scores = score(*judge(to_judge_size(images, chosen)), reference)
-    floor_scores = score(*judge(test_images[:count]), reference)
+    sample_scores = score(*judge(to_judge_size(images, chosen)), reference, labels)
+    floor_scores = score(*judge(test_images[:count]), reference, test_labels[:count] if labels is not None else None)
     checks = targets(sample_scores, floor_scores)
 
     click.echo(table(sample_scores, floor_scores))

@@ -19,6 +19,8 @@ PREFIX = "ddpm."
 FORMAT = "ddpm-mnist-onnx"
 FORMAT_VERSION = 1
 PREDICTIONS = ("eps",)
+GRAPHS = ("eps", "fused-step")  # ε(x, t), or one whole sampling step x_t, t, noise → x_{t−1}
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class ModelInfo:
     noise_at_last_step: bool = False
     num_classes: int = 0
     fixed_batch: int | None = None
+    graph: str = "eps"
+    precision: str = "fp32"
     model_config: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +56,10 @@ class ModelInfo:
         low, high = self.data_range
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             found.append(f"data_range {list(self.data_range)} is not an increasing pair of finite numbers")
+        if self.graph not in GRAPHS:
+            found.append(f"graph {self.graph!r} is not one of {GRAPHS}")
+        if self.precision not in PRECISIONS:
+            found.append(f"precision {self.precision!r} is not one of {PRECISIONS}")
         if self.prediction not in PREDICTIONS:
             found.append(f"prediction {self.prediction!r} is not one of {PREDICTIONS}")
         if self.variance not in VARIANCES:
@@ -61,6 +69,16 @@ class ModelInfo:
         if self.fixed_batch is not None and (not isinstance(self.fixed_batch, int) or self.fixed_batch < 1):
             found.append(f"fixed_batch {self.fixed_batch!r} is not a positive integer")
         return found
+
+    def io_contract(self) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]]]:
+        """Graph inputs and outputs as name → (element type, rank); B may be fixed or dynamic."""
+        inputs = {"x": ("float32", 4), "t": ("int64", 1)}
+        if self.num_classes:
+            inputs["y"] = ("int64", 1)
+        if self.graph == "fused-step":
+            inputs["noise"] = ("float32", 4)
+            return inputs, {"x_prev": ("float32", 4)}
+        return inputs, {"eps": ("float32", 4)}
 
     def to_metadata(self) -> dict[str, str]:
         props = {"format": FORMAT, "format_version": FORMAT_VERSION}

@@ -10,10 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from typing import TYPE_CHECKING
+
 from .errors import DDPMError
 
-# ONNX TensorProto.DataType values the contract uses.
-FLOAT, INT64 = 1, 7
+if TYPE_CHECKING:
+    from .metadata import ModelInfo
+
+# ONNX TensorProto.DataType values by name.
 ELEM_TYPES = {1: "float32", 7: "int64", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32"}
 
 
@@ -167,22 +171,20 @@ def read_outline(blob: bytes, origin: str = "model") -> ModelOutline:
     return outline
 
 
-def check_contract(outline: ModelOutline, num_classes: int, origin: str) -> None:
-    """Inputs x float32 rank 4, t int64 rank 1 (and y int64 rank 1 for class-conditional models); one float32 rank-4 output."""
+def check_contract(outline: ModelOutline, info: "ModelInfo", origin: str) -> None:
+    """The graph's inputs and outputs are the ones its metadata promises (names, element types, ranks)."""
     if outline.external_data:
         raise DDPMError(f"{origin} keeps weights in external data files; only single-file models are loaded")
+    expected_inputs, expected_outputs = info.io_contract()
     inputs = {v.name: v for v in outline.inputs if v.name not in outline.initializer_names}
-    expected = {"x": (FLOAT, 4), "t": (INT64, 1)}
-    if num_classes:
-        expected["y"] = (INT64, 1)
-    if set(inputs) != set(expected):
-        raise DDPMError(f"{origin}: inputs are {sorted(inputs)}, expected {sorted(expected)}")
-    for name, (elem_type, rank) in expected.items():
-        found = inputs[name]
-        if found.elem_type != elem_type or len(found.dims) != rank:
-            raise DDPMError(
-                f"{origin}: input {name} is {ELEM_TYPES.get(found.elem_type, found.elem_type)} of rank {len(found.dims)}, "
-                f"expected {ELEM_TYPES[elem_type]} of rank {rank}"
-            )
-    if len(outline.outputs) != 1 or outline.outputs[0].elem_type != FLOAT or len(outline.outputs[0].dims) != 4:
-        raise DDPMError(f"{origin}: expected one float32 output of rank 4 (eps)")
+    outputs = {v.name: v for v in outline.outputs}
+    for kind, found, expected in (("inputs", inputs, expected_inputs), ("outputs", outputs, expected_outputs)):
+        if set(found) != set(expected):
+            raise DDPMError(f"{origin}: {kind} are {sorted(found)}, expected {sorted(expected)}")
+        for name, (elem_type, rank) in expected.items():
+            value = found[name]
+            if ELEM_TYPES.get(value.elem_type) != elem_type or len(value.dims) != rank:
+                raise DDPMError(
+                    f"{origin}: {name} is {ELEM_TYPES.get(value.elem_type, value.elem_type)} of rank {len(value.dims)}, "
+                    f"expected {elem_type} of rank {rank}"
+                )

@@ -13,9 +13,10 @@ from .files import atomic_write
 from .images import make_grid
 
 
-def gif_bytes(frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, scale: int = 3) -> bytes:
+def gif_bytes(frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, scale: int = 3,
+              columns: int | None = None) -> bytes:
     """An endlessly looping GIF of the frames as grids; the last frame stays ``hold`` seconds."""
-    pictures = [make_grid(frame, scale=scale) for frame in frames]
+    pictures = [make_grid(frame, columns=columns, scale=scale) for frame in frames]
     durations = [1000.0 / fps] * len(pictures)
     durations[-1] = max(durations[-1], hold * 1000.0)
     buffer = io.BytesIO()
@@ -23,9 +24,9 @@ def gif_bytes(frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, sc
     return buffer.getvalue()
 
 
-def png_bytes(images: np.ndarray, scale: int = 3) -> bytes:
+def png_bytes(images: np.ndarray, scale: int = 3, columns: int | None = None) -> bytes:
     buffer = io.BytesIO()
-    iio.imwrite(buffer, make_grid(images, scale=scale), extension=".png")
+    iio.imwrite(buffer, make_grid(images, columns=columns, scale=scale), extension=".png")
     return buffer.getvalue()
 
 

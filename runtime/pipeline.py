@@ -24,10 +24,32 @@ import numpy as np
 from .errors import DDPMError
 from .images import to_uint8
 from .metadata import ModelInfo
-from .sampler import AncestralSampler
-from .session import BoundEps, UNetSession
+from .sampler import SPACINGS, AncestralSampler, DDIMSampler
+from .session import BoundEps, BoundStep, UNetSession
 
 ENGINES = ("plain", "iobinding")
+ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")
+SAMPLERS = ("ancestral", "ddim")
+
+
+def resolve_engine(choice: str, provider: str, fixed_batch: int | None) -> str:
+    """The loop engine for an ``--engine`` choice once the provider is known.
+
+    "auto" binds device buffers (IOBinding) on a GPU and calls ``session.run`` on the CPU, where
+    binding gains nothing. "cudagraph" is IOBinding on a session that captured a CUDA graph; it
+    needs the CUDA provider and a fixed-batch model.
+    """
+    if choice not in ENGINE_CHOICES:
+        raise DDPMError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, got {choice!r}")
+    if choice == "cudagraph":
+        if provider != "CUDAExecutionProvider":
+            raise DDPMError(f"--engine cudagraph needs the CUDA provider; this session runs on {provider}")
+        if fixed_batch is None:
+            raise DDPMError("--engine cudagraph needs a fixed-batch model (ddpm-export --fixed-batch N)")
+        return "iobinding"
+    if choice == "auto":
+        return "plain" if provider == "CPUExecutionProvider" else "iobinding"
+    return choice
 
 DEFAULT_MODEL = "default.onnx"
 # Per-image time of the small model on a 2-core CPU is flat from 16 to 32 and rises beyond
@@ -97,10 +119,37 @@ class DDPM:
         """Sub-batch size when none is given: one batch on a GPU; on a CPU the size that was fastest per image."""
         return 256 if self.provider != "CPUExecutionProvider" else CPU_BATCH_SIZE
 
-    def sampler(self, steps: int | None = None) -> AncestralSampler:
+    def sampler(self, steps: int | None = None, kind: str = "ancestral", eta: float = 0.0,
+                spacing: str = "uniform") -> AncestralSampler | DDIMSampler:
+        """The ancestral sampler with the model's variance rule (respaced when ``steps`` < T), or DDIM."""
+        if kind == "ddim":
+            return DDIMSampler(self.schedule, steps=steps, eta=eta, spacing=spacing)
+        if spacing != "uniform":
+            raise DDPMError("quadratic spacing is for DDIM (--sampler ddim); the ancestral sampler respaces uniformly")
         return AncestralSampler(
             self.schedule, steps=steps, variance=self.info.variance, noise_at_last_step=self.info.noise_at_last_step
         )
+
+    def labels_for(self, digits: str | None, n: int) -> np.ndarray | None:
+        """Class labels for ``n`` samples from a ``--digit`` value: "D", "D,E,..." (cycled) or "all"
+        (0, 1, ..., K−1 repeated); None draws without a class."""
+        if digits is None:
+            return None
+        classes = self.info.num_classes
+        if not classes:
+            raise DDPMError("this model is unconditional: --digit needs a class-conditional export")
+        text = digits.strip().lower()
+        if text == "all":
+            chosen = list(range(classes))
+        else:
+            try:
+                chosen = [int(part) for part in text.split(",")]
+            except ValueError:
+                raise DDPMError(f"--digit takes a digit, a comma-separated list or 'all', got {digits!r}") from None
+            bad = [d for d in chosen if not 0 <= d < classes]
+            if bad:
+                raise DDPMError(f"--digit {bad[0]} is out of range: this model knows classes 0-{classes - 1}")
+        return np.resize(np.asarray(chosen, dtype=np.int64), n)
 
     def generate(
         self,
@@ -111,12 +160,37 @@ class DDPM:
         frames: int = 0,
         on_step: Callable[[int, int], None] | None = None,
         engine: str = "plain",
+        sampler: str = "ancestral",
+        eta: float = 0.0,
+        spacing: str = "uniform",
+        labels: np.ndarray | None = None,
+        guidance: float = 0.0,
     ) -> SampleRun:
-        """Run the ancestral loop for ``n`` samples; keep ``frames`` snapshots of the whole batch.
+        """Run the sampling loop for ``n`` samples; keep ``frames`` snapshots of the whole batch.
 
         ``engine`` "plain" calls ``session.run`` with NumPy arrays; "iobinding" keeps bound
-        input and output buffers per sub-batch size (required for CUDA graphs).
+        input and output buffers per sub-batch size (required for CUDA graphs). ``sampler`` is
+        "ancestral" (DDPM) or "ddim" (with ``eta`` and ``spacing``). A class-conditional model
+        takes ``labels`` [n] (none: the "no class" index) and classifier-free ``guidance`` w:
+        ε = (1+w)·ε(x, y) − w·ε(x, ∅), both halves in one network batch.
         """
+        if sampler not in SAMPLERS:
+            raise DDPMError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if spacing not in SPACINGS:
+            raise DDPMError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+        if not (eta >= 0 and np.isfinite(eta)):
+            raise DDPMError(f"eta must be a finite number >= 0, got {eta}")
+        if not (guidance >= 0 and np.isfinite(guidance)):
+            raise DDPMError(f"guidance must be a finite number >= 0, got {guidance}")
+        classes = self.info.num_classes
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.int64)
+            if not classes:
+                raise DDPMError("this model is unconditional: class labels need a class-conditional export")
+            if labels.shape != (n,) or labels.min() < 0 or labels.max() >= classes:
+                raise DDPMError(f"labels must be {n} integers in 0-{classes - 1}")
+        if guidance > 0 and labels is None:
+            raise DDPMError("guidance needs class labels (--digit) on a class-conditional model")
         if engine not in ENGINES:
             raise DDPMError(f"engine must be one of {ENGINES}, got {engine!r}")
         if self.session.cuda_graph and engine != "iobinding":
@@ -127,12 +201,19 @@ class DDPM:
             raise DDPMError(f"the seed must be >= 0, got {seed}")
         if steps is not None and not 1 <= steps <= self.timesteps:
             raise DDPMError(f"steps must be between 1 and {self.timesteps} (the model's T), got {steps}")
+        fused = self.info.graph == "fused-step"
+        if fused and sampler != "ancestral":
+            raise DDPMError("a fused-step model has the ancestral update built in; use the plain export for DDIM")
+        if fused and steps not in (None, self.timesteps):
+            raise DDPMError(f"a fused-step model has its {self.timesteps}-step update built in; it cannot respace to {steps} steps")
         if batch_size is not None and batch_size < 1:
             raise DDPMError(f"the batch size must be >= 1, got {batch_size}")
         fixed = self.session.fixed_batch
         batch_size = fixed if fixed is not None else min(batch_size or self.default_batch_size(), n)
-        sampler = self.sampler(steps)
+        method = sampler
+        sampler = self.sampler(steps, method, eta, spacing)
         info = self.info
+        y = labels if labels is not None else (np.full(n, classes, dtype=np.int64) if classes else None)
         shape = (n, info.image_channels, info.image_size, info.image_size)
         rng = np.random.default_rng(seed)
         x = rng.standard_normal(shape, dtype=np.float32)
@@ -142,12 +223,18 @@ class DDPM:
             run.frames.append(to_uint8(x, info.data_range))
             run.frame_timesteps.append(-1)
         bound: dict[int, BoundEps] = {}
+        steppers: list[BoundStep] = []
         self.session.run_seconds = 0.0
         start = time.perf_counter()
+        last = len(sampler) - 1
         for i, t in enumerate(sampler.model_timesteps):
             noise = rng.standard_normal(shape, dtype=np.float32) if sampler.needs_noise(i) else None
-            eps = self._eps(x, int(t), batch_size, bound if engine == "iobinding" else None)
-            x = sampler.step(x, i, eps, noise)
+            if fused:
+                x = self._fused_step(x, int(t), noise, batch_size, steppers if engine == "iobinding" else None,
+                                     fetch=i in keep or i == last)
+            else:
+                eps = self._guided_eps(x, int(t), y, guidance, batch_size, bound if engine == "iobinding" else None)
+                x = sampler.step(x, i, eps, noise)
             if i in keep:
                 run.frames.append(to_uint8(x, info.data_range))
                 run.frame_timesteps.append(int(t))
@@ -158,28 +245,72 @@ class DDPM:
         run.samples = x
         run.images = to_uint8(x, info.data_range)
         run.settings = {
-            "seed": seed, "num_samples": n, "steps": len(sampler), "timesteps": self.timesteps,
+            "seed": seed, "num_samples": n, "sampler": method, "steps": len(sampler), "timesteps": self.timesteps,
+            **({"eta": float(eta), "spacing": spacing} if method == "ddim" else {}),
+            **({"labels": labels.tolist(), "guidance": float(guidance)} if labels is not None else {}),
             "batch_size": batch_size, "engine": engine, "variance": info.variance, "noise_at_last_step": info.noise_at_last_step,
             "provider": self.provider, "model": str(self.session.path), "model_sha256": info.source.get("sha256", ""),
             "transform": info.source.get("transform", "pad"),
         }
         return run
 
-    def _eps(self, x: np.ndarray, t: int, batch_size: int, bound: dict[int, BoundEps] | None) -> np.ndarray:
-        n = len(x)
-        eps = np.empty_like(x)
+    def _chunks(self, n: int, batch_size: int):
+        """(start, count, padded size) of each sub-batch; a fixed-batch model pads the last one."""
         for start in range(0, n, batch_size):
-            chunk = x[start : start + batch_size]
-            count = len(chunk)
-            if count < batch_size and self.session.fixed_batch is not None:
-                chunk = np.concatenate([chunk, np.zeros((batch_size - count, *chunk.shape[1:]), np.float32)])
-            t_batch = np.full(len(chunk), t, dtype=np.int64)
+            count = min(batch_size, n - start)
+            yield start, count, batch_size if self.session.fixed_batch is not None else count
+
+    @staticmethod
+    def _pad(array: np.ndarray, size: int) -> np.ndarray:
+        if len(array) == size:
+            return np.ascontiguousarray(array)
+        return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
+
+    def _fused_step(self, x: np.ndarray, t: int, noise: np.ndarray | None, batch_size: int,
+                    steppers: list[BoundStep] | None, fetch: bool) -> np.ndarray:
+        """Advance x one step with a fused-step graph. With IOBinding x stays on the device and the
+        returned host array is current only when ``fetch`` is set."""
+        noise = np.zeros_like(x) if noise is None else noise  # σ = 0 there anyway
+        result = x if steppers is not None and not fetch else np.empty_like(x)
+        for index, (start, count, size) in enumerate(self._chunks(len(x), batch_size)):
+            t_batch = np.full(size, t, dtype=np.int64)
+            chunk_noise = self._pad(noise[start : start + count], size)
+            if steppers is None:
+                feeds = {"x": self._pad(x[start : start + count], size), "t": t_batch, "noise": chunk_noise}
+                begin = time.perf_counter()
+                out = self.session.session.run(["x_prev"], feeds)[0]
+                self.session.run_seconds += time.perf_counter() - begin
+                result[start : start + count] = out[:count]
+                continue
+            if index == len(steppers):
+                steppers.append(BoundStep(self.session, self._pad(x[start : start + count], size)))
+            steppers[index](t_batch, chunk_noise)
+            if fetch:
+                result[start : start + count] = steppers[index].fetch()[:count]
+        return result
+
+    def _guided_eps(self, x: np.ndarray, t: int, y: np.ndarray | None, guidance: float, batch_size: int,
+                    bound: dict[int, BoundEps] | None) -> np.ndarray:
+        if guidance == 0:
+            return self._eps(x, t, y, batch_size, bound)
+        null = np.full(len(x), self.info.num_classes, dtype=np.int64)
+        both = self._eps(np.concatenate([x, x]), t, np.concatenate([y, null]), batch_size, bound)
+        conditional, unconditional = both[: len(x)], both[len(x):]
+        return (1.0 + guidance) * conditional - guidance * unconditional
+
+    def _eps(self, x: np.ndarray, t: int, y: np.ndarray | None, batch_size: int,
+             bound: dict[int, BoundEps] | None) -> np.ndarray:
+        eps = np.empty_like(x)
+        for start, count, size in self._chunks(len(x), batch_size):
+            chunk = self._pad(x[start : start + count], size)
+            labels = None if y is None else self._pad(y[start : start + count], size)
+            t_batch = np.full(size, t, dtype=np.int64)
             if bound is None:
-                result = self.session.eps(np.ascontiguousarray(chunk), t_batch)
+                result = self.session.eps(chunk, t_batch, labels)
             else:
-                if len(chunk) not in bound:
-                    bound[len(chunk)] = BoundEps(self.session, len(chunk))
-                result = bound[len(chunk)](chunk, t_batch)
+                if size not in bound:
+                    bound[size] = BoundEps(self.session, size)
+                result = bound[size](chunk, t_batch, labels)
             eps[start : start + count] = result[:count]
         return eps
 

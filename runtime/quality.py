@@ -100,12 +100,15 @@ class Scores:
     histogram: list[float]  # share of images per predicted class 0..9
     max_class_deviation: float  # largest |share − 0.1|
     frechet_distance: float  # judge features against the reference set
+    accuracy: float | None = None  # with requested labels: share the judge assigns to them
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def score(probabilities: np.ndarray, features: np.ndarray, reference_features: np.ndarray) -> Scores:
+def score(probabilities: np.ndarray, features: np.ndarray, reference_features: np.ndarray,
+          labels: np.ndarray | None = None) -> Scores:
+    """The judge's figures for one image set; ``labels`` (the digit each image should show) adds accuracy."""
     predicted = probabilities.argmax(axis=1)
     histogram = np.bincount(predicted, minlength=10) / len(predicted)
     return Scores(
@@ -114,4 +117,5 @@ def score(probabilities: np.ndarray, features: np.ndarray, reference_features: n
         histogram=[float(h) for h in histogram],
         max_class_deviation=float(np.abs(histogram - 0.1).max()),
         frechet_distance=frechet_distance(features, reference_features),
+        accuracy=None if labels is None else float((predicted == np.asarray(labels)).mean()),
     )

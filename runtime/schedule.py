@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEDULE_KINDS = ("linear",)
+SCHEDULE_KINDS = ("linear", "cosine")
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,31 @@ def linear_betas(timesteps: int = 1000, beta_start: float = 1e-4, beta_end: floa
     return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
 
 
+def cosine_alpha_bar(u: np.ndarray, offset: float = 0.008) -> np.ndarray:
+    """ᾱ as a function of u = t/T ∈ [0, 1]: f(u)/f(0) with f(u) = cos²((u + s)/(1 + s) · π/2)
+    (Nichol & Dhariwal 2021); the offset s keeps β_1 from vanishing."""
+    f = np.cos((np.asarray(u, dtype=np.float64) + offset) / (1.0 + offset) * np.pi / 2) ** 2
+    f0 = np.cos(offset / (1.0 + offset) * np.pi / 2) ** 2
+    return f / f0
+
+
+def cosine_betas(timesteps: int = 1000, offset: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """β_t = 1 − ᾱ(t/T) / ᾱ((t−1)/T), clipped at ``max_beta`` (the last steps would reach 1)."""
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    if not offset >= 0:
+        raise ValueError(f"the cosine offset must be >= 0, got {offset}")
+    if not 0 < max_beta < 1:
+        raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
+    u = np.arange(timesteps + 1, dtype=np.float64) / timesteps
+    alpha_bar = cosine_alpha_bar(u, offset)
+    return np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], max_beta)
+
+
 def make_schedule(kind: str = "linear", timesteps: int = 1000, **params: Any) -> Schedule:
     """Build a schedule from its description (as stored in checkpoints and ONNX metadata)."""
     if kind == "linear":
         return Schedule(linear_betas(timesteps, params.get("beta_start", 1e-4), params.get("beta_end", 0.02)))
+    if kind == "cosine":
+        return Schedule(cosine_betas(timesteps, params.get("offset", 0.008), params.get("max_beta", 0.999)))
     raise ValueError(f"unknown schedule kind {kind!r}; known: {', '.join(SCHEDULE_KINDS)}")

@@ -59,7 +59,7 @@ class UNetSession:
         # Everything about the file is checked before ONNX Runtime parses it.
         outline = read_outline(model_bytes, str(self.path))
         self.info = ModelInfo.from_metadata(outline.metadata, str(self.path))
-        check_contract(outline, self.info.num_classes, str(self.path))
+        check_contract(outline, self.info, str(self.path))
         options = _session_options(threads)
         self.session = self._open(model_bytes, options, provider)
         self.provider = self.session.get_providers()[0]
@@ -133,36 +133,55 @@ class UNetSession:
             raise DDPMError(f"{self.path} is not a loadable ONNX model: {reason[:200]}") from None
 
     def _check_signature(self) -> None:
+        """What ONNX Runtime reports must match the contract too (names and types are never assumed)."""
         info = self.info
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = self.session.get_outputs()
-        expected = {"x": ("tensor(float)", 4), "t": ("tensor(int64)", 1)}
-        if info.num_classes:
-            expected["y"] = ("tensor(int64)", 1)
-        if set(inputs) != set(expected):
-            raise DDPMError(f"{self.path}: inputs are {sorted(inputs)}, expected {sorted(expected)}")
-        for name, (dtype, rank) in expected.items():
-            if inputs[name].type != dtype or len(inputs[name].shape) != rank:
-                raise DDPMError(
-                    f"{self.path}: input {name} is {inputs[name].type} of rank {len(inputs[name].shape)}, "
-                    f"expected {dtype} of rank {rank}"
-                )
-        if len(outputs) != 1 or outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 4:
-            raise DDPMError(f"{self.path}: expected one float32 output of rank 4 (eps)")
-        self.output_name = outputs[0].name
-        shape = inputs["x"].shape
+        ort_types = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+        expected_inputs, expected_outputs = info.io_contract()
+        for kind, found, expected in (("inputs", self.session.get_inputs(), expected_inputs),
+                                      ("outputs", self.session.get_outputs(), expected_outputs)):
+            by_name = {value.name: value for value in found}
+            if set(by_name) != set(expected):
+                raise DDPMError(f"{self.path}: {kind} are {sorted(by_name)}, expected {sorted(expected)}")
+            for name, (elem_type, rank) in expected.items():
+                if by_name[name].type != ort_types[elem_type] or len(by_name[name].shape) != rank:
+                    raise DDPMError(f"{self.path}: {name} is {by_name[name].type} of rank {len(by_name[name].shape)}, "
+                                    f"expected {ort_types[elem_type]} of rank {rank}")
+        self.output_name = next(iter(expected_outputs))
+        shape = {value.name: value.shape for value in self.session.get_inputs()}["x"]
         image = (info.image_channels, info.image_size, info.image_size)
         if any(isinstance(d, int) and d != e for d, e in zip(shape[1:], image)):
             raise DDPMError(f"{self.path}: input x has shape {shape}, but its metadata says images are {image}")
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
 
-    def eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def feeds(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Graph inputs; a class-conditional model without labels gets the "no class" index."""
+        feeds = {"x": x, "t": t}
+        if self.info.num_classes:
+            feeds["y"] = np.full(len(x), self.info.num_classes, dtype=np.int64) if y is None else np.asarray(y, np.int64)
+        return feeds
+
+    def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         start = time.perf_counter()
-        result = self.session.run([self.output_name], {"x": x, "t": t})[0]
+        result = self.session.run([self.output_name], self.feeds(x, t, y))[0]
         self.run_seconds += time.perf_counter() - start
         self.run_calls += 1
         return result
 
+
+
+def check_binding(session: UNetSession, batch: int) -> None:
+    """Refuse bindings the session cannot run: a batch other than a fixed one, or a CUDA graph
+    without a fixed batch or without the CUDA provider."""
+    if session.fixed_batch is not None and session.fixed_batch != batch:
+        raise DDPMError(f"{session.path} has a fixed batch of {session.fixed_batch}, not {batch}")
+    if session.cuda_graph and session.fixed_batch is None:
+        raise DDPMError("CUDA graphs need a fixed-batch model (ddpm-export --fixed-batch N)")
+    if session.cuda_graph and session.provider != "CUDAExecutionProvider":
+        raise DDPMError(f"CUDA graphs need the CUDA provider; the session runs on {session.provider}")
+
+
+def _device(session: UNetSession) -> str:
+    return "cpu" if session.provider == "CPUExecutionProvider" else "cuda"
 
 
 class BoundEps:
@@ -173,14 +192,9 @@ class BoundEps:
     """
 
     def __init__(self, session: UNetSession, batch: int) -> None:
-        if session.fixed_batch is not None and session.fixed_batch != batch:
-            raise DDPMError(f"{session.path} has a fixed batch of {session.fixed_batch}, not {batch}")
-        if session.cuda_graph and session.fixed_batch is None:
-            raise DDPMError("CUDA graphs need a fixed-batch model (ddpm-export --fixed-batch N)")
-        if session.cuda_graph and session.provider != "CUDAExecutionProvider":
-            raise DDPMError(f"CUDA graphs need the CUDA provider; the session runs on {session.provider}")
+        check_binding(session, batch)
         info = session.info
-        device = "cpu" if session.provider == "CPUExecutionProvider" else "cuda"
+        device = _device(session)
         shape = (batch, info.image_channels, info.image_size, info.image_size)
         self.session = session
         self.x = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
@@ -190,13 +204,65 @@ class BoundEps:
         self.binding.bind_ortvalue_input("x", self.x)
         self.binding.bind_ortvalue_input("t", self.t)
         self.binding.bind_ortvalue_output(session.output_name, self.out)
+        self.y = None
+        if info.num_classes:
+            self.y = ort.OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int64), device, 0)
+            self.binding.bind_ortvalue_input("y", self.y)
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         start = time.perf_counter()
         self.x.update_inplace(np.ascontiguousarray(x, dtype=np.float32))
         self.t.update_inplace(np.ascontiguousarray(t, dtype=np.int64))
+        if self.y is not None:
+            self.y.update_inplace(self.session.feeds(x, t, y)["y"])
         self.session.session.run_with_iobinding(self.binding)
         result = self.out.numpy()
         self.session.run_seconds += time.perf_counter() - start
         self.session.run_calls += 1
         return result
+
+
+class BoundStep:
+    """A fused-step graph (x, t, noise → x_prev) through IOBinding, with x kept on the device.
+
+    Two device buffers take turns as input and output, so only t and the noise travel each step
+    and x comes back to the host only when ``fetch`` is called. Each direction has its own
+    binding; under CUDA graphs each is captured as its own graph (``gpu_graph_id`` 1 and 2), as a
+    captured graph replays with the addresses it saw.
+    """
+
+    def __init__(self, session: UNetSession, x0: np.ndarray) -> None:
+        check_binding(session, len(x0))
+        device = _device(session)
+        self.session = session
+        buffers = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x0, dtype=np.float32), device, 0),
+                   ort.OrtValue.ortvalue_from_shape_and_type(x0.shape, np.float32, device, 0)]
+        self.t = ort.OrtValue.ortvalue_from_numpy(np.zeros(len(x0), np.int64), device, 0)
+        self.noise = ort.OrtValue.ortvalue_from_numpy(np.zeros(x0.shape, np.float32), device, 0)
+        self.buffers = buffers
+        self.bindings = []
+        self.run_options = []
+        for direction in (0, 1):
+            binding = session.session.io_binding()
+            binding.bind_ortvalue_input("x", buffers[direction])
+            binding.bind_ortvalue_input("t", self.t)
+            binding.bind_ortvalue_input("noise", self.noise)
+            binding.bind_ortvalue_output("x_prev", buffers[1 - direction])
+            options = ort.RunOptions()
+            if session.cuda_graph:
+                options.add_run_config_entry("gpu_graph_id", str(direction + 1))
+            self.bindings.append(binding)
+            self.run_options.append(options)
+        self.current = 0  # index of the buffer holding the latest x
+
+    def __call__(self, t: np.ndarray, noise: np.ndarray) -> None:
+        start = time.perf_counter()
+        self.t.update_inplace(np.ascontiguousarray(t, dtype=np.int64))
+        self.noise.update_inplace(np.ascontiguousarray(noise, dtype=np.float32))
+        self.session.session.run_with_iobinding(self.bindings[self.current], self.run_options[self.current])
+        self.current = 1 - self.current
+        self.session.run_seconds += time.perf_counter() - start
+        self.session.run_calls += 1
+
+    def fetch(self) -> np.ndarray:
+        return self.buffers[self.current].numpy()

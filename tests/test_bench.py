@@ -59,7 +59,7 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
     assert report["settings"]["quick"] is True
     rows = report["rows"]
     implementations = {(r["implementation"], r["batch"]) for r in rows}
-    assert implementations == {(i, b) for i in ("eager", "torchscript", "ort", "ort-iobinding") for b in (1, 16)}
+    assert implementations == {(i, b) for i in ("eager", "torchscript", "ort", "ort-iobinding", "ort-fused") for b in (1, 16)}
     assert all(r["provider"] == "cpu" for r in rows)  # no CUDA rows on a machine without a GPU
     measured = [r for r in rows if r["per_sample_method"].startswith("measured")]
     assert len(measured) == 1 and measured[0]["implementation"] == "ort" and measured[0]["batch"] == 1
@@ -84,7 +84,9 @@ def test_rows_needing_torch_are_skipped_without_it(invoke, tiny_export, tmp_path
     rows = json.loads((tmp_path / "bench-nt.json").read_text())["rows"]
     skipped = [r for r in rows if r["implementation"] in ("eager", "torchscript")]
     assert skipped and all(r["step_s_median"] is None and "PyTorch is not installed" in r["note"] for r in skipped)
-    timed = [r for r in rows if r["implementation"].startswith("ort")]
+    exported = [r for r in rows if r["implementation"] == "ort-fused"]  # a variant exported on the spot
+    assert exported and all(r["step_s_median"] is None and "needs PyTorch" in r["note"] for r in exported)
+    timed = [r for r in rows if r["implementation"] in ("ort", "ort-iobinding")]
     assert timed and all(r["step_s_median"] is not None and r["achieved_gflops"] is None for r in timed)
 
 

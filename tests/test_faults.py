@@ -123,8 +123,8 @@ def _nan_at(monkeypatch, bad_steps):
     real_loss = Diffusion.loss
     counter = {"step": 0}
 
-    def loss(self, model, x0, t, noise):
-        value = real_loss(self, model, x0, t, noise)
+    def loss(self, model, x0, t, noise, y=None):
+        value = real_loss(self, model, x0, t, noise, y)
         counter["step"] += 1
         return value * float("nan") if counter["step"] in bad_steps else value
 

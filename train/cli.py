@@ -77,7 +77,9 @@ SETTING_KEYS = {
     "dropout": ("model_config", "dropout"), "width_rule": ("model_config", "width_rule"),
     "image_size": ("data", "image_size"), "transform": ("data", "transform"), "data_range": ("data", "data_range"),
     "timesteps": ("schedule", "timesteps"), "beta_start": ("schedule", "beta_start"), "beta_end": ("schedule", "beta_end"),
+    "schedule": ("schedule", "kind"), "conditional": ("model_config", "num_classes"), "label_dropout": ("train", "label_dropout"),
 }
+MNIST_CLASSES = 10
 
 
 def settings_from_args(args: dict[str, Any]):
@@ -91,6 +93,7 @@ def settings_from_args(args: dict[str, Any]):
         "base_channels": args["base_channels"], "channel_mults": args["channel_mults"], "attention": args["attention"],
         "blocks_per_resolution": args["blocks"], "norm_groups": args["norm_groups"],
         "final_norm_groups": args["final_norm_groups"], "dropout": args["dropout"], "width_rule": args["width_rule"],
+        "num_classes": MNIST_CLASSES if args["conditional"] else None,
     }
     model_config = make_preset(args["preset"], **{k: v for k, v in overrides.items() if v is not None})
     problems = model_config.problems()
@@ -102,9 +105,14 @@ def settings_from_args(args: dict[str, Any]):
             f"--image-size {args['image_size']} must be divisible by {2 ** model_config.downsamplings()} "
             f"({model_config.downsamplings()} downsamplings)"
         )
-    if not args["beta_start"] <= args["beta_end"]:
-        raise click.UsageError("--beta-start must not exceed --beta-end")
-    schedule = {"kind": "linear", "timesteps": args["timesteps"], "beta_start": args["beta_start"], "beta_end": args["beta_end"]}
+    if args["schedule"] == "cosine":
+        if args["beta_start_given"] or args["beta_end_given"]:
+            raise click.UsageError("--beta-start/--beta-end set the linear schedule; the cosine schedule has no such settings")
+        schedule = {"kind": "cosine", "timesteps": args["timesteps"], "offset": 0.008, "max_beta": 0.999}
+    else:
+        if not args["beta_start"] <= args["beta_end"]:
+            raise click.UsageError("--beta-start must not exceed --beta-end")
+        schedule = {"kind": "linear", "timesteps": args["timesteps"], "beta_start": args["beta_start"], "beta_end": args["beta_end"]}
     train_config = TrainConfig(
         preset=args["preset"],
         batch_size=args["batch_size"] or defaults["batch_size"],
@@ -120,6 +128,7 @@ def settings_from_args(args: dict[str, Any]):
         max_images=args["max_images"],
         seed=args["seed"],
         precision=args["precision"],
+        label_dropout=args["label_dropout"],
     )
     return model_config, data_config, schedule, train_config
 
@@ -197,6 +206,13 @@ POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
 @click.option("--dropout", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=None, help="Dropout in the residual blocks. [preset]")
 @click.option("--width-rule", type=click.Choice(["compound", "base"]), default=None,
               help="'compound': width = previous·mult (labml); 'base': width = base·mult. [preset]")
+@click.option("--conditional", is_flag=True,
+              help="Class-conditional model: a digit embedding added to the time embedding, plus a 'no class' index "
+                   "for classifier-free guidance (ddpm-run --digit, --guidance).")
+@click.option("--label-dropout", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=0.1,
+              help="--conditional: share of training labels replaced by 'no class', so one model learns both.")
+@click.option("--schedule", type=click.Choice(["linear", "cosine"]), default="linear",
+              help="Noise schedule: 'linear' β (Ho et al.) or 'cosine' ᾱ (Nichol & Dhariwal, s = 0.008, β ≤ 0.999).")
 @click.option("--timesteps", type=POSITIVE_INT, default=1000, help="Diffusion steps T.")
 @click.option("--beta-start", type=POSITIVE_FLOAT, default=1e-4, help="β_1 of the linear schedule.")
 @click.option("--beta-end", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=0.02, help="β_T of the linear schedule.")
@@ -235,6 +251,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     from .unet import UNet, count_parameters, forward_flops
 
     explicit = {name for name in args if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    args["beta_start_given"], args["beta_end_given"] = "beta_start" in explicit, "beta_end" in explicit
     out_dir = args["out_dir"] or Path("runs") / args["preset"]
 
     warn = lambda message: click.echo(f"ddpm-train: {message}", err=True)  # noqa: E731
@@ -301,7 +318,10 @@ def train_command(ctx: click.Context, **args: Any) -> None:
             processes = f", {trainer.dist.world} processes" if trainer.dist.world > 1 else ""
             click.echo(
                 f"model: {train_config.preset}, {parameters:,} parameters, widths {model_config.widths()}, "
-                f"{gflops:.2f} GFLOP per forward at {data_config.image_size}x{data_config.image_size}",
+                f"{gflops:.2f} GFLOP per forward at {data_config.image_size}x{data_config.image_size}, "
+                f"{schedule['kind']} schedule T={schedule['timesteps']}"
+                + (f", conditional on {model_config.num_classes} classes (label dropout {train_config.label_dropout:g})"
+                   if model_config.num_classes else ""),
                 err=True,
             )
             click.echo(

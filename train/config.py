@@ -25,6 +25,7 @@ class UNetConfig:
     final_norm_groups: int = 8
     dropout: float = 0.1
     width_rule: str = "compound"
+    num_classes: int = 0  # > 0: class-conditional, with one more "no class" index for guidance
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
@@ -62,6 +63,8 @@ class UNetConfig:
             found.append("dropout must be in [0, 1)")
         if self.width_rule not in WIDTH_RULES:
             found.append(f"width_rule must be one of {WIDTH_RULES}")
+        if self.num_classes < 0:
+            found.append("num_classes must be >= 0")
         if self.norm_groups < 1 or self.final_norm_groups < 1:
             found.append("norm groups must be >= 1")
         if not found:
@@ -81,6 +84,8 @@ class UNetConfig:
         data = asdict(self)
         data["channel_mults"] = list(self.channel_mults)
         data["attention"] = list(self.attention)
+        if not self.num_classes:
+            del data["num_classes"]  # unconditional configs read as before
         return data
 
     @classmethod

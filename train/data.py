@@ -89,9 +89,15 @@ def resolve_data_dir(data_dir: Path, download: bool) -> Path:
     raise DDPMError(f"data directory {data_dir} {where}: expected {expected}; pass --download to fetch them")
 
 
-def load_training_images(data_dir: Path, config: DataConfig, download: bool = False, max_images: int | None = None) -> torch.Tensor:
+def load_training_set(data_dir: Path, config: DataConfig, download: bool = False,
+                      max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transformed training images [N,C,H,W] and their labels [N] (int64)."""
     folder = resolve_data_dir(Path(data_dir), download)
-    images, _ = load_mnist(folder, "train")
+    images, labels = load_mnist(folder, "train")
     if max_images is not None:
-        images = images[:max_images]
-    return transform_images(images, config)
+        images, labels = images[:max_images], labels[:max_images]
+    return transform_images(images, config), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_training_images(data_dir: Path, config: DataConfig, download: bool = False, max_images: int | None = None) -> torch.Tensor:
+    return load_training_set(data_dir, config, download, max_images)[0]

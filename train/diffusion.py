@@ -28,9 +28,11 @@ class Diffusion:
         """x_t = √ᾱ_t · x_0 + √(1−ᾱ_t) · ε."""
         return self.sqrt_alpha_bars[t][:, None, None, None] * x0 + self.sqrt_one_minus_alpha_bars[t][:, None, None, None] * noise
 
-    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """L_simple = ‖ε − ε_θ(x_t, t)‖² averaged over the batch, for the given t (uniform over 0..T−1) and ε."""
-        eps = model(self.q_sample(x0, t, noise.to(x0.dtype)), t)
+    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             y: torch.Tensor | None = None) -> torch.Tensor:
+        """L_simple = ‖ε − ε_θ(x_t, t[, y])‖² averaged over the batch, for the given t (uniform over 0..T−1) and ε."""
+        x_t = self.q_sample(x0, t, noise.to(x0.dtype))
+        eps = model(x_t, t) if y is None else model(x_t, t, y)
         return F.mse_loss(eps.float(), noise.float())
 
     def random_loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -49,8 +51,10 @@ def sample(
     seed: int = 0,
     steps: int | None = None,
     variance: str = "beta",
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Ancestral samples [count, C, H, W] float32 from ``model`` with a NumPy noise stream."""
+    """Ancestral samples [count, C, H, W] float32 from ``model`` with a NumPy noise stream
+    (a class-conditional model draws ``labels``, or without them the "no class" index)."""
     device = next(model.parameters()).device
     channels = model.config.image_channels
     sampler = AncestralSampler(schedule, steps=steps, variance=variance)
@@ -62,7 +66,8 @@ def sample(
     try:
         for i, t in enumerate(sampler.model_timesteps):
             t_batch = torch.full((count,), int(t), dtype=torch.long, device=device)
-            eps = model(torch.from_numpy(x).to(device), t_batch).float().cpu().numpy()
+            y = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
+            eps = model(torch.from_numpy(x).to(device), t_batch, y).float().cpu().numpy()
             noise = rng.standard_normal(shape, dtype=np.float32) if sampler.needs_noise(i) else None
             x = sampler.step(x, i, eps, noise)
     finally:

@@ -36,7 +36,7 @@ from .checkpoint import (
     step_file_name,
 )
 from .config import UNetConfig
-from .data import DataConfig, load_training_images
+from .data import DataConfig, load_training_set
 from .diffusion import Diffusion, sample
 from .unet import UNet
 
@@ -61,6 +61,7 @@ class TrainConfig:
     max_images: int | None = None
     seed: int = 0
     precision: str = "auto"
+    label_dropout: float = 0.1  # class-conditional models: share of labels replaced by "no class"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -237,10 +238,11 @@ class Trainer:
             self.train_module = torch.compile(self.train_module)
 
         # The whole (small) dataset lives on the training device.
-        images = load_training_images(options.data_dir, data_config, options.download, train_config.max_images)
+        images, labels = load_training_set(options.data_dir, data_config, options.download, train_config.max_images)
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
+        self.labels = labels.to(self.device) if model_config.num_classes else None
         if len(self.images) < train_config.batch_size:
             raise DDPMError(
                 f"the training set ({len(self.images)} images) is smaller than one batch ({train_config.batch_size}); "
@@ -298,6 +300,7 @@ class Trainer:
             self.data_config.image_size,
             seed=self.config.seed,
             steps=self.options.sample_steps,
+            labels=np.arange(self.options.sample_count) % self.model_config.num_classes if self.model_config.num_classes else None,
         )
         path = self.options.out_dir / f"samples-epoch{epoch:03d}.png"
         write_png(path, to_uint8(images, self.data_config.data_range), scale=2)
@@ -305,8 +308,9 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def step_noise(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """t and ε of the whole global batch for this step, from a generator keyed by (seed, step).
+    def step_noise(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """t, ε and (conditional models) the label-dropout mask of the whole global batch for this
+        step, from a generator keyed by (seed, step).
 
         Every process draws the same global batch and takes its share, so the result does not depend
         on the number of processes, and a resumed run needs no generator state.
@@ -315,7 +319,10 @@ class Trainer:
         shape = (batch, self.model_config.image_channels, self.data_config.image_size, self.data_config.image_size)
         t = torch.randint(0, self.schedule.timesteps, (batch,), device=self.device, generator=generator)
         noise = torch.randn(shape, device=self.device, generator=generator)
-        return t, noise
+        drop = None
+        if self.labels is not None:
+            drop = torch.rand(batch, device=self.device, generator=generator) < self.config.label_dropout
+        return t, noise, drop
 
     def train_step(self, batch_ids: torch.Tensor, stop_requested: bool = False) -> tuple[float, bool]:
         """One optimizer step on this process's share of the global batch ``batch_ids``.
@@ -324,13 +331,16 @@ class Trainer:
         non-finite loss or gradient norm on any process skips the update everywhere.
         """
         share = slice(self.dist.rank, None, self.dist.world)
-        t, noise = self.step_noise(len(batch_ids))
+        t, noise, drop = self.step_noise(len(batch_ids))
         x0 = self.images[batch_ids[share]].contiguous(memory_format=self.memory_format)
+        y = None
+        if self.labels is not None:
+            y = torch.where(drop[share], self.model_config.num_classes, self.labels[batch_ids[share]])
         torch.manual_seed(step_seed(self.config.seed, self.step, self.dist.rank))  # dropout
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            loss = self.diffusion.loss(self.train_module, x0, t[share], noise[share])
+            loss = self.diffusion.loss(self.train_module, x0, t[share], noise[share], y)
         self.optimizer.zero_grad(set_to_none=True)
         status = torch.stack([loss.detach().float(), torch.tensor(float(stop_requested), device=self.device)])
         if self.dist.world > 1:

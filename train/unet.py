@@ -156,6 +156,9 @@ class UNet(nn.Module):
 
         self.image_proj = nn.Conv2d(config.image_channels, config.base_channels, kernel_size=3, padding=1)
         self.time_emb = TimeEmbedding(config.time_channels)
+        # Class-conditional: a learned vector per class, added to the time embedding; index
+        # num_classes means "no class" (trained by label dropout, used by classifier-free guidance).
+        self.class_emb = nn.Embedding(config.num_classes + 1, config.time_channels) if config.num_classes else None
 
         down: list[nn.Module] = []
         channels = config.base_channels
@@ -186,9 +189,17 @@ class UNet(nn.Module):
         self.act = nn.SiLU()
         self.final = nn.Conv2d(config.base_channels, config.image_channels, kernel_size=3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t_emb = self.time_emb(t)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """ε for images x [B,C,H,W] at timesteps t [B]; y [B] class labels of a conditional model
+        (None: the "no class" index); an unconditional model ignores y."""
         x = self.image_proj(x)
+        # The time embedding may run in higher precision than the body (fp16 export keeps it fp32).
+        t_emb = self.time_emb(t)
+        if self.class_emb is not None:
+            if y is None:
+                y = torch.full_like(t, self.config.num_classes)
+            t_emb = t_emb + self.class_emb(y).to(t_emb.dtype)
+        t_emb = t_emb.to(x.dtype)
         skips = [x]
         for block in self.down:
             x = block(x, t_emb)

@@ -1,0 +1,78 @@
+"""Command-line options that choose how to sample (sampler, steps, η, spacing, digit, guidance),
+shared by ``ddpm-run`` and ``ddpm-eval``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import click
+
+from .errors import DDPMError
+from .pipeline import SAMPLERS, DDPM
+from .sampler import SPACINGS
+
+DDIM_DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 1.0
+
+
+def sampling_options(function: Callable) -> Callable:
+    options = [
+        click.option("--sampler", type=click.Choice(SAMPLERS), default="ancestral",
+                     help="'ancestral': the DDPM loop, T steps (or respaced with --steps); 'ddim': DDIM, "
+                          f"{DDIM_DEFAULT_STEPS} steps unless --steps, deterministic with --eta 0."),
+        click.option("--steps", type=click.IntRange(min=1), default=None,
+                     help=f"Network evaluations per sample, at most the model's T. [default: T for ancestral, "
+                          f"{DDIM_DEFAULT_STEPS} for ddim]"),
+        click.option("--eta", type=click.FloatRange(min=0.0), default=None,
+                     help="DDIM noise: 0 deterministic, 1 as much as the ancestral sampler (with β̃). [default: 0]"),
+        click.option("--spacing", type=click.Choice(SPACINGS), default="uniform",
+                     help="DDIM timesteps: evenly spaced, or quadratic (denser near t = 0)."),
+        click.option("--digit", default=None, metavar="D|D,E,...|all",
+                     help="Class-conditional models: the digit to draw, a list (cycled over the samples), or 'all' "
+                          "(every digit in turn; the grids get one column per digit)."),
+        click.option("--guidance", type=click.FloatRange(min=0.0), default=None,
+                     help=f"Classifier-free guidance w with --digit: ε = (1+w)·ε(x,y) − w·ε(x,∅); 0 = plain "
+                          f"conditional. [default: {DEFAULT_GUIDANCE:g} with --digit]"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@dataclass
+class SamplingRequest:
+    """``DDPM.generate`` keywords for the chosen options, and the grid's column count."""
+
+    kwargs: dict[str, Any]
+    steps: int
+    columns: int | None
+
+
+def sampling_request(ddpm: DDPM, n: int, sampler: str, steps: int | None, eta: float | None, spacing: str,
+                     digit: str | None, guidance: float | None) -> SamplingRequest:
+    """Check the sampling options against the model; one-line errors for what cannot work."""
+    if steps is not None and steps > ddpm.timesteps:
+        raise click.BadParameter(f"{steps} is more than the model's {ddpm.timesteps} diffusion steps", param_hint="'--steps'")
+    if sampler != "ddim":
+        if eta is not None:
+            raise click.BadParameter("η is a DDIM setting; add --sampler ddim", param_hint="'--eta'")
+        if spacing != "uniform":
+            raise click.BadParameter("quadratic spacing is a DDIM setting; add --sampler ddim", param_hint="'--spacing'")
+    elif steps is None:
+        steps = min(DDIM_DEFAULT_STEPS, ddpm.timesteps)
+    if guidance is not None and not ddpm.info.num_classes:
+        raise DDPMError("--guidance needs a class-conditional model; this one is unconditional")
+    if guidance is not None and digit is None:
+        raise click.BadParameter("guidance steers towards a digit; add --digit", param_hint="'--guidance'")
+    labels = ddpm.labels_for(digit, n)
+    columns = None
+    if labels is not None:
+        chosen = ddpm.info.num_classes if digit.strip().lower() == "all" else len(digit.split(","))
+        columns = chosen if chosen > 1 else None
+    kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps}
+    if sampler == "ddim":
+        kwargs.update(eta=eta or 0.0, spacing=spacing)
+    if labels is not None:
+        kwargs.update(labels=labels, guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
+    return SamplingRequest(kwargs, steps or ddpm.timesteps, columns)
