@@ -1,9 +1,13 @@
-"""Ship a checkpoint as the runtime's embedded default model, with its model card and sample grid.
+"""Ship a checkpoint as one of the runtime's embedded models, with its model card and sample grid.
 
-    python -m ddpm.export.embed --ckpt runs/small/model.pt --command "ddpm-train ..." --hardware "..."
+    python -m ddpm.export.embed --ckpt runs/small/model.pt --command "ddpm-train ..." --hardware "..." \
+        --metrics "1000-step ancestral=eval.json"
 
 Writes runtime/models/default.onnx (EMA weights, verified like ddpm-export), samples.png (64
 digits, seed 0, 1000 steps, drawn by the runtime from the new file) and README.md (the card).
+A class-conditional checkpoint goes to conditional.onnx, conditional-samples.png (every digit in
+turn, DDIM 50 steps with eta 1, the default guidance) and CONDITIONAL.md. ``--metrics`` adds ddpm-eval reports
+(``--json``) to the card as a table.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from ddpm.runtime.files import StagedFiles
 from ddpm.runtime.outputs import png_bytes
 from ddpm.runtime.pipeline import DDPM
+from ddpm.runtime.sampling_cli import DEFAULT_GUIDANCE
 
 from ddpm.train.checkpoint import read_checkpoint_file
 
@@ -34,7 +39,27 @@ def training_summary(log_path: Path, step: int) -> dict:
     return {"steps": last["step"], "epochs": last["epoch"], "wall_hours": last["elapsed_s"] / 3600, "final_loss": last["loss"]}
 
 
-def card(info, parameters: int, summary: dict, planned_steps: int, command: str, hardware: str, atol_diff: float) -> str:
+def metrics_table(reports: list[tuple[str, dict]]) -> str:
+    """ddpm-eval reports as Markdown rows beside the real-data floor."""
+    if not reports:
+        return ""
+    lines = [
+        "| sampling | N | confidence (floor) | largest class deviation (floor) | Fréchet distance (floor) | judged as requested digit (floor) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, report in reports:
+        sample, floor = report["samples"], report["floor"]
+        accuracy = "-" if sample.get("accuracy") is None else f"{sample['accuracy']:.3f} ({floor['accuracy']:.3f})"
+        lines.append(
+            f"| {label} | {sample['count']} | {sample['confidence']:.3f} "
+            f"({floor['confidence']:.3f}) | {sample['max_class_deviation']:.3f} ({floor['max_class_deviation']:.3f}) | "
+            f"{sample['frechet_distance']:.1f} ({floor['frechet_distance']:.1f}) | {accuracy} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def card(info, parameters: int, summary: dict, planned_steps: int, command: str, hardware: str, atol_diff: float,
+         files: dict[str, str], reports: list[tuple[str, dict]]) -> str:
     source, train_note = info.source, ""
     if summary:
         partial = f" of the {planned_steps:,} the command plans" if planned_steps > summary["steps"] else ""
@@ -44,21 +69,41 @@ def card(info, parameters: int, summary: dict, planned_steps: int, command: str,
             f"logged steps: {summary['final_loss']:.4f}.\n"
         )
     config = info.model_config
-    return f"""# Embedded default model
+    schedule = info.schedule
+    if schedule["kind"] == "linear":
+        schedule_text = f"linear beta {schedule['beta_start']:g} to {schedule['beta_end']:g}"
+    else:
+        schedule_text = f"cosine alpha-bar (offset {schedule['offset']:g}, beta <= {schedule['max_beta']:g})"
+    conditional = info.num_classes > 0
+    title = "Embedded class-conditional model" if conditional else "Embedded default model"
+    role = ("what `ddpm-run --digit ...` samples when no `--onnx` is given. Class-conditional on the "
+            f"{info.num_classes} digits, with a 'no class' index for classifier-free guidance"
+            if conditional else "what `ddpm-run` samples when no `--onnx` is given")
+    grid = (f"every digit in turn (10 columns), seed 0, DDIM 50 steps with eta 1, guidance {DEFAULT_GUIDANCE:g}, drawn by "
+            f"the runtime from this file (`ddpm-run --digit all -n 100 --sampler ddim --eta 1 --seed 0 --png {files['png']} "
+            "--scale 2`)"
+            if conditional else
+            "64 samples, seed 0, the full 1000-step ancestral loop, drawn by the runtime from this file "
+            f"(`ddpm-run -n 64 --seed 0 --png {files['png']} --scale 2` draws the same grid)")
+    quality = ""
+    if reports:
+        quality = ("\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
+                   + metrics_table(reports))
+    return f"""# {title}
 
-`default.onnx` is what `ddpm-run` samples when no `--onnx` is given.
+`{files['onnx']}` is {role}.
 
-- Architecture: the `small` preset, {parameters:,} parameters: {config['base_channels']} base channels,
+- Architecture: the `{source.get('preset') or 'small'}` preset, {parameters:,} parameters: {config['base_channels']} base channels,
   multipliers {config['channel_mults']} ({config['width_rule']} widths), attention per level
   {config['attention']}, {config['blocks_per_resolution']} block per level, GroupNorm {config['norm_groups']} groups.
-- Diffusion: {info.schedule['timesteps']} steps, linear beta {info.schedule['beta_start']:g} to {info.schedule['beta_end']:g};
+- Diffusion: {schedule['timesteps']} steps, {schedule_text};
   epsilon prediction; sampling variance {info.variance} (sigma^2 = beta), no noise on the last step.
 - Data: MNIST training set (60,000 images), padded from 28x28 to {info.image_size}x{info.image_size}, scaled
   to {list(info.data_range)}.
 {train_note}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
 - Hardware: {hardware}.
 - Export: opset 18, dynamic batch; ONNX Runtime CPU vs PyTorch max abs difference {atol_diff:.1e}.
-
+{quality}
 Training command:
 
 ```bash
@@ -68,11 +113,10 @@ Training command:
 Exported into the package with:
 
 ```bash
-python -m ddpm.export.embed --ckpt <run>/model.pt --command "..." --hardware "..."
+python -m ddpm.export.embed --ckpt <run>/model.pt --command "..." --hardware "..." --metrics "LABEL=eval.json"
 ```
 
-`samples.png`: 64 samples, seed 0, the full 1000-step ancestral loop, drawn by the runtime from
-this file (`ddpm-run -n 64 --seed 0 --png samples.png --scale 2` draws the same grid).
+`{files['png']}`: {grid}.
 """
 
 
@@ -83,7 +127,13 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact ddpm-train command of the run")
     parser.add_argument("--hardware", required=True, help="where it was trained")
     parser.add_argument("--out-dir", type=Path, default=MODELS_DIR)
+    parser.add_argument("--metrics", action="append", default=[], metavar="LABEL=PATH",
+                        help="a ddpm-eval --json report to show in the card (repeatable)")
     args = parser.parse_args()
+    reports = []
+    for item in args.metrics:
+        label, _, path = item.rpartition("=")  # the label may hold "=" too
+        reports.append((label, json.loads(Path(path).read_text())))
 
     source = load_for_export(args.ckpt, "ema")
     checkpoint = read_checkpoint_file(args.ckpt)
@@ -94,19 +144,29 @@ def main() -> None:
     log = args.log or args.ckpt.parent / "log.jsonl"
     summary = training_summary(log, source.info.source["step"]) if log.exists() else {}
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    conditional = source.info.num_classes > 0
+    files = ({"onnx": "conditional.onnx", "png": "conditional-samples.png", "card": "CONDITIONAL.md"} if conditional
+             else {"onnx": "default.onnx", "png": "samples.png", "card": "README.md"})
     with StagedFiles() as staged:
-        onnx_tmp = staged.stage(args.out_dir / "default.onnx")
+        onnx_tmp = staged.stage(args.out_dir / files["onnx"])
         onnx_tmp.write_bytes(onnx_model(source).SerializeToString())
         diff = verify(source, onnx_tmp, None)["onnx"]
         if diff > 1e-4:
             raise SystemExit(f"verification failed: {diff:.2e}")
-        images = DDPM.load(onnx_tmp, provider="cpu").sample(64, seed=0)
-        staged.stage(args.out_dir / "samples.png").write_bytes(png_bytes(images, scale=2))
-        staged.stage(args.out_dir / "README.md").write_text(
-            card(source.info, parameters, summary, planned, args.command, args.hardware, diff)
+        ddpm = DDPM.load(onnx_tmp, provider="cpu")
+        if conditional:
+            count = 10 * source.info.num_classes
+            run = ddpm.generate(count, seed=0, sampler="ddim", steps=50, eta=1.0, labels=ddpm.labels_for("all", count),
+                                guidance=DEFAULT_GUIDANCE)
+            grid = png_bytes(run.images, scale=2, columns=source.info.num_classes)
+        else:
+            grid = png_bytes(ddpm.sample(64, seed=0), scale=2)
+        staged.stage(args.out_dir / files["png"]).write_bytes(grid)
+        staged.stage(args.out_dir / files["card"]).write_text(
+            card(source.info, parameters, summary, planned, args.command, args.hardware, diff, files, reports)
         )
         staged.commit()
-    print(f"wrote {args.out_dir}/default.onnx, samples.png, README.md (step {source.info.source['step']})")
+    print(f"wrote {args.out_dir}/{files['onnx']}, {files['png']}, {files['card']} (step {source.info.source['step']})")
 
 
 if __name__ == "__main__":

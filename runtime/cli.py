@@ -29,7 +29,7 @@ def _target(path: Path | None, option: str) -> Path | None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
-              help="Exported model (ddpm-export). [default: the model shipped with the package]")
+              help="Exported model (ddpm-export). [default: the model shipped with the package; with --digit its class-conditional sibling]")
 @click.option("--gif", type=click.Path(path_type=Path), default=None, help="Write the denoising as an animated GIF grid.")
 @click.option("--png", type=click.Path(path_type=Path), default=None, help="Write the final samples as a PNG grid.")
 @click.option("--npz", type=click.Path(path_type=Path), default=None,
@@ -72,7 +72,7 @@ def run_cli(
         raise click.UsageError("nothing to write: give --gif, --png and/or --npz")
     if engine == "cudagraph" and provider == "cpu":
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
-    ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, cuda_graph=engine == "cudagraph")
+    ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, conditional=digit is not None, cuda_graph=engine == "cudagraph")
     if show_info:
         info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}
         click.echo(json.dumps({"model": str(ddpm.session.path), "provider": ddpm.provider, **info}, indent=2))

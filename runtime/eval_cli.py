@@ -87,7 +87,7 @@ def table(samples: Scores, floor: Scores) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--npz", type=click.Path(path_type=Path), default=None, help="Score the images of a ddpm-run --npz archive.")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
-              help="Sample this exported model (without --npz). [default: the embedded model]")
+              help="Sample this exported model (without --npz). [default: the embedded model; with --digit the embedded class-conditional one]")
 @click.option("-n", "--num-samples", type=click.IntRange(min=2), default=1000,
               help="Samples to draw when sampling (the floor uses as many real images; at most half the test set).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed when sampling.")
@@ -142,7 +142,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
         if labels is not None and len(labels) != len(images):
             raise DDPMError(f"{npz}: its settings list {len(labels)} labels for {len(images)} images")
     else:
-        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads)
+        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, conditional=digit is not None)
         request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance)
         progress = Progress(request.steps, f"sample {num_samples}", unit="step", enabled=not quiet)
         with progress:

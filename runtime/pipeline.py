@@ -52,16 +52,19 @@ def resolve_engine(choice: str, provider: str, fixed_batch: int | None) -> str:
     return choice
 
 DEFAULT_MODEL = "default.onnx"
+CONDITIONAL_MODEL = "conditional.onnx"
 # Per-image time of the small model on a 2-core CPU is flat from 16 to 32 and rises beyond
 # (benchmarks/README.md, batch sweep); 16 keeps memory and first-result latency low.
 CPU_BATCH_SIZE = 16
 
 
-def default_model_path() -> Path:
-    """The model shipped inside the package (the ``small`` preset, EMA weights)."""
-    path = Path(str(resources.files("ddpm.runtime") / "models" / DEFAULT_MODEL))
+def default_model_path(conditional: bool = False) -> Path:
+    """A model shipped inside the package (the ``small`` preset, EMA weights): the unconditional
+    default, or the class-conditional one that ``--digit`` uses when no model is named."""
+    name = CONDITIONAL_MODEL if conditional else DEFAULT_MODEL
+    path = Path(str(resources.files("ddpm.runtime") / "models" / name))
     if not path.is_file():
-        raise DDPMError(f"the embedded model is missing from this installation ({path})")
+        raise DDPMError(f"the embedded {'class-conditional ' if conditional else ''}model is missing from this installation ({path})")
     return path
 
 
@@ -102,9 +105,11 @@ class DDPM:
 
     @classmethod
     def load(
-        cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False
+        cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False,
+        conditional: bool = False,
     ) -> "DDPM":
-        path = Path(onnx_path) if onnx_path is not None else default_model_path()
+        """Open an exported model; without a path, the embedded one (the class-conditional one if asked)."""
+        path = Path(onnx_path) if onnx_path is not None else default_model_path(conditional)
         return cls(UNetSession(path, provider=provider, threads=threads, cuda_graph=cuda_graph))
 
     @property

@@ -13,7 +13,7 @@ from .pipeline import SAMPLERS, DDPM
 from .sampler import SPACINGS
 
 DDIM_DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 1.0
+DEFAULT_GUIDANCE = 3.0  # the best of 0, 1 and 3 for the shipped conditional model (README, Quality)
 
 
 def sampling_options(function: Callable) -> Callable:

@@ -17,6 +17,7 @@ from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.runtime.pipeline import DDPM
 from ddpm.runtime.sampler import AncestralSampler, DDIMSampler, spaced_timesteps
+from ddpm.runtime.sampling_cli import DEFAULT_GUIDANCE
 from ddpm.runtime.schedule import cosine_alpha_bar, make_schedule
 from ddpm.train.config import preset
 from ddpm.train.unet import UNet
@@ -205,7 +206,7 @@ def test_run_and_eval_with_digits(invoke, conditional, tmp_path):
     archive = np.load(out)
     settings = json.loads(str(archive["settings"]))
     assert archive["images"].shape[0] == 20 and settings["labels"] == list(range(10)) * 2
-    assert settings["guidance"] == 1.0 and settings["sampler"] == "ddim"
+    assert settings["guidance"] == DEFAULT_GUIDANCE and settings["sampler"] == "ddim"
     result = invoke(eval_main, "--npz", out, "--data-dir", DATA_DIR, "--json", tmp_path / "r.json")
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "r.json").read_text())
@@ -248,3 +249,16 @@ def test_cosine_rejects_linear_settings(invoke, tmp_path):
     result = invoke(train_main, "--preset", "tiny", "--data-dir", DATA_DIR, "--out", tmp_path / "o", "--schedule", "cosine",
                     "--beta-end", "0.01", "--no-progress")
     assert_one_line_error(result, "cosine")
+
+
+def test_digit_without_onnx_uses_the_embedded_conditional_model(invoke, tmp_path):
+    from ddpm.runtime.pipeline import default_model_path
+
+    path = default_model_path(conditional=True)
+    assert DDPM.load(path, provider="cpu").info.num_classes == 10
+    assert DDPM.load(provider="cpu").info.num_classes == 0  # the default stays unconditional
+    out = tmp_path / "sevens.npz"
+    result = invoke(run_main, "--digit", "7", "-n", 2, "--sampler", "ddim", "--steps", 3, "--npz", out, "--provider", "cpu")
+    assert result.code == 0, result.err
+    assert "conditional.onnx" in result.err
+    assert json.loads(str(np.load(out)["settings"]))["labels"] == [7, 7]
