@@ -78,10 +78,8 @@ def run_cli(
         click.echo(json.dumps({"model": str(ddpm.session.path), "provider": ddpm.provider, **info}, indent=2))
         return
     loop_engine = resolve_engine(engine, ddpm.provider, ddpm.session.fixed_batch)
-    if num_samples is None:
-        every = digit is not None and digit.strip().lower() == "all" and ddpm.info.num_classes
-        num_samples = 2 * ddpm.info.num_classes if every else 16
     request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance)
+    num_samples = request.n
     if not quiet:
         for note in ddpm.session.notes:
             click.echo(f"ddpm-run: {note}", err=True)

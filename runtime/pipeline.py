@@ -135,26 +135,29 @@ class DDPM:
             self.schedule, steps=steps, variance=self.info.variance, noise_at_last_step=self.info.noise_at_last_step
         )
 
-    def labels_for(self, digits: str | None, n: int) -> np.ndarray | None:
-        """Class labels for ``n`` samples from a ``--digit`` value: "D", "D,E,..." (cycled) or "all"
-        (0, 1, ..., K−1 repeated); None draws without a class."""
-        if digits is None:
-            return None
+    def digit_choices(self, digits: str) -> list[int]:
+        """The classes a ``--digit`` value names: "D", "D,E,..." or "all" (0, 1, ..., K−1)."""
         classes = self.info.num_classes
         if not classes:
             raise DDPMError("this model is unconditional: --digit needs a class-conditional export")
         text = digits.strip().lower()
         if text == "all":
-            chosen = list(range(classes))
-        else:
-            try:
-                chosen = [int(part) for part in text.split(",")]
-            except ValueError:
-                raise DDPMError(f"--digit takes a digit, a comma-separated list or 'all', got {digits!r}") from None
-            bad = [d for d in chosen if not 0 <= d < classes]
-            if bad:
-                raise DDPMError(f"--digit {bad[0]} is out of range: this model knows classes 0-{classes - 1}")
-        return np.resize(np.asarray(chosen, dtype=np.int64), n)
+            return list(range(classes))
+        try:
+            chosen = [int(part) for part in text.split(",")]
+        except ValueError:
+            raise DDPMError(f"--digit takes a digit, a comma-separated list or 'all', got {digits!r}") from None
+        bad = [d for d in chosen if not 0 <= d < classes]
+        if bad:
+            raise DDPMError(f"--digit {bad[0]} is out of range: this model knows classes 0-{classes - 1}")
+        return chosen
+
+    def labels_for(self, digits: str | None, n: int) -> np.ndarray | None:
+        """Class labels for ``n`` samples from a ``--digit`` value, its classes cycled; None draws
+        without a class."""
+        if digits is None:
+            return None
+        return np.resize(np.asarray(self.digit_choices(digits), dtype=np.int64), n)
 
     def generate(
         self,

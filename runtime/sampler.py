@@ -41,7 +41,29 @@ def spaced_timesteps(total: int, steps: int, spacing: str = "uniform") -> np.nda
     return np.minimum(np.maximum.accumulate(raw - index) + index, total - 1)
 
 
-class AncestralSampler:
+class _Steps:
+    """What both samplers share: the model timesteps in sampling order, σ per position, and σ·z."""
+
+    model_timesteps: np.ndarray
+    _sigmas: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.model_timesteps.size)
+
+    def needs_noise(self, i: int) -> bool:
+        return bool(self._sigmas[i] > 0.0)
+
+    def _finish(self, result: np.ndarray, i: int, noise: np.ndarray | None) -> np.ndarray:
+        """result + σ_i·z (z required where σ_i > 0), as float32."""
+        sigma = self._sigmas[i]
+        if sigma > 0.0:
+            if noise is None:
+                raise ValueError("this step adds noise; pass a standard normal array")
+            result = result + sigma * noise
+        return result.astype(np.float32, copy=False)
+
+
+class AncestralSampler(_Steps):
     """x_{t−1} = 1/√α_t · (x_t − β_t/√(1−ᾱ_t) · ε) + σ_t z   (Ho et al. 2020, eq. 11).
 
     ``variance`` chooses σ²_t = β_t ("beta") or β̃_t ("posterior"). ``noise_at_last_step``
@@ -77,21 +99,9 @@ class AncestralSampler:
         self._eps_scale = (betas / np.sqrt(1.0 - alpha_bars))[::-1].copy()
         self._sigmas = sigmas[::-1].copy()
 
-    def __len__(self) -> int:
-        return int(self.model_timesteps.size)
-
     def step(self, x: np.ndarray, i: int, eps: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
         """One reverse step: position ``i`` in the loop (0 = noisiest), returns x_{t−1} as float32."""
-        mean = self._mean_scale[i] * (x - self._eps_scale[i] * eps)
-        sigma = self._sigmas[i]
-        if sigma > 0.0:
-            if noise is None:
-                raise ValueError("this step adds noise; pass a standard normal array")
-            mean = mean + sigma * noise
-        return mean.astype(np.float32, copy=False)
-
-    def needs_noise(self, i: int) -> bool:
-        return bool(self._sigmas[i] > 0.0)
+        return self._finish(self._mean_scale[i] * (x - self._eps_scale[i] * eps), i, noise)
 
     def coefficients(self) -> dict[str, np.ndarray]:
         """The update's per-step factors in sampling order: x_{t−1} = mean_scale·(x_t − eps_scale·ε) + sigma·z."""
@@ -103,7 +113,7 @@ class AncestralSampler:
         }
 
 
-class DDIMSampler:
+class DDIMSampler(_Steps):
     """DDIM (Song et al. 2021, eq. 12) on a subsequence τ of the model's timesteps:
 
         x̂_0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t
@@ -131,9 +141,6 @@ class DDIMSampler:
         # 1 − ᾱ_prev − σ² can round below 0 when η > 1; the direction term then vanishes.
         self._direction = np.sqrt(np.maximum(1.0 - self._alpha_bars_prev - self._sigmas**2, 0.0))
 
-    def __len__(self) -> int:
-        return int(self.model_timesteps.size)
-
     def predict_x0(self, x: np.ndarray, i: int, eps: np.ndarray) -> np.ndarray:
         alpha_bar = self._alpha_bars[i]
         return (x - np.sqrt(1.0 - alpha_bar) * eps) / np.sqrt(alpha_bar)
@@ -141,12 +148,4 @@ class DDIMSampler:
     def step(self, x: np.ndarray, i: int, eps: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
         """One step from position ``i`` (0 = noisiest) to the next kept timestep, as float32."""
         result = np.sqrt(self._alpha_bars_prev[i]) * self.predict_x0(x, i, eps) + self._direction[i] * eps
-        sigma = self._sigmas[i]
-        if sigma > 0.0:
-            if noise is None:
-                raise ValueError("this step adds noise; pass a standard normal array")
-            result = result + sigma * noise
-        return result.astype(np.float32, copy=False)
-
-    def needs_noise(self, i: int) -> bool:
-        return bool(self._sigmas[i] > 0.0)
+        return self._finish(result, i, noise)

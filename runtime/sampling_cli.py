@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import click
+import numpy as np
 
 from .errors import DDPMError
 from .pipeline import SAMPLERS, DDPM
 from .sampler import SPACINGS
 
 DDIM_DEFAULT_STEPS = 50
+DEFAULT_COUNT = 16
 DEFAULT_GUIDANCE = 3.0  # the best of 0, 1 and 3 for the shipped conditional model (README, Quality)
 
 
@@ -44,14 +46,18 @@ def sampling_options(function: Callable) -> Callable:
 class SamplingRequest:
     """``DDPM.generate`` keywords for the chosen options, and the grid's column count."""
 
+    n: int
     kwargs: dict[str, Any]
     steps: int
     columns: int | None
 
 
-def sampling_request(ddpm: DDPM, n: int, sampler: str, steps: int | None, eta: float | None, spacing: str,
+def sampling_request(ddpm: DDPM, n: int | None, sampler: str, steps: int | None, eta: float | None, spacing: str,
                      digit: str | None, guidance: float | None) -> SamplingRequest:
-    """Check the sampling options against the model; one-line errors for what cannot work."""
+    """Check the sampling options against the model; one-line errors for what cannot work.
+
+    ``n`` None is the default count: 16, or two per class with ``--digit all``.
+    """
     if steps is not None and steps > ddpm.timesteps:
         raise click.BadParameter(f"{steps} is more than the model's {ddpm.timesteps} diffusion steps", param_hint="'--steps'")
     if sampler != "ddim":
@@ -65,14 +71,17 @@ def sampling_request(ddpm: DDPM, n: int, sampler: str, steps: int | None, eta: f
         raise DDPMError("--guidance needs a class-conditional model; this one is unconditional")
     if guidance is not None and digit is None:
         raise click.BadParameter("guidance steers towards a digit; add --digit", param_hint="'--guidance'")
-    labels = ddpm.labels_for(digit, n)
-    columns = None
-    if labels is not None:
-        chosen = ddpm.info.num_classes if digit.strip().lower() == "all" else len(digit.split(","))
-        columns = chosen if chosen > 1 else None
+    labels = columns = None
+    if digit is None:
+        n = n or DEFAULT_COUNT
+    else:
+        chosen = ddpm.digit_choices(digit)
+        n = n or (2 * len(chosen) if digit.strip().lower() == "all" else DEFAULT_COUNT)
+        labels = np.resize(np.asarray(chosen, dtype=np.int64), n)
+        columns = len(chosen) if len(chosen) > 1 else None
     kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps}
     if sampler == "ddim":
         kwargs.update(eta=eta or 0.0, spacing=spacing)
     if labels is not None:
         kwargs.update(labels=labels, guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
-    return SamplingRequest(kwargs, steps or ddpm.timesteps, columns)
+    return SamplingRequest(n, kwargs, steps or ddpm.timesteps, columns)
