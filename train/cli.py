@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,13 @@ from ddpm.runtime.files import check_writable_dir
 
 PRESET_NAMES = ("small", "labml", "tiny")
 # Training defaults per preset; `labml` follows the seed's own settings.
+# `small` is the recipe measured fastest to clean digits on a CPU (benchmarks/results/recipe-ablation.md).
+PLAIN_RECIPE = {"lr_schedule": "constant", "lr_warmup_steps": 0, "loss_weighting": "none", "ema_decay": 0.999}
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "small": {"batch_size": 128, "lr": 2e-4, "epochs": 20},
-    "labml": {"batch_size": 64, "lr": 2e-5, "epochs": 3},
-    "tiny": {"batch_size": 32, "lr": 1e-3, "epochs": 1},
+    "small": {"batch_size": 128, "lr": 1e-3, "epochs": 20, "lr_schedule": "cosine", "lr_warmup_steps": 200,
+              "loss_weighting": "min-snr", "ema_decay": 0.9995},
+    "labml": {"batch_size": 64, "lr": 2e-5, "epochs": 3, **PLAIN_RECIPE},
+    "tiny": {"batch_size": 32, "lr": 1e-3, "epochs": 1, **PLAIN_RECIPE},
 }
 
 
@@ -69,7 +73,8 @@ class Betas(click.ParamType):
 SETTING_KEYS = {
     "preset": ("train", "preset"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "adam_betas": ("train", "adam_betas"), "weight_decay": ("train", "weight_decay"), "grad_clip": ("train", "grad_clip"),
-    "lr_warmup_steps": ("train", "lr_warmup_steps"), "ema_decay": ("train", "ema_decay"), "ema_warmup": ("train", "ema_warmup"),
+    "lr_warmup_steps": ("train", "lr_warmup_steps"), "lr_schedule": ("train", "lr_schedule"),
+    "loss_weighting": ("train", "loss_weighting"), "min_snr_gamma": ("train", "min_snr_gamma"), "ema_decay": ("train", "ema_decay"), "ema_warmup": ("train", "ema_warmup"),
     "max_images": ("train", "max_images"), "seed": ("train", "seed"), "precision": ("train", "precision"),
     "base_channels": ("model_config", "base_channels"), "channel_mults": ("model_config", "channel_mults"),
     "attention": ("model_config", "attention"), "blocks": ("model_config", "blocks_per_resolution"),
@@ -80,6 +85,8 @@ SETTING_KEYS = {
     "schedule": ("schedule", "kind"), "conditional": ("model_config", "num_classes"), "label_dropout": ("train", "label_dropout"),
 }
 MNIST_CLASSES = 10
+LR_SCHEDULES = ("constant", "cosine", "linear")  # as ddpm.train.trainer (not imported here: --help stays torch-free)
+LOSS_WEIGHTINGS = ("none", "min-snr")
 
 
 def settings_from_args(args: dict[str, Any]):
@@ -89,6 +96,7 @@ def settings_from_args(args: dict[str, Any]):
     from .trainer import TrainConfig
 
     defaults = PRESET_TRAINING[args["preset"]]
+    chosen = lambda key: defaults[key] if args[key] is None else args[key]  # noqa: E731
     overrides = {
         "base_channels": args["base_channels"], "channel_mults": args["channel_mults"], "attention": args["attention"],
         "blocks_per_resolution": args["blocks"], "norm_groups": args["norm_groups"],
@@ -115,15 +123,18 @@ def settings_from_args(args: dict[str, Any]):
         schedule = {"kind": "linear", "timesteps": args["timesteps"], "beta_start": args["beta_start"], "beta_end": args["beta_end"]}
     train_config = TrainConfig(
         preset=args["preset"],
-        batch_size=args["batch_size"] or defaults["batch_size"],
-        lr=args["lr"] or defaults["lr"],
+        batch_size=chosen("batch_size"),
+        lr=chosen("lr"),
         adam_betas=args["adam_betas"],
         weight_decay=args["weight_decay"],
         grad_clip=args["grad_clip"],
-        lr_warmup_steps=args["lr_warmup_steps"],
-        ema_decay=args["ema_decay"],
+        lr_warmup_steps=chosen("lr_warmup_steps"),
+        lr_schedule=chosen("lr_schedule"),
+        loss_weighting=chosen("loss_weighting"),
+        min_snr_gamma=args["min_snr_gamma"],
+        ema_decay=chosen("ema_decay"),
         ema_warmup=args["ema_warmup"],
-        epochs=args["epochs"] or defaults["epochs"],
+        epochs=chosen("epochs"),
         max_steps=args["max_steps"],
         max_images=args["max_images"],
         seed=args["seed"],
@@ -151,14 +162,16 @@ def settings_from_checkpoint(checkpoint: dict[str, Any], origin: Any):
 
 def differing_settings(fresh, checkpoint: dict[str, Any], explicit: set[str]) -> list[str]:
     """Options given on the command line whose values differ from the checkpoint's."""
-    model_config, data_config, schedule, train_config = fresh
-    sections = {
-        "model_config": model_config.to_dict(), "data": data_config.to_dict(), "schedule": schedule, "train": train_config.to_dict(),
-    }
+    def sections(settings) -> dict[str, dict[str, Any]]:
+        model_config, data_config, schedule, train_config = settings
+        return {"model_config": model_config.to_dict(), "data": data_config.to_dict(), "schedule": schedule,
+                "train": train_config.to_dict()}
+
+    given_sections, stored_sections = sections(fresh), sections(settings_from_checkpoint(checkpoint, "checkpoint"))
     differing = []
     for option in sorted(explicit & set(SETTING_KEYS)):
         section, key = SETTING_KEYS[option]
-        given, stored = sections[section].get(key), checkpoint[section].get(key)
+        given, stored = given_sections[section].get(key), stored_sections[section].get(key)
         if isinstance(given, tuple):
             given = list(given)
         if given != stored:
@@ -166,8 +179,18 @@ def differing_settings(fresh, checkpoint: dict[str, Any], explicit: set[str]) ->
     return differing
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and ±inf (click's comparisons let nan through)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 POSITIVE_INT = click.IntRange(min=1)
-POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
+POSITIVE_FLOAT = FiniteFloatRange(min=0.0, min_open=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -189,13 +212,21 @@ POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
 @click.option("--max-steps", type=POSITIVE_INT, default=None, help="Stop after this many optimizer steps in total (caps --epochs).")
 @click.option("--max-images", type=POSITIVE_INT, default=None, help="Train on the first N images only (quick runs).")
 @click.option("--batch-size", type=POSITIVE_INT, default=None, help="Images per step. [default: small 128, labml 64, tiny 32]")
-@click.option("--lr", type=POSITIVE_FLOAT, default=None, help="AdamW learning rate. [default: small 2e-4, labml 2e-5, tiny 1e-3]")
+@click.option("--lr", type=POSITIVE_FLOAT, default=None, help="AdamW peak learning rate. [default: small 1e-3, labml 2e-5, tiny 1e-3]")
 @click.option("--adam-betas", type=Betas(), default="0.9,0.999", help="AdamW β1,β2.")
-@click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.0, help="AdamW decoupled weight decay.")
-@click.option("--grad-clip", type=click.FloatRange(min=0.0), default=1.0, help="Clip the gradient norm to this value (0 disables).")
-@click.option("--lr-warmup-steps", type=click.IntRange(min=0), default=0, help="Ramp the learning rate linearly over this many steps.")
-@click.option("--ema-decay", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=0.999,
-              help="EMA decay of the weights; keep 1/(1-decay) well below the run's step count.")
+@click.option("--weight-decay", type=FiniteFloatRange(min=0.0), default=0.0, help="AdamW decoupled weight decay.")
+@click.option("--grad-clip", type=FiniteFloatRange(min=0.0), default=1.0, help="Clip the gradient norm to this value (0 disables).")
+@click.option("--lr-warmup-steps", type=click.IntRange(min=0), default=None,
+              help="Ramp the learning rate linearly over this many steps. [default: small 200, others 0]")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=None,
+              help="After warm-up: constant, or cosine/linear decay to 0 at the run's last step (--epochs/--max-steps). "
+                   "[default: small cosine, others constant]")
+@click.option("--loss-weighting", type=click.Choice(LOSS_WEIGHTINGS), default=None,
+              help="'min-snr': weight each timestep's loss by min(SNR, γ)/SNR (Min-SNR-γ); 'none': plain L_simple. "
+                   "[default: small min-snr, others none]")
+@click.option("--min-snr-gamma", type=POSITIVE_FLOAT, default=5.0, help="γ of --loss-weighting min-snr.")
+@click.option("--ema-decay", type=FiniteFloatRange(min=0.0, max=1.0, max_open=True), default=None,
+              help="EMA decay of the weights; keep 1/(1-decay) well below the run's step count. [default: small 0.9995, others 0.999]")
 @click.option("--ema-warmup/--no-ema-warmup", default=True, help="Use decay min(d, (1+n)/(10+n)) for the first updates.")
 @click.option("--base-channels", type=POSITIVE_INT, default=None, help="Channels after the input projection. [preset]")
 @click.option("--channel-mults", type=IntList(), default=None, help="Channel multiplier per resolution level, e.g. 1,2,2,4. [preset]")
@@ -203,19 +234,19 @@ POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
 @click.option("--blocks", type=POSITIVE_INT, default=None, help="Residual blocks per resolution level. [preset]")
 @click.option("--norm-groups", type=POSITIVE_INT, default=None, help="GroupNorm groups in the blocks. [preset]")
 @click.option("--final-norm-groups", type=POSITIVE_INT, default=None, help="GroupNorm groups before the output conv. [preset]")
-@click.option("--dropout", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=None, help="Dropout in the residual blocks. [preset]")
+@click.option("--dropout", type=FiniteFloatRange(min=0.0, max=1.0, max_open=True), default=None, help="Dropout in the residual blocks. [preset]")
 @click.option("--width-rule", type=click.Choice(["compound", "base"]), default=None,
               help="'compound': width = previous·mult (labml); 'base': width = base·mult. [preset]")
 @click.option("--conditional", is_flag=True,
               help="Class-conditional model: a digit embedding added to the time embedding, plus a 'no class' index "
                    "for classifier-free guidance (ddpm-run --digit, --guidance).")
-@click.option("--label-dropout", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=0.1,
+@click.option("--label-dropout", type=FiniteFloatRange(min=0.0, max=1.0, max_open=True), default=0.1,
               help="--conditional: share of training labels replaced by 'no class', so one model learns both.")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), default="linear",
               help="Noise schedule: 'linear' β (Ho et al.) or 'cosine' ᾱ (Nichol & Dhariwal, s = 0.008, β ≤ 0.999).")
 @click.option("--timesteps", type=POSITIVE_INT, default=1000, help="Diffusion steps T.")
 @click.option("--beta-start", type=POSITIVE_FLOAT, default=1e-4, help="β_1 of the linear schedule.")
-@click.option("--beta-end", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=0.02, help="β_T of the linear schedule.")
+@click.option("--beta-end", type=FiniteFloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=0.02, help="β_T of the linear schedule.")
 @click.option("--image-size", type=click.IntRange(min=8), default=32, help="Training image size (MNIST is 28).")
 @click.option("--transform", type=click.Choice(["pad", "resize"]), default="pad", help="How 28x28 digits reach --image-size.")
 @click.option("--data-range", type=click.Choice(["-1,1", "0,1"]), default="-1,1",
@@ -333,6 +364,12 @@ def train_command(ctx: click.Context, **args: Any) -> None:
             click.echo(
                 f"plan: steps {trainer.step} -> {trainer.total_steps} ({trainer.steps_per_epoch} per epoch, global batch "
                 f"{train_config.batch_size}); checkpoints in {out_dir}/model.pt",
+                err=True,
+            )
+            click.echo(
+                f"recipe: lr {train_config.lr:g} ({train_config.lr_schedule}, {train_config.lr_warmup_steps} warm-up steps), "
+                f"loss {'Min-SNR-' + format(train_config.min_snr_gamma, 'g') if train_config.loss_weighting == 'min-snr' else 'L_simple'}, "
+                f"dropout {model_config.dropout:g}, EMA {train_config.ema_decay:g}",
                 err=True,
             )
         if args["dry_run"]:

@@ -108,7 +108,7 @@ PRESETS: dict[str, UNetConfig] = {
         blocks_per_resolution=1,
         norm_groups=8,
         final_norm_groups=8,
-        dropout=0.1,
+        dropout=0.0,  # no dropout: measured better for CPU-length runs (benchmarks/results/recipe-ablation.md)
         width_rule="compound",
     ),
     # For tests: a forward pass in milliseconds.

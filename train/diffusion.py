@@ -17,12 +17,19 @@ from ddpm.runtime.schedule import Schedule
 
 
 class Diffusion:
-    def __init__(self, schedule: Schedule, device: torch.device | str = "cpu") -> None:
+    """``min_snr_gamma``: weight each example's ε-loss by min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1−ᾱ_t)
+    (Min-SNR-γ, Hang et al. 2023); None: plain L_simple."""
+
+    def __init__(self, schedule: Schedule, device: torch.device | str = "cpu", min_snr_gamma: float | None = None) -> None:
         self.schedule = schedule
         self.timesteps = schedule.timesteps
         alpha_bars = schedule.alpha_bars
         self.sqrt_alpha_bars = torch.tensor(np.sqrt(alpha_bars), dtype=torch.float32, device=device)
         self.sqrt_one_minus_alpha_bars = torch.tensor(np.sqrt(1.0 - alpha_bars), dtype=torch.float32, device=device)
+        self.loss_weights = None
+        if min_snr_gamma is not None:
+            snr = alpha_bars / (1.0 - alpha_bars)
+            self.loss_weights = torch.tensor(np.minimum(snr, min_snr_gamma) / snr, dtype=torch.float32, device=device)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t · x_0 + √(1−ᾱ_t) · ε."""
@@ -30,10 +37,14 @@ class Diffusion:
 
     def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
              y: torch.Tensor | None = None) -> torch.Tensor:
-        """L_simple = ‖ε − ε_θ(x_t, t[, y])‖² averaged over the batch, for the given t (uniform over 0..T−1) and ε."""
+        """L_simple = ‖ε − ε_θ(x_t, t[, y])‖² averaged over the batch, for the given t (uniform over 0..T−1) and ε;
+        with Min-SNR-γ each example's term is weighted by w_t first."""
         x_t = self.q_sample(x0, t, noise.to(x0.dtype))
         eps = model(x_t, t) if y is None else model(x_t, t, y)
-        return F.mse_loss(eps.float(), noise.float())
+        if self.loss_weights is None:
+            return F.mse_loss(eps.float(), noise.float())
+        per_example = (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
+        return (self.loss_weights[t] * per_example).mean()
 
     def random_loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """L_simple with t and ε drawn here."""

@@ -41,6 +41,10 @@ from .diffusion import Diffusion, sample
 from .unet import UNet
 
 PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+LOSS_WEIGHTINGS = ("none", "min-snr")
+# What a checkpoint written before a setting existed was trained with: it resumes with these.
+LEGACY_TRAIN_SETTINGS: dict[str, Any] = {"lr_schedule": "constant", "loss_weighting": "none", "min_snr_gamma": 5.0}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     lr_warmup_steps: int = 0
+    lr_schedule: str = "constant"  # after warm-up: constant, or cosine/linear decay to 0 at the run's last step
+    loss_weighting: str = "none"  # "min-snr": ε-loss weighted by min(SNR_t, γ)/SNR_t (Hang et al. 2023)
+    min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
     epochs: int = 20
@@ -70,7 +77,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return cls(**{**data, "adam_betas": tuple(data["adam_betas"])})
+        return cls(**{**LEGACY_TRAIN_SETTINGS, **data, "adam_betas": tuple(data["adam_betas"])})
 
 
 @dataclass
@@ -134,10 +141,17 @@ class EMA:
         torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], weight)
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warm-up over ``lr_warmup_steps``, then constant or decaying to 0 at ``total_steps``."""
     if config.lr_warmup_steps and step < config.lr_warmup_steps:
         return config.lr * (step + 1) / config.lr_warmup_steps
-    return config.lr
+    if config.lr_schedule == "constant":
+        return config.lr
+    decay_steps = max(total_steps - config.lr_warmup_steps, 1)
+    progress = min(max(step - config.lr_warmup_steps, 0) / decay_steps, 1.0)
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * (1.0 - progress)
 
 
 def step_seed(*keys: int) -> int:
@@ -204,7 +218,8 @@ class Trainer:
         channels_last = options.channels_last if options.channels_last is not None else self.device.type == "cuda"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.schedule = make_schedule(**schedule)
-        self.diffusion = Diffusion(self.schedule, self.device)
+        gamma = train_config.min_snr_gamma if train_config.loss_weighting == "min-snr" else None
+        self.diffusion = Diffusion(self.schedule, self.device, min_snr_gamma=gamma)
 
         seed_everything(train_config.seed)
         self.model = UNet(model_config).to(self.device, memory_format=self.memory_format)
@@ -338,7 +353,7 @@ class Trainer:
             y = torch.where(drop[share], self.model_config.num_classes, self.labels[batch_ids[share]])
         torch.manual_seed(step_seed(self.config.seed, self.step, self.dist.rank))  # dropout
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config, self.step)
+            group["lr"] = learning_rate(self.config, self.step, self.total_steps)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             loss = self.diffusion.loss(self.train_module, x0, t[share], noise[share], y)
         self.optimizer.zero_grad(set_to_none=True)
