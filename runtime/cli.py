@@ -56,7 +56,7 @@ def _target(path: Path | None, option: str) -> Path | None:
 def run_cli(
     onnx_path: Path | None, gif: Path | None, png: Path | None, npz: Path | None, num_samples: int | None,
     batch_size: int | None, seed: int, frames: int, fps: float, hold: float, scale: int,
-    sampler: str, steps: int | None, eta: float | None, spacing: str, digit: str | None, guidance: float | None,
+    sampler: str, steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None,
     provider: str, engine: str, threads: int | None, show_info: bool, quiet: bool,
 ) -> None:
     """Draw MNIST digits with an exported DDPM: the ancestral (or DDIM) loop in NumPy around ONNX Runtime.

@@ -102,7 +102,7 @@ def table(samples: Scores, floor: Scores) -> str:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, sampler: str,
-                 steps: int | None, eta: float | None, spacing: str, digit: str | None, guidance: float | None, batch_size: int | None, provider: str, threads: int | None, data_dir: Path, transform: str,
+                 steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None, batch_size: int | None, provider: str, threads: int | None, data_dir: Path, transform: str,
                  json_path: Path | None, quiet: bool) -> None:
     """Score generated digits with the judge: confidence, class histogram, Fréchet distance to the MNIST
     test set, and the same figures for as many real held-out test digits (the floor).
@@ -122,7 +122,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
         if json_path.is_dir():
             raise DDPMError(f"--json {json_path} is a directory")
         check_writable_dir(json_path.parent)
-    sampling_given = sampler != "ancestral" or any(v is not None for v in (steps, eta, digit, guidance)) or spacing != "uniform"
+    sampling_given = sampler != "ancestral" or any(v is not None for v in (steps, eta, digit, guidance)) or spacing is not None
     if npz is not None and sampling_given:
         raise click.UsageError("--npz scores finished images; sampling options (--sampler, --steps, --digit, ...) need --onnx")
     test_images, test_labels = load_mnist(data_dir, "test")

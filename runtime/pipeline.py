@@ -24,12 +24,16 @@ import numpy as np
 from .errors import DDPMError
 from .images import to_uint8
 from .metadata import ModelInfo
-from .sampler import SPACINGS, AncestralSampler, DDIMSampler
+from .sampler import SPACINGS, AncestralSampler, DDIMSampler, DPMSolverSampler
 from .session import BoundEps, BoundStep, UNetSession
 
 ENGINES = ("plain", "iobinding")
 ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")
-SAMPLERS = ("ancestral", "ddim")
+SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++2m-sde")
+SOLVERS = {"dpm++2m": False, "dpm++2m-sde": True}  # DPM-Solver++ (2M): stochastic or not
+# Timestep spacing when none is asked for: the second-order solvers are second order in λ, so they
+# step evenly in it (uniform-in-t steps leave a last step 5x longer in λ than the one before).
+DEFAULT_SPACING = {"ancestral": "uniform", "ddim": "uniform", "dpm++2m": "logsnr", "dpm++2m-sde": "logsnr"}
 
 
 def resolve_engine(choice: str, provider: str, fixed_batch: int | None) -> str:
@@ -125,12 +129,19 @@ class DDPM:
         return 256 if self.provider != "CPUExecutionProvider" else CPU_BATCH_SIZE
 
     def sampler(self, steps: int | None = None, kind: str = "ancestral", eta: float = 0.0,
-                spacing: str = "uniform") -> AncestralSampler | DDIMSampler:
-        """The ancestral sampler with the model's variance rule (respaced when ``steps`` < T), or DDIM."""
+                spacing: str | None = None) -> AncestralSampler | DDIMSampler | DPMSolverSampler:
+        """The ancestral sampler with the model's variance rule (respaced when ``steps`` < T), DDIM, or
+        DPM-Solver++ (2M) as an ODE or SDE solver. ``spacing`` None: the kind's default."""
+        spacing = spacing or DEFAULT_SPACING[kind]
         if kind == "ddim":
             return DDIMSampler(self.schedule, steps=steps, eta=eta, spacing=spacing)
+        if kind in SOLVERS:
+            try:
+                return DPMSolverSampler(self.schedule, steps=steps, spacing=spacing, stochastic=SOLVERS[kind])
+            except ValueError as exc:
+                raise DDPMError(f"{kind}: {exc}") from None
         if spacing != "uniform":
-            raise DDPMError("quadratic spacing is for DDIM (--sampler ddim); the ancestral sampler respaces uniformly")
+            raise DDPMError(f"{spacing} spacing is for DDIM and DPM-Solver++; the ancestral sampler respaces uniformly")
         return AncestralSampler(
             self.schedule, steps=steps, variance=self.info.variance, noise_at_last_step=self.info.noise_at_last_step
         )
@@ -170,7 +181,7 @@ class DDPM:
         engine: str = "plain",
         sampler: str = "ancestral",
         eta: float = 0.0,
-        spacing: str = "uniform",
+        spacing: str | None = None,
         labels: np.ndarray | None = None,
         guidance: float = 0.0,
     ) -> SampleRun:
@@ -178,12 +189,14 @@ class DDPM:
 
         ``engine`` "plain" calls ``session.run`` with NumPy arrays; "iobinding" keeps bound
         input and output buffers per sub-batch size (required for CUDA graphs). ``sampler`` is
-        "ancestral" (DDPM) or "ddim" (with ``eta`` and ``spacing``). A class-conditional model
+        "ancestral" (DDPM), "ddim" (with ``eta``), "dpm++2m" or "dpm++2m-sde"; ``spacing`` places the
+        timesteps of the last three (None: uniform for DDIM, logsnr for DPM-Solver++). A class-conditional model
         takes ``labels`` [n] (none: the "no class" index) and classifier-free ``guidance`` w:
         ε = (1+w)·ε(x, y) − w·ε(x, ∅), both halves in one network batch.
         """
         if sampler not in SAMPLERS:
             raise DDPMError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        spacing = spacing or DEFAULT_SPACING[sampler]
         if spacing not in SPACINGS:
             raise DDPMError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
         if not (eta >= 0 and np.isfinite(eta)):
@@ -211,7 +224,7 @@ class DDPM:
             raise DDPMError(f"steps must be between 1 and {self.timesteps} (the model's T), got {steps}")
         fused = self.info.graph == "fused-step"
         if fused and sampler != "ancestral":
-            raise DDPMError("a fused-step model has the ancestral update built in; use the plain export for DDIM")
+            raise DDPMError(f"a fused-step model has the ancestral update built in; use the plain export for {sampler}")
         if fused and steps not in (None, self.timesteps):
             raise DDPMError(f"a fused-step model has its {self.timesteps}-step update built in; it cannot respace to {steps} steps")
         if batch_size is not None and batch_size < 1:
@@ -254,7 +267,8 @@ class DDPM:
         run.images = to_uint8(x, info.data_range)
         run.settings = {
             "seed": seed, "num_samples": n, "sampler": method, "steps": len(sampler), "timesteps": self.timesteps,
-            **({"eta": float(eta), "spacing": spacing} if method == "ddim" else {}),
+            **({"eta": float(eta)} if method == "ddim" else {}),
+            **({"spacing": spacing} if method != "ancestral" else {}),
             **({"labels": labels.tolist(), "guidance": float(guidance)} if labels is not None else {}),
             "batch_size": batch_size, "engine": engine, "variance": info.variance, "noise_at_last_step": info.noise_at_last_step,
             "provider": self.provider, "model": str(self.session.path), "model_sha256": info.source.get("sha256", ""),

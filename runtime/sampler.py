@@ -10,7 +10,9 @@ The sampler holds the per-step coefficients; the caller owns the loop and the ne
 
 ``steps < T`` respaces the schedule (Nichol & Dhariwal 2021): it keeps ᾱ at ``steps`` evenly
 spaced timesteps and recomputes β between them, so a short run follows the same marginals.
-:class:`DDIMSampler` (Song et al. 2021) has the same interface.
+:class:`DDIMSampler` (Song et al. 2021) and :class:`DPMSolverSampler` (DPM-Solver++, Lu et al.
+2022) have the same interface; the multistep solver remembers the previous step's x̂_0, so its
+steps run in order, from 0, once per loop.
 """
 
 from __future__ import annotations
@@ -20,14 +22,23 @@ import numpy as np
 from .schedule import Schedule
 
 VARIANCES = ("beta", "posterior")
-SPACINGS = ("uniform", "quadratic")
+SPACINGS = ("uniform", "quadratic", "logsnr")
+# λ = log(α/σ) = ½·log SNR. Below this a step is pure noise in practice; the linear schedule ends at
+# −5.06, the cosine one far lower, where x̂_0 = (x − σ·ε)/α would magnify ε's error by up to 1/α.
+LAMBDA_MIN = -5.1
 
 
-def spaced_timesteps(total: int, steps: int, spacing: str = "uniform") -> np.ndarray:
+def half_log_snr(alpha_bars: np.ndarray) -> np.ndarray:
+    """λ_t = log(√ᾱ_t / √(1−ᾱ_t)), decreasing in t."""
+    return 0.5 * (np.log(alpha_bars) - np.log1p(-alpha_bars))
+
+
+def spaced_timesteps(total: int, steps: int, spacing: str = "uniform", alpha_bars: np.ndarray | None = None) -> np.ndarray:
     """``steps`` distinct ascending model timesteps in [0, total), always 0 and total−1.
 
     "uniform" spaces them evenly; "quadratic" along (i/(S−1))² · (T−1), denser near t = 0
-    where the image takes its final shape (nudged apart where rounding would merge them).
+    where the image takes its final shape; "logsnr" evenly in λ (needs the schedule's
+    ``alpha_bars`` for the first ``total`` steps). Rounding collisions are nudged apart.
     """
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
@@ -36,9 +47,28 @@ def spaced_timesteps(total: int, steps: int, spacing: str = "uniform") -> np.nda
     if steps == 1:
         return np.array([total - 1], dtype=np.int64)
     position = np.linspace(0.0, 1.0, steps)
-    raw = np.round((position if spacing == "uniform" else position**2) * (total - 1)).astype(np.int64)
+    if spacing == "logsnr":
+        if alpha_bars is None:
+            raise ValueError("logsnr spacing needs the schedule's alpha_bars")
+        lambdas = half_log_snr(np.asarray(alpha_bars, dtype=np.float64)[:total])
+        targets = lambdas[0] + position * (lambdas[-1] - lambdas[0])
+        exact = np.interp(-targets, -lambdas, np.arange(total, dtype=np.float64))  # -λ rises with t
+    else:
+        exact = (position if spacing == "uniform" else position**2) * (total - 1)
+    raw = np.round(exact).astype(np.int64)
     index = np.arange(steps)
-    return np.minimum(np.maximum.accumulate(raw - index) + index, total - 1)
+    # Each timestep at least one past the previous and leaving room for those after it.
+    return np.minimum(np.maximum.accumulate(raw - index), total - steps) + index
+
+
+def solver_timesteps(schedule: Schedule, steps: int, spacing: str = "uniform") -> np.ndarray:
+    """Ascending timesteps for an ODE/SDE solver: ``spaced_timesteps`` over [0, t_max], where t_max
+    is the last step with λ ≥ LAMBDA_MIN (T−1 for the linear schedule; earlier for the cosine one)."""
+    lambdas = half_log_snr(schedule.alpha_bars)
+    usable = int(np.count_nonzero(lambdas >= LAMBDA_MIN)) or 1
+    if steps > usable:
+        raise ValueError(f"steps must be between 1 and {usable} (the steps with log-SNR above {2 * LAMBDA_MIN:g}), got {steps}")
+    return spaced_timesteps(usable, steps, spacing, schedule.alpha_bars)
 
 
 class _Steps:
@@ -129,7 +159,7 @@ class DDIMSampler(_Steps):
             raise ValueError(f"eta must be a finite number >= 0, got {eta}")
         total = schedule.timesteps
         steps = total if steps is None else int(steps)
-        kept = spaced_timesteps(total, steps, spacing)
+        kept = spaced_timesteps(total, steps, spacing, schedule.alpha_bars)
         alpha_bars = schedule.alpha_bars[kept]
         alpha_bars_prev = np.concatenate(([1.0], alpha_bars[:-1]))
         sigmas = eta * np.sqrt((1.0 - alpha_bars_prev) / (1.0 - alpha_bars) * (1.0 - alpha_bars / alpha_bars_prev))
@@ -149,3 +179,66 @@ class DDIMSampler(_Steps):
         """One step from position ``i`` (0 = noisiest) to the next kept timestep, as float32."""
         result = np.sqrt(self._alpha_bars_prev[i]) * self.predict_x0(x, i, eps) + self._direction[i] * eps
         return self._finish(result, i, noise)
+
+
+class DPMSolverSampler(_Steps):
+    """DPM-Solver++ (Lu et al. 2022), multistep, in data prediction: with α = √ᾱ, σ = √(1−ᾱ),
+    λ = log(α/σ), h = λ_next − λ and x̂_0 = (x − σ·ε)/α at each model timestep,
+
+        ODE:  x_next = σ_next/σ · x + α_next·(1 − e^(−h)) · D
+        SDE:  x_next = σ_next/σ · e^(−h) · x + α_next·(1 − e^(−2h)) · D + σ_next·√(1 − e^(−2h)) · z
+
+    with D = x̂_0 (first order) or, second order, D = x̂_0 + (x̂_0 − x̂_0,prev)/(2r), r = h_prev/h.
+    The first step has no history and the last (to σ = 0, where x_next = D) is first order, so one
+    step is plain first order. First order is DDIM: η = 0 for the ODE, η = 1 for the SDE.
+    Timesteps come from :func:`solver_timesteps` ("uniform", "quadratic" or "logsnr").
+    """
+
+    def __init__(self, schedule: Schedule, steps: int | None = None, spacing: str = "uniform", order: int = 2,
+                 stochastic: bool = False) -> None:
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {order}")
+        kept = solver_timesteps(schedule, schedule.timesteps if steps is None else int(steps), spacing)
+        self.order, self.stochastic = order, stochastic
+        self.model_timesteps: np.ndarray = kept[::-1].copy()
+        alpha_bars = schedule.alpha_bars[self.model_timesteps]
+        alphas, sigmas = np.sqrt(alpha_bars), np.sqrt(1.0 - alpha_bars)
+        lambdas = np.log(alphas) - np.log(sigmas)
+        # Each step goes to the next kept timestep; the last one to the data itself (α = 1, σ = 0, λ = ∞).
+        alphas_next, sigmas_next = np.append(alphas[1:], 1.0), np.append(sigmas[1:], 0.0)
+        with np.errstate(divide="ignore"):
+            h = np.append(lambdas[1:], np.inf) - lambdas
+        decay = np.exp(-h)  # e^(−h): 0 on the last step
+        if stochastic:
+            self._x_scale = sigmas_next / sigmas * decay
+            self._d_scale = alphas_next * (1.0 - decay**2)
+            self._sigmas = sigmas_next * np.sqrt(1.0 - decay**2)
+        else:
+            self._x_scale = sigmas_next / sigmas
+            self._d_scale = alphas_next * -np.expm1(-h)
+            self._sigmas = np.zeros_like(h)
+        self._alphas, self._sigma_t = alphas, sigmas
+        # Second-order correction weight 1/(2r) where a step has history and a finite h.
+        self._correction = np.zeros_like(h)
+        if order == 2 and len(h) > 2:
+            self._correction[1:-1] = h[1:-1] / (2.0 * h[:-2])
+        self._previous: tuple[int, np.ndarray] | None = None
+
+    def predict_x0(self, x: np.ndarray, i: int, eps: np.ndarray) -> np.ndarray:
+        return (x - self._sigma_t[i] * eps) / self._alphas[i]
+
+    def step(self, x: np.ndarray, i: int, eps: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+        """One solver step from position ``i`` (0 = noisiest); positions run in order from 0."""
+        x0 = self.predict_x0(x, i, eps)
+        d = x0
+        if self._correction[i]:
+            if self._previous is None or self._previous[0] != i - 1 or self._previous[1].shape != x0.shape:
+                raise ValueError(f"a multistep solver runs its steps in order from 0; step {i} came without step {i - 1}")
+            d = x0 + self._correction[i] * (x0 - self._previous[1])
+        self._previous = (i, x0)
+        return self._finish(self._x_scale[i] * x + self._d_scale[i] * d, i, noise)
+
+    def coefficients(self) -> dict[str, np.ndarray]:
+        """Per-step factors in sampling order: x_next = x_scale·x + d_scale·D + sigma·z, D = x̂_0 + correction·Δx̂_0."""
+        return {"timesteps": self.model_timesteps.copy(), "x_scale": self._x_scale.copy(),
+                "d_scale": self._d_scale.copy(), "sigma": self._sigmas.copy(), "correction": self._correction.copy()}

@@ -10,10 +10,11 @@ import click
 import numpy as np
 
 from .errors import DDPMError
-from .pipeline import SAMPLERS, DDPM
+from .pipeline import DEFAULT_SPACING, SAMPLERS, DDPM
 from .sampler import SPACINGS
 
 DDIM_DEFAULT_STEPS = 50
+SOLVER_DEFAULT_STEPS = 20
 DEFAULT_COUNT = 16
 DEFAULT_GUIDANCE = 3.0  # the best of 0, 1 and 3 for the shipped conditional model (README, Quality)
 
@@ -21,15 +22,18 @@ DEFAULT_GUIDANCE = 3.0  # the best of 0, 1 and 3 for the shipped conditional mod
 def sampling_options(function: Callable) -> Callable:
     options = [
         click.option("--sampler", type=click.Choice(SAMPLERS), default="ancestral",
-                     help="'ancestral': the DDPM loop, T steps (or respaced with --steps); 'ddim': DDIM, "
-                          f"{DDIM_DEFAULT_STEPS} steps unless --steps, deterministic with --eta 0."),
+                     help="'ancestral': the DDPM loop, T steps (the reference; respaced with --steps); 'ddim': DDIM, "
+                          "deterministic with --eta 0; 'dpm++2m': DPM-Solver++ (2M), a second-order ODE solver; "
+                          "'dpm++2m-sde': its stochastic variant. For speed: dpm++2m-sde or dpm++2m with "
+                          f"{SOLVER_DEFAULT_STEPS} steps (see the README's sampler table)."),
         click.option("--steps", type=click.IntRange(min=1), default=None,
                      help=f"Network evaluations per sample, at most the model's T. [default: T for ancestral, "
-                          f"{DDIM_DEFAULT_STEPS} for ddim]"),
+                          f"{DDIM_DEFAULT_STEPS} for ddim, {SOLVER_DEFAULT_STEPS} for dpm++; one dpm++ step is first order]"),
         click.option("--eta", type=click.FloatRange(min=0.0), default=None,
                      help="DDIM noise: 0 deterministic, 1 as much as the ancestral sampler (with β̃). [default: 0]"),
-        click.option("--spacing", type=click.Choice(SPACINGS), default="uniform",
-                     help="DDIM timesteps: evenly spaced, or quadratic (denser near t = 0)."),
+        click.option("--spacing", type=click.Choice(SPACINGS), default=None,
+                     help="ddim and dpm++ timesteps: evenly spaced in t, quadratic in t (denser near t = 0), or evenly "
+                          "spaced in log-SNR. [default: uniform for ddim, logsnr for dpm++]"),
         click.option("--digit", default=None, metavar="D|D,E,...|all",
                      help="Class-conditional models: the digit to draw, a list (cycled over the samples), or 'all' "
                           "(every digit in turn; the grids get one column per digit)."),
@@ -52,7 +56,7 @@ class SamplingRequest:
     columns: int | None
 
 
-def sampling_request(ddpm: DDPM, n: int | None, sampler: str, steps: int | None, eta: float | None, spacing: str,
+def sampling_request(ddpm: DDPM, n: int | None, sampler: str, steps: int | None, eta: float | None, spacing: str | None,
                      digit: str | None, guidance: float | None) -> SamplingRequest:
     """Check the sampling options against the model; one-line errors for what cannot work.
 
@@ -60,13 +64,13 @@ def sampling_request(ddpm: DDPM, n: int | None, sampler: str, steps: int | None,
     """
     if steps is not None and steps > ddpm.timesteps:
         raise click.BadParameter(f"{steps} is more than the model's {ddpm.timesteps} diffusion steps", param_hint="'--steps'")
-    if sampler != "ddim":
-        if eta is not None:
-            raise click.BadParameter("η is a DDIM setting; add --sampler ddim", param_hint="'--eta'")
-        if spacing != "uniform":
-            raise click.BadParameter("quadratic spacing is a DDIM setting; add --sampler ddim", param_hint="'--spacing'")
-    elif steps is None:
-        steps = min(DDIM_DEFAULT_STEPS, ddpm.timesteps)
+    if sampler != "ddim" and eta is not None:
+        raise click.BadParameter("η is a DDIM setting; add --sampler ddim", param_hint="'--eta'")
+    if sampler == "ancestral" and spacing not in (None, "uniform"):
+        raise click.BadParameter(f"{spacing} spacing is for --sampler ddim and dpm++; the ancestral sampler respaces uniformly",
+                                 param_hint="'--spacing'")
+    if steps is None and sampler != "ancestral":
+        steps = min(DDIM_DEFAULT_STEPS if sampler == "ddim" else SOLVER_DEFAULT_STEPS, ddpm.timesteps)
     if guidance is not None and not ddpm.info.num_classes:
         raise DDPMError("--guidance needs a class-conditional model; this one is unconditional")
     if guidance is not None and digit is None:
@@ -80,8 +84,10 @@ def sampling_request(ddpm: DDPM, n: int | None, sampler: str, steps: int | None,
         labels = np.resize(np.asarray(chosen, dtype=np.int64), n)
         columns = len(chosen) if len(chosen) > 1 else None
     kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps}
+    if sampler != "ancestral":
+        kwargs["spacing"] = spacing or DEFAULT_SPACING[sampler]
     if sampler == "ddim":
-        kwargs.update(eta=eta or 0.0, spacing=spacing)
+        kwargs["eta"] = eta or 0.0
     if labels is not None:
         kwargs.update(labels=labels, guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
     return SamplingRequest(n, kwargs, steps or ddpm.timesteps, columns)
