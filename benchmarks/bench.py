@@ -447,7 +447,8 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def markdown(rows: list[Row], machine: Machine, limits: dict[str, Any], targets: list[str], notes: list[str]) -> str:
+def markdown(rows: list[Row], machine: Machine, limits: dict[str, Any], targets: list[str], notes: list[str],
+             sampler_rows: list[dict] = ()) -> str:
     lines = [
         f"# ddpm-bench results ({machine.cpu}{', ' + machine.gpu if machine.gpu else ''})",
         "",
@@ -466,11 +467,48 @@ def markdown(rows: list[Row], machine: Machine, limits: dict[str, Any], targets:
             f"{fmt(r.fraction_of_limit and r.fraction_of_limit * 100, '.0f')}{'%' if r.fraction_of_limit else ''} | {r.note} |"
         )
     lines += ["", "Weights: " + "; ".join(sorted({f"{r.model}: {r.weights}" for r in rows})) + "."]
+    lines += sampler_markdown(list(sampler_rows))
     if targets:
         lines += ["", "## Targets", ""] + [f"- {t}" for t in targets]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+# Each sampler at the step count the README recommends for it: time to a finished digit.
+SAMPLER_SETTINGS = (("ancestral", 1000), ("ddim", 50), ("dpm++2m", 20), ("dpm++2m-sde", 20))
+SAMPLER_BATCH = 16
+
+
+def time_samplers(model: "BenchModel", provider: str, threads: int, quick: bool, echo: Callable[[str], None]) -> list[dict]:
+    """Whole sampling runs of one batch per sampler (the same seed), seconds per finished sample.
+
+    --quick leaves out the 1000-step ancestral run (its time is the full-loop row's, times the batch gain)."""
+    ddpm = DDPM.load(model.onnx_path, provider=provider, threads=threads if provider == "cpu" else None)
+    batch = SAMPLER_BATCH if provider == "cpu" else 256
+    rows = []
+    for sampler, steps in SAMPLER_SETTINGS:
+        steps = min(steps, ddpm.timesteps)
+        if quick and steps > 100:
+            continue
+        settle()
+        run = ddpm.generate(batch, seed=0, batch_size=batch, sampler=sampler, steps=steps)
+        rows.append({"model": model.name, "provider": provider, "sampler": sampler, "steps": steps, "batch": batch,
+                     "seconds": run.seconds, "per_sample_s": run.seconds / batch,
+                     "speedup_vs_seed": SEED_SECONDS_PER_SAMPLE * batch / run.seconds})
+        echo(f"{model.name:6s} {sampler:12s} {steps:4d} steps, {provider}, batch {batch}: {run.seconds / batch:.3f} s per sample")
+    return rows
+
+
+def sampler_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Samplers: time to a finished digit", "",
+             "One run of a whole batch per sampler at its recommended step count (quality per step count: the README).", "",
+             "| model | provider | sampler | network calls | batch | s per sample | x seed |", "|---|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['provider']} | {r['sampler']} | {r['steps']} | {r['batch']} | {r['per_sample_s']:.3f} | "
+              f"{r['speedup_vs_seed']:.0f} |" for r in rows]
+    return lines
 
 
 def target_lines(rows: list[Row]) -> list[str]:
@@ -565,6 +603,8 @@ class CommaList(click.ParamType):
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for PyTorch and ONNX Runtime. [default: the CPUs this process may use]")
 @click.option("--full-loop/--no-full-loop", default=True, help="Also time the whole T-step loop at batch 1 per model.")
+@click.option("--samplers/--no-samplers", default=True,
+              help="Also time a whole batch per sampler at its recommended step count (small model; ancestral not with --quick).")
 @click.option("--onnx", "small_onnx", type=click.Path(path_type=Path), default=None,
               help="ONNX file for the 'small' rows. [default: the embedded model]")
 @click.option("--labml-onnx", type=click.Path(path_type=Path), default=None,
@@ -572,7 +612,7 @@ class CommaList(click.ParamType):
 @click.option("--quick", is_flag=True, help="A short run (under a minute on a CPU): small model, 2 warm-up and 10 timed steps.")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=RESULTS_DIR, help="Where the JSON, Markdown and PNG go.")
 @click.option("--tag", default=None, help="Name of the result files (bench-TAG.*). [default: cpu, or gpu]")
-def bench_command(models, implementations, providers, cpu_batches, gpu_batches, warmup, repeats, threads, full_loop,
+def bench_command(models, implementations, providers, cpu_batches, gpu_batches, warmup, repeats, threads, full_loop, samplers,
                   small_onnx, labml_onnx, quick, out_dir, tag) -> None:
     """Time the sampling loop per implementation, provider, batch size and model; write JSON, Markdown and a chart.
 
@@ -614,6 +654,11 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
         batches = {"cpu": cpu_batches, "cuda": gpu_batches}
         rows, row_notes = run_benchmark(bench_models, implementations, providers, batches, warmup, repeats, threads,
                                         full_loop, torch, echo, loop_repeats=1 if quick else 3)
+        sampler_rows = []
+        if samplers:
+            for model in (m for m in bench_models if m.name == "small"):
+                for provider in providers:
+                    sampler_rows += time_samplers(model, provider, threads, quick, echo)
     notes += row_notes
     for model in bench_models:
         for row in rows:
@@ -630,11 +675,11 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
                      "loop_repeats": 1 if quick else 3, "settle_seconds": SETTLE_SECONDS},
         "models": {m.name: {"onnx": str(m.onnx_path), "weights": m.weights, "flops_per_image_step": m.flops_per_image}
                    for m in bench_models},
-        "rows": [asdict(r) for r in rows], "targets": targets, "notes": notes,
+        "rows": [asdict(r) for r in rows], "sampler_rows": sampler_rows, "targets": targets, "notes": notes,
     }
     with StagedFiles() as staged:
         staged.stage(out_dir / f"bench-{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
-        staged.stage(out_dir / f"bench-{tag}.md").write_text(markdown(rows, machine, limits, targets, notes))
+        staged.stage(out_dir / f"bench-{tag}.md").write_text(markdown(rows, machine, limits, targets, notes, sampler_rows))
         chart_note = write_chart(rows, staged, out_dir / f"bench-{tag}.png")
         staged.commit()
     if chart_note:

@@ -71,8 +71,13 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
         if not row["per_sample_method"].startswith("measured"):
             assert row["per_sample_method"] == "extrapolated"
             assert row["per_sample_s"] == pytest.approx(row["step_s_median"] * 1000 / row["batch"])
+    samplers = report["sampler_rows"]  # --quick leaves out the 1000-step ancestral run
+    assert [(r["sampler"], r["steps"]) for r in samplers] == [("ddim", 50), ("dpm++2m", 20), ("dpm++2m-sde", 20)]
+    for row in samplers:
+        assert row["per_sample_s"] == pytest.approx(row["seconds"] / row["batch"]) and row["batch"] == 16
     markdown = (tmp_path / "bench-t.md").read_text()
-    assert markdown.count("| small |") == len(rows)
+    assert markdown.count("| small |") == len(rows) + len(samplers)
+    assert "| small | cpu | dpm++2m | 20 | 16 |" in markdown
     assert (tmp_path / "bench-t.png").stat().st_size > 1000
 
 

@@ -1,0 +1,133 @@
+"""Quality against network calls for every sampler: FD, confidence and class deviation by the judge
+(as ``ddpm-eval``) and seconds per sample at batch 16, for one model; a table and a plot.
+
+    python benchmarks/sampler_quality.py --data-dir ../shared/data/mnist --work /tmp/samplers -n 1000
+    python benchmarks/sampler_quality.py ... --onnx runs/cond/unet.onnx --digit all   # conditional, guided
+    python benchmarks/sampler_quality.py ... --report-only --out benchmarks/results --tag default
+
+Each setting's scores are cached in WORK, so an interrupted job continues. Latency comes from the same
+runs: measure on a quiet machine, or rerun with --latency-only there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ddpm.runtime.mnist import load_mnist
+from ddpm.runtime.pipeline import DDPM
+from ddpm.runtime.quality import Judge, score, to_judge_size
+
+CALLS = (5, 10, 20, 50)
+SETTINGS = [("ancestral", None, 1000)] + [
+    (sampler, eta, calls) for sampler, eta in (("ddim", 0.0), ("ddim", 1.0), ("dpm++2m", None), ("dpm++2m-sde", None)) for calls in CALLS
+]
+BATCH = 16
+
+
+def label(sampler: str, eta: float | None) -> str:
+    return f"{sampler} (η {eta:g})" if eta is not None else sampler
+
+
+def measure(ddpm: DDPM, sampler: str, eta: float | None, calls: int, opts, judge, reference, labels) -> dict:
+    kwargs = {"sampler": sampler, "steps": calls, **({"eta": eta} if eta is not None else {})}
+    if labels is not None:
+        kwargs.update(labels=labels, guidance=opts.guidance)
+    run = ddpm.generate(opts.n, seed=0, batch_size=BATCH, **kwargs)
+    transform = ddpm.info.source.get("transform", "pad")
+    scores = score(*judge(to_judge_size(run.images, transform)), reference, labels)
+    return {"sampler": sampler, "eta": eta, "calls": calls, "n": opts.n, "seconds_per_sample": run.seconds / opts.n,
+            "spacing": run.settings.get("spacing"), "samples": scores.to_dict()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--onnx", type=Path, default=None, help="Model to sample. [default: the embedded one]")
+    parser.add_argument("--digit", choices=["all"], default=None, help="Conditional models: every digit in turn, guided.")
+    parser.add_argument("--guidance", type=float, default=None, help="Guidance with --digit. [default: ddpm-run's]")
+    parser.add_argument("-n", type=int, default=1000, help="Samples per setting.")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads.")
+    parser.add_argument("--data-dir", type=Path, default=Path("data/mnist"))
+    parser.add_argument("--work", type=Path, required=True, help="Cache of per-setting results (outside git).")
+    parser.add_argument("--only", default=None, help="Comma-separated samplers to run (default: all).")
+    parser.add_argument("--report-only", action="store_true", help="Write the table and plot from the cache.")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--tag", default="default", help="Result files: sampler-quality-TAG.{md,json,png}.")
+    opts = parser.parse_args()
+    if opts.guidance is None:
+        from ddpm.runtime.sampling_cli import DEFAULT_GUIDANCE
+
+        opts.guidance = DEFAULT_GUIDANCE
+    opts.work.mkdir(parents=True, exist_ok=True)
+    test_images, test_labels = load_mnist(opts.data_dir, "test")
+    half = len(test_images) // 2
+    judge = Judge(threads=opts.threads)
+    reference = judge(test_images[half:])[1]
+    labels = np.resize(np.arange(10, dtype=np.int64), opts.n) if opts.digit else None
+    floor = score(*judge(test_images[: opts.n]), reference, test_labels[: opts.n] if labels is not None else None).to_dict()
+    if not opts.report_only:
+        ddpm = DDPM.load(opts.onnx, provider="cpu", threads=opts.threads, conditional=bool(opts.digit))
+        for sampler, eta, calls in SETTINGS:
+            if opts.only and sampler not in opts.only.split(","):
+                continue
+            cache = opts.work / f"{sampler}-{eta}-{calls}-n{opts.n}.json"
+            if cache.exists():
+                continue
+            result = measure(ddpm, sampler, eta, calls, opts, judge, reference, labels)
+            cache.write_text(json.dumps(result, indent=2) + "\n")
+            s = result["samples"]
+            print(f"{label(sampler, eta):16s} {calls:5d} calls: FD {s['frechet_distance']:7.1f}  confidence {s['confidence']:.3f}"
+                  f"  {result['seconds_per_sample']:.3f} s/sample", flush=True)
+    results = [json.loads(p.read_text()) for p in sorted(opts.work.glob(f"*-n{opts.n}.json"))]
+    report(results, floor, opts)
+
+
+def report(results: list[dict], floor: dict, opts) -> None:
+    order = {(s, e, c): i for i, (s, e, c) in enumerate(SETTINGS)}
+    results.sort(key=lambda r: order.get((r["sampler"], r["eta"], r["calls"]), 99))
+    base = next((r for r in results if r["sampler"] == "ancestral"), None)
+    accuracy = "accuracy" in floor and floor["accuracy"] is not None
+    head = "| sampler | network calls | FD | ÷ ancestral FD | confidence | largest class deviation |" + (" judged as requested |" if accuracy else "") + " s per sample (batch 16) |"
+    lines = [f"N = {opts.n} per row, seed 0; floor (as many real test digits): FD {floor['frechet_distance']:.1f}, "
+             f"confidence {floor['confidence']:.3f}, largest class deviation {floor['max_class_deviation']:.3f}.", "",
+             head, "|---|---:|---:|---:|---:|---:|" + ("---:|" if accuracy else "") + "---:|"]
+    for r in results:
+        s = r["samples"]
+        ratio = f"{s['frechet_distance'] / base['samples']['frechet_distance']:.2f}" if base else "-"
+        lines.append(f"| {label(r['sampler'], r['eta'])} | {r['calls']} | {s['frechet_distance']:.1f} | {ratio} | {s['confidence']:.3f} | "
+                     f"{s['max_class_deviation']:.3f} |" + (f" {s['accuracy']:.3f} |" if accuracy else "") + f" {r['seconds_per_sample']:.3f} |")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / f"sampler-quality-{opts.tag}.md").write_text("\n".join(lines) + "\n")
+    (opts.out / f"sampler-quality-{opts.tag}.json").write_text(json.dumps({"floor": floor, "results": results}, indent=2) + "\n")
+    plot(results, floor, opts.out / f"sampler-quality-{opts.tag}.png")
+    print("\n".join(lines))
+
+
+def plot(results: list[dict], floor: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in dict.fromkeys((r["sampler"], r["eta"]) for r in results):
+        points = [r for r in results if (r["sampler"], r["eta"]) == key]
+        ax.plot([r["seconds_per_sample"] for r in points], [r["samples"]["frechet_distance"] for r in points], marker="o",
+                label=label(*key))
+        for r in points:
+            ax.annotate(str(r["calls"]), (r["seconds_per_sample"], r["samples"]["frechet_distance"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axhline(floor["frechet_distance"], color="grey", ls="--", label="real digits (floor)")
+    ax.set(xscale="log", yscale="log", xlabel="seconds per sample (CPU, batch 16; labels: network calls)",
+           ylabel="Fréchet distance (judge features)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
