@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import click
 
 from .console import run_command
 from .errors import DDPMError
-from .files import StagedFiles, check_writable_dir
+from .files import StagedFiles, check_distinct_paths, check_writable_dir, write_target
 from .outputs import gif_bytes, npz_bytes, png_bytes
 from .pipeline import DDPM, ENGINE_CHOICES, resolve_engine
 from .progress import Progress
 from .sampling_cli import sampling_options, sampling_request
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+MAX_SEED = 2**63 - 1
 
 
 def _target(path: Path | None, option: str) -> Path | None:
@@ -23,7 +25,7 @@ def _target(path: Path | None, option: str) -> Path | None:
         return None
     if path.is_dir():
         raise DDPMError(f"{option} {path} is a directory; give a file name")
-    check_writable_dir(path.parent)
+    check_writable_dir(write_target(path).parent)  # a special file is refused before any sampling
     return path
 
 
@@ -38,7 +40,9 @@ def _target(path: Path | None, option: str) -> Path | None:
               help="How many digits to draw. [default: 16; 2 per class with --digit all]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per network call. [default: 16 on CPU, up to 256 on GPU; a fixed-batch model uses its own]")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the noise; the same seed gives the same digits.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
+              help="Seed of the noise; the same seed gives the same digits. [default: fresh, printed in the summary and "
+                   "stored in the PNG and npz outputs]")
 @click.option("--frames", type=click.IntRange(min=2), default=40, help="GIF frames, spaced densely towards the end of the process.")
 @click.option("--fps", type=click.FloatRange(min=0.1, max=100.0), default=12.0, help="GIF frames per second.")
 @click.option("--hold", type=click.FloatRange(min=0.0, max=60.0), default=2.0, help="Seconds the GIF shows the final frame.")
@@ -55,15 +59,16 @@ def _target(path: Path | None, option: str) -> Path | None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary, only errors.")
 def run_cli(
     onnx_path: Path | None, gif: Path | None, png: Path | None, npz: Path | None, num_samples: int | None,
-    batch_size: int | None, seed: int, frames: int, fps: float, hold: float, scale: int,
+    batch_size: int | None, seed: int | None, frames: int, fps: float, hold: float, scale: int,
     sampler: str, steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None,
     provider: str, engine: str, threads: int | None, show_info: bool, quiet: bool,
 ) -> None:
-    """Draw MNIST digits with an exported DDPM: the ancestral (or DDIM) loop in NumPy around ONNX Runtime.
+    """Draw MNIST digits with an exported DDPM: the ancestral loop (or DDIM, DPM-Solver++) in NumPy around ONNX Runtime.
 
     \b
     ddpm-run --gif out.gif                      # the embedded model, 16 digits
     ddpm-run --onnx unet.onnx -n 64 --png grid.png --npz samples.npz --seed 3
+    ddpm-run --sampler dpm++2m-sde --png fast.png                  # 20 network calls, 50x faster
     ddpm-run --sampler ddim --steps 50 --png fast.png              # 20x fewer network calls
     ddpm-run --onnx cond.onnx --digit all --guidance 2 --gif all.gif
     """
@@ -72,6 +77,7 @@ def run_cli(
         raise click.UsageError("nothing to write: give --gif, --png and/or --npz")
     if engine == "cudagraph" and provider == "cpu":
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
+    check_distinct_paths({"--gif": gif, "--png": png, "--npz": npz}, {"--onnx": onnx_path})
     ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, conditional=digit is not None, cuda_graph=engine == "cudagraph")
     if show_info:
         info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}
@@ -82,11 +88,14 @@ def run_cli(
     num_samples = request.n
     if not quiet:
         for note in ddpm.session.notes:
-            click.echo(f"ddpm-run: {note}", err=True)
+            if note not in ddpm.session.problems:  # those were warned about already
+                click.echo(f"ddpm-run: {note}", err=True)
         threads_note = f", {threads} threads" if threads else ""
         click.echo(f"model {ddpm.session.path.name} on {ddpm.provider}{threads_note}, engine {engine}"
                    f"{f' ({loop_engine})' if engine == 'auto' else ''}", err=True)
 
+    if seed is None:
+        seed = secrets.randbits(63)
     progress = Progress(request.steps, "sample", unit="step", enabled=not quiet)
     with progress:
         run = ddpm.generate(
@@ -98,7 +107,7 @@ def run_cli(
     if targets["gif"]:
         payloads["gif"] = gif_bytes(run.frames, fps=fps, hold=hold, scale=scale, columns=request.columns)
     if targets["png"]:
-        payloads["png"] = png_bytes(run.images, scale=scale, columns=request.columns)
+        payloads["png"] = png_bytes(run.images, scale=scale, columns=request.columns, settings=run.settings)
     if targets["npz"]:
         payloads["npz"] = npz_bytes(run.images, run.settings)
     with StagedFiles() as staged:
@@ -111,7 +120,8 @@ def run_cli(
         outside = 1.0 - run.run_seconds / run.seconds if run.seconds else 0.0
         click.echo(
             f"{num_samples} samples x {run.settings['steps']} steps in {run.seconds:.1f} s on {ddpm.provider} "
-            f"(batch {run.settings['batch_size']}): {per_sample:.2f} s per sample, {outside:.1%} of the time outside session.run",
+            f"(batch {run.settings['batch_size']}): {per_sample:.2f} s per sample, {outside:.1%} of the time outside session.run; "
+            f"seed {seed} (--seed {seed} repeats it)",
             err=True,
         )
         for name, data in payloads.items():

@@ -5,10 +5,24 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import warnings
 
 import click
 
 from .errors import DDPMError
+
+
+# Packages of the optional extras: a command that needs one says which extra installs it.
+EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "bench"}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one-line message for a missing optional package, or None when the module is not one of them."""
+    package = (exc.name or "").split(".")[0]
+    if package not in EXTRAS:
+        return None
+    extra = EXTRAS[package]
+    return f"this command needs {package}, which the base install leaves out: pip install \"ddpm-mnist[{extra}]\""
 
 
 class Terminated(Exception):
@@ -19,13 +33,28 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _one_line_warnings(prog_name: str):
+    """Warnings from this project's code as one line each (``prog: message``); others as usual."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if getattr(category, "__module__", "").startswith("ddpm."):
+            click.echo(f"{prog_name}: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def run_command(command: click.Command, prog_name: str) -> None:
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warnings(prog_name)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         _run(command, prog_name)
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -50,5 +79,11 @@ def _run(command: click.Command, prog_name: str) -> None:
         sys.exit(143)
     except MemoryError:
         click.echo(f"{prog_name}: error: out of memory", err=True)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        click.echo(f"{prog_name}: error: {message}", err=True)
         sys.exit(1)
     sys.exit(0)

@@ -24,9 +24,18 @@ def gif_bytes(frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, sc
     return buffer.getvalue()
 
 
-def png_bytes(images: np.ndarray, scale: int = 3, columns: int | None = None) -> bytes:
+def png_bytes(images: np.ndarray, scale: int = 3, columns: int | None = None, settings: dict | None = None) -> bytes:
+    """A PNG grid; ``settings`` go into text chunks (``ddpm.seed``, ``ddpm.settings`` as JSON)."""
     buffer = io.BytesIO()
-    iio.imwrite(buffer, make_grid(images, columns=columns, scale=scale), extension=".png")
+    extra = {}
+    if settings:
+        from PIL.PngImagePlugin import PngInfo  # Pillow comes with imageio
+
+        info = PngInfo()
+        info.add_text("ddpm.seed", str(settings.get("seed", "")))
+        info.add_text("ddpm.settings", json.dumps(settings, sort_keys=True))
+        extra["pnginfo"] = info
+    iio.imwrite(buffer, make_grid(images, columns=columns, scale=scale), extension=".png", **extra)
     return buffer.getvalue()
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import sys
 import time
+import warnings
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,45 @@ def gpu_present() -> bool:
     return False
 
 
+# What the CUDA provider of onnxruntime-gpu loads (CUDA 13, cuDNN 9); the `cuda` extra installs them.
+CUDA_LIBRARIES = {
+    "linux": ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcufft.so.12", "libcurand.so.10", "libcudnn.so.9"),
+    "win32": ("cudart64_13.dll", "cublas64_13.dll", "cublasLt64_13.dll", "cufft64_12.dll", "curand64_10.dll", "cudnn64_9.dll"),
+}
+CUDA_EXTRA = 'pip install "ddpm-mnist[cuda]"'
+
+
+class ProviderWarning(RuntimeWarning):
+    """A machine with an NVIDIA driver fell back to the CPU, or the ONNX Runtime install is inconsistent."""
+
+
+def missing_cuda_libraries() -> list[str]:
+    """The CUDA and cuDNN libraries that cannot be loaded here (after ``preload_dlls``)."""
+    missing = []
+    for name in CUDA_LIBRARIES.get(sys.platform, CUDA_LIBRARIES["linux"]):
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            missing.append(name)
+    return missing
+
+
+def conflicting_runtimes() -> str | None:
+    """A note when both onnxruntime and onnxruntime-gpu are installed: they share one module, and
+    whichever was installed last wins (often the CPU-only one)."""
+    installed = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.distribution(name)
+            installed.append(name)
+        except metadata.PackageNotFoundError:
+            continue
+    if len(installed) < 2:
+        return None
+    return ("onnxruntime and onnxruntime-gpu are both installed and share one module; keep one: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (or onnxruntime without a GPU)")
+
+
 def _session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -53,7 +95,8 @@ class UNetSession:
         self, model_path: str | Path, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False
     ) -> None:
         self.path = Path(model_path)
-        self.notes: list[str] = []
+        self.notes: list[str] = []  # why the provider differs from the one asked for
+        self.problems: list[str] = []  # the notes that are also warned about (see ProviderWarning)
         self.cuda_graph = cuda_graph
         model_bytes = self._read(self.path)
         # Everything about the file is checked before ONNX Runtime parses it.
@@ -63,6 +106,12 @@ class UNetSession:
         options = _session_options(threads)
         self.session = self._open(model_bytes, options, provider)
         self.provider = self.session.get_providers()[0]
+        conflict = conflicting_runtimes()
+        if conflict:
+            self.problems.append(conflict)
+        for problem in self.problems:  # a GPU that should have run, or a broken install: the API warns too
+            self.notes.append(problem)
+            warnings.warn(problem, ProviderWarning, stacklevel=3)
         self._check_signature()
         self.run_seconds = 0.0
         self.run_calls = 0
@@ -97,9 +146,9 @@ class UNetSession:
                     session = self._load(model, options, self._gpu_providers("cuda"))
                     if session.get_providers()[0] == "CUDAExecutionProvider":
                         return session
-                    self.notes.append("the CUDA provider could not start; running on the CPU")
+                    self.problems.append(self._cuda_failure_note())
                 except DDPMError as exc:
-                    self.notes.append(f"the CUDA provider failed ({exc}); running on the CPU")
+                    self.problems.append(f"the CUDA provider failed ({exc}); running on the CPU")
             return self._load(model, options, ["CPUExecutionProvider"])
         name = PROVIDERS[provider]
         if name not in available:
@@ -110,8 +159,18 @@ class UNetSession:
             raise DDPMError(f"--provider {provider}: no NVIDIA GPU driver found on this machine")
         session = self._load(model, options, self._gpu_providers(provider))
         if session.get_providers()[0] != name:
-            raise DDPMError(f"--provider {provider}: ONNX Runtime could not start {name} (missing CUDA/cuDNN libraries?)")
+            missing = missing_cuda_libraries()
+            reason = f"cannot load {', '.join(missing)}; {CUDA_EXTRA} installs them" if missing else "see ONNX Runtime's log"
+            raise DDPMError(f"--provider {provider}: ONNX Runtime could not start {name} ({reason})")
         return session
+
+    @staticmethod
+    def _cuda_failure_note() -> str:
+        missing = missing_cuda_libraries()
+        if missing:
+            return (f"the CUDA provider could not start: cannot load {', '.join(missing)} "
+                    f"({CUDA_EXTRA} installs CUDA and cuDNN); running on the CPU")
+        return "the CUDA provider could not start although its libraries load; running on the CPU"
 
     def _gpu_providers(self, provider: str) -> list:
         if hasattr(ort, "preload_dlls"):

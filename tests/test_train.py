@@ -84,9 +84,13 @@ def test_resume_refuses_changed_settings(invoke, data_dir, tmp_path):
     out = tmp_path / "run"
     assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2")).code == 0
     result = invoke(train_main, "--resume", out / "model.pt", "--lr", "0.1", "--data-dir", data_dir, "--out", out)
-    assert_one_line_error(result, "--lr")
-    done = invoke(train_main, "--resume", out / "model.pt", "--max-steps", "2", "--data-dir", data_dir, "--out", out, "--no-progress")
-    assert_one_line_error(done, "already at step 2")
+    assert_one_line_error(result, "--lr 0.1 (checkpoint: 0.001)")
+    # The checkpoint's own settings may be repeated, as with --resume auto.
+    same = invoke(train_main, "--resume", out / "model.pt", "--preset", "tiny", "--lr", "1e-3", "--max-steps", "3",
+                  "--data-dir", data_dir, "--out", out, "--no-progress", "--no-samples")
+    assert same.code == 0, same.err
+    done = invoke(train_main, "--resume", out / "model.pt", "--max-steps", "3", "--data-dir", data_dir, "--out", out, "--no-progress")
+    assert_one_line_error(done, "already at step 3")
 
 
 def test_existing_checkpoint_is_not_overwritten(invoke, data_dir, tmp_path):
@@ -94,10 +98,29 @@ def test_existing_checkpoint_is_not_overwritten(invoke, data_dir, tmp_path):
     assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2")).code == 0
     before = (out / "model.pt").read_bytes()
     result = invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2"))
-    assert_one_line_error(result, "exists", "--resume", "--overwrite")
+    assert_one_line_error(result, "holds another run", "--resume", "--overwrite")
     assert (out / "model.pt").read_bytes() == before
     assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "1", "--overwrite")).code == 0
     assert load_checkpoint(out / "model.pt")["progress"]["step"] == 1
+
+
+@pytest.mark.parametrize("state", ["missing", "dangling", "loop"])
+def test_new_run_never_deletes_another_runs_files(invoke, data_dir, tmp_path, state):
+    """model.pt missing or a broken link (what a kill during the first save leaves) must not let a new
+    run without --overwrite delete the folder's checkpoints and log."""
+    out = tmp_path / "run"
+    assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2", "--save-every", "1", "--keep", "5")).code == 0
+    latest = out / "model.pt"
+    latest.unlink()
+    if state == "dangling":
+        latest.symlink_to("ckpt-99999999.pt")
+    elif state == "loop":
+        latest.symlink_to("model.pt")
+    before = sorted(p.name for p in out.iterdir())
+    log = (out / "log.jsonl").read_bytes()
+    result = invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "1"))
+    assert_one_line_error(result, "holds another run", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "log.jsonl").read_bytes() == log
 
 
 def test_dry_run_writes_nothing(invoke, data_dir, tmp_path):

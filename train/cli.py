@@ -277,7 +277,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     # torch is imported here so that --help and argument errors stay fast.
     import torch
 
-    from .checkpoint import find_resumable, load_checkpoint, step_checkpoints
+    from .checkpoint import find_resumable, load_checkpoint, run_files, step_checkpoints
     from .trainer import RunOptions, Trainer, resolve_device, shutdown_distributed
     from .unet import UNet, count_parameters, forward_flops
 
@@ -289,12 +289,11 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     resume = args["resume"]
     checkpoint = None
     if resume is not None and resume != "auto":
-        changed = sorted(explicit & set(SETTING_KEYS))
-        if changed:
-            raise click.UsageError(
-                "--resume continues with the checkpoint's settings; cannot also set " + ", ".join(f"--{n.replace('_', '-')}" for n in changed)
-            )
         checkpoint = load_checkpoint(Path(resume))
+        if explicit & set(SETTING_KEYS):  # settings may be repeated, not changed
+            differing = differing_settings(settings_from_args(args), checkpoint, explicit)
+            if differing:
+                raise click.UsageError(f"{resume} was trained with other settings: {'; '.join(differing)}")
     elif resume == "auto":
         fresh = settings_from_args(args)
         found = find_resumable(out_dir, warn)
@@ -322,10 +321,13 @@ def train_command(ctx: click.Context, **args: Any) -> None:
 
     if not args["dry_run"]:
         check_writable_dir(out_dir)
-        latest = out_dir / "model.pt"
         resuming_in_place = checkpoint is not None and Path(resume).resolve().parent == out_dir.resolve()
-        if latest.exists() and not resuming_in_place and not args["overwrite"]:
-            raise DDPMError(f"{latest} exists; continue it with --resume auto, or pass --overwrite or another --out")
+        found = run_files(out_dir)
+        if resume == "auto" and checkpoint is None:  # the same run starting over: only unreadable checkpoints stop it
+            found = [path for path in found if path.name.startswith("ckpt-")]
+        if found and not resuming_in_place and not args["overwrite"]:
+            raise DDPMError(f"{out_dir} holds another run ({found[0].name}); continue it with --resume auto, "
+                            "or pass --overwrite or another --out")
 
     options = RunOptions(
         out_dir=out_dir, device=args["device"], save_every=args["save_every"], log_every=args["log_every"],
