@@ -9,7 +9,7 @@ import click
 
 from ddpm.runtime.console import run_command
 from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import StagedFiles, check_writable_dir
+from ddpm.runtime.files import StagedFiles, check_distinct_paths, check_writable_dir
 
 
 def _size(path: Path) -> str:
@@ -96,8 +96,8 @@ def export_command(
         targets[f"onnx{suffix}"] = base.with_name(f"{base.stem}{suffix}.onnx")
     if not no_torchscript:
         targets["torchscript"] = _output_path(torchscript_path, out_dir, "unet.ts.pt")
-    if len({p.resolve() for p in targets.values()}) != len(targets):
-        raise click.UsageError("the output paths must differ")
+    check_distinct_paths({f"--{name}" if name in ("onnx", "torchscript") else name: path for name, path in targets.items()},
+                         {"--ckpt": ckpt})
 
     summary: list[str] = []
     with StagedFiles() as staged:
@@ -121,10 +121,12 @@ def export_command(
                 for kind, value in diffs.items():
                     label = "torchscript" if kind == "torchscript" else targets[name].name
                     summary.append(f"{label} {value:.2e}")
-                    if not value <= limit:
+                    if value != value:  # nan: some output was not finite
+                        failures.append(f"{label}: an output (eager PyTorch's or the export's) is NaN or infinite")
+                    elif not value <= limit:
                         failures.append(f"{label} {value:.2e} > {limit:g}")
             if failures:
-                raise DDPMError(f"verification failed: max abs difference to eager PyTorch {', '.join(failures)}; nothing written")
+                raise DDPMError(f"verification failed against eager PyTorch: {', '.join(failures)}; nothing written")
         staged.commit()
 
     for name, path in targets.items():

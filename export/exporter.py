@@ -143,6 +143,14 @@ def save_torchscript(module: torch.jit.ScriptModule, info: ModelInfo, path: Path
         torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(info.to_metadata())})
 
 
+def worst_difference(current: float, got: np.ndarray, expected: np.ndarray) -> float:
+    """The larger of ``current`` and max |got − expected|; nan once anything is non-finite (a plain
+    max() would drop a nan and pass all-NaN weights as "difference 0")."""
+    if not (np.isfinite(current) and np.isfinite(got).all() and np.isfinite(expected).all()):
+        return float("nan")
+    return max(current, float(np.abs(got - expected).max()))
+
+
 def verify(
     source: ExportSource,
     onnx_path: Path | None,
@@ -150,7 +158,8 @@ def verify(
     batches: tuple[int, ...] = (1, 3),
     graph: str = "eps",
 ) -> dict[str, float]:
-    """Max abs difference of ONNX Runtime (CPU) and TorchScript against eager PyTorch in fp32.
+    """Max abs difference of ONNX Runtime (CPU) and TorchScript against eager PyTorch in fp32
+    (nan where any output, eager ones included, is not finite).
 
     Fixed random inputs for each batch size and for t = 0, T/2 and T−1. A fused-step graph is
     compared with eager ε followed by the runtime's NumPy update.
@@ -178,7 +187,7 @@ def verify(
                 reference = source.model(x, t, *labels).numpy()
                 if scripted is not None:
                     traced = scripted(x, t, *labels).numpy()
-                    diffs["torchscript"] = max(diffs["torchscript"], float(np.abs(traced - reference).max()))
+                    diffs["torchscript"] = worst_difference(diffs["torchscript"], traced, reference)
             if session is None:
                 continue
             if graph == "fused-step":
@@ -188,5 +197,5 @@ def verify(
             else:
                 expected = reference
                 got = session.run(["eps"], feeds)[0]
-            diffs["onnx"] = max(diffs["onnx"], float(np.abs(got - expected).max()))
+            diffs["onnx"] = worst_difference(diffs["onnx"], got, expected)
     return {name: value for name, value in diffs.items() if (onnx_path if name == "onnx" else torchscript_path) is not None}

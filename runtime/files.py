@@ -17,6 +17,21 @@ def _umask() -> int:
     return current
 
 
+def write_target(path: str | Path) -> Path:
+    """Where writing ``path`` by rename really goes: a link's target (the link itself stays), refused
+    with one line when that is not a regular file (a device such as /dev/null, a FIFO, a socket),
+    which a rename would replace."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            path = path.resolve(strict=False)
+        except (OSError, RuntimeError):
+            raise DDPMError(f"{path} is a link that cannot be followed (a loop?); refusing to replace it") from None
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise DDPMError(f"{path} is not a regular file (a device, FIFO or socket); refusing to replace it")
+    return path
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     """An open descriptor and name of a new hidden file in ``path``'s directory, with the usual permissions."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,9 +43,11 @@ def _temp_beside(path: Path) -> tuple[int, str]:
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file in ``path``'s directory; on success fsync it and rename it to ``path``.
 
-    On any exception the temporary file is removed and ``path`` keeps its previous content.
+    On any exception the temporary file is removed and ``path`` keeps its previous content. A link
+    is written through to its target; a special file is refused (see :func:`write_target`).
     """
-    fd, tmp_name = _temp_beside(Path(path))
+    path = write_target(path)
+    fd, tmp_name = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -85,7 +102,7 @@ class StagedFiles:
         self._staged: list[tuple[Path, Path]] = []
 
     def stage(self, path: str | Path) -> Path:
-        path = Path(path)
+        path = write_target(path)
         make_dir(path.parent)
         fd, tmp_name = _temp_beside(path)
         os.close(fd)
@@ -108,3 +125,27 @@ class StagedFiles:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_distinct_paths(outputs: dict[str, Path | None], inputs: dict[str, Path | None] | None = None) -> None:
+    """Refuse outputs that are one of the inputs (a command must not write over what it reads) or
+    each other (one would silently replace the other). Keys are the names shown in the error."""
+    named_outputs = [(name, Path(path)) for name, path in outputs.items() if path is not None]
+    named_inputs = [(name, Path(path)) for name, path in (inputs or {}).items() if path is not None]
+    for index, (name, path) in enumerate(named_outputs):
+        for input_name, input_path in named_inputs:
+            if _same_file(path, input_path):
+                raise DDPMError(f"{name} {path} is the input {input_name}; writing it would destroy what is read")
+        for other_name, other in named_outputs[index + 1:]:
+            if _same_file(path, other):
+                raise DDPMError(f"{name} and {other_name} are the same file {path}; give each output its own path")
+

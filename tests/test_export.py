@@ -204,6 +204,30 @@ def test_failed_verification_leaves_nothing(invoke, tiny_export, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_nan_weights_fail_verification(invoke, tiny_export, tmp_path):
+    """All-NaN weights give NaN everywhere; the difference must not read as 0."""
+    checkpoint = torch.load(tiny_export / "model.pt", map_location="cpu", weights_only=True)
+    for key in ("model", "ema"):
+        checkpoint[key] = {name: torch.full_like(value, float("nan")) if value.is_floating_point() else value
+                           for name, value in checkpoint[key].items()}
+    path = tmp_path / "nan.pt"
+    torch.save(checkpoint, path)
+    out = tmp_path / "out"
+    result = invoke(export_main, "--ckpt", path, "--out-dir", out)
+    assert_one_line_error(result, "verification failed", "NaN or infinite", "nothing written")
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_worst_difference_keeps_nan():
+    from ddpm.export.exporter import worst_difference
+
+    a = np.zeros(3)
+    assert worst_difference(0.0, a + 1e-3, a) == pytest.approx(1e-3)
+    assert np.isnan(worst_difference(0.0, np.array([np.nan, 0, 0]), a))
+    assert np.isnan(worst_difference(0.0, a, np.array([0, np.inf, 0])))
+    assert np.isnan(worst_difference(float("nan"), a, a))  # once nan, always nan
+
+
 @pytest.mark.parametrize("args, fragment", [(["--opset", "21"], "--opset"), (["--fixed-batch", "0"], "--fixed-batch"),
                                             (["--atol", "-1"], "--atol"), (["--norm-groups", "4"], "labml state dicts only")])
 def test_bad_options(invoke, tiny_export, tmp_path, args, fragment):

@@ -1,0 +1,86 @@
+"""No command writes over its own input, and no two outputs of one command are the same file."""
+
+import os
+
+import pytest
+
+from conftest import DATA_DIR, assert_one_line_error
+from ddpm.export.cli import main as export_main
+from ddpm.runtime.cli import main as run_main
+from ddpm.runtime.eval_cli import main as eval_main
+
+
+def copy(src, dst):
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def test_export_refuses_to_overwrite_its_checkpoint(invoke, tiny_export, tmp_path):
+    ckpt = copy(tiny_export / "model.pt", tmp_path / "x.pt")
+    before = ckpt.read_bytes()
+    result = invoke(export_main, "--ckpt", ckpt, "--torchscript", ckpt)
+    assert_one_line_error(result, "--torchscript", "input --ckpt")
+    assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("option", ["--png", "--gif", "--npz"])
+def test_run_refuses_to_overwrite_its_model(invoke, tiny_export, tmp_path, option):
+    model = copy(tiny_export / "unet.onnx", tmp_path / "m.onnx")
+    before = model.read_bytes()
+    result = invoke(run_main, "--onnx", model, option, model, "--steps", 2)
+    assert_one_line_error(result, option, "input --onnx")
+    assert model.read_bytes() == before
+
+
+def test_run_refuses_two_outputs_on_one_file(invoke, tiny_export, tmp_path):
+    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--gif", tmp_path / "o", "--png", tmp_path / "o", "--steps", 2)
+    assert_one_line_error(result, "--gif and --png are the same file")
+    assert not (tmp_path / "o").exists()
+
+
+def test_same_file_through_a_link_is_caught(invoke, tiny_export, tmp_path):
+    model = copy(tiny_export / "unet.onnx", tmp_path / "m.onnx")
+    os.link(model, tmp_path / "hard.onnx")
+    before = model.read_bytes()
+    result = invoke(run_main, "--onnx", model, "--png", tmp_path / "hard.onnx", "--steps", 2)
+    assert_one_line_error(result, "input --onnx")
+    assert model.read_bytes() == before
+
+
+def test_eval_refuses_to_overwrite_its_archive(invoke, tiny_export, tmp_path):
+    archive = tmp_path / "s.npz"
+    assert invoke(run_main, "--onnx", tiny_export / "unet.onnx", "-n", 4, "--steps", 2, "--npz", archive, "-q").code == 0
+    before = archive.read_bytes()
+    result = invoke(eval_main, "--npz", archive, "--json", archive, "--data-dir", DATA_DIR)
+    assert_one_line_error(result, "--json", "input --npz")
+    assert archive.read_bytes() == before
+
+
+@pytest.mark.parametrize("special", ["fifo", "dev-null", "link-to-dev-null"])
+def test_special_files_are_never_replaced(invoke, tiny_export, tmp_path, special):
+    target = tmp_path / "out.png"
+    if special == "fifo":
+        os.mkfifo(target)
+    elif special == "dev-null":
+        target = "/dev/null"
+    else:
+        target.symlink_to("/dev/null")
+    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--png", target, "--steps", 2, "-q")
+    assert_one_line_error(result, "not a regular file")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    if special == "fifo":
+        assert not os.path.isfile(target) and os.path.exists(target)
+    if special == "link-to-dev-null":
+        assert os.path.islink(target)
+
+
+def test_a_link_to_a_file_is_written_through(tmp_path):
+    from ddpm.runtime.files import atomic_write
+
+    real = tmp_path / "real.txt"
+    real.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real)
+    with atomic_write(link) as handle:
+        handle.write(b"new")
+    assert link.is_symlink() and real.read_text() == "new"
