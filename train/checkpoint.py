@@ -155,6 +155,19 @@ def publish_latest(source: Path, latest: Path) -> None:
         raise DDPMError(f"cannot update {latest}: {exc.strerror or exc}") from None
 
 
+def run_files(directory: Path) -> list[Path]:
+    """What a training run leaves in ``directory``: step checkpoints, model.pt in any state (a file,
+    a link, a dangling link or a loop) and the log."""
+    if not directory.is_dir():
+        return []
+    found = [path for _, path in step_checkpoints(directory)]
+    for name in (LATEST, "log.jsonl"):
+        path = directory / name
+        if path.is_symlink() or path.exists():
+            found.append(path)
+    return found
+
+
 def prune_checkpoints(directory: Path, keep: int) -> None:
     for _, path in step_checkpoints(directory)[keep:]:
         with contextlib.suppress(OSError):
