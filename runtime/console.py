@@ -25,8 +25,9 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
     return f"this command needs {package}, which the base install leaves out: pip install \"ddpm-mnist[{extra}]\""
 
 
-class Terminated(Exception):
-    """SIGTERM, raised in the main thread so that temporary outputs are cleaned up on the way out."""
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that temporary outputs are cleaned up on the way out.
+    A BaseException, so that no ``except Exception`` on the way (session creation, export) swallows it."""
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -256,6 +256,9 @@ class DDPM:
             else:
                 eps = self._guided_eps(x, int(t), y, guidance, batch_size, bound if engine == "iobinding" else None)
                 x = sampler.step(x, i, eps, noise)
+            if (not fused or engine != "iobinding" or i in keep or i == last) and not np.isfinite(x).all():
+                raise DDPMError(f"the samples became NaN or infinite at step {i + 1} of {len(sampler)} (t = {int(t)}): "
+                                "the model's ε or the sampler's settings are out of range")
             if i in keep:
                 run.frames.append(to_uint8(x, info.data_range))
                 run.frame_timesteps.append(int(t))

@@ -220,10 +220,18 @@ class UNetSession:
         return feeds
 
     def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """ε for a batch; an ONNX Runtime failure or an ε of another shape or type is a one-line error."""
         start = time.perf_counter()
-        result = self.session.run([self.output_name], self.feeds(x, t, y))[0]
+        try:
+            result = self.session.run([self.output_name], self.feeds(x, t, y))[0]
+        except Exception as exc:  # ONNX Runtime's own exception types
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise DDPMError(f"{self.path}: ONNX Runtime failed while running the model: {reason}") from None
         self.run_seconds += time.perf_counter() - start
         self.run_calls += 1
+        if result.shape != x.shape or result.dtype != np.float32:
+            raise DDPMError(f"{self.path}: the model returned ε of shape {list(result.shape)} ({result.dtype}) for x of "
+                            f"shape {list(x.shape)}; it must match x, float32")
         return result
 
 
