@@ -58,7 +58,7 @@ CUDA_ONLY = {"ort-cudagraph", "ort-fused-cudagraph", "ort-fp16", "ort-fp16-fused
 TORCH_IMPLEMENTATIONS = ("eager", "torchscript")
 PROVIDERS = ("cpu", "cuda")
 MODELS = ("small", "labml")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path("bench-results")  # in the current directory: never inside the installed package
 
 
 @dataclass
@@ -610,7 +610,8 @@ class CommaList(click.ParamType):
 @click.option("--labml-onnx", type=click.Path(path_type=Path), default=None,
               help="An exported labml network; without it one with random weights is exported first (needs PyTorch).")
 @click.option("--quick", is_flag=True, help="A short run (under a minute on a CPU): small model, 2 warm-up and 10 timed steps.")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=RESULTS_DIR, help="Where the JSON, Markdown and PNG go.")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
+              help="Where the JSON, Markdown and PNG go (the repository's committed results: benchmarks/results).")
 @click.option("--tag", default=None, help="Name of the result files (bench-TAG.*). [default: cpu, or gpu]")
 def bench_command(models, implementations, providers, cpu_batches, gpu_batches, warmup, repeats, threads, full_loop, samplers,
                   small_onnx, labml_onnx, quick, out_dir, tag) -> None:

@@ -126,7 +126,8 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=None, help="the run's log.jsonl [default: beside --ckpt]")
     parser.add_argument("--command", required=True, help="the exact ddpm-train command of the run")
     parser.add_argument("--hardware", required=True, help="where it was trained")
-    parser.add_argument("--out-dir", type=Path, default=MODELS_DIR)
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help=f"where the model, grid and card go (the repository's embedded models: {MODELS_DIR.relative_to(MODELS_DIR.parents[1])})")
     parser.add_argument("--metrics", action="append", default=[], metavar="LABEL=PATH",
                         help="a ddpm-eval --json report to show in the card (repeatable)")
     args = parser.parse_args()

@@ -11,8 +11,8 @@ import click
 from .console import run_command
 from .errors import DDPMError
 from .files import StagedFiles, check_distinct_paths, check_writable_dir, write_target
-from .outputs import gif_bytes, npz_bytes, png_bytes
-from .pipeline import DDPM, ENGINE_CHOICES, resolve_engine
+from .outputs import VIDEO_CODECS, gif_bytes, npz_bytes, png_bytes, video_available, write_video
+from .pipeline import DDPM, ENGINE_CHOICES, SHOW, resolve_engine
 from .progress import Progress
 from .sampling_cli import sampling_options, sampling_request
 
@@ -33,6 +33,11 @@ def _target(path: Path | None, option: str) -> Path | None:
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
               help="Exported model (ddpm-export). [default: the model shipped with the package; with --digit its class-conditional sibling]")
 @click.option("--gif", type=click.Path(path_type=Path), default=None, help="Write the denoising as an animated GIF grid.")
+@click.option("--video", type=click.Path(path_type=Path), default=None,
+              help="Write the denoising as an MP4 (.mp4, H.264) or WebM (.webm, VP9) video; needs the video extra "
+                   "(pip install \"ddpm-mnist[video]\").")
+@click.option("--show", type=click.Choice(SHOW), default="xt",
+              help="What the GIF and video show: the noisy image x_t, the predicted clean digit x̂_0, or both side by side.")
 @click.option("--png", type=click.Path(path_type=Path), default=None, help="Write the final samples as a PNG grid.")
 @click.option("--npz", type=click.Path(path_type=Path), default=None,
               help="Write uint8 'images' [N,H,W], the seed and the settings (JSON) as a NumPy archive.")
@@ -55,13 +60,14 @@ def _target(path: Path | None, option: str) -> Path | None:
                    "device buffers updated in place; 'cudagraph' IOBinding with a captured CUDA graph (CUDA "
                    "provider, fixed-batch model); 'auto' is iobinding on a GPU, plain on the CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU provider threads. [default: ONNX Runtime's choice]")
+@click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--info", "show_info", is_flag=True, help="Print the model's metadata as JSON and exit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary, only errors.")
 def run_cli(
-    onnx_path: Path | None, gif: Path | None, png: Path | None, npz: Path | None, num_samples: int | None,
+    onnx_path: Path | None, gif: Path | None, video: Path | None, show: str, png: Path | None, npz: Path | None, num_samples: int | None,
     batch_size: int | None, seed: int | None, frames: int, fps: float, hold: float, scale: int,
     sampler: str, steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None,
-    provider: str, engine: str, threads: int | None, show_info: bool, quiet: bool,
+    provider: str, engine: str, threads: int | None, device_id: int, show_info: bool, quiet: bool,
 ) -> None:
     """Draw MNIST digits with an exported DDPM: the ancestral loop (or DDIM, DPM-Solver++) in NumPy around ONNX Runtime.
 
@@ -72,13 +78,22 @@ def run_cli(
     ddpm-run --sampler ddim --steps 50 --png fast.png              # 20x fewer network calls
     ddpm-run --onnx cond.onnx --digit all --guidance 2 --gif all.gif
     """
-    targets = {"gif": _target(gif, "--gif"), "png": _target(png, "--png"), "npz": _target(npz, "--npz")}
+    targets = {"gif": _target(gif, "--gif"), "video": _target(video, "--video"), "png": _target(png, "--png"),
+               "npz": _target(npz, "--npz")}
     if not show_info and not any(targets.values()):
-        raise click.UsageError("nothing to write: give --gif, --png and/or --npz")
+        raise click.UsageError("nothing to write: give --gif, --video, --png and/or --npz")
+    if video is not None:
+        if video.suffix.lower() not in VIDEO_CODECS:
+            raise click.BadParameter(f"{video.name}: give a .mp4 or .webm file name", param_hint="'--video'")
+        if not video_available():
+            raise DDPMError('--video needs ffmpeg through imageio-ffmpeg: pip install "ddpm-mnist[video]"')
+    if show != "xt" and gif is None and video is None:
+        raise click.BadParameter("chooses what the animation shows; add --gif or --video", param_hint="'--show'")
     if engine == "cudagraph" and provider == "cpu":
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
-    check_distinct_paths({"--gif": gif, "--png": png, "--npz": npz}, {"--onnx": onnx_path})
-    ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, conditional=digit is not None, cuda_graph=engine == "cudagraph")
+    check_distinct_paths({"--gif": gif, "--video": video, "--png": png, "--npz": npz}, {"--onnx": onnx_path})
+    ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, conditional=digit is not None, cuda_graph=engine == "cudagraph",
+                     device_id=device_id)
     if show_info:
         info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}
         click.echo(json.dumps({"model": str(ddpm.session.path), "provider": ddpm.provider, **info}, indent=2))
@@ -99,7 +114,7 @@ def run_cli(
     progress = Progress(request.steps, "sample", unit="step", enabled=not quiet)
     with progress:
         run = ddpm.generate(
-            num_samples, seed=seed, batch_size=batch_size, frames=frames if gif else 0,
+            num_samples, seed=seed, batch_size=batch_size, frames=frames if gif or video else 0, show=show,
             on_step=lambda done, total: progress.update(1), engine=loop_engine, **request.kwargs,
         )
 
@@ -110,9 +125,14 @@ def run_cli(
         payloads["png"] = png_bytes(run.images, scale=scale, columns=request.columns, settings=run.settings)
     if targets["npz"]:
         payloads["npz"] = npz_bytes(run.images, run.settings)
+    sizes = {name: len(data) for name, data in payloads.items()}
     with StagedFiles() as staged:
         for name, data in payloads.items():
             staged.stage(targets[name]).write_bytes(data)
+        if video is not None:
+            temporary = staged.stage(video)
+            write_video(temporary, video.suffix.lower(), run.frames, fps=fps, hold=hold, scale=scale, columns=request.columns)
+            sizes["video"] = temporary.stat().st_size
         staged.commit()
 
     if not quiet:
@@ -124,8 +144,8 @@ def run_cli(
             f"seed {seed} (--seed {seed} repeats it)",
             err=True,
         )
-        for name, data in payloads.items():
-            click.echo(f"wrote {targets[name]} ({len(data) / 1e3:.0f} kB)")
+        for name, size in sizes.items():
+            click.echo(f"wrote {targets[name]} ({size / 1e3:.0f} kB)")
 
 
 def main() -> None:

@@ -78,6 +78,9 @@ def table(samples: Scores, floor: Scores) -> str:
     if samples.accuracy is not None:
         rows.insert(1, ("judged as the requested digit", f"{samples.accuracy:.3f}", f"{floor.accuracy:.3f}"))
     rows += [(f"  class {digit} share", f"{samples.histogram[digit]:.3f}", f"{floor.histogram[digit]:.3f}") for digit in range(10)]
+    if samples.class_accuracy is not None:
+        rows += [(f"  digit {digit} judged as requested", f"{a:.3f}", f"{b:.3f}")
+                 for digit, (a, b) in enumerate(zip(samples.class_accuracy, floor.class_accuracy)) if a is not None]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'samples':>10}  {'real (floor)':>12}"]
     lines += [f"{name:{width}}  {a:>10}  {b:>12}" for name, a, b in rows]
@@ -95,6 +98,7 @@ def table(samples: Scores, floor: Scores) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per network call when sampling.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", help="Provider when sampling.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
+@click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
               help="Folder with the MNIST test files (t10k-*). Env: DDPM_DATA_DIR.")
 @click.option("--transform", type=click.Choice(["auto", "pad", "resize"]), default="auto",
@@ -102,7 +106,7 @@ def table(samples: Scores, floor: Scores) -> str:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, sampler: str,
-                 steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None, batch_size: int | None, provider: str, threads: int | None, data_dir: Path, transform: str,
+                 steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None, batch_size: int | None, provider: str, threads: int | None, device_id: int, data_dir: Path, transform: str,
                  json_path: Path | None, quiet: bool) -> None:
     """Score generated digits with the judge: confidence, class histogram, Fréchet distance to the MNIST
     test set, and the same figures for as many real held-out test digits (the floor).
@@ -143,7 +147,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
         if labels is not None and len(labels) != len(images):
             raise DDPMError(f"{npz}: its settings list {len(labels)} labels for {len(images)} images")
     else:
-        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, conditional=digit is not None)
+        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, conditional=digit is not None, device_id=device_id)
         request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance)
         progress = Progress(request.steps, f"sample {num_samples}", unit="step", enabled=not quiet)
         with progress:

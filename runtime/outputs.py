@@ -9,6 +9,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
+from .errors import DDPMError
 from .files import atomic_write
 from .images import make_grid
 
@@ -22,6 +23,32 @@ def gif_bytes(frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, sc
     buffer = io.BytesIO()
     iio.imwrite(buffer, np.stack(pictures), extension=".gif", duration=durations, loop=0)
     return buffer.getvalue()
+
+
+VIDEO_CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9"}
+
+
+def video_available() -> bool:
+    """Whether imageio can reach ffmpeg (the ``video`` extra installs imageio-ffmpeg, which ships it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
+def write_video(path: Path, suffix: str, frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, scale: int = 3,
+                columns: int | None = None) -> None:
+    """The frames as an MP4 (H.264) or WebM (VP9) video at ``path``; ``suffix`` picks the format (the
+    path may be a temporary name). The last frame is repeated for ``hold`` seconds."""
+    pictures = [make_grid(frame, columns=columns, scale=scale) for frame in frames]
+    pictures += [pictures[-1]] * int(round(hold * fps))
+    # H.264 and VP9 want even sizes; pad with black rather than let ffmpeg rescale the pixels.
+    height, width = pictures[0].shape[:2]
+    padded = [np.pad(p, ((0, height % 2), (0, width % 2))) for p in pictures]
+    try:
+        iio.imwrite(path, np.stack(padded), extension=suffix, plugin="FFMPEG", fps=fps, codec=VIDEO_CODECS[suffix],
+                    macro_block_size=1, ffmpeg_log_level="error", output_params=["-f", suffix[1:]])
+    except (OSError, RuntimeError) as exc:  # ffmpeg's failures arrive as broken pipes or its own messages
+        raise DDPMError(f"ffmpeg could not write the {suffix[1:]} video: {str(exc).strip().splitlines()[0][:160]}") from None
 
 
 def png_bytes(images: np.ndarray, scale: int = 3, columns: int | None = None, settings: dict | None = None) -> bytes:

@@ -33,6 +33,7 @@ SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++2m-sde")
 SOLVERS = {"dpm++2m": False, "dpm++2m-sde": True}  # DPM-Solver++ (2M): stochastic or not
 # Timestep spacing when none is asked for: the second-order solvers are second order in λ, so they
 # step evenly in it (uniform-in-t steps leave a last step 5x longer in λ than the one before).
+SHOW = ("xt", "x0", "both")  # what the animation frames hold
 DEFAULT_SPACING = {"ancestral": "uniform", "ddim": "uniform", "dpm++2m": "logsnr", "dpm++2m-sde": "logsnr"}
 
 
@@ -110,11 +111,12 @@ class DDPM:
     @classmethod
     def load(
         cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False,
-        conditional: bool = False,
+        conditional: bool = False, device_id: int = 0,
     ) -> "DDPM":
-        """Open an exported model; without a path, the embedded one (the class-conditional one if asked)."""
+        """Open an exported model; without a path, the embedded one (the class-conditional one if asked).
+        ``device_id`` picks the GPU on a machine with several."""
         path = Path(onnx_path) if onnx_path is not None else default_model_path(conditional)
-        return cls(UNetSession(path, provider=provider, threads=threads, cuda_graph=cuda_graph))
+        return cls(UNetSession(path, provider=provider, threads=threads, cuda_graph=cuda_graph, device_id=device_id))
 
     @property
     def provider(self) -> str:
@@ -184,6 +186,7 @@ class DDPM:
         spacing: str | None = None,
         labels: np.ndarray | None = None,
         guidance: float = 0.0,
+        show: str = "xt",
     ) -> SampleRun:
         """Run the sampling loop for ``n`` samples; keep ``frames`` snapshots of the whole batch.
 
@@ -192,8 +195,12 @@ class DDPM:
         "ancestral" (DDPM), "ddim" (with ``eta``), "dpm++2m" or "dpm++2m-sde"; ``spacing`` places the
         timesteps of the last three (None: uniform for DDIM, logsnr for DPM-Solver++). A class-conditional model
         takes ``labels`` [n] (none: the "no class" index) and classifier-free ``guidance`` w:
-        ε = (1+w)·ε(x, y) − w·ε(x, ∅), both halves in one network batch.
+        ε = (1+w)·ε(x, y) − w·ε(x, ∅), both halves in one network batch. ``show`` chooses what the
+        frames hold: x_t ("xt"), the predicted clean image x̂_0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t ("x0"), or
+        the two side by side ("both", each image twice as wide).
         """
+        if show not in SHOW:
+            raise DDPMError(f"show must be one of {SHOW}, got {show!r}")
         if sampler not in SAMPLERS:
             raise DDPMError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         spacing = spacing or DEFAULT_SPACING[sampler]
@@ -225,6 +232,8 @@ class DDPM:
         fused = self.info.graph == "fused-step"
         if fused and sampler != "ancestral":
             raise DDPMError(f"a fused-step model has the ancestral update built in; use the plain export for {sampler}")
+        if fused and show != "xt" and frames:
+            raise DDPMError("a fused-step model keeps ε inside its graph, so x̂_0 cannot be shown; use the plain export")
         if fused and steps not in (None, self.timesteps):
             raise DDPMError(f"a fused-step model has its {self.timesteps}-step update built in; it cannot respace to {steps} steps")
         if batch_size is not None and batch_size < 1:
@@ -241,7 +250,7 @@ class DDPM:
         keep = set(frame_positions(len(sampler), frames))
         run = SampleRun(samples=x, images=np.empty(0, np.uint8), provider=self.provider)
         if frames:
-            run.frames.append(to_uint8(x, info.data_range))
+            run.frames.append(self._frame(x, None, show))  # pure noise: x̂_0 not predicted yet
             run.frame_timesteps.append(-1)
         bound: dict[int, BoundEps] = {}
         steppers: list[BoundStep] = []
@@ -255,12 +264,13 @@ class DDPM:
                                      fetch=i in keep or i == last)
             else:
                 eps = self._guided_eps(x, int(t), y, guidance, batch_size, bound if engine == "iobinding" else None)
+                x0 = self._predict_x0(x, int(t), eps) if i in keep and show != "xt" else None
                 x = sampler.step(x, i, eps, noise)
             if (not fused or engine != "iobinding" or i in keep or i == last) and not np.isfinite(x).all():
                 raise DDPMError(f"the samples became NaN or infinite at step {i + 1} of {len(sampler)} (t = {int(t)}): "
                                 "the model's ε or the sampler's settings are out of range")
             if i in keep:
-                run.frames.append(to_uint8(x, info.data_range))
+                run.frames.append(self._frame(x, None if fused else x0, show))
                 run.frame_timesteps.append(int(t))
             if on_step is not None:
                 on_step(i + 1, len(sampler))
@@ -278,6 +288,18 @@ class DDPM:
             "transform": info.source.get("transform", "pad"),
         }
         return run
+
+    def _predict_x0(self, x: np.ndarray, t: int, eps: np.ndarray) -> np.ndarray:
+        alpha_bar = self.schedule.alpha_bars[t]
+        return (x - np.sqrt(1.0 - alpha_bar) * eps) / np.sqrt(alpha_bar)
+
+    def _frame(self, x: np.ndarray, x0: np.ndarray | None, show: str) -> np.ndarray:
+        """One frame of uint8 images: x_t, x̂_0 (mid-grey before the first prediction), or both side by side."""
+        data_range = self.info.data_range
+        if show == "xt":
+            return to_uint8(x, data_range)
+        predicted = to_uint8(x0 if x0 is not None else np.full_like(x, sum(data_range) / 2), data_range)
+        return predicted if show == "x0" else np.concatenate([to_uint8(x, data_range), predicted], axis=-1)
 
     def _chunks(self, n: int, batch_size: int):
         """(start, count, padded size) of each sub-batch; a fixed-batch model pads the last one."""

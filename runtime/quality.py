@@ -101,6 +101,7 @@ class Scores:
     max_class_deviation: float  # largest |share − 0.1|
     frechet_distance: float  # judge features against the reference set
     accuracy: float | None = None  # with requested labels: share the judge assigns to them
+    class_accuracy: list[float | None] | None = None  # the same per requested digit 0..9 (None: not requested)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,4 +119,10 @@ def score(probabilities: np.ndarray, features: np.ndarray, reference_features: n
         max_class_deviation=float(np.abs(histogram - 0.1).max()),
         frechet_distance=frechet_distance(features, reference_features),
         accuracy=None if labels is None else float((predicted == np.asarray(labels)).mean()),
+        class_accuracy=None if labels is None else per_class_accuracy(predicted, np.asarray(labels)),
     )
+
+
+def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float | None]:
+    """For each digit 0..9, the share of images asked to show it that the judge assigns to it."""
+    return [float((predicted[labels == digit] == digit).mean()) if np.any(labels == digit) else None for digit in range(10)]

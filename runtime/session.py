@@ -47,6 +47,20 @@ class ProviderWarning(RuntimeWarning):
     """A machine with an NVIDIA driver fell back to the CPU, or the ONNX Runtime install is inconsistent."""
 
 
+def cuda_device_count() -> int:
+    """CUDA devices the NVIDIA driver reports (0 without a driver), asked through the driver API."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            driver = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
 def missing_cuda_libraries() -> list[str]:
     """The CUDA and cuDNN libraries that cannot be loaded here (after ``preload_dlls``)."""
     missing = []
@@ -92,9 +106,16 @@ class UNetSession:
     """
 
     def __init__(
-        self, model_path: str | Path, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False
+        self, model_path: str | Path, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False,
+        device_id: int = 0,
     ) -> None:
         self.path = Path(model_path)
+        if device_id < 0:
+            raise DDPMError(f"the CUDA device index must be >= 0, got {device_id}")
+        if device_id > 0 and provider != "cpu" and device_id >= (count := cuda_device_count()):
+            raise DDPMError(f"CUDA device {device_id} does not exist: "
+                            + (f"this machine has {count} (0-{count - 1})" if count else "this machine has no CUDA device"))
+        self.device_id = device_id
         self.notes: list[str] = []  # why the provider differs from the one asked for
         self.problems: list[str] = []  # the notes that are also warned about (see ProviderWarning)
         self.cuda_graph = cuda_graph
@@ -178,7 +199,7 @@ class UNetSession:
                 ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, when installed
             except Exception:
                 pass
-        cuda_options = {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+        cuda_options = {"cudnn_conv_algo_search": "EXHAUSTIVE", "device_id": str(self.device_id)}
         if self.cuda_graph:
             cuda_options["enable_cuda_graph"] = "1"
         chain = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
@@ -251,6 +272,10 @@ def _device(session: UNetSession) -> str:
     return "cpu" if session.provider == "CPUExecutionProvider" else "cuda"
 
 
+def _index(session: UNetSession) -> int:
+    return 0 if session.provider == "CPUExecutionProvider" else session.device_id
+
+
 class BoundEps:
     """ε through IOBinding: x and t in device buffers refreshed in place, ε written to a bound buffer.
 
@@ -264,16 +289,16 @@ class BoundEps:
         device = _device(session)
         shape = (batch, info.image_channels, info.image_size, info.image_size)
         self.session = session
-        self.x = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
-        self.t = ort.OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int64), device, 0)
-        self.out = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
+        self.x = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, _index(session))
+        self.t = ort.OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int64), device, _index(session))
+        self.out = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, _index(session))
         self.binding = session.session.io_binding()
         self.binding.bind_ortvalue_input("x", self.x)
         self.binding.bind_ortvalue_input("t", self.t)
         self.binding.bind_ortvalue_output(session.output_name, self.out)
         self.y = None
         if info.num_classes:
-            self.y = ort.OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int64), device, 0)
+            self.y = ort.OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int64), device, _index(session))
             self.binding.bind_ortvalue_input("y", self.y)
 
     def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -302,10 +327,10 @@ class BoundStep:
         check_binding(session, len(x0))
         device = _device(session)
         self.session = session
-        buffers = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x0, dtype=np.float32), device, 0),
-                   ort.OrtValue.ortvalue_from_shape_and_type(x0.shape, np.float32, device, 0)]
-        self.t = ort.OrtValue.ortvalue_from_numpy(np.zeros(len(x0), np.int64), device, 0)
-        self.noise = ort.OrtValue.ortvalue_from_numpy(np.zeros(x0.shape, np.float32), device, 0)
+        buffers = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x0, dtype=np.float32), device, _index(session)),
+                   ort.OrtValue.ortvalue_from_shape_and_type(x0.shape, np.float32, device, _index(session))]
+        self.t = ort.OrtValue.ortvalue_from_numpy(np.zeros(len(x0), np.int64), device, _index(session))
+        self.noise = ort.OrtValue.ortvalue_from_numpy(np.zeros(x0.shape, np.float32), device, _index(session))
         self.buffers = buffers
         self.bindings = []
         self.run_options = []

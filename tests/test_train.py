@@ -48,7 +48,7 @@ def test_checkpoint_contents(invoke, data_dir, tmp_path):
     assert checkpoint["optimizer"]["state"]
     assert {"torch", "numpy", "python"} <= set(checkpoint["rng"])
     assert checkpoint["versions"]["torch"] == torch.__version__
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary or lock files left
 
 
 def test_samples_grid_written_each_epoch(invoke, data_dir, tmp_path):
@@ -247,3 +247,28 @@ def test_console_script_runs(data_dir, tmp_path):
         assert option in help_text
     bad = subprocess.run([*script, "--batch-size", "0"], capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_one_trainer_per_run_folder(invoke, data_dir, tmp_path):
+    """A second ddpm-train on the same --out refuses while the first holds the folder; a lock left by
+    a killed process does not block."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = os.open(out, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running trainer holds it
+    try:
+        result = invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "1"))
+        assert_one_line_error(result, "in use by another ddpm-train")
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(holder)  # the holder ends: the kernel drops its lock
+    assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "1")).code == 0
+
+
+def test_failed_start_leaves_no_folder(invoke, tmp_path):
+    out = tmp_path / "never"
+    result = invoke(train_main, "--preset", "tiny", "--data-dir", tmp_path / "no-data", "--out", out, "--no-progress")
+    assert result.code != 0 and "Traceback" not in result.err
+    assert not out.exists()

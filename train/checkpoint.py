@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import atomic_write
+from ddpm.runtime.files import atomic_write, make_dir
 
 FORMAT = "ddpm-mnist-checkpoint"
 FORMAT_VERSION = 1
@@ -166,6 +166,40 @@ def run_files(directory: Path) -> list[Path]:
         if path.is_symlink() or path.exists():
             found.append(path)
     return found
+
+
+class RunLock:
+    """An exclusive lock on a run folder (flock on the folder itself) held while one ddpm-train uses it.
+
+    The kernel drops the lock when its process dies, so a killed run leaves no stale lock, and no
+    lock file is left in the folder. A folder this lock created is removed again on release if
+    nothing was written into it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._created = not directory.exists()
+        make_dir(directory)
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: run unlocked
+            return
+        self._fd = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise DDPMError(f"{directory} is in use by another ddpm-train; wait for it to finish or choose another --out") from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()  # only succeeds while empty
 
 
 def prune_checkpoints(directory: Path, keep: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     # torch is imported here so that --help and argument errors stay fast.
     import torch
 
-    from .checkpoint import find_resumable, load_checkpoint, run_files, step_checkpoints
+    from .checkpoint import RunLock, find_resumable, load_checkpoint, run_files, step_checkpoints
     from .trainer import RunOptions, Trainer, resolve_device, shutdown_distributed
     from .unet import UNet, count_parameters, forward_flops
 
@@ -321,6 +322,8 @@ def train_command(ctx: click.Context, **args: Any) -> None:
 
     if not args["dry_run"]:
         check_writable_dir(out_dir)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes for all
+            ctx.call_on_close(RunLock(out_dir).release)
         resuming_in_place = checkpoint is not None and Path(resume).resolve().parent == out_dir.resolve()
         found = run_files(out_dir)
         if resume == "auto" and checkpoint is None:  # the same run starting over: only unreadable checkpoints stop it

@@ -26,7 +26,6 @@ from ddpm.runtime.progress import Progress
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FEATURES = 128
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "runtime" / "models" / "judge.onnx"
 
 
 class Judge(nn.Module):
@@ -118,7 +117,8 @@ def export_judge(model: Judge, path: Path) -> bytes:
               help="Folder with the four MNIST IDX files.")
 @click.option("--epochs", type=click.IntRange(min=1), default=4, help="Passes over the 60,000 training images.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the initialisation and data order.")
-@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_OUT, help="Where the ONNX judge goes (a .md card beside it).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Where the ONNX judge goes (a .md card beside it); the repository's is runtime/models/judge.onnx.")
 @click.option("--min-accuracy", type=click.FloatRange(0.0, 1.0), default=0.99, help="Refuse to write a judge below this test accuracy.")
 def judge_command(data_dir: Path, epochs: int, seed: int, out: Path, min_accuracy: float) -> None:
     """Train the MNIST judge (about 180k parameters) and export it to ONNX for ddpm-eval."""
