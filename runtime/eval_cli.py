@@ -79,7 +79,7 @@ def table(samples: Scores, floor: Scores) -> str:
         rows.insert(1, ("judged as the requested digit", f"{samples.accuracy:.3f}", f"{floor.accuracy:.3f}"))
     rows += [(f"  class {digit} share", f"{samples.histogram[digit]:.3f}", f"{floor.histogram[digit]:.3f}") for digit in range(10)]
     if samples.class_accuracy is not None:
-        rows += [(f"  digit {digit} judged as requested", f"{a:.3f}", f"{b:.3f}")
+        rows += [(f"  digit {digit} judged as requested", f"{a:.3f}", "-" if b is None else f"{b:.3f}")
                  for digit, (a, b) in enumerate(zip(samples.class_accuracy, floor.class_accuracy)) if a is not None]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'samples':>10}  {'real (floor)':>12}"]

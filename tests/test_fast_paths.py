@@ -137,7 +137,7 @@ def test_run_engines_give_the_same_digits(invoke, variants, tmp_path):
     for engine in ("plain", "iobinding", "auto"):
         target = tmp_path / f"{engine}.npz"
         result = invoke(run_main, "--onnx", variants / "unet.onnx", "-n", 2, "--steps", 20, "--npz", target,
-                        "--engine", engine, "--provider", "cpu")
+                        "--engine", engine, "--provider", "cpu", "--seed", 0)
         assert result.code == 0, result.err
         outputs[engine] = np.load(target)["images"]
     assert "engine auto (plain)" in result.err
