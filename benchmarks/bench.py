@@ -413,6 +413,15 @@ def run_benchmark(
     return rows, notes
 
 
+def check_tag(tag: str | None) -> str | None:
+    """A tag names files inside --out-dir: no path separators, no leading dot, a sane length."""
+    import re
+
+    if tag is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", tag):
+        raise click.BadParameter(f"{tag!r}: use up to 64 letters, digits, '.', '_' or '-', not starting with '.'")
+    return tag
+
+
 class SkipRow(Exception):
     """This row cannot run here; the message says why."""
 
@@ -600,7 +609,7 @@ class CommaList(click.ParamType):
 @click.option("--gpu-batches", type=CommaList(integers=True), default="1,16,64,256", help="Batch sizes on the GPU.")
 @click.option("--warmup", type=click.IntRange(min=1), default=3, help="Untimed steps before each row.")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, help="Timed steps per row.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for PyTorch and ONNX Runtime. [default: the CPUs this process may use]")
 @click.option("--full-loop/--no-full-loop", default=True, help="Also time the whole T-step loop at batch 1 per model.")
 @click.option("--samplers/--no-samplers", default=True,
@@ -612,7 +621,8 @@ class CommaList(click.ParamType):
 @click.option("--quick", is_flag=True, help="A short run (under a minute on a CPU): small model, 2 warm-up and 10 timed steps.")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
               help="Where the JSON, Markdown and PNG go (the repository's committed results: benchmarks/results).")
-@click.option("--tag", default=None, help="Name of the result files (bench-TAG.*). [default: cpu, or gpu]")
+@click.option("--tag", default=None, callback=lambda ctx, param, value: check_tag(value),
+              help="Name of the result files (bench-TAG.*): letters, digits, '.', '_', '-'. [default: cpu, or gpu]")
 def bench_command(models, implementations, providers, cpu_batches, gpu_batches, warmup, repeats, threads, full_loop, samplers,
                   small_onnx, labml_onnx, quick, out_dir, tag) -> None:
     """Time the sampling loop per implementation, provider, batch size and model; write JSON, Markdown and a chart.

@@ -93,7 +93,8 @@ def export_command(
     targets: dict[str, Path] = {}
     for graph, half, batch in variants:
         suffix = f"{'.step' if graph == 'fused-step' else ''}{'.fp16' if half else ''}{f'.b{batch}' if batch else ''}"
-        targets[f"onnx{suffix}"] = base.with_name(f"{base.stem}{suffix}.onnx")
+        # --onnx PATH is written as given; the variants take their tags before its extension.
+        targets[f"onnx{suffix}"] = base.with_name(f"{base.stem}{suffix}{base.suffix}") if suffix else base
     if not no_torchscript:
         targets["torchscript"] = _output_path(torchscript_path, out_dir, "unet.ts.pt")
     check_distinct_paths({f"--{name}" if name in ("onnx", "torchscript") else name: path for name, path in targets.items()},

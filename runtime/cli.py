@@ -48,7 +48,7 @@ def _target(path: Path | None, option: str) -> Path | None:
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Seed of the noise; the same seed gives the same digits. [default: fresh, printed in the summary and "
                    "stored in the PNG and npz outputs]")
-@click.option("--frames", type=click.IntRange(min=2), default=40, help="GIF frames, spaced densely towards the end of the process.")
+@click.option("--frames", type=click.IntRange(2, 10_000), default=40, help="GIF frames, spaced densely towards the end of the process.")
 @click.option("--fps", type=click.FloatRange(min=0.1, max=100.0), default=12.0, help="GIF frames per second.")
 @click.option("--hold", type=click.FloatRange(min=0.0, max=60.0), default=2.0, help="Seconds the GIF shows the final frame.")
 @click.option("--scale", type=click.IntRange(1, 16), default=3, help="Pixel upscaling of the GIF and PNG grids.")
@@ -59,7 +59,7 @@ def _target(path: Path | None, option: str) -> Path | None:
               help="How each step reaches the network: 'plain' session.run with NumPy arrays; 'iobinding' "
                    "device buffers updated in place; 'cudagraph' IOBinding with a captured CUDA graph (CUDA "
                    "provider, fixed-batch model); 'auto' is iobinding on a GPU, plain on the CPU.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU provider threads. [default: ONNX Runtime's choice]")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU provider threads. [default: ONNX Runtime's choice]")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--info", "show_info", is_flag=True, help="Print the model's metadata as JSON and exit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary, only errors.")

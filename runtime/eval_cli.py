@@ -93,11 +93,11 @@ def table(samples: Scores, floor: Scores) -> str:
               help="Sample this exported model (without --npz). [default: the embedded model; with --digit the embedded class-conditional one]")
 @click.option("-n", "--num-samples", type=click.IntRange(min=2), default=1000,
               help="Samples to draw when sampling (the floor uses as many real images; at most half the test set).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed when sampling.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed when sampling (fixed, so scores compare).")
 @sampling_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per network call when sampling.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", help="Provider when sampling.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads.")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
               help="Folder with the MNIST test files (t10k-*). Env: DDPM_DATA_DIR.")

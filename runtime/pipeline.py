@@ -33,7 +33,8 @@ SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++2m-sde")
 SOLVERS = {"dpm++2m": False, "dpm++2m-sde": True}  # DPM-Solver++ (2M): stochastic or not
 # Timestep spacing when none is asked for: the second-order solvers are second order in λ, so they
 # step evenly in it (uniform-in-t steps leave a last step 5x longer in λ than the one before).
-SHOW = ("xt", "x0", "both")  # what the animation frames hold
+SHOW = ("xt", "x0", "both")
+MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are cycled over the samples)  # what the animation frames hold
 DEFAULT_SPACING = {"ancestral": "uniform", "ddim": "uniform", "dpm++2m": "logsnr", "dpm++2m-sde": "logsnr"}
 
 
@@ -157,7 +158,10 @@ class DDPM:
         if text == "all":
             return list(range(classes))
         try:
-            chosen = [int(part) for part in text.split(",")]
+            parts = text.split(",")
+            if len(parts) > MAX_DIGIT_LIST:
+                raise DDPMError(f"--digit lists at most {MAX_DIGIT_LIST} digits (they are cycled over the samples)")
+            chosen = [int(part) for part in parts]
         except ValueError:
             raise DDPMError(f"--digit takes a digit, a comma-separated list or 'all', got {digits!r}") from None
         bad = [d for d in chosen if not 0 <= d < classes]

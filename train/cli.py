@@ -252,11 +252,11 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0.0, min_open=True)
 @click.option("--transform", type=click.Choice(["pad", "resize"]), default="pad", help="How 28x28 digits reach --image-size.")
 @click.option("--data-range", type=click.Choice(["-1,1", "0,1"]), default="-1,1",
               help="Pixel value range; '0,1' is labml's. Write --data-range=0,1.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed for torch, NumPy and Python.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed for torch, NumPy and Python.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Where to train.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               help="'auto': bf16 autocast on CUDA, fp32 on CPU; 'bf16' also speeds up CPUs with AVX-512 BF16.")
-@click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads for PyTorch. [default: PyTorch's choice]")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for PyTorch. [default: PyTorch's choice]")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="Channels-last memory layout for convolutions. [default: on for CUDA, off for CPU]")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the U-Net (slower start, faster steps on GPUs).")
