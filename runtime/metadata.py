@@ -23,6 +23,10 @@ GRAPHS = ("eps", "fused-step")  # ε(x, t), or one whole sampling step x_t, t, n
 PRECISIONS = ("fp32", "fp16")
 
 
+MAX_TIMESTEPS = 100_000  # diffusion steps a model may declare (1000 is usual)
+MAX_CLASSES = 100_000
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     schedule: dict[str, Any]
@@ -45,10 +49,14 @@ class ModelInfo:
 
     def problems(self) -> list[str]:
         found = []
-        try:
-            self.make_schedule()
-        except (TypeError, ValueError) as exc:
-            found.append(f"schedule {self.schedule}: {exc}")
+        steps = self.schedule.get("timesteps") if isinstance(self.schedule, dict) else None
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_TIMESTEPS:
+            found.append(f"schedule timesteps {steps!r} is not an integer in 1..{MAX_TIMESTEPS}")  # checked before allocating
+        else:
+            try:
+                self.make_schedule()
+            except (TypeError, ValueError) as exc:
+                found.append(f"schedule {self.schedule}: {exc}")
         if not isinstance(self.image_size, int) or not 1 <= self.image_size <= 4096:
             found.append(f"image_size {self.image_size!r} is not an integer in 1..4096")
         if not isinstance(self.image_channels, int) or not 1 <= self.image_channels <= 4:
@@ -64,8 +72,8 @@ class ModelInfo:
             found.append(f"prediction {self.prediction!r} is not one of {PREDICTIONS}")
         if self.variance not in VARIANCES:
             found.append(f"variance {self.variance!r} is not one of {VARIANCES}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            found.append(f"num_classes {self.num_classes!r} is not a non-negative integer")
+        if not isinstance(self.num_classes, int) or not 0 <= self.num_classes <= MAX_CLASSES:
+            found.append(f"num_classes {self.num_classes!r} is not an integer in 0..{MAX_CLASSES}")
         if self.fixed_batch is not None and (not isinstance(self.fixed_batch, int) or self.fixed_batch < 1):
             found.append(f"fixed_batch {self.fixed_batch!r} is not a positive integer")
         return found

@@ -35,3 +35,13 @@ def test_export_writes_the_onnx_path_as_given(invoke, tiny_export, tmp_path):
     result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--onnx", target, "--no-torchscript", "--fixed-batch", 2)
     assert result.code == 0, result.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.b2.bin", "model.bin"]
+
+
+def test_metadata_timesteps_are_bounded_before_allocating():
+    from ddpm.runtime.metadata import ModelInfo
+
+    info = ModelInfo(schedule={"kind": "linear", "timesteps": 10**8}, image_size=32, image_channels=1, data_range=(-1.0, 1.0))
+    problems = info.problems()  # refused by the bound, not after building 10^8 betas
+    assert any("timesteps 100000000 is not an integer in 1..100000" in p for p in problems)
+    assert any("timesteps True" in p for p in ModelInfo(schedule={"kind": "linear", "timesteps": True}, image_size=32,
+                                                         image_channels=1, data_range=(-1.0, 1.0)).problems())
