@@ -78,4 +78,8 @@ def load_mnist(data_dir: str | Path, split: str = "train") -> tuple[np.ndarray, 
         raise DDPMError(
             f"{data_dir}: {images.shape[0]} {split} images but {labels.shape[0]} labels"
         )
+    if images.shape[1:] != (28, 28):  # trainer and judge alike expect MNIST's size
+        raise DDPMError(f"{data_dir}: the {split} images are {images.shape[1]}x{images.shape[2]}; MNIST digits are 28x28")
+    if labels.size and labels.max() > 9:
+        raise DDPMError(f"{data_dir}: a {split} label is {int(labels.max())}; MNIST labels are 0-9")
     return images, labels

@@ -83,3 +83,45 @@ def test_max_images(data_dir):
 def test_missing_data_dir_names_files_and_download(tmp_path):
     with pytest.raises(DDPMError, match=r"train-images-idx3-ubyte.*--download"):
         load_training_images(tmp_path / "nowhere", DataConfig())
+
+
+def idx_bytes(array):
+    import struct
+
+    array = np.asarray(array, dtype=np.uint8)
+    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_split(folder, images, labels):
+    folder.mkdir(exist_ok=True)
+    for prefix in ("train", "t10k"):
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    return folder
+
+
+def test_train_and_eval_agree_on_foreign_image_sizes(invoke, tmp_path):
+    """IDX files of another image size: the trainer and the judge both refuse them, in one line."""
+    from ddpm.runtime.eval_cli import main as eval_main
+    from ddpm.train.cli import main as train_main
+    from conftest import assert_one_line_error
+
+    folder = write_split(tmp_path / "d", np.zeros((64, 20, 20)), np.arange(64) % 10)
+    train = invoke(train_main, "--preset", "tiny", "--data-dir", folder, "--out", tmp_path / "run", "--no-progress")
+    assert_one_line_error(train, "20x20", "28x28")
+    evaluation = invoke(eval_main, "--onnx", tmp_path / "none.onnx", "--data-dir", folder)
+    assert_one_line_error(evaluation, "20x20", "28x28")
+    assert not (tmp_path / "run").exists()
+
+
+def test_labels_outside_0_9_are_refused_before_training(invoke, tmp_path):
+    from ddpm.train.cli import main as train_main
+    from conftest import assert_one_line_error
+
+    labels = np.arange(64) % 10
+    labels[5] = 12
+    folder = write_split(tmp_path / "d", np.zeros((64, 28, 28)), labels)
+    result = invoke(train_main, "--preset", "tiny", "--conditional", "--data-dir", folder, "--out", tmp_path / "run",
+                    "--no-progress", "--batch-size", 16)
+    assert_one_line_error(result, "label is 12", "0-9")
+    assert not (tmp_path / "run").exists()  # no folder, no log.jsonl from a run that never trained
