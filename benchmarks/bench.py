@@ -430,7 +430,7 @@ def make_step(model: BenchModel, implementation: str, provider: str, batch: int,
               echo: Callable[[str], None] = lambda message: None) -> Callable[[int], None]:
     if implementation in TORCH_IMPLEMENTATIONS:
         if torch is None:
-            raise SkipRow("skipped: PyTorch is not installed")
+            raise SkipRow('skipped: PyTorch is not installed (pip install "ddpm-mnist[train]")')
         if provider == "cuda" and not torch.cuda.is_available():
             raise SkipRow("skipped: PyTorch sees no CUDA device")
         return torch_step(torch, model.torch_module, model.info, batch, provider, implementation == "torchscript")

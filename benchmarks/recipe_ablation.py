@@ -172,7 +172,8 @@ def report(opts: argparse.Namespace) -> None:
         "",
         f"Budget per arm: {opts.budget_label}. Scored by `ddpm-eval`: N = {results[0]['eval']['n']}, "
         f"{results[0]['eval']['sampler']}, seed 0, EMA weights; floor (as many real test digits): FD "
-        f"{floor['frechet_distance']:.1f}, confidence {floor['confidence']:.3f}.",
+        f"{floor['frechet_distance']:.1f}, confidence {floor['confidence']:.3f}. Arms of one network cost get the same steps, so "
+        "their compute is equal; their training hours differ only by what else ran on the machine meanwhile.",
         "",
         "| arm | what | steps x batch | training hours | FD | ÷ floor | confidence | largest class deviation |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

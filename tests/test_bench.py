@@ -88,7 +88,7 @@ def test_rows_needing_torch_are_skipped_without_it(invoke, tiny_export, tmp_path
     assert result.code == 0, result.err
     rows = json.loads((tmp_path / "bench-nt.json").read_text())["rows"]
     skipped = [r for r in rows if r["implementation"] in ("eager", "torchscript")]
-    assert skipped and all(r["step_s_median"] is None and "PyTorch is not installed" in r["note"] for r in skipped)
+    assert skipped and all(r["step_s_median"] is None and "PyTorch is not installed (pip install \"ddpm-mnist[train]\")" in r["note"] for r in skipped)
     exported = [r for r in rows if r["implementation"] == "ort-fused"]  # a variant exported on the spot
     assert exported and all(r["step_s_median"] is None and "needs PyTorch" in r["note"] for r in exported)
     timed = [r for r in rows if r["implementation"] in ("ort", "ort-iobinding")]

@@ -210,6 +210,9 @@ def test_nan_weights_fail_verification(invoke, tiny_export, tmp_path):
     for key in ("model", "ema"):
         checkpoint[key] = {name: torch.full_like(value, float("nan")) if value.is_floating_point() else value
                            for name, value in checkpoint[key].items()}
+    from ddpm.train.checkpoint import tensor_checksum
+
+    checkpoint["checksum"] = {"sha256": tensor_checksum(checkpoint)}  # NaNs saved on purpose, not damage
     path = tmp_path / "nan.pt"
     torch.save(checkpoint, path)
     out = tmp_path / "out"

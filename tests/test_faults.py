@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import assert_error_line, assert_one_line_error
+from ddpm.runtime.errors import DDPMError
 from ddpm.train import checkpoint as checkpoint_module
 from ddpm.train.checkpoint import load_checkpoint
 from ddpm.train.cli import main as train_main
@@ -184,3 +185,56 @@ def test_keep_limits_step_checkpoints(invoke, data_dir, tmp_path):
     # a new run over it (--overwrite) drops the old run's step files at its first save
     assert invoke(train_main, *train_args(data_dir, out, "--max-steps", 3, "--save-every", 2, "--overwrite", "--threads", 2)).code == 0
     assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
+
+
+def flip_a_bit(path):
+    """Change one weight in a saved checkpoint by one bit, keeping the checksum it was saved with."""
+    content = torch.load(path, weights_only=True)
+    weight = content["model"]["final.weight"]
+    weight.view(-1).view(torch.int32)[0] ^= 1
+    torch.save(content, path)
+
+
+def test_a_flipped_bit_is_reported_and_resume_falls_back(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(train_main, *train_args(data_dir, out, "--max-steps", 4, "--save-every", 2, "--keep", 5)).code == 0
+    assert "checksum" in torch.load(out / "model.pt", weights_only=True)
+    flip_a_bit(out / "ckpt-00000004.pt")
+    with pytest.raises(DDPMError, match="damaged"):
+        load_checkpoint(out / "ckpt-00000004.pt")
+    result = invoke(train_main, *train_args(data_dir, out, "--max-steps", 6, "--save-every", 2, "--resume", "auto"))
+    assert result.code == 0, result.err
+    assert "skipping ckpt-00000004.pt" in result.err and "damaged" in result.err
+    assert "resuming" in result.err and "(step 2)" in result.err
+    from ddpm.export.cli import main as export_main
+
+    exported = invoke(export_main, "--ckpt", out / "ckpt-00000006.pt", "--out-dir", tmp_path / "e", "--no-torchscript")
+    assert exported.code == 0, exported.err
+    flip_a_bit(out / "ckpt-00000006.pt")
+    refused = invoke(export_main, "--ckpt", out / "ckpt-00000006.pt", "--out-dir", tmp_path / "f")
+    assert refused.code != 0 and "damaged" in refused.err and not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda c: c["model_config"].update(base_channels=16), "has shape [8, 1, 3, 3], its config's U-Net needs [16, 1, 3, 3]"),
+    (lambda c: c["progress"].update(step="abc"), "progress step 'abc' is not a step count"),
+    (lambda c: c["ema"].pop("final.bias"), "its ema weights lack ['final.bias']"),
+    (lambda c: c["model_config"].update(channel_mults=[]), "model config"),
+])
+def test_checkpoints_that_contradict_themselves(invoke, data_dir, tmp_path, damage, fragment):
+    from ddpm.export.cli import main as export_main
+    from ddpm.train.checkpoint import tensor_checksum
+
+    out = tmp_path / "run"
+    assert invoke(train_main, *train_args(data_dir, out, "--max-steps", 4, "--save-every", 2, "--keep", 5)).code == 0
+    content = torch.load(out / "ckpt-00000004.pt", weights_only=True)
+    damage(content)
+    content["checksum"] = {"sha256": tensor_checksum(content)}  # consistent bytes, inconsistent meaning
+    (out / "model.pt").unlink()
+    torch.save(content, out / "ckpt-00000004.pt")
+    resumed = invoke(train_main, *train_args(data_dir, tmp_path / "other", "--resume", out / "ckpt-00000004.pt"))
+    assert_one_line_error(resumed, "contradicts itself", fragment)
+    exported = invoke(export_main, "--ckpt", out / "ckpt-00000004.pt", "--out-dir", tmp_path / "e")
+    assert_one_line_error(exported, "contradicts itself")
+    auto = invoke(train_main, *train_args(data_dir, out, "--max-steps", 6, "--save-every", 2, "--resume", "auto"))
+    assert auto.code == 0 and "skipping ckpt-00000004.pt" in auto.err and "(step 2)" in auto.err, auto.err

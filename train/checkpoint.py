@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import random
@@ -53,9 +54,35 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+CHECKSUMMED = ("model", "ema", "optimizer")
+
+
+def tensor_checksum(checkpoint: dict[str, Any]) -> str:
+    """sha256 over every tensor of the weights, EMA weights and optimizer state (names, dtypes,
+    shapes and bytes, in a fixed order): what a flipped bit would change."""
+    digest = hashlib.sha256()
+
+    def visit(name: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{flat.dtype}:{tuple(value.shape)};".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                visit(f"{name}.{key}", value[key])
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(f"{name}.{index}", item)
+
+    for key in CHECKSUMMED:
+        visit(key, checkpoint.get(key))
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write ``checkpoint`` to ``path`` through a temporary file: ``path`` is never half-written."""
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **checkpoint}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **checkpoint,
+               "checksum": {"sha256": tensor_checksum(checkpoint)}}
     try:
         with atomic_write(path) as handle:
             torch.save(payload, handle)
@@ -88,6 +115,39 @@ def read_checkpoint_file(path: str | Path) -> Any:
         raise DDPMError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason[:160]}") from None
 
 
+def contradiction(content: dict[str, Any]) -> str | None:
+    """What in a checkpoint disagrees with the rest of it: a config that cannot be built, weights of
+    other names or shapes than that config's U-Net (compared on the meta device: nothing is
+    allocated), or progress that is not a step count."""
+    from .config import UNetConfig
+    from .unet import UNet
+
+    try:
+        config = UNetConfig.from_dict(content["model_config"])
+        problems = config.problems()
+    except (TypeError, ValueError, AttributeError) as exc:
+        return f"model config unreadable ({exc})"
+    if problems:
+        return "model config: " + "; ".join(problems)
+    step = content["progress"].get("step") if isinstance(content["progress"], dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"progress step {step!r} is not a step count"
+    with torch.device("meta"):
+        expected = {name: tuple(value.shape) for name, value in UNet(config).state_dict().items()}
+    for key in ("model", "ema"):
+        state = content[key]
+        if not is_state_dict(state):
+            return f"its {key} weights are not a state dict"
+        found = {name: tuple(value.shape) for name, value in state.items()}
+        if found.keys() != expected.keys():
+            missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+            return f"its {key} weights lack {missing[:3]} / have extra {extra[:3]} for the U-Net its config describes"
+        wrong = next((name for name in expected if found[name] != expected[name]), None)
+        if wrong:
+            return f"{key} weight {wrong} has shape {list(found[wrong])}, its config's U-Net needs {list(expected[wrong])}"
+    return None
+
+
 def is_project_checkpoint(content: Any) -> bool:
     return isinstance(content, dict) and content.get("format") == FORMAT
 
@@ -110,6 +170,12 @@ def validate_checkpoint(content: Any, path: str | Path) -> dict[str, Any]:
         missing = [key for key in REQUIRED_KEYS if key not in content]
         if missing:
             raise DDPMError(f"{path}: checkpoint lacks {', '.join(missing)}")
+        stored = content.get("checksum")  # checkpoints written before checksums existed have none
+        if stored is not None and (not isinstance(stored, dict) or stored.get("sha256") != tensor_checksum(content)):
+            raise DDPMError(f"{path} is damaged: its weights or optimizer state do not match the checksum saved with them")
+        problem = contradiction(content)
+        if problem:
+            raise DDPMError(f"{path} contradicts itself: {problem}")
         return content
     if is_state_dict(content):
         raise DDPMError(
