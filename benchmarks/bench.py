@@ -551,7 +551,7 @@ def write_chart(rows: list[Row], staged: StagedFiles, path: Path) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "chart skipped: matplotlib is not installed (pip install matplotlib)"
+        return "chart skipped: matplotlib is not installed (pip install \"ddpm-mnist[bench]\")"
     shown = [r for r in rows if r.per_sample_s is not None]
     if not shown:
         return "chart skipped: no timed rows"
