@@ -148,4 +148,3 @@ def check_distinct_paths(outputs: dict[str, Path | None], inputs: dict[str, Path
         for other_name, other in named_outputs[index + 1:]:
             if _same_file(path, other):
                 raise DDPMError(f"{name} and {other_name} are the same file {path}; give each output its own path")
-

@@ -24,17 +24,17 @@ import numpy as np
 from .errors import DDPMError
 from .images import to_uint8
 from .metadata import ModelInfo
-from .sampler import SPACINGS, AncestralSampler, DDIMSampler, DPMSolverSampler
+from .sampler import SPACINGS, AncestralSampler, DDIMSampler, DPMSolverSampler, predict_x0
 from .session import BoundEps, BoundStep, UNetSession
 
 ENGINES = ("plain", "iobinding")
 ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")
 SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++2m-sde")
 SOLVERS = {"dpm++2m": False, "dpm++2m-sde": True}  # DPM-Solver++ (2M): stochastic or not
+SHOW = ("xt", "x0", "both")  # what the animation frames hold
+MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are cycled over the samples)
 # Timestep spacing when none is asked for: the second-order solvers are second order in λ, so they
 # step evenly in it (uniform-in-t steps leave a last step 5x longer in λ than the one before).
-SHOW = ("xt", "x0", "both")
-MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are cycled over the samples)  # what the animation frames hold
 DEFAULT_SPACING = {"ancestral": "uniform", "ddim": "uniform", "dpm++2m": "logsnr", "dpm++2m-sde": "logsnr"}
 
 
@@ -268,7 +268,7 @@ class DDPM:
                                      fetch=i in keep or i == last)
             else:
                 eps = self._guided_eps(x, int(t), y, guidance, batch_size, bound if engine == "iobinding" else None)
-                x0 = self._predict_x0(x, int(t), eps) if i in keep and show != "xt" else None
+                x0 = predict_x0(x, eps, self.schedule.alpha_bars[t]) if i in keep and show != "xt" else None
                 x = sampler.step(x, i, eps, noise)
             if (not fused or engine != "iobinding" or i in keep or i == last) and not np.isfinite(x).all():
                 raise DDPMError(f"the samples became NaN or infinite at step {i + 1} of {len(sampler)} (t = {int(t)}): "
@@ -292,10 +292,6 @@ class DDPM:
             "transform": info.source.get("transform", "pad"),
         }
         return run
-
-    def _predict_x0(self, x: np.ndarray, t: int, eps: np.ndarray) -> np.ndarray:
-        alpha_bar = self.schedule.alpha_bars[t]
-        return (x - np.sqrt(1.0 - alpha_bar) * eps) / np.sqrt(alpha_bar)
 
     def _frame(self, x: np.ndarray, x0: np.ndarray | None, show: str) -> np.ndarray:
         """One frame of uint8 images: x_t, x̂_0 (mid-grey before the first prediction), or both side by side."""

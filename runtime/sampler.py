@@ -33,6 +33,11 @@ def half_log_snr(alpha_bars: np.ndarray) -> np.ndarray:
     return 0.5 * (np.log(alpha_bars) - np.log1p(-alpha_bars))
 
 
+def predict_x0(x: np.ndarray, eps: np.ndarray, alpha_bar: float) -> np.ndarray:
+    """x̂_0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t: the clean image that x_t and ε imply."""
+    return (x - np.sqrt(1.0 - alpha_bar) * eps) / np.sqrt(alpha_bar)
+
+
 def spaced_timesteps(total: int, steps: int, spacing: str = "uniform", alpha_bars: np.ndarray | None = None) -> np.ndarray:
     """``steps`` distinct ascending model timesteps in [0, total), always 0 and total−1.
 
@@ -172,8 +177,7 @@ class DDIMSampler(_Steps):
         self._direction = np.sqrt(np.maximum(1.0 - self._alpha_bars_prev - self._sigmas**2, 0.0))
 
     def predict_x0(self, x: np.ndarray, i: int, eps: np.ndarray) -> np.ndarray:
-        alpha_bar = self._alpha_bars[i]
-        return (x - np.sqrt(1.0 - alpha_bar) * eps) / np.sqrt(alpha_bar)
+        return predict_x0(x, eps, self._alpha_bars[i])
 
     def step(self, x: np.ndarray, i: int, eps: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
         """One step from position ``i`` (0 = noisiest) to the next kept timestep, as float32."""
@@ -202,6 +206,7 @@ class DPMSolverSampler(_Steps):
         self.order, self.stochastic = order, stochastic
         self.model_timesteps: np.ndarray = kept[::-1].copy()
         alpha_bars = schedule.alpha_bars[self.model_timesteps]
+        self._alpha_bars = alpha_bars
         alphas, sigmas = np.sqrt(alpha_bars), np.sqrt(1.0 - alpha_bars)
         lambdas = np.log(alphas) - np.log(sigmas)
         # Each step goes to the next kept timestep; the last one to the data itself (α = 1, σ = 0, λ = ∞).
@@ -217,7 +222,6 @@ class DPMSolverSampler(_Steps):
             self._x_scale = sigmas_next / sigmas
             self._d_scale = alphas_next * -np.expm1(-h)
             self._sigmas = np.zeros_like(h)
-        self._alphas, self._sigma_t = alphas, sigmas
         # Second-order correction weight 1/(2r) where a step has history and a finite h.
         self._correction = np.zeros_like(h)
         if order == 2 and len(h) > 2:
@@ -225,7 +229,7 @@ class DPMSolverSampler(_Steps):
         self._previous: tuple[int, np.ndarray] | None = None
 
     def predict_x0(self, x: np.ndarray, i: int, eps: np.ndarray) -> np.ndarray:
-        return (x - self._sigma_t[i] * eps) / self._alphas[i]
+        return predict_x0(x, eps, self._alpha_bars[i])
 
     def step(self, x: np.ndarray, i: int, eps: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
         """One solver step from position ``i`` (0 = noisiest); positions run in order from 0."""

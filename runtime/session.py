@@ -24,15 +24,19 @@ PROVIDERS = {
 MAX_MODEL_BYTES = 2 << 30  # a single-file ONNX model cannot exceed protobuf's 2 GiB
 
 
-def gpu_present() -> bool:
-    """Whether an NVIDIA driver is loadable; checked before asking ONNX Runtime for CUDA."""
+def _cuda_driver() -> ctypes.CDLL | None:
+    """The NVIDIA driver library, or None where none is loadable."""
     for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
         try:
-            ctypes.CDLL(name)
-            return True
+            return ctypes.CDLL(name)
         except OSError:
             continue
-    return False
+    return None
+
+
+def gpu_present() -> bool:
+    """Whether an NVIDIA driver is loadable; checked before asking ONNX Runtime for CUDA."""
+    return _cuda_driver() is not None
 
 
 # What the CUDA provider of onnxruntime-gpu loads (CUDA 13, cuDNN 9); the `cuda` extra installs them.
@@ -49,16 +53,11 @@ class ProviderWarning(RuntimeWarning):
 
 def cuda_device_count() -> int:
     """CUDA devices the NVIDIA driver reports (0 without a driver), asked through the driver API."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            driver = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
+    driver = _cuda_driver()
+    count = ctypes.c_int(0)
+    if driver is None or driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
 
 
 def missing_cuda_libraries() -> list[str]:
