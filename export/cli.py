@@ -9,7 +9,7 @@ import click
 
 from ddpm.runtime.console import run_command
 from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import StagedFiles, check_distinct_paths, check_writable_dir
+from ddpm.runtime.files import StagedFiles, check_distinct_paths, output_target
 
 
 def _size(path: Path) -> str:
@@ -17,11 +17,7 @@ def _size(path: Path) -> str:
 
 
 def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
-    path = explicit if explicit is not None else out_dir / name
-    if path.is_dir():
-        raise DDPMError(f"output path {path} is a directory")
-    check_writable_dir(path.parent)
-    return path
+    return output_target(explicit if explicit is not None else out_dir / name, "output path")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -10,7 +10,7 @@ import click
 
 from .console import run_command
 from .errors import DDPMError
-from .files import StagedFiles, check_distinct_paths, check_writable_dir, write_target
+from .files import StagedFiles, check_distinct_paths, output_target
 from .outputs import VIDEO_CODECS, gif_bytes, npz_bytes, png_bytes, video_available, write_video
 from .pipeline import DDPM, ENGINE_CHOICES, SHOW, resolve_engine
 from .progress import Progress
@@ -18,15 +18,6 @@ from .sampling_cli import sampling_options, sampling_request
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 MAX_SEED = 2**63 - 1
-
-
-def _target(path: Path | None, option: str) -> Path | None:
-    if path is None:
-        return None
-    if path.is_dir():
-        raise DDPMError(f"{option} {path} is a directory; give a file name")
-    check_writable_dir(write_target(path).parent)  # a special file is refused before any sampling
-    return path
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -78,8 +69,8 @@ def run_cli(
     ddpm-run --sampler ddim --steps 50 --png fast.png              # 20x fewer network calls
     ddpm-run --onnx cond.onnx --digit all --guidance 2 --gif all.gif
     """
-    targets = {"gif": _target(gif, "--gif"), "video": _target(video, "--video"), "png": _target(png, "--png"),
-               "npz": _target(npz, "--npz")}
+    targets = {"gif": output_target(gif, "--gif"), "video": output_target(video, "--video"), "png": output_target(png, "--png"),
+               "npz": output_target(npz, "--npz")}
     if not show_info and not any(targets.values()):
         raise click.UsageError("nothing to write: give --gif, --video, --png and/or --npz")
     if video is not None:

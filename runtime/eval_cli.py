@@ -12,7 +12,7 @@ import numpy as np
 
 from .console import run_command
 from .errors import DDPMError
-from .files import StagedFiles, check_distinct_paths, check_writable_dir
+from .files import StagedFiles, check_distinct_paths, output_target
 from .mnist import load_mnist
 from .pipeline import DDPM
 from .progress import Progress
@@ -123,10 +123,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
     if npz is not None and onnx_path is not None:
         raise click.UsageError("give --npz or --onnx, not both")
     check_distinct_paths({"--json": json_path}, {"--npz": npz, "--onnx": onnx_path})
-    if json_path is not None:
-        if json_path.is_dir():
-            raise DDPMError(f"--json {json_path} is a directory")
-        check_writable_dir(json_path.parent)
+    output_target(json_path, "--json")
     sampling_given = sampler != "ancestral" or any(v is not None for v in (steps, eta, digit, guidance)) or spacing is not None
     if npz is not None and sampling_given:
         raise click.UsageError("--npz scores finished images; sampling options (--sampler, --steps, --digit, ...) need --onnx")

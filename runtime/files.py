@@ -32,6 +32,17 @@ def write_target(path: str | Path) -> Path:
     return path
 
 
+def output_target(path: Path | None, option: str) -> Path | None:
+    """Check an output path where it enters, before any work: not a directory, not a special file,
+    in a folder that takes files (or could be created). None passes through."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise DDPMError(f"{option} {path} is a directory; give a file name")
+    check_writable_dir(write_target(path).parent)
+    return path
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     """An open descriptor and name of a new hidden file in ``path``'s directory, with the usual permissions."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -84,3 +84,12 @@ def test_a_link_to_a_file_is_written_through(tmp_path):
     with atomic_write(link) as handle:
         handle.write(b"new")
     assert link.is_symlink() and real.read_text() == "new"
+
+
+def test_eval_refuses_a_special_json_target_before_sampling(invoke, tiny_export, tmp_path):
+    fifo = tmp_path / "report.json"
+    os.mkfifo(fifo)
+    result = invoke(eval_main, "--onnx", tiny_export / "unet.onnx", "--json", fifo, "--data-dir", DATA_DIR, "-n", 1000)
+    assert_one_line_error(result, "not a regular file")
+    assert "sample" not in result.err  # refused where the option entered, not after 1000 samples
+    assert not os.path.isfile(fifo)
