@@ -16,6 +16,7 @@ One process measures every row side by side, with the machine's own limit beside
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -298,7 +299,7 @@ def torch_step(torch, module, info: ModelInfo, batch: int, device: str, scripted
     schedule = info.make_schedule()
     betas = torch.tensor(schedule.betas, dtype=torch.float32, device=device)
     alpha_bars = torch.tensor(schedule.alpha_bars, dtype=torch.float32, device=device)
-    model = module.to(device)
+    model = copy.deepcopy(module).to(device)  # Module.to moves in place; the ONNX rows export the CPU original
     shape = (batch, info.image_channels, info.image_size, info.image_size)
     x = torch.randn(shape, device=device)
     if scripted:

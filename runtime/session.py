@@ -313,16 +313,22 @@ class BoundEps:
         return result
 
 
+def step_graph_ids(slot: int) -> tuple[int, int]:
+    """CUDA-graph ids of a fused stepper's two directions; distinct for every slot (0 is left to BoundEps)."""
+    return 2 * slot + 1, 2 * slot + 2
+
+
 class BoundStep:
     """A fused-step graph (x, t, noise → x_prev) through IOBinding, with x kept on the device.
 
     Two device buffers take turns as input and output, so only t and the noise travel each step
     and x comes back to the host only when ``fetch`` is called. Each direction has its own
-    binding; under CUDA graphs each is captured as its own graph (``gpu_graph_id`` 1 and 2), as a
-    captured graph replays with the addresses it saw.
+    binding; under CUDA graphs each is captured as its own graph, as a captured graph replays
+    with the addresses it saw. ``slot`` numbers the steppers that share one session (one per
+    sub-batch): each slot's two graphs get ids of their own (``step_graph_ids``).
     """
 
-    def __init__(self, session: UNetSession, x0: np.ndarray) -> None:
+    def __init__(self, session: UNetSession, x0: np.ndarray, slot: int = 0) -> None:
         check_binding(session, len(x0))
         device = _device(session)
         self.session = session
@@ -341,7 +347,7 @@ class BoundStep:
             binding.bind_ortvalue_output("x_prev", buffers[1 - direction])
             options = ort.RunOptions()
             if session.cuda_graph:
-                options.add_run_config_entry("gpu_graph_id", str(direction + 1))
+                options.add_run_config_entry("gpu_graph_id", str(step_graph_ids(slot)[direction]))
             self.bindings.append(binding)
             self.run_options.append(options)
         self.current = 0  # index of the buffer holding the latest x
