@@ -137,17 +137,20 @@ def _nan_at(monkeypatch, bad_steps):
 def test_nan_loss_stops_naming_the_step(invoke, data_dir, tmp_path, monkeypatch):
     _nan_at(monkeypatch, {7})
     out = tmp_path / "run"
-    result = invoke(train_main, *train_args(data_dir, out, "--max-steps", 12, "--save-every", 5, "--threads", 2))
+    result = invoke(train_main, *train_args(data_dir, out, "--max-steps", 12, "--save-every", 5, "--threads", 2,
+                                            "--max-bad-steps", 0))
     assert_error_line(result, "non-finite loss or gradient (nan) at step 7", "model.pt is intact", "--max-bad-steps")
     checkpoint = load_checkpoint(out / "model.pt")
     assert checkpoint["progress"]["step"] == 5
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
 
 
-def test_bad_batches_can_be_skipped(invoke, data_dir, tmp_path, monkeypatch):
+def test_isolated_bad_batches_are_skipped_by_default(invoke, data_dir, tmp_path, monkeypatch):
+    """One forward pass in bf16 on a GPU can turn NaN in a healthy run (seen at step 2022 of the
+    small preset on an H100, loss smooth before it): such batches are skipped, up to 10 a run."""
     _nan_at(monkeypatch, {3, 8})
     out = tmp_path / "run"
-    result = invoke(train_main, *train_args(data_dir, out, "--max-steps", 10, "--max-bad-steps", 2, "--threads", 2))
+    result = invoke(train_main, *train_args(data_dir, out, "--max-steps", 10, "--threads", 2))
     assert result.code == 0, result.err
     assert result.err.count("skipped the update of step") == 2
     checkpoint = load_checkpoint(out / "model.pt")

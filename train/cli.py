@@ -207,8 +207,9 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0.0, min_open=True)
               help="Continue from this checkpoint with its model, data, schedule and optimizer; only --epochs/--max-steps "
                    "may change. 'auto': the newest readable checkpoint in --out (skipping corrupt ones), or a new run if none.")
 @click.option("--keep", type=POSITIVE_INT, default=3, help="Step checkpoints (ckpt-STEP.pt) kept beside model.pt.")
-@click.option("--max-bad-steps", type=click.IntRange(min=0), default=0,
-              help="Batches with a non-finite loss or gradient to skip (no update) before stopping.")
+@click.option("--max-bad-steps", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Batches with a non-finite loss or gradient to skip (no update, one warning each) before stopping; "
+                   "0 stops at the first.")
 @click.option("--epochs", type=POSITIVE_INT, default=None, help="Passes over the data. [default: small 20, labml 3, tiny 1]")
 @click.option("--max-steps", type=POSITIVE_INT, default=None, help="Stop after this many optimizer steps in total (caps --epochs).")
 @click.option("--max-images", type=POSITIVE_INT, default=None, help="Train on the first N images only (quick runs).")

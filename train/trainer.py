@@ -95,7 +95,7 @@ class RunOptions:
     data_dir: Path = Path("data/mnist")
     download: bool = False
     keep: int = 3  # step checkpoints kept beside model.pt
-    max_bad_steps: int = 0  # batches with a non-finite loss or gradient skipped before giving up
+    max_bad_steps: int = 10  # batches with a non-finite loss or gradient skipped before giving up
     replace_old: bool = False  # a new run in a folder with older checkpoints: drop them at the first save
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool = False
