@@ -36,7 +36,8 @@ def sampling_options(function: Callable) -> Callable:
                           "spaced in log-SNR. [default: uniform for ddim, logsnr for dpm++]"),
         click.option("--digit", default=None, metavar="D|D,E,...|all",
                      help="Class-conditional models: the digit to draw, a list (cycled over the samples), or 'all' "
-                          "(every digit in turn; the grids get one column per digit)."),
+                          "(every digit in turn; the grids get one column per digit). [default: every digit equally "
+                          "often, in an order drawn from the seed]"),
         click.option("--guidance", type=click.FloatRange(min=0.0), default=None,
                      help=f"Classifier-free guidance w with --digit: ε = (1+w)·ε(x,y) − w·ε(x,∅); 0 = plain "
                           f"conditional. [default: {DEFAULT_GUIDANCE:g} with --digit]"),

@@ -15,7 +15,7 @@ from ddpm.export.cli import main as export_main
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.eval_cli import main as eval_main
-from ddpm.runtime.pipeline import DDPM
+from ddpm.runtime.pipeline import DDPM, class_prior_labels
 from ddpm.runtime.sampler import AncestralSampler, DDIMSampler, spaced_timesteps
 from ddpm.runtime.sampling_cli import DEFAULT_GUIDANCE
 from ddpm.runtime.schedule import cosine_alpha_bar, make_schedule
@@ -196,6 +196,21 @@ def test_conditional_generate_labels(conditional):
     assert np.abs(guided.samples - plain.samples).max() > 1e-3
     with pytest.raises(DDPMError, match="labels"):
         ddpm.generate(2, labels=np.array([1, 10]))
+
+
+def test_without_labels_every_class_is_drawn_equally_often(conditional):
+    """No requested digit: labels from the class prior, balanced, in a seeded order on a stream of
+    their own (the images' noise is that of the same labels given explicitly)."""
+    ddpm = DDPM.load(conditional / "unet.onnx", provider="cpu")
+    run = ddpm.generate(23, seed=4, sampler="ddim", steps=5)
+    labels = np.array(run.settings["labels"])
+    assert sorted(np.bincount(labels, minlength=10)) == [2] * 7 + [3] * 3  # 23 = 10·2 + 3
+    assert run.settings["guidance"] == 0.0
+    again = ddpm.generate(23, seed=4, sampler="ddim", steps=5, labels=labels)
+    np.testing.assert_array_equal(again.images, run.images)
+    other = ddpm.generate(23, seed=5, sampler="ddim", steps=5).settings["labels"]
+    assert other != run.settings["labels"]
+    np.testing.assert_array_equal(class_prior_labels(23, 10, 4), labels)
 
 
 def test_run_and_eval_with_digits(invoke, conditional, tmp_path):
