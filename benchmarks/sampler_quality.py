@@ -6,7 +6,9 @@
     python benchmarks/sampler_quality.py ... --report-only --out benchmarks/results --tag default
 
 Each setting's scores are cached in WORK, so an interrupted job continues. Latency comes from the same
-runs: measure on a quiet machine, or rerun with --latency-only there.
+runs; on a machine busy with other work, time every cached setting again in a quiet moment with
+--latency-only (one batch of 16 each). --from-eval adds a setting scored elsewhere (a ddpm-eval --json
+report of the same model, N and seed, e.g. the 1000-step loop run on a GPU); the table names its source.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="Cache of per-setting results (outside git).")
     parser.add_argument("--only", default=None, help="Comma-separated samplers to run (default: all).")
     parser.add_argument("--report-only", action="store_true", help="Write the table and plot from the cache.")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="Time one batch of 16 for every cached setting (on a quiet machine) and keep that latency.")
+    parser.add_argument("--from-eval", type=Path, action="append", default=[], metavar="REPORT",
+                        help="Add the scores of a ddpm-eval --json report of this model (repeatable).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="default", help="Result files: sampler-quality-TAG.{md,json,png}.")
     opts = parser.parse_args()
@@ -68,8 +74,14 @@ def main() -> None:
     reference = judge(test_images[half:])[1]
     labels = np.resize(np.arange(10, dtype=np.int64), opts.n) if opts.digit else None
     floor = score(*judge(test_images[: opts.n]), reference, test_labels[: opts.n] if labels is not None else None).to_dict()
-    if not opts.report_only:
-        ddpm = DDPM.load(opts.onnx, provider="cpu", threads=opts.threads, conditional=bool(opts.digit))
+    for path in opts.from_eval:
+        imported = from_eval(path, opts.n)
+        (opts.work / f"{imported['sampler']}-{imported['eta']}-{imported['calls']}-n{opts.n}.json").write_text(
+            json.dumps(imported, indent=2) + "\n")
+    if opts.latency_only:
+        time_cached(DDPM.load(opts.onnx, provider="cpu", threads=opts.threads), opts, labels)
+    elif not opts.report_only:
+        ddpm = DDPM.load(opts.onnx, provider="cpu", threads=opts.threads)
         for sampler, eta, calls in SETTINGS:
             if opts.only and sampler not in opts.only.split(","):
                 continue
@@ -85,6 +97,32 @@ def main() -> None:
     report(results, floor, opts)
 
 
+def from_eval(path: Path, n: int) -> dict:
+    """A cache entry from a ddpm-eval report; its latency is left to --latency-only."""
+    report = json.loads(path.read_text())
+    source, samples = report["source"], report["samples"]
+    if samples["count"] != n or source.get("seed") != 0:
+        raise SystemExit(f"{path}: N = {samples['count']}, seed {source.get('seed')}; this table is N = {n}, seed 0")
+    return {"sampler": source["sampler"], "eta": source.get("eta"), "calls": source["steps"], "n": n,
+            "seconds_per_sample": None, "spacing": source.get("spacing"), "samples": samples,
+            "note": f"scores from ddpm-eval on {source.get('provider', '?')} ({path.name})"}
+
+
+def time_cached(ddpm: DDPM, opts, labels) -> None:
+    """Per-sample seconds of one batch of 16 for every cached setting, written back to the cache."""
+    for cache in sorted(opts.work.glob(f"*-n{opts.n}.json")):
+        result = json.loads(cache.read_text())
+        kwargs = {"sampler": result["sampler"], "steps": result["calls"],
+                  **({"eta": result["eta"]} if result["eta"] is not None else {})}
+        if labels is not None:
+            kwargs.update(labels=labels[:BATCH], guidance=opts.guidance)
+        run = ddpm.generate(BATCH, seed=0, batch_size=BATCH, **kwargs)
+        result["seconds_per_sample"] = run.seconds / BATCH
+        result["latency"] = f"one batch of {BATCH}, timed apart from the scores"
+        cache.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{label(result['sampler'], result['eta']):16s} {result['calls']:5d} calls: {run.seconds / BATCH:.3f} s/sample", flush=True)
+
+
 def report(results: list[dict], floor: dict, opts) -> None:
     order = {(s, e, c): i for i, (s, e, c) in enumerate(SETTINGS)}
     results.sort(key=lambda r: order.get((r["sampler"], r["eta"], r["calls"]), 99))
@@ -98,7 +136,13 @@ def report(results: list[dict], floor: dict, opts) -> None:
         s = r["samples"]
         ratio = f"{s['frechet_distance'] / base['samples']['frechet_distance']:.2f}" if base else "-"
         lines.append(f"| {label(r['sampler'], r['eta'])} | {r['calls']} | {s['frechet_distance']:.1f} | {ratio} | {s['confidence']:.3f} | "
-                     f"{s['max_class_deviation']:.3f} |" + (f" {s['accuracy']:.3f} |" if accuracy else "") + f" {r['seconds_per_sample']:.3f} |")
+                     f"{s['max_class_deviation']:.3f} |" + (f" {s['accuracy']:.3f} |" if accuracy else "")
+                     + (f" {r['seconds_per_sample']:.3f} |" if r["seconds_per_sample"] is not None else " - |"))
+    notes = [f"- {label(r['sampler'], r['eta'])}, {r['calls']} calls: {r['note']}" for r in results if r.get("note")]
+    if any(r.get("latency") for r in results):
+        notes.append(f"- Latency: one batch of {BATCH} per setting, timed apart from the scores (`--latency-only`).")
+    if notes:
+        lines += ["", *notes]
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / f"sampler-quality-{opts.tag}.md").write_text("\n".join(lines) + "\n")
     (opts.out / f"sampler-quality-{opts.tag}.json").write_text(json.dumps({"floor": floor, "results": results}, indent=2) + "\n")
@@ -113,6 +157,7 @@ def plot(results: list[dict], floor: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    results = [r for r in results if r["seconds_per_sample"] is not None]
     for key in dict.fromkeys((r["sampler"], r["eta"]) for r in results):
         points = [r for r in results if (r["sampler"], r["eta"]) == key]
         ax.plot([r["seconds_per_sample"] for r in points], [r["samples"]["frechet_distance"] for r in points], marker="o",
