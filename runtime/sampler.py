@@ -160,8 +160,8 @@ class DDIMSampler(_Steps):
     """
 
     def __init__(self, schedule: Schedule, steps: int | None = None, eta: float = 0.0, spacing: str = "uniform") -> None:
-        if not (eta >= 0 and np.isfinite(eta)):
-            raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+        if not 0 <= eta <= 1:  # 1: as much noise as the ancestral sampler; beyond it no direction term is left
+            raise ValueError(f"eta must be between 0 and 1, got {eta}")
         total = schedule.timesteps
         steps = total if steps is None else int(steps)
         kept = spaced_timesteps(total, steps, spacing, schedule.alpha_bars)
