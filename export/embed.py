@@ -5,9 +5,9 @@
 
 Writes runtime/models/default.onnx (EMA weights, verified like ddpm-export), samples.png (64
 digits, seed 0, 1000 steps, drawn by the runtime from the new file) and README.md (the card).
-A class-conditional checkpoint goes to conditional.onnx, conditional-samples.png (every digit in
-turn, DDIM 50 steps with eta 1, the default guidance) and CONDITIONAL.md. ``--metrics`` adds ddpm-eval reports
-(``--json``) to the card as a table.
+A class-conditional model serves both ``ddpm-run`` (every digit equally often) and ``ddpm-run
+--digit``; its card also gets digits.png (every digit in turn, with the defaults of ``--digit``).
+``--metrics`` adds ddpm-eval reports (``--json``) to the card as a table.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ddpm.runtime.files import StagedFiles
 from ddpm.runtime.outputs import png_bytes
-from ddpm.runtime.pipeline import DDPM
-from ddpm.runtime.sampling_cli import DEFAULT_GUIDANCE
+from ddpm.runtime.pipeline import DDPM, DEFAULT_MODEL
+from ddpm.runtime.sampling_cli import sampling_request
 
 from ddpm.train.checkpoint import read_checkpoint_file
 
@@ -37,6 +37,10 @@ def training_summary(log_path: Path, step: int) -> dict:
         return {}
     last = records[-1]
     return {"steps": last["step"], "epochs": last["epoch"], "wall_hours": last["elapsed_s"] / 3600, "final_loss": last["loss"]}
+
+
+def wall_time(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.1f} min"
 
 
 def metrics_table(reports: list[tuple[str, dict]]) -> str:
@@ -65,7 +69,7 @@ def card(info, parameters: int, summary: dict, planned_steps: int, command: str,
         partial = f" of the {planned_steps:,} the command plans" if planned_steps > summary["steps"] else ""
         train_note = (
             f"- Trained for {summary['steps']:,} steps{partial} ({summary['epochs']:.2f} epochs of the 60,000 MNIST "
-            f"training images, batch 128), {summary['wall_hours']:.1f} h wall time; mean L_simple over the last "
+            f"training images, batch 128), {wall_time(summary['wall_hours'])} wall time; mean training loss over the last "
             f"logged steps: {summary['final_loss']:.4f}.\n"
         )
     config = info.model_config
@@ -75,21 +79,20 @@ def card(info, parameters: int, summary: dict, planned_steps: int, command: str,
     else:
         schedule_text = f"cosine alpha-bar (offset {schedule['offset']:g}, beta <= {schedule['max_beta']:g})"
     conditional = info.num_classes > 0
-    title = "Embedded class-conditional model" if conditional else "Embedded default model"
-    role = ("what `ddpm-run --digit ...` samples when no `--onnx` is given. Class-conditional on the "
-            f"{info.num_classes} digits, with a 'no class' index for classifier-free guidance"
-            if conditional else "what `ddpm-run` samples when no `--onnx` is given")
-    grid = (f"every digit in turn (10 columns), seed 0, DDIM 50 steps with eta 1, guidance {DEFAULT_GUIDANCE:g}, drawn by "
-            f"the runtime from this file (`ddpm-run --digit all -n 100 --sampler ddim --eta 1 --seed 0 --png {files['png']} "
-            "--scale 2`)"
-            if conditional else
-            "64 samples, seed 0, the full 1000-step ancestral loop, drawn by the runtime from this file "
+    role = "what `ddpm-run` samples when no `--onnx` is given"
+    if conditional:
+        role += (f", with and without `--digit`. Class-conditional on the {info.num_classes} digits, with a 'no class' "
+                 "index for classifier-free guidance; without `--digit` every digit is drawn equally often")
+    grid = ("64 samples, seed 0, the full 1000-step ancestral loop, drawn by the runtime from this file "
             f"(`ddpm-run -n 64 --seed 0 --png {files['png']} --scale 2` draws the same grid)")
+    if conditional:
+        grid += (f".\n\n`{files['digits']}`: every digit in turn (10 columns), seed 0, with the defaults of `--digit` "
+                 f"(`ddpm-run --digit all -n 100 --seed 0 --png {files['digits']} --scale 2`)")
     quality = ""
     if reports:
         quality = ("\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
                    + metrics_table(reports))
-    return f"""# {title}
+    return f"""# Embedded default model
 
 `{files['onnx']}` is {role}.
 
@@ -146,8 +149,7 @@ def main() -> None:
     summary = training_summary(log, source.info.source["step"]) if log.exists() else {}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     conditional = source.info.num_classes > 0
-    files = ({"onnx": "conditional.onnx", "png": "conditional-samples.png", "card": "CONDITIONAL.md"} if conditional
-             else {"onnx": "default.onnx", "png": "samples.png", "card": "README.md"})
+    files = {"onnx": DEFAULT_MODEL, "png": "samples.png", "card": "README.md", **({"digits": "digits.png"} if conditional else {})}
     with StagedFiles() as staged:
         onnx_tmp = staged.stage(args.out_dir / files["onnx"])
         onnx_tmp.write_bytes(onnx_model(source).SerializeToString())
@@ -155,19 +157,16 @@ def main() -> None:
         if diff > 1e-4:
             raise SystemExit(f"verification failed: {diff:.2e}")
         ddpm = DDPM.load(onnx_tmp, provider="cpu")
+        staged.stage(args.out_dir / files["png"]).write_bytes(png_bytes(ddpm.sample(64, seed=0), scale=2))
         if conditional:
-            count = 10 * source.info.num_classes
-            run = ddpm.generate(count, seed=0, sampler="ddim", steps=50, eta=1.0, labels=ddpm.labels_for("all", count),
-                                guidance=DEFAULT_GUIDANCE)
-            grid = png_bytes(run.images, scale=2, columns=source.info.num_classes)
-        else:
-            grid = png_bytes(ddpm.sample(64, seed=0), scale=2)
-        staged.stage(args.out_dir / files["png"]).write_bytes(grid)
+            request = sampling_request(ddpm, 10 * source.info.num_classes, None, None, None, None, "all", None)
+            run = ddpm.generate(request.n, seed=0, **request.kwargs)
+            staged.stage(args.out_dir / files["digits"]).write_bytes(png_bytes(run.images, scale=2, columns=request.columns))
         staged.stage(args.out_dir / files["card"]).write_text(
             card(source.info, parameters, summary, planned, args.command, args.hardware, diff, files, reports)
         )
         staged.commit()
-    print(f"wrote {args.out_dir}/{files['onnx']}, {files['png']}, {files['card']} (step {source.info.source['step']})")
+    print(f"wrote {', '.join(str(args.out_dir / name) for name in files.values())} (step {source.info.source['step']})")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ MAX_SEED = 2**63 - 1
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
-              help="Exported model (ddpm-export). [default: the model shipped with the package; with --digit its class-conditional sibling]")
+              help="Exported model (ddpm-export). [default: the class-conditional model shipped with the package]")
 @click.option("--gif", type=click.Path(path_type=Path), default=None, help="Write the denoising as an animated GIF grid.")
 @click.option("--video", type=click.Path(path_type=Path), default=None,
               help="Write the denoising as an MP4 (.mp4, H.264) or WebM (.webm, VP9) video; needs the video extra "
@@ -57,7 +57,7 @@ MAX_SEED = 2**63 - 1
 def run_cli(
     onnx_path: Path | None, gif: Path | None, video: Path | None, show: str, png: Path | None, npz: Path | None, num_samples: int | None,
     batch_size: int | None, seed: int | None, frames: int, fps: float, hold: float, scale: int,
-    sampler: str, steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None,
+    sampler: str | None, steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None,
     provider: str, engine: str, threads: int | None, device_id: int, show_info: bool, quiet: bool,
 ) -> None:
     """Draw MNIST digits with an exported DDPM: the ancestral loop (or DDIM, DPM-Solver++) in NumPy around ONNX Runtime.
@@ -67,6 +67,7 @@ def run_cli(
     ddpm-run --onnx unet.onnx -n 64 --png grid.png --npz samples.npz --seed 3
     ddpm-run --sampler dpm++2m-sde --png fast.png                  # 20 network calls, 50x faster
     ddpm-run --sampler ddim --steps 50 --png fast.png              # 20x fewer network calls
+    ddpm-run --digit 7 --png sevens.png                            # 16 sevens: DPM-Solver++ SDE, 20 calls, guidance 1
     ddpm-run --onnx cond.onnx --digit all --guidance 2 --gif all.gif
     """
     targets = {"gif": output_target(gif, "--gif"), "video": output_target(video, "--video"), "png": output_target(png, "--png"),
@@ -83,7 +84,7 @@ def run_cli(
     if engine == "cudagraph" and provider == "cpu":
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
     check_distinct_paths({"--gif": gif, "--video": video, "--png": png, "--npz": npz}, {"--onnx": onnx_path})
-    ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, conditional=digit is not None, cuda_graph=engine == "cudagraph",
+    ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, cuda_graph=engine == "cudagraph",
                      device_id=device_id)
     if show_info:
         info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}

@@ -90,7 +90,7 @@ def table(samples: Scores, floor: Scores) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--npz", type=click.Path(path_type=Path), default=None, help="Score the images of a ddpm-run --npz archive.")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
-              help="Sample this exported model (without --npz). [default: the embedded model; with --digit the embedded class-conditional one]")
+              help="Sample this exported model (without --npz). [default: the embedded class-conditional model]")
 @click.option("-n", "--num-samples", type=click.IntRange(min=2), default=1000,
               help="Samples to draw when sampling (the floor uses as many real images; at most half the test set).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed when sampling (fixed, so scores compare).")
@@ -105,7 +105,7 @@ def table(samples: Scores, floor: Scores) -> str:
               help="How samples return to 28x28 for the judge: crop the padding or resize. 'auto': what the model was trained with.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, sampler: str,
+def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, sampler: str | None,
                  steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None, batch_size: int | None, provider: str, threads: int | None, device_id: int, data_dir: Path, transform: str,
                  json_path: Path | None, quiet: bool) -> None:
     """Score generated digits with the judge: confidence, class histogram, Fréchet distance to the MNIST
@@ -124,7 +124,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
         raise click.UsageError("give --npz or --onnx, not both")
     check_distinct_paths({"--json": json_path}, {"--npz": npz, "--onnx": onnx_path})
     output_target(json_path, "--json")
-    sampling_given = sampler != "ancestral" or any(v is not None for v in (steps, eta, digit, guidance)) or spacing is not None
+    sampling_given = any(v is not None for v in (sampler, steps, eta, digit, guidance, spacing))
     if npz is not None and sampling_given:
         raise click.UsageError("--npz scores finished images; sampling options (--sampler, --steps, --digit, ...) need --onnx")
     test_images, test_labels = load_mnist(data_dir, "test")
@@ -144,7 +144,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
         if labels is not None and len(labels) != len(images):
             raise DDPMError(f"{npz}: its settings list {len(labels)} labels for {len(images)} images")
     else:
-        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, conditional=digit is not None, device_id=device_id)
+        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, device_id=device_id)
         request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance)
         progress = Progress(request.steps, f"sample {num_samples}", unit="step", enabled=not quiet)
         with progress:

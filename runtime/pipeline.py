@@ -57,13 +57,13 @@ def resolve_engine(choice: str, provider: str, fixed_batch: int | None) -> str:
         return "plain" if provider == "CPUExecutionProvider" else "iobinding"
     return choice
 
-DEFAULT_MODEL = "default.onnx"
-CONDITIONAL_MODEL = "conditional.onnx"
+DEFAULT_MODEL = "default.onnx"  # class-conditional: ddpm-run with and without --digit
 # Per-image time of the small model on a 2-core CPU is flat from 16 to 32 and rises beyond
 # (benchmarks/README.md, batch sweep); 16 keeps memory and first-result latency low.
 CPU_BATCH_SIZE = 16
 
 
+MAX_GUIDANCE = 50.0  # (1+w)·ε − w·ε(∅): the shipped model already draws near-identical digits at w = 3 (README, Quality)
 LABEL_STREAM = 0x1ABE1  # the labels' random stream, apart from the images' noise
 
 
@@ -82,13 +82,12 @@ def class_prior_labels(n: int, classes: int, seed: int) -> np.ndarray:
     return rng.permutation(order[np.arange(n) % classes]).astype(np.int64)
 
 
-def default_model_path(conditional: bool = False) -> Path:
-    """A model shipped inside the package (the ``small`` preset, EMA weights): the unconditional
-    default, or the class-conditional one that ``--digit`` uses when no model is named."""
-    name = CONDITIONAL_MODEL if conditional else DEFAULT_MODEL
-    path = Path(str(resources.files("ddpm.runtime") / "models" / name))
+def default_model_path() -> Path:
+    """The model shipped inside the package (the ``small`` preset, EMA weights, class-conditional),
+    sampled when no model is named, with or without requested digits."""
+    path = Path(str(resources.files("ddpm.runtime") / "models" / DEFAULT_MODEL))
     if not path.is_file():
-        raise DDPMError(f"the embedded {'class-conditional ' if conditional else ''}model is missing from this installation ({path})")
+        raise DDPMError(f"the embedded model is missing from this installation ({path})")
     return path
 
 
@@ -130,11 +129,11 @@ class DDPM:
     @classmethod
     def load(
         cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False,
-        conditional: bool = False, device_id: int = 0,
+        device_id: int = 0,
     ) -> "DDPM":
-        """Open an exported model; without a path, the embedded one (the class-conditional one if asked).
-        ``device_id`` picks the GPU on a machine with several."""
-        path = Path(onnx_path) if onnx_path is not None else default_model_path(conditional)
+        """Open an exported model; without a path, the embedded one. ``device_id`` picks the GPU on a
+        machine with several."""
+        path = Path(onnx_path) if onnx_path is not None else default_model_path()
         return cls(UNetSession(path, provider=provider, threads=threads, cuda_graph=cuda_graph, device_id=device_id))
 
     @property
@@ -229,10 +228,11 @@ class DDPM:
         spacing = spacing or DEFAULT_SPACING[sampler]
         if spacing not in SPACINGS:
             raise DDPMError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-        if not (eta >= 0 and np.isfinite(eta)):
-            raise DDPMError(f"eta must be a finite number >= 0, got {eta}")
-        if not (guidance >= 0 and np.isfinite(guidance)):
-            raise DDPMError(f"guidance must be a finite number >= 0, got {guidance}")
+        if not 0 <= eta <= 1:
+            raise DDPMError(f"eta must be between 0 (deterministic) and 1 (as noisy as the ancestral sampler), got {eta}")
+        if not 0 <= guidance <= MAX_GUIDANCE:
+            raise DDPMError(f"guidance must be between 0 and {MAX_GUIDANCE:g} (beyond, (1+w)·ε only saturates the pixels), "
+                            f"got {guidance}")
         classes = self.info.num_classes
         if labels is not None:
             labels = np.asarray(labels, dtype=np.int64)

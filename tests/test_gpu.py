@@ -101,7 +101,7 @@ def test_fast_samplers_on_the_embedded_model(record_property, sampler, steps, et
 @pytest.mark.parametrize("sampler, steps", [("ancestral", None), ("ddim", 50)])
 def test_guidance_on_the_embedded_conditional_model(record_property, sampler, steps):
     labels = np.array([0, 1, 3, 7, 8, 9], dtype=np.int64)
-    runs = [DDPM.load(provider=provider, conditional=True).generate(6, seed=4, sampler=sampler, steps=steps, labels=labels,
+    runs = [DDPM.load(provider=provider).generate(6, seed=4, sampler=sampler, steps=steps, labels=labels,
                                                                     guidance=3.0, engine=engine)
             for provider, engine in (("cpu", "plain"), ("cuda", "iobinding"))]
     image_difference(runs[1].images, runs[0].images, record_property)

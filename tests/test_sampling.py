@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +120,9 @@ def test_ddim_eta_zero_is_deterministic(tiny_export):
 
 def test_ddim_rejects_bad_settings():
     schedule = make_schedule()
-    with pytest.raises(ValueError, match="eta"):
-        DDIMSampler(schedule, 10, eta=-0.1)
+    for eta in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="eta"):
+            DDIMSampler(schedule, 10, eta=eta)
     for steps in (0, 1001):
         with pytest.raises(ValueError, match="steps"):
             DDIMSampler(schedule, steps)
@@ -239,6 +241,8 @@ def test_run_and_eval_with_digits(invoke, conditional, tmp_path):
     (["--sampler", "ddim", "--steps", "1001"], "--steps"),
     (["--sampler", "ddim", "--steps", "0"], "--steps"),
     (["--sampler", "ddim", "--eta", "-0.5"], "--eta"),
+    (["--sampler", "ddim", "--eta", "1e300"], "--eta"),
+    (["--digit", "3", "--guidance", "1e300"], "--guidance"),
     (["--eta", "0.5"], "--sampler ddim"),
     (["--spacing", "quadratic"], "--sampler ddim"),
 ])
@@ -266,14 +270,27 @@ def test_cosine_rejects_linear_settings(invoke, tmp_path):
     assert_one_line_error(result, "cosine")
 
 
-def test_digit_without_onnx_uses_the_embedded_conditional_model(invoke, tmp_path):
-    from ddpm.runtime.pipeline import default_model_path
+def test_the_embedded_model_serves_with_and_without_digits(invoke, tmp_path):
+    assert DDPM.load(provider="cpu").info.num_classes == 10
+    for args, labels in ((["--digit", "7"], [7, 7]), ([], None)):
+        out = tmp_path / f"{len(args)}.npz"
+        result = invoke(run_main, *args, "-n", 2, "--sampler", "ddim", "--steps", 3, "--npz", out, "--provider", "cpu")
+        assert result.code == 0, result.err
+        settings = json.loads(str(np.load(out)["settings"]))
+        if labels:
+            assert settings["labels"] == labels and settings["guidance"] == DEFAULT_GUIDANCE
+        else:  # every digit equally often: two samples, two different digits
+            assert len(set(settings["labels"])) == 2 and settings["guidance"] == 0.0
 
-    path = default_model_path(conditional=True)
-    assert DDPM.load(path, provider="cpu").info.num_classes == 10
-    assert DDPM.load(provider="cpu").info.num_classes == 0  # the default stays unconditional
-    out = tmp_path / "sevens.npz"
-    result = invoke(run_main, "--digit", "7", "-n", 2, "--sampler", "ddim", "--steps", 3, "--npz", out, "--provider", "cpu")
-    assert result.code == 0, result.err
-    assert "conditional.onnx" in result.err
-    assert json.loads(str(np.load(out)["settings"]))["labels"] == [7, 7]
+
+def test_embed_ships_a_conditional_model_for_both_uses(conditional, tmp_path, monkeypatch):
+    from ddpm.export import embed
+
+    out = tmp_path / "models"
+    monkeypatch.setattr(sys, "argv", ["embed", "--ckpt", str(conditional / "model.pt"), "--out-dir", str(out),
+                                      "--command", "ddpm-train --preset tiny --conditional", "--hardware", "a test"])
+    embed.main()
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "default.onnx", "digits.png", "samples.png"]
+    assert DDPM.load(out / "default.onnx", provider="cpu").info.num_classes == 10
+    card = (out / "README.md").read_text()
+    assert "with and without `--digit`" in card and "digits.png" in card and "ddpm-train --preset tiny --conditional" in card
