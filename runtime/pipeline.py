@@ -266,7 +266,8 @@ class DDPM:
         method = sampler
         sampler = self.sampler(steps, method, eta, spacing)
         info = self.info
-        if classes and labels is None:
+        drawn = bool(classes) and labels is None
+        if drawn:
             labels = class_prior_labels(n, classes, seed)
         y = labels
         shape = (n, info.image_channels, info.image_size, info.image_size)
@@ -307,7 +308,7 @@ class DDPM:
             "seed": seed, "num_samples": n, "sampler": method, "steps": len(sampler), "timesteps": self.timesteps,
             **({"eta": float(eta)} if method == "ddim" else {}),
             **({"spacing": spacing} if method != "ancestral" else {}),
-            **({"labels": labels.tolist(), "guidance": float(guidance)} if labels is not None else {}),
+            **({"labels": labels.tolist(), "labels_drawn": drawn, "guidance": float(guidance)} if labels is not None else {}),
             "batch_size": batch_size, "engine": engine, "variance": info.variance, "noise_at_last_step": info.noise_at_last_step,
             "provider": self.provider, "model": str(self.session.path), "model_sha256": info.source.get("sha256", ""),
             "transform": info.source.get("transform", "pad"),

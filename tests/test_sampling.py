@@ -207,7 +207,7 @@ def test_without_labels_every_class_is_drawn_equally_often(conditional):
     run = ddpm.generate(23, seed=4, sampler="ddim", steps=5)
     labels = np.array(run.settings["labels"])
     assert sorted(np.bincount(labels, minlength=10)) == [2] * 7 + [3] * 3  # 23 = 10·2 + 3
-    assert run.settings["guidance"] == 0.0
+    assert run.settings["guidance"] == 0.0 and run.settings["labels_drawn"]
     again = ddpm.generate(23, seed=4, sampler="ddim", steps=5, labels=labels)
     np.testing.assert_array_equal(again.images, run.images)
     other = ddpm.generate(23, seed=5, sampler="ddim", steps=5).settings["labels"]
@@ -229,7 +229,9 @@ def test_run_and_eval_with_digits(invoke, conditional, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert 0.0 <= report["samples"]["accuracy"] <= 1.0
     assert report["floor"]["accuracy"] >= 0.9  # the judge on real digits
-    assert any(line.startswith("conditional accuracy") for line in report["targets"])
+    assert any(line.startswith("judged as requested >= 0.98") for line in report["targets"])
+    assert any(line.startswith("worst digit judged as requested >= 0.95") for line in report["targets"])
+    assert any(line.startswith("Fréchet distance <= 1.5 x floor") for line in report["targets"])
 
 
 @pytest.mark.parametrize("args, fragment", [
