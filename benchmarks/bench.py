@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -299,7 +300,8 @@ def torch_step(torch, module, info: ModelInfo, batch: int, device: str, scripted
     schedule = info.make_schedule()
     betas = torch.tensor(schedule.betas, dtype=torch.float32, device=device)
     alpha_bars = torch.tensor(schedule.alpha_bars, dtype=torch.float32, device=device)
-    model = copy.deepcopy(module).to(device)  # Module.to moves in place; the ONNX rows export the CPU original
+    # Module.to moves in place, and the ONNX rows export the CPU original: a GPU row runs a copy.
+    model = module if device == "cpu" else copy.deepcopy(module).to(device)
     shape = (batch, info.image_channels, info.image_size, info.image_size)
     x = torch.randn(shape, device=device)
     if scripted:
@@ -416,8 +418,6 @@ def run_benchmark(
 
 def check_tag(tag: str | None) -> str | None:
     """A tag names files inside --out-dir: no path separators, no leading dot, a sane length."""
-    import re
-
     if tag is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", tag):
         raise click.BadParameter(f"{tag!r}: use up to 64 letters, digits, '.', '_' or '-', not starting with '.'")
     return tag

@@ -68,6 +68,19 @@ def tiny_export(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def variants(tiny_export, tmp_path_factory) -> Path:
+    """The tiny model's GPU-oriented exports: fp16 and fused-step copies, dynamic and fixed batch 3
+    (unet[.step][.fp16][.b3].onnx)."""
+    from ddpm.export.cli import main as export_main
+    from tests_support import run_main
+
+    out = tmp_path_factory.mktemp("variants")
+    assert run_main(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--fp16", "--fused-step",
+                    "--fixed-batch", 3, "--no-torchscript") == 0
+    return out
+
+
 def assert_error_line(result: Result, *fragments: str) -> None:
     """For failures after progress output: exit code != 0, exactly one 'error:' line naming the problem, no traceback."""
     assert result.code != 0, result

@@ -3,31 +3,19 @@ copies, fixed batches and the ``--engine`` plumbing of ddpm-run."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 
 from conftest import assert_one_line_error
-from ddpm.export.cli import main as export_main
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime import pipeline
 from ddpm.runtime.pipeline import DDPM, resolve_engine
 from ddpm.runtime.session import BoundStep, UNetSession, step_graph_ids
-from tests_support import run_main as call_main
 
 VARIANTS = ["unet.onnx", "unet.b3.onnx", "unet.fp16.onnx", "unet.fp16.b3.onnx",
             "unet.step.onnx", "unet.step.b3.onnx", "unet.step.fp16.onnx", "unet.step.fp16.b3.onnx"]
-
-
-@pytest.fixture(scope="module")
-def variants(tiny_export, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("variants")
-    assert call_main(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--fp16", "--fused-step",
-                     "--fixed-batch", 3, "--no-torchscript") == 0
-    return out
 
 
 def test_export_writes_every_variant_with_its_metadata(variants):

@@ -9,18 +9,14 @@ average (fp16: 4), and at most 1% of their pixels more than 32 grey levels apart
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from conftest import DATA_DIR
-from ddpm.export.cli import main as export_main
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.pipeline import DDPM
 from ddpm.runtime.session import UNetSession, gpu_present
-from tests_support import run_main as call_main
 
 CUDA_READY = gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA_READY, reason="needs an NVIDIA GPU and onnxruntime-gpu")]
@@ -34,14 +30,6 @@ def image_difference(got: np.ndarray, expected: np.ndarray, record, mean_limit: 
     record("max_grey_levels", int(difference.max()))
     assert difference.mean() <= mean_limit
     assert (difference > 32).mean() <= 0.01
-
-
-@pytest.fixture(scope="module")
-def variants(tiny_export, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("gpu-variants")
-    assert call_main(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--fp16", "--fused-step",
-                     "--fixed-batch", 3, "--no-torchscript") == 0
-    return out
 
 
 @pytest.fixture(scope="module")
