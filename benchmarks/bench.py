@@ -33,7 +33,7 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from ddpm.runtime.console import run_command
+from ddpm.runtime.console import OutputPath, run_command
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.files import StagedFiles, check_writable_dir
 from ddpm.runtime.metadata import ModelInfo
@@ -620,7 +620,7 @@ class CommaList(click.ParamType):
 @click.option("--labml-onnx", type=click.Path(path_type=Path), default=None,
               help="An exported labml network; without it one with random weights is exported first (needs PyTorch).")
 @click.option("--quick", is_flag=True, help="A short run (under a minute on a CPU): small model, 2 warm-up and 10 timed steps.")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
+@click.option("--out-dir", type=OutputPath(folder=True), default=RESULTS_DIR,
               help="Where the JSON, Markdown and PNG go (the repository's committed results: benchmarks/results).")
 @click.option("--tag", default=None, callback=lambda ctx, param, value: check_tag(value),
               help="Name of the result files (bench-TAG.*): letters, digits, '.', '_', '-'. [default: cpu, or gpu]")

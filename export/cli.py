@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ddpm.runtime.console import run_command
+from ddpm.runtime.console import OutputPath, run_command
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.files import StagedFiles, check_distinct_paths, output_target
 
@@ -23,10 +23,10 @@ def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--ckpt", type=click.Path(path_type=Path), required=True,
               help="A ddpm-train checkpoint, or a labml.ai U-Net state dict (torch.save(unet.state_dict())).")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--out-dir", type=OutputPath(folder=True), default=None,
               help="Folder for unet.onnx and unet.ts.pt. [default: the checkpoint's folder]")
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None, help="ONNX output path. [default: OUT_DIR/unet.onnx]")
-@click.option("--torchscript", "torchscript_path", type=click.Path(path_type=Path), default=None,
+@click.option("--onnx", "onnx_path", type=OutputPath(), default=None, help="ONNX output path. [default: OUT_DIR/unet.onnx]")
+@click.option("--torchscript", "torchscript_path", type=OutputPath(), default=None,
               help="TorchScript output path. [default: OUT_DIR/unet.ts.pt]")
 @click.option("--no-torchscript", is_flag=True, help="Write the ONNX file only.")
 @click.option("--opset", type=click.IntRange(18, 20), default=18, help="ONNX opset (18-20; 21+ lacks GroupNormalization in ONNX Runtime).")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .console import run_command
+from .console import OutputPath, run_command
 from .errors import DDPMError
 from .files import StagedFiles, check_distinct_paths, output_target
 from .outputs import VIDEO_CODECS, gif_bytes, npz_bytes, png_bytes, video_available, write_video
@@ -23,14 +23,14 @@ MAX_SEED = 2**63 - 1
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
               help="Exported model (ddpm-export). [default: the class-conditional model shipped with the package]")
-@click.option("--gif", type=click.Path(path_type=Path), default=None, help="Write the denoising as an animated GIF grid.")
-@click.option("--video", type=click.Path(path_type=Path), default=None,
+@click.option("--gif", type=OutputPath(), default=None, help="Write the denoising as an animated GIF grid.")
+@click.option("--video", type=OutputPath(), default=None,
               help="Write the denoising as an MP4 (.mp4, H.264) or WebM (.webm, VP9) video; needs the video extra "
                    "(pip install \"ddpm-mnist[video]\").")
 @click.option("--show", type=click.Choice(SHOW), default="xt",
               help="What the GIF and video show: the noisy image x_t, the predicted clean digit x̂_0, or both side by side.")
-@click.option("--png", type=click.Path(path_type=Path), default=None, help="Write the final samples as a PNG grid.")
-@click.option("--npz", type=click.Path(path_type=Path), default=None,
+@click.option("--png", type=OutputPath(), default=None, help="Write the final samples as a PNG grid.")
+@click.option("--npz", type=OutputPath(), default=None,
               help="Write uint8 'images' [N,H,W], the seed and the settings (JSON) as a NumPy archive.")
 @click.option("-n", "--num-samples", type=click.IntRange(min=1), default=None,
               help="How many digits to draw. [default: 16; 2 per class with --digit all]")
@@ -93,6 +93,9 @@ def run_cli(
     loop_engine = resolve_engine(engine, ddpm.provider, ddpm.session.fixed_batch)
     request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance)
     num_samples = request.n
+    frames = frames if gif or video else 0
+    check_memory(num_samples, ddpm.info.image_size, ddpm.info.image_channels, frames * (2 if show == "both" else 1),
+                 scale if gif or video or png else 0)
     if not quiet:
         for note in ddpm.session.notes:
             if note not in ddpm.session.problems:  # those were warned about already
@@ -106,7 +109,7 @@ def run_cli(
     progress = Progress(request.steps, "sample", unit="step", enabled=not quiet)
     with progress:
         run = ddpm.generate(
-            num_samples, seed=seed, batch_size=batch_size, frames=frames if gif or video else 0, show=show,
+            num_samples, seed=seed, batch_size=batch_size, frames=frames, show=show,
             on_step=lambda done, total: progress.update(1), engine=loop_engine, **request.kwargs,
         )
 
@@ -138,6 +141,40 @@ def run_cli(
         )
         for name, size in sizes.items():
             click.echo(f"wrote {targets[name]} ({size / 1e3:.0f} kB)")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use without swapping (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_needed(n: int, size: int, channels: int, frames: int, scale: int) -> int:
+    """About how many bytes a run of ``n`` samples holds at its peak: the float32 state of every sample
+    (x, ε and the next x), the animation frames as uint8, and the upscaled grids (twice: the pictures
+    and the encoder's copy)."""
+    pixels = n * size * size
+    state = 3 * 4 * pixels * channels
+    animation = frames * pixels * channels
+    grids = 2 * (frames + 1) * n * (size + 2) ** 2 * scale**2 * channels if scale else 0
+    return state + animation + grids
+
+
+def check_memory(n: int, size: int, channels: int, frames: int, scale: int) -> None:
+    """Refuse, before sampling, a run whose outputs cannot fit in the memory this machine has free."""
+    available = available_memory()
+    needed = memory_needed(n, size, channels, frames, scale)
+    if available is not None and needed > available:
+        raise DDPMError(
+            f"-n {n} needs about {needed / 1e9:.1f} GB of memory for its samples and pictures, and "
+            f"{available / 1e9:.1f} GB is free: draw fewer per run (or fewer --frames, a smaller --scale)"
+        )
 
 
 def main() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 import click
 
@@ -23,6 +25,45 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
         return None
     extra = EXTRAS[package]
     return f"this command needs {package}, which the base install leaves out: pip install \"ddpm-mnist[{extra}]\""
+
+
+def short_name(name: object, limit: int = 80) -> str:
+    """A file name cut to ``limit`` characters for an error line (an over-long name is the error itself)."""
+    text = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else str(name)
+    return text if len(text) <= limit else f"{text[:limit - 21]}...{text[-18:]}"
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line: what went wrong and on which file."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {short_name(exc.filename)}" if exc.filename is not None else reason
+
+
+def is_out_of_memory(exc: RuntimeError) -> bool:
+    """PyTorch reports a failed allocation as a RuntimeError (torch.OutOfMemoryError on a GPU), not MemoryError."""
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
+
+
+class OutputPath(click.Path):
+    """An output path, checked as typed before any work, with the option named: a name longer than
+    file systems allow is refused, and so is a file name with a trailing slash (that names a folder)."""
+
+    name_max = 255  # bytes per name on ext4, XFS, btrfs, APFS and NTFS alike
+
+    def __init__(self, folder: bool = False) -> None:
+        super().__init__(path_type=Path)  # what exists there is judged where the path is used
+        self.folder = folder
+
+    def convert(self, value, param, ctx):
+        text = os.fspath(value)
+        if not self.folder and text.endswith(("/", os.sep)):
+            self.fail(f"{short_name(text)} ends in a slash, which names a folder; give a file name", param, ctx)
+        for part in Path(text).parts:
+            if len(os.fsencode(part)) > self.name_max:
+                self.fail(f"the name {short_name(part)} is {len(os.fsencode(part))} bytes long; file systems allow "
+                          f"{self.name_max}", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class Terminated(BaseException):
@@ -80,6 +121,14 @@ def _run(command: click.Command, prog_name: str) -> None:
         sys.exit(143)
     except MemoryError:
         click.echo(f"{prog_name}: error: out of memory", err=True)
+        sys.exit(1)
+    except OSError as exc:  # a full disk, an over-long name, a vanished folder: whatever the call was
+        click.echo(f"{prog_name}: error: {os_error_line(exc)}", err=True)
+        sys.exit(1)
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        click.echo(f"{prog_name}: error: out of memory ({str(exc).splitlines()[0][:120]})", err=True)
         sys.exit(1)
     except ModuleNotFoundError as exc:
         message = missing_extra(exc)

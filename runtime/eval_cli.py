@@ -4,13 +4,15 @@ beside the same figures for real held-out MNIST digits (the floor). No PyTorch n
 from __future__ import annotations
 
 import json
+import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import click
 import numpy as np
 
-from .console import run_command
+from .console import OutputPath, run_command
 from .errors import DDPMError
 from .files import StagedFiles, check_distinct_paths, output_target
 from .mnist import load_mnist
@@ -29,11 +31,20 @@ WORST_DIGIT_ACCURACY = 0.95
 # The test set's second half is the reference; its first half supplies the real-data floor.
 
 
+# The most bytes an --npz member may declare: ddpm-eval scores at most 5000 images (half the test
+# set), 5 MB of 32x32 uint8; the cap only stops an archive from claiming gigabytes.
+MAX_NPZ_MEMBER_BYTES = 64 << 20
+
 SETTINGS_KEPT = ("seed", "sampler", "steps", "eta", "spacing", "guidance", "model", "model_sha256")
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, dict]:
-    """uint8 ``images`` [N, H, W] and the settings of a ddpm-run archive, checked."""
+    """uint8 ``images`` [N, H, W] and the settings of a ddpm-run archive, checked.
+
+    What the archive claims is checked before anything is inflated or allocated: every member's
+    declared size against ``MAX_NPZ_MEMBER_BYTES``, and the shape in each array's header against
+    the bytes its member holds (NumPy allocates what a header declares before reading the data).
+    """
     if not path.exists():
         raise DDPMError(f"--npz {path} does not exist")
     if path.is_dir():
@@ -41,14 +52,23 @@ def load_npz(path: Path) -> tuple[np.ndarray, dict]:
     if path.stat().st_size == 0:
         raise DDPMError(f"--npz {path} is empty")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "images" not in archive.files:
-                raise DDPMError(f"{path} has no 'images' array (found: {', '.join(archive.files) or 'nothing'})")
-            images = archive["images"]
-            settings = json.loads(str(archive["settings"])) if "settings" in archive.files else {}
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            for info in members:
+                # zipfile inflates a member no further than its declared size, so this bounds the inflating.
+                if info.file_size > MAX_NPZ_MEMBER_BYTES:
+                    raise DDPMError(f"{path}: member {info.filename} declares {info.file_size} bytes, "
+                                    f"which exceeds the {MAX_NPZ_MEMBER_BYTES}-byte limit for an archive member")
+            names = {info.filename: info for info in members}
+            if "images.npy" not in names:
+                found = ", ".join(name.removesuffix(".npy") for name in names)
+                raise DDPMError(f"{path} has no 'images' array (found: {found or 'nothing'})")
+            images = _read_npy_member(path, archive, names["images.npy"])
+            settings = json.loads(str(_read_npy_member(path, archive, names["settings.npy"]))) if "settings.npy" in names else {}
     except DDPMError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    # zlib.error: corrupt deflate data; RuntimeError: an encrypted member or an unsupported compression method.
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, RuntimeError) as exc:
         raise DDPMError(f"{path} is not a readable .npz archive ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
     if images.dtype != np.uint8:
         raise DDPMError(f"{path}: images are {images.dtype}, expected uint8 (as ddpm-run writes them)")
@@ -57,6 +77,31 @@ def load_npz(path: Path) -> tuple[np.ndarray, dict]:
     if len(images) < 2:
         raise DDPMError(f"{path} holds {len(images)} images; at least 2 are needed")
     return images, settings if isinstance(settings, dict) else {}
+
+
+def _read_npy_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """The array in one .npy member of an open archive, once its header's shape is found to match
+    the bytes the member holds."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:  # 3.0 only serves structured dtypes with non-Latin-1 field names, which ddpm-run never writes
+            raise DDPMError(f"{path}: {info.filename} uses .npy format {version[0]}.{version[1]}; expected 1.0 or 2.0")
+        if dtype.hasobject:
+            raise DDPMError(f"{path}: {info.filename} holds Python objects; only plain arrays are read")
+        declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for any shape
+        held = info.file_size - member.tell()  # what follows the header
+        if declared > MAX_NPZ_MEMBER_BYTES:
+            raise DDPMError(f"{path}: {info.filename} declares shape {list(shape)} of {dtype} ({declared} bytes), "
+                            f"which exceeds the {MAX_NPZ_MEMBER_BYTES}-byte limit")
+        if declared != held:
+            raise DDPMError(f"{path}: {info.filename} declares shape {list(shape)} of {dtype} ({declared} bytes) "
+                            f"but holds {held} bytes")
+    with archive.open(info) as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
 
 
 def targets(samples: Scores, floor: Scores, requested: bool) -> list[str]:
@@ -115,7 +160,7 @@ def table(samples: Scores, floor: Scores) -> str:
               help="Folder with the MNIST test files (t10k-*). Env: DDPM_DATA_DIR.")
 @click.option("--transform", type=click.Choice(["auto", "pad", "resize"]), default="auto",
               help="How samples return to 28x28 for the judge: crop the padding or resize. 'auto': what the model was trained with.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
+@click.option("--json", "json_path", type=OutputPath(), default=None, help="Also write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, sampler: str | None,
                  steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None, batch_size: int | None, provider: str, threads: int | None, device_id: int, data_dir: Path, transform: str,

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .errors import DDPMError
+
+try:
+    import fcntl
+except ImportError:  # no flock on this platform: a killed writer's hidden temporary files stay (nothing reads them)
+    fcntl = None
 
 
 def _umask() -> int:
@@ -44,10 +50,35 @@ def output_target(path: Path | None, option: str) -> Path | None:
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
-    """An open descriptor and name of a new hidden file in ``path``'s directory, with the usual permissions."""
+    """An open descriptor and name of a new hidden file in ``path``'s directory, with the usual
+    permissions, flock-ed for as long as the descriptor stays open: that is how the next writer of
+    ``path`` tells a killed writer's leftovers (removed) from a live one's (kept)."""
+    _remove_stale_temps(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd, tmp_name
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temporary files of ``path`` whose writer is gone (no process holds their lock)."""
+    if fcntl is None:
+        return
+    for stale in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp")):
+        try:
+            fd = os.open(stale, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a running command is writing it
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -64,7 +95,7 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+            os.replace(tmp_name, path)  # while the lock is held, so no other writer takes it for stale
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
@@ -104,32 +135,45 @@ def make_dir(directory: str | Path) -> Path:
 class StagedFiles:
     """Several outputs that appear together or not at all.
 
-    ``stage(path)`` returns a temporary path beside ``path`` to write to; ``commit()`` renames
-    every staged file to its final name. Leaving the ``with`` block by an exception (or without
+    ``stage(path)`` returns a temporary path beside ``path`` to write to; ``commit()`` flushes every
+    staged file to disk, then renames each to its final name. Leaving the ``with`` block by an exception (or without
     commit) deletes the temporary files, so no half-written or unverified output remains.
     """
 
     def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
+        self._staged: list[tuple[Path, Path, int]] = []  # temporary name, final name, locked descriptor
+        self._made: list[Path] = []  # folders created for the outputs
 
     def stage(self, path: str | Path) -> Path:
         path = write_target(path)
+        missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
         make_dir(path.parent)
+        self._made += missing  # removed again if nothing is committed
         fd, tmp_name = _temp_beside(path)
-        os.close(fd)
-        self._staged.append((Path(tmp_name), path))
+        self._staged.append((Path(tmp_name), path, fd))
         return Path(tmp_name)
 
     def commit(self) -> None:
-        for tmp, final in self._staged:
+        for _, _, fd in self._staged:
+            os.fsync(fd)  # all on disk before any is renamed: a full disk shows here, with nothing replaced
+        while self._staged:
+            tmp, final, fd = self._staged[0]
             os.replace(tmp, final)
-        self._staged.clear()
+            self._staged.pop(0)
+            os.close(fd)
+        self._made.clear()
 
     def discard(self) -> None:
-        for tmp, _ in self._staged:
+        for tmp, _, fd in self._staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self._staged.clear()
+        for folder in sorted(self._made, key=lambda folder: len(folder.parts), reverse=True):  # only empty ones
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._made.clear()
 
     def __enter__(self) -> "StagedFiles":
         return self

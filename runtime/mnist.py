@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -15,6 +18,10 @@ SPLIT_FILES = {
 }
 _UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
+# The most payload an IDX file may declare. MNIST's largest file (the training images) holds
+# 47 MB; the cap only stops a header (or a gzip bomb behind it) from claiming gigabytes.
+MAX_IDX_BYTES = 1 << 30
+_CHUNK = 1 << 20  # bytes per read while streaming the payload
 
 
 def read_idx(path: str | Path, ndim: int) -> np.ndarray:
@@ -22,29 +29,62 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
 
     Layout: 2 zero bytes, type code (0x08 = ubyte), number of dimensions, then one big-endian
     uint32 per dimension, then the data in C order.
+
+    The file is streamed (inflated on the fly when gzipped), and the payload its header declares is
+    checked against ``MAX_IDX_BYTES`` before it is read, so neither a gzip bomb nor a header claiming
+    a huge shape makes this allocate more than the cap.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == _GZIP_MAGIC:
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
-        raise DDPMError(f"{path}: cannot read ({exc})") from None
     header = 4 + 4 * ndim
-    if len(raw) < header or raw[0] != 0 or raw[1] != 0 or raw[2] != _UBYTE or raw[3] != ndim:
-        found = raw[:4].hex() if len(raw) >= 4 else f"{len(raw)} bytes"
-        raise DDPMError(
-            f"{path}: not an IDX file of {ndim}-D unsigned bytes "
-            f"(expected magic 000008{ndim:02x}, found {found})"
-        )
-    dims = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(raw) != expected:
+    try:
+        with _open_idx(path) as handle:
+            head = handle.read(header)
+            if len(head) < header or head[0] != 0 or head[1] != 0 or head[2] != _UBYTE or head[3] != ndim:
+                found = head[:4].hex() if len(head) >= 4 else f"{len(head)} bytes"
+                raise DDPMError(
+                    f"{path}: not an IDX file of {ndim}-D unsigned bytes "
+                    f"(expected magic 000008{ndim:02x}, found {found})"
+                )
+            dims = tuple(int.from_bytes(head[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+            payload = math.prod(dims)  # Python ints: three uint32 dims can overflow int64
+            if payload > MAX_IDX_BYTES:
+                raise DDPMError(
+                    f"{path}: its header declares shape {dims} ({payload} bytes), "
+                    f"which exceeds the {MAX_IDX_BYTES}-byte limit for an IDX file"
+                )
+            # One byte more than declared, so that a file longer than its header says is caught too.
+            data = _read_at_most(handle, payload + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        # zlib.error (a corrupt deflate stream) is no OSError; EOFError: the stream stops early.
+        corrupt = isinstance(exc, (zlib.error, EOFError, gzip.BadGzipFile))
+        raise DDPMError(f"{path}: cannot read ({exc}{'; corrupt gzip data?' if corrupt else ''})") from None
+    if len(data) != payload:
+        found = f"{header + len(data)}" if len(data) < payload else "more"
         raise DDPMError(
             f"{path}: wrong size for an IDX file of shape {dims} "
-            f"(expected {expected} bytes, found {len(raw)}; truncated?)"
+            f"(expected {header + payload} bytes, found {found}; "
+            f"{'truncated?' if len(data) < payload else 'trailing data?'})"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _open_idx(path: Path) -> BinaryIO:
+    """``path`` opened for binary reading, inflated on the fly when it starts with the gzip magic."""
+    with path.open("rb") as probe:
+        gzipped = probe.read(2) == _GZIP_MAGIC
+    return gzip.open(path, "rb") if gzipped else path.open("rb")
+
+
+def _read_at_most(handle: BinaryIO, limit: int) -> bytearray:
+    """Up to ``limit`` bytes of ``handle``, read in chunks: memory grows with what the file
+    actually holds, not with ``limit`` (a single ``read(limit)`` may allocate ``limit`` up front)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = handle.read(min(_CHUNK, limit - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def find_idx_file(data_dir: Path, name: str) -> Path | None:

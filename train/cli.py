@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ddpm.runtime.console import run_command
+from ddpm.runtime.console import OutputPath, run_command
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.files import check_writable_dir
 
@@ -200,7 +200,7 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0.0, min_open=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
               help="Folder with the four MNIST IDX files (plain or .gz). Env: DDPM_DATA_DIR.")
 @click.option("--download", is_flag=True, help="Fetch MNIST through torchvision into --data-dir if it is missing.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "out_dir", type=OutputPath(folder=True), default=None,
               help="Output folder for model.pt (always the latest checkpoint), log.jsonl and sample grids. [default: runs/PRESET]")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if OUT/model.pt exists (it is replaced at the first save).")
 @click.option("--resume", default=None, metavar="PATH|auto",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm.runtime.console import run_command
+from ddpm.runtime.console import OutputPath, run_command
 from ddpm.runtime.files import StagedFiles, check_writable_dir
 from ddpm.runtime.mnist import load_mnist
 from ddpm.runtime.progress import Progress
@@ -117,7 +117,7 @@ def export_judge(model: Judge, path: Path) -> bytes:
               help="Folder with the four MNIST IDX files.")
 @click.option("--epochs", type=click.IntRange(min=1), default=4, help="Passes over the 60,000 training images.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the initialisation and data order.")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.option("--out", type=OutputPath(), required=True,
               help="Where the ONNX judge goes (a .md card beside it); the repository's is runtime/models/judge.onnx.")
 @click.option("--min-accuracy", type=click.FloatRange(0.0, 1.0), default=0.99, help="Refuse to write a judge below this test accuracy.")
 def judge_command(data_dir: Path, epochs: int, seed: int, out: Path, min_accuracy: float) -> None:

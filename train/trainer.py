@@ -451,7 +451,11 @@ class Trainer:
                     if main and saving:
                         self.save()
                     if main and end_of_epoch and options.sample_grid and not stop:
-                        self.write_samples(self.step // self.steps_per_epoch)
+                        try:
+                            self.write_samples(self.step // self.steps_per_epoch)
+                        except OSError as exc:  # a preview is not worth the run; the checkpoints say if the disk is full
+                            warn(f"could not write the epoch {self.step // self.steps_per_epoch} sample grid "
+                                 f"({exc.strerror or exc}); training goes on")
                     if stop:
                         raise Interrupted(signals.received or signal.SIGTERM, self.step, options.out_dir / LATEST)
         finally:
