@@ -25,6 +25,11 @@ PRECISIONS = ("fp32", "fp16")
 
 MAX_TIMESTEPS = 100_000  # diffusion steps a model may declare (1000 is usual)
 MAX_CLASSES = 100_000
+MAX_DATA_VALUE = 1e6  # pixel values are scaled to about [-1, 1]; noise of that size overflows nothing
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,9 @@ class ModelInfo:
         if not isinstance(self.image_channels, int) or not 1 <= self.image_channels <= 4:
             found.append(f"image_channels {self.image_channels!r} is not an integer in 1..4")
         low, high = self.data_range
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            found.append(f"data_range {list(self.data_range)} is not an increasing pair of finite numbers")
+        if not (-MAX_DATA_VALUE <= low < high <= MAX_DATA_VALUE):
+            found.append(f"data_range {list(self.data_range)} is not an increasing pair within ±{MAX_DATA_VALUE:g} "
+                         "(wider ranges overflow the sampler's arithmetic)")
         if self.graph not in GRAPHS:
             found.append(f"graph {self.graph!r} is not one of {GRAPHS}")
         if self.precision not in PRECISIONS:
@@ -102,9 +108,9 @@ class ModelInfo:
         for key, text in props.items():
             if key.startswith(PREFIX):
                 try:
-                    values[key[len(PREFIX):]] = json.loads(text)
+                    values[key[len(PREFIX):]] = json.loads(text, parse_constant=_refuse_constant)
                 except (TypeError, ValueError):
-                    raise DDPMError(f"{origin}: metadata {key} is not valid JSON") from None
+                    raise DDPMError(f"{origin}: metadata {key} is not valid JSON (NaN and Infinity are not JSON)") from None
         if values.get("format") != FORMAT:
             raise DDPMError(
                 f"{origin} is not a ddpm-mnist export (its metadata lacks {PREFIX}format={FORMAT}); "

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 SCHEDULE_KINDS = ("linear", "cosine")
+MIN_BETA = 1e-10  # far below any schedule in use (1e-4 is usual), far above float64's rounding at 1
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,9 @@ class Schedule:
         betas = np.asarray(self.betas, dtype=np.float64)
         if betas.ndim != 1 or betas.size < 1:
             raise ValueError("betas must be a non-empty 1-D array")
-        if not np.all((betas > 0) & (betas < 1)):
-            raise ValueError("every beta must lie in (0, 1)")
+        if not np.all((betas >= MIN_BETA) & (betas < 1)):
+            raise ValueError(f"every beta must lie in [{MIN_BETA:g}, 1): a smaller beta makes 1 - alpha_bar round "
+                             "to 0, and the sampler divides by it")
         object.__setattr__(self, "betas", betas)
 
     @property

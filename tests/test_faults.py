@@ -223,6 +223,10 @@ def test_a_flipped_bit_is_reported_and_resume_falls_back(invoke, data_dir, tmp_p
     (lambda c: c["progress"].update(step="abc"), "progress step 'abc' is not a step count"),
     (lambda c: c["ema"].pop("final.bias"), "its ema weights lack ['final.bias']"),
     (lambda c: c["model_config"].update(channel_mults=[]), "model config"),
+    (lambda c: c["schedule"].update(timesteps=10**8), "timesteps 100000000 is not an integer in 1..100000"),
+    (lambda c: c["schedule"].update(beta_start=1e-20), "1 - alpha_bar round"),
+    (lambda c: c["data"].update(data_range=[-1e308, 1e308]), "data_range"),
+    (lambda c: c["data"].update(image_size="32"), "image_size '32'"),
 ])
 def test_checkpoints_that_contradict_themselves(invoke, data_dir, tmp_path, damage, fragment):
     from ddpm.export.cli import main as export_main

@@ -19,6 +19,7 @@ import torch
 
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.files import atomic_write, make_dir
+from ddpm.runtime.metadata import ModelInfo
 
 FORMAT = "ddpm-mnist-checkpoint"
 FORMAT_VERSION = 1
@@ -129,6 +130,9 @@ def contradiction(content: dict[str, Any]) -> str | None:
         return f"model config unreadable ({exc})"
     if problems:
         return "model config: " + "; ".join(problems)
+    problem = settings_problem(content, config.image_channels)
+    if problem:
+        return problem
     step = content["progress"].get("step") if isinstance(content["progress"], dict) else None
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         return f"progress step {step!r} is not a step count"
@@ -146,6 +150,20 @@ def contradiction(content: dict[str, Any]) -> str | None:
         if wrong:
             return f"{key} weight {wrong} has shape {list(found[wrong])}, its config's U-Net needs {list(expected[wrong])}"
     return None
+
+
+def settings_problem(content: dict[str, Any], image_channels: int) -> str | None:
+    """What is impossible in a checkpoint's schedule or data settings, by the rules an export's metadata
+    must pass (timesteps bounded before any schedule is built, a data range the sampler can scale)."""
+    try:
+        data = content["data"]
+        low, high = data["data_range"]
+        info = ModelInfo(schedule=dict(content["schedule"]), image_size=data["image_size"], image_channels=image_channels,
+                         data_range=(float(low), float(high)))
+        found = info.problems()
+    except (TypeError, ValueError, KeyError) as exc:
+        return f"data or schedule settings unreadable ({exc})"
+    return f"impossible settings: {found[0]}" if found else None
 
 
 def is_project_checkpoint(content: Any) -> bool:
