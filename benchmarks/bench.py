@@ -5,8 +5,9 @@ One process measures every row side by side, with the machine's own limit beside
 - implementations: PyTorch eager, TorchScript (traced), ONNX Runtime ``run``, ONNX Runtime with
   IOBinding, IOBinding + CUDA graph (fixed-batch model, CUDA only), the fused-step graph (U-Net
   and update in one graph, x kept on the device; with and without a CUDA graph), fp16 (CUDA
-  only; alone and fused with a CUDA graph), TensorRT (when it starts); variants other than the
-  model file itself are exported on the spot from the PyTorch module;
+  only; alone and fused with a CUDA graph), TensorRT (when it starts), int8 (CPU only: the
+  model's QDQ copy as ``ddpm-export --int8`` makes it); variants other than the model file itself
+  are exported on the spot from the PyTorch module;
 - a *step* is one network call plus the DDPM update, in the implementation's own arrays;
 - per row: median, min and max step time after warm-up; per-sample latency = step time x T / B
   ("extrapolated"), or the wall time of a whole T-step ``ddpm-run`` loop ÷ B ("measured");
@@ -34,6 +35,7 @@ import click
 import numpy as np
 
 from ddpm.runtime.console import OutputPath, run_command
+from ddpm.runtime.cpu_batch import cpu_name
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.files import StagedFiles, check_writable_dir
 from ddpm.runtime.metadata import ModelInfo
@@ -42,21 +44,23 @@ from ddpm.runtime.sampler import AncestralSampler
 from ddpm.runtime.session import BoundEps, BoundStep, UNetSession, gpu_present
 
 SEED_SECONDS_PER_SAMPLE = 50.0  # the seed's figure: 1000 steps, batch 1, eager PyTorch on a V100
-IMPLEMENTATIONS = ("eager", "torchscript", "ort", "ort-iobinding", "ort-cudagraph", "ort-fused", "ort-fused-cudagraph",
+IMPLEMENTATIONS = ("eager", "torchscript", "ort", "ort-int8", "ort-iobinding", "ort-cudagraph", "ort-fused", "ort-fused-cudagraph",
                    "ort-fp16", "ort-fp16-fused-cudagraph", "tensorrt")
-# The ONNX variant each ONNX Runtime row runs: (graph, fp16, fixed batch), and the engine.
+# The ONNX variant each ONNX Runtime row runs: (graph, precision, fixed batch), and the engine.
 # "fused" graphs take (x, t, noise) and return x_{t-1}; x stays in device buffers between steps.
 ORT_VARIANTS = {
-    "ort": ("eps", False, False, "plain"),
-    "ort-iobinding": ("eps", False, False, "iobinding"),
-    "ort-cudagraph": ("eps", False, True, "iobinding"),
-    "ort-fused": ("fused-step", False, False, "iobinding"),
-    "ort-fused-cudagraph": ("fused-step", False, True, "iobinding"),
-    "ort-fp16": ("eps", True, False, "iobinding"),
-    "ort-fp16-fused-cudagraph": ("fused-step", True, True, "iobinding"),
-    "tensorrt": ("eps", False, False, "iobinding"),
+    "ort": ("eps", "fp32", False, "plain"),
+    "ort-int8": ("eps", "int8", False, "plain"),
+    "ort-iobinding": ("eps", "fp32", False, "iobinding"),
+    "ort-cudagraph": ("eps", "fp32", True, "iobinding"),
+    "ort-fused": ("fused-step", "fp32", False, "iobinding"),
+    "ort-fused-cudagraph": ("fused-step", "fp32", True, "iobinding"),
+    "ort-fp16": ("eps", "fp16", False, "iobinding"),
+    "ort-fp16-fused-cudagraph": ("fused-step", "fp16", True, "iobinding"),
+    "tensorrt": ("eps", "fp32", False, "iobinding"),
 }
 CUDA_ONLY = {"ort-cudagraph", "ort-fused-cudagraph", "ort-fp16", "ort-fp16-fused-cudagraph", "tensorrt"}
+CPU_ONLY = {"ort-int8"}  # QDQ int8 kernels are the CPU provider's
 TORCH_IMPLEMENTATIONS = ("eager", "torchscript")
 PROVIDERS = ("cpu", "cuda")
 MODELS = ("small", "labml")
@@ -93,17 +97,6 @@ class Machine:
 
 
 # -- machine and limits ----------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def try_import_torch():
@@ -186,17 +179,43 @@ class BenchModel:
     workdir: Path | None = None
     variants: dict[tuple, Path] = field(default_factory=dict)
 
-    def variant(self, graph: str, fp16: bool, fixed_batch: int | None, echo: Callable[[str], None]) -> Path:
-        """The ONNX file for a row: the model itself, or an export of the PyTorch module made on first use."""
-        if (graph, fp16, fixed_batch) == ("eps", False, None):
+    def variant(self, graph: str, precision: str, fixed_batch: int | None, echo: Callable[[str], None]) -> Path:
+        """The ONNX file for a row: the model itself, its int8 copy, or an export of the PyTorch module
+        made on first use."""
+        key = (graph, precision, fixed_batch)
+        if key == ("eps", "fp32", None):
             return self.onnx_path
-        key = (graph, fp16, fixed_batch)
         if key not in self.variants:
-            if self.torch_module is None:
+            name = f"{self.name}{'.step' if graph != 'eps' else ''}{'' if precision == 'fp32' else f'.{precision}'}" + (
+                f".b{fixed_batch}" if fixed_batch else "")
+            if precision == "int8":
+                self.variants[key] = quantize_for_timing(self.onnx_path, self.info, self.workdir / f"{name}.onnx", echo)
+            elif self.torch_module is None:
                 raise SkipRow("skipped: this variant is exported on the spot, which needs PyTorch and onnx")
-            name = f"{self.name}{'.step' if graph != 'eps' else ''}{'.fp16' if fp16 else ''}" + (f".b{fixed_batch}" if fixed_batch else "")
-            self.variants[key] = export_random(self.torch_module, self.workdir / f"{name}.onnx", fixed_batch, echo, graph, fp16)
+            else:
+                self.variants[key] = export_random(self.torch_module, self.workdir / f"{name}.onnx", fixed_batch, echo, graph,
+                                                   precision == "fp16")
         return self.variants[key]
+
+
+def quantize_for_timing(source: Path, info: ModelInfo, path: Path, echo: Callable[[str], None]) -> Path:
+    """The model's int8 copy as ``ddpm-export --int8`` makes it, calibrated on random inputs: the
+    latency of int8 kernels does not depend on the ranges, so no MNIST files are needed."""
+    try:
+        import onnx
+
+        from ddpm.export.quantize import quantize
+    except ImportError:
+        raise SkipRow('skipped: int8 quantization needs onnx (pip install "ddpm-mnist[train]")') from None
+    rng = np.random.default_rng(0)
+    shape = (16, info.image_channels, info.image_size, info.image_size)
+    feeds = [{"x": rng.standard_normal(shape).astype(np.float32), "t": rng.integers(0, 1000, 16).astype(np.int64),
+              **({"y": rng.integers(0, info.num_classes + 1, 16).astype(np.int64)} if info.num_classes else {})}
+             for _ in range(4)]
+    start = time.perf_counter()
+    path.write_bytes(quantize(onnx.load(source), info, feeds).SerializeToString())
+    echo(f"quantized {path.name} in {time.perf_counter() - start:.0f} s")
+    return path
 
 
 def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path | None, workdir: Path, torch,
@@ -376,7 +395,7 @@ def run_benchmark(
         timesteps = model.info.make_schedule().timesteps
         for provider in providers:
             for implementation in implementations:
-                if implementation in CUDA_ONLY and provider != "cuda":
+                if (implementation in CUDA_ONLY and provider != "cuda") or (implementation in CPU_ONLY and provider != "cpu"):
                     continue
                 for batch in batches[provider]:
                     row = Row(model.name, model.weights, implementation, provider, batch)
@@ -435,13 +454,13 @@ def make_step(model: BenchModel, implementation: str, provider: str, batch: int,
         if provider == "cuda" and not torch.cuda.is_available():
             raise SkipRow("skipped: PyTorch sees no CUDA device")
         return torch_step(torch, model.torch_module, model.info, batch, provider, implementation == "torchscript")
-    graph, fp16, graphed, engine = ORT_VARIANTS[implementation]
+    graph, precision, graphed, engine = ORT_VARIANTS[implementation]
     if provider == "cpu":
         name = "cpu"
     else:
         name = "tensorrt" if implementation == "tensorrt" else "cuda"
     try:
-        path = model.variant(graph, fp16, batch if graphed else None, echo)
+        path = model.variant(graph, precision, batch if graphed else None, echo)
         session = UNetSession(path, provider=name, threads=threads if provider == "cpu" else None, cuda_graph=graphed)
     except DDPMError as exc:
         raise SkipRow(f"skipped: {exc}") from None
@@ -542,7 +561,25 @@ def target_lines(rows: list[Row]) -> list[str]:
     if ort16 and ort16.fraction_of_limit is not None:
         lines.append(f"Batch 16, small, CPU: {ort16.fraction_of_limit:.0%} of the measured sgemm throughput (target >= 80%): "
                      f"{'met' if ort16.fraction_of_limit >= 0.8 else 'missed'}")
+    best = {implementation: best_batch(rows, "small", implementation, "cpu") for implementation in ("ort", "ort-int8")}
+    fp32, int8 = best["ort"], best["ort-int8"]
+    if fp32 and int8:
+        ratio = fp32.per_sample_s / int8.per_sample_s
+        lines.append(f"int8 vs fp32 per sample, small, CPU, each at its best batch (fp32 {fp32.batch}, int8 {int8.batch}): "
+                     f"{ratio:.2f}x (target >= 1.5x): {'met' if ratio >= 1.5 else 'missed'}")
+    fastest = min((row for row in best.values() if row), key=lambda row: row.per_sample_s, default=None)
+    if fastest:
+        lines.append(f"Whole sampling loop per sample, small, CPU, best batch ({fastest.implementation}, batch {fastest.batch}): "
+                     f"{fastest.per_sample_s:.2f} s (target <= 2 s on a 2-core machine): "
+                     f"{'met' if fastest.per_sample_s <= 2.0 else 'missed'}")
     return lines
+
+
+def best_batch(rows: list[Row], model: str, implementation: str, provider: str) -> Row | None:
+    """The row of the batch size with the lowest time per sample (step time x T / B, not a full-loop row)."""
+    timed = [row for row in rows if (row.model, row.implementation, row.provider) == (model, implementation, provider)
+             and row.per_sample_s is not None and not row.per_sample_method.startswith("measured")]
+    return min(timed, key=lambda row: row.per_sample_s, default=None)
 
 
 def write_chart(rows: list[Row], staged: StagedFiles, path: Path) -> str | None:

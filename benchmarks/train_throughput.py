@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ddpm.runtime.cpu_batch import cpu_name
 from ddpm.runtime.schedule import make_schedule
 from ddpm.train.config import preset
 from ddpm.train.diffusion import Diffusion
@@ -68,17 +68,6 @@ def measure(name: str, batch_size: int, steps: int, warmup: int, precision: str,
         "achieved_gflops": step_flops / median / 1e9,
         "steps_timed": steps,
     }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

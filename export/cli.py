@@ -40,6 +40,13 @@ def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
               help="Also write fp16 copies (unet.fp16.onnx ...): fp32 inputs and outputs, the timestep embedding kept fp32.")
 @click.option("--fp16-atol", type=click.FloatRange(min=0.0, min_open=True), default=1e-2,
               help="Largest allowed abs difference of the fp16 copies to eager fp32 PyTorch.")
+@click.option("--int8", is_flag=True,
+              help="Also write unet.int8.onnx: convolutions and weight products in int8 (static QDQ, per-channel weights), "
+                   "calibrated on noisy MNIST training digits from --data-dir; for CPUs with fast int8 (AVX-512 VNNI, AVX-VNNI).")
+@click.option("--int8-tol", type=click.FloatRange(min=0.0, min_open=True), default=0.05,
+              help="Largest allowed relative RMS difference of the int8 copy's ε to the fp32 export's, on held-out noisy digits.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
+              help="Folder with the MNIST training files, for --int8 calibration. Env: DDPM_DATA_DIR.")
 @click.option("--fused-step", is_flag=True,
               help="Also write unet.step.onnx: the U-Net plus the DDPM update (x, t, noise -> x_prev), so x can stay on the GPU.")
 @click.option("--norm-groups", type=click.IntRange(min=1), default=None,
@@ -49,7 +56,7 @@ def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
 def export_command(
     ckpt: Path, out_dir: Path | None, onnx_path: Path | None, torchscript_path: Path | None, no_torchscript: bool,
     opset: int, raw: bool, fixed_batch: int | None, atol: float, no_verify: bool, fp16: bool, fp16_atol: float,
-    fused_step: bool, norm_groups: int | None, final_norm_groups: int | None,
+    int8: bool, int8_tol: float, data_dir: Path, fused_step: bool, norm_groups: int | None, final_norm_groups: int | None,
 ) -> None:
     """Export a U-Net checkpoint to ONNX (dynamic batch, sampling settings in its metadata) and TorchScript.
 
@@ -60,6 +67,7 @@ def export_command(
     ddpm-export --ckpt runs/small/model.pt
     ddpm-export --ckpt labml_model.pt --out-dir exported --fixed-batch 16
     ddpm-export --ckpt model.pt --fp16 --fused-step --fixed-batch 1     # the GPU variants
+    ddpm-export --ckpt model.pt --int8 --data-dir ../shared/data/mnist # a faster copy for CPUs
     """
     from .exporter import onnx_model, save_torchscript, torchscript_module, verify
     from .load import load_for_export
@@ -77,6 +85,10 @@ def export_command(
         else "labml state dict, data range [0,1], noise at every step"
     )
     click.echo(f"read {ckpt} ({what}): {parameters:,} parameters, widths {source.model.config.widths()}")
+    if int8:
+        from .quantize import calibration_data
+
+        calibration, held_out = calibration_data(source.info, data_dir)  # before any work: the data may be missing
 
     # Every ONNX variant asked for: (graph, fp16, fixed batch); the first is the plain dynamic ε graph.
     base = _output_path(onnx_path, out_dir, "unet.onnx")
@@ -91,6 +103,8 @@ def export_command(
         suffix = f"{'.step' if graph == 'fused-step' else ''}{'.fp16' if half else ''}{f'.b{batch}' if batch else ''}"
         # --onnx PATH is written as given; the variants take their tags before its extension.
         targets[f"onnx{suffix}"] = base.with_name(f"{base.stem}{suffix}{base.suffix}") if suffix else base
+    if int8:
+        targets["onnx.int8"] = base.with_name(f"{base.stem}.int8{base.suffix}")
     if not no_torchscript:
         targets["torchscript"] = _output_path(torchscript_path, out_dir, "unet.ts.pt")
     check_distinct_paths({f"--{name}" if name in ("onnx", "torchscript") else name: path for name, path in targets.items()},
@@ -100,10 +114,19 @@ def export_command(
     with StagedFiles() as staged:
         temp = {name: staged.stage(path) for name, path in targets.items()}
         timings: dict[str, float] = {}
-        for (graph, half, batch), name in zip(variants, [n for n in targets if n.startswith("onnx")]):
+        for (graph, half, batch), name in zip(variants, targets):
             start = time.perf_counter()
-            temp[name].write_bytes(onnx_model(source, opset, fixed_batch=batch, graph=graph, fp16=half).SerializeToString())
+            model = onnx_model(source, opset, fixed_batch=batch, graph=graph, fp16=half)
+            if name == "onnx":
+                plain = model
+            temp[name].write_bytes(model.SerializeToString())
             timings[name] = time.perf_counter() - start
+        if int8:
+            from .quantize import quantize
+
+            start = time.perf_counter()
+            temp["onnx.int8"].write_bytes(quantize(plain, source.info, calibration).SerializeToString())
+            timings["onnx.int8"] = time.perf_counter() - start
         if "torchscript" in temp:
             start = time.perf_counter()
             save_torchscript(torchscript_module(source), source.info, temp["torchscript"])
@@ -111,7 +134,17 @@ def export_command(
 
         if not no_verify:
             failures = []
-            for (graph, half, batch), name in zip(variants, [n for n in targets if n.startswith("onnx")]):
+            if int8:
+                from .quantize import relative_error
+
+                difference = relative_error(temp["onnx"].read_bytes(), temp["onnx.int8"].read_bytes(), held_out)
+                int8_line = f"int8 vs fp32 ε: relative RMS difference {difference:.3f} (tolerance {int8_tol:g})"
+                if difference != difference:
+                    failures.append(f"{targets['onnx.int8'].name}: its ε is NaN or infinite")
+                elif not difference <= int8_tol:
+                    failures.append(f"{targets['onnx.int8'].name}: ε differs from fp32 by {difference:.3f} (relative RMS) "
+                                    f"> --int8-tol {int8_tol:g}")
+            for (graph, half, batch), name in zip(variants, targets):
                 ts = temp.get("torchscript") if name == "onnx" else None
                 diffs = verify(source, temp[name], ts, batches=(batch,) if batch else (1, 3), graph=graph)
                 limit = fp16_atol if half else atol
@@ -128,6 +161,8 @@ def export_command(
 
     for name, path in targets.items():
         click.echo(f"wrote {path} ({_size(path)}, {timings[name]:.1f} s)")
+    if int8 and not no_verify:
+        click.echo(int8_line)
     if no_verify:
         click.echo("verification skipped (--no-verify)")
     else:

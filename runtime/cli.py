@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from . import cpu_batch
 from .console import OutputPath, run_command
 from .errors import DDPMError
 from .files import StagedFiles, check_distinct_paths, output_target
@@ -35,7 +36,8 @@ MAX_SEED = 2**63 - 1
 @click.option("-n", "--num-samples", type=click.IntRange(min=1), default=None,
               help="How many digits to draw. [default: 16; 2 per class with --digit all]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per network call. [default: 16 on CPU, up to 256 on GPU; a fixed-batch model uses its own]")
+              help="Images per network call. [default: on a CPU the fastest per image, measured once per machine and model shape "
+                   "(a few seconds) and cached in ~/.cache/ddpm-mnist; up to 256 on a GPU; a fixed-batch model uses its own]")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Seed of the noise; the same seed gives the same digits. [default: fresh, printed in the summary and "
                    "stored in the PNG and npz outputs]")
@@ -104,6 +106,12 @@ def run_cli(
         click.echo(f"model {ddpm.session.path.name} on {ddpm.provider}{threads_note}, engine {engine}"
                    f"{f' ({loop_engine})' if engine == 'auto' else ''}", err=True)
 
+    choice = None
+    if batch_size is None and ddpm.provider == "CPUExecutionProvider" and ddpm.session.fixed_batch is None:
+        announce = None if quiet else lambda: click.echo("choosing the CPU batch size for this machine (once, a few seconds)",
+                                                         err=True)
+        choice = cpu_batch.choose(ddpm.session, on_measure=announce)
+        batch_size = choice.batch
     if seed is None:
         seed = secrets.randbits(63)
     progress = Progress(request.steps, "sample", unit="step", enabled=not quiet)
@@ -131,6 +139,10 @@ def run_cli(
         staged.commit()
 
     if not quiet:
+        if choice is not None and not choice.cached and choice.per_image_ms:
+            tried = ", ".join(f"{batch}: {ms:.2f}" for batch, ms in choice.per_image_ms.items())
+            click.echo(f"CPU batch {choice.batch} (ms per image by batch: {tried}); remembered in {cpu_batch.cache_file()}",
+                       err=True)
         per_sample = run.seconds / num_samples
         outside = 1.0 - run.run_seconds / run.seconds if run.seconds else 0.0
         click.echo(

@@ -20,7 +20,7 @@ FORMAT = "ddpm-mnist-onnx"
 FORMAT_VERSION = 1
 PREDICTIONS = ("eps",)
 GRAPHS = ("eps", "fused-step")  # ε(x, t), or one whole sampling step x_t, t, noise → x_{t−1}
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: a QDQ copy with float32 inputs and outputs
 
 
 MAX_TIMESTEPS = 100_000  # diffusion steps a model may declare (1000 is usual)

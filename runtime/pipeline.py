@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import cpu_batch
 from .errors import DDPMError
 from .images import to_uint8
 from .metadata import ModelInfo
@@ -58,9 +59,6 @@ def resolve_engine(choice: str, provider: str, fixed_batch: int | None) -> str:
     return choice
 
 DEFAULT_MODEL = "default.onnx"  # class-conditional: ddpm-run with and without --digit
-# Per-image time of the small model on a 2-core CPU is flat from 16 to 32 and rises beyond
-# (benchmarks/README.md, batch sweep); 16 keeps memory and first-result latency low.
-CPU_BATCH_SIZE = 16
 
 
 MAX_GUIDANCE = 50.0  # (1+w)·ε − w·ε(∅): the shipped model already draws near-identical digits at w = 3 (README, Quality)
@@ -125,6 +123,7 @@ class DDPM:
         self.session = session
         self.info: ModelInfo = session.info
         self.schedule = self.info.make_schedule()
+        self._cpu_batch: cpu_batch.BatchChoice | None = None
 
     @classmethod
     def load(
@@ -145,8 +144,13 @@ class DDPM:
         return self.schedule.timesteps
 
     def default_batch_size(self) -> int:
-        """Sub-batch size when none is given: one batch on a GPU; on a CPU the size that was fastest per image."""
-        return 256 if self.provider != "CPUExecutionProvider" else CPU_BATCH_SIZE
+        """Sub-batch size when none is given: one batch on a GPU; on a CPU the size fastest per image on
+        this machine, measured once and cached (see :mod:`cpu_batch`)."""
+        if self.provider != "CPUExecutionProvider":
+            return 256
+        if self._cpu_batch is None:
+            self._cpu_batch = cpu_batch.choose(self.session)
+        return self._cpu_batch.batch
 
     def sampler(self, steps: int | None = None, kind: str = "ancestral", eta: float = 0.0,
                 spacing: str | None = None) -> AncestralSampler | DDIMSampler | DPMSolverSampler:

@@ -118,11 +118,19 @@ class UNetSession:
         self.notes: list[str] = []  # why the provider differs from the one asked for
         self.problems: list[str] = []  # the notes that are also warned about (see ProviderWarning)
         self.cuda_graph = cuda_graph
+        self.threads = threads
         model_bytes = self._read(self.path)
         # Everything about the file is checked before ONNX Runtime parses it.
         outline = read_outline(model_bytes, str(self.path))
         self.info = ModelInfo.from_metadata(outline.metadata, str(self.path))
         check_contract(outline, self.info, str(self.path))
+        if self.info.precision == "int8":  # QDQ int8 kernels are the CPU provider's; on a GPU it would run slower than fp32
+            if provider in ("cuda", "tensorrt"):
+                raise DDPMError(f"{self.path} is an int8 copy for CPUs; --provider {provider} needs the fp32 model")
+            if provider == "auto":
+                if "CUDAExecutionProvider" in ort.get_available_providers() and gpu_present():
+                    self.notes.append("an int8 model runs on the CPU, not on this machine's GPU")
+                provider = "cpu"
         options = _session_options(threads)
         self.session = self._open(model_bytes, options, provider)
         self.provider = self.session.get_providers()[0]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -8,6 +10,8 @@ from typing import Callable
 import pytest
 
 DATA_DIR = Path(__file__).parent / "data" / "mnist"
+# The CPU batch measured by the runtime is cached per user; the tests keep theirs apart.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ddpm-test-cache-")
 
 
 @dataclass

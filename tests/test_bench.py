@@ -50,6 +50,24 @@ def test_targets_are_judged():
     assert any("75%" in line and line.endswith("missed") for line in lines)
 
 
+def test_int8_targets_compare_each_at_its_best_batch():
+    rows = [
+        Row("small", "w", "ort", "cpu", 1, step_s_median=0.004, per_sample_s=4.4, per_sample_method="measured (loop)",
+            note="loop/session.run = 1.031 (4.40 s / 4.27 s)"),
+        Row("small", "w", "ort", "cpu", 16, step_s_median=0.048, per_sample_s=3.0, per_sample_method="extrapolated"),
+        Row("small", "w", "ort", "cpu", 32, step_s_median=0.1, per_sample_s=3.2, per_sample_method="extrapolated"),
+        Row("small", "w", "ort-int8", "cpu", 16, step_s_median=0.024, per_sample_s=1.5, per_sample_method="extrapolated"),
+        Row("small", "w", "ort-int8", "cpu", 32, step_s_median=0.04, per_sample_s=1.25, per_sample_method="extrapolated"),
+    ]
+    lines = target_lines(rows)
+    assert any("(fp32 16, int8 32): 2.40x" in line and line.endswith("met") for line in lines), lines
+    assert any("(ort-int8, batch 32): 1.25 s" in line and line.endswith("met") for line in lines), lines
+    rows[-1].per_sample_s = rows[-2].per_sample_s = 2.5  # int8 barely faster: both targets missed
+    lines = target_lines(rows)
+    assert any("int8 vs fp32" in line and "1.20x" in line and line.endswith("missed") for line in lines), lines
+    assert any("(ort-int8, batch 16): 2.50 s" in line and line.endswith("missed") for line in lines), lines
+
+
 def test_quick_end_to_end(invoke, tiny_export, tmp_path):
     result = invoke(bench_main, "--quick", "--onnx", tiny_export / "unet.onnx", "--out-dir", tmp_path, "--tag", "t")
     assert result.code == 0, result.err
@@ -59,7 +77,8 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
     assert report["settings"]["quick"] is True
     rows = report["rows"]
     implementations = {(r["implementation"], r["batch"]) for r in rows}
-    assert implementations == {(i, b) for i in ("eager", "torchscript", "ort", "ort-iobinding", "ort-fused") for b in (1, 16)}
+    assert implementations == {(i, b) for i in ("eager", "torchscript", "ort", "ort-int8", "ort-iobinding", "ort-fused")
+                               for b in (1, 16)}
     assert all(r["provider"] == "cpu" for r in rows)  # no CUDA rows on a machine without a GPU
     measured = [r for r in rows if r["per_sample_method"].startswith("measured")]
     assert len(measured) == 1 and measured[0]["implementation"] == "ort" and measured[0]["batch"] == 1

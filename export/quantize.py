@@ -1,0 +1,134 @@
+"""An int8 copy of an exported U-Net: static QDQ quantization, per-channel weights, calibrated on
+real noisy digits x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at timesteps spread over 0..T−1 (the activation
+ranges near t = 0 and near t = T differ a lot, so every part of the range is seen).
+
+What stays float, and why (measured with ``benchmarks/int8_choices.py``):
+
+- the first and the last convolution: they read x and write ε, where every grey level counts;
+- the timestep and class embeddings (Gemm on [B, C] vectors): a few hundred multiply-adds per
+  image, nothing to gain, and their error reaches every block;
+- attention's two activation-by-activation products (QKᵀ and softmax·V) and the softmax itself:
+  only the convolutions and the projections with stored weights are quantized.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ddpm.runtime.errors import DDPMError
+from ddpm.runtime.metadata import ModelInfo
+from ddpm.runtime.mnist import load_mnist
+
+QUANTIZED_OPS = ("Conv", "MatMul")
+CALIBRATION_SEED = 20_201_126
+CALIBRATION_IMAGES = 256  # 16 batches of 16, t stratified over the whole schedule
+
+
+def noisy_digits(info: ModelInfo, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """Feeds {x, t[, y]} of 16 images each: x_t of the given digits with t stratified over 0..T−1,
+    and for a class-conditional model the digit's label (one in ten the "no class" index, which
+    guidance feeds)."""
+    from ddpm.train.data import DataConfig, transform_images
+
+    count, schedule = len(images), info.make_schedule()
+    steps = schedule.timesteps
+    config = DataConfig(info.image_size, info.source.get("transform") or "pad", info.data_range)
+    x0 = transform_images(images, config).numpy()
+    t = (np.arange(count) * steps // count + rng.integers(0, max(1, steps // count), count)).clip(0, steps - 1)
+    t = rng.permutation(t)
+    alpha_bar = schedule.alpha_bars[t].astype(np.float32)[:, None, None, None]
+    x = np.sqrt(alpha_bar) * x0 + np.sqrt(1.0 - alpha_bar) * rng.standard_normal(x0.shape).astype(np.float32)
+    feeds = []
+    for start in range(0, count, 16):
+        part = slice(start, start + 16)
+        feed = {"x": np.ascontiguousarray(x[part], dtype=np.float32), "t": t[part].astype(np.int64)}
+        if info.num_classes:
+            y = labels[part].astype(np.int64)
+            feed["y"] = np.where(rng.random(len(y)) < 0.1, info.num_classes, y)
+        feeds.append(feed)
+    return feeds
+
+
+def calibration_data(info: ModelInfo, data_dir: Path, count: int = CALIBRATION_IMAGES) -> tuple[list[dict], list[dict]]:
+    """Calibration feeds of ``count`` MNIST training digits, and held-out feeds (a quarter as many
+    other digits, other noise) for checking the result."""
+    images, labels = load_mnist(data_dir, "train")
+    held = count // 4
+    if len(images) < count + held:
+        raise DDPMError(f"{data_dir}: {len(images)} training images; int8 calibration needs {count + held}")
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    pick = rng.choice(len(images), size=count + held, replace=False)
+    calibration, check = pick[:count], pick[count:]
+    return (noisy_digits(info, images[calibration], labels[calibration], rng),
+            noisy_digits(info, images[check], labels[check], rng))
+
+
+def float_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the weighted nodes kept in float: the first and the last convolution, and every
+    product of two activations (attention's QKᵀ and softmax·V)."""
+    stored = {tensor.name for tensor in model.graph.initializer}
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    keep = {convs[0].name, convs[-1].name} if convs else set()
+    keep |= {node.name for node in model.graph.node if node.op_type == "MatMul" and not set(node.input) & stored}
+    return sorted(keep)
+
+
+def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict]) -> onnx.ModelProto:
+    """The int8 QDQ copy of ``model`` (an fp32 ε graph), metadata saying so."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if info.graph != "eps" or info.precision != "fp32" or info.fixed_batch is not None:
+        raise DDPMError("int8 copies are made of the plain fp32 ε graph with a dynamic batch")
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.pending = iter(calibration)
+
+        def get_next(self):
+            return next(self.pending, None)
+
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    for index, node in enumerate(named.graph.node):  # the quantizer addresses nodes by name
+        node.name = node.name or f"node_{index}"
+    with tempfile.TemporaryDirectory(prefix="ddpm-int8-") as work:
+        source, target = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
+        onnx.save(named, source)
+        try:
+            quantize_static(
+                source, target, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=float_nodes(named), extra_options={"ActivationSymmetric": False},
+            )
+            quantized = onnx.load(target)
+        except DDPMError:
+            raise
+        except Exception as exc:  # the quantizer's failures come in many types
+            raise DDPMError(f"int8 quantization failed: {str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    del quantized.metadata_props[:]
+    for key, value in replace(info, precision="int8").to_metadata().items():
+        quantized.metadata_props.add(key=key, value=value)
+    quantized.producer_name = model.producer_name
+    return quantized
+
+
+def relative_error(fp32: bytes, int8: bytes, feeds: list[dict]) -> float:
+    """‖ε_int8 − ε_fp32‖ / ‖ε_fp32‖ over the held-out feeds, on ONNX Runtime's CPU provider
+    (NaN when either is not finite)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = [ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"]) for blob in (fp32, int8)]
+    squared_diff = squared_ref = 0.0
+    for feed in feeds:
+        reference, quantized = (session.run(None, feed)[0].astype(np.float64) for session in sessions)
+        squared_diff += float(np.sum((quantized - reference) ** 2))
+        squared_ref += float(np.sum(reference**2))
+    ratio = np.sqrt(squared_diff / squared_ref) if squared_ref > 0 else float("nan")
+    return float(ratio) if np.isfinite(ratio) else float("nan")
