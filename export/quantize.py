@@ -2,17 +2,20 @@
 real noisy digits x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at timesteps spread over 0..T−1 (the activation
 ranges near t = 0 and near t = T differ a lot, so every part of the range is seen).
 
-What stays float, and why (measured with ``benchmarks/int8_choices.py``):
+What stays float, and why (``benchmarks/int8_choices.py`` measures each choice's ε error and speed;
+results in benchmarks/results/int8-choices.md):
 
 - the first and the last convolution: they read x and write ε, where every grey level counts;
-- the timestep and class embeddings (Gemm on [B, C] vectors): a few hundred multiply-adds per
-  image, nothing to gain, and their error reaches every block;
-- attention's two activation-by-activation products (QKᵀ and softmax·V) and the softmax itself:
-  only the convolutions and the projections with stored weights are quantized.
+- attention's two products of activations (QKᵀ and softmax·V) and the softmax;
+- the timestep and class embeddings (Gemm, not among the quantized op types): they act on one
+  vector per image, a negligible share of the work, and their error would reach every block.
+
+Quantized: every other convolution and the attention projections with stored weights.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -78,8 +81,9 @@ def float_nodes(model: onnx.ModelProto) -> list[str]:
     return sorted(keep)
 
 
-def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict]) -> onnx.ModelProto:
-    """The int8 QDQ copy of ``model`` (an fp32 ε graph), metadata saying so."""
+def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict], keep: list[str] | None = None) -> onnx.ModelProto:
+    """The int8 QDQ copy of ``model`` (an fp32 ε graph), metadata saying so; ``keep``: the nodes left
+    in float [default: :func:`float_nodes`]."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     if info.graph != "eps" or info.precision != "fp32" or info.fixed_batch is not None:
@@ -96,6 +100,9 @@ def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict]) -
     named.CopyFrom(model)
     for index, node in enumerate(named.graph.node):  # the quantizer addresses nodes by name
         node.name = node.name or f"node_{index}"
+    quantizer_log = logging.getLogger()  # the quantizer advises through the root logger, once per call
+    level = quantizer_log.level
+    quantizer_log.setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="ddpm-int8-") as work:
         source, target = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
         onnx.save(named, source)
@@ -103,13 +110,15 @@ def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict]) -
             quantize_static(
                 source, target, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
-                nodes_to_exclude=float_nodes(named), extra_options={"ActivationSymmetric": False},
+                nodes_to_exclude=float_nodes(named) if keep is None else keep, extra_options={"ActivationSymmetric": False},
             )
             quantized = onnx.load(target)
         except DDPMError:
             raise
         except Exception as exc:  # the quantizer's failures come in many types
             raise DDPMError(f"int8 quantization failed: {str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+        finally:
+            quantizer_log.setLevel(level)
     del quantized.metadata_props[:]
     for key, value in replace(info, precision="int8").to_metadata().items():
         quantized.metadata_props.add(key=key, value=value)
