@@ -80,13 +80,25 @@ def class_prior_labels(n: int, classes: int, seed: int) -> np.ndarray:
     return rng.permutation(order[np.arange(n) % classes]).astype(np.int64)
 
 
-def default_model_path() -> Path:
+def default_model_path(precision: str = "fp32") -> Path:
     """The model shipped inside the package (the ``small`` preset, EMA weights, class-conditional),
-    sampled when no model is named, with or without requested digits."""
-    path = Path(str(resources.files("ddpm.runtime") / "models" / DEFAULT_MODEL))
+    sampled when no model is named, with or without requested digits; ``precision`` "int8" names its
+    int8 copy for CPUs, when the package ships one."""
+    name = DEFAULT_MODEL if precision == "fp32" else DEFAULT_MODEL.replace(".onnx", f".{precision}.onnx")
+    path = Path(str(resources.files("ddpm.runtime") / "models" / name))
     if not path.is_file():
-        raise DDPMError(f"the embedded model is missing from this installation ({path})")
+        raise DDPMError(f"the embedded {precision} model is missing from this installation ({path})")
     return path
+
+
+def int8_is_faster(fp32: UNetSession, int8: UNetSession, on_measure: Callable[[], None] | None = None) -> tuple[bool, float]:
+    """Whether the int8 copy samples faster per image than fp32 on this CPU, each at its own best
+    batch (measured once per machine and cached), and the speed ratio fp32 / int8."""
+    fast, slow = cpu_batch.choose(int8, on_measure), cpu_batch.choose(fp32, on_measure)
+    if not fast.per_image_ms or not slow.per_image_ms:
+        return False, 1.0
+    ratio = min(slow.per_image_ms.values()) / min(fast.per_image_ms.values())
+    return ratio > 1.0, ratio
 
 
 def frame_positions(steps: int, frames: int) -> list[int]:

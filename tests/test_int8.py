@@ -63,3 +63,52 @@ def test_int8_model_on_a_gpu_provider_is_refused(invoke, int8_export, tmp_path):
     result = invoke(run_main, "--onnx", int8_export / "unet.int8.onnx", "--provider", "cuda", "--png", tmp_path / "o.png")
     assert_one_line_error(result, "int8 copy for CPUs", "--provider cuda")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def embedded_pair(int8_export, monkeypatch):
+    """The tiny fp32 and int8 exports standing in for the package's embedded model and its int8 copy."""
+    import ddpm.runtime.cli as cli
+    import ddpm.runtime.pipeline as pipeline
+
+    def default_model_path(precision="fp32"):
+        return int8_export / ("unet.onnx" if precision == "fp32" else "unet.int8.onnx")
+
+    monkeypatch.setattr(pipeline, "default_model_path", default_model_path)
+    monkeypatch.setattr(cli, "default_model_path", default_model_path)
+    return cli
+
+
+@pytest.mark.parametrize("faster, precision, expected", [
+    (True, "auto", "unet.int8.onnx (int8: 1.70x the speed of fp32 on this CPU"),
+    (False, "auto", "unet.onnx (fp32: int8 measured 0.80x its speed on this CPU)"),
+    (True, "fp32", "model unet.onnx on"),
+    (False, "int8", "unet.int8.onnx (int8, as asked)"),
+])
+def test_the_embedded_copy_follows_the_measured_speed(invoke, embedded_pair, tmp_path, monkeypatch, faster, precision, expected):
+    monkeypatch.setattr(embedded_pair, "int8_is_faster", lambda fp32, int8, on_measure=None: (faster, 1.7 if faster else 0.8))
+    result = invoke(run_main, "--precision", precision, "--provider", "cpu", "-n", 2, "--sampler", "ddim", "--steps", 2,
+                    "--png", tmp_path / "o.png")
+    assert result.code == 0, result.err
+    assert expected in result.err
+    int8_used = "unet.int8.onnx" in result.err
+    assert ("(int8, batch" in result.err) == int8_used  # the summary line says so too
+
+
+def test_int8_speed_is_compared_at_each_ones_best_batch(int8_export, monkeypatch):
+    from ddpm.runtime import cpu_batch
+    from ddpm.runtime.pipeline import int8_is_faster
+    from ddpm.runtime.session import UNetSession
+
+    times = {"fp32": {4: 4.0, 64: 3.7}, "int8": {4: 2.9, 16: 2.3}}
+    monkeypatch.setattr(cpu_batch, "choose", lambda session, on_measure=None: cpu_batch.BatchChoice(
+        0, times[session.info.precision], cached=True))
+    fp32 = UNetSession(int8_export / "unet.onnx", provider="cpu")
+    int8 = UNetSession(int8_export / "unet.int8.onnx", provider="cpu")
+    faster, ratio = int8_is_faster(fp32, int8)
+    assert faster and ratio == pytest.approx(3.7 / 2.3)
+
+
+def test_precision_with_onnx_is_a_usage_error(invoke, int8_export, tmp_path):
+    result = invoke(run_main, "--onnx", int8_export / "unet.onnx", "--precision", "int8", "--png", tmp_path / "o.png")
+    assert_one_line_error(result, "--precision", "with --onnx the file decides")
