@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
 from ddpm.export import quantize as q
 from ddpm.runtime.metadata import ModelInfo
+from ddpm.runtime.session import cpu_session
 
 
 def variants(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -35,10 +35,7 @@ def variants(model: onnx.ModelProto) -> dict[str, list[str]]:
 
 
 def call_ms(blob: bytes, feed: dict, threads: int) -> float:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+    session = cpu_session(blob, threads)
     for _ in range(3):
         session.run(None, feed)
     times = []
@@ -61,7 +58,7 @@ def main() -> None:
     info = ModelInfo.from_metadata({p.key: p.value for p in model.metadata_props}, str(args.onnx))
     calibration, held_out = q.calibration_data(info, args.data_dir)
     fp32 = model.SerializeToString()
-    threads = args.threads or 0
+    threads = args.threads
     print(f"fp32: {call_ms(fp32, held_out[0], threads):.2f} ms per call at batch 16")
     print("| kept in float | ε relative RMS difference | ms per call, batch 16 |\n|---|---:|---:|")
     for label, keep in variants(model).items():

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.metadata import ModelInfo
 from ddpm.runtime.sampler import AncestralSampler
+from ddpm.runtime.session import cpu_session
 
 from .load import ExportSource
 
@@ -169,9 +169,7 @@ def verify(
     sampler = AncestralSampler(schedule, variance=source.info.variance, noise_at_last_step=source.info.noise_at_last_step)
     session = None
     if onnx_path is not None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(onnx_path)
     scripted = None
     if torchscript_path is not None:
         with _quiet():

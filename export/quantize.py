@@ -26,6 +26,7 @@ import onnx
 from ddpm.runtime.errors import DDPMError
 from ddpm.runtime.metadata import ModelInfo
 from ddpm.runtime.mnist import load_mnist
+from ddpm.runtime.session import cpu_session
 
 QUANTIZED_OPS = ("Conv", "MatMul")
 CALIBRATION_SEED = 20_201_126
@@ -129,11 +130,7 @@ def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict], k
 def relative_error(fp32: bytes, int8: bytes, feeds: list[dict]) -> float:
     """‖ε_int8 − ε_fp32‖ / ‖ε_fp32‖ over the held-out feeds, on ONNX Runtime's CPU provider
     (NaN when either is not finite)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sessions = [ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"]) for blob in (fp32, int8)]
+    sessions = [cpu_session(blob) for blob in (fp32, int8)]
     squared_diff = squared_ref = 0.0
     for feed in feeds:
         reference, quantized = (session.run(None, feed)[0].astype(np.float64) for session in sessions)

@@ -9,9 +9,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from .errors import DDPMError
+from .session import cpu_session
 
 CONFIDENT = 0.9
 JUDGE_SIZE = 28
@@ -25,14 +25,10 @@ class Judge:
     """Class probabilities and 128-d features of 28x28 uint8 digits."""
 
     def __init__(self, path: Path | None = None, threads: int | None = None) -> None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
         path = path or judge_path()
         if not path.is_file():
             raise DDPMError(f"the judge model is missing from this installation ({path})")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads)
 
     def __call__(self, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, 28, 28] → (probabilities [N, 10], features [N, 128]), float64."""

@@ -87,7 +87,15 @@ def conflicting_runtimes() -> str | None:
             "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (or onnxruntime without a GPU)")
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
+def cpu_session(model: bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session on the CPU provider with this project's options (the judge, export
+    checks, int8 checks); ``model`` is the file's bytes or its path."""
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Every session's options: all graph optimizations, ONNX Runtime's own log quiet, ``threads`` CPU threads."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -131,7 +139,7 @@ class UNetSession:
                 if "CUDAExecutionProvider" in ort.get_available_providers() and gpu_present():
                     self.notes.append("an int8 model runs on the CPU, not on this machine's GPU")
                 provider = "cpu"
-        options = _session_options(threads)
+        options = session_options(threads)
         self.session = self._open(model_bytes, options, provider)
         self.provider = self.session.get_providers()[0]
         conflict = conflicting_runtimes()
