@@ -1,6 +1,6 @@
 """Time per image of one U-Net call at several batch sizes (ONNX Runtime), to pick the sub-batch size.
 
-    python benchmarks/batch_sweep.py --onnx unet.onnx --batches 1,4,8,16,32,64,128
+    python -m ddpm.benchmarks.batch_sweep --onnx unet.onnx --batches 1,4,8,16,32,64,128
 
 Median of repeated calls after two warm-up calls; no PyTorch needed.
 """
@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from ddpm.runtime.pipeline import DDPM
+from ..runtime.pipeline import DDPM
 
 
 def main() -> None:

@@ -34,14 +34,14 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from ddpm.runtime.console import OutputPath, run_command
-from ddpm.runtime.cpu_batch import cpu_name
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import StagedFiles, check_writable_dir
-from ddpm.runtime.metadata import ModelInfo
-from ddpm.runtime.pipeline import DDPM, default_model_path
-from ddpm.runtime.sampler import AncestralSampler
-from ddpm.runtime.session import BoundEps, BoundStep, UNetSession, gpu_present
+from ..core.console import OutputPath, run_command
+from ..runtime.cpu_batch import cpu_name
+from ..core.errors import DDPMError
+from ..core.files import StagedFiles, check_writable_dir
+from ..core.metadata import ModelInfo
+from ..runtime.pipeline import DDPM, default_model_path
+from ..core.sampler import AncestralSampler
+from ..runtime.session import BoundEps, BoundStep, UNetSession, gpu_present
 
 SEED_SECONDS_PER_SAMPLE = 50.0  # the seed's figure: 1000 steps, batch 1, eager PyTorch on a V100
 IMPLEMENTATIONS = ("eager", "torchscript", "ort", "ort-int8", "ort-iobinding", "ort-cudagraph", "ort-fused", "ort-fused-cudagraph",
@@ -204,7 +204,7 @@ def quantize_for_timing(source: Path, info: ModelInfo, path: Path, echo: Callabl
     try:
         import onnx
 
-        from ddpm.export.quantize import quantize
+        from ..export.quantize import quantize
     except ImportError:
         raise SkipRow('skipped: int8 quantization needs onnx (pip install "ddpm-mnist[train]")') from None
     rng = np.random.default_rng(0)
@@ -232,8 +232,8 @@ def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path |
             weights = "random (latency does not depend on the weights)"
         config = module = None
         if torch is not None:
-            from ddpm.train.config import UNetConfig, preset
-            from ddpm.train.unet import UNet
+            from ..train.config import UNetConfig, preset
+            from ..train.unet import UNet
 
             config = preset("labml") if name == "labml" else UNetConfig.from_dict(info.model_config)
             torch.manual_seed(0)
@@ -247,7 +247,7 @@ def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path |
             info = UNetSession(path, provider="cpu").info
         flops = weight_bytes = None
         if torch is not None:
-            from ddpm.train.unet import count_parameters, forward_flops
+            from ..train.unet import count_parameters, forward_flops
 
             flops = float(forward_flops(module, info.image_size))
             weight_bytes = 4.0 * count_parameters(module)
@@ -260,9 +260,9 @@ def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path |
 def export_random(module, path: Path, fixed_batch: int | None, echo: Callable[[str], None], graph: str = "eps",
                   fp16: bool = False) -> Path:
     """Export a PyTorch U-Net (with whatever weights it has) for timing."""
-    from ddpm.export.exporter import onnx_model
-    from ddpm.export.load import ExportSource
-    from ddpm.train.checkpoint import versions
+    from ..export.exporter import onnx_model
+    from ..export.load import ExportSource
+    from ..train.checkpoint import versions
 
     config = module.config
     info = ModelInfo(

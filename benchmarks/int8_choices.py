@@ -1,6 +1,6 @@
 """Which parts of the U-Net to leave in float in the int8 copy: each choice's ε error and speed.
 
-    python benchmarks/int8_choices.py --onnx runtime/models/default.onnx --data-dir ../shared/data/mnist
+    python -m ddpm.benchmarks.int8_choices --onnx runtime/models/default.onnx --data-dir ../shared/data/mnist
 
 Every variant is calibrated on the same noisy training digits as ``ddpm-export --int8`` and scored on
 the same held-out ones: the relative RMS difference of its ε to the fp32 model's, and the time of one
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import onnx
 
-from ddpm.export import quantize as q
-from ddpm.runtime.metadata import ModelInfo
-from ddpm.runtime.session import cpu_session
+from ..export import quantize as q
+from ..core.metadata import ModelInfo
+from ..runtime.session import cpu_session
 
 
 def variants(model: onnx.ModelProto) -> dict[str, list[str]]:

@@ -2,7 +2,7 @@
 the progress bar against click's, the ONNX outline reader against the onnx package, and the
 judge's bilinear resize against Pillow's.
 
-    python benchmarks/library_choices.py --data-dir ../shared/data/mnist [--big-mb 677]
+    python -m ddpm.benchmarks.library_choices --data-dir ../shared/data/mnist [--big-mb 677]
 
 Needs the onnx package (the train extra) for the comparison; the runtime itself does not.
 """
@@ -30,7 +30,7 @@ def best_of(fn, repeats: int = 3) -> float:
 def progress_bars(updates: int = 20_000) -> None:
     import click
 
-    from ddpm.runtime.progress import Progress
+    from ..core.progress import Progress
 
     sink = io.StringIO()
 
@@ -66,7 +66,7 @@ def big_model(megabytes: int) -> bytes:
 def outline_reader(megabytes: int) -> None:
     import onnx
 
-    from ddpm.runtime.onnx_check import read_outline
+    from ..runtime.onnx_check import read_outline
 
     data = big_model(megabytes)
     with tempfile.TemporaryDirectory() as folder:
@@ -85,8 +85,8 @@ def outline_reader(megabytes: int) -> None:
 def resize(data_dir: Path) -> None:
     from PIL import Image
 
-    from ddpm.runtime.mnist import load_mnist
-    from ddpm.runtime.quality import resize_bilinear
+    from ..core.mnist import load_mnist
+    from ..runtime.quality import resize_bilinear
 
     images, _ = load_mnist(data_dir, "test")
     big = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in images[:2000]])

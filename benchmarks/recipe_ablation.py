@@ -6,10 +6,10 @@ Every arm gets the same training compute: the same number of images through a ne
 Equal compute is equal wall time on one machine up to its noise, and arms can then run side by side
 (one thread each) without one arm's slow minute favouring another. Wall time is recorded too.
 
-    python benchmarks/recipe_ablation.py run --data-dir ../shared/data/mnist --work /tmp/ablation
-    python benchmarks/recipe_ablation.py run --only plain,minsnr --threads 1 ...   # a subset, e.g. one per core
-    python benchmarks/recipe_ablation.py curve --run runs/cond --work /tmp/ablation --name final
-    python benchmarks/recipe_ablation.py report --work /tmp/ablation --out benchmarks/results
+    python -m ddpm.benchmarks.recipe_ablation run --data-dir ../shared/data/mnist --work /tmp/ablation
+    python -m ddpm.benchmarks.recipe_ablation run --only plain,minsnr --threads 1 ...   # a subset, e.g. one per core
+    python -m ddpm.benchmarks.recipe_ablation curve --run runs/cond --work /tmp/ablation --name final
+    python -m ddpm.benchmarks.recipe_ablation report --work /tmp/ablation --out benchmarks/results
 
 Each step is skipped when its result exists, so an interrupted job continues where it stopped.
 """

@@ -1,9 +1,9 @@
 """Quality against network calls for every sampler: FD, confidence and class deviation by the judge
 (as ``ddpm-eval``) and seconds per sample at batch 16, for one model; a table and a plot.
 
-    python benchmarks/sampler_quality.py --data-dir ../shared/data/mnist --work /tmp/samplers -n 1000
-    python benchmarks/sampler_quality.py ... --onnx runs/cond/unet.onnx --digit all   # conditional, guided
-    python benchmarks/sampler_quality.py ... --report-only --out benchmarks/results --tag default
+    python -m ddpm.benchmarks.sampler_quality --data-dir ../shared/data/mnist --work /tmp/samplers -n 1000
+    python -m ddpm.benchmarks.sampler_quality ... --onnx runs/cond/unet.onnx --digit all   # conditional, guided
+    python -m ddpm.benchmarks.sampler_quality ... --report-only --out benchmarks/results --tag default
 
 Each setting's scores are cached in WORK, so an interrupted job continues. Latency comes from the same
 runs; on a machine busy with other work, time every cached setting again in a quiet moment with
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm.runtime.mnist import load_mnist
-from ddpm.runtime.pipeline import DDPM
-from ddpm.runtime.quality import Judge, score, to_judge_size
+from ..core.mnist import load_mnist
+from ..runtime.pipeline import DDPM
+from ..runtime.quality import Judge, score, to_judge_size
 
 CALLS = (5, 10, 20, 50)
 SETTINGS = [("ancestral", None, 1000)] + [
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--tag", default="default", help="Result files: sampler-quality-TAG.{md,json,png}.")
     opts = parser.parse_args()
     if opts.guidance is None:
-        from ddpm.runtime.sampling_cli import DEFAULT_GUIDANCE
+        from ..runtime.sampling_cli import DEFAULT_GUIDANCE
 
         opts.guidance = DEFAULT_GUIDANCE
     opts.work.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Training throughput: images/s of one optimizer step (forward + backward + AdamW + EMA) per preset.
 
-    python benchmarks/train_throughput.py --presets small,labml --batch-size 64
+    python -m ddpm.benchmarks.train_throughput --presets small,labml --batch-size 64
 
 Random inputs of the training shape (throughput does not depend on the data). Reports the
 median over ``--steps`` timed steps after ``--warmup`` untimed ones, with min and max, and the
@@ -17,12 +17,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm.runtime.cpu_batch import cpu_name
-from ddpm.runtime.schedule import make_schedule
-from ddpm.train.config import preset
-from ddpm.train.diffusion import Diffusion
-from ddpm.train.trainer import EMA
-from ddpm.train.unet import UNet, count_parameters, forward_flops
+from ..runtime.cpu_batch import cpu_name
+from ..core.schedule import make_schedule
+from ..train.config import preset
+from ..train.diffusion import Diffusion
+from ..train.trainer import EMA
+from ..train.unet import UNet, count_parameters, forward_flops
 
 
 def measure(name: str, batch_size: int, steps: int, warmup: int, precision: str, image_size: int = 32) -> dict:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ddpm.runtime.console import OutputPath, run_command
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import StagedFiles, check_distinct_paths, output_target
+from ..core.console import OutputPath, run_command
+from ..core.errors import DDPMError
+from ..core.files import StagedFiles, check_distinct_paths, output_target
 
 
 def _size(path: Path) -> str:

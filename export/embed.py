@@ -16,12 +16,12 @@ import argparse
 import json
 from pathlib import Path
 
-from ddpm.runtime.files import StagedFiles
-from ddpm.runtime.outputs import png_bytes
-from ddpm.runtime.pipeline import DDPM, DEFAULT_MODEL
-from ddpm.runtime.sampling_cli import sampling_request
+from ..core.files import StagedFiles
+from ..core.outputs import png_bytes
+from ..runtime.pipeline import DDPM, DEFAULT_MODEL
+from ..runtime.sampling_cli import sampling_request
 
-from ddpm.train.checkpoint import read_checkpoint_file
+from ..train.checkpoint import read_checkpoint_file
 
 from .exporter import onnx_model, verify
 from .load import load_for_export

@@ -15,10 +15,10 @@ import onnx
 import torch
 from torch import nn
 
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.metadata import ModelInfo
-from ddpm.runtime.sampler import AncestralSampler
-from ddpm.runtime.session import cpu_session
+from ..core.errors import DDPMError
+from ..core.metadata import ModelInfo
+from ..core.sampler import AncestralSampler
+from ..runtime.session import cpu_session
 
 from .load import ExportSource
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.metadata import ModelInfo
-from ddpm.train.checkpoint import is_project_checkpoint, is_state_dict, read_checkpoint_file, validate_checkpoint, versions
-from ddpm.train.config import UNetConfig
-from ddpm.train.unet import UNet
+from ..core.errors import DDPMError
+from ..core.metadata import ModelInfo
+from ..train.checkpoint import is_project_checkpoint, is_state_dict, read_checkpoint_file, validate_checkpoint, versions
+from ..train.config import UNetConfig
+from ..train.unet import UNet
 
 LABML_KEYS = ("image_proj.weight", "time_emb.lin1.weight", "time_emb.lin2.weight", "norm.weight", "final.weight")
 LABML_SCHEDULE = {"kind": "linear", "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.metadata import ModelInfo
-from ddpm.runtime.mnist import load_mnist
-from ddpm.runtime.session import cpu_session
+from ..core.errors import DDPMError
+from ..core.metadata import ModelInfo
+from ..core.mnist import load_mnist
+from ..runtime.session import cpu_session
 
 QUANTIZED_OPS = ("Conv", "MatMul")
 CALIBRATION_SEED = 20_201_126
@@ -37,7 +37,7 @@ def noisy_digits(info: ModelInfo, images: np.ndarray, labels: np.ndarray, rng: n
     """Feeds {x, t[, y]} of 16 images each: x_t of the given digits with t stratified over 0..T−1,
     and for a class-conditional model the digit's label (one in ten the "no class" index, which
     guidance feeds)."""
-    from ddpm.train.data import DataConfig, transform_images
+    from ..train.data import DataConfig, transform_images
 
     count, schedule = len(images), info.make_schedule()
     steps = schedule.timesteps

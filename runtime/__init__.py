@@ -1,4 +1,5 @@
-"""Torch-free side of ddpm-mnist: schedule, sampler, ONNX Runtime sessions, MNIST reader, image output.
+"""The deployment layer of ddpm-mnist: ONNX Runtime sessions around the shared core's schedule and
+samplers, the sampling pipeline, and the ddpm-run and ddpm-eval commands. Torch-free.
 
 Imports only NumPy, ONNX Runtime, imageio, click and the standard library.
 
@@ -13,21 +14,21 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    "DDPM": "pipeline",
-    "SampleRun": "pipeline",
-    "default_model_path": "pipeline",
-    "write_gif": "outputs",
-    "write_png": "outputs",
-    "write_npz": "outputs",
+    "DDPM": ".pipeline",
+    "SampleRun": ".pipeline",
+    "default_model_path": ".pipeline",
+    "write_gif": "..core.outputs",
+    "write_png": "..core.outputs",
+    "write_npz": "..core.outputs",
 }
 
 __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that the trainer can use the schedule without starting ONNX Runtime.
+    # Lazy, so that importing one runtime module (the session, for an export check) loads no more.
     if name in _LAZY:
         from importlib import import_module
 
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,12 +10,12 @@ from typing import Callable
 import click
 
 from . import cpu_batch
-from .console import OutputPath, run_command
-from .errors import DDPMError
-from .files import StagedFiles, check_distinct_paths, output_target
-from .outputs import VIDEO_CODECS, gif_bytes, npz_bytes, png_bytes, video_available, write_video
+from ..core.console import OutputPath, run_command
+from ..core.errors import DDPMError
+from ..core.files import StagedFiles, check_distinct_paths, output_target
+from ..core.outputs import VIDEO_CODECS, gif_bytes, npz_bytes, png_bytes, video_available, write_video
 from .pipeline import DDPM, ENGINE_CHOICES, SHOW, default_model_path, int8_is_faster, resolve_engine
-from .progress import Progress
+from ..core.progress import Progress
 from .sampling_cli import sampling_options, sampling_request
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")

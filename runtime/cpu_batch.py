@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from .files import atomic_write
+from ..core.files import atomic_write
 
 CANDIDATES = (4, 8, 16, 32, 64)
 CALL_BUDGET_S = 1.0  # a batch whose one call takes longer ends the search: larger ones only cost more

@@ -12,12 +12,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .console import OutputPath, run_command
-from .errors import DDPMError
-from .files import StagedFiles, check_distinct_paths, output_target
-from .mnist import load_mnist
+from ..core.console import OutputPath, run_command
+from ..core.errors import DDPMError
+from ..core.files import StagedFiles, check_distinct_paths, output_target
+from ..core.mnist import load_mnist
 from .pipeline import DDPM
-from .progress import Progress
+from ..core.progress import Progress
 from .quality import Judge, Scores, score, to_judge_size
 from .sampling_cli import sampling_options, sampling_request
 

@@ -12,10 +12,10 @@ from typing import Iterator
 
 from typing import TYPE_CHECKING
 
-from .errors import DDPMError
+from ..core.errors import DDPMError
 
 if TYPE_CHECKING:
-    from .metadata import ModelInfo
+    from ..core.metadata import ModelInfo
 
 # ONNX TensorProto.DataType values by name.
 ELEM_TYPES = {1: "float32", 7: "int64", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32"}

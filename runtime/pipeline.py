@@ -22,10 +22,10 @@ from typing import Callable
 import numpy as np
 
 from . import cpu_batch
-from .errors import DDPMError
-from .images import to_uint8
-from .metadata import ModelInfo
-from .sampler import SPACINGS, AncestralSampler, DDIMSampler, DPMSolverSampler, predict_x0
+from ..core.errors import DDPMError
+from ..core.images import to_uint8
+from ..core.metadata import ModelInfo
+from ..core.sampler import SPACINGS, AncestralSampler, DDIMSampler, DPMSolverSampler, predict_x0
 from .session import BoundEps, BoundStep, UNetSession
 
 ENGINES = ("plain", "iobinding")

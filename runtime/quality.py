@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DDPMError
+from ..core.errors import DDPMError
 from .session import cpu_session
 
 CONFIDENT = 0.9

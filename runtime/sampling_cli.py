@@ -9,9 +9,9 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from .errors import DDPMError
+from ..core.errors import DDPMError
 from .pipeline import DEFAULT_SPACING, MAX_GUIDANCE, SAMPLERS, DDPM
-from .sampler import SPACINGS
+from ..core.sampler import SPACINGS
 
 DDIM_DEFAULT_STEPS = 50
 SOLVER_DEFAULT_STEPS = 20

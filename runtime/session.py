@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .errors import DDPMError
-from .metadata import ModelInfo
+from ..core.errors import DDPMError
+from ..core.metadata import ModelInfo
 from .onnx_check import check_contract, read_outline
 
 PROVIDERS = {

@@ -38,7 +38,7 @@ def test_export_writes_the_onnx_path_as_given(invoke, tiny_export, tmp_path):
 
 
 def test_metadata_timesteps_are_bounded_before_allocating():
-    from ddpm.runtime.metadata import ModelInfo
+    from ddpm.core.metadata import ModelInfo
 
     info = ModelInfo(schedule={"kind": "linear", "timesteps": 10**8}, image_size=32, image_channels=1, data_range=(-1.0, 1.0))
     problems = info.problems()  # refused by the bound, not after building 10^8 betas
@@ -53,7 +53,7 @@ def test_metadata_timesteps_are_bounded_before_allocating():
     ({"data_range": (0.0, float("nan"))}, "data_range"),
 ])
 def test_settings_that_can_only_end_in_nan_are_impossible(change, fragment):
-    from ddpm.runtime.metadata import ModelInfo
+    from ddpm.core.metadata import ModelInfo
 
     settings = {"schedule": {"kind": "linear", "timesteps": 1000}, "image_size": 32, "image_channels": 1,
                 "data_range": (-1.0, 1.0)}
@@ -63,8 +63,8 @@ def test_settings_that_can_only_end_in_nan_are_impossible(change, fragment):
 
 
 def test_metadata_with_nan_is_refused_as_not_json():
-    from ddpm.runtime.errors import DDPMError
-    from ddpm.runtime.metadata import ModelInfo
+    from ddpm.core.errors import DDPMError
+    from ddpm.core.metadata import ModelInfo
 
     props = ModelInfo(schedule={"kind": "linear", "timesteps": 1000}, image_size=32, image_channels=1,
                       data_range=(-1.0, 1.0), source={"step": 3}).to_metadata()
@@ -101,7 +101,7 @@ def test_torch_allocation_failures_are_one_line(capsys, monkeypatch, message):
 
     import click
 
-    from ddpm.runtime.console import run_command
+    from ddpm.core.console import run_command
 
     @click.command()
     def command():
@@ -120,7 +120,7 @@ def test_other_runtime_errors_are_not_disguised_as_memory(monkeypatch):
 
     import click
 
-    from ddpm.runtime.console import run_command
+    from ddpm.core.console import run_command
 
     @click.command()
     def command():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.mnist import load_mnist, read_idx
+from ddpm.core.errors import DDPMError
+from ddpm.core.mnist import load_mnist, read_idx
 from ddpm.train.data import DataConfig, load_training_images, transform_images
 
 

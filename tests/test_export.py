@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_STEPS, assert_one_line_error
 from ddpm.export.cli import main as export_main
 from ddpm.export.load import infer_labml_config
-from ddpm.runtime.metadata import ModelInfo
+from ddpm.core.metadata import ModelInfo
 from ddpm.train.config import preset
 from ddpm.train.unet import UNet
 

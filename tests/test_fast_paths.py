@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from ddpm.runtime.cli import main as run_main
-from ddpm.runtime.errors import DDPMError
+from ddpm.core.errors import DDPMError
 from ddpm.runtime import pipeline
 from ddpm.runtime.pipeline import DDPM, resolve_engine
 from ddpm.runtime.session import BoundStep, UNetSession, step_graph_ids

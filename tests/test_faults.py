@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import assert_error_line, assert_one_line_error
-from ddpm.runtime.errors import DDPMError
+from ddpm.core.errors import DDPMError
 from ddpm.train import checkpoint as checkpoint_module
 from ddpm.train.checkpoint import load_checkpoint
 from ddpm.train.cli import main as train_main

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import DATA_DIR, assert_one_line_error
-from ddpm.runtime.errors import DDPMError
+from ddpm.core.errors import DDPMError
 from ddpm.runtime.eval_cli import MAX_NPZ_MEMBER_BYTES
 from ddpm.runtime.eval_cli import main as eval_main
-from ddpm.runtime.mnist import MAX_IDX_BYTES, load_mnist, read_idx
+from ddpm.core.mnist import MAX_IDX_BYTES, load_mnist, read_idx
 
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -85,8 +85,8 @@ def gzip_bomb(path: Path, dims, inflated: int) -> None:
 # reader that inflates the whole file (or allocates what the header claims) dies of MemoryError.
 CAPPED_READ = textwrap.dedent("""
     import re, resource, sys
-    from ddpm.runtime.errors import DDPMError
-    from ddpm.runtime.mnist import read_idx
+    from ddpm.core.errors import DDPMError
+    from ddpm.core.mnist import read_idx
     status = open("/proc/self/status").read()
     in_use = int(re.search(r"VmSize:\\s+(\\d+) kB", status).group(1)) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (in_use + (512 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))

@@ -41,7 +41,7 @@ def test_help_needs_no_extra():
 
 
 def test_other_missing_modules_are_not_blamed_on_an_extra():
-    from ddpm.runtime.console import missing_extra
+    from ddpm.core.console import missing_extra
 
     assert missing_extra(ModuleNotFoundError("No module named 'yaml'", name="yaml")) is None
     assert "[train]" in missing_extra(ModuleNotFoundError("x", name="torch.nn"))

@@ -7,7 +7,7 @@ import pytest
 from conftest import DATA_DIR, assert_one_line_error
 from ddpm.export.cli import main as export_main
 from ddpm.runtime.cli import main as run_main
-from ddpm.runtime.metadata import ModelInfo
+from ddpm.core.metadata import ModelInfo
 from ddpm.runtime.pipeline import DDPM
 
 

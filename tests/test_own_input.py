@@ -75,7 +75,7 @@ def test_special_files_are_never_replaced(invoke, tiny_export, tmp_path, special
 
 
 def test_a_link_to_a_file_is_written_through(tmp_path):
-    from ddpm.runtime.files import atomic_write
+    from ddpm.core.files import atomic_write
 
     real = tmp_path / "real.txt"
     real.write_text("old")

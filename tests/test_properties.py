@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.metadata import PREFIX, ModelInfo
-from ddpm.runtime.mnist import read_idx
+from ddpm.core.errors import DDPMError
+from ddpm.core.metadata import PREFIX, ModelInfo
+from ddpm.core.mnist import read_idx
 from ddpm.runtime.onnx_check import read_outline
 from ddpm.runtime.pipeline import default_model_path
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from ddpm.runtime.eval_cli import main as eval_main
-from ddpm.runtime.mnist import load_mnist
+from ddpm.core.mnist import load_mnist
 from ddpm.runtime.quality import Judge, frechet_distance, resize_bilinear, score, to_judge_size
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.runtime.schedule import make_schedule
+from ddpm.core.schedule import make_schedule
 from ddpm.train.cli import PRESET_TRAINING
 from ddpm.train.cli import main as train_main
 from ddpm.train.diffusion import Diffusion

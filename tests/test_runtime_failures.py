@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ddpm.runtime.errors import DDPMError
+from ddpm.core.errors import DDPMError
 from ddpm.runtime.pipeline import DDPM
 
 

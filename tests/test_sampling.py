@@ -14,12 +14,12 @@ import torch
 from conftest import DATA_DIR, assert_one_line_error
 from ddpm.export.cli import main as export_main
 from ddpm.runtime.cli import main as run_main
-from ddpm.runtime.errors import DDPMError
+from ddpm.core.errors import DDPMError
 from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.runtime.pipeline import DDPM, class_prior_labels
-from ddpm.runtime.sampler import AncestralSampler, DDIMSampler, spaced_timesteps
+from ddpm.core.sampler import AncestralSampler, DDIMSampler, spaced_timesteps
 from ddpm.runtime.sampling_cli import DEFAULT_GUIDANCE
-from ddpm.runtime.schedule import cosine_alpha_bar, make_schedule
+from ddpm.core.schedule import cosine_alpha_bar, make_schedule
 from ddpm.train.config import preset
 from ddpm.train.unet import UNet
 from tests_support import run_main as call_main

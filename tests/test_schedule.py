@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ddpm.runtime.sampler import AncestralSampler
-from ddpm.runtime.schedule import Schedule, linear_betas, make_schedule
+from ddpm.core.sampler import AncestralSampler
+from ddpm.core.schedule import Schedule, linear_betas, make_schedule
 
 
 def test_linear_schedule_closed_form():

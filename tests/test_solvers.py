@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from conftest import assert_one_line_error
 from ddpm.runtime.cli import main as run_main
-from ddpm.runtime.errors import DDPMError
+from ddpm.core.errors import DDPMError
 from ddpm.runtime.pipeline import DDPM
-from ddpm.runtime.sampler import (
+from ddpm.core.sampler import (
     LAMBDA_MIN,
     SPACINGS,
     DDIMSampler,
@@ -23,7 +23,7 @@ from ddpm.runtime.sampler import (
     solver_timesteps,
     spaced_timesteps,
 )
-from ddpm.runtime.schedule import make_schedule
+from ddpm.core.schedule import make_schedule
 
 SCHEDULES = {"linear": make_schedule("linear", 1000), "cosine": make_schedule("cosine", 1000)}
 

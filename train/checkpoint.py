@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import atomic_write, make_dir
-from ddpm.runtime.metadata import ModelInfo
+from ..core.errors import DDPMError
+from ..core.files import atomic_write, make_dir
+from ..core.metadata import ModelInfo
 
 FORMAT = "ddpm-mnist-checkpoint"
 FORMAT_VERSION = 1

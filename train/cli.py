@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from ddpm.runtime.console import OutputPath, run_command
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import check_writable_dir
+from ..core.console import OutputPath, run_command
+from ..core.errors import DDPMError
+from ..core.files import check_writable_dir
 
 PRESET_NAMES = ("small", "labml", "tiny")
 # Training defaults per preset; `labml` follows the seed's own settings.

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.mnist import SPLIT_FILES, load_mnist, missing_files
+from ..core.errors import DDPMError
+from ..core.mnist import SPLIT_FILES, load_mnist, missing_files
 
 TRANSFORMS = ("pad", "resize")
 DATA_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}

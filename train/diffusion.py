@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm.runtime.sampler import AncestralSampler
-from ddpm.runtime.schedule import Schedule
+from ..core.sampler import AncestralSampler
+from ..core.schedule import Schedule
 
 
 class Diffusion:

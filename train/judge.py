@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm.runtime.console import OutputPath, run_command
-from ddpm.runtime.files import StagedFiles, check_writable_dir
-from ddpm.runtime.mnist import load_mnist
-from ddpm.runtime.progress import Progress
+from ..core.console import OutputPath, run_command
+from ..core.files import StagedFiles, check_writable_dir
+from ..core.mnist import load_mnist
+from ..core.progress import Progress
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FEATURES = 128
@@ -122,7 +122,7 @@ def export_judge(model: Judge, path: Path) -> bytes:
 @click.option("--min-accuracy", type=click.FloatRange(0.0, 1.0), default=0.99, help="Refuse to write a judge below this test accuracy.")
 def judge_command(data_dir: Path, epochs: int, seed: int, out: Path, min_accuracy: float) -> None:
     """Train the MNIST judge (about 180k parameters) and export it to ONNX for ddpm-eval."""
-    from ddpm.runtime.errors import DDPMError
+    from ..core.errors import DDPMError
 
     check_writable_dir(out.parent)
     model, record = train_judge(data_dir, epochs, seed)
@@ -160,7 +160,7 @@ def ort_check(blob: bytes, model: Judge) -> None:
     """The ONNX judge must match the PyTorch one."""
     import onnxruntime as ort
 
-    from ddpm.runtime.errors import DDPMError
+    from ..core.errors import DDPMError
 
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     x = torch.rand(5, 1, 28, 28)

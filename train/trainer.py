@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm.runtime.errors import DDPMError
-from ddpm.runtime.files import atomic_write, make_dir
-from ddpm.runtime.images import to_uint8
-from ddpm.runtime.outputs import write_png
-from ddpm.runtime.progress import Progress
-from ddpm.runtime.schedule import make_schedule
+from ..core.errors import DDPMError
+from ..core.files import atomic_write, make_dir
+from ..core.images import to_uint8
+from ..core.outputs import write_png
+from ..core.progress import Progress
+from ..core.schedule import make_schedule
 
 from .checkpoint import (
     LATEST,
