@@ -16,11 +16,11 @@ from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from .onnx_check import check_contract, read_outline
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
+# ONNX Runtime's provider names, spelled here only; PROVIDERS maps the --provider aliases to them.
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+PROVIDERS = {"cpu": CPU_PROVIDER, "cuda": CUDA_PROVIDER, "tensorrt": TENSORRT_PROVIDER}
 MAX_MODEL_BYTES = 2 << 30  # a single-file ONNX model cannot exceed protobuf's 2 GiB
 
 
@@ -91,7 +91,7 @@ def cpu_session(model: bytes | str | Path, threads: int | None = None) -> ort.In
     """An ONNX Runtime session on the CPU provider with this project's options (the judge, export
     checks, int8 checks); ``model`` is the file's bytes or its path."""
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, session_options(threads), providers=[CPU_PROVIDER])
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -136,7 +136,7 @@ class UNetSession:
             if provider in ("cuda", "tensorrt"):
                 raise DDPMError(f"{self.path} is an int8 copy for CPUs; --provider {provider} needs the fp32 model")
             if provider == "auto":
-                if "CUDAExecutionProvider" in ort.get_available_providers() and gpu_present():
+                if CUDA_PROVIDER in ort.get_available_providers() and gpu_present():
                     self.notes.append("an int8 model runs on the CPU, not on this machine's GPU")
                 provider = "cpu"
         options = session_options(threads)
@@ -171,21 +171,21 @@ class UNetSession:
     def _open(self, model: bytes, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
         available = ort.get_available_providers()
         if provider == "cpu":
-            return self._load(model, options, ["CPUExecutionProvider"])
+            return self._load(model, options, [CPU_PROVIDER])
         if provider == "auto":
-            if "CUDAExecutionProvider" not in available:
+            if CUDA_PROVIDER not in available:
                 self.notes.append("this ONNX Runtime build has no CUDA provider; running on the CPU")
             elif not gpu_present():
                 self.notes.append("no NVIDIA GPU driver found; running on the CPU")
             else:
                 try:
                     session = self._load(model, options, self._gpu_providers("cuda"))
-                    if session.get_providers()[0] == "CUDAExecutionProvider":
+                    if session.get_providers()[0] == CUDA_PROVIDER:
                         return session
                     self.problems.append(self._cuda_failure_note())
                 except DDPMError as exc:
                     self.problems.append(f"the CUDA provider failed ({exc}); running on the CPU")
-            return self._load(model, options, ["CPUExecutionProvider"])
+            return self._load(model, options, [CPU_PROVIDER])
         name = PROVIDERS[provider]
         if name not in available:
             raise DDPMError(
@@ -217,8 +217,8 @@ class UNetSession:
         cuda_options = {"cudnn_conv_algo_search": "EXHAUSTIVE", "device_id": str(self.device_id)}
         if self.cuda_graph:
             cuda_options["enable_cuda_graph"] = "1"
-        chain = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-        return ["TensorrtExecutionProvider", *chain] if provider == "tensorrt" else chain
+        chain = [(CUDA_PROVIDER, cuda_options), CPU_PROVIDER]
+        return [TENSORRT_PROVIDER, *chain] if provider == "tensorrt" else chain
 
     def _load(self, model: bytes, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
         try:
@@ -279,16 +279,16 @@ def check_binding(session: UNetSession, batch: int) -> None:
         raise DDPMError(f"{session.path} has a fixed batch of {session.fixed_batch}, not {batch}")
     if session.cuda_graph and session.fixed_batch is None:
         raise DDPMError("CUDA graphs need a fixed-batch model (ddpm-export --fixed-batch N)")
-    if session.cuda_graph and session.provider != "CUDAExecutionProvider":
+    if session.cuda_graph and session.provider != CUDA_PROVIDER:
         raise DDPMError(f"CUDA graphs need the CUDA provider; the session runs on {session.provider}")
 
 
 def _device(session: UNetSession) -> str:
-    return "cpu" if session.provider == "CPUExecutionProvider" else "cuda"
+    return "cpu" if session.provider == CPU_PROVIDER else "cuda"
 
 
 def _index(session: UNetSession) -> int:
-    return 0 if session.provider == "CPUExecutionProvider" else session.device_id
+    return 0 if session.provider == CPU_PROVIDER else session.device_id
 
 
 class BoundEps:
