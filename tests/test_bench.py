@@ -3,8 +3,11 @@ import json
 import pytest
 
 from conftest import assert_one_line_error
-from ddpm.benchmarks import bench
-from ddpm.benchmarks.bench import BenchModel, Row, fill_rates, main as bench_main, target_lines
+from ddpm.benchmarks import bench, steps
+from ddpm.benchmarks.bench import main as bench_main
+from ddpm.benchmarks.models import BenchModel
+from ddpm.benchmarks.report import fill_rates, target_lines
+from ddpm.benchmarks.steps import Row
 from ddpm.runtime.session import UNetSession
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -12,7 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 
 @pytest.fixture(autouse=True)
 def no_settling(monkeypatch):
-    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(steps, "SETTLE_SECONDS", 0.0)
 
 
 def test_per_sample_arithmetic_and_labels(tiny_export):

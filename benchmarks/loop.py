@@ -1,0 +1,60 @@
+"""Full-loop timing: the whole T-step ``ddpm-run`` loop at batch 1 (the "measured" per-sample
+latency), and one whole batch per sampler at its recommended step count (the time to a finished digit)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..runtime.pipeline import DDPM
+from .models import BenchModel
+from .report import SEED_SECONDS_PER_SAMPLE
+from .steps import Row, settle
+
+LOOP_BUDGET_SECONDS = 60.0  # stop repeating a model's full loop once this much time went into it
+# Each sampler at the step count the README recommends for it: time to a finished digit.
+SAMPLER_SETTINGS = (("ancestral", 1000), ("ddim", 50), ("dpm++2m", 20), ("dpm++2m-sde", 20))
+SAMPLER_BATCH = 16
+
+
+def time_full_loop(model: BenchModel, rows: list[Row], provider: str, threads: int, loop_repeats: int,
+                   echo: Callable[[str], None]) -> str | None:
+    """The median of up to ``loop_repeats`` whole loops at batch 1, written into the model's timed
+    'ort' batch-1 row; without that row, a note saying why the loop was not timed."""
+    row = next((r for r in rows if (r.model, r.implementation, r.provider, r.batch) == (model.name, "ort", provider, 1)
+                and r.step_s_median is not None), None)
+    if row is None:
+        return f"{model.name}: full loop not timed (it runs in the 'ort' row at batch 1, which is not selected)"
+    ddpm = DDPM.load(model.onnx_path, provider=provider, threads=threads if provider == "cpu" else None)
+    runs = []
+    while len(runs) < loop_repeats and sum(r.seconds for r in runs) < LOOP_BUDGET_SECONDS:
+        settle()
+        runs.append(ddpm.generate(1, seed=0, batch_size=1))
+    runs.sort(key=lambda r: r.seconds)
+    run = runs[len(runs) // 2]
+    row.per_sample_s = run.seconds
+    row.per_sample_method = f"measured ({run.settings['steps']}-step loop, median of {len(runs)})"
+    row.note = (f"loop/session.run = {run.seconds / run.run_seconds:.3f}"
+                f" ({run.seconds:.2f} s / {run.run_seconds:.2f} s); loops {runs[0].seconds:.2f}-{runs[-1].seconds:.2f} s")
+    echo(f"{model.name:6s} full {model.info.make_schedule().timesteps}-step loop, batch 1, {provider}: {run.seconds:.2f} s "
+         f"per sample (median of {len(runs)}, {runs[0].seconds:.2f}-{runs[-1].seconds:.2f} s)")
+    return None
+
+
+def time_samplers(model: BenchModel, provider: str, threads: int, quick: bool, echo: Callable[[str], None]) -> list[dict]:
+    """Whole sampling runs of one batch per sampler (the same seed), seconds per finished sample.
+
+    --quick leaves out the 1000-step ancestral run (its time is the full-loop row's, times the batch gain)."""
+    ddpm = DDPM.load(model.onnx_path, provider=provider, threads=threads if provider == "cpu" else None)
+    batch = SAMPLER_BATCH if provider == "cpu" else 256
+    rows = []
+    for sampler, steps in SAMPLER_SETTINGS:
+        steps = min(steps, ddpm.timesteps)
+        if quick and steps > 100:
+            continue
+        settle()
+        run = ddpm.generate(batch, seed=0, batch_size=batch, sampler=sampler, steps=steps)
+        rows.append({"model": model.name, "provider": provider, "sampler": sampler, "steps": steps, "batch": batch,
+                     "seconds": run.seconds, "per_sample_s": run.seconds / batch,
+                     "speedup_vs_seed": SEED_SECONDS_PER_SAMPLE * batch / run.seconds})
+        echo(f"{model.name:6s} {sampler:12s} {steps:4d} steps, {provider}, batch {batch}: {run.seconds / batch:.3f} s per sample")
+    return rows

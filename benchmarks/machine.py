@@ -1,0 +1,106 @@
+"""The machine a benchmark runs on, and its limits measured in the same run: sgemm throughput on
+the CPU; fp32 matmul throughput and copy bandwidth on the GPU."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from ..runtime.cpu_batch import cpu_name
+
+
+@dataclass
+class Machine:
+    cpu: str
+    logical_cpus: int
+    threads: int
+    gpu: str | None
+    python: str
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def try_import_torch():
+    """The torch module, or None: every row that needs PyTorch is then listed as skipped."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def describe_machine(threads: int, torch) -> Machine:
+    versions = {"numpy": np.__version__, "onnxruntime": ort.__version__}
+    gpu = None
+    if torch is not None:
+        versions["torch"] = str(torch.__version__)
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    return Machine(cpu_name(), os.cpu_count() or 1, threads, gpu, platform.python_version(), versions)
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cpu_sgemm_gflops(torch, size: int = 1024, repeats: int = 7) -> tuple[float, str]:
+    """fp32 matrix-multiply throughput with the benchmark's thread count."""
+    flops = 2.0 * size**3
+    if torch is not None:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)
+        return flops / median_seconds(lambda: torch.mm(a, b), repeats) / 1e9, f"torch.mm {size}x{size} fp32"
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    a @ a
+    return flops / median_seconds(lambda: a @ a, repeats) / 1e9, f"numpy matmul {size}x{size} fp32"
+
+
+def gpu_limits(torch) -> dict[str, float]:
+    """Measured fp32 matmul throughput (TF32 off) and device copy bandwidth of GPU 0."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    size = 8192
+    a, b = torch.randn(size, size, device="cuda"), torch.randn(size, size, device="cuda")
+
+    def matmul():
+        torch.mm(a, b)
+        torch.cuda.synchronize()
+
+    matmul()
+    tflops = 2.0 * size**3 / median_seconds(matmul, 5) / 1e12
+    buffer = torch.empty(1 << 28, dtype=torch.float32, device="cuda")  # 1 GiB
+    target = torch.empty_like(buffer)
+
+    def copy():
+        target.copy_(buffer)
+        torch.cuda.synchronize()
+
+    copy()
+    bandwidth = 2 * buffer.numel() * 4 / median_seconds(copy, 5) / 1e9  # read + write
+    return {"fp32_tflops": tflops, "bandwidth_gbs": bandwidth}
+
+
+def measure_limits(machine: Machine, providers: list[str], torch, echo: Callable[[str], None]) -> dict[str, Any]:
+    """The limits the rows are measured against: the CPU's always, the GPU's when CUDA rows run."""
+    limits: dict[str, Any] = {}
+    limits["cpu_sgemm_gflops"], limits["cpu_sgemm_method"] = cpu_sgemm_gflops(torch)
+    echo(f"{machine.cpu}, {machine.threads} threads: sgemm {limits['cpu_sgemm_gflops']:.1f} GFLOP/s ({limits['cpu_sgemm_method']})")
+    if "cuda" in providers and torch is not None and torch.cuda.is_available():
+        limits.update(gpu_limits(torch))
+        echo(f"{machine.gpu}: {limits['fp32_tflops']:.1f} TFLOP/s fp32 matmul, {limits['bandwidth_gbs']:.0f} GB/s copy")
+    return limits

@@ -1,0 +1,168 @@
+"""The report: per-sample figures and fractions of the limit per row, the targets judged, and the
+result files bench-TAG.json, .md and .png."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..core.files import StagedFiles
+from .machine import Machine
+from .models import BenchModel
+from .steps import Row
+
+SEED_SECONDS_PER_SAMPLE = 50.0  # the seed's figure: 1000 steps, batch 1, eager PyTorch on a V100
+
+
+def fill_rates(row: Row, model: BenchModel, limits: dict[str, float], timesteps: int) -> None:
+    if row.step_s_median is None:
+        return
+    if row.per_sample_s is None:
+        row.per_sample_s = row.step_s_median * timesteps / row.batch
+        row.per_sample_method = "extrapolated"
+    row.speedup_vs_seed = SEED_SECONDS_PER_SAMPLE / row.per_sample_s
+    if model.flops_per_image is None:
+        return
+    row.achieved_gflops = model.flops_per_image * row.batch / row.step_s_median / 1e9
+    if row.provider == "cpu" and limits.get("cpu_sgemm_gflops"):
+        row.fraction_of_limit = row.achieved_gflops / limits["cpu_sgemm_gflops"]
+    elif row.provider == "cuda" and limits.get("fp32_tflops"):
+        compute = model.flops_per_image * row.batch / (limits["fp32_tflops"] * 1e12)
+        memory = (model.weight_bytes or 0.0) / (limits["bandwidth_gbs"] * 1e9)
+        row.fraction_of_limit = max(compute, memory) / row.step_s_median
+
+
+def target_lines(rows: list[Row]) -> list[str]:
+    def find(model, implementation, provider, batch):
+        return next((r for r in rows if (r.model, r.implementation, r.provider, r.batch) == (model, implementation, provider, batch)
+                     and r.step_s_median is not None), None)
+
+    lines = []
+    ort1, eager1 = find("small", "ort", "cpu", 1), find("small", "eager", "cpu", 1)
+    if ort1 and eager1:
+        ratio = eager1.step_s_median / ort1.step_s_median
+        lines.append(f"ONNX Runtime vs eager PyTorch per step, small, CPU, batch 1: {ratio:.2f}x (target >= 2.0x): "
+                     f"{'met' if ratio >= 2.0 else 'missed'}")
+    if ort1 and ort1.per_sample_method.startswith("measured"):
+        overhead = float(ort1.note.split("=")[1].split()[0])
+        lines.append(f"Loop wall time / sum of session.run, small, CPU, batch 1: {overhead:.3f} (target <= 1.05): "
+                     f"{'met' if overhead <= 1.05 else 'missed'}")
+        lines.append(f"Per-sample latency, small, CPU, batch 1, full loop: {ort1.per_sample_s:.2f} s (target <= 5 s): "
+                     f"{'met' if ort1.per_sample_s <= 5.0 else 'missed'}")
+    ort16 = find("small", "ort", "cpu", 16)
+    if ort16 and ort16.fraction_of_limit is not None:
+        lines.append(f"Batch 16, small, CPU: {ort16.fraction_of_limit:.0%} of the measured sgemm throughput (target >= 80%): "
+                     f"{'met' if ort16.fraction_of_limit >= 0.8 else 'missed'}")
+    best = {implementation: best_batch(rows, "small", implementation, "cpu") for implementation in ("ort", "ort-int8")}
+    fp32, int8 = best["ort"], best["ort-int8"]
+    if fp32 and int8:
+        ratio = fp32.per_sample_s / int8.per_sample_s
+        lines.append(f"int8 vs fp32 per sample, small, CPU, each at its best batch (fp32 {fp32.batch}, int8 {int8.batch}): "
+                     f"{ratio:.2f}x (target >= 1.5x): {'met' if ratio >= 1.5 else 'missed'}")
+    fastest = min((row for row in best.values() if row), key=lambda row: row.per_sample_s, default=None)
+    if fastest:
+        lines.append(f"Whole sampling loop per sample, small, CPU, best batch ({fastest.implementation}, batch {fastest.batch}): "
+                     f"{fastest.per_sample_s:.2f} s (target <= 2 s on a 2-core machine): "
+                     f"{'met' if fastest.per_sample_s <= 2.0 else 'missed'}")
+    return lines
+
+
+def best_batch(rows: list[Row], model: str, implementation: str, provider: str) -> Row | None:
+    """The row of the batch size with the lowest time per sample (step time x T / B, not a full-loop row)."""
+    timed = [row for row in rows if (row.model, row.implementation, row.provider) == (model, implementation, provider)
+             and row.per_sample_s is not None and not row.per_sample_method.startswith("measured")]
+    return min(timed, key=lambda row: row.per_sample_s, default=None)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows: list[Row], machine: Machine, limits: dict[str, Any], targets: list[str], notes: list[str],
+             sampler_rows: list[dict] = ()) -> str:
+    lines = [
+        f"# ddpm-bench results ({machine.cpu}{', ' + machine.gpu if machine.gpu else ''})",
+        "",
+        f"{machine.threads} threads; versions: {', '.join(f'{k} {v}' for k, v in machine.versions.items())}.",
+        "Limits measured in the same run: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in limits.items()) + ".",
+        f"Speedup = the seed's {SEED_SECONDS_PER_SAMPLE:.0f} s per sample ÷ the row's per-sample latency.",
+        "",
+        "| model | implementation | provider | batch | step median (min-max) ms | per-sample s | how | x seed | GFLOP/s | of limit | note |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        step = "-" if r.step_s_median is None else f"{r.step_s_median * 1e3:.2f} ({r.step_s_min * 1e3:.2f}-{r.step_s_max * 1e3:.2f})"
+        lines.append(
+            f"| {r.model} | {r.implementation} | {r.provider} | {r.batch} | {step} | {fmt(r.per_sample_s, '.3f')} | "
+            f"{r.per_sample_method} | {fmt(r.speedup_vs_seed, '.1f')} | {fmt(r.achieved_gflops, '.1f')} | "
+            f"{fmt(r.fraction_of_limit and r.fraction_of_limit * 100, '.0f')}{'%' if r.fraction_of_limit else ''} | {r.note} |"
+        )
+    lines += ["", "Weights: " + "; ".join(sorted({f"{r.model}: {r.weights}" for r in rows})) + "."]
+    lines += sampler_markdown(list(sampler_rows))
+    if targets:
+        lines += ["", "## Targets", ""] + [f"- {t}" for t in targets]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def sampler_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Samplers: time to a finished digit", "",
+             "One run of a whole batch per sampler at its recommended step count (quality per step count: the README).", "",
+             "| model | provider | sampler | network calls | batch | s per sample | x seed |", "|---|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['provider']} | {r['sampler']} | {r['steps']} | {r['batch']} | {r['per_sample_s']:.3f} | "
+              f"{r['speedup_vs_seed']:.0f} |" for r in rows]
+    return lines
+
+
+def write_chart(rows: list[Row], staged: StagedFiles, path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "chart skipped: matplotlib is not installed (pip install \"ddpm-mnist[bench]\")"
+    shown = [r for r in rows if r.per_sample_s is not None]
+    if not shown:
+        return "chart skipped: no timed rows"
+    labels = [f"{r.model} {r.implementation} {r.provider} b{r.batch}" for r in shown]
+    values = [r.per_sample_s for r in shown]
+    figure, axis = plt.subplots(figsize=(9, 0.32 * len(shown) + 1.5))
+    colours = ["tab:blue" if "measured" in r.per_sample_method else "tab:gray" for r in shown]
+    axis.barh(range(len(shown)), values, color=colours)
+    axis.axvline(SEED_SECONDS_PER_SAMPLE, color="tab:red", linestyle="--", label="seed: 50 s per sample (V100, eager)")
+    axis.set_yticks(range(len(shown)), labels, fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xscale("log")
+    axis.set_xlabel("seconds per sample, 1000 steps (log scale; blue: measured loop, grey: extrapolated)")
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(staged.stage(path), dpi=110, format="png")
+    plt.close(figure)
+    return None
+
+
+def write_results(out_dir: Path, tag: str, machine: Machine, limits: dict[str, Any], settings: dict[str, Any],
+                  models: list[BenchModel], rows: list[Row], sampler_rows: list[dict], targets: list[str],
+                  notes: list[str]) -> str | None:
+    """bench-TAG.json, .md and .png, staged so that a failure leaves none of them; returns why the
+    chart was skipped, when it was."""
+    report = {
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": asdict(machine), "limits": limits,
+        "seed_seconds_per_sample": SEED_SECONDS_PER_SAMPLE, "settings": settings,
+        "models": {m.name: {"onnx": str(m.onnx_path), "weights": m.weights, "flops_per_image_step": m.flops_per_image}
+                   for m in models},
+        "rows": [asdict(r) for r in rows], "sampler_rows": sampler_rows, "targets": targets, "notes": notes,
+    }
+    with StagedFiles() as staged:
+        staged.stage(out_dir / f"bench-{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
+        staged.stage(out_dir / f"bench-{tag}.md").write_text(markdown(rows, machine, limits, targets, notes, sampler_rows))
+        chart_note = write_chart(rows, staged, out_dir / f"bench-{tag}.png")
+        staged.commit()
+    return chart_note
