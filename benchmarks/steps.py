@@ -113,10 +113,10 @@ def ort_fused_step(session: UNetSession, batch: int) -> Callable[[int], None]:
 
 
 def torch_step(torch, module, info: ModelInfo, batch: int, device: str, scripted: bool) -> Callable[[int], None]:
-    """One sampling step in PyTorch: ε from the module, then the update with torch tensors on ``device``."""
-    schedule = info.make_schedule()
-    betas = torch.tensor(schedule.betas, dtype=torch.float32, device=device)
-    alpha_bars = torch.tensor(schedule.alpha_bars, dtype=torch.float32, device=device)
+    """One sampling step in PyTorch: ε from the module, then the sampler's update (its factors) on torch tensors on ``device``."""
+    sampler = AncestralSampler(info.make_schedule(), variance=info.variance, noise_at_last_step=info.noise_at_last_step)
+    factors = sampler.coefficients()
+    timesteps, mean_scale, eps_scale, sigma = (factors[k].tolist() for k in ("timesteps", "mean_scale", "eps_scale", "sigma"))
     # Module.to moves in place, and the ONNX rows export the CPU original: a GPU row runs a copy.
     model = module if device == "cpu" else copy.deepcopy(module).to(device)
     shape = (batch, info.image_channels, info.image_size, info.image_size)
@@ -127,14 +127,13 @@ def torch_step(torch, module, info: ModelInfo, batch: int, device: str, scripted
             model = torch.jit.trace(model, (x, torch.zeros(batch, dtype=torch.long, device=device)))
     state = {"x": x}
     noise = torch.randn(shape, device=device)
-    timesteps = schedule.timesteps
 
     def step(i: int) -> None:
-        t = timesteps - 1 - i % timesteps
+        p = i % len(timesteps)
         with torch.no_grad():
-            eps = model(state["x"], torch.full((batch,), t, dtype=torch.long, device=device))
-            mean = (state["x"] - betas[t] / torch.sqrt(1 - alpha_bars[t]) * eps) / torch.sqrt(1 - betas[t])
-            state["x"] = mean + torch.sqrt(betas[t]) * noise if t > 0 else mean
+            eps = model(state["x"], torch.full((batch,), timesteps[p], dtype=torch.long, device=device))
+            mean = mean_scale[p] * (state["x"] - eps_scale[p] * eps)  # x_{t−1} = mean_scale·(x_t − eps_scale·ε) + σ·z
+            state["x"] = mean + sigma[p] * noise if sigma[p] > 0.0 else mean
         if device == "cuda":
             torch.cuda.synchronize()
 
