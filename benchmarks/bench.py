@@ -31,14 +31,14 @@ import click
 from ..core.console import OutputPath, run_command
 from ..core.errors import DDPMError
 from ..core.files import check_writable_dir
-from ..runtime.session import gpu_present
+from ..runtime.session import PROVIDERS as SESSION_PROVIDERS, gpu_present
 from .loop import time_full_loop, time_samplers
 from .machine import describe_machine, measure_limits, try_import_torch, usable_cpus
 from .models import BenchModel, prepare_models
 from .report import fill_rates, target_lines, write_results
 from .steps import IMPLEMENTATIONS, SETTLE_SECONDS, Row, time_model
 
-PROVIDERS = ("cpu", "cuda")
+PROVIDERS = tuple(alias for alias in SESSION_PROVIDERS if alias != "tensorrt")  # TensorRT is an implementation on "cuda"
 MODELS = ("small", "labml")
 RESULTS_DIR = Path("bench-results")  # in the current directory: never inside the installed package
 

@@ -149,13 +149,10 @@ def make_step(model: BenchModel, implementation: str, provider: str, batch: int,
             raise SkipRow("skipped: PyTorch sees no CUDA device")
         return torch_step(torch, model.torch_module, model.info, batch, provider, implementation == "torchscript")
     graph, precision, graphed, engine = ORT_VARIANTS[implementation]
-    if provider == "cpu":
-        name = "cpu"
-    else:
-        name = "tensorrt" if implementation == "tensorrt" else "cuda"
+    session_provider = "tensorrt" if implementation == "tensorrt" else provider  # TensorRT rows run on the "cuda" device
     try:
         path = model.variant(graph, precision, batch if graphed else None, echo)
-        session = UNetSession(path, provider=name, threads=threads if provider == "cpu" else None, cuda_graph=graphed)
+        session = UNetSession(path, provider=session_provider, threads=threads if provider == "cpu" else None, cuda_graph=graphed)
     except DDPMError as exc:
         raise SkipRow(f"skipped: {exc}") from None
     if graph == "fused-step":
