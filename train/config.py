@@ -1,11 +1,29 @@
-"""Model configuration as a plain dataclass, and the named presets."""
+"""Every setting of a training run, declared once as a dataclass field with its ``ddpm-train`` option.
+
+UNetConfig, DataConfig, ScheduleConfig and TrainConfig make the Settings a checkpoint records, fixed for
+the life of a run; RunOptions belong to one invocation. Torch-free, so that ``ddpm-train --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
+import click
+
+from ..core.console import OutputPath
+from ..core.schedule import SCHEDULE_KINDS
+from .options import FRACTION, POSITIVE_FLOAT, POSITIVE_INT, Betas, BoolList, ChoiceOf, FiniteFloatRange, IntList, setting
+
 WIDTH_RULES = ("compound", "base")
+TRANSFORMS = ("pad", "resize")
+DATA_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
+LR_SCHEDULES = ("constant", "cosine", "linear")
+LOSS_WEIGHTINGS = ("none", "min-snr")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+MNIST_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -17,15 +35,23 @@ class UNetConfig:
     """
 
     image_channels: int = 1
-    base_channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 2, 4)
-    attention: tuple[bool, ...] = (False, False, True, True)
-    blocks_per_resolution: int = 2
-    norm_groups: int = 32
-    final_norm_groups: int = 8
-    dropout: float = 0.1
-    width_rule: str = "compound"
-    num_classes: int = 0  # > 0: class-conditional, with one more "no class" index for guidance
+    base_channels: int = setting(64, "Channels after the input projection. [preset]", POSITIVE_INT, preset=True)
+    channel_mults: tuple[int, ...] = setting(
+        (1, 2, 2, 4), "Channel multiplier per resolution level, e.g. 1,2,2,4. [preset]", IntList(), preset=True)
+    attention: tuple[bool, ...] = setting(
+        (False, False, True, True), "Self-attention per level as 1/0, e.g. 0,0,1,1. [preset]", BoolList(), preset=True)
+    blocks_per_resolution: int = setting(
+        2, "Residual blocks per resolution level. [preset]", POSITIVE_INT, flag="blocks", preset=True)
+    norm_groups: int = setting(32, "GroupNorm groups in the blocks. [preset]", POSITIVE_INT, preset=True)
+    final_norm_groups: int = setting(8, "GroupNorm groups before the output conv. [preset]", POSITIVE_INT, preset=True)
+    dropout: float = setting(0.1, "Dropout in the residual blocks. [preset]", FRACTION, preset=True)
+    width_rule: str = setting("compound", "'compound': width = previous·mult (labml); 'base': width = base·mult. [preset]",
+                              click.Choice(WIDTH_RULES), preset=True)
+    # > 0: class-conditional, with one more "no class" index for guidance
+    num_classes: int = setting(
+        0, "Class-conditional model: a digit embedding added to the time embedding, plus a 'no class' index "
+           "for classifier-free guidance (ddpm-run --digit, --guidance).",
+        flag="conditional", preset=True, is_flag=True, flag_value=MNIST_CLASSES)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
@@ -129,3 +155,156 @@ def preset(name: str, **overrides: Any) -> UNetConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides)
+
+
+# Training defaults per preset; `labml` follows the seed's own settings.
+# `small` is the recipe measured fastest to clean digits on a CPU (benchmarks/results/recipe-ablation.md).
+PLAIN_RECIPE = {"lr_schedule": "constant", "lr_warmup_steps": 0, "loss_weighting": "none", "ema_decay": 0.999}
+PRESET_TRAINING: dict[str, dict[str, Any]] = {
+    "small": {"batch_size": 128, "lr": 1e-3, "epochs": 20, "lr_schedule": "cosine", "lr_warmup_steps": 200,
+              "loss_weighting": "min-snr", "ema_decay": 0.9995},
+    "labml": {"batch_size": 64, "lr": 2e-5, "epochs": 3, **PLAIN_RECIPE},
+    "tiny": {"batch_size": 32, "lr": 1e-3, "epochs": 1, **PLAIN_RECIPE},
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How 28x28 uint8 digits become training images; recorded in every checkpoint.
+
+    ``pad`` surrounds the digit with background up to ``image_size``; ``resize`` scales it
+    (bilinear, antialiased). Pixel 0 maps to ``data_range[0]`` and 255 to ``data_range[1]``.
+    """
+
+    image_size: int = setting(32, "Training image size (MNIST is 28).", click.IntRange(min=8))
+    transform: str = setting("pad", "How 28x28 digits reach --image-size.", click.Choice(TRANSFORMS))
+    data_range: tuple[float, float] = setting(
+        (-1.0, 1.0), "Pixel value range; '0,1' is labml's. Write --data-range=0,1.", ChoiceOf(DATA_RANGES), default="-1,1")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_range", tuple(float(v) for v in self.data_range))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["data_range"] = list(self.data_range)
+        data["dataset"] = "mnist"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DataConfig":
+        return cls(image_size=data["image_size"], transform=data["transform"], data_range=tuple(data["data_range"]))
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The noise schedule a new run asks for; checkpoints record ``to_dict()``, make_schedule's arguments."""
+
+    kind: str = setting("linear", "Noise schedule: 'linear' β (Ho et al.) or 'cosine' ᾱ (Nichol & Dhariwal, s = 0.008, "
+                        "β ≤ 0.999).", click.Choice(SCHEDULE_KINDS), flag="schedule")
+    timesteps: int = setting(1000, "Diffusion steps T.", POSITIVE_INT)
+    beta_start: float = setting(1e-4, "β_1 of the linear schedule.", POSITIVE_FLOAT)
+    beta_end: float = setting(0.02, "β_T of the linear schedule.",
+                              FiniteFloatRange(min=0.0, max=1.0, min_open=True, max_open=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "cosine":
+            return {"kind": "cosine", "timesteps": self.timesteps, "offset": 0.008, "max_beta": 0.999}
+        return {"kind": "linear", "timesteps": self.timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of a run; saved in the checkpoint and restored on resume."""
+
+    preset: str = setting("small", "Model preset: 'labml' is the seed's 169M network; 'small' a ~2M network for CPUs; "
+                          "'tiny' for tests.", click.Choice(tuple(PRESET_TRAINING)))
+    epochs: int = setting(20, "Passes over the data. [default: small 20, labml 3, tiny 1]", POSITIVE_INT,
+                          preset=True, resumable=True)
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps in total (caps --epochs).", POSITIVE_INT,
+                                    resumable=True)
+    max_images: int | None = setting(None, "Train on the first N images only (quick runs).", POSITIVE_INT)
+    batch_size: int = setting(128, "Images per step. [default: small 128, labml 64, tiny 32]", POSITIVE_INT, preset=True)
+    lr: float = setting(2e-4, "AdamW peak learning rate. [default: small 1e-3, labml 2e-5, tiny 1e-3]", POSITIVE_FLOAT,
+                        preset=True)
+    adam_betas: tuple[float, float] = setting((0.9, 0.999), "AdamW β1,β2.", Betas(), default="0.9,0.999")
+    weight_decay: float = setting(0.0, "AdamW decoupled weight decay.", FiniteFloatRange(min=0.0))
+    grad_clip: float = setting(1.0, "Clip the gradient norm to this value (0 disables).", FiniteFloatRange(min=0.0))
+    lr_warmup_steps: int = setting(0, "Ramp the learning rate linearly over this many steps. [default: small 200, others 0]",
+                                   click.IntRange(min=0), preset=True)
+    lr_schedule: str = setting(
+        "constant", "After warm-up: constant, or cosine/linear decay to 0 at the run's last step (--epochs/--max-steps). "
+                    "[default: small cosine, others constant]", click.Choice(LR_SCHEDULES), preset=True)
+    # Min-SNR-γ: Hang et al. 2023
+    loss_weighting: str = setting(
+        "none", "'min-snr': weight each timestep's loss by min(SNR, γ)/SNR (Min-SNR-γ); 'none': plain L_simple. "
+                "[default: small min-snr, others none]", click.Choice(LOSS_WEIGHTINGS), preset=True)
+    min_snr_gamma: float = setting(5.0, "γ of --loss-weighting min-snr.", POSITIVE_FLOAT)
+    ema_decay: float = setting(0.999, "EMA decay of the weights; keep 1/(1-decay) well below the run's step count. "
+                               "[default: small 0.9995, others 0.999]", FRACTION, preset=True)
+    ema_warmup: bool = setting(True, "Use decay min(d, (1+n)/(10+n)) for the first updates.", bool)
+    label_dropout: float = setting(
+        0.1, "--conditional: share of training labels replaced by 'no class', so one model learns both.", FRACTION)
+    seed: int = setting(0, "Seed for torch, NumPy and Python.", click.IntRange(0, 2**63 - 1))
+    precision: str = setting("auto", "'auto': bf16 autocast on CUDA, fp32 on CPU; 'bf16' also speeds up CPUs with "
+                             "AVX-512 BF16.", click.Choice(PRECISIONS))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["adam_betas"] = list(self.adam_betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return cls(**{**LEGACY_TRAIN_SETTINGS, **data, "adam_betas": tuple(data["adam_betas"])})
+
+
+# What a checkpoint written before a setting existed was trained with: it resumes with these.
+LEGACY_TRAIN_SETTINGS: dict[str, Any] = {"lr_schedule": "constant", "loss_weighting": "none", "min_snr_gamma": 5.0}
+
+
+@dataclass
+class RunOptions:
+    """Settings of this invocation only; free to change between a run and its resume."""
+
+    data_dir: Path = setting(Path("data/mnist"), "Folder with the four MNIST IDX files (plain or .gz). Env: DDPM_DATA_DIR.",
+                             click.Path(path_type=Path), envvar="DDPM_DATA_DIR")
+    download: bool = setting(False, "Fetch MNIST through torchvision into --data-dir if it is missing.", is_flag=True)
+    out_dir: Path = setting(Path("runs/small"), "Output folder for model.pt (always the latest checkpoint), log.jsonl and "
+                            "sample grids. [default: runs/PRESET]", OutputPath(folder=True), flag="out", preset=True)
+    keep: int = setting(3, "Step checkpoints (ckpt-STEP.pt) kept beside model.pt.", POSITIVE_INT)
+    max_bad_steps: int = setting(10, "Batches with a non-finite loss or gradient to skip (no update, one warning each) "
+                                 "before stopping; 0 stops at the first.", click.IntRange(min=0))
+    device: str = setting("auto", "Where to train.", click.Choice(DEVICES))
+    channels_last: bool | None = setting(
+        None, "Channels-last memory layout for convolutions. [default: on for CUDA, off for CPU]", bool)
+    compile: bool = setting(False, "torch.compile the U-Net (slower start, faster steps on GPUs).", is_flag=True)
+    save_every: int = setting(1000, "Write OUT/model.pt every N steps (0: only at the end).", click.IntRange(min=0))
+    log_every: int = setting(20, "Append the mean loss to OUT/log.jsonl every N steps.", POSITIVE_INT)
+    sample_grid: bool = setting(True, "Write an EMA sample grid PNG at the end of each epoch.", bool, flag="samples")
+    sample_count: int = setting(16, "Images in each sample grid.", POSITIVE_INT)
+    sample_steps: int = setting(100, "Sampling steps for the grids (respaced ancestral).", POSITIVE_INT)
+    progress: bool = setting(True, "Show a progress bar on stderr.", bool)
+    replace_old: bool = False  # a new run in a folder with older checkpoints: drop them at the first save
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a model is trained, one field per checkpoint section."""
+
+    model_config: UNetConfig
+    data: DataConfig
+    schedule: dict[str, Any]  # make_schedule's arguments
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {"model_config": self.model_config.to_dict(), "data": self.data.to_dict(),
+                "schedule": dict(self.schedule), "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, checkpoint: dict[str, Any]) -> "Settings":
+        return cls(UNetConfig.from_dict(checkpoint["model_config"]), DataConfig.from_dict(checkpoint["data"]),
+                   dict(checkpoint["schedule"]), TrainConfig.from_dict(checkpoint["train"]))
+
+
+# The class whose options set each checkpoint section.
+SECTIONS = {"model_config": UNetConfig, "data": DataConfig, "schedule": ScheduleConfig, "train": TrainConfig}

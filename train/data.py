@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -12,35 +10,7 @@ import torch.nn.functional as F
 
 from ..core.errors import DDPMError
 from ..core.mnist import SPLIT_FILES, load_mnist, missing_files
-
-TRANSFORMS = ("pad", "resize")
-DATA_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How 28x28 uint8 digits become training images; recorded in every checkpoint.
-
-    ``pad`` surrounds the digit with background up to ``image_size``; ``resize`` scales it
-    (bilinear, antialiased). Pixel 0 maps to ``data_range[0]`` and 255 to ``data_range[1]``.
-    """
-
-    image_size: int = 32
-    transform: str = "pad"
-    data_range: tuple[float, float] = (-1.0, 1.0)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "data_range", tuple(float(v) for v in self.data_range))
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["data_range"] = list(self.data_range)
-        data["dataset"] = "mnist"
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DataConfig":
-        return cls(image_size=data["image_size"], transform=data["transform"], data_range=tuple(data["data_range"]))
+from .config import TRANSFORMS, DataConfig
 
 
 def transform_images(images: np.ndarray, config: DataConfig) -> torch.Tensor:

@@ -10,7 +10,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,71 +35,10 @@ from .checkpoint import (
     save_checkpoint,
     step_file_name,
 )
-from .config import UNetConfig
-from .data import DataConfig, load_training_set
+from .config import RunOptions, Settings, TrainConfig
+from .data import load_training_set
 from .diffusion import Diffusion, sample
 from .unet import UNet
-
-PRECISIONS = ("auto", "fp32", "bf16")
-LR_SCHEDULES = ("constant", "cosine", "linear")
-LOSS_WEIGHTINGS = ("none", "min-snr")
-# What a checkpoint written before a setting existed was trained with: it resumes with these.
-LEGACY_TRAIN_SETTINGS: dict[str, Any] = {"lr_schedule": "constant", "loss_weighting": "none", "min_snr_gamma": 5.0}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of a run; saved in the checkpoint and restored on resume."""
-
-    preset: str = "small"
-    batch_size: int = 128
-    lr: float = 2e-4
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    lr_warmup_steps: int = 0
-    lr_schedule: str = "constant"  # after warm-up: constant, or cosine/linear decay to 0 at the run's last step
-    loss_weighting: str = "none"  # "min-snr": ε-loss weighted by min(SNR_t, γ)/SNR_t (Hang et al. 2023)
-    min_snr_gamma: float = 5.0
-    ema_decay: float = 0.999
-    ema_warmup: bool = True
-    epochs: int = 20
-    max_steps: int | None = None
-    max_images: int | None = None
-    seed: int = 0
-    precision: str = "auto"
-    label_dropout: float = 0.1  # class-conditional models: share of labels replaced by "no class"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["adam_betas"] = list(self.adam_betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return cls(**{**LEGACY_TRAIN_SETTINGS, **data, "adam_betas": tuple(data["adam_betas"])})
-
-
-@dataclass
-class RunOptions:
-    """Settings of this invocation only; free to change between a run and its resume."""
-
-    out_dir: Path = Path("runs/small")
-    device: str = "auto"
-    save_every: int = 1000
-    log_every: int = 20
-    sample_grid: bool = True
-    sample_count: int = 16
-    sample_steps: int = 100
-    progress: bool = True
-    data_dir: Path = Path("data/mnist")
-    download: bool = False
-    keep: int = 3  # step checkpoints kept beside model.pt
-    max_bad_steps: int = 10  # batches with a non-finite loss or gradient skipped before giving up
-    replace_old: bool = False  # a new run in a folder with older checkpoints: drop them at the first save
-    channels_last: bool | None = None  # None: on for CUDA
-    compile: bool = False
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -196,17 +135,10 @@ def shutdown_distributed() -> None:
 
 
 class Trainer:
-    def __init__(
-        self,
-        model_config: UNetConfig,
-        data_config: DataConfig,
-        schedule: dict[str, Any],
-        train_config: TrainConfig,
-        options: RunOptions,
-        resume: dict[str, Any] | None = None,
-    ) -> None:
-        self.model_config, self.data_config, self.schedule_spec = model_config, data_config, schedule
-        self.config, self.options = train_config, options
+    def __init__(self, settings: Settings, options: RunOptions, resume: dict[str, Any] | None = None) -> None:
+        self.settings, self.options = settings, options
+        self.model_config, self.data_config, self.config = settings.model_config, settings.data, settings.train
+        model_config, data_config, train_config = self.model_config, self.data_config, self.config
         self.dist = setup_distributed(options.device)
         self.device = resolve_device(options.device)
         if self.device.type == "cuda" and self.dist.world > 1:
@@ -217,7 +149,7 @@ class Trainer:
         self.use_bf16 = train_config.precision == "bf16" or (train_config.precision == "auto" and self.device.type == "cuda")
         channels_last = options.channels_last if options.channels_last is not None else self.device.type == "cuda"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.schedule = make_schedule(**schedule)
+        self.schedule = make_schedule(**settings.schedule)
         gamma = train_config.min_snr_gamma if train_config.loss_weighting == "min-snr" else None
         self.diffusion = Diffusion(self.schedule, self.device, min_snr_gamma=gamma)
 
@@ -272,11 +204,8 @@ class Trainer:
 
     def checkpoint(self) -> dict[str, Any]:
         return {
-            "model_config": self.model_config.to_dict(),
-            "schedule": dict(self.schedule_spec),
-            "data": self.data_config.to_dict(),
+            **self.settings.to_dict(),
             "sampling": {"prediction": "eps", "variance": "beta", "noise_at_last_step": False},
-            "train": self.config.to_dict(),
             "model": self.model.state_dict(),
             "ema": self.ema.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -314,7 +243,7 @@ class Trainer:
             self.options.sample_count,
             self.data_config.image_size,
             seed=self.config.seed,
-            steps=self.options.sample_steps,
+            steps=min(self.options.sample_steps, self.schedule.timesteps),
             labels=np.arange(self.options.sample_count) % self.model_config.num_classes if self.model_config.num_classes else None,
         )
         path = self.options.out_dir / f"samples-epoch{epoch:03d}.png"

@@ -1,0 +1,118 @@
+"""Dataclass fields that are also ``ddpm-train`` options: one declaration gives the field, its flag and its help."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import Field, field, fields, replace
+from typing import Any
+
+import click
+
+
+def setting(default: Any, help: str, type: Any = None, /, *, flag: str | None = None, preset: bool = False,
+            resumable: bool = False, **option: Any) -> Any:
+    """A dataclass field with the option that sets it: ``--flag`` (the field's name by default).
+
+    ``type`` bool makes a ``--flag/--no-flag`` switch. ``preset``: the option's default is None, so the
+    value comes from the preset. ``resumable`` (TrainConfig): may change when a run resumes; every
+    other setting must match the checkpoint. ``option`` goes to click.Option as is (is_flag, envvar,
+    or a ``default`` written as typed on the command line).
+    """
+    spec = {"flag": flag, "help": help, "type": type, "preset": preset, "resumable": resumable, "option": option}
+    return field(default=default, metadata={"setting": spec})
+
+
+def option_fields(cls: type) -> list[Field]:
+    return [f for f in fields(cls) if "setting" in f.metadata]
+
+
+def flag_name(f: Field) -> str:
+    return f.metadata["setting"]["flag"] or f.name.replace("_", "-")
+
+
+def click_options(*classes: type) -> list[click.Option]:
+    """The options of these classes' settings, in declaration order; each stores its value under the field's name."""
+    options = []
+    for f in (f for cls in classes for f in option_fields(cls)):
+        spec, flag = f.metadata["setting"], flag_name(f)
+        declaration = f"--{flag}/--no-{flag}" if spec["type"] is bool else f"--{flag}"
+        default = None if spec["preset"] else f.default
+        options.append(click.Option([declaration, f.name], type=spec["type"], help=spec["help"],
+                                    **{"default": default, **spec["option"]}))
+    return options
+
+
+def from_args(base: Any, args: dict[str, Any]) -> Any:
+    """``base`` with the values its options were given (None, an unset preset option, keeps ``base``'s)."""
+    return replace(base, **{f.name: args[f.name] for f in option_fields(type(base)) if args[f.name] is not None})
+
+
+class IntList(click.ParamType):
+    name = "INTS"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            items = tuple(int(item) for item in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+        if any(item < 1 for item in items):
+            self.fail(f"{value!r}: every entry must be >= 1", param, ctx)
+        return items
+
+
+class BoolList(click.ParamType):
+    name = "FLAGS"
+    TRUE, FALSE = {"1", "t", "true", "y", "yes"}, {"0", "f", "false", "n", "no"}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[bool, ...]:
+        if isinstance(value, tuple):
+            return value
+        flags = []
+        for item in str(value).lower().split(","):
+            if item not in self.TRUE | self.FALSE:
+                self.fail(f"{value!r}: use a comma-separated list of 1/0 (one per resolution level)", param, ctx)
+            flags.append(item in self.TRUE)
+        return tuple(flags)
+
+
+class Betas(click.ParamType):
+    name = "B1,B2"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[float, float]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            betas = tuple(float(item) for item in str(value).split(","))
+        except ValueError:
+            betas = ()
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            self.fail(f"{value!r}: expected two numbers in [0, 1) such as 0.9,0.999", param, ctx)
+        return betas
+
+
+class ChoiceOf(click.Choice):
+    """A choice among the names of ``values``, converted to the value it names."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__(tuple(values))
+        self.values = values
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        return self.values[super().convert(value, param, ctx)]
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and ±inf (click's comparisons let nan through)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+POSITIVE_INT = click.IntRange(min=1)
+POSITIVE_FLOAT = FiniteFloatRange(min=0.0, min_open=True)
+FRACTION = FiniteFloatRange(min=0.0, max=1.0, max_open=True)  # [0, 1): dropout rates, EMA decays
