@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -12,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from .config import RunOptions, Settings, TrainConfig
 from .data import load_training_set
 from .diffusion import Diffusion, sample
 from .unet import UNet
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -138,69 +140,82 @@ class Trainer:
     def __init__(self, settings: Settings, options: RunOptions, resume: dict[str, Any] | None = None) -> None:
         self.settings, self.options = settings, options
         self.model_config, self.data_config, self.config = settings.model_config, settings.data, settings.train
-        model_config, data_config, train_config = self.model_config, self.data_config, self.config
-        self.dist = setup_distributed(options.device)
-        self.device = resolve_device(options.device)
-        if self.device.type == "cuda" and self.dist.world > 1:
-            self.device = torch.device("cuda", self.dist.local_rank)
-        if train_config.batch_size % self.dist.world:
-            raise DDPMError(f"--batch-size {train_config.batch_size} (the global batch) must be divisible by the "
-                            f"{self.dist.world} processes")
-        self.use_bf16 = train_config.precision == "bf16" or (train_config.precision == "auto" and self.device.type == "cuda")
-        channels_last = options.channels_last if options.channels_last is not None else self.device.type == "cuda"
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.schedule = make_schedule(**settings.schedule)
-        gamma = train_config.min_snr_gamma if train_config.loss_weighting == "min-snr" else None
-        self.diffusion = Diffusion(self.schedule, self.device, min_snr_gamma=gamma)
-
-        seed_everything(train_config.seed)
-        self.model = UNet(model_config).to(self.device, memory_format=self.memory_format)
-        self.ema = EMA(self.model, train_config.ema_decay, train_config.ema_warmup)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=train_config.lr,
-            betas=train_config.adam_betas,
-            weight_decay=train_config.weight_decay,
-            fused=self.device.type == "cuda",
-        )
+        self._choose_device()
+        self._build_model()
         self.step = 0
         self.elapsed_before = 0.0  # training seconds of earlier runs of this checkpoint
         self._started: float | None = None
         if resume is not None:
-            self.model.load_state_dict(resume["model"])
-            self.ema.model.load_state_dict(resume["ema"])
-            self.optimizer.load_state_dict(resume["optimizer"])
-            self.step = int(resume["progress"]["step"])
-            self.elapsed_before = float(resume["progress"].get("elapsed_s", 0.0))
-            restore_rng_state(resume["rng"])
+            self._restore(resume)
+        self.train_module = self._wrap_model()
+        self._load_data()
 
-        # The module that runs the forward pass: DDP averages gradients over the processes.
-        self.train_module: nn.Module = self.model
+    # -- setting up --------------------------------------------------------------------------
+
+    def _choose_device(self) -> None:
+        """This process's device and place in a torchrun job, and the precision and memory layout it trains in."""
+        self.dist = setup_distributed(self.options.device)
+        self.device = resolve_device(self.options.device)
+        if self.device.type == "cuda" and self.dist.world > 1:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.config.batch_size % self.dist.world:
+            raise DDPMError(f"--batch-size {self.config.batch_size} (the global batch) must be divisible by the "
+                            f"{self.dist.world} processes")
+        precision, on_cuda = self.config.precision, self.device.type == "cuda"
+        self.use_bf16 = precision == "bf16" or (precision == "auto" and on_cuda)
+        channels_last = self.options.channels_last if self.options.channels_last is not None else on_cuda
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def _build_model(self) -> None:
+        """The schedule and loss, and a freshly seeded U-Net with its EMA copy and optimizer."""
+        config = self.config
+        self.schedule = make_schedule(**self.settings.schedule)
+        gamma = config.min_snr_gamma if config.loss_weighting == "min-snr" else None
+        self.diffusion = Diffusion(self.schedule, self.device, min_snr_gamma=gamma)
+        seed_everything(config.seed)
+        self.model = UNet(self.model_config).to(self.device, memory_format=self.memory_format)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.adam_betas,
+                                           weight_decay=config.weight_decay, fused=self.device.type == "cuda")
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        """Weights, optimizer state, progress and random state of the checkpoint this run continues."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.ema.model.load_state_dict(checkpoint["ema"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.step = int(checkpoint["progress"]["step"])
+        self.elapsed_before = float(checkpoint["progress"].get("elapsed_s", 0.0))
+        restore_rng_state(checkpoint["rng"])
+
+    def _wrap_model(self) -> nn.Module:
+        """The module that runs the forward pass: DDP averages gradients over the processes."""
+        module: nn.Module = self.model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_module = DistributedDataParallel(self.model, device_ids=ids)
-        if options.compile:
-            self.train_module = torch.compile(self.train_module)
+            module = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(module) if self.options.compile else module
 
-        # The whole (small) dataset lives on the training device.
-        images, labels = load_training_set(options.data_dir, data_config, options.download, train_config.max_images)
+    def _load_data(self) -> None:
+        """The whole (small) dataset, on the training device, and the run's length in steps."""
+        batch_size = self.config.batch_size
+        images, labels = load_training_set(self.options.data_dir, self.data_config, self.options.download,
+                                           self.config.max_images)
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
-        self.labels = labels.to(self.device) if model_config.num_classes else None
-        if len(self.images) < train_config.batch_size:
+        self.labels = labels.to(self.device) if self.model_config.num_classes else None
+        if len(self.images) < batch_size:
             raise DDPMError(
-                f"the training set ({len(self.images)} images) is smaller than one batch ({train_config.batch_size}); "
+                f"the training set ({len(self.images)} images) is smaller than one batch ({batch_size}); "
                 "lower --batch-size or raise --max-images"
             )
         # Full batches only: every process gets the same share of every step.
-        self.steps_per_epoch = len(self.images) // train_config.batch_size
-        total = train_config.epochs * self.steps_per_epoch
-        self.total_steps = min(total, train_config.max_steps) if train_config.max_steps else total
+        self.steps_per_epoch = len(self.images) // batch_size
+        total = self.config.epochs * self.steps_per_epoch
+        self.total_steps = min(total, self.config.max_steps) if self.config.max_steps else total
 
-    # -- checkpoints -------------------------------------------------------------------------
+    # -- checkpoints and outputs -------------------------------------------------------------
 
     def checkpoint(self) -> dict[str, Any]:
         return {
@@ -237,6 +252,7 @@ class Trainer:
         return path
 
     def write_samples(self, epoch: int) -> Path:
+        classes = self.model_config.num_classes
         images = sample(
             self.ema.model,
             self.schedule,
@@ -244,13 +260,42 @@ class Trainer:
             self.data_config.image_size,
             seed=self.config.seed,
             steps=min(self.options.sample_steps, self.schedule.timesteps),
-            labels=np.arange(self.options.sample_count) % self.model_config.num_classes if self.model_config.num_classes else None,
+            labels=np.arange(self.options.sample_count) % classes if classes else None,
         )
         path = self.options.out_dir / f"samples-epoch{epoch:03d}.png"
         write_png(path, to_uint8(images, self.data_config.data_range), scale=2)
         return path
 
-    # -- the loop ----------------------------------------------------------------------------
+    def _log(self, log: IO[str], window: LossWindow) -> str:
+        """Append the window's mean loss and speed to OUT/log.jsonl and start a new window; returns the progress status."""
+        mean_loss = window.loss / window.steps
+        rate = window.images / max(time.perf_counter() - window.start, 1e-9)
+        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": mean_loss, "images_per_s": rate,
+                  "elapsed_s": self.elapsed()}
+        if self.device.type == "cuda":
+            record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        window.reset()
+        return f"epoch {self.step / self.steps_per_epoch:.2f}  loss {mean_loss:.4f}  {rate:.1f} img/s"
+
+    def _save_outputs(self, saving: bool, epoch_grid: bool, warn) -> None:
+        if saving:
+            self.save()
+        if epoch_grid:
+            epoch = self.step // self.steps_per_epoch
+            try:
+                self.write_samples(epoch)
+            except OSError as exc:  # a preview is not worth the run; the checkpoints say if the disk is full
+                warn(f"could not write the epoch {epoch} sample grid ({exc.strerror or exc}); training goes on")
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def batch_ids(self) -> torch.Tensor:
+        """This step's global batch: its slice of the epoch's shuffled order."""
+        epoch, index = divmod(self.step, self.steps_per_epoch)
+        order = epoch_order(self.config.seed, epoch, len(self.images))
+        return order[index * self.config.batch_size : (index + 1) * self.config.batch_size].to(self.device)
 
     def step_noise(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """t, ε and (conditional models) the label-dropout mask of the whole global batch for this
@@ -268,24 +313,38 @@ class Trainer:
             drop = torch.rand(batch, device=self.device, generator=generator) < self.config.label_dropout
         return t, noise, drop
 
-    def train_step(self, batch_ids: torch.Tensor, stop_requested: bool = False) -> tuple[float, bool]:
-        """One optimizer step on this process's share of the global batch ``batch_ids``.
-
-        Returns the loss (mean over all processes) and whether any process asked to stop. A
-        non-finite loss or gradient norm on any process skips the update everywhere.
-        """
+    def step_inputs(self, batch_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x0, t, ε and (conditional models) the labels of this process's share of the global batch."""
         share = slice(self.dist.rank, None, self.dist.world)
         t, noise, drop = self.step_noise(len(batch_ids))
         x0 = self.images[batch_ids[share]].contiguous(memory_format=self.memory_format)
         y = None
         if self.labels is not None:
             y = torch.where(drop[share], self.model_config.num_classes, self.labels[batch_ids[share]])
+        return x0, t[share], noise[share], y
+
+    def train_step(self, batch_ids: torch.Tensor, stop_requested: bool = False) -> tuple[float, bool]:
+        """One optimizer step on this process's share of the global batch ``batch_ids``.
+
+        Returns the loss (mean over all processes) and whether any process asked to stop. A
+        non-finite loss or gradient norm on any process skips the update everywhere.
+        """
+        x0, t, noise, y = self.step_inputs(batch_ids)
         torch.manual_seed(step_seed(self.config.seed, self.step, self.dist.rank))  # dropout
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step, self.total_steps)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            loss = self.diffusion.loss(self.train_module, x0, t[share], noise[share], y)
+            loss = self.diffusion.loss(self.train_module, x0, t, noise, y)
         self.optimizer.zero_grad(set_to_none=True)
+        loss_value, stop = self._gather(loss, stop_requested)
+        if math.isfinite(loss_value) and not self._update(loss):
+            loss_value = float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_value, stop
+
+    def _gather(self, loss: torch.Tensor, stop_requested: bool) -> tuple[float, bool]:
+        """The loss averaged over the processes (non-finite if it is on any), and whether any asked to stop."""
         status = torch.stack([loss.detach().float(), torch.tensor(float(stop_requested), device=self.device)])
         if self.dist.world > 1:
             import torch.distributed as dist
@@ -293,22 +352,21 @@ class Trainer:
             status[0] = torch.nan_to_num(status[0], nan=float("inf"))  # NaN would not survive the sum
             dist.all_reduce(status)
             status[0] /= self.dist.world
-        loss_value, stop = float(status[0]), bool(status[1] > 0)
-        healthy = math.isfinite(loss_value)
-        if healthy:
-            loss.backward()
-            if self.config.grad_clip > 0:
-                norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-                healthy = bool(torch.isfinite(norm))
-                if not healthy:
-                    loss_value = float("nan")
-        if healthy:
-            self.optimizer.step()
-            if self.dist.is_main:
-                self.ema.update(self.model, self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return loss_value, stop
+        return float(status[0]), bool(status[1] > 0)
+
+    def _update(self, loss: torch.Tensor) -> bool:
+        """Backward, clip, step and EMA; False, with no step taken, when the gradient norm is not finite."""
+        loss.backward()
+        if self.config.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            if not torch.isfinite(norm):
+                return False
+        self.optimizer.step()
+        if self.dist.is_main:
+            self.ema.update(self.model, self.step)
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------
 
     def run(self, warn=None) -> Path:
         """Train to ``total_steps``. SIGINT/SIGTERM end the run after the current step with a checkpoint.
@@ -321,76 +379,64 @@ class Trainer:
             shutdown_distributed()
 
     def _run(self, warn) -> Path:
-        options, config, main = self.options, self.config, self.dist.is_main
+        options, main = self.options, self.dist.is_main
         if main:
             make_dir(options.out_dir)
             remove_stale_temporaries(options.out_dir)
             trim_log(options.out_dir / "log.jsonl", self.step)
         self.train_module.train()
         self._started = time.perf_counter()
-        window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
-        bad_steps = 0
+        window, bad_steps = LossWindow(), 0
         progress = Progress(self.total_steps, "train", unit="step", start=self.step, enabled=options.progress and main)
-        log = open(options.out_dir / "log.jsonl", "a", encoding="utf-8") if main else None
-        try:
-            with progress, StopSignals() as signals:
-                while self.step < self.total_steps:
-                    epoch, index = divmod(self.step, self.steps_per_epoch)
-                    order = epoch_order(config.seed, epoch, len(self.images))
-                    batch_ids = order[index * config.batch_size : (index + 1) * config.batch_size].to(self.device)
-                    loss, stop = self.train_step(batch_ids, bool(signals.received))
-                    if not math.isfinite(loss):
-                        bad_steps += 1
-                        latest = options.out_dir / LATEST
-                        kept = f"{latest} is intact" if latest.exists() else "no checkpoint was written yet"
-                        if bad_steps > options.max_bad_steps:
-                            raise DDPMError(
-                                f"non-finite loss or gradient ({loss}) at step {self.step}"
-                                f"{f' after skipping {bad_steps - 1} such batches' if bad_steps > 1 else ''}; stopped, {kept} "
-                                "(--max-bad-steps skips a few such batches)"
-                            )
-                        if main:
-                            warn(f"skipped the update of step {self.step}: non-finite loss or gradient "
-                                 f"({bad_steps}/{options.max_bad_steps})")
-                    else:
-                        window_loss += loss
-                        window_steps += 1
-                    window_images += len(batch_ids)
-
-                    end_of_epoch = self.step % self.steps_per_epoch == 0
-                    finished = self.step >= self.total_steps
-                    saving = finished or stop or (options.save_every and self.step % options.save_every == 0)
-                    if main and window_steps and (window_steps >= options.log_every or saving or end_of_epoch):
-                        mean_loss = window_loss / window_steps
-                        rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                        record = {
-                            "step": self.step,
-                            "epoch": self.step / self.steps_per_epoch,
-                            "loss": mean_loss,
-                            "images_per_s": rate,
-                            "elapsed_s": self.elapsed(),
-                        }
-                        if self.device.type == "cuda":
-                            record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                        window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
-                        progress.status = f"epoch {self.step / self.steps_per_epoch:.2f}  loss {mean_loss:.4f}  {rate:.1f} img/s"
-                    progress.update(1)
-                    if main and saving:
-                        self.save()
-                    if main and end_of_epoch and options.sample_grid and not stop:
-                        try:
-                            self.write_samples(self.step // self.steps_per_epoch)
-                        except OSError as exc:  # a preview is not worth the run; the checkpoints say if the disk is full
-                            warn(f"could not write the epoch {self.step // self.steps_per_epoch} sample grid "
-                                 f"({exc.strerror or exc}); training goes on")
-                    if stop:
-                        raise Interrupted(signals.received or signal.SIGTERM, self.step, options.out_dir / LATEST)
-        finally:
-            if log is not None:
-                log.close()
+        log_file = open(options.out_dir / "log.jsonl", "a", encoding="utf-8") if main else contextlib.nullcontext()
+        with log_file as log, progress, StopSignals() as signals:
+            while self.step < self.total_steps:
+                batch_ids = self.batch_ids()
+                loss, stop = self.train_step(batch_ids, bool(signals.received))
+                if not math.isfinite(loss):
+                    bad_steps += 1
+                    self._skip_bad_step(loss, bad_steps, warn)
+                window.add(loss, len(batch_ids))
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                saving = self.step >= self.total_steps or stop or (options.save_every and self.step % options.save_every == 0)
+                if main and window.steps and (window.steps >= options.log_every or saving or end_of_epoch):
+                    progress.status = self._log(log, window)
+                progress.update(1)
+                if main:
+                    self._save_outputs(saving, end_of_epoch and options.sample_grid and not stop, warn)
+                if stop:
+                    raise Interrupted(signals.received or signal.SIGTERM, self.step, options.out_dir / LATEST)
         return options.out_dir / LATEST
+
+    def _skip_bad_step(self, loss: float, bad_steps: int, warn) -> None:
+        """Warn that this step's update was skipped, or stop once more than --max-bad-steps were."""
+        limit = self.options.max_bad_steps
+        if bad_steps > limit:
+            latest = self.options.out_dir / LATEST
+            kept = f"{latest} is intact" if latest.exists() else "no checkpoint was written yet"
+            raise DDPMError(
+                f"non-finite loss or gradient ({loss}) at step {self.step}"
+                f"{f' after skipping {bad_steps - 1} such batches' if bad_steps > 1 else ''}; stopped, {kept} "
+                "(--max-bad-steps skips a few such batches)"
+            )
+        if self.dist.is_main:
+            warn(f"skipped the update of step {self.step}: non-finite loss or gradient ({bad_steps}/{limit})")
+
+
+class LossWindow:
+    """Loss and throughput since the last record of OUT/log.jsonl; skipped steps add images but no loss."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.steps, self.images, self.start = 0.0, 0, 0, time.perf_counter()
+
+    def add(self, loss: float, images: int) -> None:
+        if math.isfinite(loss):
+            self.loss += loss
+            self.steps += 1
+        self.images += images
 
 
 class Interrupted(DDPMError):
