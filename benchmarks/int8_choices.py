@@ -15,8 +15,8 @@ from pathlib import Path
 
 import onnx
 
-from ..export import quantize as q
 from ..core.metadata import ModelInfo
+from ..export import quantize as q
 from ..runtime.session import cpu_session
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.mnist import load_mnist
+from ..core.plan import SamplingPlan
 from ..runtime.pipeline import DDPM
 from ..runtime.quality import Judge, score, to_judge_size
 
@@ -34,11 +35,13 @@ def label(sampler: str, eta: float | None) -> str:
     return f"{sampler} (η {eta:g})" if eta is not None else sampler
 
 
+def plan(ddpm: DDPM, sampler: str, eta: float | None, calls: int, labels: np.ndarray | None, guidance: float | None) -> SamplingPlan:
+    """The setting's plan; requested digits are guided (None: ddpm-run's default guidance)."""
+    return ddpm.plan(sampler, calls, eta, digits=labels, guidance=guidance if labels is not None else None)
+
+
 def measure(ddpm: DDPM, sampler: str, eta: float | None, calls: int, opts, judge, reference, labels) -> dict:
-    kwargs = {"sampler": sampler, "steps": calls, **({"eta": eta} if eta is not None else {})}
-    if labels is not None:
-        kwargs.update(labels=labels, guidance=opts.guidance)
-    run = ddpm.generate(opts.n, seed=0, batch_size=BATCH, **kwargs)
+    run = ddpm.generate(opts.n, plan(ddpm, sampler, eta, calls, labels, opts.guidance), seed=0, batch_size=BATCH)
     transform = ddpm.info.source.get("transform", "pad")
     scores = score(*judge(to_judge_size(run.images, transform)), reference, labels)
     return {"sampler": sampler, "eta": eta, "calls": calls, "n": opts.n, "seconds_per_sample": run.seconds / opts.n,
@@ -63,10 +66,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="default", help="Result files: sampler-quality-TAG.{md,json,png}.")
     opts = parser.parse_args()
-    if opts.guidance is None:
-        from ..runtime.sampling_cli import DEFAULT_GUIDANCE
-
-        opts.guidance = DEFAULT_GUIDANCE
     opts.work.mkdir(parents=True, exist_ok=True)
     test_images, test_labels = load_mnist(opts.data_dir, "test")
     half = len(test_images) // 2
@@ -112,11 +111,8 @@ def time_cached(ddpm: DDPM, opts, labels) -> None:
     """Per-sample seconds of one batch of 16 for every cached setting, written back to the cache."""
     for cache in sorted(opts.work.glob(f"*-n{opts.n}.json")):
         result = json.loads(cache.read_text())
-        kwargs = {"sampler": result["sampler"], "steps": result["calls"],
-                  **({"eta": result["eta"]} if result["eta"] is not None else {})}
-        if labels is not None:
-            kwargs.update(labels=labels[:BATCH], guidance=opts.guidance)
-        run = ddpm.generate(BATCH, seed=0, batch_size=BATCH, **kwargs)
+        run = ddpm.generate(BATCH, plan(ddpm, result["sampler"], result["eta"], result["calls"], labels, opts.guidance),
+                            seed=0, batch_size=BATCH)
         result["seconds_per_sample"] = run.seconds / BATCH
         result["latency"] = f"one batch of {BATCH}, timed apart from the scores"
         cache.write_text(json.dumps(result, indent=2) + "\n")

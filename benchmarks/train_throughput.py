@@ -17,8 +17,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..runtime.cpu_batch import cpu_name
 from ..core.schedule import make_schedule
+from ..runtime.cpu_batch import cpu_name
 from ..train.config import preset
 from ..train.diffusion import Diffusion
 from ..train.trainer import EMA

@@ -66,14 +66,16 @@ def spaced_timesteps(total: int, steps: int, spacing: str = "uniform", alpha_bar
     return np.minimum(np.maximum.accumulate(raw - index), total - steps) + index
 
 
+def solver_step_limit(schedule: Schedule) -> int:
+    """How many timesteps an ODE/SDE solver may use: those with λ ≥ LAMBDA_MIN (all T for the linear
+    schedule; fewer for the cosine one)."""
+    return int(np.count_nonzero(half_log_snr(schedule.alpha_bars) >= LAMBDA_MIN)) or 1
+
+
 def solver_timesteps(schedule: Schedule, steps: int, spacing: str = "uniform") -> np.ndarray:
-    """Ascending timesteps for an ODE/SDE solver: ``spaced_timesteps`` over [0, t_max], where t_max
-    is the last step with λ ≥ LAMBDA_MIN (T−1 for the linear schedule; earlier for the cosine one)."""
-    lambdas = half_log_snr(schedule.alpha_bars)
-    usable = int(np.count_nonzero(lambdas >= LAMBDA_MIN)) or 1
-    if steps > usable:
-        raise ValueError(f"steps must be between 1 and {usable} (the steps with log-SNR above {2 * LAMBDA_MIN:g}), got {steps}")
-    return spaced_timesteps(usable, steps, spacing, schedule.alpha_bars)
+    """Ascending timesteps for an ODE/SDE solver: ``spaced_timesteps`` over the first
+    :func:`solver_step_limit` steps."""
+    return spaced_timesteps(solver_step_limit(schedule), steps, spacing, schedule.alpha_bars)
 
 
 class _Steps:
@@ -115,11 +117,8 @@ class AncestralSampler(_Steps):
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         total = schedule.timesteps
-        steps = total if steps is None else int(steps)
-        if not 1 <= steps <= total:
-            raise ValueError(f"steps must be between 1 and {total}, got {steps}")
         # Ascending model timesteps that always include the last one, T-1.
-        kept = spaced_timesteps(total, steps)
+        kept = spaced_timesteps(total, total if steps is None else int(steps))
         alpha_bars = schedule.alpha_bars[kept]
         alpha_bars_prev = np.concatenate(([1.0], alpha_bars[:-1]))
         betas = 1.0 - alpha_bars / alpha_bars_prev

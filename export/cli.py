@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -69,7 +70,6 @@ def export_command(
     ddpm-export --ckpt model.pt --fp16 --fused-step --fixed-batch 1     # the GPU variants
     ddpm-export --ckpt model.pt --int8 --data-dir ../shared/data/mnist # a faster copy for CPUs
     """
-    from .exporter import onnx_model, save_torchscript, torchscript_module, verify
     from .load import load_for_export
 
     out_dir = out_dir if out_dir is not None else ckpt.parent
@@ -78,6 +78,65 @@ def export_command(
     source = load_for_export(ckpt, "raw" if raw else "ema", norm_groups, final_norm_groups)
     if source.kind == "ddpm-mnist" and (norm_groups or final_norm_groups):
         raise click.UsageError("--norm-groups/--final-norm-groups apply to labml state dicts only; checkpoints record them")
+    describe(ckpt, source, raw)
+    calibration = held_out = None
+    if int8:
+        from .quantize import calibration_data
+
+        calibration, held_out = calibration_data(source.info, data_dir)  # before any work: the data may be missing
+    variants = [  # every ONNX variant asked for; the first is the plain dynamic ε graph
+        Variant(graph, half, batch)
+        for graph in (["eps", "fused-step"] if fused_step else ["eps"])
+        for half in ([False, True] if fp16 else [False])
+        for batch in ([None, fixed_batch] if fixed_batch is not None else [None])
+    ]
+    base = _output_path(onnx_path, out_dir, "unet.onnx")
+    targets = {variant.name: variant.path(base) for variant in variants}
+    targets.update({"onnx.int8": base.with_name(f"{base.stem}.int8{base.suffix}")} if int8 else {})
+    targets.update({} if no_torchscript else {"torchscript": _output_path(torchscript_path, out_dir, "unet.ts.pt")})
+    check_distinct_paths({f"--{name}" if name in ("onnx", "torchscript") else name: path for name, path in targets.items()},
+                         {"--ckpt": ckpt})
+
+    with StagedFiles() as staged:
+        temp = {name: staged.stage(path) for name, path in targets.items()}
+        timings = write_exports(source, variants, temp, opset, calibration)
+        if not no_verify:
+            int8_line, failures = check_int8(temp, targets, held_out, int8_tol) if int8 else ("", [])
+            summary, more = verify_exports(source, variants, temp, targets, atol, fp16_atol)
+            if failures + more:
+                raise DDPMError(f"verification failed against eager PyTorch: {', '.join(failures + more)}; nothing written")
+        staged.commit()
+
+    for name, path in targets.items():
+        click.echo(f"wrote {path} ({_size(path)}, {timings[name]:.1f} s)")
+    if no_verify:
+        click.echo("verification skipped (--no-verify)")
+        return
+    if int8:
+        click.echo(int8_line)
+    click.echo(f"verified against eager PyTorch fp32 (batches 1 and 3, t = 0, T/2, T-1): max abs diff {', '.join(summary)} "
+               f"(atol {atol:g}{f', fp16 {fp16_atol:g}' if fp16 else ''})")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX file: the ε graph or the fused step, fp32 or fp16, a dynamic or fixed batch."""
+
+    graph: str
+    fp16: bool
+    batch: int | None
+
+    @property
+    def name(self) -> str:
+        return "onnx" + f"{'.step' if self.graph == 'fused-step' else ''}{'.fp16' if self.fp16 else ''}{f'.b{self.batch}' if self.batch else ''}"
+
+    def path(self, base: Path) -> Path:
+        """--onnx PATH is written as given; the variants take their tags before its extension."""
+        tags = self.name[len("onnx"):]
+        return base.with_name(f"{base.stem}{tags}{base.suffix}") if tags else base
+
+
+def describe(ckpt: Path, source, raw: bool) -> None:
     parameters = sum(p.numel() for p in source.model.parameters())
     what = (
         f"ddpm-mnist checkpoint, step {source.info.source['step']}, {'raw' if raw else 'EMA'} weights"
@@ -85,91 +144,67 @@ def export_command(
         else "labml state dict, data range [0,1], noise at every step"
     )
     click.echo(f"read {ckpt} ({what}): {parameters:,} parameters, widths {source.model.config.widths()}")
-    if int8:
-        from .quantize import calibration_data
 
-        calibration, held_out = calibration_data(source.info, data_dir)  # before any work: the data may be missing
 
-    # Every ONNX variant asked for: (graph, fp16, fixed batch); the first is the plain dynamic ε graph.
-    base = _output_path(onnx_path, out_dir, "unet.onnx")
-    variants = [
-        (graph, half, batch)
-        for graph in (["eps", "fused-step"] if fused_step else ["eps"])
-        for half in ([False, True] if fp16 else [False])
-        for batch in ([None, fixed_batch] if fixed_batch is not None else [None])
-    ]
-    targets: dict[str, Path] = {}
-    for graph, half, batch in variants:
-        suffix = f"{'.step' if graph == 'fused-step' else ''}{'.fp16' if half else ''}{f'.b{batch}' if batch else ''}"
-        # --onnx PATH is written as given; the variants take their tags before its extension.
-        targets[f"onnx{suffix}"] = base.with_name(f"{base.stem}{suffix}{base.suffix}") if suffix else base
-    if int8:
-        targets["onnx.int8"] = base.with_name(f"{base.stem}.int8{base.suffix}")
-    if not no_torchscript:
-        targets["torchscript"] = _output_path(torchscript_path, out_dir, "unet.ts.pt")
-    check_distinct_paths({f"--{name}" if name in ("onnx", "torchscript") else name: path for name, path in targets.items()},
-                         {"--ckpt": ckpt})
+def write_exports(source, variants: list[Variant], temp: dict[str, Path], opset: int, calibration) -> dict[str, float]:
+    """Every file into its temporary path (the int8 copy quantized from the plain ε graph); seconds per file."""
+    from .exporter import onnx_model, save_torchscript, torchscript_module
 
-    summary: list[str] = []
-    with StagedFiles() as staged:
-        temp = {name: staged.stage(path) for name, path in targets.items()}
-        timings: dict[str, float] = {}
-        for (graph, half, batch), name in zip(variants, targets):
-            start = time.perf_counter()
-            model = onnx_model(source, opset, fixed_batch=batch, graph=graph, fp16=half)
-            if name == "onnx":
-                plain = model
-            temp[name].write_bytes(model.SerializeToString())
-            timings[name] = time.perf_counter() - start
-        if int8:
-            from .quantize import quantize
+    timings: dict[str, float] = {}
+    for variant in variants:
+        start = time.perf_counter()
+        model = onnx_model(source, opset, fixed_batch=variant.batch, graph=variant.graph, fp16=variant.fp16)
+        if variant.name == "onnx":
+            plain = model
+        temp[variant.name].write_bytes(model.SerializeToString())
+        timings[variant.name] = time.perf_counter() - start
+    if "onnx.int8" in temp:
+        from .quantize import quantize
 
-            start = time.perf_counter()
-            temp["onnx.int8"].write_bytes(quantize(plain, source.info, calibration).SerializeToString())
-            timings["onnx.int8"] = time.perf_counter() - start
-        if "torchscript" in temp:
-            start = time.perf_counter()
-            save_torchscript(torchscript_module(source), source.info, temp["torchscript"])
-            timings["torchscript"] = time.perf_counter() - start
+        start = time.perf_counter()
+        temp["onnx.int8"].write_bytes(quantize(plain, source.info, calibration).SerializeToString())
+        timings["onnx.int8"] = time.perf_counter() - start
+    if "torchscript" in temp:
+        start = time.perf_counter()
+        save_torchscript(torchscript_module(source), source.info, temp["torchscript"])
+        timings["torchscript"] = time.perf_counter() - start
+    return timings
 
-        if not no_verify:
-            failures = []
-            if int8:
-                from .quantize import relative_error
 
-                difference = relative_error(temp["onnx"].read_bytes(), temp["onnx.int8"].read_bytes(), held_out)
-                int8_line = f"int8 vs fp32 ε: relative RMS difference {difference:.3f} (tolerance {int8_tol:g})"
-                if difference != difference:
-                    failures.append(f"{targets['onnx.int8'].name}: its ε is NaN or infinite")
-                elif not difference <= int8_tol:
-                    failures.append(f"{targets['onnx.int8'].name}: ε differs from fp32 by {difference:.3f} (relative RMS) "
-                                    f"> --int8-tol {int8_tol:g}")
-            for (graph, half, batch), name in zip(variants, targets):
-                ts = temp.get("torchscript") if name == "onnx" else None
-                diffs = verify(source, temp[name], ts, batches=(batch,) if batch else (1, 3), graph=graph)
-                limit = fp16_atol if half else atol
-                for kind, value in diffs.items():
-                    label = "torchscript" if kind == "torchscript" else targets[name].name
-                    summary.append(f"{label} {value:.2e}")
-                    if value != value:  # nan: some output was not finite
-                        failures.append(f"{label}: an output (eager PyTorch's or the export's) is NaN or infinite")
-                    elif not value <= limit:
-                        failures.append(f"{label} {value:.2e} > {limit:g}")
-            if failures:
-                raise DDPMError(f"verification failed against eager PyTorch: {', '.join(failures)}; nothing written")
-        staged.commit()
+def check_int8(temp: dict[str, Path], targets: dict[str, Path], held_out, tolerance: float) -> tuple[str, list[str]]:
+    """The int8 copy's ε against the fp32 export's on held-out noisy digits: the report line and any failure."""
+    from .quantize import relative_error
 
-    for name, path in targets.items():
-        click.echo(f"wrote {path} ({_size(path)}, {timings[name]:.1f} s)")
-    if int8 and not no_verify:
-        click.echo(int8_line)
-    if no_verify:
-        click.echo("verification skipped (--no-verify)")
-    else:
-        click.echo(
-            f"verified against eager PyTorch fp32 (batches 1 and 3, t = 0, T/2, T-1): max abs diff {', '.join(summary)} "
-            f"(atol {atol:g}{f', fp16 {fp16_atol:g}' if fp16 else ''})"
-        )
+    difference = relative_error(temp["onnx"].read_bytes(), temp["onnx.int8"].read_bytes(), held_out)
+    line = f"int8 vs fp32 ε: relative RMS difference {difference:.3f} (tolerance {tolerance:g})"
+    name = targets["onnx.int8"].name
+    if difference != difference:
+        return line, [f"{name}: its ε is NaN or infinite"]
+    if not difference <= tolerance:
+        return line, [f"{name}: ε differs from fp32 by {difference:.3f} (relative RMS) > --int8-tol {tolerance:g}"]
+    return line, []
+
+
+def verify_exports(source, variants: list[Variant], temp: dict[str, Path], targets: dict[str, Path], atol: float,
+                   fp16_atol: float) -> tuple[list[str], list[str]]:
+    """Each ONNX file (and the TorchScript file beside the plain one) against eager PyTorch: the
+    largest differences, and the ones over their tolerance."""
+    from .exporter import verify
+
+    summary, failures = [], []
+    for variant in variants:
+        torchscript = temp.get("torchscript") if variant.name == "onnx" else None
+        diffs = verify(source, temp[variant.name], torchscript, batches=(variant.batch,) if variant.batch else (1, 3),
+                       graph=variant.graph)
+        limit = fp16_atol if variant.fp16 else atol
+        for kind, value in diffs.items():
+            label = "torchscript" if kind == "torchscript" else targets[variant.name].name
+            summary.append(f"{label} {value:.2e}")
+            if value != value:  # nan: some output was not finite
+                failures.append(f"{label}: an output (eager PyTorch's or the export's) is NaN or infinite")
+            elif not value <= limit:
+                failures.append(f"{label} {value:.2e} > {limit:g}")
+    return summary, failures
 
 
 def main() -> None:

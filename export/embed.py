@@ -19,7 +19,6 @@ from pathlib import Path
 from ..core.files import StagedFiles
 from ..core.outputs import png_bytes
 from ..runtime.pipeline import DDPM, DEFAULT_MODEL
-from ..runtime.sampling_cli import sampling_request
 
 from ..train.checkpoint import read_checkpoint_file
 
@@ -159,9 +158,9 @@ def main() -> None:
         ddpm = DDPM.load(onnx_tmp, provider="cpu")
         staged.stage(args.out_dir / files["png"]).write_bytes(png_bytes(ddpm.sample(64, seed=0), scale=2))
         if conditional:
-            request = sampling_request(ddpm, 10 * source.info.num_classes, None, None, None, None, "all", None)
-            run = ddpm.generate(request.n, seed=0, **request.kwargs)
-            staged.stage(args.out_dir / files["digits"]).write_bytes(png_bytes(run.images, scale=2, columns=request.columns))
+            classes = source.info.num_classes
+            run = ddpm.generate(10 * classes, ddpm.plan(digits=range(classes)), seed=0)
+            staged.stage(args.out_dir / files["digits"]).write_bytes(png_bytes(run.images, scale=2, columns=classes))
         staged.stage(args.out_dir / files["card"]).write_text(
             card(source.info, parameters, summary, planned, args.command, args.hardware, diff, files, reports)
         )

@@ -103,7 +103,7 @@ def onnx_model(
     if opset not in OPSETS:
         raise DDPMError(f"opset {opset} is not supported; use one of {OPSETS}")
     if graph == "fused-step" and source.info.num_classes:
-        raise DDPMError("--fused-step is for unconditional models: guidance combines two network calls per step")
+        raise DDPMError("a fused-step graph is for unconditional models: guidance combines two network calls per step")
     info = replace(source.info, fixed_batch=fixed_batch, graph=graph, precision="fp16" if fp16 else "fp32")
     inputs, outputs = info.io_contract()
     # A batch of 1 would be specialised to a constant, so the dynamic export traces with 2.

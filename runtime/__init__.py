@@ -5,7 +5,7 @@ Imports only NumPy, ONNX Runtime, imageio, click and the standard library.
 
     from ddpm.runtime import DDPM, write_gif
     ddpm = DDPM.load()                      # the embedded model; DDPM.load("unet.onnx") for another
-    run = ddpm.generate(16, seed=0, frames=40)
+    run = ddpm.generate(16, ddpm.plan(frames=40), seed=0)
     write_gif("out.gif", run.frames)
 """
 

@@ -9,17 +9,21 @@ from typing import Callable
 
 import click
 
-from . import cpu_batch
 from ..core.console import OutputPath, run_command
 from ..core.errors import DDPMError
 from ..core.files import StagedFiles, check_distinct_paths, output_target
 from ..core.outputs import VIDEO_CODECS, gif_bytes, npz_bytes, png_bytes, video_available, write_video
-from .pipeline import DDPM, ENGINE_CHOICES, SHOW, default_model_path, int8_is_faster, resolve_engine
+from ..core.plan import SHOW, SettingError
 from ..core.progress import Progress
-from .sampling_cli import sampling_options, sampling_request
+from . import cpu_batch
+from .cpu_batch import BatchChoice
+from .pipeline import DDPM, SampleRun, default_model_path, int8_is_faster
+from .sampling_cli import flag_error, sampling_options, sampling_request
+from .session import CPU_PROVIDER, PROVIDERS
 
-PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+PROVIDER_CHOICES = ("auto", *PROVIDERS)
 PRECISION_CHOICES = ("auto", "fp32", "int8")
+ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")  # cudagraph: IOBinding on a session that captured a CUDA graph
 MAX_SEED = 2**63 - 1
 
 
@@ -77,6 +81,43 @@ def run_cli(
     ddpm-run --digit 7 --png sevens.png                            # 16 sevens: DPM-Solver++ SDE, 20 calls, guidance 1
     ddpm-run --onnx cond.onnx --digit all --guidance 2 --gif all.gif
     """
+    targets = output_targets(gif, video, png, npz, show, show_info, onnx_path)
+    if engine == "cudagraph" and provider == "cpu":
+        raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
+    if onnx_path is not None and precision != "auto":
+        raise click.UsageError("--precision picks a copy of the embedded model; with --onnx the file decides")
+    announce = once(None if quiet else lambda: click.echo("timing this CPU once (a few seconds)", err=True))
+    ddpm, chosen = load_model(onnx_path, precision, provider, threads, engine == "cudagraph", device_id, announce)
+    if show_info:
+        info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}
+        click.echo(json.dumps({"model": str(ddpm.session.path), "provider": ddpm.provider, **info}, indent=2))
+        return
+    try:
+        loop_engine = ddpm.engine("auto" if engine == "cudagraph" else engine)
+    except SettingError as exc:
+        raise flag_error(exc) from None
+    animated = gif is not None or video is not None
+    request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance, frames if animated else 0, show)
+    check_memory(request.n, ddpm.info.image_size, ddpm.info.image_channels, request.plan.frames * (2 if show == "both" else 1),
+                 scale if animated or png else 0)
+    if not quiet:
+        announce_model(ddpm, chosen, threads, engine, loop_engine)
+    choice = None
+    if batch_size is None and ddpm.provider == CPU_PROVIDER and ddpm.session.fixed_batch is None:
+        choice = ddpm.batch_choice(on_measure=announce)
+    seed = secrets.randbits(63) if seed is None else seed
+    progress = Progress(request.plan.steps, "sample", unit="step", enabled=not quiet)
+    with progress:
+        run = ddpm.generate(request.n, request.plan, seed=seed, batch_size=batch_size,
+                            on_step=lambda done, total: progress.update(1), engine=loop_engine)
+    sizes = write_outputs(run, targets, request.columns, fps, hold, scale)
+    if not quiet:
+        summarize(ddpm, run, choice, sizes, targets)
+
+
+def output_targets(gif: Path | None, video: Path | None, png: Path | None, npz: Path | None, show: str, show_info: bool,
+                   onnx_path: Path | None) -> dict[str, Path | None]:
+    """The files to write, checked before any work: something to write, writable names, a known video format."""
     targets = {"gif": output_target(gif, "--gif"), "video": output_target(video, "--video"), "png": output_target(png, "--png"),
                "npz": output_target(npz, "--npz")}
     if not show_info and not any(targets.values()):
@@ -88,76 +129,56 @@ def run_cli(
             raise DDPMError('--video needs ffmpeg through imageio-ffmpeg: pip install "ddpm-mnist[video]"')
     if show != "xt" and gif is None and video is None:
         raise click.BadParameter("chooses what the animation shows; add --gif or --video", param_hint="'--show'")
-    if engine == "cudagraph" and provider == "cpu":
-        raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
     check_distinct_paths({"--gif": gif, "--video": video, "--png": png, "--npz": npz}, {"--onnx": onnx_path})
-    if onnx_path is not None and precision != "auto":
-        raise click.UsageError("--precision picks a copy of the embedded model; with --onnx the file decides")
-    announce = once(None if quiet else lambda: click.echo("timing this CPU once (a few seconds)", err=True))
-    ddpm, chosen = load_model(onnx_path, precision, provider, threads, engine == "cudagraph", device_id, announce)
-    if show_info:
-        info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}
-        click.echo(json.dumps({"model": str(ddpm.session.path), "provider": ddpm.provider, **info}, indent=2))
-        return
-    loop_engine = resolve_engine(engine, ddpm.provider, ddpm.session.fixed_batch)
-    request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance)
-    num_samples = request.n
-    frames = frames if gif or video else 0
-    check_memory(num_samples, ddpm.info.image_size, ddpm.info.image_channels, frames * (2 if show == "both" else 1),
-                 scale if gif or video or png else 0)
-    if not quiet:
-        for note in ddpm.session.notes:
-            if note not in ddpm.session.problems:  # those were warned about already
-                click.echo(f"ddpm-run: {note}", err=True)
-        threads_note = f", {threads} threads" if threads else ""
-        click.echo(f"model {ddpm.session.path.name}{f' ({chosen})' if chosen else ''} on {ddpm.provider}{threads_note}, "
-                   f"engine {engine}{f' ({loop_engine})' if engine == 'auto' else ''}", err=True)
+    return targets
 
-    choice = None
-    if batch_size is None and ddpm.provider == "CPUExecutionProvider" and ddpm.session.fixed_batch is None:
-        choice = cpu_batch.choose(ddpm.session, on_measure=announce)
-        batch_size = choice.batch
-    if seed is None:
-        seed = secrets.randbits(63)
-    progress = Progress(request.steps, "sample", unit="step", enabled=not quiet)
-    with progress:
-        run = ddpm.generate(
-            num_samples, seed=seed, batch_size=batch_size, frames=frames, show=show,
-            on_step=lambda done, total: progress.update(1), engine=loop_engine, **request.kwargs,
-        )
 
+def announce_model(ddpm: DDPM, chosen: str | None, threads: int | None, engine: str, loop_engine: str) -> None:
+    """Which model runs where, and the provider notes not already warned about."""
+    for note in ddpm.session.notes:
+        if note not in ddpm.session.problems:  # those were warned about already
+            click.echo(f"ddpm-run: {note}", err=True)
+    threads_note = f", {threads} threads" if threads else ""
+    click.echo(f"model {ddpm.session.path.name}{f' ({chosen})' if chosen else ''} on {ddpm.provider}{threads_note}, "
+               f"engine {engine}{f' ({loop_engine})' if engine == 'auto' else ''}", err=True)
+
+
+def write_outputs(run: SampleRun, targets: dict[str, Path | None], columns: int | None, fps: float, hold: float,
+                  scale: int) -> dict[str, int]:
+    """Every requested file, written together under temporary names and renamed at the end; their sizes."""
     payloads = {}
     if targets["gif"]:
-        payloads["gif"] = gif_bytes(run.frames, fps=fps, hold=hold, scale=scale, columns=request.columns)
+        payloads["gif"] = gif_bytes(run.frames, fps=fps, hold=hold, scale=scale, columns=columns)
     if targets["png"]:
-        payloads["png"] = png_bytes(run.images, scale=scale, columns=request.columns, settings=run.settings)
+        payloads["png"] = png_bytes(run.images, scale=scale, columns=columns, settings=run.settings)
     if targets["npz"]:
         payloads["npz"] = npz_bytes(run.images, run.settings)
     sizes = {name: len(data) for name, data in payloads.items()}
     with StagedFiles() as staged:
         for name, data in payloads.items():
             staged.stage(targets[name]).write_bytes(data)
+        video = targets["video"]
         if video is not None:
             temporary = staged.stage(video)
-            write_video(temporary, video.suffix.lower(), run.frames, fps=fps, hold=hold, scale=scale, columns=request.columns)
+            write_video(temporary, video.suffix.lower(), run.frames, fps=fps, hold=hold, scale=scale, columns=columns)
             sizes["video"] = temporary.stat().st_size
         staged.commit()
+    return sizes
 
-    if not quiet:
-        if choice is not None and not choice.cached and choice.per_image_ms:
-            tried = ", ".join(f"{batch}: {ms:.2f}" for batch, ms in choice.per_image_ms.items())
-            click.echo(f"CPU batch {choice.batch} (ms per image by batch: {tried}); remembered in {cpu_batch.cache_file()}",
-                       err=True)
-        per_sample = run.seconds / num_samples
-        outside = 1.0 - run.run_seconds / run.seconds if run.seconds else 0.0
-        click.echo(
-            f"{num_samples} samples x {run.settings['steps']} steps in {run.seconds:.1f} s on {ddpm.provider} "
-            f"({'' if ddpm.info.precision == 'fp32' else f'{ddpm.info.precision}, '}batch {run.settings['batch_size']}): {per_sample:.2f} s per sample, {outside:.1%} of the time outside session.run; "
-            f"seed {seed} (--seed {seed} repeats it)",
-            err=True,
-        )
-        for name, size in sizes.items():
-            click.echo(f"wrote {targets[name]} ({size / 1e3:.0f} kB)")
+
+def summarize(ddpm: DDPM, run: SampleRun, choice: BatchChoice | None, sizes: dict[str, int], targets: dict[str, Path | None]) -> None:
+    """The measured CPU batch (when measured now), the run's speed and seed, and the files written."""
+    if choice is not None and not choice.cached and choice.per_image_ms:
+        tried = ", ".join(f"{batch}: {ms:.2f}" for batch, ms in choice.per_image_ms.items())
+        click.echo(f"CPU batch {choice.batch} (ms per image by batch: {tried}); remembered in {cpu_batch.cache_file()}", err=True)
+    n, seed = run.settings["num_samples"], run.settings["seed"]
+    outside = 1.0 - run.run_seconds / run.seconds if run.seconds else 0.0
+    precision = "" if ddpm.info.precision == "fp32" else f"{ddpm.info.precision}, "
+    click.echo(f"{n} samples x {run.settings['steps']} steps in {run.seconds:.1f} s on {ddpm.provider} "
+               f"({precision}batch {run.settings['batch_size']}): {run.seconds / n:.2f} s per sample, "
+               f"{outside:.1%} of the time outside session.run; seed {seed} (--seed {seed} repeats it)", err=True)
+    for name, size in sizes.items():
+        click.echo(f"wrote {targets[name]} ({size / 1e3:.0f} kB)")
 
 
 def once(action: Callable[[], None] | None) -> Callable[[], None] | None:
@@ -185,7 +206,7 @@ def load_model(onnx_path: Path | None, precision: str, provider: str, threads: i
     if precision == "int8":
         return load(default_model_path("int8")), "int8, as asked"
     ddpm = load(None)
-    if ddpm.provider != "CPUExecutionProvider":
+    if ddpm.provider != CPU_PROVIDER:
         return ddpm, None
     try:
         int8 = load(default_model_path("int8"))

@@ -16,10 +16,11 @@ from ..core.console import OutputPath, run_command
 from ..core.errors import DDPMError
 from ..core.files import StagedFiles, check_distinct_paths, output_target
 from ..core.mnist import load_mnist
-from .pipeline import DDPM
 from ..core.progress import Progress
+from .pipeline import DDPM
 from .quality import Judge, Scores, score, to_judge_size
-from .sampling_cli import sampling_options, sampling_request
+from .sampling_cli import SamplingRequest, sampling_options, sampling_request
+from .session import PROVIDERS
 
 # The quality targets (README, Quality): FD within this factor of the floor's, unconditional or
 # with requested digits; with requested digits also the share judged as requested, overall and
@@ -153,7 +154,7 @@ def table(samples: Scores, floor: Scores) -> str:
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed when sampling (fixed, so scores compare).")
 @sampling_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per network call when sampling.")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", help="Provider when sampling.")
+@click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", help="Provider when sampling.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads.")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
@@ -192,26 +193,13 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
     judge = Judge(threads=threads)
 
     if npz is not None:
-        images, settings = load_npz(npz)
-        if len(images) > half:
-            raise DDPMError(f"{npz} holds {len(images)} images; at most {half} (half the test set) can be compared with the floor")
-        source = {"npz": str(npz), **{k: settings[k] for k in SETTINGS_KEPT if k in settings}}
-        chosen = settings.get("transform", "pad") if transform == "auto" else transform
-        labels = settings.get("labels")
-        if labels is not None and len(labels) != len(images):
-            raise DDPMError(f"{npz}: its settings list {len(labels)} labels for {len(images)} images")
+        images, settings, source = read_samples(npz, half)
     else:
         ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, device_id=device_id)
         request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance)
-        progress = Progress(request.steps, f"sample {num_samples}", unit="step", enabled=not quiet)
-        with progress:
-            run = ddpm.generate(num_samples, seed=seed, batch_size=batch_size,
-                                on_step=lambda done, total: progress.update(1), **request.kwargs)
-        images, settings = run.images, run.settings
-        source = {"onnx": str(ddpm.session.path), **{k: settings[k] for k in SETTINGS_KEPT if k in settings},
-                  "sampling_seconds": run.seconds, "seconds_per_sample": run.seconds / num_samples, "provider": ddpm.provider}
-        labels = settings.get("labels")
-        chosen = ddpm.info.source.get("transform", "pad") if transform == "auto" else transform
+        images, settings, source = draw_samples(ddpm, request, seed, batch_size, quiet)
+    chosen = settings.get("transform", "pad") if transform == "auto" else transform
+    labels = settings.get("labels")
 
     count = len(images)
     reference = judge(test_images[half:])[1]
@@ -232,6 +220,29 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
             staged.stage(json_path).write_text(json.dumps(report, indent=2) + "\n")
             staged.commit()
         click.echo(f"wrote {json_path}")
+
+
+def read_samples(npz: Path, limit: int) -> tuple[np.ndarray, dict, dict]:
+    """Images and settings that ``ddpm-run --npz`` wrote, and the report's note of their source."""
+    images, settings = load_npz(npz)
+    if len(images) > limit:
+        raise DDPMError(f"{npz} holds {len(images)} images; at most {limit} (half the test set) can be compared with the floor")
+    labels = settings.get("labels")
+    if labels is not None and len(labels) != len(images):
+        raise DDPMError(f"{npz}: its settings list {len(labels)} labels for {len(images)} images")
+    return images, settings, {"npz": str(npz), **{k: settings[k] for k in SETTINGS_KEPT if k in settings}}
+
+
+def draw_samples(ddpm: DDPM, request: SamplingRequest, seed: int, batch_size: int | None, quiet: bool) -> tuple[np.ndarray, dict, dict]:
+    """Images drawn by the plan, with a progress bar, their settings
+    (the model's transform among them), and the report's note of their source and speed."""
+    progress = Progress(request.plan.steps, f"sample {request.n}", unit="step", enabled=not quiet)
+    with progress:
+        run = ddpm.generate(request.n, request.plan, seed=seed, batch_size=batch_size,
+                            on_step=lambda done, total: progress.update(1))
+    source = {"onnx": str(ddpm.session.path), **{k: run.settings[k] for k in SETTINGS_KEPT if k in run.settings},
+              "sampling_seconds": run.seconds, "seconds_per_sample": run.seconds / request.n, "provider": ddpm.provider}
+    return run.images, run.settings, source
 
 
 def main() -> None:

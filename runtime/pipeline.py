@@ -3,8 +3,11 @@
     from ddpm.runtime import DDPM
     ddpm = DDPM.load()                       # embedded model; DDPM.load("unet.onnx") for another
     images = ddpm.sample(16, seed=0)         # uint8 [16, 32, 32]
-    run = ddpm.generate(16, seed=0, frames=40)
+    run = ddpm.generate(16, ddpm.plan(frames=40), seed=0)
     write_gif("out.gif", run.frames)
+    sevens = ddpm.generate(8, ddpm.plan(digits=[7]), seed=0)   # 20-step DPM-Solver++ SDE, guidance 1
+
+A :class:`~ddpm.core.plan.SamplingPlan` holds how to sample, checked against the model once.
 
 Same seed, same samples: x_T and every step's noise come from one ``numpy.random.Generator``
 and are drawn for the whole request at once, so neither the batch size nor the provider changes
@@ -17,52 +20,23 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from . import cpu_batch
 from ..core.errors import DDPMError
 from ..core.images import to_uint8
 from ..core.metadata import ModelInfo
-from ..core.sampler import SPACINGS, AncestralSampler, DDIMSampler, DPMSolverSampler, predict_x0
-from .session import BoundEps, BoundStep, UNetSession
+from ..core.plan import SamplingPlan, Sampler, SettingError
+from ..core.sampler import predict_x0
+from . import cpu_batch
+from .session import CPU_PROVIDER, BoundEps, BoundStep, UNetSession
 
-ENGINES = ("plain", "iobinding")
-ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")
-SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++2m-sde")
-SOLVERS = {"dpm++2m": False, "dpm++2m-sde": True}  # DPM-Solver++ (2M): stochastic or not
-SHOW = ("xt", "x0", "both")  # what the animation frames hold
-MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are cycled over the samples)
-# Timestep spacing when none is asked for: the second-order solvers are second order in λ, so they
-# step evenly in it (uniform-in-t steps leave a last step 5x longer in λ than the one before).
-DEFAULT_SPACING = {"ancestral": "uniform", "ddim": "uniform", "dpm++2m": "logsnr", "dpm++2m-sde": "logsnr"}
-
-
-def resolve_engine(choice: str, provider: str, fixed_batch: int | None) -> str:
-    """The loop engine for an ``--engine`` choice once the provider is known.
-
-    "auto" binds device buffers (IOBinding) on a GPU and calls ``session.run`` on the CPU, where
-    binding gains nothing. "cudagraph" is IOBinding on a session that captured a CUDA graph; it
-    needs the CUDA provider and a fixed-batch model.
-    """
-    if choice not in ENGINE_CHOICES:
-        raise DDPMError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, got {choice!r}")
-    if choice == "cudagraph":
-        if provider != "CUDAExecutionProvider":
-            raise DDPMError(f"--engine cudagraph needs the CUDA provider; this session runs on {provider}")
-        if fixed_batch is None:
-            raise DDPMError("--engine cudagraph needs a fixed-batch model (ddpm-export --fixed-batch N)")
-        return "iobinding"
-    if choice == "auto":
-        return "plain" if provider == "CPUExecutionProvider" else "iobinding"
-    return choice
-
+ENGINES = ("auto", "plain", "iobinding")
 DEFAULT_MODEL = "default.onnx"  # class-conditional: ddpm-run with and without --digit
-
-
-MAX_GUIDANCE = 50.0  # (1+w)·ε − w·ε(∅): the shipped model already draws near-identical digits at w = 3 (README, Quality)
 LABEL_STREAM = 0x1ABE1  # the labels' random stream, apart from the images' noise
+# One loop step: (x_t, position, t, noise, whether x must be read back) -> (x_{t-1}, ε or None)
+Advance = Callable[[np.ndarray, int, int, np.ndarray | None, bool], tuple[np.ndarray, np.ndarray | None]]
 
 
 def class_prior_labels(n: int, classes: int, seed: int) -> np.ndarray:
@@ -155,181 +129,113 @@ class DDPM:
     def timesteps(self) -> int:
         return self.schedule.timesteps
 
-    def default_batch_size(self) -> int:
-        """Sub-batch size when none is given: one batch on a GPU; on a CPU the size fastest per image on
-        this machine, measured once and cached (see :mod:`cpu_batch`)."""
-        if self.provider != "CPUExecutionProvider":
+    def default_batch_size(self, on_measure: Callable[[], None] | None = None) -> int:
+        """Sub-batch size when none is given: one batch (up to 256) on a GPU; on a CPU the size fastest
+        per image on this machine, measured once and cached (:meth:`batch_choice`)."""
+        if self.provider != CPU_PROVIDER:
             return 256
+        return self.batch_choice(on_measure).batch
+
+    def batch_choice(self, on_measure: Callable[[], None] | None = None) -> cpu_batch.BatchChoice:
+        """This CPU's batch choice for the model (see :mod:`cpu_batch`); ``on_measure`` is called before
+        a measurement, when the cache has none."""
         if self._cpu_batch is None:
-            self._cpu_batch = cpu_batch.choose(self.session)
-        return self._cpu_batch.batch
+            self._cpu_batch = cpu_batch.choose(self.session, on_measure)
+        return self._cpu_batch
 
-    def sampler(self, steps: int | None = None, kind: str = "ancestral", eta: float = 0.0,
-                spacing: str | None = None) -> AncestralSampler | DDIMSampler | DPMSolverSampler:
-        """The ancestral sampler with the model's variance rule (respaced when ``steps`` < T), DDIM, or
-        DPM-Solver++ (2M) as an ODE or SDE solver. ``spacing`` None: the kind's default."""
-        spacing = spacing or DEFAULT_SPACING[kind]
-        if kind == "ddim":
-            return DDIMSampler(self.schedule, steps=steps, eta=eta, spacing=spacing)
-        if kind in SOLVERS:
-            try:
-                return DPMSolverSampler(self.schedule, steps=steps, spacing=spacing, stochastic=SOLVERS[kind])
-            except ValueError as exc:
-                raise DDPMError(f"{kind}: {exc}") from None
-        if spacing != "uniform":
-            raise DDPMError(f"{spacing} spacing is for DDIM and DPM-Solver++; the ancestral sampler respaces uniformly")
-        return AncestralSampler(
-            self.schedule, steps=steps, variance=self.info.variance, noise_at_last_step=self.info.noise_at_last_step
-        )
+    def plan(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None, spacing: str | None = None,
+             digits: Sequence[int] | None = None, guidance: float | None = None, frames: int = 0, show: str = "xt") -> SamplingPlan:
+        """A checked sampling plan for this model; None takes each setting's default (see :mod:`ddpm.core.plan`)."""
+        return SamplingPlan.build(self.info, self.schedule, sampler, steps, eta, spacing, digits, guidance, frames, show)
 
-    def digit_choices(self, digits: str) -> list[int]:
-        """The classes a ``--digit`` value names: "D", "D,E,..." or "all" (0, 1, ..., K−1)."""
-        classes = self.info.num_classes
-        if not classes:
-            raise DDPMError("this model is unconditional: --digit needs a class-conditional export")
-        text = digits.strip().lower()
-        if text == "all":
-            return list(range(classes))
-        try:
-            parts = text.split(",")
-            if len(parts) > MAX_DIGIT_LIST:
-                raise DDPMError(f"--digit lists at most {MAX_DIGIT_LIST} digits (they are cycled over the samples)")
-            chosen = [int(part) for part in parts]
-        except ValueError:
-            raise DDPMError(f"--digit takes a digit, a comma-separated list or 'all', got {digits!r}") from None
-        bad = [d for d in chosen if not 0 <= d < classes]
-        if bad:
-            raise DDPMError(f"--digit {bad[0]} is out of range: this model knows classes 0-{classes - 1}")
-        return chosen
+    def engine(self, choice: str = "auto") -> str:
+        """How each step reaches the network: "plain" ``session.run`` with NumPy arrays, or "iobinding"
+        (device buffers refreshed in place; a CUDA-graph session replays through them). "auto" binds on
+        a GPU and calls ``session.run`` on the CPU, where binding gains nothing."""
+        if choice not in ENGINES:
+            raise SettingError("engine", f"must be one of {', '.join(ENGINES)}, got {choice!r}")
+        if self.session.cuda_graph and choice == "plain":
+            raise SettingError("engine", "a CUDA-graph session runs through IOBinding", needs=("engine", "iobinding"))
+        if choice == "auto":
+            return "plain" if self.provider == CPU_PROVIDER and not self.session.cuda_graph else "iobinding"
+        return choice
 
-    def labels_for(self, digits: str | None, n: int) -> np.ndarray | None:
-        """Class labels for ``n`` samples from a ``--digit`` value, its classes cycled; None leaves
-        the choice to ``generate`` (every class equally often, see ``class_prior_labels``)."""
-        if digits is None:
-            return None
-        return np.resize(np.asarray(self.digit_choices(digits), dtype=np.int64), n)
+    def generate(self, n: int, plan: SamplingPlan | None = None, seed: int = 0, batch_size: int | None = None,
+                 on_step: Callable[[int, int], None] | None = None, engine: str = "auto") -> SampleRun:
+        """Run ``plan`` (None: :meth:`plan`'s defaults, the ancestral loop) for ``n`` samples.
 
-    def generate(
-        self,
-        n: int,
-        seed: int = 0,
-        batch_size: int | None = None,
-        steps: int | None = None,
-        frames: int = 0,
-        on_step: Callable[[int, int], None] | None = None,
-        engine: str = "plain",
-        sampler: str = "ancestral",
-        eta: float = 0.0,
-        spacing: str | None = None,
-        labels: np.ndarray | None = None,
-        guidance: float = 0.0,
-        show: str = "xt",
-    ) -> SampleRun:
-        """Run the sampling loop for ``n`` samples; keep ``frames`` snapshots of the whole batch.
-
-        ``engine`` "plain" calls ``session.run`` with NumPy arrays; "iobinding" keeps bound
-        input and output buffers per sub-batch size (required for CUDA graphs). ``sampler`` is
-        "ancestral" (DDPM), "ddim" (with ``eta``), "dpm++2m" or "dpm++2m-sde"; ``spacing`` places the
-        timesteps of the last three (None: uniform for DDIM, logsnr for DPM-Solver++). A class-conditional model
-        takes ``labels`` [n] (none: every class equally often in an order drawn from the seed, which
-        samples all digits; see ``class_prior_labels``) and classifier-free ``guidance`` w:
-        ε = (1+w)·ε(x, y) − w·ε(x, ∅), both halves in one network batch. ``show`` chooses what the
-        frames hold: x_t ("xt"), the predicted clean image x̂_0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t ("x0"), or
-        the two side by side ("both", each image twice as wide).
+        A class-conditional model without requested digits draws every class equally often, in an
+        order drawn from the seed (see ``class_prior_labels``). ``batch_size`` None: one batch on a
+        GPU, the measured fastest on a CPU. ``on_step(done, total)`` after each step.
         """
-        if show not in SHOW:
-            raise DDPMError(f"show must be one of {SHOW}, got {show!r}")
-        if sampler not in SAMPLERS:
-            raise DDPMError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        spacing = spacing or DEFAULT_SPACING[sampler]
-        if spacing not in SPACINGS:
-            raise DDPMError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-        if not 0 <= eta <= 1:
-            raise DDPMError(f"eta must be between 0 (deterministic) and 1 (as noisy as the ancestral sampler), got {eta}")
-        if not 0 <= guidance <= MAX_GUIDANCE:
-            raise DDPMError(f"guidance must be between 0 and {MAX_GUIDANCE:g} (beyond, (1+w)·ε only saturates the pixels), "
-                            f"got {guidance}")
-        classes = self.info.num_classes
-        if labels is not None:
-            labels = np.asarray(labels, dtype=np.int64)
-            if not classes:
-                raise DDPMError("this model is unconditional: class labels need a class-conditional export")
-            if labels.shape != (n,) or labels.min() < 0 or labels.max() >= classes:
-                raise DDPMError(f"labels must be {n} integers in 0-{classes - 1}")
-        if guidance > 0 and labels is None:
-            raise DDPMError("guidance needs class labels (--digit) on a class-conditional model")
-        if engine not in ENGINES:
-            raise DDPMError(f"engine must be one of {ENGINES}, got {engine!r}")
-        if self.session.cuda_graph and engine != "iobinding":
-            raise DDPMError("a CUDA-graph session runs through IOBinding: use engine='iobinding'")
+        plan = plan or self.plan()
         if n < 1:
-            raise DDPMError(f"the number of samples must be >= 1, got {n}")
+            raise SettingError("n", f"the number of samples must be >= 1, got {n}")
         if seed < 0:
-            raise DDPMError(f"the seed must be >= 0, got {seed}")
-        if steps is not None and not 1 <= steps <= self.timesteps:
-            raise DDPMError(f"steps must be between 1 and {self.timesteps} (the model's T), got {steps}")
-        fused = self.info.graph == "fused-step"
-        if fused and sampler != "ancestral":
-            raise DDPMError(f"a fused-step model has the ancestral update built in; use the plain export for {sampler}")
-        if fused and show != "xt" and frames:
-            raise DDPMError("a fused-step model keeps ε inside its graph, so x̂_0 cannot be shown; use the plain export")
-        if fused and steps not in (None, self.timesteps):
-            raise DDPMError(f"a fused-step model has its {self.timesteps}-step update built in; it cannot respace to {steps} steps")
+            raise SettingError("seed", f"must be >= 0, got {seed}")
         if batch_size is not None and batch_size < 1:
-            raise DDPMError(f"the batch size must be >= 1, got {batch_size}")
-        fixed = self.session.fixed_batch
-        batch_size = fixed if fixed is not None else min(batch_size or self.default_batch_size(), n)
-        method = sampler
-        sampler = self.sampler(steps, method, eta, spacing)
-        info = self.info
-        drawn = bool(classes) and labels is None
-        if drawn:
-            labels = class_prior_labels(n, classes, seed)
-        y = labels
-        shape = (n, info.image_channels, info.image_size, info.image_size)
-        rng = np.random.default_rng(seed)
-        x = rng.standard_normal(shape, dtype=np.float32)
-        keep = set(frame_positions(len(sampler), frames))
-        run = SampleRun(samples=x, images=np.empty(0, np.uint8), provider=self.provider)
-        if frames:
-            run.frames.append(self._frame(x, None, show))  # pure noise: x̂_0 not predicted yet
-            run.frame_timesteps.append(-1)
-        bound: dict[int, BoundEps] = {}
-        steppers: list[BoundStep] = []
-        self.session.run_seconds = 0.0
-        start = time.perf_counter()
-        last = len(sampler) - 1
-        for i, t in enumerate(sampler.model_timesteps):
-            noise = rng.standard_normal(shape, dtype=np.float32) if sampler.needs_noise(i) else None
-            if fused:
-                x = self._fused_step(x, int(t), noise, batch_size, steppers if engine == "iobinding" else None,
-                                     fetch=i in keep or i == last)
-            else:
-                eps = self._guided_eps(x, int(t), y, guidance, batch_size, bound if engine == "iobinding" else None)
-                x0 = predict_x0(x, eps, self.schedule.alpha_bars[t]) if i in keep and show != "xt" else None
-                x = sampler.step(x, i, eps, noise)
-            if (not fused or engine != "iobinding" or i in keep or i == last) and not np.isfinite(x).all():
-                raise DDPMError(f"the samples became NaN or infinite at step {i + 1} of {len(sampler)} (t = {int(t)}): "
-                                "the model's ε or the sampler's settings are out of range")
-            if i in keep:
-                run.frames.append(self._frame(x, None if fused else x0, show))
-                run.frame_timesteps.append(int(t))
-            if on_step is not None:
-                on_step(i + 1, len(sampler))
-        run.seconds = time.perf_counter() - start
-        run.run_seconds = self.session.run_seconds
-        run.samples = x
-        run.images = to_uint8(x, info.data_range)
+            raise SettingError("batch_size", f"must be >= 1, got {batch_size}")
+        batch = self.session.fixed_batch or min(batch_size or self.default_batch_size(), n)
+        engine = self.engine(engine)
+        labels, drawn = plan.labels(n), False
+        if labels is None and self.info.num_classes:
+            labels, drawn = class_prior_labels(n, self.info.num_classes, seed), True
+        sampler = plan.make_sampler(self.info, self.schedule)
+        advance = self._advance(sampler, labels, plan.guidance, batch, engine)
+        run = self._loop(n, plan, sampler, advance, np.random.default_rng(seed), on_step)
         run.settings = {
-            "seed": seed, "num_samples": n, "sampler": method, "steps": len(sampler), "timesteps": self.timesteps,
-            **({"eta": float(eta)} if method == "ddim" else {}),
-            **({"spacing": spacing} if method != "ancestral" else {}),
-            **({"labels": labels.tolist(), "labels_drawn": drawn, "guidance": float(guidance)} if labels is not None else {}),
-            "batch_size": batch_size, "engine": engine, "variance": info.variance, "noise_at_last_step": info.noise_at_last_step,
-            "provider": self.provider, "model": str(self.session.path), "model_sha256": info.source.get("sha256", ""),
-            "transform": info.source.get("transform", "pad"),
+            "seed": seed, "num_samples": n, **plan.settings(), "timesteps": self.timesteps,
+            **({"labels": labels.tolist(), "labels_drawn": drawn, "guidance": plan.guidance} if labels is not None else {}),
+            "batch_size": batch, "engine": engine, "variance": self.info.variance, "noise_at_last_step": self.info.noise_at_last_step,
+            "provider": self.provider, "model": str(self.session.path), "model_sha256": self.info.source.get("sha256", ""),
+            "transform": self.info.source.get("transform", "pad"),
         }
         return run
+
+    def _loop(self, n: int, plan: SamplingPlan, sampler: Sampler, advance: Advance, rng: np.random.Generator,
+              on_step: Callable[[int, int], None] | None) -> SampleRun:
+        """x_T ~ N(0, I), then one ``advance`` per timestep; x_T and every step's noise come from ``rng``."""
+        info, steps = self.info, len(sampler)
+        shape = (n, info.image_channels, info.image_size, info.image_size)
+        x = rng.standard_normal(shape, dtype=np.float32)
+        keep = set(frame_positions(steps, plan.frames))
+        run = SampleRun(samples=x, images=np.empty(0, np.uint8), provider=self.provider)
+        if plan.frames:
+            run.frames.append(self._frame(x, None, plan.show))  # pure noise: x̂_0 not predicted yet
+            run.frame_timesteps.append(-1)
+        self.session.run_seconds = 0.0
+        start = time.perf_counter()
+        for i, t in enumerate(sampler.model_timesteps):
+            noise = rng.standard_normal(shape, dtype=np.float32) if sampler.needs_noise(i) else None
+            x_prev, eps = advance(x, i, int(t), noise, i in keep or i == steps - 1)
+            if not np.isfinite(x_prev).all():
+                raise DDPMError(f"the samples became NaN or infinite at step {i + 1} of {steps} (t = {int(t)}): "
+                                "the model's ε or the sampler's settings are out of range")
+            if i in keep:
+                x0 = predict_x0(x, eps, self.schedule.alpha_bars[t]) if eps is not None and plan.show != "xt" else None
+                run.frames.append(self._frame(x_prev, x0, plan.show))
+                run.frame_timesteps.append(int(t))
+            x = x_prev
+            if on_step is not None:
+                on_step(i + 1, steps)
+        run.seconds = time.perf_counter() - start
+        run.run_seconds = self.session.run_seconds
+        run.samples, run.images = x, to_uint8(x, info.data_range)
+        return run
+
+    def _advance(self, sampler: Sampler, labels: np.ndarray | None, guidance: float, batch: int, engine: str) -> Advance:
+        """The loop body, chosen once: a fused-step graph makes the whole update itself; otherwise ε from
+        the network (through ``session.run`` or bound buffers) and the sampler's update."""
+        if self.info.graph == "fused-step":
+            steppers: list[BoundStep] | None = [] if engine == "iobinding" else None
+            return lambda x, i, t, noise, fetch: (self._fused_step(x, t, noise, batch, steppers, fetch), None)
+        bound: dict[int, BoundEps] | None = {} if engine == "iobinding" else None
+
+        def advance(x: np.ndarray, i: int, t: int, noise: np.ndarray | None, fetch: bool) -> tuple[np.ndarray, np.ndarray]:
+            eps = self._guided_eps(x, t, labels, guidance, batch, bound)
+            return sampler.step(x, i, eps, noise), eps
+
+        return advance
 
     def _frame(self, x: np.ndarray, x0: np.ndarray | None, show: str) -> np.ndarray:
         """One frame of uint8 images: x_t, x̂_0 (mid-grey before the first prediction), or both side by side."""
@@ -400,9 +306,9 @@ class DDPM:
         return eps
 
     def sample(self, n: int, seed: int = 0, batch_size: int | None = None, steps: int | None = None) -> np.ndarray:
-        """``n`` finished samples as uint8 images."""
-        return self.generate(n, seed=seed, batch_size=batch_size, steps=steps).images
+        """``n`` finished samples of the ancestral loop (respaced to ``steps``) as uint8 images."""
+        return self.generate(n, self.plan(steps=steps), seed=seed, batch_size=batch_size).images
 
     def animation(self, n: int, seed: int = 0, frames: int = 40, batch_size: int | None = None, steps: int | None = None) -> list[np.ndarray]:
         """The denoising as a list of uint8 image batches, pure noise first and the samples last."""
-        return self.generate(n, seed=seed, batch_size=batch_size, steps=steps, frames=frames).frames
+        return self.generate(n, self.plan(steps=steps, frames=frames), seed=seed, batch_size=batch_size).frames

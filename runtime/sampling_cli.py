@@ -1,24 +1,24 @@
 """Command-line options that choose how to sample (sampler, steps, η, spacing, digit, guidance),
-shared by ``ddpm-run`` and ``ddpm-eval``."""
+shared by ``ddpm-run`` and ``ddpm-eval``: they become one :class:`SamplingPlan`, and the plan's
+errors come back as errors about the flags."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import click
-import numpy as np
 
 from ..core.errors import DDPMError
-from .pipeline import DEFAULT_SPACING, MAX_GUIDANCE, SAMPLERS, DDPM
+from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DIGIT_SAMPLER, MAX_GUIDANCE, SAMPLERS, SamplingPlan, SettingError
 from ..core.sampler import SPACINGS
+from .pipeline import DDPM
 
-DDIM_DEFAULT_STEPS = 50
-SOLVER_DEFAULT_STEPS = 20
 DEFAULT_COUNT = 16
-DEFAULT_GUIDANCE = 1.0  # of 0, 1 and 3 for the shipped model: every digit judged as asked, lowest FD (README, Quality)
-DEFAULT_SAMPLER = "ancestral"  # the reference loop
-DIGIT_SAMPLER = "dpm++2m-sde"  # with --digit: as good as the reference for the shipped model, 50x faster (README, Quality)
+MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are cycled over the samples)
+FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "spacing": "--spacing", "digits": "--digit",
+         "guidance": "--guidance", "frames": "--frames", "show": "--show", "engine": "--engine", "n": "--num-samples",
+         "batch_size": "--batch-size", "seed": "--seed"}
 
 
 def sampling_options(function: Callable) -> Callable:
@@ -27,11 +27,11 @@ def sampling_options(function: Callable) -> Callable:
                      help="'ancestral': the DDPM loop, T steps (the reference; respaced with --steps); 'ddim': DDIM, "
                           "deterministic with --eta 0; 'dpm++2m': DPM-Solver++ (2M), a second-order ODE solver; "
                           "'dpm++2m-sde': its stochastic variant. For speed: dpm++2m-sde or dpm++2m with "
-                          f"{SOLVER_DEFAULT_STEPS} steps (see the README's sampler table). [default: {DEFAULT_SAMPLER}; "
+                          f"{DEFAULT_STEPS['dpm++2m']} steps (see the README's sampler table). [default: {DEFAULT_SAMPLER}; "
                           f"{DIGIT_SAMPLER} with --digit]"),
         click.option("--steps", type=click.IntRange(min=1), default=None,
                      help=f"Network evaluations per sample, at most the model's T. [default: T for ancestral, "
-                          f"{DDIM_DEFAULT_STEPS} for ddim, {SOLVER_DEFAULT_STEPS} for dpm++; one dpm++ step is first order]"),
+                          f"{DEFAULT_STEPS['ddim']} for ddim, {DEFAULT_STEPS['dpm++2m']} for dpm++; one dpm++ step is first order]"),
         click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None,
                      help="DDIM noise: 0 deterministic, 1 as much as the ancestral sampler (with β̃). [default: 0]"),
         click.option("--spacing", type=click.Choice(SPACINGS), default=None,
@@ -52,49 +52,50 @@ def sampling_options(function: Callable) -> Callable:
 
 @dataclass
 class SamplingRequest:
-    """``DDPM.generate`` keywords for the chosen options, and the grid's column count."""
+    """The checked plan, the sample count, and the grid's column count (one column per digit asked for)."""
 
     n: int
-    kwargs: dict[str, Any]
-    steps: int
+    plan: SamplingPlan
     columns: int | None
 
 
 def sampling_request(ddpm: DDPM, n: int | None, sampler: str | None, steps: int | None, eta: float | None,
-                     spacing: str | None, digit: str | None, guidance: float | None) -> SamplingRequest:
-    """Check the sampling options against the model; one-line errors for what cannot work.
+                     spacing: str | None, digit: str | None, guidance: float | None, frames: int = 0,
+                     show: str = "xt") -> SamplingRequest:
+    """The plan for these options on this model; one-line errors, about the flags, for what cannot work.
 
-    ``n`` None is the default count: 16, or two per class with ``--digit all``; ``sampler`` None is
-    the reference loop, or the fast solver with ``--digit``.
+    ``n`` None is the default count: 16, or two per class with ``--digit all``.
     """
-    if sampler is None:
-        sampler = DIGIT_SAMPLER if digit is not None else DEFAULT_SAMPLER
-    if steps is not None and steps > ddpm.timesteps:
-        raise click.BadParameter(f"{steps} is more than the model's {ddpm.timesteps} diffusion steps", param_hint="'--steps'")
-    if sampler != "ddim" and eta is not None:
-        raise click.BadParameter("η is a DDIM setting; add --sampler ddim", param_hint="'--eta'")
-    if sampler == "ancestral" and spacing not in (None, "uniform"):
-        raise click.BadParameter(f"{spacing} spacing is for --sampler ddim and dpm++; the ancestral sampler respaces uniformly",
-                                 param_hint="'--spacing'")
-    if steps is None and sampler != "ancestral":
-        steps = min(DDIM_DEFAULT_STEPS if sampler == "ddim" else SOLVER_DEFAULT_STEPS, ddpm.timesteps)
-    if guidance is not None and not ddpm.info.num_classes:
-        raise DDPMError("--guidance needs a class-conditional model; this one is unconditional")
-    if guidance is not None and digit is None:
-        raise click.BadParameter("guidance steers towards a digit; add --digit", param_hint="'--guidance'")
-    labels = columns = None
-    if digit is None:
-        n = n or DEFAULT_COUNT
-    else:
-        chosen = ddpm.digit_choices(digit)
-        n = n or (2 * len(chosen) if digit.strip().lower() == "all" else DEFAULT_COUNT)
-        labels = np.resize(np.asarray(chosen, dtype=np.int64), n)
-        columns = len(chosen) if len(chosen) > 1 else None
-    kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps}
-    if sampler != "ancestral":
-        kwargs["spacing"] = spacing or DEFAULT_SPACING[sampler]
-    if sampler == "ddim":
-        kwargs["eta"] = eta or 0.0
-    if labels is not None:
-        kwargs.update(labels=labels, guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
-    return SamplingRequest(n, kwargs, steps or ddpm.timesteps, columns)
+    digits = None if digit is None else parse_digits(digit, ddpm.info.num_classes)
+    try:
+        plan = ddpm.plan(sampler, steps, eta, spacing, digits, guidance, frames, show)
+    except SettingError as exc:
+        raise flag_error(exc) from None
+    if n is None:
+        n = 2 * len(digits) if digit is not None and digit.strip().lower() == "all" else DEFAULT_COUNT
+    return SamplingRequest(n, plan, len(digits) if digits is not None and len(digits) > 1 else None)
+
+
+def flag_error(exc: SettingError) -> click.BadParameter:
+    """A library setting error spelled in the command line's flags."""
+    remedy = ""
+    if exc.needs is not None:
+        name, value = exc.needs
+        remedy = f"; add {FLAGS.get(name, name)}" + ("" if value is None else f" {value}")
+    return click.BadParameter(exc.problem + remedy, param_hint=f"'{FLAGS.get(exc.setting, exc.setting)}'")
+
+
+def parse_digits(text: str, classes: int) -> list[int]:
+    """The classes a ``--digit`` value names: "D", "D,E,..." or "all" (0, 1, ..., K−1)."""
+    if not classes:
+        raise DDPMError("this model is unconditional: --digit needs a class-conditional export")
+    text = text.strip().lower()
+    if text == "all":
+        return list(range(classes))
+    parts = text.split(",")
+    if len(parts) > MAX_DIGIT_LIST:
+        raise DDPMError(f"--digit lists at most {MAX_DIGIT_LIST} digits (they are cycled over the samples)")
+    try:
+        return [int(part) for part in parts]
+    except ValueError:
+        raise DDPMError(f"--digit takes a digit, a comma-separated list or 'all', got {text!r}") from None

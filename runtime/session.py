@@ -134,7 +134,7 @@ class UNetSession:
         check_contract(outline, self.info, str(self.path))
         if self.info.precision == "int8":  # QDQ int8 kernels are the CPU provider's; on a GPU it would run slower than fp32
             if provider in ("cuda", "tensorrt"):
-                raise DDPMError(f"{self.path} is an int8 copy for CPUs; --provider {provider} needs the fp32 model")
+                raise DDPMError(f"{self.path} is an int8 copy for CPUs; provider {provider!r} needs the fp32 model")
             if provider == "auto":
                 if CUDA_PROVIDER in ort.get_available_providers() and gpu_present():
                     self.notes.append("an int8 model runs on the CPU, not on this machine's GPU")
@@ -149,6 +149,10 @@ class UNetSession:
             self.notes.append(problem)
             warnings.warn(problem, ProviderWarning, stacklevel=3)
         self._check_signature()
+        if cuda_graph and self.fixed_batch is None:
+            raise DDPMError("a CUDA graph needs a fixed-batch model (one exported with a fixed batch)")
+        if cuda_graph and self.provider != CUDA_PROVIDER:
+            raise DDPMError(f"a CUDA graph needs the CUDA provider; this session runs on {self.provider}")
         self.run_seconds = 0.0
         self.run_calls = 0
 
@@ -189,15 +193,15 @@ class UNetSession:
         name = PROVIDERS[provider]
         if name not in available:
             raise DDPMError(
-                f"--provider {provider}: this ONNX Runtime build has no {name} (available: {', '.join(available)})"
+                f"provider {provider!r}: this ONNX Runtime build has no {name} (available: {', '.join(available)})"
             )
         if not gpu_present():
-            raise DDPMError(f"--provider {provider}: no NVIDIA GPU driver found on this machine")
+            raise DDPMError(f"provider {provider!r}: no NVIDIA GPU driver found on this machine")
         session = self._load(model, options, self._gpu_providers(provider))
         if session.get_providers()[0] != name:
             missing = missing_cuda_libraries()
             reason = f"cannot load {', '.join(missing)}; {CUDA_EXTRA} installs them" if missing else "see ONNX Runtime's log"
-            raise DDPMError(f"--provider {provider}: ONNX Runtime could not start {name} ({reason})")
+            raise DDPMError(f"provider {provider!r}: ONNX Runtime could not start {name} ({reason})")
         return session
 
     @staticmethod
@@ -273,14 +277,9 @@ class UNetSession:
 
 
 def check_binding(session: UNetSession, batch: int) -> None:
-    """Refuse bindings the session cannot run: a batch other than a fixed one, or a CUDA graph
-    without a fixed batch or without the CUDA provider."""
+    """Refuse a binding for a batch other than the model's fixed one."""
     if session.fixed_batch is not None and session.fixed_batch != batch:
         raise DDPMError(f"{session.path} has a fixed batch of {session.fixed_batch}, not {batch}")
-    if session.cuda_graph and session.fixed_batch is None:
-        raise DDPMError("CUDA graphs need a fixed-batch model (ddpm-export --fixed-batch N)")
-    if session.cuda_graph and session.provider != CUDA_PROVIDER:
-        raise DDPMError(f"CUDA graphs need the CUDA provider; the session runs on {session.provider}")
 
 
 def _device(session: UNetSession) -> str:

@@ -9,7 +9,7 @@ import pytest
 from conftest import DATA_DIR, assert_error_line, assert_one_line_error
 from ddpm.benchmarks.bench import main as bench_main
 from ddpm.export.cli import main as export_main
-from ddpm.runtime import files
+from ddpm.core import files
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.train.cli import main as train_main

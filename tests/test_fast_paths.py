@@ -11,7 +11,7 @@ from conftest import assert_one_line_error
 from ddpm.runtime.cli import main as run_main
 from ddpm.core.errors import DDPMError
 from ddpm.runtime import pipeline
-from ddpm.runtime.pipeline import DDPM, resolve_engine
+from ddpm.runtime.pipeline import DDPM
 from ddpm.runtime.session import BoundStep, UNetSession, step_graph_ids
 
 VARIANTS = ["unet.onnx", "unet.b3.onnx", "unet.fp16.onnx", "unet.fp16.b3.onnx",
@@ -60,7 +60,7 @@ def test_fp16_is_close_to_fp32(variants):
 def test_fused_step_equals_eps_plus_numpy_update(variants, name):
     eps_model = DDPM.load(variants / "unet.onnx", provider="cpu")
     fused = UNetSession(variants / name, provider="cpu")
-    sampler = eps_model.sampler()
+    sampler = eps_model.plan().make_sampler(eps_model.info, eps_model.schedule)
     rng = np.random.default_rng(1)
     for position in (0, 500, len(sampler) - 1):  # t = 999, 499 and 0 (no noise at the last step)
         t = int(sampler.model_timesteps[position])
@@ -76,9 +76,11 @@ def test_fused_loop_matches_the_plain_loop(variants):
     """Same seed, same samples on every path: 1000 steps through a fused graph (session.run, or
     IOBinding with x kept in bound buffers; dynamic or fixed batch with a padded last chunk) stay
     within 1e-2 of the NumPy loop (float32 rounding accumulated over 1000 steps)."""
-    reference = DDPM.load(variants / "unet.onnx", provider="cpu").generate(4, seed=5, frames=3)
+    plain = DDPM.load(variants / "unet.onnx", provider="cpu")
+    reference = plain.generate(4, plain.plan(frames=3), seed=5)
     for name, engine in [("unet.step.onnx", "plain"), ("unet.step.onnx", "iobinding"), ("unet.step.b3.onnx", "iobinding")]:
-        run = DDPM.load(variants / name, provider="cpu").generate(4, seed=5, frames=3, engine=engine)
+        fused = DDPM.load(variants / name, provider="cpu")
+        run = fused.generate(4, fused.plan(frames=3), seed=5, engine=engine)
         np.testing.assert_allclose(run.samples, reference.samples, atol=1e-2)
         assert len(run.frames) == len(reference.frames)
         for got, expected in zip(run.frames, reference.frames):
@@ -120,23 +122,25 @@ def test_each_fused_sub_batch_gets_its_own_cuda_graphs(variants, monkeypatch):
 
 def test_fused_model_cannot_respace(variants):
     with pytest.raises(DDPMError, match="cannot respace"):
-        DDPM.load(variants / "unet.step.onnx", provider="cpu").generate(1, steps=10)
+        DDPM.load(variants / "unet.step.onnx", provider="cpu").plan(steps=10)
 
 
-def test_engine_resolution():
-    assert resolve_engine("auto", "CPUExecutionProvider", None) == "plain"
-    assert resolve_engine("auto", "CUDAExecutionProvider", None) == "iobinding"
-    assert resolve_engine("cudagraph", "CUDAExecutionProvider", 4) == "iobinding"
-    with pytest.raises(DDPMError, match="fixed-batch"):
-        resolve_engine("cudagraph", "CUDAExecutionProvider", None)
-    with pytest.raises(DDPMError, match="CUDA provider"):
-        resolve_engine("cudagraph", "CPUExecutionProvider", 4)
+def test_engine_resolution(variants, monkeypatch):
+    ddpm = DDPM.load(variants / "unet.b3.onnx", provider="cpu")
+    assert ddpm.engine("auto") == "plain" and ddpm.engine("iobinding") == "iobinding"
+    with pytest.raises(DDPMError, match="engine: must be one of"):
+        ddpm.engine("cudagraph")  # a session flag (DDPM.load(cuda_graph=True)), not a loop
+    monkeypatch.setattr(ddpm.session, "provider", "CUDAExecutionProvider")
+    assert ddpm.engine("auto") == "iobinding"
+    monkeypatch.setattr(ddpm.session, "cuda_graph", True)
+    with pytest.raises(DDPMError, match="runs through IOBinding"):
+        ddpm.engine("plain")
 
 
-def test_cuda_graph_bindings_need_cuda(variants):
-    session = UNetSession(variants / "unet.step.b3.onnx", provider="cpu", cuda_graph=True)
-    with pytest.raises(DDPMError, match="CUDA provider"):
-        BoundStep(session, np.zeros((3, 1, 32, 32), np.float32))
+@pytest.mark.parametrize("name, fragment", [("unet.step.b3.onnx", "needs the CUDA provider"), ("unet.step.onnx", "fixed-batch")])
+def test_cuda_graph_sessions_need_cuda_and_a_fixed_batch(variants, name, fragment):
+    with pytest.raises(DDPMError, match=fragment):
+        UNetSession(variants / name, provider="cpu", cuda_graph=True)
 
 
 def test_run_engines_give_the_same_digits(invoke, variants, tmp_path):

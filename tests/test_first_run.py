@@ -63,9 +63,9 @@ def test_show_x0_and_both(tiny_export):
     from ddpm.runtime.pipeline import DDPM
 
     ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
-    xt = ddpm.generate(2, seed=1, steps=12, frames=4, sampler="ddim")
-    x0 = ddpm.generate(2, seed=1, steps=12, frames=4, sampler="ddim", show="x0")
-    both = ddpm.generate(2, seed=1, steps=12, frames=4, sampler="ddim", show="both")
+    xt = ddpm.generate(2, ddpm.plan(steps=12, frames=4, sampler="ddim"), seed=1)
+    x0 = ddpm.generate(2, ddpm.plan(steps=12, frames=4, sampler="ddim", show="x0"), seed=1)
+    both = ddpm.generate(2, ddpm.plan(steps=12, frames=4, sampler="ddim", show="both"), seed=1)
     np.testing.assert_array_equal(xt.samples, x0.samples)  # what is shown does not change the sampling
     assert [f.shape for f in both.frames] == [(2, 32, 64)] * len(xt.frames)
     for a, b, pair in zip(xt.frames, x0.frames, both.frames):

@@ -81,17 +81,20 @@ def test_fp16_draws_the_fp32_digits(variants, cpu_reference, record_property, na
 @pytest.mark.parametrize("sampler, steps, eta", [("ddim", 50, 0.0), ("ddim", 50, 1.0), ("dpm++2m", 20, 0.0),
                                                  ("dpm++2m-sde", 20, 0.0)])
 def test_fast_samplers_on_the_embedded_model(record_property, sampler, steps, eta):
-    runs = [DDPM.load(provider=provider).generate(8, seed=3, sampler=sampler, steps=steps, eta=eta, engine=engine)
-            for provider, engine in (("cpu", "plain"), ("cuda", "iobinding"))]
+    runs = []
+    for provider, engine in (("cpu", "plain"), ("cuda", "iobinding")):
+        ddpm = DDPM.load(provider=provider)
+        runs.append(ddpm.generate(8, ddpm.plan(sampler, steps, eta if sampler == "ddim" else None), seed=3, engine=engine))
     image_difference(runs[1].images, runs[0].images, record_property)
 
 
 @pytest.mark.parametrize("sampler, steps", [("ancestral", None), ("ddim", 50)])
 def test_guidance_on_the_embedded_conditional_model(record_property, sampler, steps):
     labels = np.array([0, 1, 3, 7, 8, 9], dtype=np.int64)
-    runs = [DDPM.load(provider=provider).generate(6, seed=4, sampler=sampler, steps=steps, labels=labels,
-                                                                    guidance=3.0, engine=engine)
-            for provider, engine in (("cpu", "plain"), ("cuda", "iobinding"))]
+    runs = []
+    for provider, engine in (("cpu", "plain"), ("cuda", "iobinding")):
+        ddpm = DDPM.load(provider=provider)
+        runs.append(ddpm.generate(6, ddpm.plan(sampler, steps, digits=labels, guidance=3.0), seed=4, engine=engine))
     image_difference(runs[1].images, runs[0].images, record_property)
 
 

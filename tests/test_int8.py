@@ -38,8 +38,8 @@ def test_int8_copy_is_quantized_and_says_so(int8_export):
 
 def test_int8_samples_follow_fp32(int8_export):
     fp32, int8 = DDPM.load(int8_export / "unet.onnx", provider="cpu"), DDPM.load(int8_export / "unet.int8.onnx", provider="cpu")
-    a = fp32.generate(8, seed=3, steps=20, sampler="ddim").images.astype(np.float64)
-    b = int8.generate(8, seed=3, steps=20, sampler="ddim").images.astype(np.float64)
+    a = fp32.generate(8, fp32.plan(steps=20, sampler="ddim"), seed=3).images.astype(np.float64)
+    b = int8.generate(8, int8.plan(steps=20, sampler="ddim"), seed=3).images.astype(np.float64)
     assert a.shape == b.shape
     assert np.abs(a - b).mean() < 12  # grey levels (of 255); an unrelated picture differs by ~100
     assert np.abs(a - b).mean() > 0  # and it is a different network, not a copy
@@ -61,7 +61,7 @@ def test_int8_without_calibration_data_is_one_line_before_work(invoke, tiny_expo
 
 def test_int8_model_on_a_gpu_provider_is_refused(invoke, int8_export, tmp_path):
     result = invoke(run_main, "--onnx", int8_export / "unet.int8.onnx", "--provider", "cuda", "--png", tmp_path / "o.png")
-    assert_one_line_error(result, "int8 copy for CPUs", "--provider cuda")
+    assert_one_line_error(result, "int8 copy for CPUs", "provider 'cuda'")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -61,8 +61,11 @@ def test_same_seed_same_npz_and_batch_size_does_not_matter(invoke, tiny, tmp_pat
 
 
 def test_fixed_batch_model_gives_the_same_samples(tiny):
-    dynamic = DDPM.load(tiny / "unet.onnx", provider="cpu").generate(4, seed=2, steps=20)
-    fixed = DDPM.load(tiny / "unet.b3.onnx", provider="cpu").generate(4, seed=2, steps=20)  # 3 + 1 padded
+    runs = {}
+    for name in ("unet.onnx", "unet.b3.onnx"):
+        ddpm = DDPM.load(tiny / name, provider="cpu")
+        runs[name] = ddpm.generate(4, ddpm.plan(steps=20), seed=2)
+    dynamic, fixed = runs["unet.onnx"], runs["unet.b3.onnx"]  # the fixed batch: 3 + 1 padded
     assert fixed.settings["batch_size"] == 3
     assert np.abs(dynamic.samples - fixed.samples).max() < 1e-4
 
@@ -268,7 +271,7 @@ def test_wrong_graph_inputs(invoke, tiny, tmp_path):
         (["--frames", "1"], "--frames"),
         (["--fps", "0"], "--fps"),
         (["--provider", "metal"], "--provider"),
-        (["--provider", "cuda"], "--provider cuda"),
+        (["--provider", "cuda"], "provider 'cuda'"),
         ([], "nothing to write"),
     ],
 )

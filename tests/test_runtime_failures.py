@@ -28,7 +28,7 @@ class FakeRun:
 def test_eps_of_the_wrong_shape_or_type(ddpm, monkeypatch, make, fragment):
     monkeypatch.setattr(ddpm.session.session, "run", FakeRun(make))
     with pytest.raises(DDPMError, match="returned ε") as error:
-        ddpm.generate(3, steps=2)
+        ddpm.generate(3, ddpm.plan(steps=2))
     assert fragment in str(error.value) and "\n" not in str(error.value)
 
 
@@ -38,7 +38,7 @@ def test_onnx_runtime_failure_is_one_line(ddpm, monkeypatch):
 
     monkeypatch.setattr(ddpm.session.session, "run", fail)
     with pytest.raises(DDPMError, match="ONNX Runtime failed while running the model: .*RUNTIME_EXCEPTION") as error:
-        ddpm.generate(2, steps=2)
+        ddpm.generate(2, ddpm.plan(steps=2))
     assert "\n" not in str(error.value)
 
 
@@ -52,4 +52,4 @@ def test_non_finite_samples_stop_the_run_naming_the_step(ddpm, monkeypatch, samp
 
     monkeypatch.setattr(ddpm.session.session, "run", FakeRun(nan_on_second_call))
     with pytest.raises(DDPMError, match=r"NaN or infinite at step 2 of 5"):
-        ddpm.generate(2, steps=5, sampler=sampler)
+        ddpm.generate(2, ddpm.plan(steps=5, sampler=sampler))

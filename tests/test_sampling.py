@@ -18,7 +18,8 @@ from ddpm.core.errors import DDPMError
 from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.runtime.pipeline import DDPM, class_prior_labels
 from ddpm.core.sampler import AncestralSampler, DDIMSampler, spaced_timesteps
-from ddpm.runtime.sampling_cli import DEFAULT_GUIDANCE
+from ddpm.core.plan import DEFAULT_GUIDANCE, SettingError
+from ddpm.runtime.sampling_cli import parse_digits
 from ddpm.core.schedule import cosine_alpha_bar, make_schedule
 from ddpm.train.config import preset
 from ddpm.train.unet import UNet
@@ -87,7 +88,7 @@ def test_ddim_full_loop_reduces_to_ancestral(tiny_export):
     """Through the real network: DDIM (S = T, η = 1) and the posterior-variance ancestral loop
     give the same samples from the same seed."""
     ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
-    ddim = ddpm.generate(3, seed=4, sampler="ddim", steps=1000, eta=1.0)
+    ddim = ddpm.generate(3, ddpm.plan(sampler="ddim", steps=1000, eta=1.0), seed=4)
     sampler = AncestralSampler(ddpm.schedule, variance="posterior")
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 1, 32, 32), dtype=np.float32)
@@ -99,7 +100,7 @@ def test_ddim_full_loop_reduces_to_ancestral(tiny_export):
 
 def test_ddim_eta_zero_is_deterministic(tiny_export):
     ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
-    sampler = ddpm.sampler(20, "ddim", eta=0.0)
+    sampler = ddpm.plan("ddim", 20, eta=0.0).make_sampler(ddpm.info, ddpm.schedule)
     assert not any(sampler.needs_noise(i) for i in range(len(sampler)))
     x_T = np.random.default_rng(9).standard_normal((2, 1, 32, 32), dtype=np.float32)
     results = []
@@ -111,10 +112,10 @@ def test_ddim_eta_zero_is_deterministic(tiny_export):
         results.append(x)
     np.testing.assert_array_equal(results[0], results[1])
     # And through generate: same seed, any sub-batch size, identical digits.
-    a = ddpm.generate(4, seed=3, sampler="ddim", steps=20, batch_size=4)
-    b = ddpm.generate(4, seed=3, sampler="ddim", steps=20, batch_size=1)
+    a = ddpm.generate(4, ddpm.plan(sampler="ddim", steps=20), seed=3, batch_size=4)
+    b = ddpm.generate(4, ddpm.plan(sampler="ddim", steps=20), seed=3, batch_size=1)
     np.testing.assert_allclose(a.samples, b.samples, atol=1e-5)
-    c = ddpm.generate(4, seed=3, sampler="ddim", steps=20, eta=1.0)
+    c = ddpm.generate(4, ddpm.plan(sampler="ddim", steps=20, eta=1.0), seed=3)
     assert np.abs(c.samples - a.samples).max() > 0.1  # η = 1 does add noise
 
 
@@ -189,28 +190,28 @@ def test_guidance_arithmetic(conditional):
 
 def test_conditional_generate_labels(conditional):
     ddpm = DDPM.load(conditional / "unet.onnx", provider="cpu")
-    labels = ddpm.labels_for("all", 12)
+    labels = ddpm.plan(digits=parse_digits("all", 10)).labels(12)
     np.testing.assert_array_equal(labels, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
-    np.testing.assert_array_equal(ddpm.labels_for("3,5", 5), [3, 5, 3, 5, 3])
-    plain = ddpm.generate(4, seed=1, sampler="ddim", steps=10)
-    guided = ddpm.generate(4, seed=1, sampler="ddim", steps=10, labels=ddpm.labels_for("2", 4), guidance=2.0)
+    np.testing.assert_array_equal(ddpm.plan(digits=parse_digits("3,5", 10)).labels(5), [3, 5, 3, 5, 3])
+    plain = ddpm.generate(4, ddpm.plan(sampler="ddim", steps=10), seed=1)
+    guided = ddpm.generate(4, ddpm.plan(sampler="ddim", steps=10, digits=[2], guidance=2.0), seed=1)
     assert guided.settings["labels"] == [2, 2, 2, 2] and guided.settings["guidance"] == 2.0
     assert np.abs(guided.samples - plain.samples).max() > 1e-3
-    with pytest.raises(DDPMError, match="labels"):
-        ddpm.generate(2, labels=np.array([1, 10]))
+    with pytest.raises(SettingError, match="digits: 10 is out of range"):
+        ddpm.plan(digits=np.array([1, 10]))
 
 
 def test_without_labels_every_class_is_drawn_equally_often(conditional):
     """No requested digit: labels from the class prior, balanced, in a seeded order on a stream of
     their own (the images' noise is that of the same labels given explicitly)."""
     ddpm = DDPM.load(conditional / "unet.onnx", provider="cpu")
-    run = ddpm.generate(23, seed=4, sampler="ddim", steps=5)
+    run = ddpm.generate(23, ddpm.plan(sampler="ddim", steps=5), seed=4)
     labels = np.array(run.settings["labels"])
     assert sorted(np.bincount(labels, minlength=10)) == [2] * 7 + [3] * 3  # 23 = 10·2 + 3
     assert run.settings["guidance"] == 0.0 and run.settings["labels_drawn"]
-    again = ddpm.generate(23, seed=4, sampler="ddim", steps=5, labels=labels)
+    again = ddpm.generate(23, ddpm.plan(sampler="ddim", steps=5, digits=labels, guidance=0), seed=4)
     np.testing.assert_array_equal(again.images, run.images)
-    other = ddpm.generate(23, seed=5, sampler="ddim", steps=5).settings["labels"]
+    other = ddpm.generate(23, ddpm.plan(sampler="ddim", steps=5), seed=5).settings["labels"]
     assert other != run.settings["labels"]
     np.testing.assert_array_equal(class_prior_labels(23, 10, 4), labels)
 

@@ -188,12 +188,12 @@ def test_steps_must_run_in_order():
 @pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++2m-sde"])
 def test_runtime_solvers_batch_independent_and_reproducible(tiny_export, sampler):
     ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
-    whole = ddpm.generate(5, seed=4, sampler=sampler, steps=8, frames=4)
-    split = ddpm.generate(5, seed=4, sampler=sampler, steps=8, batch_size=2)
+    whole = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8, frames=4), seed=4)
+    split = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8), seed=4, batch_size=2)
     np.testing.assert_allclose(whole.samples, split.samples, atol=1e-4)
     assert whole.settings["sampler"] == sampler and whole.settings["spacing"] == "logsnr" and whole.settings["steps"] == 8
     assert len(whole.frames) == 4 and whole.frame_timesteps[-1] == 0  # x_T and 3 steps, the last one included
-    other = ddpm.generate(5, seed=5, sampler=sampler, steps=8)
+    other = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8), seed=5)
     assert np.abs(other.samples - whole.samples).max() > 1e-2
     assert np.all(np.isfinite(whole.samples))
 
@@ -201,8 +201,8 @@ def test_runtime_solvers_batch_independent_and_reproducible(tiny_export, sampler
 def test_runtime_ode_first_steps_match_ddim(tiny_export):
     """One network call: DPM-Solver++ and DDIM η=0 return the same x̂_0."""
     ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
-    a = ddpm.generate(3, seed=0, sampler="dpm++2m", steps=1).samples
-    b = ddpm.generate(3, seed=0, sampler="ddim", steps=1).samples
+    a = ddpm.generate(3, ddpm.plan(sampler="dpm++2m", steps=1), seed=0).samples
+    b = ddpm.generate(3, ddpm.plan(sampler="ddim", steps=1), seed=0).samples
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -233,6 +233,6 @@ def test_solver_bad_inputs(invoke, tiny_export, tmp_path, args, fragment):
 def test_library_errors_for_solvers(tiny_export):
     ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
     with pytest.raises(DDPMError, match="spacing"):
-        ddpm.generate(2, sampler="dpm++2m", spacing="karras")
+        ddpm.generate(2, ddpm.plan(sampler="dpm++2m", spacing="karras"))
     with pytest.raises(DDPMError, match="sampler"):
-        ddpm.generate(2, sampler="euler")
+        ddpm.generate(2, ddpm.plan(sampler="euler"))

@@ -1,0 +1,111 @@
+"""The sampling plan: one default per setting, checked once against the model, errors that name the
+parameter (and, through the command line, the flag)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ddpm.core.metadata import ModelInfo
+from ddpm.core.plan import DEFAULT_GUIDANCE, DEFAULT_STEPS, DIGIT_SAMPLER, SamplingPlan, SettingError
+from ddpm.core.sampler import AncestralSampler, DDIMSampler, DPMSolverSampler
+from ddpm.runtime.sampling_cli import flag_error, parse_digits
+
+UNCONDITIONAL = ModelInfo(schedule={"kind": "linear", "timesteps": 1000}, image_size=32, image_channels=1, data_range=(-1.0, 1.0))
+CONDITIONAL = dataclasses.replace(UNCONDITIONAL, num_classes=10)
+FUSED = dataclasses.replace(UNCONDITIONAL, graph="fused-step")
+
+
+def build(info=CONDITIONAL, **settings) -> SamplingPlan:
+    return SamplingPlan.build(info, info.make_schedule(), **settings)
+
+
+def test_defaults_without_and_with_digits():
+    plain = build()
+    assert (plain.sampler, plain.steps, plain.eta, plain.spacing, plain.guidance) == ("ancestral", 1000, 0.0, "uniform", 0.0)
+    assert plain.digits is None and plain.labels(4) is None
+    digits = build(digits=[7])
+    assert (digits.sampler, digits.steps, digits.spacing, digits.guidance) == (DIGIT_SAMPLER, DEFAULT_STEPS[DIGIT_SAMPLER],
+                                                                              "logsnr", DEFAULT_GUIDANCE)
+    assert build(sampler="ddim").steps == DEFAULT_STEPS["ddim"]
+
+
+def test_digits_cycle_over_the_samples():
+    np.testing.assert_array_equal(build(digits=[3, 5]).labels(5), [3, 5, 3, 5, 3])
+    np.testing.assert_array_equal(build(digits=range(10)).labels(12), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+
+
+def test_each_sampler_gets_its_settings():
+    schedule = CONDITIONAL.make_schedule()
+    assert isinstance(build(steps=10).make_sampler(CONDITIONAL, schedule), AncestralSampler)
+    ddim = build(sampler="ddim", steps=10, eta=1.0).make_sampler(CONDITIONAL, schedule)
+    assert isinstance(ddim, DDIMSampler) and ddim.eta == 1.0 and len(ddim) == 10
+    solver = build(sampler="dpm++2m-sde", steps=8).make_sampler(CONDITIONAL, schedule)
+    assert isinstance(solver, DPMSolverSampler) and solver.stochastic and len(solver) == 8
+
+
+@pytest.mark.parametrize("settings, setting, fragment", [
+    ({"sampler": "euler"}, "sampler", "must be one of"),
+    ({"steps": 0}, "steps", "between 1 and 1000"),
+    ({"steps": 1001}, "steps", "between 1 and 1000"),
+    ({"eta": 0.5}, "eta", "η is a DDIM setting"),  # ignored silently once: ancestral has no η
+    ({"sampler": "dpm++2m", "eta": 0.0}, "eta", "η is a DDIM setting"),
+    ({"sampler": "ddim", "eta": 1.5}, "eta", "between 0"),
+    ({"spacing": "quadratic"}, "spacing", "respaces uniformly"),
+    ({"sampler": "ddim", "spacing": "karras"}, "spacing", "must be one of"),
+    ({"digits": [10]}, "digits", "10 is out of range"),
+    ({"digits": []}, "digits", "at least one"),
+    ({"guidance": 1.0}, "guidance", "steers towards a digit"),
+    ({"digits": [1], "guidance": 51.0}, "guidance", "between 0 and 50"),
+    ({"frames": -1}, "frames", ">= 0"),
+    ({"show": "eps"}, "show", "must be one of"),
+])
+def test_bad_settings_name_the_parameter(settings, setting, fragment):
+    with pytest.raises(SettingError, match=fragment) as error:
+        build(**settings)
+    assert error.value.setting == setting and str(error.value).startswith(f"{setting}: ")
+    assert "--" not in str(error.value)  # the library speaks of parameters, not flags
+
+
+@pytest.mark.parametrize("settings, setting", [({"digits": [1]}, "digits"), ({"guidance": 1.0}, "guidance")])
+def test_an_unconditional_model_refuses_digits(settings, setting):
+    with pytest.raises(SettingError, match="unconditional") as error:
+        build(UNCONDITIONAL, **settings)
+    assert error.value.setting == setting
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({"sampler": "ddim"}, "ancestral update built in"),
+    ({"steps": 10}, "cannot respace"),
+    ({"frames": 4, "show": "x0"}, "x̂_0 cannot be shown"),
+])
+def test_a_fused_step_model_runs_only_its_own_loop(settings, fragment):
+    assert build(FUSED, frames=4).steps == 1000
+    with pytest.raises(SettingError, match=fragment):
+        build(FUSED, **settings)
+
+
+def test_the_command_line_spells_errors_in_flags():
+    with pytest.raises(SettingError) as error:
+        build(eta=0.5)
+    assert str(error.value) == "eta: η is a DDIM setting; set sampler='ddim'"
+    message = flag_error(error.value).format_message()
+    assert message == "Invalid value for '--eta': η is a DDIM setting; add --sampler ddim"
+    with pytest.raises(SettingError) as error:
+        build(guidance=2.0)
+    assert flag_error(error.value).format_message().endswith("'--guidance': steers towards a digit; add --digit")
+
+
+def test_digit_syntax_is_the_command_lines():
+    assert parse_digits(" ALL ", 10) == list(range(10))
+    assert parse_digits("3,5", 10) == [3, 5]
+    with pytest.raises(Exception, match="comma-separated"):
+        parse_digits("three", 10)
+
+
+def test_settings_record_only_what_the_sampler_uses():
+    assert build().settings() == {"sampler": "ancestral", "steps": 1000}
+    assert build(sampler="ddim", steps=5, eta=0.5).settings() == {"sampler": "ddim", "steps": 5, "eta": 0.5, "spacing": "uniform"}
+    assert build(digits=[1]).settings() == {"sampler": DIGIT_SAMPLER, "steps": 20, "spacing": "logsnr"}
