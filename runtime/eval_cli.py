@@ -234,8 +234,8 @@ def read_samples(npz: Path, limit: int) -> tuple[np.ndarray, dict, dict]:
 
 
 def draw_samples(ddpm: DDPM, request: SamplingRequest, seed: int, batch_size: int | None, quiet: bool) -> tuple[np.ndarray, dict, dict]:
-    """Images drawn by the plan, with a progress bar, their settings
-    (the model's transform among them), and the report's note of their source and speed."""
+    """Images drawn by the plan, with a progress bar; their settings (the model's transform among
+    them); and the report's note of their source and speed."""
     progress = Progress(request.plan.steps, f"sample {request.n}", unit="step", enabled=not quiet)
     with progress:
         run = ddpm.generate(request.n, request.plan, seed=seed, batch_size=batch_size,

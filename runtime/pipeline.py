@@ -35,8 +35,9 @@ from .session import CPU_PROVIDER, BoundEps, BoundStep, UNetSession
 ENGINES = ("auto", "plain", "iobinding")
 DEFAULT_MODEL = "default.onnx"  # class-conditional: ddpm-run with and without --digit
 LABEL_STREAM = 0x1ABE1  # the labels' random stream, apart from the images' noise
-# One loop step: (x_t, position, t, noise, whether x must be read back) -> (x_{t-1}, ε or None)
-Advance = Callable[[np.ndarray, int, int, np.ndarray | None, bool], tuple[np.ndarray, np.ndarray | None]]
+# One loop step: (x_t, position, t, noise, whether x must be read back) -> (x_{t-1}, ε or None); x_{t-1}
+# is None where a fused step keeps x in device buffers and it need not be read back.
+Advance = Callable[[np.ndarray, int, int, np.ndarray | None, bool], tuple[np.ndarray | None, np.ndarray | None]]
 
 
 def class_prior_labels(n: int, classes: int, seed: int) -> np.ndarray:
@@ -129,12 +130,12 @@ class DDPM:
     def timesteps(self) -> int:
         return self.schedule.timesteps
 
-    def default_batch_size(self, on_measure: Callable[[], None] | None = None) -> int:
+    def default_batch_size(self) -> int:
         """Sub-batch size when none is given: one batch (up to 256) on a GPU; on a CPU the size fastest
         per image on this machine, measured once and cached (:meth:`batch_choice`)."""
         if self.provider != CPU_PROVIDER:
             return 256
-        return self.batch_choice(on_measure).batch
+        return self.batch_choice().batch
 
     def batch_choice(self, on_measure: Callable[[], None] | None = None) -> cpu_batch.BatchChoice:
         """This CPU's batch choice for the model (see :mod:`cpu_batch`); ``on_measure`` is called before
@@ -208,14 +209,15 @@ class DDPM:
         for i, t in enumerate(sampler.model_timesteps):
             noise = rng.standard_normal(shape, dtype=np.float32) if sampler.needs_noise(i) else None
             x_prev, eps = advance(x, i, int(t), noise, i in keep or i == steps - 1)
-            if not np.isfinite(x_prev).all():
-                raise DDPMError(f"the samples became NaN or infinite at step {i + 1} of {steps} (t = {int(t)}): "
-                                "the model's ε or the sampler's settings are out of range")
-            if i in keep:
-                x0 = predict_x0(x, eps, self.schedule.alpha_bars[t]) if eps is not None and plan.show != "xt" else None
-                run.frames.append(self._frame(x_prev, x0, plan.show))
-                run.frame_timesteps.append(int(t))
-            x = x_prev
+            if x_prev is not None:  # None: x stays on the device until a kept step reads it back
+                if not np.isfinite(x_prev).all():
+                    raise DDPMError(f"the samples became NaN or infinite at step {i + 1} of {steps} (t = {int(t)}): "
+                                    "the model's ε or the sampler's settings are out of range")
+                if i in keep:
+                    x0 = predict_x0(x, eps, self.schedule.alpha_bars[t]) if eps is not None and plan.show != "xt" else None
+                    run.frames.append(self._frame(x_prev, x0, plan.show))
+                    run.frame_timesteps.append(int(t))
+                x = x_prev
             if on_step is not None:
                 on_step(i + 1, steps)
         run.seconds = time.perf_counter() - start
@@ -258,11 +260,11 @@ class DDPM:
         return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
 
     def _fused_step(self, x: np.ndarray, t: int, noise: np.ndarray | None, batch_size: int,
-                    steppers: list[BoundStep] | None, fetch: bool) -> np.ndarray:
-        """Advance x one step with a fused-step graph. With IOBinding x stays on the device and the
-        returned host array is current only when ``fetch`` is set."""
+                    steppers: list[BoundStep] | None, fetch: bool) -> np.ndarray | None:
+        """Advance x one step with a fused-step graph. With IOBinding x stays on the device: the result
+        is read back only when ``fetch`` is set, and is None otherwise."""
         noise = np.zeros_like(x) if noise is None else noise  # σ = 0 there anyway
-        result = x if steppers is not None and not fetch else np.empty_like(x)
+        result = np.empty_like(x) if steppers is None or fetch else None
         for index, (start, count, size) in enumerate(self._chunks(len(x), batch_size)):
             t_batch = np.full(size, t, dtype=np.int64)
             chunk_noise = self._pad(noise[start : start + count], size)
