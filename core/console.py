@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .errors import DDPMError
+from .errors import DDPMError, summary
 
 
 # Packages of the optional extras: a command that needs one says which extra installs it.
@@ -128,7 +128,7 @@ def _run(command: click.Command, prog_name: str) -> None:
     except RuntimeError as exc:
         if not is_out_of_memory(exc):
             raise
-        click.echo(f"{prog_name}: error: out of memory ({str(exc).splitlines()[0][:120]})", err=True)
+        click.echo(f"{prog_name}: error: out of memory ({summary(exc, 120)})", err=True)
         sys.exit(1)
     except ModuleNotFoundError as exc:
         message = missing_extra(exc)

@@ -9,7 +9,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from .errors import DDPMError
+from .errors import DDPMError, summary
 from .files import atomic_write
 from .images import make_grid
 
@@ -48,7 +48,7 @@ def write_video(path: Path, suffix: str, frames: list[np.ndarray], fps: float = 
         iio.imwrite(path, np.stack(padded), extension=suffix, plugin="FFMPEG", fps=fps, codec=VIDEO_CODECS[suffix],
                     macro_block_size=1, ffmpeg_log_level="error", output_params=["-f", suffix[1:]])
     except (OSError, RuntimeError) as exc:  # ffmpeg's failures arrive as broken pipes or its own messages
-        raise DDPMError(f"ffmpeg could not write the {suffix[1:]} video: {str(exc).strip().splitlines()[0][:160]}") from None
+        raise DDPMError(f"ffmpeg could not write the {suffix[1:]} video: {summary(exc, 160)}") from None
 
 
 def png_bytes(images: np.ndarray, scale: int = 3, columns: int | None = None, settings: dict | None = None) -> bytes:

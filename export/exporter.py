@@ -15,7 +15,7 @@ import onnx
 import torch
 from torch import nn
 
-from ..core.errors import DDPMError
+from ..core.errors import DDPMError, summary
 from ..core.metadata import ModelInfo
 from ..core.sampler import AncestralSampler
 from ..runtime.session import cpu_session
@@ -121,7 +121,7 @@ def onnx_model(
                 input_names=list(inputs), output_names=list(outputs), dynamic_shapes=dynamic_shapes, verbose=False,
             )
     except Exception as exc:
-        raise DDPMError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:200]}") from None
+        raise DDPMError(f"ONNX export failed: {summary(exc)}") from None
     model = program.model_proto
     model.producer_name = "ddpm-mnist"
     model.doc_string = f"DDPM U-Net ({graph} graph, {info.precision}); sampling settings in metadata_props (ddpm.*)"

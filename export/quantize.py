@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..core.errors import DDPMError
+from ..core.errors import DDPMError, summary
 from ..core.metadata import ModelInfo
 from ..core.mnist import load_mnist
 from ..runtime.session import cpu_session
@@ -117,7 +117,7 @@ def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict], k
         except DDPMError:
             raise
         except Exception as exc:  # the quantizer's failures come in many types
-            raise DDPMError(f"int8 quantization failed: {str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+            raise DDPMError(f"int8 quantization failed: {summary(exc)}") from None
         finally:
             quantizer_log.setLevel(level)
     del quantized.metadata_props[:]

@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from ..core.console import OutputPath, run_command
-from ..core.errors import DDPMError
+from ..core.errors import DDPMError, summary
 from ..core.files import StagedFiles, check_distinct_paths, output_target
 from ..core.mnist import load_mnist
 from ..core.progress import Progress
@@ -70,7 +70,7 @@ def load_npz(path: Path) -> tuple[np.ndarray, dict]:
         raise
     # zlib.error: corrupt deflate data; RuntimeError: an encrypted member or an unsupported compression method.
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, RuntimeError) as exc:
-        raise DDPMError(f"{path} is not a readable .npz archive ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+        raise DDPMError(f"{path} is not a readable .npz archive ({summary(exc, 120)})") from None
     if images.dtype != np.uint8:
         raise DDPMError(f"{path}: images are {images.dtype}, expected uint8 (as ddpm-run writes them)")
     if images.ndim != 3 or images.shape[1] != images.shape[2]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..core.errors import DDPMError
+from ..core.errors import DDPMError, summary
 from ..core.metadata import ModelInfo
 from .onnx_check import check_contract, read_outline
 
@@ -228,8 +228,8 @@ class UNetSession:
         try:
             return ort.InferenceSession(model, options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own exception types for bad files
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DDPMError(f"{self.path} is not a loadable ONNX model: {reason[:200]}") from None
+            reason = summary(exc)
+            raise DDPMError(f"{self.path} is not a loadable ONNX model: {reason}") from None
 
     def _check_signature(self) -> None:
         """What ONNX Runtime reports must match the contract too (names and types are never assumed)."""
@@ -265,7 +265,7 @@ class UNetSession:
         try:
             result = self.session.run([self.output_name], self.feeds(x, t, y))[0]
         except Exception as exc:  # ONNX Runtime's own exception types
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            reason = summary(exc)
             raise DDPMError(f"{self.path}: ONNX Runtime failed while running the model: {reason}") from None
         self.run_seconds += time.perf_counter() - start
         self.run_calls += 1

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import DDPMError
+from ..core.errors import DDPMError, summary
 from ..core.files import atomic_write, make_dir
 from ..core.metadata import ModelInfo
 
@@ -112,8 +112,7 @@ def read_checkpoint_file(path: str | Path) -> Any:
                 f"{path} refused: loading it would run code ({unsafe.group(1)}); checkpoints are read with "
                 "torch.load(weights_only=True), which accepts only tensors and plain values"
             ) from None
-        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise DDPMError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason[:160]}") from None
+        raise DDPMError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {summary(exc, 160)}") from None
 
 
 def contradiction(content: dict[str, Any]) -> str | None:
