@@ -1,0 +1,44 @@
+"""Which copy of a U-Net an ONNX file holds, and the one rule that names the file.
+
+The exporter writes the copies, the runtime finds its embedded int8 copy and the benchmarks make
+theirs by this rule, so a name never has to be parsed back into settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from .errors import DDPMError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX copy of a U-Net: its precision, the ε graph (x, t → ε) or the fused step (x, t,
+    noise → x_prev), and a dynamic batch (None) or a fixed one. The default is the plain copy."""
+
+    precision: str = "fp32"
+    fused_step: bool = False
+    fixed_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise DDPMError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        batch = self.fixed_batch
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise DDPMError(f"fixed batch {batch!r} is not a positive integer")
+
+    @property
+    def graph(self) -> str:
+        """The exporter's name for the graph: "eps" or "fused-step"."""
+        return "fused-step" if self.fused_step else "eps"
+
+    def file_name(self, plain: str = "unet.onnx") -> str:
+        """This copy's file name, given the plain copy's (a name, no folder): tags before the
+        extension, in the order step, precision, batch (unet.onnx, unet.int8.onnx, unet.step.fp16.b16.onnx)."""
+        name = PurePath(plain)
+        tags = (".step" if self.fused_step else "") + ("" if self.precision == "fp32" else f".{self.precision}")
+        tags += f".b{self.fixed_batch}" if self.fixed_batch is not None else ""
+        return f"{name.stem}{tags}{name.suffix}"
