@@ -21,7 +21,7 @@ from ..core.schedule import make_schedule
 from ..runtime.cpu_batch import cpu_name
 from ..train.config import preset
 from ..train.diffusion import Diffusion
-from ..train.trainer import EMA
+from ..train.ema import EMA
 from ..train.unet import UNet, count_parameters, forward_flops
 
 

@@ -11,7 +11,7 @@ from ddpm.core.schedule import make_schedule
 from ddpm.train.cli import main as train_main
 from ddpm.train.config import LEGACY_TRAIN_SETTINGS, PRESET_TRAINING, TrainConfig
 from ddpm.train.diffusion import Diffusion
-from ddpm.train.trainer import learning_rate
+from ddpm.train.lr_schedule import learning_rate
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SCHEDULE = make_schedule(kind="linear", timesteps=1000, beta_start=1e-4, beta_end=0.02)

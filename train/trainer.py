@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
-import os
 import random
 import signal
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,7 +16,7 @@ import torch
 from torch import nn
 
 from ..core.errors import DDPMError
-from ..core.files import atomic_write, make_dir
+from ..core.files import make_dir
 from ..core.images import to_uint8
 from ..core.outputs import write_png
 from ..core.progress import Progress
@@ -36,18 +32,15 @@ from .checkpoint import (
     save_checkpoint,
     step_file_name,
 )
-from .config import RunOptions, Settings, TrainConfig
+from .config import RunOptions, Settings
 from .data import load_training_set
 from .diffusion import Diffusion, sample
+from .distributed import resolve_device, setup_distributed, shutdown_distributed
+from .ema import EMA
+from .logs import LossWindow, trim_log
+from .lr_schedule import learning_rate
+from .signals import Interrupted, StopSignals
 from .unet import UNet
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DDPMError("--device cuda was asked for but PyTorch sees no CUDA GPU")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -61,79 +54,9 @@ def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(count))
 
 
-class EMA:
-    """Exponential moving average of the weights, θ_ema ← d·θ_ema + (1−d)·θ.
-
-    With warm-up the decay is min(d, (1+n)/(10+n)) after n updates, so early averages are not
-    dominated by the random initialisation.
-    """
-
-    def __init__(self, model: nn.Module, decay: float, warmup: bool) -> None:
-        self.decay, self.warmup = decay, warmup
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    def current_decay(self, updates: int) -> float:
-        return min(self.decay, (1 + updates) / (10 + updates)) if self.warmup else self.decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, updates: int) -> None:
-        weight = 1.0 - self.current_decay(updates)
-        ema_params = list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], weight)
-
-
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """Linear warm-up over ``lr_warmup_steps``, then constant or decaying to 0 at ``total_steps``."""
-    if config.lr_warmup_steps and step < config.lr_warmup_steps:
-        return config.lr * (step + 1) / config.lr_warmup_steps
-    if config.lr_schedule == "constant":
-        return config.lr
-    decay_steps = max(total_steps - config.lr_warmup_steps, 1)
-    progress = min(max(step - config.lr_warmup_steps, 0) / decay_steps, 1.0)
-    if config.lr_schedule == "cosine":
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.lr * (1.0 - progress)
-
-
 def step_seed(*keys: int) -> int:
     """A 63-bit seed for one (seed, step[, rank]) key, independent of everything that ran before."""
     return int(np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (world 1 when run directly)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_name: str) -> Distributed:
-    """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    import torch.distributed as dist
-
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_name != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Distributed(rank, world, local_rank)
-
-
-def shutdown_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 class Trainer:
@@ -421,68 +344,3 @@ class Trainer:
             )
         if self.dist.is_main:
             warn(f"skipped the update of step {self.step}: non-finite loss or gradient ({bad_steps}/{limit})")
-
-
-class LossWindow:
-    """Loss and throughput since the last record of OUT/log.jsonl; skipped steps add images but no loss."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss, self.steps, self.images, self.start = 0.0, 0, 0, time.perf_counter()
-
-    def add(self, loss: float, images: int) -> None:
-        if math.isfinite(loss):
-            self.loss += loss
-            self.steps += 1
-        self.images += images
-
-
-class Interrupted(DDPMError):
-    """SIGINT or SIGTERM ended training after a checkpoint was saved."""
-
-    def __init__(self, signum: int, step: int, path: Path) -> None:
-        name = signal.Signals(signum).name
-        super().__init__(f"{name} at step {step}: saved {path}; continue with --resume auto --out {path.parent}")
-        self.exit_code = 128 + signum
-
-
-class StopSignals:
-    """While active, SIGINT and SIGTERM only set ``received``: the loop finishes its step and saves."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received = 0
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = self.received or signum
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def trim_log(path: Path, step: int) -> None:
-    """Drop log records past ``step`` (a killed run logged steps that the resumed run repeats)."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = []
-    for line in lines:
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    if len(kept) != len(lines):
-        with atomic_write(path) as handle:
-            handle.write("".join(f"{line}\n" for line in kept).encode("utf-8"))
