@@ -7,7 +7,6 @@ once a run starts, so that --help and argument errors stay fast.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,90 +15,25 @@ import click
 from ..core.console import run_command
 from ..core.errors import DDPMError
 from ..core.files import check_writable_dir
-from .config import (
-    PRESET_TRAINING,
-    PRESETS,
-    SECTIONS,
-    DataConfig,
-    RunOptions,
-    ScheduleConfig,
-    Settings,
-    TrainConfig,
-    UNetConfig,
-)
-from .options import click_options, flag_name, from_args, option_fields
-
-# Resuming may change --epochs and --max-steps; the other settings may be repeated but must match the checkpoint's.
-RESUMABLE = {f.name for f in option_fields(TrainConfig) if f.metadata["setting"]["resumable"]}
-FIXED = [(section, f) for section, cls in SECTIONS.items() for f in option_fields(cls) if f.name not in RESUMABLE]
+from .config import DataConfig, RunOptions, ScheduleConfig, TrainConfig, UNetConfig
+from .options import click_options, from_args
+from .resume import ResolvedRun, SettingsConflict, resolve_run
 
 
 def warn(message: str) -> None:
     click.echo(f"ddpm-train: {message}", err=True)
 
 
-def settings_from_args(args: dict[str, Any], explicit: set[str]) -> Settings:
-    """Model, data, schedule and training settings of a new run, from the command line."""
-    name = args["preset"]
-    model_config = from_args(PRESETS[name], args)
-    problems = model_config.problems()
-    if problems:
-        raise click.UsageError("invalid model settings: " + "; ".join(problems))
-    data_config = from_args(DataConfig(), args)
-    levels = model_config.downsamplings()
-    if data_config.image_size % 2**levels:
-        raise click.UsageError(
-            f"--image-size {data_config.image_size} must be divisible by {2**levels} ({levels} downsamplings)")
-    schedule = from_args(ScheduleConfig(), args)
-    if schedule.kind == "cosine" and explicit & {"beta_start", "beta_end"}:
-        raise click.UsageError("--beta-start/--beta-end set the linear schedule; the cosine schedule has no such settings")
-    if schedule.kind == "linear" and not schedule.beta_start <= schedule.beta_end:
-        raise click.UsageError("--beta-start must not exceed --beta-end")
-    train_config = from_args(TrainConfig(preset=name, **PRESET_TRAINING[name]), args)
-    return Settings(model_config, data_config, schedule.to_dict(), train_config)
-
-
-def settings_from_checkpoint(checkpoint: dict[str, Any], origin: Any) -> Settings:
+def resolve(args: dict[str, Any], explicit: set[str], out_dir: Path) -> ResolvedRun:
+    """The run to train (train/resume.py): conflicting settings are a usage error; a checkpoint that
+    --resume auto found is named on stderr."""
     try:
-        return Settings.from_dict(checkpoint)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DDPMError(f"{origin}: checkpoint settings are unreadable ({exc})") from None
-
-
-def differing_settings(fresh: Settings, stored: Settings, explicit: set[str]) -> list[str]:
-    """Options given on the command line whose values differ from the checkpoint's."""
-    given, recorded = fresh.to_dict(), stored.to_dict()
-    differing = {}
-    for section, f in FIXED:
-        mine, theirs = given[section].get(f.name), recorded[section].get(f.name)
-        if f.name in explicit and mine != theirs:
-            differing[flag_name(f)] = f"--{flag_name(f)} {mine} (checkpoint: {theirs})"
-    return [differing[flag] for flag in sorted(differing)]
-
-
-def resolve_run(args: dict[str, Any], explicit: set[str], out_dir: Path) -> tuple[Settings, dict[str, Any] | None, Any]:
-    """The settings to train with and, when a checkpoint is resumed, the checkpoint and its path."""
-    from .checkpoint import find_resumable, load_checkpoint
-
-    resume = args["resume"]
-    checkpoint = load_checkpoint(Path(resume)) if resume not in (None, "auto") else None
-    fresh = settings_from_args(args, explicit)
-    if resume == "auto":
-        found = find_resumable(out_dir, warn)
-        if found is None:
-            warn(f"no checkpoint in {out_dir}: starting a new run")
-        else:
-            resume, checkpoint = found
-    if checkpoint is None:
-        return fresh, None, None
-    stored = settings_from_checkpoint(checkpoint, resume)
-    differing = differing_settings(fresh, stored, explicit)
-    if differing:
-        raise click.UsageError(f"{resume} was trained with other settings: {'; '.join(differing)}")
-    if args["resume"] == "auto":
-        click.echo(f"resuming {resume} (step {checkpoint['progress']['step']})", err=True)
-    train = replace(stored.train, **{name: args[name] for name in RESUMABLE & explicit})
-    return replace(stored, train=train), checkpoint, resume
+        run = resolve_run(args, explicit, args["resume"], out_dir, warn)
+    except SettingsConflict as exc:
+        raise click.UsageError(str(exc)) from None
+    if run.checkpoint is not None and args["resume"] == "auto":
+        click.echo(f"resuming {run.source} (step {run.checkpoint['progress']['step']})", err=True)
+    return run
 
 
 def claim_out_dir(ctx: click.Context, out_dir: Path, resumed: str | Path | None, args: dict[str, Any]) -> None:
@@ -165,11 +99,13 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     import torch
 
     from .checkpoint import step_checkpoints
-    from .trainer import Trainer, resolve_device, shutdown_distributed
+    from .distributed import resolve_device, shutdown_distributed
+    from .trainer import Trainer
 
     explicit = {name for name in args if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     options = from_args(RunOptions(out_dir=Path("runs") / args["preset"]), args)
-    settings, checkpoint, resumed = resolve_run(args, explicit, options.out_dir)
+    run = resolve(args, explicit, options.out_dir)
+    settings, checkpoint, resumed = run.settings, run.checkpoint, run.source
     device = resolve_device(options.device)
     if settings.train.precision == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
         raise DDPMError("--precision bf16 on CPU needs a PyTorch build with oneDNN")

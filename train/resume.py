@@ -1,0 +1,99 @@
+"""What a training run starts from: new settings from the option values, or a checkpoint to resume
+and the settings it was trained with.
+
+Errors are one-line DDPMErrors; ``SettingsConflict`` marks the settings that contradict each other
+or the checkpoint, which the command line reports as a usage error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.errors import DDPMError
+from .config import PRESET_TRAINING, PRESETS, SECTIONS, DataConfig, ScheduleConfig, Settings, TrainConfig
+from .options import flag_name, from_args, option_fields
+
+# Resuming may change --epochs and --max-steps; the other settings may be repeated but must match the checkpoint's.
+RESUMABLE = {f.name for f in option_fields(TrainConfig) if f.metadata["setting"]["resumable"]}
+FIXED = [(section, f) for section, cls in SECTIONS.items() for f in option_fields(cls) if f.name not in RESUMABLE]
+
+
+class SettingsConflict(DDPMError):
+    """Settings that cannot hold together, or that differ from those of the checkpoint being resumed."""
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """The settings to train with and, when a checkpoint is resumed, the checkpoint and where it was read."""
+
+    settings: Settings
+    checkpoint: dict[str, Any] | None = None
+    source: str | Path | None = None
+
+
+def resolve_run(values: dict[str, Any], explicit: set[str], resume: str | None, out_dir: Path,
+                warn: Callable[[str], None]) -> ResolvedRun:
+    """The run to train: ``values`` holds every setting by field name (``explicit``: those the user gave),
+    ``resume`` a checkpoint path, "auto" (the newest readable one in ``out_dir``, else a new run) or None.
+
+    Only the resumable settings (``RESUMABLE``) may differ from a resumed checkpoint's.
+    """
+    from .checkpoint import find_resumable, load_checkpoint
+
+    checkpoint = load_checkpoint(Path(resume)) if resume not in (None, "auto") else None
+    fresh = _settings_from_args(values, explicit)
+    if resume == "auto":
+        found = find_resumable(out_dir, warn)
+        if found is None:
+            warn(f"no checkpoint in {out_dir}: starting a new run")
+        else:
+            resume, checkpoint = found
+    if checkpoint is None:
+        return ResolvedRun(fresh)
+    stored = _settings_from_checkpoint(checkpoint, resume)
+    differing = _differing_settings(fresh, stored, explicit)
+    if differing:
+        raise SettingsConflict(f"{resume} was trained with other settings: {'; '.join(differing)}")
+    train = replace(stored.train, **{name: values[name] for name in RESUMABLE & explicit})
+    return ResolvedRun(replace(stored, train=train), checkpoint, resume)
+
+
+def _settings_from_args(args: dict[str, Any], explicit: set[str]) -> Settings:
+    """Model, data, schedule and training settings of a new run, from the option values."""
+    name = args["preset"]
+    model_config = from_args(PRESETS[name], args)
+    problems = model_config.problems()
+    if problems:
+        raise SettingsConflict("invalid model settings: " + "; ".join(problems))
+    data_config = from_args(DataConfig(), args)
+    levels = model_config.downsamplings()
+    if data_config.image_size % 2**levels:
+        raise SettingsConflict(
+            f"--image-size {data_config.image_size} must be divisible by {2**levels} ({levels} downsamplings)")
+    schedule = from_args(ScheduleConfig(), args)
+    if schedule.kind == "cosine" and explicit & {"beta_start", "beta_end"}:
+        raise SettingsConflict("--beta-start/--beta-end set the linear schedule; the cosine schedule has no such settings")
+    if schedule.kind == "linear" and not schedule.beta_start <= schedule.beta_end:
+        raise SettingsConflict("--beta-start must not exceed --beta-end")
+    train_config = from_args(TrainConfig(preset=name, **PRESET_TRAINING[name]), args)
+    return Settings(model_config, data_config, schedule.to_dict(), train_config)
+
+
+def _settings_from_checkpoint(checkpoint: dict[str, Any], origin: Any) -> Settings:
+    try:
+        return Settings.from_dict(checkpoint)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DDPMError(f"{origin}: checkpoint settings are unreadable ({exc})") from None
+
+
+def _differing_settings(fresh: Settings, stored: Settings, explicit: set[str]) -> list[str]:
+    """Options given on the command line whose values differ from the checkpoint's."""
+    given, recorded = fresh.to_dict(), stored.to_dict()
+    differing = {}
+    for section, f in FIXED:
+        mine, theirs = given[section].get(f.name), recorded[section].get(f.name)
+        if f.name in explicit and mine != theirs:
+            differing[flag_name(f)] = f"--{flag_name(f)} {mine} (checkpoint: {theirs})"
+    return [differing[flag] for flag in sorted(differing)]
