@@ -11,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.metadata import ModelInfo
+from ..core.variant import Variant
 from ..runtime.pipeline import default_model_path
 from ..runtime.session import UNetSession
 
@@ -29,24 +30,22 @@ class BenchModel:
     weight_bytes: float | None
     torch_module: Any = None
     workdir: Path | None = None
-    variants: dict[tuple, Path] = field(default_factory=dict)
+    variants: dict[Variant, Path] = field(default_factory=dict)
 
     def variant(self, graph: str, precision: str, fixed_batch: int | None, echo: Callable[[str], None]) -> Path:
         """The ONNX file for a row: the model itself, its int8 copy, or an export of the PyTorch module
         made on first use."""
-        key = (graph, precision, fixed_batch)
-        if key == ("eps", "fp32", None):
+        key = Variant(precision, graph == "fused-step", fixed_batch)
+        if key == Variant():
             return self.onnx_path
         if key not in self.variants:
-            name = f"{self.name}{'.step' if graph != 'eps' else ''}{'' if precision == 'fp32' else f'.{precision}'}" + (
-                f".b{fixed_batch}" if fixed_batch else "")
+            path = self.workdir / key.file_name(f"{self.name}.onnx")
             if precision == "int8":
-                self.variants[key] = quantize_for_timing(self.onnx_path, self.info, self.workdir / f"{name}.onnx", echo)
+                self.variants[key] = quantize_for_timing(self.onnx_path, self.info, path, echo)
             elif self.torch_module is None:
                 raise SkipRow("skipped: this variant is exported on the spot, which needs PyTorch and onnx")
             else:
-                self.variants[key] = export_random(self.torch_module, self.workdir / f"{name}.onnx", fixed_batch, echo, graph,
-                                                   precision == "fp16")
+                self.variants[key] = export_random(self.torch_module, path, fixed_batch, echo, graph, precision == "fp16")
         return self.variants[key]
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from ..core.console import OutputPath, run_command
 from ..core.errors import DDPMError
-from ..core.files import StagedFiles, check_distinct_paths, output_target
+from ..core.files import check_distinct_paths, output_target
+from ..core.variant import Variant
+from .pipeline import (DEFAULT_ATOL, DEFAULT_FP16_ATOL, DEFAULT_INT8_TOL, DEFAULT_OPSET, PLAIN, ExportOutputs, ExportReport,
+                       Tolerances, export_and_verify, read_calibration, requested_variants)
 
 
 def _size(path: Path) -> str:
@@ -30,21 +31,21 @@ def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
 @click.option("--torchscript", "torchscript_path", type=OutputPath(), default=None,
               help="TorchScript output path. [default: OUT_DIR/unet.ts.pt]")
 @click.option("--no-torchscript", is_flag=True, help="Write the ONNX file only.")
-@click.option("--opset", type=click.IntRange(18, 20), default=18, help="ONNX opset (18-20; 21+ lacks GroupNormalization in ONNX Runtime).")
+@click.option("--opset", type=click.IntRange(18, 20), default=DEFAULT_OPSET, help="ONNX opset (18-20; 21+ lacks GroupNormalization in ONNX Runtime).")
 @click.option("--raw", is_flag=True, help="Export the raw training weights instead of the EMA weights.")
 @click.option("--fixed-batch", type=click.IntRange(min=1), default=None,
               help="Also write a static-shape copy with this batch size (OUT_DIR/unet.bN.onnx), e.g. for CUDA graphs.")
-@click.option("--atol", type=click.FloatRange(min=0.0, min_open=True), default=1e-4,
+@click.option("--atol", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_ATOL,
               help="Largest allowed abs difference to eager PyTorch; above it nothing is written.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the exports with eager PyTorch.")
 @click.option("--fp16", is_flag=True,
               help="Also write fp16 copies (unet.fp16.onnx ...): fp32 inputs and outputs, the timestep embedding kept fp32.")
-@click.option("--fp16-atol", type=click.FloatRange(min=0.0, min_open=True), default=1e-2,
+@click.option("--fp16-atol", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_FP16_ATOL,
               help="Largest allowed abs difference of the fp16 copies to eager fp32 PyTorch.")
 @click.option("--int8", is_flag=True,
               help="Also write unet.int8.onnx: convolutions and weight products in int8 (static QDQ, per-channel weights), "
                    "calibrated on noisy MNIST training digits from --data-dir; for CPUs with fast int8 (AVX-512 VNNI, AVX-VNNI).")
-@click.option("--int8-tol", type=click.FloatRange(min=0.0, min_open=True), default=0.05,
+@click.option("--int8-tol", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_INT8_TOL,
               help="Largest allowed relative RMS difference of the int8 copy's ε to the fp32 export's, on held-out noisy digits.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
               help="Folder with the MNIST training files, for --int8 calibration. Env: DDPM_DATA_DIR.")
@@ -79,61 +80,13 @@ def export_command(
     if source.kind == "ddpm-mnist" and (norm_groups or final_norm_groups):
         raise click.UsageError("--norm-groups/--final-norm-groups apply to labml state dicts only; checkpoints record them")
     describe(ckpt, source, raw)
-    calibration = held_out = None
-    if int8:
-        from .quantize import calibration_data
-
-        calibration, held_out = calibration_data(source.info, data_dir)  # before any work: the data may be missing
-    variants = [  # every ONNX variant asked for; the first is the plain dynamic ε graph
-        Variant(graph, half, batch)
-        for graph in (["eps", "fused-step"] if fused_step else ["eps"])
-        for half in ([False, True] if fp16 else [False])
-        for batch in ([None, fixed_batch] if fixed_batch is not None else [None])
-    ]
-    base = _output_path(onnx_path, out_dir, "unet.onnx")
-    targets = {variant.name: variant.path(base) for variant in variants}
-    targets.update({"onnx.int8": base.with_name(f"{base.stem}.int8{base.suffix}")} if int8 else {})
-    targets.update({} if no_torchscript else {"torchscript": _output_path(torchscript_path, out_dir, "unet.ts.pt")})
-    check_distinct_paths({f"--{name}" if name in ("onnx", "torchscript") else name: path for name, path in targets.items()},
-                         {"--ckpt": ckpt})
-
-    with StagedFiles() as staged:
-        temp = {name: staged.stage(path) for name, path in targets.items()}
-        timings = write_exports(source, variants, temp, opset, calibration)
-        if not no_verify:
-            int8_line, failures = check_int8(temp, targets, held_out, int8_tol) if int8 else ("", [])
-            summary, more = verify_exports(source, variants, temp, targets, atol, fp16_atol)
-            if failures + more:
-                raise DDPMError(f"verification failed against eager PyTorch: {', '.join(failures + more)}; nothing written")
-        staged.commit()
-
-    for name, path in targets.items():
-        click.echo(f"wrote {path} ({_size(path)}, {timings[name]:.1f} s)")
-    if no_verify:
-        click.echo("verification skipped (--no-verify)")
-        return
-    if int8:
-        click.echo(int8_line)
-    click.echo(f"verified against eager PyTorch fp32 (batches 1 and 3, t = 0, T/2, T-1): max abs diff {', '.join(summary)} "
-               f"(atol {atol:g}{f', fp16 {fp16_atol:g}' if fp16 else ''})")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One ONNX file: the ε graph or the fused step, fp32 or fp16, a dynamic or fixed batch."""
-
-    graph: str
-    fp16: bool
-    batch: int | None
-
-    @property
-    def name(self) -> str:
-        return "onnx" + f"{'.step' if self.graph == 'fused-step' else ''}{'.fp16' if self.fp16 else ''}{f'.b{self.batch}' if self.batch else ''}"
-
-    def path(self, base: Path) -> Path:
-        """--onnx PATH is written as given; the variants take their tags before its extension."""
-        tags = self.name[len("onnx"):]
-        return base.with_name(f"{base.stem}{tags}{base.suffix}") if tags else base
+    calibration = read_calibration(source.info, data_dir) if int8 else None  # before any work: the data may be missing
+    variants = requested_variants(fp16, fused_step, fixed_batch, int8)
+    outputs = output_paths(ckpt, out_dir, onnx_path, torchscript_path, no_torchscript, variants)
+    tolerances = Tolerances(atol, fp16_atol, int8_tol)
+    report = export_and_verify(source, outputs, opset=opset, tolerances=tolerances, verify=not no_verify,
+                               calibration=calibration)
+    show_report(report, tolerances, verified=not no_verify, fp16=fp16)
 
 
 def describe(ckpt: Path, source, raw: bool) -> None:
@@ -146,65 +99,29 @@ def describe(ckpt: Path, source, raw: bool) -> None:
     click.echo(f"read {ckpt} ({what}): {parameters:,} parameters, widths {source.model.config.widths()}")
 
 
-def write_exports(source, variants: list[Variant], temp: dict[str, Path], opset: int, calibration) -> dict[str, float]:
-    """Every file into its temporary path (the int8 copy quantized from the plain ε graph); seconds per file."""
-    from .exporter import onnx_model, save_torchscript, torchscript_module
-
-    timings: dict[str, float] = {}
-    for variant in variants:
-        start = time.perf_counter()
-        model = onnx_model(source, opset, fixed_batch=variant.batch, graph=variant.graph, fp16=variant.fp16)
-        if variant.name == "onnx":
-            plain = model
-        temp[variant.name].write_bytes(model.SerializeToString())
-        timings[variant.name] = time.perf_counter() - start
-    if "onnx.int8" in temp:
-        from .quantize import quantize
-
-        start = time.perf_counter()
-        temp["onnx.int8"].write_bytes(quantize(plain, source.info, calibration).SerializeToString())
-        timings["onnx.int8"] = time.perf_counter() - start
-    if "torchscript" in temp:
-        start = time.perf_counter()
-        save_torchscript(torchscript_module(source), source.info, temp["torchscript"])
-        timings["torchscript"] = time.perf_counter() - start
-    return timings
+def output_paths(ckpt: Path, out_dir: Path, onnx_path: Path | None, torchscript_path: Path | None, no_torchscript: bool,
+                 variants: list[Variant]) -> ExportOutputs:
+    """--onnx PATH is written as given, the other copies beside it with their tags before its extension;
+    each path checked, before any work, to be writable and to be neither the checkpoint nor another output."""
+    base = _output_path(onnx_path, out_dir, "unet.onnx")
+    outputs = ExportOutputs({variant: base.with_name(variant.file_name(base.name)) for variant in variants},
+                            None if no_torchscript else _output_path(torchscript_path, out_dir, "unet.ts.pt"))
+    named = {"--onnx" if variant == PLAIN else path.name: path for variant, path in outputs.onnx.items()}
+    check_distinct_paths({**named, "--torchscript": outputs.torchscript}, {"--ckpt": ckpt})
+    return outputs
 
 
-def check_int8(temp: dict[str, Path], targets: dict[str, Path], held_out, tolerance: float) -> tuple[str, list[str]]:
-    """The int8 copy's ε against the fp32 export's on held-out noisy digits: the report line and any failure."""
-    from .quantize import relative_error
-
-    difference = relative_error(temp["onnx"].read_bytes(), temp["onnx.int8"].read_bytes(), held_out)
-    line = f"int8 vs fp32 ε: relative RMS difference {difference:.3f} (tolerance {tolerance:g})"
-    name = targets["onnx.int8"].name
-    if difference != difference:
-        return line, [f"{name}: its ε is NaN or infinite"]
-    if not difference <= tolerance:
-        return line, [f"{name}: ε differs from fp32 by {difference:.3f} (relative RMS) > --int8-tol {tolerance:g}"]
-    return line, []
-
-
-def verify_exports(source, variants: list[Variant], temp: dict[str, Path], targets: dict[str, Path], atol: float,
-                   fp16_atol: float) -> tuple[list[str], list[str]]:
-    """Each ONNX file (and the TorchScript file beside the plain one) against eager PyTorch: the
-    largest differences, and the ones over their tolerance."""
-    from .exporter import verify
-
-    summary, failures = [], []
-    for variant in variants:
-        torchscript = temp.get("torchscript") if variant.name == "onnx" else None
-        diffs = verify(source, temp[variant.name], torchscript, batches=(variant.batch,) if variant.batch else (1, 3),
-                       graph=variant.graph)
-        limit = fp16_atol if variant.fp16 else atol
-        for kind, value in diffs.items():
-            label = "torchscript" if kind == "torchscript" else targets[variant.name].name
-            summary.append(f"{label} {value:.2e}")
-            if value != value:  # nan: some output was not finite
-                failures.append(f"{label}: an output (eager PyTorch's or the export's) is NaN or infinite")
-            elif not value <= limit:
-                failures.append(f"{label} {value:.2e} > {limit:g}")
-    return summary, failures
+def show_report(report: ExportReport, tolerances: Tolerances, verified: bool, fp16: bool) -> None:
+    for path, seconds in report.seconds.items():
+        click.echo(f"wrote {path} ({_size(path)}, {seconds:.1f} s)")
+    if not verified:
+        click.echo("verification skipped (--no-verify)")
+        return
+    if report.int8_difference is not None:
+        click.echo(f"int8 vs fp32 ε: relative RMS difference {report.int8_difference:.3f} (tolerance {tolerances.int8_tol:g})")
+    differences = ", ".join(f"{label} {value:.2e}" for label, value in report.differences.items())
+    click.echo(f"verified against eager PyTorch fp32 (batches 1 and 3, t = 0, T/2, T-1): max abs diff {differences} "
+               f"(atol {tolerances.atol:g}{f', fp16 {tolerances.fp16_atol:g}' if fp16 else ''})")
 
 
 def main() -> None:

@@ -16,14 +16,16 @@ import argparse
 import json
 from pathlib import Path
 
+from ..core.errors import DDPMError
 from ..core.files import StagedFiles
 from ..core.outputs import png_bytes
+from ..core.variant import Variant
 from ..runtime.pipeline import DDPM, DEFAULT_MODEL
 
 from ..train.checkpoint import read_checkpoint_file
 
-from .exporter import onnx_model, verify
 from .load import load_for_export
+from .pipeline import ExportOutputs, export_and_verify
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "runtime" / "models"
 
@@ -61,32 +63,41 @@ def metrics_table(reports: list[tuple[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def card(info, parameters: int, summary: dict, planned_steps: int, command: str, hardware: str, atol_diff: float,
-         files: dict[str, str], reports: list[tuple[str, dict]]) -> str:
-    source, train_note = info.source, ""
-    if summary:
-        partial = f" of the {planned_steps:,} the command plans" if planned_steps > summary["steps"] else ""
-        train_note = (
-            f"- Trained for {summary['steps']:,} steps{partial} ({summary['epochs']:.2f} epochs of the 60,000 MNIST "
-            f"training images, batch 128), {wall_time(summary['wall_hours'])} wall time; mean training loss over the last "
-            f"logged steps: {summary['final_loss']:.4f}.\n"
-        )
-    config = info.model_config
-    schedule = info.schedule
+def training_note(summary: dict, planned_steps: int) -> str:
+    """The card's line on the training run ("" without its log)."""
+    if not summary:
+        return ""
+    partial = f" of the {planned_steps:,} the command plans" if planned_steps > summary["steps"] else ""
+    return (
+        f"- Trained for {summary['steps']:,} steps{partial} ({summary['epochs']:.2f} epochs of the 60,000 MNIST "
+        f"training images, batch 128), {wall_time(summary['wall_hours'])} wall time; mean training loss over the last "
+        f"logged steps: {summary['final_loss']:.4f}.\n"
+    )
+
+
+def schedule_text(schedule: dict) -> str:
     if schedule["kind"] == "linear":
-        schedule_text = f"linear beta {schedule['beta_start']:g} to {schedule['beta_end']:g}"
-    else:
-        schedule_text = f"cosine alpha-bar (offset {schedule['offset']:g}, beta <= {schedule['max_beta']:g})"
-    conditional = info.num_classes > 0
+        return f"linear beta {schedule['beta_start']:g} to {schedule['beta_end']:g}"
+    return f"cosine alpha-bar (offset {schedule['offset']:g}, beta <= {schedule['max_beta']:g})"
+
+
+def role_and_grids(num_classes: int, files: dict[str, str]) -> tuple[str, str]:
+    """What the model is for, and what its sample grids show (a conditional model gets digits.png too)."""
     role = "what `ddpm-run` samples when no `--onnx` is given"
-    if conditional:
-        role += (f", with and without `--digit`. Class-conditional on the {info.num_classes} digits, with a 'no class' "
-                 "index for classifier-free guidance; without `--digit` every digit is drawn equally often")
     grid = ("64 samples, seed 0, the full 1000-step ancestral loop, drawn by the runtime from this file "
             f"(`ddpm-run -n 64 --seed 0 --png {files['png']} --scale 2` draws the same grid)")
-    if conditional:
+    if num_classes:
+        role += (f", with and without `--digit`. Class-conditional on the {num_classes} digits, with a 'no class' "
+                 "index for classifier-free guidance; without `--digit` every digit is drawn equally often")
         grid += (f".\n\n`{files['digits']}`: every digit in turn (10 columns), seed 0, with the defaults of `--digit` "
                  f"(`ddpm-run --digit all -n 100 --seed 0 --png {files['digits']} --scale 2`)")
+    return role, grid
+
+
+def card(info, parameters: int, summary: dict, planned_steps: int, command: str, hardware: str, atol_diff: float,
+         files: dict[str, str], reports: list[tuple[str, dict]]) -> str:
+    source, config, schedule = info.source, info.model_config, info.schedule
+    role, grid = role_and_grids(info.num_classes, files)
     quality = ""
     if reports:
         quality = ("\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
@@ -98,11 +109,11 @@ def card(info, parameters: int, summary: dict, planned_steps: int, command: str,
 - Architecture: the `{source.get('preset') or 'small'}` preset, {parameters:,} parameters: {config['base_channels']} base channels,
   multipliers {config['channel_mults']} ({config['width_rule']} widths), attention per level
   {config['attention']}, {config['blocks_per_resolution']} block per level, GroupNorm {config['norm_groups']} groups.
-- Diffusion: {schedule['timesteps']} steps, {schedule_text};
+- Diffusion: {schedule['timesteps']} steps, {schedule_text(schedule)};
   epsilon prediction; sampling variance {info.variance} (sigma^2 = beta), no noise on the last step.
 - Data: MNIST training set (60,000 images), padded from 28x28 to {info.image_size}x{info.image_size}, scaled
   to {list(info.data_range)}.
-{train_note}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
+{training_note(summary, planned_steps)}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
 - Hardware: {hardware}.
 - Export: opset 18, dynamic batch; ONNX Runtime CPU vs PyTorch max abs difference {atol_diff:.1e}.
 {quality}
@@ -122,7 +133,7 @@ python -m ddpm.export.embed --ckpt <run>/model.pt --command "..." --hardware "..
 """
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--log", type=Path, default=None, help="the run's log.jsonl [default: beside --ckpt]")
@@ -132,40 +143,63 @@ def main() -> None:
                         help=f"where the model, grid and card go (the repository's embedded models: {MODELS_DIR.relative_to(MODELS_DIR.parents[1])})")
     parser.add_argument("--metrics", action="append", default=[], metavar="LABEL=PATH",
                         help="a ddpm-eval --json report to show in the card (repeatable)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def read_reports(metrics: list[str]) -> list[tuple[str, dict]]:
+    """The --metrics LABEL=PATH reports, labelled."""
     reports = []
-    for item in args.metrics:
+    for item in metrics:
         label, _, path = item.rpartition("=")  # the label may hold "=" too
         reports.append((label, json.loads(Path(path).read_text())))
+    return reports
 
-    source = load_for_export(args.ckpt, "ema")
-    checkpoint = read_checkpoint_file(args.ckpt)
+
+def planned_steps(ckpt: Path) -> int:
+    """The steps the run's command plans: its epochs, or its --max-steps where that comes first."""
+    checkpoint = read_checkpoint_file(ckpt)
     planned = checkpoint["train"]["epochs"] * checkpoint["progress"]["steps_per_epoch"]
     if checkpoint["train"].get("max_steps"):
         planned = min(planned, checkpoint["train"]["max_steps"])
+    return planned
+
+
+def write_grids(model: Path, out_dir: Path, files: dict[str, str], num_classes: int, staged: StagedFiles) -> None:
+    """samples.png, and for a conditional model digits.png, drawn by the runtime from ``model``."""
+    ddpm = DDPM.load(model, provider="cpu")
+    staged.stage(out_dir / files["png"]).write_bytes(png_bytes(ddpm.sample(64, seed=0), scale=2))
+    if num_classes:
+        run = ddpm.generate(10 * num_classes, ddpm.plan(digits=range(num_classes)), seed=0)
+        staged.stage(out_dir / files["digits"]).write_bytes(png_bytes(run.images, scale=2, columns=num_classes))
+
+
+def embed(args: argparse.Namespace) -> None:
+    """The model, its grids and its card, verified like ddpm-export and written together or not at all."""
+    reports = read_reports(args.metrics)
+    source = load_for_export(args.ckpt, "ema")
     parameters = sum(p.numel() for p in source.model.parameters())
     log = args.log or args.ckpt.parent / "log.jsonl"
     summary = training_summary(log, source.info.source["step"]) if log.exists() else {}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    conditional = source.info.num_classes > 0
-    files = {"onnx": DEFAULT_MODEL, "png": "samples.png", "card": "README.md", **({"digits": "digits.png"} if conditional else {})}
+    classes = source.info.num_classes
+    files = {"onnx": DEFAULT_MODEL, "png": "samples.png", "card": "README.md", **({"digits": "digits.png"} if classes else {})}
+    model = args.out_dir / files["onnx"]
     with StagedFiles() as staged:
-        onnx_tmp = staged.stage(args.out_dir / files["onnx"])
-        onnx_tmp.write_bytes(onnx_model(source).SerializeToString())
-        diff = verify(source, onnx_tmp, None)["onnx"]
-        if diff > 1e-4:
-            raise SystemExit(f"verification failed: {diff:.2e}")
-        ddpm = DDPM.load(onnx_tmp, provider="cpu")
-        staged.stage(args.out_dir / files["png"]).write_bytes(png_bytes(ddpm.sample(64, seed=0), scale=2))
-        if conditional:
-            classes = source.info.num_classes
-            run = ddpm.generate(10 * classes, ddpm.plan(digits=range(classes)), seed=0)
-            staged.stage(args.out_dir / files["digits"]).write_bytes(png_bytes(run.images, scale=2, columns=classes))
+        report = export_and_verify(source, ExportOutputs({Variant(): model}), staged=staged)
+        write_grids(report.temporary[model], args.out_dir, files, classes, staged)
         staged.stage(args.out_dir / files["card"]).write_text(
-            card(source.info, parameters, summary, planned, args.command, args.hardware, diff, files, reports)
+            card(source.info, parameters, summary, planned_steps(args.ckpt), args.command, args.hardware,
+                 report.differences[model.name], files, reports)
         )
         staged.commit()
     print(f"wrote {', '.join(str(args.out_dir / name) for name in files.values())} (step {source.info.source['step']})")
+
+
+def main() -> None:
+    try:
+        embed(parse_args())
+    except DDPMError as exc:
+        raise SystemExit(f"embed: error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -121,46 +121,9 @@ def load_for_export(
     content = read_checkpoint_file(path)
     sha256 = file_sha256(path)
     if is_project_checkpoint(content):
-        checkpoint = validate_checkpoint(content, path)
-        config = UNetConfig.from_dict(checkpoint["model_config"])
-        state = checkpoint["ema" if weights == "ema" else "model"]
-        model = build_model(config, state, str(path))
-        data = checkpoint["data"]
-        sampling = checkpoint["sampling"]
-        info = ModelInfo(
-            schedule=dict(checkpoint["schedule"]),
-            image_size=int(data["image_size"]),
-            image_channels=config.image_channels,
-            data_range=tuple(data["data_range"]),
-            prediction=sampling["prediction"],
-            variance=sampling["variance"],
-            noise_at_last_step=bool(sampling["noise_at_last_step"]),
-            num_classes=config.num_classes,
-            model_config=config.to_dict(),
-            source={
-                "kind": "ddpm-mnist", "sha256": sha256, "weights": weights, "step": int(checkpoint["progress"]["step"]),
-                "transform": data.get("transform"), "preset": checkpoint["train"].get("preset"),
-            },
-            versions={"checkpoint": checkpoint.get("versions", {}), "export": versions()},
-        )
-        return ExportSource(model, info, "ddpm-mnist")
+        return project_source(validate_checkpoint(content, path), path, sha256, weights)
     if is_state_dict(content) and looks_like_labml(content):
-        config = infer_labml_config(content, norm_groups or 32, final_norm_groups or 8)
-        model = build_model(config, content, f"{path} (labml state dict)")
-        info = ModelInfo(
-            schedule=dict(LABML_SCHEDULE),
-            image_size=LABML_IMAGE_SIZE,
-            image_channels=config.image_channels,
-            data_range=(0.0, 1.0),
-            prediction="eps",
-            variance="beta",
-            noise_at_last_step=True,
-            num_classes=0,
-            model_config=config.to_dict(),
-            source={"kind": "labml", "sha256": sha256, "weights": "state_dict", "transform": "resize"},
-            versions={"export": versions()},
-        )
-        return ExportSource(model, info, "labml")
+        return labml_source(content, path, sha256, norm_groups or 32, final_norm_groups or 8)
     if is_state_dict(content):
         raise DDPMError(
             f"{path} is a state dict of another network: expected a ddpm-mnist checkpoint or a labml U-Net "
@@ -170,3 +133,48 @@ def load_for_export(
         f"{path} is neither a ddpm-mnist checkpoint (a dict with format='ddpm-mnist-checkpoint') nor a labml "
         f"U-Net state dict (tensors under {', '.join(LABML_KEYS[:2])}, down.N.*, up.N.*, ...)"
     )
+
+
+def project_source(checkpoint: dict[str, Any], path: Path, sha256: str, weights: str) -> ExportSource:
+    """A validated ddpm-mnist checkpoint: its EMA or raw weights, and the settings it records."""
+    config = UNetConfig.from_dict(checkpoint["model_config"])
+    model = build_model(config, checkpoint["ema" if weights == "ema" else "model"], str(path))
+    data, sampling = checkpoint["data"], checkpoint["sampling"]
+    info = ModelInfo(
+        schedule=dict(checkpoint["schedule"]),
+        image_size=int(data["image_size"]),
+        image_channels=config.image_channels,
+        data_range=tuple(data["data_range"]),
+        prediction=sampling["prediction"],
+        variance=sampling["variance"],
+        noise_at_last_step=bool(sampling["noise_at_last_step"]),
+        num_classes=config.num_classes,
+        model_config=config.to_dict(),
+        source={
+            "kind": "ddpm-mnist", "sha256": sha256, "weights": weights, "step": int(checkpoint["progress"]["step"]),
+            "transform": data.get("transform"), "preset": checkpoint["train"].get("preset"),
+        },
+        versions={"checkpoint": checkpoint.get("versions", {}), "export": versions()},
+    )
+    return ExportSource(model, info, "ddpm-mnist")
+
+
+def labml_source(state: dict[str, torch.Tensor], path: Path, sha256: str, norm_groups: int,
+                 final_norm_groups: int) -> ExportSource:
+    """A labml U-Net state dict: the architecture read off its tensors, labml's DDPM settings assumed."""
+    config = infer_labml_config(state, norm_groups, final_norm_groups)
+    model = build_model(config, state, f"{path} (labml state dict)")
+    info = ModelInfo(
+        schedule=dict(LABML_SCHEDULE),
+        image_size=LABML_IMAGE_SIZE,
+        image_channels=config.image_channels,
+        data_range=(0.0, 1.0),
+        prediction="eps",
+        variance="beta",
+        noise_at_last_step=True,
+        num_classes=0,
+        model_config=config.to_dict(),
+        source={"kind": "labml", "sha256": sha256, "weights": "state_dict", "transform": "resize"},
+        versions={"export": versions()},
+    )
+    return ExportSource(model, info, "labml")

@@ -1,0 +1,193 @@
+"""Export and verify in one call: every file is made under a temporary name, compared with eager
+PyTorch, and given its own name only when all of them pass; on any failure nothing is written.
+
+``ddpm-export`` and ``python -m ddpm.export.embed`` both go through :func:`export_and_verify`.
+torch, onnx and the exporter are imported where they are used, so that ``ddpm-export --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..core.errors import DDPMError
+from ..core.files import StagedFiles
+from ..core.metadata import ModelInfo
+from ..core.variant import Variant
+
+if TYPE_CHECKING:
+    from .load import ExportSource
+
+DEFAULT_OPSET = 18
+DEFAULT_ATOL = 1e-4  # fp32 exports vs eager PyTorch: the ONNX contract's bound (measured ~2e-6)
+DEFAULT_FP16_ATOL = 1e-2  # fp16 copies vs eager fp32 PyTorch
+DEFAULT_INT8_TOL = 0.05  # relative RMS of the int8 copy's ε to the fp32 export's, on held-out noisy digits
+PLAIN, INT8 = Variant(), Variant("int8")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """The largest differences an export may show and still be written."""
+
+    atol: float = DEFAULT_ATOL
+    fp16_atol: float = DEFAULT_FP16_ATOL
+    int8_tol: float = DEFAULT_INT8_TOL
+
+    def limit(self, variant: Variant) -> float:
+        return self.fp16_atol if variant.precision == "fp16" else self.atol
+
+
+@dataclass(frozen=True)
+class ExportOutputs:
+    """Where each file goes, every path distinct: the ONNX copies in the order they are made (the
+    plain copy first; an int8 copy is quantized from it), and the traced TorchScript file, if any."""
+
+    onnx: dict[Variant, Path]
+    torchscript: Path | None = None
+
+    def paths(self) -> list[Path]:
+        return [*self.onnx.values(), *([self.torchscript] if self.torchscript is not None else [])]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Noisy training digits for the int8 copy: feeds for the quantizer, and other ones to judge it."""
+
+    feeds: list[dict]
+    held_out: list[dict]
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    seconds: dict[Path, float]  # each file's final path → seconds it took to make, in the order made
+    differences: dict[str, float] = field(default_factory=dict)  # max abs diff to eager fp32 by file name
+    # ("torchscript" for the TorchScript file), in the order checked; empty when not verified
+    int8_difference: float | None = None  # relative RMS of the int8 copy's ε to the fp32 export's
+    temporary: dict[Path, Path] = field(default_factory=dict)  # final path → temporary one, while a
+    # caller's StagedFiles holds them (empty once export_and_verify has written them itself)
+
+
+def requested_variants(fp16: bool, fused_step: bool, fixed_batch: int | None, int8: bool) -> list[Variant]:
+    """Every ONNX copy these choices ask for, in the order made: the plain copy first, int8 last."""
+    return [
+        Variant("fp16" if half else "fp32", step, batch)
+        for step in ([False, True] if fused_step else [False])
+        for half in ([False, True] if fp16 else [False])
+        for batch in ([None, fixed_batch] if fixed_batch is not None else [None])
+    ] + ([INT8] if int8 else [])
+
+
+def read_calibration(info: ModelInfo, data_dir: Path) -> Calibration:
+    """The int8 copy's calibration and check digits from the MNIST training files in ``data_dir``."""
+    from .quantize import calibration_data
+
+    return Calibration(*calibration_data(info, data_dir))
+
+
+def export_and_verify(
+    source: ExportSource, outputs: ExportOutputs, *, opset: int = DEFAULT_OPSET, tolerances: Tolerances = Tolerances(),
+    verify: bool = True, calibration: Calibration | None = None, staged: StagedFiles | None = None,
+) -> ExportReport:
+    """Make every file of ``outputs`` and compare it with eager PyTorch (ONNX Runtime's CPU provider,
+    batches 1 and 3 or the fixed batch, t = 0, T/2, T−1; the int8 copy against the fp32 export on
+    held-out digits); past a tolerance, raise one DDPMError and write nothing.
+
+    With ``staged`` the files join the caller's StagedFiles and appear when it commits, together
+    with its own outputs; without it they are written here once all of them pass.
+    """
+    check_outputs(outputs, calibration)
+    if staged is None:
+        with StagedFiles() as own:
+            report = export_and_verify(source, outputs, opset=opset, tolerances=tolerances, verify=verify,
+                                       calibration=calibration, staged=own)
+            own.commit()
+        return ExportReport(report.seconds, report.differences, report.int8_difference)
+    temporary = {path: staged.stage(path) for path in outputs.paths()}
+    staged_outputs = ExportOutputs({variant: temporary[path] for variant, path in outputs.onnx.items()},
+                                   temporary.get(outputs.torchscript))
+    seconds = dict(zip(outputs.paths(), write_files(source, staged_outputs, opset, calibration)))
+    if not verify:
+        return ExportReport(seconds, temporary=temporary)
+    names = {variant: path.name for variant, path in outputs.onnx.items()}
+    int8_difference, failures = compare_int8(staged_outputs, names, calibration, tolerances.int8_tol)
+    differences, more = compare_with_eager(source, staged_outputs, names, tolerances)
+    if failures + more:
+        raise DDPMError(f"verification failed against eager PyTorch: {', '.join(failures + more)}; nothing written")
+    return ExportReport(seconds, differences, int8_difference, temporary)
+
+
+def check_outputs(outputs: ExportOutputs, calibration: Calibration | None) -> None:
+    """Refuse, before any work, what cannot be made: the plain copy must come first (the TorchScript
+    file is checked beside it, the int8 copy quantized from it), and the only int8 copy is the plain one's."""
+    variants = list(outputs.onnx)
+    if variants[:1] != [PLAIN]:
+        raise DDPMError("an export starts with the plain copy (fp32, ε graph, dynamic batch)")
+    if any(variant.precision == "int8" and variant != INT8 for variant in variants):
+        raise DDPMError("int8 copies are made of the plain fp32 ε graph with a dynamic batch")
+    if INT8 in outputs.onnx and calibration is None:
+        raise DDPMError("an int8 copy needs calibration digits (read_calibration)")
+
+
+def write_files(source: ExportSource, outputs: ExportOutputs, opset: int, calibration: Calibration | None) -> list[float]:
+    """Every file of ``outputs`` written; the seconds each took, in the order of ExportOutputs.paths()."""
+    from .exporter import onnx_model, save_torchscript, torchscript_module
+
+    seconds, plain = [], None  # plain: the plain copy's graph, which the int8 copy is quantized from
+    for variant, path in outputs.onnx.items():
+        start = time.perf_counter()
+        if variant == INT8:
+            from .quantize import quantize
+
+            model = quantize(plain, source.info, calibration.feeds)
+        else:
+            model = onnx_model(source, opset, fixed_batch=variant.fixed_batch, graph=variant.graph,
+                               fp16=variant.precision == "fp16")
+        plain = model if variant == PLAIN else plain
+        path.write_bytes(model.SerializeToString())
+        seconds.append(time.perf_counter() - start)
+    if outputs.torchscript is not None:
+        start = time.perf_counter()
+        save_torchscript(torchscript_module(source), source.info, outputs.torchscript)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def compare_int8(outputs: ExportOutputs, names: dict[Variant, str], calibration: Calibration | None,
+                 tolerance: float) -> tuple[float | None, list[str]]:
+    """The int8 copy's ε against the fp32 export's on held-out noisy digits: the relative RMS
+    difference (None without an int8 copy) and any failure."""
+    if INT8 not in outputs.onnx:
+        return None, []
+    from .quantize import relative_error
+
+    difference = relative_error(outputs.onnx[PLAIN].read_bytes(), outputs.onnx[INT8].read_bytes(), calibration.held_out)
+    if difference != difference:
+        return difference, [f"{names[INT8]}: its ε is NaN or infinite"]
+    if not difference <= tolerance:
+        return difference, [f"{names[INT8]}: ε differs from fp32 by {difference:.3f} (relative RMS) > --int8-tol {tolerance:g}"]
+    return difference, []
+
+
+def compare_with_eager(source: ExportSource, outputs: ExportOutputs, names: dict[Variant, str],
+                       tolerances: Tolerances) -> tuple[dict[str, float], list[str]]:
+    """Each float ONNX copy (and the TorchScript file, beside the plain copy) against eager PyTorch:
+    the largest differences by file name, and the ones past their tolerance."""
+    from .exporter import verify
+
+    differences, failures = {}, []
+    for variant, path in outputs.onnx.items():
+        if variant.precision == "int8":
+            continue  # judged against the fp32 export by compare_int8
+        torchscript = outputs.torchscript if variant == PLAIN else None
+        batches = (variant.fixed_batch,) if variant.fixed_batch else (1, 3)
+        for kind, value in verify(source, path, torchscript, batches=batches, graph=variant.graph).items():
+            label = "torchscript" if kind == "torchscript" else names[variant]
+            differences[label] = value
+            if value != value:  # nan: some output was not finite
+                failures.append(f"{label}: an output (eager PyTorch's or the export's) is NaN or infinite")
+            elif not value <= tolerances.limit(variant):
+                failures.append(f"{label} {value:.2e} > {tolerances.limit(variant):g}")
+    return differences, failures
