@@ -37,7 +37,7 @@ def label(sampler: str, eta: float | None) -> str:
 
 def plan(ddpm: DDPM, sampler: str, eta: float | None, calls: int, labels: np.ndarray | None, guidance: float | None) -> SamplingPlan:
     """The setting's plan; requested digits are guided (None: ddpm-run's default guidance)."""
-    return ddpm.plan(sampler, calls, eta, digits=labels, guidance=guidance if labels is not None else None)
+    return ddpm.plan(sampler, calls, digits=labels, guidance=guidance if labels is not None else None, eta=eta)
 
 
 def measure(ddpm: DDPM, sampler: str, eta: float | None, calls: int, opts, judge, reference, labels) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
-from ..core.sampler import AncestralSampler
+from ..core.samplers import AncestralSampler
 from ..runtime.session import BoundEps, BoundStep, UNetSession
 from .models import BenchModel, SkipRow
 

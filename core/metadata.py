@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .errors import DDPMError
-from .sampler import VARIANCES
 from .schedule import Schedule, make_schedule
 
 PREFIX = "ddpm."
@@ -20,6 +19,7 @@ FORMAT = "ddpm-mnist-onnx"
 FORMAT_VERSION = 1
 PREDICTIONS = ("eps",)
 GRAPHS = ("eps", "fused-step")  # ε(x, t), or one whole sampling step x_t, t, noise → x_{t−1}
+VARIANCES = ("beta", "posterior")  # σ²_t of the ancestral step: β_t, or the posterior β̃_t
 PRECISIONS = ("fp32", "fp16", "int8")  # int8: a QDQ copy with float32 inputs and outputs
 
 

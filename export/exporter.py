@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.errors import DDPMError, summary
 from ..core.metadata import ModelInfo
-from ..core.sampler import AncestralSampler
+from ..core.samplers import AncestralSampler
 from ..runtime.session import cpu_session
 
 from .load import ExportSource

@@ -1,49 +1,76 @@
-"""Command-line options that choose how to sample (sampler, steps, η, spacing, digit, guidance),
-shared by ``ddpm-run`` and ``ddpm-eval``: they become one :class:`SamplingPlan`, and the plan's
-errors come back as errors about the flags."""
+"""Command-line options that choose how to sample, shared by ``ddpm-run`` and ``ddpm-eval``.
+
+``--sampler``'s choices and every sampler setting's flag and help are drawn from the sampler specs
+(``ddpm.core.samplers``); the values pass through unchecked and become one :class:`SamplingPlan`,
+whose errors come back as errors about the flags.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import click
 
 from ..core.errors import DDPMError
-from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DIGIT_SAMPLER, MAX_GUIDANCE, SAMPLERS, SamplingPlan, SettingError
-from ..core.sampler import SPACINGS
+from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, SamplingPlan, SettingError
+from ..core.samplers import SPECS, Option, accepting, choices, option_names
 from .pipeline import DDPM
 
 DEFAULT_COUNT = 16
 MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are cycled over the samples)
-FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "spacing": "--spacing", "digits": "--digit",
-         "guidance": "--guidance", "frames": "--frames", "show": "--show", "engine": "--engine", "n": "--num-samples",
-         "batch_size": "--batch-size", "seed": "--seed"}
+FLAGS = {"digits": "--digit", "n": "--num-samples", "batch_size": "--batch-size"}
+SAMPLER_SETTINGS = ("sampler", "steps", *option_names())  # the keywords sampling_options adds
+
+
+def flag(setting: str) -> str:
+    """The command-line flag of a library setting."""
+    return FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
+def _grouped(values: dict[str, object]) -> str:
+    """"a for x, y; b for z": sampler names grouped by the value they take."""
+    groups: dict[str, list[str]] = {}
+    for name, value in values.items():
+        groups.setdefault(str(value), []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
+
+
+def _sampler_help() -> str:
+    kinds = "; ".join(f"'{spec.name}': {spec.summary}" for spec in SPECS)
+    return f"The sampling method. {kinds}. See the README's sampler table. [default: {DEFAULT_SAMPLER}; {DIGIT_SAMPLER} with --digit]"
+
+
+def _steps_help() -> str:
+    defaults = {spec.name: spec.steps or "T" for spec in SPECS}
+    return f"Network evaluations per sample, at most the model's T. [default: {_grouped(defaults)}]"
+
+
+def _option_help(name: str) -> str:
+    specs = accepting(name)
+    first: Option = specs[0].option(name)
+    defaults = {spec.name: spec.option(name).default for spec in specs}
+    return f"{first.help} [default: {_grouped(defaults)}; only for {', '.join(spec.name for spec in specs)}]"
+
+
+def _option(name: str) -> Callable:
+    first = accepting(name)[0].option(name)
+    metavar = "|".join(first.choices) if first.choices else first.kind.__name__.upper()
+    return click.option(flag(name), name, type=first.kind, default=None, metavar=metavar, help=_option_help(name))
 
 
 def sampling_options(function: Callable) -> Callable:
     options = [
-        click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
-                     help="'ancestral': the DDPM loop, T steps (the reference; respaced with --steps); 'ddim': DDIM, "
-                          "deterministic with --eta 0; 'dpm++2m': DPM-Solver++ (2M), a second-order ODE solver; "
-                          "'dpm++2m-sde': its stochastic variant. For speed: dpm++2m-sde or dpm++2m with "
-                          f"{DEFAULT_STEPS['dpm++2m']} steps (see the README's sampler table). [default: {DEFAULT_SAMPLER}; "
-                          f"{DIGIT_SAMPLER} with --digit]"),
-        click.option("--steps", type=click.IntRange(min=1), default=None,
-                     help=f"Network evaluations per sample, at most the model's T. [default: T for ancestral, "
-                          f"{DEFAULT_STEPS['ddim']} for ddim, {DEFAULT_STEPS['dpm++2m']} for dpm++; one dpm++ step is first order]"),
-        click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None,
-                     help="DDIM noise: 0 deterministic, 1 as much as the ancestral sampler (with β̃). [default: 0]"),
-        click.option("--spacing", type=click.Choice(SPACINGS), default=None,
-                     help="ddim and dpm++ timesteps: evenly spaced in t, quadratic in t (denser near t = 0), or evenly "
-                          "spaced in log-SNR. [default: uniform for ddim, logsnr for dpm++]"),
+        click.option("--sampler", type=click.Choice(choices()), default=None, help=_sampler_help()),
+        click.option("--steps", type=int, default=None, metavar="INTEGER", help=_steps_help()),
+        *(_option(name) for name in option_names()),
         click.option("--digit", default=None, metavar="D|D,E,...|all",
                      help="Class-conditional models: the digit to draw, a list (cycled over the samples), or 'all' "
                           "(every digit in turn; the grids get one column per digit). [default: every digit equally "
                           "often, in an order drawn from the seed]"),
-        click.option("--guidance", type=click.FloatRange(0.0, MAX_GUIDANCE), default=None,
-                     help=f"Classifier-free guidance w with --digit: ε = (1+w)·ε(x,y) − w·ε(x,∅); 0 = plain "
-                          f"conditional. [default: {DEFAULT_GUIDANCE:g} with --digit]"),
+        click.option("--guidance", type=float, default=None, metavar="FLOAT",
+                     help=f"Classifier-free guidance w with --digit, 0 to {MAX_GUIDANCE:g}: ε = (1+w)·ε(x,y) − w·ε(x,∅); "
+                          f"0 = plain conditional. [default: {DEFAULT_GUIDANCE:g} with --digit]"),
     ]
     for option in reversed(options):
         function = option(function)
@@ -59,16 +86,16 @@ class SamplingRequest:
     columns: int | None
 
 
-def sampling_request(ddpm: DDPM, n: int | None, sampler: str | None, steps: int | None, eta: float | None,
-                     spacing: str | None, digit: str | None, guidance: float | None, frames: int = 0,
-                     show: str = "xt") -> SamplingRequest:
-    """The plan for these options on this model; one-line errors, about the flags, for what cannot work.
+def sampling_request(ddpm: DDPM, n: int | None, digit: str | None = None, frames: int = 0, show: str = "xt",
+                     **settings: Any) -> SamplingRequest:
+    """The plan for these options (``settings``: the sampler flags, by keyword) on this model; one-line
+    errors, about the flags, for what cannot work.
 
     ``n`` None is the default count: 16, or two per class with ``--digit all``.
     """
     digits = None if digit is None else parse_digits(digit, ddpm.info.num_classes)
     try:
-        plan = ddpm.plan(sampler, steps, eta, spacing, digits, guidance, frames, show)
+        plan = ddpm.plan(digits=digits, frames=frames, show=show, **settings)
     except SettingError as exc:
         raise flag_error(exc) from None
     if n is None:
@@ -81,8 +108,8 @@ def flag_error(exc: SettingError) -> click.BadParameter:
     remedy = ""
     if exc.needs is not None:
         name, value = exc.needs
-        remedy = f"; add {FLAGS.get(name, name)}" + ("" if value is None else f" {value}")
-    return click.BadParameter(exc.problem + remedy, param_hint=f"'{FLAGS.get(exc.setting, exc.setting)}'")
+        remedy = f"; add {flag(name)}" + ("" if value is None else f" {value}")
+    return click.BadParameter(exc.problem + remedy, param_hint=f"'{flag(exc.setting)}'")
 
 
 def parse_digits(text: str, classes: int) -> list[int]:

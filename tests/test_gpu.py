@@ -84,7 +84,7 @@ def test_fast_samplers_on_the_embedded_model(record_property, sampler, steps, et
     runs = []
     for provider, engine in (("cpu", "plain"), ("cuda", "iobinding")):
         ddpm = DDPM.load(provider=provider)
-        runs.append(ddpm.generate(8, ddpm.plan(sampler, steps, eta if sampler == "ddim" else None), seed=3, engine=engine))
+        runs.append(ddpm.generate(8, ddpm.plan(sampler, steps, eta=eta if sampler == "ddim" else None), seed=3, engine=engine))
     image_difference(runs[1].images, runs[0].images, record_property)
 
 

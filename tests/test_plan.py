@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ddpm.core.metadata import ModelInfo
-from ddpm.core.plan import DEFAULT_GUIDANCE, DEFAULT_STEPS, DIGIT_SAMPLER, SamplingPlan, SettingError
-from ddpm.core.sampler import AncestralSampler, DDIMSampler, DPMSolverSampler
+from ddpm.core.plan import DEFAULT_GUIDANCE, DIGIT_SAMPLER, SamplingPlan, SettingError
+from ddpm.core.samplers import SPECS, AncestralSampler, DDIMSampler, DPMSolverSampler, find
 from ddpm.runtime.sampling_cli import flag_error, parse_digits
 
 UNCONDITIONAL = ModelInfo(schedule={"kind": "linear", "timesteps": 1000}, image_size=32, image_channels=1, data_range=(-1.0, 1.0))
@@ -24,12 +24,12 @@ def build(info=CONDITIONAL, **settings) -> SamplingPlan:
 
 def test_defaults_without_and_with_digits():
     plain = build()
-    assert (plain.sampler, plain.steps, plain.eta, plain.spacing, plain.guidance) == ("ancestral", 1000, 0.0, "uniform", 0.0)
+    assert (plain.sampler, plain.steps, plain.options, plain.guidance) == ("ancestral", 1000, {}, 0.0)
     assert plain.digits is None and plain.labels(4) is None
     digits = build(digits=[7])
-    assert (digits.sampler, digits.steps, digits.spacing, digits.guidance) == (DIGIT_SAMPLER, DEFAULT_STEPS[DIGIT_SAMPLER],
-                                                                              "logsnr", DEFAULT_GUIDANCE)
-    assert build(sampler="ddim").steps == DEFAULT_STEPS["ddim"]
+    assert (digits.sampler, digits.steps, digits.options, digits.guidance) == (DIGIT_SAMPLER, find(DIGIT_SAMPLER).steps,
+                                                                              {"spacing": "logsnr"}, DEFAULT_GUIDANCE)
+    assert build(sampler="ddim").steps == 50 and build(sampler="ddim").options == {"eta": 0.0, "spacing": "uniform"}
 
 
 def test_digits_cycle_over_the_samples():
@@ -50,10 +50,15 @@ def test_each_sampler_gets_its_settings():
     ({"sampler": "euler"}, "sampler", "must be one of"),
     ({"steps": 0}, "steps", "between 1 and 1000"),
     ({"steps": 1001}, "steps", "between 1 and 1000"),
-    ({"eta": 0.5}, "eta", "η is a DDIM setting"),  # ignored silently once: ancestral has no η
-    ({"sampler": "dpm++2m", "eta": 0.0}, "eta", "η is a DDIM setting"),
+    ({"eta": 0.5}, "eta", "η is a setting of ddim, not of ancestral"),  # ignored silently once: ancestral has no η
+    ({"sampler": "dpm++2m", "eta": 0.0}, "eta", "η is a setting of ddim, not of dpm"),
     ({"sampler": "ddim", "eta": 1.5}, "eta", "between 0"),
-    ({"spacing": "quadratic"}, "spacing", "respaces uniformly"),
+    ({"sampler": "ddim", "eta": float("nan")}, "eta", "between 0"),
+    ({"sampler": "ddim", "eta": "much"}, "eta", "must be a number"),
+    ({"sampler": "ddim", "steps": 0}, "steps", "between 1 and 1000"),
+    ({"sampler": "dpm++2m", "steps": 1001}, "steps", "log-SNR"),
+    ({"spacing": "quadratic"}, "spacing", "not of ancestral"),
+    ({"sampler": "ddim", "order": 3}, "order", "not a setting of any sampler"),
     ({"sampler": "ddim", "spacing": "karras"}, "spacing", "must be one of"),
     ({"digits": [10]}, "digits", "10 is out of range"),
     ({"digits": []}, "digits", "at least one"),
@@ -90,9 +95,9 @@ def test_a_fused_step_model_runs_only_its_own_loop(settings, fragment):
 def test_the_command_line_spells_errors_in_flags():
     with pytest.raises(SettingError) as error:
         build(eta=0.5)
-    assert str(error.value) == "eta: η is a DDIM setting; set sampler='ddim'"
+    assert str(error.value) == "eta: η is a setting of ddim, not of ancestral; set sampler='ddim'"
     message = flag_error(error.value).format_message()
-    assert message == "Invalid value for '--eta': η is a DDIM setting; add --sampler ddim"
+    assert message == "Invalid value for '--eta': η is a setting of ddim, not of ancestral; add --sampler ddim"
     with pytest.raises(SettingError) as error:
         build(guidance=2.0)
     assert flag_error(error.value).format_message().endswith("'--guidance': steers towards a digit; add --digit")
@@ -109,3 +114,19 @@ def test_settings_record_only_what_the_sampler_uses():
     assert build().settings() == {"sampler": "ancestral", "steps": 1000}
     assert build(sampler="ddim", steps=5, eta=0.5).settings() == {"sampler": "ddim", "steps": 5, "eta": 0.5, "spacing": "uniform"}
     assert build(digits=[1]).settings() == {"sampler": DIGIT_SAMPLER, "steps": 20, "spacing": "logsnr"}
+
+
+def test_every_sampler_is_reachable_by_name_and_alias_and_builds_from_its_defaults():
+    schedule = CONDITIONAL.make_schedule()
+    for spec in SPECS:
+        for name in (spec.name, *spec.aliases):
+            plan = build(sampler=name)
+            assert plan.sampler == spec.name and set(plan.options) == {option.name for option in spec.options}
+            sampler = plan.make_sampler(CONDITIONAL, schedule)
+            assert len(sampler) == plan.steps and sampler.model_timesteps[0] > sampler.model_timesteps[-1]
+
+
+def test_each_option_default_lies_within_its_own_bounds():
+    for spec in SPECS:
+        for option in spec.options:
+            assert option.check(option.default) == option.default, (spec.name, option.name)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.sampler import AncestralSampler
+from ..core.samplers import AncestralSampler
 from ..core.schedule import Schedule
 
 
