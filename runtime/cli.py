@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import click
 
@@ -17,12 +18,13 @@ from ..core.plan import SHOW, SettingError
 from ..core.progress import Progress
 from . import cpu_batch
 from .cpu_batch import BatchChoice
-from .pipeline import DDPM, SampleRun, default_model_path, int8_is_faster
-from .sampling_cli import flag_error, sampling_options, sampling_request
+from .memory import check_memory
+from .pipeline import DDPM, SampleRun
+from .precision import PRECISIONS, faster_copy, open_copy, speed_decides
+from .sampling_cli import SamplingRequest, flag_error, sampling_options, sampling_request
 from .session import CPU_PROVIDER, PROVIDERS
 
 PROVIDER_CHOICES = ("auto", *PROVIDERS)
-PRECISION_CHOICES = ("auto", "fp32", "int8")
 ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")  # cudagraph: IOBinding on a session that captured a CUDA graph
 MAX_SEED = 2**63 - 1
 
@@ -52,7 +54,7 @@ MAX_SEED = 2**63 - 1
 @click.option("--hold", type=click.FloatRange(min=0.0, max=60.0), default=2.0, help="Seconds the GIF shows the final frame.")
 @click.option("--scale", type=click.IntRange(1, 16), default=3, help="Pixel upscaling of the GIF and PNG grids.")
 @sampling_options
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
               help="Which copy of the embedded model: 'auto' takes its int8 copy (when the package ships one) on a CPU "
                    "where int8 measures faster per image (once per machine, cached), fp32 elsewhere. With --onnx the file decides.")
 @click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto",
@@ -68,8 +70,9 @@ MAX_SEED = 2**63 - 1
 def run_cli(
     onnx_path: Path | None, gif: Path | None, video: Path | None, show: str, png: Path | None, npz: Path | None, num_samples: int | None,
     batch_size: int | None, seed: int | None, frames: int, fps: float, hold: float, scale: int,
-    sampler: str | None, steps: int | None, eta: float | None, spacing: str | None, digit: str | None, guidance: float | None,
+    digit: str | None,
     precision: str, provider: str, engine: str, threads: int | None, device_id: int, show_info: bool, quiet: bool,
+    **sampling: Any,
 ) -> None:
     """Draw MNIST digits with an exported DDPM: the ancestral loop (or DDIM, DPM-Solver++) in NumPy around ONNX Runtime.
 
@@ -86,9 +89,10 @@ def run_cli(
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
     if onnx_path is not None and precision != "auto":
         raise click.UsageError("--precision picks a copy of the embedded model; with --onnx the file decides")
-    announce = once(None if quiet else lambda: click.echo("timing this CPU once (a few seconds)", err=True))
+    # Said once however many timings follow (both copies, the batch): a cached no-argument call runs once.
+    announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (a few seconds)", err=True))
     session = {"provider": provider, "threads": threads, "cuda_graph": engine == "cudagraph", "device_id": device_id}
-    ddpm, chosen = load_model(onnx_path, precision, session)
+    ddpm, chosen = open_copy(onnx_path, precision, session)
     if show_info:
         info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}
         click.echo(json.dumps({"model": str(ddpm.session.path), "provider": ddpm.provider, **info}, indent=2))
@@ -98,24 +102,31 @@ def run_cli(
     except SettingError as exc:
         raise flag_error(exc) from None
     animated = gif is not None or video is not None
-    request = sampling_request(ddpm, num_samples, sampler, steps, eta, spacing, digit, guidance, frames if animated else 0, show)
-    check_memory(request.n, ddpm.info.image_size, ddpm.info.image_channels, request.plan.frames * (2 if show == "both" else 1),
-                 scale if animated or png else 0)
-    if onnx_path is None and precision == "auto":  # once the request is known to be good: this may time the CPU
+    request = sampling_request(ddpm, num_samples, digit, frames if animated else 0, show, **sampling)
+    check_memory(request.n, ddpm.info, request.plan, scale if animated or png else 0)
+    if speed_decides(onnx_path, precision):  # once the request is known to be good: this may time the CPU
         ddpm, chosen = faster_copy(ddpm, session, announce)
     if not quiet:
         announce_model(ddpm, chosen, threads, engine, loop_engine)
+    run, choice = sample(ddpm, request, seed, batch_size, loop_engine, quiet, announce)
+    sizes = write_outputs(run, targets, request.columns, fps, hold, scale)
+    if not quiet:
+        summarize(ddpm, run, choice, sizes, targets)
+
+
+def sample(ddpm: DDPM, request: SamplingRequest, seed: int | None, batch_size: int | None, loop_engine: str, quiet: bool,
+           on_measure: Callable[[], None] | None) -> tuple[SampleRun, BatchChoice | None]:
+    """The run, with a progress bar (a fresh seed when none is given), and the CPU batch where this
+    run chose it."""
     choice = None
     if batch_size is None and ddpm.provider == CPU_PROVIDER and ddpm.session.fixed_batch is None:
-        choice = ddpm.batch_choice(on_measure=announce)
+        choice = ddpm.batch_choice(on_measure=on_measure)
     seed = secrets.randbits(63) if seed is None else seed
     progress = Progress(request.plan.steps, "sample", unit="step", enabled=not quiet)
     with progress:
         run = ddpm.generate(request.n, request.plan, seed=seed, batch_size=batch_size,
                             on_step=lambda done, total: progress.update(1), engine=loop_engine)
-    sizes = write_outputs(run, targets, request.columns, fps, hold, scale)
-    if not quiet:
-        summarize(ddpm, run, choice, sizes, targets)
+    return run, choice
 
 
 def output_targets(gif: Path | None, video: Path | None, png: Path | None, npz: Path | None, show: str, show_info: bool,
@@ -182,76 +193,6 @@ def summarize(ddpm: DDPM, run: SampleRun, choice: BatchChoice | None, sizes: dic
                f"{outside:.1%} of the time outside session.run; seed {seed} (--seed {seed} repeats it)", err=True)
     for name, size in sizes.items():
         click.echo(f"wrote {targets[name]} ({size / 1e3:.0f} kB)")
-
-
-def once(action: Callable[[], None] | None) -> Callable[[], None] | None:
-    """``action`` that does its work on the first call only."""
-    if action is None:
-        return None
-    done: list[bool] = []
-
-    def run() -> None:
-        if not done:
-            done.append(True)
-            action()
-
-    return run
-
-
-def load_model(onnx_path: Path | None, precision: str, session: dict) -> tuple[DDPM, str | None]:
-    """The model named, or the embedded copy asked for (fp32 while ``auto`` has not chosen yet)."""
-    if precision == "int8":
-        return DDPM.load(default_model_path("int8"), **session), "int8, as asked"
-    return DDPM.load(onnx_path, **session), None
-
-
-def faster_copy(ddpm: DDPM, session: dict, on_measure: Callable[[], None] | None) -> tuple[DDPM, str | None]:
-    """For ``--precision auto`` on the embedded model: its int8 copy where that measures faster per
-    image on this CPU (timed once, cached), and why."""
-    if ddpm.provider != CPU_PROVIDER:
-        return ddpm, None
-    try:
-        int8 = DDPM.load(default_model_path("int8"), **session)
-    except DDPMError:  # this package ships no int8 copy
-        return ddpm, None
-    faster, ratio = int8_is_faster(ddpm.session, int8.session, on_measure)
-    if not faster:
-        return ddpm, f"fp32: int8 measured {ratio:.2f}x its speed on this CPU"
-    return int8, f"int8: {ratio:.2f}x the speed of fp32 on this CPU; --precision fp32 for the other"
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process can still use without swapping (Linux's MemAvailable), or None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def memory_needed(n: int, size: int, channels: int, frames: int, scale: int) -> int:
-    """About how many bytes a run of ``n`` samples holds at its peak: the float32 state of every sample
-    (x, ε and the next x), the animation frames as uint8, and the upscaled grids (twice: the pictures
-    and the encoder's copy)."""
-    pixels = n * size * size
-    state = 3 * 4 * pixels * channels
-    animation = frames * pixels * channels
-    grids = 2 * (frames + 1) * n * (size + 2) ** 2 * scale**2 * channels if scale else 0
-    return state + animation + grids
-
-
-def check_memory(n: int, size: int, channels: int, frames: int, scale: int) -> None:
-    """Refuse, before sampling, a run whose outputs cannot fit in the memory this machine has free."""
-    available = available_memory()
-    needed = memory_needed(n, size, channels, frames, scale)
-    if available is not None and needed > available:
-        raise DDPMError(
-            f"-n {n} needs about {needed / 1e9:.1f} GB of memory for its samples and pictures, and "
-            f"{available / 1e9:.1f} GB is free: draw fewer per run (or fewer --frames, a smaller --scale)"
-        )
 
 
 def main() -> None:

@@ -75,10 +75,10 @@ def test_metadata_with_nan_is_refused_as_not_json():
 
 
 def test_n_that_cannot_fit_in_memory_is_refused_before_sampling(invoke, tmp_path, monkeypatch):
-    import ddpm.runtime.cli as run_cli
+    import ddpm.runtime.memory as memory
     from ddpm.runtime.pipeline import DDPM
 
-    monkeypatch.setattr(run_cli, "available_memory", lambda: 50_000_000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 50_000_000)
     monkeypatch.setattr(DDPM, "generate", lambda *a, **k: pytest.fail("sampled although the outputs cannot fit"))
     result = invoke(run_main, "-n", 20_000, "--gif", tmp_path / "o.gif", "--seed", 0)
     assert_one_line_error(result, "-n 20000 needs about", "GB is free")
@@ -86,12 +86,27 @@ def test_n_that_cannot_fit_in_memory_is_refused_before_sampling(invoke, tmp_path
 
 
 def test_memory_estimate_grows_with_what_is_kept():
-    from ddpm.runtime.cli import memory_needed
+    from ddpm.runtime.memory import memory_needed
 
     plain = memory_needed(1000, 32, 1, frames=0, scale=0)
     assert plain == 3 * 4 * 1000 * 32 * 32  # x, ε and the next x in float32
     assert memory_needed(2000, 32, 1, 0, 0) == 2 * plain
     assert memory_needed(1000, 32, 1, 40, 3) > 40 * 1000 * 32 * 32 * 9  # every frame as an upscaled grid
+
+
+def test_memory_check_counts_both_pictures_of_each_frame(monkeypatch):
+    """--show both keeps x_t and x̂_0 for every frame: twice the frames of --show xt."""
+    from types import SimpleNamespace
+
+    import ddpm.runtime.memory as memory
+    from ddpm.core.errors import DDPMError
+
+    info = SimpleNamespace(image_size=32, image_channels=1)
+    one_picture = memory.memory_needed(100, 32, 1, frames=40, scale=3)
+    monkeypatch.setattr(memory, "available_memory", lambda: one_picture)
+    memory.check_memory(100, info, SimpleNamespace(frames=40, show="xt"), 3)  # fits exactly
+    with pytest.raises(DDPMError, match="-n 100 needs about"):
+        memory.check_memory(100, info, SimpleNamespace(frames=40, show="both"), 3)
 
 
 @pytest.mark.parametrize("message", ["DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB",
