@@ -1,5 +1,6 @@
 """Sample quality by the judge (a small MNIST classifier shipped as ONNX): confidence, class balance,
-and the Fréchet distance between the judge's penultimate features of two image sets. NumPy only.
+and the Fréchet distance between the judge's penultimate features of two image sets; and the targets
+a model's samples are held to against the floor (real digits). NumPy only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from .session import cpu_session
 
 CONFIDENT = 0.9
 JUDGE_SIZE = 28
+
+# The quality targets (README, Quality): FD within this factor of the floor's, unconditional or
+# with requested digits; with requested digits also the share judged as requested, overall and
+# for the worst digit.
+FD_FACTOR = {"drawn": 1.3, "requested": 1.5}
+REQUESTED_ACCURACY = 0.98
+WORST_DIGIT_ACCURACY = 0.95
 
 
 def judge_path() -> Path:
@@ -122,3 +130,44 @@ def score(probabilities: np.ndarray, features: np.ndarray, reference_features: n
 def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float | None]:
     """For each digit 0..9, the share of images asked to show it that the judge assigns to it."""
     return [float((predicted[labels == digit] == digit).mean()) if np.any(labels == digit) else None for digit in range(10)]
+
+
+def targets(samples: Scores, floor: Scores, requested: bool) -> list[str]:
+    """The targets each figure is held to; ``requested``: the digits were asked for (``--digit``)."""
+    factor = FD_FACTOR["requested" if requested else "drawn"]
+    checks = [
+        (f"Fréchet distance <= {factor:g} x floor", samples.frechet_distance <= factor * floor.frechet_distance,
+         f"{samples.frechet_distance:.3f} vs {factor * floor.frechet_distance:.3f}"),
+        ("confidence >= floor - 0.03", samples.confidence >= floor.confidence - 0.03,
+         f"{samples.confidence:.3f} vs {floor.confidence - 0.03:.3f}"),
+    ]
+    if not requested:
+        checks.append(("largest class deviation <= 0.03", samples.max_class_deviation <= 0.03,
+                       f"{samples.max_class_deviation:.3f}"))
+    if requested and samples.accuracy is not None:
+        worst = min(a for a in samples.class_accuracy if a is not None)
+        checks += [(f"judged as requested >= {REQUESTED_ACCURACY:g}", samples.accuracy >= REQUESTED_ACCURACY,
+                    f"{samples.accuracy:.3f}"),
+                   (f"worst digit judged as requested >= {WORST_DIGIT_ACCURACY:g}", worst >= WORST_DIGIT_ACCURACY,
+                    f"{worst:.3f}")]
+    return [f"{name}: {figures}: {'met' if ok else 'missed'}" for name, ok, figures in checks]
+
+
+def table(samples: Scores, floor: Scores) -> str:
+    """The samples' figures beside the floor's, one row each, as ddpm-eval prints them."""
+    rows = [
+        ("images", f"{samples.count}", f"{floor.count}"),
+        ("confidence (top class p > 0.9)", f"{samples.confidence:.3f}", f"{floor.confidence:.3f}"),
+        ("largest class deviation from 0.1", f"{samples.max_class_deviation:.3f}", f"{floor.max_class_deviation:.3f}"),
+        ("Fréchet distance (judge features)", f"{samples.frechet_distance:.3f}", f"{floor.frechet_distance:.3f}"),
+    ]
+    if samples.accuracy is not None:
+        rows.insert(1, ("judged as the requested digit", f"{samples.accuracy:.3f}", f"{floor.accuracy:.3f}"))
+    rows += [(f"  class {digit} share", f"{samples.histogram[digit]:.3f}", f"{floor.histogram[digit]:.3f}") for digit in range(10)]
+    if samples.class_accuracy is not None:
+        rows += [(f"  digit {digit} judged as requested", f"{a:.3f}", "-" if b is None else f"{b:.3f}")
+                 for digit, (a, b) in enumerate(zip(samples.class_accuracy, floor.class_accuracy)) if a is not None]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':{width}}  {'samples':>10}  {'real (floor)':>12}"]
+    lines += [f"{name:{width}}  {a:>10}  {b:>12}" for name, a, b in rows]
+    return "\n".join(lines)

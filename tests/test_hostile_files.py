@@ -15,7 +15,7 @@ import pytest
 
 from conftest import DATA_DIR, assert_one_line_error
 from ddpm.core.errors import DDPMError
-from ddpm.runtime.eval_cli import MAX_NPZ_MEMBER_BYTES
+from ddpm.runtime.samples_file import MAX_NPZ_MEMBER_BYTES
 from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.core.mnist import MAX_IDX_BYTES, load_mnist, read_idx
 
