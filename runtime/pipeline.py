@@ -66,16 +66,6 @@ def default_model_path(precision: str = "fp32") -> Path:
     return path
 
 
-def int8_is_faster(fp32: UNetSession, int8: UNetSession, on_measure: Callable[[], None] | None = None) -> tuple[bool, float]:
-    """Whether the int8 copy samples faster per image than fp32 on this CPU, each at its own best
-    batch (measured once per machine and cached), and the speed ratio fp32 / int8."""
-    fast, slow = cpu_batch.choose(int8, on_measure), cpu_batch.choose(fp32, on_measure)
-    if not fast.per_image_ms or not slow.per_image_ms:
-        return False, 1.0
-    ratio = min(slow.per_image_ms.values()) / min(fast.per_image_ms.values())
-    return ratio > 1.0, ratio
-
-
 def frame_positions(steps: int, frames: int) -> list[int]:
     """Loop positions (0 = first update) after which a frame is kept, denser towards the end.
 
