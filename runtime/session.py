@@ -378,3 +378,10 @@ class BoundStep:
 
     def fetch(self) -> np.ndarray:
         return self.buffers[self.current].numpy()
+
+    def run(self, x: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """One step from host rows x (copied into the buffer in place, so a captured graph's addresses
+        hold): the rows of a batching tick change between calls, so x travels every step."""
+        self.buffers[self.current].update_inplace(np.ascontiguousarray(x, dtype=np.float32))
+        self(t, noise)
+        return self.fetch()

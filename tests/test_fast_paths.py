@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_one_line_error
 from ddpm.runtime.cli import main as run_main
 from ddpm.core.errors import DDPMError
-from ddpm.runtime import pipeline
+from ddpm.runtime import network
 from ddpm.runtime.pipeline import DDPM
 from ddpm.runtime.session import BoundStep, UNetSession, step_graph_ids
 
@@ -74,7 +74,7 @@ def test_fused_step_equals_eps_plus_numpy_update(variants, name):
 
 def test_fused_loop_matches_the_plain_loop(variants):
     """Same seed, same samples on every path: 1000 steps through a fused graph (session.run, or
-    IOBinding with x kept in bound buffers; dynamic or fixed batch with a padded last chunk) stay
+    IOBinding through bound buffers; dynamic or fixed batch with a padded last chunk) stay
     within 1e-2 of the NumPy loop (float32 rounding accumulated over 1000 steps)."""
     plain = DDPM.load(variants / "unet.onnx", provider="cpu")
     reference = plain.generate(4, plain.plan(frames=3), seed=5)
@@ -113,7 +113,7 @@ def test_each_fused_sub_batch_gets_its_own_cuda_graphs(variants, monkeypatch):
             slots.append(slot)
             super().__init__(session, x0, slot)
 
-    monkeypatch.setattr(pipeline, "BoundStep", Recording)
+    monkeypatch.setattr(network, "BoundStep", Recording)
     DDPM.load(variants / "unet.step.b3.onnx", provider="cpu").generate(7, seed=1, engine="iobinding", batch_size=3)
     assert slots == [0, 1, 2]
     ids = [graph for slot in slots for graph in step_graph_ids(slot)]

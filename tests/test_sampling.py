@@ -16,6 +16,7 @@ from ddpm.export.cli import main as export_main
 from ddpm.runtime.cli import main as run_main
 from ddpm.core.errors import DDPMError
 from ddpm.runtime.eval_cli import main as eval_main
+from ddpm.runtime.engine import SamplingEngine
 from ddpm.runtime.pipeline import DDPM, class_prior_labels
 from ddpm.core.samplers import AncestralSampler, DDIMSampler, spaced_timesteps
 from ddpm.core.plan import DEFAULT_GUIDANCE, SettingError
@@ -163,18 +164,23 @@ def test_conditional_checkpoint_and_export(conditional):
 
 
 def test_guidance_arithmetic(conditional):
-    for name in ("unet.onnx", "unet.b4.onnx"):  # dynamic batch, and fixed batch with padded chunks
+    for name in ("unet.onnx", "unet.b4.onnx"):  # dynamic batch, and fixed batch with padded calls
         ddpm = DDPM.load(conditional / name, provider="cpu")
         rng = np.random.default_rng(0)
         x = rng.standard_normal((3, 1, 32, 32), dtype=np.float32)
         y = np.array([1, 7, 7])
-        t = np.full(4, 600, np.int64)
         pad = lambda a: np.concatenate([a, a[:1]])  # noqa: E731  (a fixed batch of 4 needs 4 rows)
-        cond = ddpm.session.eps(pad(x), t, pad(y))[:3]
-        uncond = ddpm.session.eps(pad(x), t, np.full(4, 10))[:3]
-        assert np.abs(cond - uncond).max() > 0  # the labels reach the network
         for w in (0.0, 1.0, 3.5):
-            got = ddpm._guided_eps(x, 600, y, w, 4, None)
+            engine = SamplingEngine(ddpm.session, max_rows=4, max_request_rows=None)
+            engine.submit(3, ddpm.plan("ddim", steps=1, digits=y, guidance=w), seed=0)
+            engine._admit()
+            flight = engine._active[0]
+            flight.x = x
+            t = np.full(4, flight.sampler.model_timesteps[0], np.int64)
+            cond = ddpm.session.eps(pad(x), t, pad(y))[:3]
+            uncond = ddpm.session.eps(pad(x), t, np.full(4, 10))[:3]
+            assert np.abs(cond - uncond).max() > 0  # the labels reach the network
+            got = engine._evaluate([flight])[0]
             np.testing.assert_allclose(got, (1 + w) * cond - w * uncond, atol=1e-5)
 
 
