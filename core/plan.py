@@ -80,7 +80,7 @@ class SamplingPlan:
 
     def make_sampler(self, info: ModelInfo, schedule: Schedule) -> Sampler:
         """A fresh sampler for one loop (a multistep solver remembers its previous steps)."""
-        return self.spec.make(schedule, info, self.steps, self.options)
+        return self.spec.build(schedule, info, self.steps, **self.options)
 
     def labels(self, n: int) -> np.ndarray | None:
         """The requested digits cycled over ``n`` samples, or None when none were requested."""

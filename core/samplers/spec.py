@@ -9,14 +9,12 @@ file with its class and spec, and one entry in the registry (``ddpm.core.sampler
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..errors import SettingError
 from ..schedule import Schedule
 from .base import LAMBDA_MIN, SPACINGS, Sampler, solver_step_limit
 
-if TYPE_CHECKING:
-    from ..metadata import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -91,6 +89,3 @@ class SamplerSpec:
         if not 1 <= steps <= limit:
             raise SettingError("steps", f"must be between 1 and {limit} ({why}), got {steps}")
         return int(steps)
-
-    def make(self, schedule: Schedule, info: "ModelInfo", steps: int, options: dict[str, Any]) -> Sampler:
-        return self.build(schedule, info, steps, **options)
