@@ -22,6 +22,8 @@ import pytest
 
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
+# diffusers turns its float32 ᾱ into a NumPy array in set_timesteps the way NumPy 2 deprecates; not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 from ddpm.core.samplers import AncestralSampler, DDIMSampler, DPMSolverSampler, Sampler  # noqa: E402
 from ddpm.core.schedule import Schedule, linear_betas  # noqa: E402
