@@ -21,13 +21,28 @@ import numpy as np
 
 from ..core.mnist import load_mnist
 from ..core.plan import SamplingPlan
+from ..core.samplers import SPECS
 from ..runtime.pipeline import DDPM
 from ..runtime.quality import Judge, score, to_judge_size
 
 CALLS = (5, 10, 20, 50)
-SETTINGS = [("ancestral", None, 1000)] + [
-    (sampler, eta, calls) for sampler, eta in (("ddim", 0.0), ("ddim", 1.0), ("dpm++2m", None), ("dpm++2m-sde", None)) for calls in CALLS
-]
+REFERENCE_STEPS = 1000  # the shipped models' T: the reference loop runs once, at all of them
+
+
+def registry_settings() -> list[tuple[str, float | None, int]]:
+    """(sampler, η, calls) for every registered sampler: one without a default number of calls (the
+    reference loop) once at all T steps, every other at each of CALLS; one with an η at both its ends
+    (DDIM: 0 deterministic, 1 as noisy as the ancestral sampler)."""
+    settings = []
+    for spec in SPECS:
+        eta = spec.option("eta")
+        etas = (float(eta.low), float(eta.high)) if eta is not None else (None,)
+        for value in etas:
+            settings += [(spec.name, value, calls) for calls in ((REFERENCE_STEPS,) if spec.steps is None else CALLS)]
+    return settings
+
+
+SETTINGS = registry_settings()
 BATCH = 16
 
 
