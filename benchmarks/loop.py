@@ -32,7 +32,7 @@ def time_full_loop(model: BenchModel, rows: list[Row], provider: str, threads: i
     runs.sort(key=lambda r: r.seconds)
     run = runs[len(runs) // 2]
     row.per_sample_s = run.seconds
-    row.per_sample_method = f"measured ({run.settings['steps']}-step loop, median of {len(runs)})"
+    row.per_sample_method = f"measured ({run.settings.steps}-step loop, median of {len(runs)})"
     row.note = (f"loop/session.run = {run.seconds / run.run_seconds:.3f}"
                 f" ({run.seconds:.2f} s / {run.run_seconds:.2f} s); loops {runs[0].seconds:.2f}-{runs[-1].seconds:.2f} s")
     echo(f"{model.name:6s} full {model.info.make_schedule().timesteps}-step loop, batch 1, {provider}: {run.seconds:.2f} s "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any, Mapping, Union
 
 import imageio.v3 as iio
 import numpy as np
@@ -12,6 +13,10 @@ import numpy as np
 from .errors import DDPMError, summary
 from .files import atomic_write
 from .images import make_grid
+from .record import RunSettings
+
+# What the PNG and npz writers record: a run's settings (``SampleRun.settings``) or a plain mapping.
+Recorded = Union[RunSettings, Mapping[str, Any]]
 
 
 def gif_bytes(frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, scale: int = 3,
@@ -51,28 +56,36 @@ def write_video(path: Path, suffix: str, frames: list[np.ndarray], fps: float = 
         raise DDPMError(f"ffmpeg could not write the {suffix[1:]} video: {summary(exc, 160)}") from None
 
 
-def png_bytes(images: np.ndarray, scale: int = 3, columns: int | None = None, settings: dict | None = None) -> bytes:
+def png_bytes(images: np.ndarray, scale: int = 3, columns: int | None = None, settings: Recorded | None = None) -> bytes:
     """A PNG grid; ``settings`` go into text chunks (``ddpm.seed``, ``ddpm.settings`` as JSON)."""
     buffer = io.BytesIO()
     extra = {}
     if settings:
         from PIL.PngImagePlugin import PngInfo  # Pillow comes with imageio
 
+        recorded = _recorded(settings)
         info = PngInfo()
-        info.add_text("ddpm.seed", str(settings.get("seed", "")))
-        info.add_text("ddpm.settings", json.dumps(settings, sort_keys=True))
+        info.add_text("ddpm.seed", str(recorded.get("seed", "")))
+        info.add_text("ddpm.settings", json.dumps(recorded, sort_keys=True))
         extra["pnginfo"] = info
     iio.imwrite(buffer, make_grid(images, columns=columns, scale=scale), extension=".png", **extra)
     return buffer.getvalue()
 
 
-def npz_bytes(images: np.ndarray, settings: dict) -> bytes:
+def npz_bytes(images: np.ndarray, settings: Recorded) -> bytes:
     """uint8 ``images`` [N, H, W], the seed, and every setting as JSON."""
+    recorded = _recorded(settings)
     buffer = io.BytesIO()
     np.savez_compressed(
-        buffer, images=images, seed=np.int64(settings.get("seed", -1)), settings=np.array(json.dumps(settings, sort_keys=True))
+        buffer, images=images, seed=np.int64(recorded.get("seed", -1)), settings=np.array(json.dumps(recorded, sort_keys=True))
     )
     return buffer.getvalue()
+
+
+def _recorded(settings: Recorded) -> Mapping[str, Any]:
+    """The form the files store: a run's record as :meth:`RunSettings.to_dict` writes it, or a mapping
+    a caller built itself (the writers took plain dicts before the record existed)."""
+    return settings.to_dict() if isinstance(settings, RunSettings) else dict(settings)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -88,5 +101,5 @@ def write_png(path: str | Path, images: np.ndarray, scale: int = 3) -> None:
     write_bytes(path, png_bytes(images, scale))
 
 
-def write_npz(path: str | Path, images: np.ndarray, settings: dict) -> None:
+def write_npz(path: str | Path, images: np.ndarray, settings: Recorded) -> None:
     write_bytes(path, npz_bytes(images, settings))

@@ -185,11 +185,11 @@ def summarize(ddpm: DDPM, run: SampleRun, choice: BatchChoice | None, sizes: dic
     if choice is not None and not choice.cached and choice.per_image_ms:
         tried = ", ".join(f"{batch}: {ms:.2f}" for batch, ms in choice.per_image_ms.items())
         click.echo(f"CPU batch {choice.batch} (ms per image by batch: {tried}); remembered in {cpu_batch.cache_file()}", err=True)
-    n, seed = run.settings["num_samples"], run.settings["seed"]
+    n, seed = run.settings.num_samples, run.settings.seed
     outside = 1.0 - run.run_seconds / run.seconds if run.seconds else 0.0
     precision = "" if ddpm.info.precision == "fp32" else f"{ddpm.info.precision}, "
-    click.echo(f"{n} samples x {run.settings['steps']} steps in {run.seconds:.1f} s on {ddpm.provider} "
-               f"({precision}batch {run.settings['batch_size']}): {run.seconds / n:.2f} s per sample, "
+    click.echo(f"{n} samples x {run.settings.steps} steps in {run.seconds:.1f} s on {ddpm.provider} "
+               f"({precision}batch {run.settings.batch_size}): {run.seconds / n:.2f} s per sample, "
                f"{outside:.1%} of the time outside session.run; seed {seed} (--seed {seed} repeats it)", err=True)
     for name, size in sizes.items():
         click.echo(f"wrote {targets[name]} ({size / 1e3:.0f} kB)")

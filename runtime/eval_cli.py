@@ -117,9 +117,12 @@ def draw_samples(ddpm: DDPM, request: SamplingRequest, seed: int, batch_size: in
     with progress:
         run = ddpm.generate(request.n, request.plan, seed=seed, batch_size=batch_size,
                             on_step=lambda done, total: progress.update(1))
-    source = {"onnx": str(ddpm.session.path), **{k: run.settings[k] for k in SETTINGS_KEPT if k in run.settings},
+    # The recorded form, as an --npz archive of this run would hold it: the rest of ddpm-eval reads
+    # drawn and stored samples' settings alike.
+    recorded = run.settings.to_dict()
+    source = {"onnx": str(ddpm.session.path), **{k: recorded[k] for k in SETTINGS_KEPT if k in recorded},
               "sampling_seconds": run.seconds, "seconds_per_sample": run.seconds / request.n, "provider": ddpm.provider}
-    return run.images, run.settings, source
+    return run.images, recorded, source
 
 
 def main() -> None:

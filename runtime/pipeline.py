@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from ..core.plan import SamplingPlan, SettingError
+from ..core.record import RunSettings
 from ..core.variant import Variant
 from . import cpu_batch
 from .engine import Job, SampleRun, SamplingEngine, class_prior_labels, frame_positions
@@ -135,16 +136,16 @@ class DDPM:
         run.settings = self._settings(job, batch, engine)
         return run
 
-    def _settings(self, job: Job, batch: int, engine: str) -> dict:
+    def _settings(self, job: Job, batch: int, engine: str) -> RunSettings:
         """What is recorded beside the samples (npz, PNG text, summary)."""
         plan, labels = job.plan, job.labels
-        return {
-            "seed": job.seed, "num_samples": job.n, **plan.settings(), "timesteps": self.timesteps,
-            **({"labels": labels.tolist(), "labels_drawn": job.labels_drawn, "guidance": plan.guidance} if labels is not None else {}),
-            "batch_size": batch, "engine": engine, "variance": self.info.variance, "noise_at_last_step": self.info.noise_at_last_step,
-            "provider": self.provider, "model": str(self.session.path), "model_sha256": self.info.source.get("sha256", ""),
-            "transform": self.info.source.get("transform", "pad"),
-        }
+        labelled = {} if labels is None else {"labels": labels.tolist(), "labels_drawn": job.labels_drawn, "guidance": plan.guidance}
+        return RunSettings(
+            seed=job.seed, num_samples=job.n, sampler=plan.sampler, steps=plan.steps, options=plan.options,
+            timesteps=self.timesteps, batch_size=batch, engine=engine, variance=self.info.variance,
+            noise_at_last_step=self.info.noise_at_last_step, provider=self.provider, model=str(self.session.path),
+            model_sha256=self.info.source.get("sha256", ""), transform=self.info.source.get("transform", "pad"), **labelled,
+        )
 
     def serving_engine(self, max_rows: int | None = None, engine: str = "auto") -> SamplingEngine:
         """A :class:`SamplingEngine` for many callers: ``max_rows`` rows per network call (None: the

@@ -59,5 +59,5 @@ def test_an_unwritable_cache_only_means_measuring_again(tiny_export, tmp_path, m
 def test_sampling_uses_the_chosen_batch_and_batch_size_wins(tiny_export, monkeypatch):
     monkeypatch.setattr(cpu_batch, "choose", lambda session, on_measure=None: cpu_batch.BatchChoice(5, {5: 1.0}, cached=True))
     ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
-    assert ddpm.generate(12, ddpm.plan(steps=2, sampler="ddim"), seed=0).settings["batch_size"] == 5
-    assert ddpm.generate(12, ddpm.plan(steps=2, sampler="ddim"), seed=0, batch_size=3).settings["batch_size"] == 3
+    assert ddpm.generate(12, ddpm.plan(steps=2, sampler="ddim"), seed=0).settings.batch_size == 5
+    assert ddpm.generate(12, ddpm.plan(steps=2, sampler="ddim"), seed=0, batch_size=3).settings.batch_size == 3

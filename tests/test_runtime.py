@@ -66,7 +66,7 @@ def test_fixed_batch_model_gives_the_same_samples(tiny):
         ddpm = DDPM.load(tiny / name, provider="cpu")
         runs[name] = ddpm.generate(4, ddpm.plan(steps=20), seed=2)
     dynamic, fixed = runs["unet.onnx"], runs["unet.b3.onnx"]  # the fixed batch: 3 + 1 padded
-    assert fixed.settings["batch_size"] == 3
+    assert fixed.settings.batch_size == 3
     assert np.abs(dynamic.samples - fixed.samples).max() < 1e-4
 
 

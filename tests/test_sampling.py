@@ -191,7 +191,7 @@ def test_conditional_generate_labels(conditional):
     np.testing.assert_array_equal(ddpm.plan(digits=parse_digits("3,5", 10)).labels(5), [3, 5, 3, 5, 3])
     plain = ddpm.generate(4, ddpm.plan(sampler="ddim", steps=10), seed=1)
     guided = ddpm.generate(4, ddpm.plan(sampler="ddim", steps=10, digits=[2], guidance=2.0), seed=1)
-    assert guided.settings["labels"] == [2, 2, 2, 2] and guided.settings["guidance"] == 2.0
+    assert guided.settings.labels == (2, 2, 2, 2) and guided.settings.guidance == 2.0
     assert np.abs(guided.samples - plain.samples).max() > 1e-3
     with pytest.raises(SettingError, match="digits: 10 is out of range"):
         ddpm.plan(digits=np.array([1, 10]))
@@ -202,13 +202,13 @@ def test_without_labels_every_class_is_drawn_equally_often(conditional):
     their own (the images' noise is that of the same labels given explicitly)."""
     ddpm = DDPM.load(conditional / "unet.onnx", provider="cpu")
     run = ddpm.generate(23, ddpm.plan(sampler="ddim", steps=5), seed=4)
-    labels = np.array(run.settings["labels"])
+    labels = np.array(run.settings.labels)
     assert sorted(np.bincount(labels, minlength=10)) == [2] * 7 + [3] * 3  # 23 = 10·2 + 3
-    assert run.settings["guidance"] == 0.0 and run.settings["labels_drawn"]
+    assert run.settings.guidance == 0.0 and run.settings.labels_drawn
     again = ddpm.generate(23, ddpm.plan(sampler="ddim", steps=5, digits=labels, guidance=0), seed=4)
     np.testing.assert_array_equal(again.images, run.images)
-    other = ddpm.generate(23, ddpm.plan(sampler="ddim", steps=5), seed=5).settings["labels"]
-    assert other != run.settings["labels"]
+    other = ddpm.generate(23, ddpm.plan(sampler="ddim", steps=5), seed=5).settings.labels
+    assert other != run.settings.labels
     np.testing.assert_array_equal(class_prior_labels(23, 10, 4), labels)
 
 

@@ -187,7 +187,7 @@ def test_runtime_solvers_batch_independent_and_reproducible(tiny_export, sampler
     whole = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8, frames=4), seed=4)
     split = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8), seed=4, batch_size=2)
     np.testing.assert_allclose(whole.samples, split.samples, atol=1e-4)
-    assert whole.settings["sampler"] == sampler and whole.settings["spacing"] == "logsnr" and whole.settings["steps"] == 8
+    assert whole.settings.sampler == sampler and whole.settings.options["spacing"] == "logsnr" and whole.settings.steps == 8
     assert len(whole.frames) == 4 and whole.frame_timesteps[-1] == 0  # x_T and 3 steps, the last one included
     other = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8), seed=5)
     assert np.abs(other.samples - whole.samples).max() > 1e-2
