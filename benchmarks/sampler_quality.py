@@ -60,7 +60,7 @@ def measure(ddpm: DDPM, sampler: str, eta: float | None, calls: int, opts, judge
     transform = ddpm.info.source.get("transform", "pad")
     scores = score(*judge(to_judge_size(run.images, transform)), reference, labels)
     return {"sampler": sampler, "eta": eta, "calls": calls, "n": opts.n, "seconds_per_sample": run.seconds / opts.n,
-            "spacing": run.settings.get("spacing"), "samples": scores.to_dict()}
+            "spacing": run.settings.options.get("spacing"), "samples": scores.to_dict()}
 
 
 def main() -> None:

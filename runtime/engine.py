@@ -35,6 +35,7 @@ import numpy as np
 from ..core.errors import DDPMError, summary
 from ..core.images import to_uint8
 from ..core.plan import SamplingPlan
+from ..core.record import RunSettings
 from ..core.samplers import Sampler, predict_x0
 from .memory import available_memory, memory_needed
 from .network import Network
@@ -87,7 +88,7 @@ class SampleRun:
     seconds: float = 0.0  # from the request's first step to its last
     run_seconds: float = 0.0  # time inside the network calls the request took part in
     provider: str = ""
-    settings: dict = field(default_factory=dict)
+    settings: RunSettings | None = None  # what is recorded beside the samples; DDPM.generate sets it
 
 
 @dataclass
