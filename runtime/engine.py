@@ -263,9 +263,10 @@ class SamplingEngine:
         before = self.session.run_seconds
         try:
             outputs = self._evaluate(batch)
-        except DDPMError as exc:  # the call failed: every request in it ends with the reason
+        except Exception as exc:  # the call failed: every request in it ends with the reason, the engine goes on
+            reason = str(exc) if isinstance(exc, DDPMError) else f"the network call failed: {summary(exc)}"
             for flight in batch:
-                self._end(flight, "failed", str(exc))
+                self._end(flight, "failed", reason)
             return True
         spent = self.session.run_seconds - before
         self.stats.ticks += 1
@@ -363,7 +364,11 @@ class SamplingEngine:
         job.position = i + 1
         self.stats.steps += 1
         if flight.on_step is not None:
-            flight.on_step(job)
+            try:
+                flight.on_step(job)
+            except Exception as exc:  # a caller's progress callback fails its own request, not the engine
+                self._end(flight, "failed", f"the progress callback failed at step {i + 1}: {summary(exc)}")
+                return
         if job.position == job.steps:
             self._end(flight, "done", None)
 

@@ -98,6 +98,22 @@ def test_a_failing_request_ends_alone(ddpm):
     assert engine.stats.outcomes == {"done": 1, "failed": 1, "cancelled": 0}
 
 
+def test_a_failing_callback_or_call_ends_only_its_requests(ddpm, monkeypatch):
+    engine = SamplingEngine(ddpm.session, max_rows=16)
+    healthy = engine.submit(1, ddpm.plan("ddim", steps=3), seed=0)
+    noisy = engine.submit(1, ddpm.plan("ddim", steps=3), seed=1, on_step=lambda job: 1 / 0)
+    engine.run_until_idle()
+    assert healthy.state == "done" and noisy.state == "failed" and noisy.error == "the progress callback failed at step 1: division by zero"
+    late = engine.submit(1, ddpm.plan("ddim", steps=3), seed=2)
+    monkeypatch.setattr(ddpm.session, "eps", lambda *args: np.zeros((2, 2)) @ np.zeros((3, 3)))  # a foreign error
+    engine.run_until_idle()
+    assert late.state == "failed" and late.error.startswith("the network call failed: ")
+    monkeypatch.undo()
+    again = engine.submit(1, ddpm.plan("ddim", steps=3), seed=3)
+    engine.run_until_idle()
+    assert again.state == "done"  # the engine itself survived both
+
+
 def test_a_short_request_behind_long_ones_waits_only_its_share(ddpm):
     engine = SamplingEngine(ddpm.session, max_rows=4)
     long = [engine.submit(1, ddpm.plan("ancestral", steps=60), seed=s) for s in range(4)]
