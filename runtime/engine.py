@@ -42,7 +42,6 @@ from .network import Network
 from .session import UNetSession
 
 LABEL_STREAM = 0x1ABE1  # the labels' random stream, apart from the images' noise
-STATES = ("queued", "running", "done", "failed", "cancelled")
 
 
 def class_prior_labels(n: int, classes: int, seed: int) -> np.ndarray:

@@ -8,11 +8,8 @@ CUDA-graph session replays); otherwise through ``session.run`` with NumPy arrays
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from ..core.errors import DDPMError, summary
 from .session import BoundEps, BoundStep, UNetSession
 
 
@@ -67,17 +64,7 @@ class Network:
                     self._bound_steps.append(BoundStep(self.session, rows, slot=index))
                 out = self._bound_steps[index].run(rows, times, chunk_noise)
             else:
-                out = self._run_step(rows, times, chunk_noise)
+                out = self.session.run("x_prev", {"x": rows, "t": times, "noise": chunk_noise})
             result[start : start + count] = out[:count]
             self.calls, self.rows = self.calls + 1, self.rows + count
         return result
-
-    def _run_step(self, x: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        begin = time.perf_counter()
-        try:
-            out = self.session.session.run(["x_prev"], {"x": x, "t": t, "noise": noise})[0]
-        except Exception as exc:  # ONNX Runtime's own exception types
-            raise DDPMError(f"{self.session.path}: ONNX Runtime failed while running the model: {summary(exc)}") from None
-        self.session.run_seconds += time.perf_counter() - begin
-        self.session.run_calls += 1
-        return out

@@ -259,16 +259,20 @@ class UNetSession:
             feeds["y"] = np.full(len(x), self.info.num_classes, dtype=np.int64) if y is None else np.asarray(y, np.int64)
         return feeds
 
-    def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """ε for a batch; an ONNX Runtime failure or an ε of another shape or type is a one-line error."""
+    def run(self, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One ``session.run`` for ``output``, timed; an ONNX Runtime failure is a one-line error."""
         start = time.perf_counter()
         try:
-            result = self.session.run([self.output_name], self.feeds(x, t, y))[0]
+            result = self.session.run([output], feeds)[0]
         except Exception as exc:  # ONNX Runtime's own exception types
-            reason = summary(exc)
-            raise DDPMError(f"{self.path}: ONNX Runtime failed while running the model: {reason}") from None
+            raise DDPMError(f"{self.path}: ONNX Runtime failed while running the model: {summary(exc)}") from None
         self.run_seconds += time.perf_counter() - start
         self.run_calls += 1
+        return result
+
+    def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """ε for a batch; an ONNX Runtime failure or an ε of another shape or type is a one-line error."""
+        result = self.run(self.output_name, self.feeds(x, t, y))
         if result.shape != x.shape or result.dtype != np.float32:
             raise DDPMError(f"{self.path}: the model returned ε of shape {list(result.shape)} ({result.dtype}) for x of "
                             f"shape {list(x.shape)}; it must match x, float32")
