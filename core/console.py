@@ -15,7 +15,9 @@ from .errors import DDPMError, summary
 
 
 # Packages of the optional extras: a command that needs one says which extra installs it.
-EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "bench"}
+EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "bench",
+          "fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "pydantic": "serve", "prometheus_client": "serve",
+          "ray": "ray"}
 
 
 def missing_extra(exc: ModuleNotFoundError) -> str | None:

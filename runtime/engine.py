@@ -116,6 +116,8 @@ class Job:
     finished: float | None = None
     _cancel: bool = False
     _done: threading.Event = field(default_factory=threading.Event)
+    _callbacks: list[Callable[["Job"], None]] = field(default_factory=list)
+    _callbacks_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def done(self) -> bool:
@@ -124,6 +126,29 @@ class Job:
     def cancel(self) -> None:
         """Stop the request: its rows are freed at the next tick."""
         self._cancel = True
+
+    def add_done_callback(self, callback: Callable[["Job"], None]) -> None:
+        """Call ``callback(job)`` once the request has ended (done, failed or cancelled): at once when it
+        has, else on the engine's thread as it ends. An asyncio server hands it to its loop with
+        ``loop.call_soon_threadsafe``; a failing callback is ignored, it cannot change the outcome."""
+        with self._callbacks_lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        self._call(callback)
+
+    def _finish(self) -> None:
+        with self._callbacks_lock:
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._call(callback)
+
+    def _call(self, callback: Callable[["Job"], None]) -> None:
+        try:
+            callback(self)
+        except Exception:  # the outcome stands; a caller's notification is its own business
+            pass
 
     def wait(self, timeout: float | None = None) -> SampleRun:
         """The finished run; a failed request raises its one-line :class:`DDPMError`, a cancelled one
@@ -164,6 +189,7 @@ class EngineStats:
     calls: int = 0
     rows: int = 0
     steps: int = 0  # request steps advanced (a request's step counts once, whatever its n)
+    tick_seconds: float = 0.0  # wall time of recent ticks, smoothed (exponential, 1/8 per tick)
     outcomes: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0, "cancelled": 0})
 
     @property
@@ -246,8 +272,19 @@ class SamplingEngine:
 
     @property
     def queued(self) -> int:
+        """Requests admitted or waiting to be."""
         with self._lock:
             return len(self._pending) + len(self._active)
+
+    @property
+    def running(self) -> bool:
+        """Whether the engine's own thread (:meth:`start`) is ticking."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called: no new requests are taken."""
+        return self._stopping
 
     # -- ticks -------------------------------------------------------------------------------------
 
@@ -259,7 +296,7 @@ class SamplingEngine:
             batch = self._select()
         if not batch:
             return False
-        before = self.session.run_seconds
+        before, began = self.session.run_seconds, time.perf_counter()
         try:
             outputs = self._evaluate(batch)
         except Exception as exc:  # the call failed: every request in it ends with the reason, the engine goes on
@@ -272,6 +309,8 @@ class SamplingEngine:
         for flight, output in zip(batch, outputs):
             flight.run_seconds += spent
             self._advance(flight, output)
+        took = time.perf_counter() - began
+        self.stats.tick_seconds = took if self.stats.ticks == 1 else self.stats.tick_seconds + (took - self.stats.tick_seconds) / 8
         return True
 
     def _admit(self) -> None:
@@ -398,7 +437,7 @@ class SamplingEngine:
                 flight.x = np.empty(0, np.float32)  # its rows' memory goes back at once
             self.stats.outcomes[state] += 1
             self._lock.notify_all()
-        job._done.set()
+        job._finish()
 
     # -- running -----------------------------------------------------------------------------------
 

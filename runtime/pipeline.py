@@ -133,11 +133,12 @@ class DDPM:
         job = runner.submit(n, plan, seed, on_step=progress)
         runner.run_until_idle()
         run = job.wait(0)
-        run.settings = self._settings(job, batch, engine)
+        run.settings = self.record(job, batch, engine)
         return run
 
-    def _settings(self, job: Job, batch: int, engine: str) -> RunSettings:
-        """What is recorded beside the samples (npz, PNG text, summary)."""
+    def record(self, job: Job, batch: int, engine: str) -> RunSettings:
+        """What is recorded beside a request's samples (npz, PNG text, summary): ``batch`` rows per
+        network call, through ``engine`` ("plain" or "iobinding")."""
         plan, labels = job.plan, job.labels
         labelled = {} if labels is None else {"labels": labels.tolist(), "labels_drawn": job.labels_drawn, "guidance": plan.guidance}
         return RunSettings(
@@ -147,13 +148,17 @@ class DDPM:
             model_sha256=self.info.source.get("sha256", ""), transform=self.info.source.get("transform", "pad"), **labelled,
         )
 
-    def serving_engine(self, max_rows: int | None = None, engine: str = "auto") -> SamplingEngine:
+    def serving_engine(self, max_rows: int | None = None, engine: str = "auto", max_request_rows: int | None = None) -> SamplingEngine:
         """A :class:`SamplingEngine` for many callers: ``max_rows`` rows per network call (None: the
-        measured fastest batch on a CPU, :data:`GPU_ROWS` on a GPU, a fixed-batch model's own)."""
-        if max_rows is not None and max_rows < 1:
-            raise SettingError("max_rows", f"must be >= 1, got {max_rows}")
+        measured fastest batch on a CPU, :data:`GPU_ROWS` on a GPU, a fixed-batch model's own).
+        ``max_request_rows``: the largest request taken, in rows (None: ``max_rows``); a larger one than
+        a call is spread over several calls at each of its steps."""
+        for name, value in (("max_rows", max_rows), ("max_request_rows", max_request_rows)):
+            if value is not None and value < 1:
+                raise SettingError(name, f"must be >= 1, got {value}")
         rows = self.session.fixed_batch or max_rows or (self.batch_choice().batch if self.provider == CPU_PROVIDER else GPU_ROWS)
-        return SamplingEngine(self.session, max_rows=rows, binding=self.engine(engine) == "iobinding")
+        return SamplingEngine(self.session, max_rows=rows, binding=self.engine(engine) == "iobinding",
+                              max_request_rows=max_request_rows or rows)
 
     def sample(self, n: int, seed: int = 0, batch_size: int | None = None, steps: int | None = None) -> np.ndarray:
         """``n`` finished samples of the ancestral loop (respaced to ``steps``) as uint8 images."""

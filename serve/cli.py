@@ -1,0 +1,100 @@
+"""``ddpm-serve``: the model behind an HTTP API and a page, one continuous-batching engine per process."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import click
+
+from ..core.console import run_command
+from ..core.errors import DDPMError
+from ..runtime.cli import PROVIDER_CHOICES
+from ..runtime.precision import PRECISIONS, faster_copy, open_copy, speed_decides
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds only this machine's loopback interface."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth(host: str, token: str | None, no_auth: bool) -> None:
+    """Any address but loopback needs a token or an explicit --no-auth."""
+    if token is not None and no_auth:
+        raise click.UsageError("--token and --no-auth contradict each other")
+    if token is not None and len(token) < 16:
+        raise click.BadParameter("use at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')",
+                                 param_hint="'--token'")
+    if not is_loopback(host) and token is None and not no_auth:
+        raise DDPMError(f"--host {host} opens the server beyond this machine: give --token (or DDPM_SERVE_TOKEN), "
+                        "or --no-auth to serve without one")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
+              help="Exported model (ddpm-export). [default: the class-conditional model shipped with the package]")
+@click.option("--host", default="127.0.0.1", help="Address to bind. Any but loopback needs --token or --no-auth.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="TCP port (0: any free one, printed).")
+@click.option("--token", envvar="DDPM_SERVE_TOKEN", default=None, show_envvar=True,
+              help="Bearer token every route but /healthz and the page asks for (Authorization: Bearer <token>).")
+@click.option("--no-auth", is_flag=True, help="Serve a non-loopback address without a token.")
+@click.option("--max-rows", type=click.IntRange(1, 4096), default=None,
+              help="Rows per network call (a guided sample is 2). [default: the fastest batch on a CPU, measured once "
+                   "and cached; 256 on a GPU]")
+@click.option("--queue-rows", type=click.IntRange(1, 1_000_000), default=None,
+              help="Rows in flight or waiting before a request is refused with 429 and Retry-After. [default: four calls' "
+                   "worth, at least one largest request (64 guided samples)]")
+@click.option("--keep-jobs", type=click.IntRange(1, 100_000), default=128,
+              help="Finished jobs kept for /v1/jobs (for at most 10 minutes).")
+@click.option("--grace", type=click.FloatRange(0, 3600), default=30.0,
+              help="Seconds in-flight requests get to finish after SIGTERM or Ctrl-C; the rest are cancelled.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="An origin whose pages may call the API (repeatable). [default: none, CORS off]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
+              help="Which copy of the embedded model, as in ddpm-run. With --onnx the file decides.")
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto",
+              help="ONNX Runtime execution provider; 'auto' uses CUDA when a GPU is usable, else the CPU.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU provider threads. [default: ONNX Runtime's choice]")
+@click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no access log.")
+def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, no_auth: bool, max_rows: int | None,
+              queue_rows: int | None, keep_jobs: int, grace: float, cors_origins: tuple[str, ...], precision: str,
+              provider: str, threads: int | None, device_id: int, quiet: bool) -> None:
+    """Serve digits over HTTP: POST /v1/samples, /v1/jobs with live events, /metrics, /docs, and a page at /.
+
+    \b
+    ddpm-serve                                   # the embedded model on http://127.0.0.1:8000
+    ddpm-serve --onnx unet.onnx --port 9000
+    DDPM_SERVE_TOKEN=... ddpm-serve --host 0.0.0.0
+    curl -s localhost:8000/v1/samples -H 'content-type: application/json' -d '{"n": 8, "digits": [7]}' -o sevens.png
+    """
+    check_auth(host, token, no_auth)
+    if onnx_path is not None and precision != "auto":
+        raise click.UsageError("--precision picks a copy of the embedded model; with --onnx the file decides")
+    from .server import Server  # the serve extra, imported once the arguments are known to be good
+    from .app import Settings
+
+    announce = None if quiet else (lambda: click.echo("timing this CPU once (a few seconds)", err=True))
+    session = {"provider": provider, "threads": threads, "device_id": device_id}
+    ddpm, chosen = open_copy(onnx_path, precision, session)
+    if speed_decides(onnx_path, precision):
+        ddpm, chosen = faster_copy(ddpm, session, announce)
+    settings = Settings(queue_rows=queue_rows, token=token, grace=grace, keep_jobs=keep_jobs,
+                        cors_origins=list(cors_origins), max_rows=max_rows)
+    server = Server(ddpm, settings, host, port, quiet, on_measure=announce)
+    if not quiet:
+        click.echo(f"model {ddpm.session.path.name}{f' ({chosen})' if chosen else ''} on {ddpm.provider}", err=True)
+    server.run()
+    if not quiet:
+        click.echo(f"ddpm-serve: stopped; {server.report()}", err=True)
+
+
+def main() -> None:
+    run_command(serve_cli, "ddpm-serve")

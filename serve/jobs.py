@@ -1,0 +1,123 @@
+"""The server's side of a request: an engine job with an unguessable id, its response settings, and
+a bounded store of recent jobs for ``/v1/jobs``."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..core.errors import DDPMError
+from ..core.outputs import gif_bytes, npz_bytes, png_bytes
+from ..runtime.engine import Job, SamplingEngine
+from ..runtime.pipeline import DDPM
+from .schema import Checked, JobView
+
+MEDIA_TYPES = {"png": "image/png", "npz": "application/octet-stream", "gif": "image/gif"}
+GIF_FPS = 12.0
+GIF_HOLD = 2.0
+
+
+class QueueFull(DDPMError):
+    """The engine holds as many rows as the server admits; ``retry_after`` seconds is a fair wait."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class ServedJob:
+    """An engine job as the API knows it."""
+
+    id: str
+    job: Job
+    checked: Checked
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows(self) -> int:
+        return self.job.n * (2 if self.job.plan.guidance > 0 else 1)
+
+    def view(self) -> JobView:
+        job = self.job
+        return JobView(id=self.id, state=job.state, position=job.position, steps=job.steps, frames=len(job.frames),
+                       seed=job.seed, error=job.error)
+
+    async def ended(self) -> None:
+        """Returns once the engine has ended the job (done, failed or cancelled)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def wake(job: Job) -> None:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+
+        self.job.add_done_callback(wake)
+        await future
+
+
+class Jobs:
+    """Submits checked requests to the engine, within a limit of rows, and keeps the recent ones.
+
+    ``queue_rows``: the most rows in flight or waiting (a guided sample counts 2); a request beyond
+    it is refused at once with a retry time. ``keep``: finished jobs kept for ``/v1/jobs`` (oldest
+    finished dropped first), for at most ``keep_seconds``.
+    """
+
+    def __init__(self, ddpm: DDPM, engine: SamplingEngine, queue_rows: int, keep: int = 128, keep_seconds: float = 600.0) -> None:
+        self.ddpm, self.engine = ddpm, engine
+        self.queue_rows, self.keep, self.keep_seconds = queue_rows, keep, keep_seconds
+        self._jobs: OrderedDict[str, ServedJob] = OrderedDict()
+
+    def submit(self, checked: Checked) -> ServedJob:
+        rows = checked.n * (2 if checked.plan.guidance > 0 else 1)
+        waiting = self.engine.active_rows
+        if waiting + rows > self.queue_rows:
+            raise QueueFull(f"the server is full ({waiting} of {self.queue_rows} rows in flight); retry later",
+                            self.retry_after())
+        job = self.engine.submit(checked.n, checked.plan, checked.seed)
+        served = ServedJob(secrets.token_urlsafe(12), job, checked)
+        self._forget_old()
+        self._jobs[served.id] = served
+        return served
+
+    def retry_after(self) -> int:
+        """Seconds until the running request closest to its end should be done, at the recent tick rate."""
+        left = [s.job.steps - s.job.position for s in self._jobs.values() if not s.job.done]
+        seconds = min(left, default=1) * max(self.engine.stats.tick_seconds, 0.001)
+        return max(1, int(seconds + 0.999))
+
+    def get(self, job_id: str) -> ServedJob | None:
+        return self._jobs.get(job_id)
+
+    def live(self) -> list[ServedJob]:
+        return [served for served in self._jobs.values() if not served.job.done]
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        finished = [key for key, served in self._jobs.items() if served.job.done]
+        for key in finished:
+            if now - self._jobs[key].created > self.keep_seconds:
+                del self._jobs[key]
+        finished = [key for key in finished if key in self._jobs]
+        for key in finished[: max(0, len(finished) - self.keep + 1)]:
+            del self._jobs[key]
+
+    def render(self, served: ServedJob, kind: str) -> bytes:
+        """A finished job's result: the PNG grid (seed and settings in its text), ddpm-run's npz, or the GIF."""
+        run, checked = served.job.result, served.checked
+        if kind == "gif":
+            if not run.frames:
+                raise DDPMError("this job kept no frames: submit it with frames > 0 for a GIF")
+            return gif_bytes(run.frames, fps=GIF_FPS, hold=GIF_HOLD, scale=checked.scale, columns=checked.columns)
+        binding = "iobinding" if self.engine.network.binding else "plain"
+        settings = self.ddpm.record(served.job, self.engine.max_rows, binding)
+        if kind == "npz":
+            return npz_bytes(run.images, settings)
+        return png_bytes(run.images, scale=checked.scale, columns=checked.columns, settings=settings)
+
+    def frame_png(self, served: ServedJob, index: int) -> bytes:
+        """Frame ``index`` of a job as a PNG grid at one pixel per pixel (the page scales it)."""
+        return png_bytes(served.job.frames[index], scale=1, columns=served.checked.columns)
