@@ -1,3 +1,25 @@
+"""Fixtures shared by the test files, and how the tests are arranged.
+
+- test_<module>.py holds one module's behaviour and is named after the module's file: test_schedule.py
+  for core/schedule.py, test_session.py for runtime/session.py, test_samplers.py for the core/samplers
+  package (UniPC, which needs diffusers, in test_unipc.py). Where packages share a module name, the
+  package comes first: test_runtime_cli.py, test_train_cli.py, test_export_cli.py (the ddpm-run,
+  ddpm-train and ddpm-export commands), test_runtime_pipeline.py, test_export_pipeline.py. A command's
+  file holds what the command does with its options and the bad input only it meets; a behaviour one
+  lower module implements lives with that module, even where a command is how the test reaches it.
+- test_hostile_*.py are the cross-cutting hostile-input suites, each one kind of trouble run against
+  every command or reader: test_hostile_matrix.py (missing, empty, truncated, random and foreign files
+  and out-of-range numbers for every command), test_hostile_bounds.py, test_hostile_files.py (corrupt
+  gzip, gzip and npz bombs), test_hostile_own_input.py, test_hostile_disk_and_names.py,
+  test_hostile_faults.py (kills, signals, full disks, NaN losses), test_hostile_properties.py
+  (hypothesis), test_hostile_runtime_failures.py (a model that misbehaves while sampling).
+- test_gpu.py: every CUDA path, marked gpu (pytest -m gpu) and skipped without an NVIDIA GPU.
+- test_diffusers_twins.py: every sampler against its diffusers scheduler (the test extra).
+- test_layers.py: what each layer of the package may import.
+- test_serve*.py: the serve package (ddpm-serve).
+- Helpers shared between files are in tests_support.py; fixtures shared between files are here.
+"""
+
 from __future__ import annotations
 
 import os
@@ -82,6 +104,37 @@ def variants(tiny_export, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("variants")
     assert run_main(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--fp16", "--fused-step",
                     "--fixed-batch", 3, "--no-torchscript") == 0
+    return out
+
+
+@pytest.fixture
+def tiny(tiny_export):
+    """tiny_export, under the shorter name the runtime's tests use."""
+    return tiny_export
+
+
+@pytest.fixture(scope="session")
+def conditional(tmp_path_factory) -> Path:
+    """A tiny class-conditional model on the cosine schedule, a few steps trained, exported."""
+    from ddpm.export.cli import main as export_main
+    from ddpm.train.cli import main as train_main
+    from tests_support import run_main as call_main
+
+    root = tmp_path_factory.mktemp("conditional")
+    assert call_main(train_main, "--preset", "tiny", "--data-dir", DATA_DIR, "--out", root, "--max-steps", 30,
+                     "--conditional", "--schedule", "cosine", "--no-progress", "--no-samples") == 0
+    assert call_main(export_main, "--ckpt", root / "model.pt", "--fixed-batch", 4) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def int8_export(tiny_export, tmp_path_factory):
+    from ddpm.export.cli import main as export_main
+    from tests_support import run_main as run
+
+    out = tmp_path_factory.mktemp("int8")
+    assert run(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--int8", "--data-dir", DATA_DIR,
+               "--no-torchscript") == 0
     return out
 
 

@@ -1,3 +1,6 @@
+"""ddpm-bench (benchmarks/bench.py): the quick run end to end, rows that need PyTorch skipped without it, and
+bad options and models refused in one line."""
+
 import json
 
 import pytest
@@ -5,10 +8,6 @@ import pytest
 from conftest import assert_one_line_error
 from ddpm.benchmarks import bench, steps
 from ddpm.benchmarks.bench import main as bench_main
-from ddpm.benchmarks.models import BenchModel
-from ddpm.benchmarks.report import fill_rates, target_lines
-from ddpm.benchmarks.steps import Row
-from ddpm.runtime.session import UNetSession
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -16,59 +15,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 @pytest.fixture(autouse=True)
 def no_settling(monkeypatch):
     monkeypatch.setattr(steps, "SETTLE_SECONDS", 0.0)
-
-
-def test_per_sample_arithmetic_and_labels(tiny_export):
-    info = UNetSession(tiny_export / "unet.onnx", provider="cpu").info
-    model = BenchModel("small", tiny_export / "unet.onnx", info, "w", flops_per_image=2e9, weight_bytes=1e6)
-    limits = {"cpu_sgemm_gflops": 100.0, "fp32_tflops": 50.0, "bandwidth_gbs": 2000.0}
-    row = Row("small", "w", "ort", "cpu", 16, step_s_median=0.5, step_s_min=0.4, step_s_max=0.7)
-    fill_rates(row, model, limits, 1000)
-    assert row.per_sample_s == pytest.approx(0.5 * 1000 / 16)
-    assert row.per_sample_method == "extrapolated"
-    assert row.speedup_vs_seed == pytest.approx(50 / row.per_sample_s)
-    assert row.achieved_gflops == pytest.approx(2e9 * 16 / 0.5 / 1e9)
-    assert row.fraction_of_limit == pytest.approx(0.64)
-    measured = Row("small", "w", "ort", "cpu", 1, step_s_median=0.004, step_s_min=0.004, step_s_max=0.005,
-                   per_sample_s=4.2, per_sample_method="measured (1000-step loop)")
-    fill_rates(measured, model, limits, 1000)
-    assert measured.per_sample_s == 4.2 and measured.per_sample_method.startswith("measured")
-    gpu = Row("small", "w", "ort", "cuda", 1, step_s_median=0.001, step_s_min=0.001, step_s_max=0.001)
-    fill_rates(gpu, model, limits, 1000)
-    # the bound is the larger of compute (2e9 / 50e12 = 4e-5 s) and weights (1e6 / 2e12 = 5e-7 s)
-    assert gpu.fraction_of_limit == pytest.approx(4e-5 / 0.001)
-
-
-def test_targets_are_judged():
-    rows = [
-        Row("small", "w", "eager", "cpu", 1, step_s_median=0.012),
-        Row("small", "w", "ort", "cpu", 1, step_s_median=0.004, per_sample_s=4.4,
-            per_sample_method="measured (1000-step loop)", note="loop/session.run = 1.031 (4.40 s / 4.27 s)"),
-        Row("small", "w", "ort", "cpu", 16, step_s_median=0.06, fraction_of_limit=0.75),
-    ]
-    lines = target_lines(rows)
-    assert any("3.00x" in line and line.endswith("met") for line in lines)
-    assert any("1.031" in line and line.endswith("met") for line in lines)
-    assert any("4.40 s" in line and line.endswith("met") for line in lines)
-    assert any("75%" in line and line.endswith("missed") for line in lines)
-
-
-def test_int8_targets_compare_each_at_its_best_batch():
-    rows = [
-        Row("small", "w", "ort", "cpu", 1, step_s_median=0.004, per_sample_s=4.4, per_sample_method="measured (loop)",
-            note="loop/session.run = 1.031 (4.40 s / 4.27 s)"),
-        Row("small", "w", "ort", "cpu", 16, step_s_median=0.048, per_sample_s=3.0, per_sample_method="extrapolated"),
-        Row("small", "w", "ort", "cpu", 32, step_s_median=0.1, per_sample_s=3.2, per_sample_method="extrapolated"),
-        Row("small", "w", "ort-int8", "cpu", 16, step_s_median=0.024, per_sample_s=1.5, per_sample_method="extrapolated"),
-        Row("small", "w", "ort-int8", "cpu", 32, step_s_median=0.04, per_sample_s=1.25, per_sample_method="extrapolated"),
-    ]
-    lines = target_lines(rows)
-    assert any("(fp32 16, int8 32): 2.40x" in line and line.endswith("met") for line in lines), lines
-    assert any("(ort-int8, batch 32): 1.25 s" in line and line.endswith("met") for line in lines), lines
-    rows[-1].per_sample_s = rows[-2].per_sample_s = 2.5  # int8 barely faster: both targets missed
-    lines = target_lines(rows)
-    assert any("int8 vs fp32" in line and "1.20x" in line and line.endswith("missed") for line in lines), lines
-    assert any("(ort-int8, batch 16): 2.50 s" in line and line.endswith("missed") for line in lines), lines
 
 
 def test_quick_end_to_end(invoke, tiny_export, tmp_path):
@@ -141,20 +87,3 @@ def test_onnx_that_is_not_ours(invoke, tmp_path):
     result = invoke(bench_main, "--quick", "--onnx", tmp_path / "foreign.onnx", "--out-dir", tmp_path / "out")
     assert_one_line_error(result, "is not an ONNX model")
     assert not (tmp_path / "out").exists()
-
-
-def test_serving_benchmark_compares_the_three_ways_on_one_session():
-    from ddpm.benchmarks import serving
-    from ddpm.runtime.pipeline import DDPM
-
-    ddpm = DDPM.load(provider="cpu", threads=1)
-    plan = ddpm.plan("ddim", steps=3, digits=[1], guidance=0.0)
-    requests = [serving.Request(1, plan, seed, 0.0, "ddim") for seed in range(3)]
-    engine = serving.run_engine(ddpm, "t", requests, max_rows=8)
-    threads = serving.run_threads(ddpm, "t", requests)
-    sequential = serving.run_sequential(ddpm, "t", requests)
-    assert [o.digits for o in (engine, threads, sequential)] == [3, 3, 3]
-    assert 1 < engine.rows_per_call <= 3 and sequential.rows_per_call == 1  # calls shared (the first may start alone)
-    assert all(latency > 0 for o in (engine, threads, sequential) for latency in o.latencies)
-    waiting = serving.behind(ddpm, 2, max_rows=8, ancestral_steps=40, warm_ticks=2)
-    assert waiting["ticks_taken"] == waiting["calls"] == 20  # room for all: it advanced at every tick

@@ -1,5 +1,5 @@
 """The continuous-batching engine: requests of different plans share network calls and still get the
-samples they would get alone; joining, cancelling, failing, fairness and capacity."""
+samples they would get alone; joining, cancelling, failing, fairness and capacity; the guided ε."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ddpm.core.errors import DDPMError
 from ddpm.core.samplers import SPECS
 from ddpm.runtime.engine import Cancelled, SamplingEngine
 from ddpm.runtime.pipeline import DDPM
+
 
 # Float round-off between batch compositions (a row's ε computed beside other rows): measured on the
 # embedded model at up to ~1e-5; identical compositions give identical samples.
@@ -201,3 +202,24 @@ def test_fused_step_models_batch_too(variants):
     assert engine.stats.rows_per_call == 3
     assert np.abs(a.wait().samples - ddpm.generate(2, plan, seed=3).samples).max() <= MIXED_TOLERANCE
     assert np.abs(b.wait().samples - ddpm.generate(1, plan, seed=4).samples).max() <= MIXED_TOLERANCE
+
+
+def test_guidance_arithmetic(conditional):
+    for name in ("unet.onnx", "unet.b4.onnx"):  # dynamic batch, and fixed batch with padded calls
+        ddpm = DDPM.load(conditional / name, provider="cpu")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((3, 1, 32, 32), dtype=np.float32)
+        y = np.array([1, 7, 7])
+        pad = lambda a: np.concatenate([a, a[:1]])  # noqa: E731  (a fixed batch of 4 needs 4 rows)
+        for w in (0.0, 1.0, 3.5):
+            engine = SamplingEngine(ddpm.session, max_rows=4, max_request_rows=None)
+            engine.submit(3, ddpm.plan("ddim", steps=1, digits=y, guidance=w), seed=0)
+            engine._admit()
+            flight = engine._active[0]
+            flight.x = x
+            t = np.full(4, flight.sampler.model_timesteps[0], np.int64)
+            cond = ddpm.session.eps(pad(x), t, pad(y))[:3]
+            uncond = ddpm.session.eps(pad(x), t, np.full(4, 10))[:3]
+            assert np.abs(cond - uncond).max() > 0  # the labels reach the network
+            got = engine._evaluate([flight])[0]
+            np.testing.assert_allclose(got, (1 + w) * cond - w * uncond, atol=1e-5)

@@ -1,5 +1,5 @@
-"""The sampling plan: one default per setting, checked once against the model, errors that name the
-parameter (and, through the command line, the flag)."""
+"""The sampling plan (core/plan.py): one default per setting, checked once against the model, errors that
+name the parameter (the flags the command line makes of them: test_sampling_cli.py)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ddpm.core.metadata import ModelInfo
-from ddpm.core.plan import DEFAULT_GUIDANCE, DIGIT_SAMPLER, SamplingPlan, SettingError
+from ddpm.core.plan import DEFAULT_GUIDANCE, DIGIT_SAMPLER, SettingError
 from ddpm.core.samplers import SPECS, AncestralSampler, DDIMSampler, DPMSolverSampler, find
-from ddpm.runtime.sampling_cli import flag_error, parse_digits
+from tests_support import CONDITIONAL, UNCONDITIONAL, build
 
-UNCONDITIONAL = ModelInfo(schedule={"kind": "linear", "timesteps": 1000}, image_size=32, image_channels=1, data_range=(-1.0, 1.0))
-CONDITIONAL = dataclasses.replace(UNCONDITIONAL, num_classes=10)
 FUSED = dataclasses.replace(UNCONDITIONAL, graph="fused-step")
-
-
-def build(info=CONDITIONAL, **settings) -> SamplingPlan:
-    return SamplingPlan.build(info, info.make_schedule(), **settings)
 
 
 def test_defaults_without_and_with_digits():
@@ -92,24 +85,6 @@ def test_a_fused_step_model_runs_only_its_own_loop(settings, fragment):
         build(FUSED, **settings)
 
 
-def test_the_command_line_spells_errors_in_flags():
-    with pytest.raises(SettingError) as error:
-        build(eta=0.5)
-    assert str(error.value) == "eta: η is a setting of ddim, not of ancestral; set sampler='ddim'"
-    message = flag_error(error.value).format_message()
-    assert message == "Invalid value for '--eta': η is a setting of ddim, not of ancestral; add --sampler ddim"
-    with pytest.raises(SettingError) as error:
-        build(guidance=2.0)
-    assert flag_error(error.value).format_message().endswith("'--guidance': steers towards a digit; add --digit")
-
-
-def test_digit_syntax_is_the_command_lines():
-    assert parse_digits(" ALL ", 10) == list(range(10))
-    assert parse_digits("3,5", 10) == [3, 5]
-    with pytest.raises(Exception, match="comma-separated"):
-        parse_digits("three", 10)
-
-
 def test_settings_record_only_what_the_sampler_uses():
     assert build().settings() == {"sampler": "ancestral", "steps": 1000}
     assert build(sampler="ddim", steps=5, eta=0.5).settings() == {"sampler": "ddim", "steps": 5, "eta": 0.5, "spacing": "uniform"}
@@ -124,9 +99,3 @@ def test_every_sampler_is_reachable_by_name_and_alias_and_builds_from_its_defaul
             assert plan.sampler == spec.name and set(plan.options) == {option.name for option in spec.options}
             sampler = plan.make_sampler(CONDITIONAL, schedule)
             assert len(sampler) == plan.steps and sampler.model_timesteps[0] > sampler.model_timesteps[-1]
-
-
-def test_each_option_default_lies_within_its_own_bounds():
-    for spec in SPECS:
-        for option in spec.options:
-            assert option.check(option.default) == option.default, (spec.name, option.name)

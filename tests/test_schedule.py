@@ -1,8 +1,10 @@
+"""Noise schedules (core/schedule.py): the linear and cosine schedules against their closed forms, and
+schedules that are refused."""
+
 import numpy as np
 import pytest
 
-from ddpm.core.samplers import AncestralSampler
-from ddpm.core.schedule import Schedule, linear_betas, make_schedule
+from ddpm.core.schedule import Schedule, cosine_alpha_bar, linear_betas, make_schedule
 
 
 def test_linear_schedule_closed_form():
@@ -23,6 +25,25 @@ def test_linear_schedule_closed_form():
     assert np.allclose(schedule.alpha_bars_prev[1:], schedule.alpha_bars[:-1])
 
 
+def test_cosine_schedule_closed_form():
+    schedule = make_schedule("cosine", 1000)
+    t = np.arange(1, 1001)
+    expected = cosine_alpha_bar(t / 1000)  # ᾱ_t = f(t/T) / f(0)
+    unclipped = schedule.betas < 0.999
+    assert unclipped[:-1].all() and not unclipped[-1]  # only the very last β reaches the clip
+    np.testing.assert_allclose(schedule.alpha_bars[:-1], expected[:-1], rtol=1e-10)
+    # β_1 = 1 − f(1/T)/f(0), computed directly from the cosine.
+    s = 0.008
+    f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2) ** 2  # noqa: E731
+    assert schedule.betas[0] == pytest.approx(1 - f(1 / 1000) / f(0), rel=1e-12)
+    assert schedule.betas.max() == pytest.approx(0.999)
+    assert np.all(np.diff(schedule.betas) > 0)
+    # Half the signal variance is gone at about the middle, not in the first fifth as with linear β.
+    middle = np.argmin(np.abs(schedule.alpha_bars - 0.5))
+    assert 450 < middle < 550
+    assert np.argmin(np.abs(make_schedule("linear").alpha_bars - 0.5)) < 300
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(timesteps=0), dict(beta_start=0.0), dict(beta_start=0.03, beta_end=0.02), dict(beta_end=1.0)],
@@ -35,48 +56,6 @@ def test_bad_schedules_raise(kwargs):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown schedule kind"):
         make_schedule("cosine-ish")
-
-
-def test_step_with_true_noise_gives_posterior_mean():
-    """With the true ε, eq. 11's mean equals the mean of q(x_{t−1} | x_t, x_0)."""
-    schedule = make_schedule()
-    sampler = AncestralSampler(schedule)
-    rng = np.random.default_rng(1)
-    x0 = rng.uniform(-1, 1, size=(2, 1, 4, 4))
-    eps = rng.standard_normal(x0.shape)
-    for i in (0, 500, 998, 999):
-        t = int(sampler.model_timesteps[i])
-        ab, ab_prev, beta = schedule.alpha_bars[t], schedule.alpha_bars_prev[t], schedule.betas[t]
-        xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
-        expected = np.sqrt(ab_prev) * beta / (1 - ab) * x0 + np.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * xt
-        zero_noise = np.zeros_like(x0)
-        got = sampler.step(xt, i, eps, zero_noise)
-        assert np.allclose(got, expected, atol=1e-5), i
-
-
-def test_noise_scale_and_last_step():
-    schedule = make_schedule()
-    x = np.zeros((1, 1, 2, 2), np.float32)
-    eps = np.zeros_like(x)
-    noise = np.ones_like(x)
-    for variance, sigma2 in (("beta", schedule.betas), ("posterior", schedule.posterior_variance)):
-        sampler = AncestralSampler(schedule, variance=variance)
-        assert sampler.step(x, 0, eps, noise)[0, 0, 0, 0] == pytest.approx(np.sqrt(sigma2[999]), rel=1e-6)
-        assert sampler.step(x, 999, eps, None)[0, 0, 0, 0] == 0.0  # no noise on the last step
-        assert not sampler.needs_noise(999)
-    labml_like = AncestralSampler(schedule, variance="beta", noise_at_last_step=True)
-    assert labml_like.step(x, 999, eps, noise)[0, 0, 0, 0] == pytest.approx(np.sqrt(schedule.betas[0]), rel=1e-6)
-
-
-def test_respacing():
-    schedule = make_schedule()
-    full = AncestralSampler(schedule)
-    assert list(full.model_timesteps) == list(range(999, -1, -1))
-    short = AncestralSampler(schedule, steps=10)
-    assert len(short) == 10 and short.model_timesteps[0] == 999 and short.model_timesteps[-1] == 0
-    # Marginals are kept: the product of respaced α equals ᾱ at the kept steps.
-    betas = 1 - 1 / short._mean_scale[::-1] ** 2
-    assert np.allclose(np.cumprod(1 - betas), schedule.alpha_bars[short.model_timesteps[::-1]])
 
 
 def test_schedule_rejects_bad_betas():

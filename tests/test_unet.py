@@ -1,10 +1,14 @@
+"""The U-Net (train/unet.py): labml's layout and parameter count, shapes, attention, and the time and class
+embeddings."""
+
 import math
 
 import pytest
 import torch
 
-from ddpm.train.config import PRESETS, UNetConfig, preset
+from ddpm.train.config import PRESETS, preset
 from ddpm.train.unet import AttentionBlock, TimeEmbedding, UNet, count_parameters
+
 
 LABML_SHAPES = {
     "image_proj.weight": (64, 1, 3, 3),
@@ -101,30 +105,15 @@ def test_time_embedding_formula():
     assert torch.allclose(embedding(t), expected, atol=1e-6)
 
 
-def test_width_rules():
-    assert preset("labml").widths() == [64, 128, 256, 1024]
-    assert preset("labml", width_rule="base").widths() == [64, 128, 128, 256]
-    model = UNet(preset("labml", width_rule="base", channel_mults=(1, 2), attention=(False, True), base_channels=32))
-    assert model.state_dict()["final.weight"].shape == (1, 32, 3, 3)
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (dict(attention=(True,)), "attention has 1 entries"),
-        (dict(norm_groups=5), "not divisible by norm_groups"),
-        (dict(channel_mults=()), "channel_mults"),
-        (dict(width_rule="wide"), "width_rule"),
-        (dict(dropout=1.0), "dropout"),
-    ],
-)
-def test_invalid_configs(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        UNet(preset("tiny", **overrides))
-
-
-def test_config_round_trip():
-    config = preset("small")
-    assert UNetConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown model config keys"):
-        UNetConfig.from_dict({**config.to_dict(), "heads": 4})
+def test_class_embedding_changes_eps_and_none_means_no_class():
+    torch.manual_seed(0)
+    model = UNet(preset("tiny", num_classes=10)).eval()
+    with torch.no_grad():
+        model.class_emb.weight.normal_()  # an untrained embedding would be random anyway; make it count
+        x, t = torch.randn(2, 1, 32, 32), torch.tensor([10, 500])
+        none = model(x, t)
+        null = model(x, t, torch.tensor([10, 10]))
+        three = model(x, t, torch.tensor([3, 3]))
+    torch.testing.assert_close(none, null)
+    assert (three - null).abs().max() > 1e-3
+    assert "class_emb.weight" in model.state_dict() and "class_emb.weight" not in UNet(preset("tiny")).state_dict()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Callable
+
+import onnxruntime as ort
+
+from ddpm.core.metadata import ModelInfo
+from ddpm.core.plan import SamplingPlan
 
 
 def run_main(main: Callable[[], None], *args: object) -> int:
@@ -16,3 +22,26 @@ def run_main(main: Callable[[], None], *args: object) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def train_args(data_dir, out, *extra):
+    """ddpm-train's arguments for a short tiny run on 64 images in one thread, as command-line strings."""
+    return ["--preset", "tiny", "--data-dir", str(data_dir), "--out", str(out), "--no-progress", "--no-samples",
+            "--max-images", "64", "--batch-size", "16", "--epochs", "100", "--threads", "1", *map(str, extra)]
+
+
+def session(path):
+    """An ONNX Runtime session on the CPU, without the project's runtime in between."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+# The labml U-Net's layout at a width small enough to build and export in a test.
+LABML_SMALL = dict(base_channels=32, channel_mults=(1, 2, 1, 2), attention=(False, False, True, True))
+
+# Models the sampling plan is built for, without a file behind them.
+UNCONDITIONAL = ModelInfo(schedule={"kind": "linear", "timesteps": 1000}, image_size=32, image_channels=1, data_range=(-1.0, 1.0))
+CONDITIONAL = dataclasses.replace(UNCONDITIONAL, num_classes=10)
+
+
+def build(info=CONDITIONAL, **settings) -> SamplingPlan:
+    return SamplingPlan.build(info, info.make_schedule(), **settings)

@@ -1,22 +1,20 @@
-"""DPM-Solver++ (2M, ODE and SDE): exactness where theory gives it, coefficient properties, convergence
-order on a problem with a closed-form ε, and the solvers inside the runtime."""
+"""The samplers (core/samplers): the ancestral update and respacing, DDIM, DPM-Solver++ (2M, ODE and SDE:
+exactness where theory gives it, coefficient properties, convergence order on a problem with a closed-form ε),
+and the registry's defaults. UniPC is in test_unipc.py; every sampler against diffusers in test_diffusers_twins.py;
+the samplers inside the runtime in test_runtime_pipeline.py."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_one_line_error
-from ddpm.runtime.cli import main as run_main
-from ddpm.core.errors import DDPMError
-from ddpm.runtime.pipeline import DDPM
 from ddpm.core.samplers import (
     LAMBDA_MIN,
     SPACINGS,
+    SPECS,
+    AncestralSampler,
     DDIMSampler,
     DPMSolverSampler,
     half_log_snr,
@@ -25,7 +23,91 @@ from ddpm.core.samplers import (
 )
 from ddpm.core.schedule import make_schedule
 
+
 SCHEDULES = {"linear": make_schedule("linear", 1000), "cosine": make_schedule("cosine", 1000)}
+
+
+# -- the ancestral sampler ---------------------------------------------------------------------
+
+
+def test_step_with_true_noise_gives_posterior_mean():
+    """With the true ε, eq. 11's mean equals the mean of q(x_{t−1} | x_t, x_0)."""
+    schedule = make_schedule()
+    sampler = AncestralSampler(schedule)
+    rng = np.random.default_rng(1)
+    x0 = rng.uniform(-1, 1, size=(2, 1, 4, 4))
+    eps = rng.standard_normal(x0.shape)
+    for i in (0, 500, 998, 999):
+        t = int(sampler.model_timesteps[i])
+        ab, ab_prev, beta = schedule.alpha_bars[t], schedule.alpha_bars_prev[t], schedule.betas[t]
+        xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
+        expected = np.sqrt(ab_prev) * beta / (1 - ab) * x0 + np.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * xt
+        zero_noise = np.zeros_like(x0)
+        got = sampler.step(xt, i, eps, zero_noise)
+        assert np.allclose(got, expected, atol=1e-5), i
+
+
+def test_noise_scale_and_last_step():
+    schedule = make_schedule()
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    eps = np.zeros_like(x)
+    noise = np.ones_like(x)
+    for variance, sigma2 in (("beta", schedule.betas), ("posterior", schedule.posterior_variance)):
+        sampler = AncestralSampler(schedule, variance=variance)
+        assert sampler.step(x, 0, eps, noise)[0, 0, 0, 0] == pytest.approx(np.sqrt(sigma2[999]), rel=1e-6)
+        assert sampler.step(x, 999, eps, None)[0, 0, 0, 0] == 0.0  # no noise on the last step
+        assert not sampler.needs_noise(999)
+    labml_like = AncestralSampler(schedule, variance="beta", noise_at_last_step=True)
+    assert labml_like.step(x, 999, eps, noise)[0, 0, 0, 0] == pytest.approx(np.sqrt(schedule.betas[0]), rel=1e-6)
+
+
+def test_respacing():
+    schedule = make_schedule()
+    full = AncestralSampler(schedule)
+    assert list(full.model_timesteps) == list(range(999, -1, -1))
+    short = AncestralSampler(schedule, steps=10)
+    assert len(short) == 10 and short.model_timesteps[0] == 999 and short.model_timesteps[-1] == 0
+    # Marginals are kept: the product of respaced α equals ᾱ at the kept steps.
+    betas = 1 - 1 / short._mean_scale[::-1] ** 2
+    assert np.allclose(np.cumprod(1 - betas), schedule.alpha_bars[short.model_timesteps[::-1]])
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 10, 50, 333, 999, 1000])
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic"])
+def test_spaced_timesteps(steps, spacing):
+    kept = spaced_timesteps(1000, steps, spacing)
+    assert len(kept) == steps and kept[-1] == 999
+    assert np.all(np.diff(kept) > 0) and kept.min() >= 0
+    if steps > 1:
+        assert kept[0] == 0
+    if spacing == "quadratic" and steps == 10:
+        assert np.all(np.diff(np.diff(kept)) > 0)  # gaps widen towards t = T
+
+
+# -- DDIM --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_ddim_with_every_step_and_eta_one_is_ancestral(kind):
+    """σ becomes √β̃ and the DDIM mean becomes the posterior mean: the same update as the ancestral
+    sampler with the posterior variance, step by step, for the same ε and noise."""
+    schedule = make_schedule(kind, 1000)
+    ddim = DDIMSampler(schedule, steps=1000, eta=1.0)
+    ancestral = AncestralSampler(schedule, variance="posterior")
+    np.testing.assert_array_equal(ddim.model_timesteps, ancestral.model_timesteps)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    for i in range(len(ddim)):
+        eps = rng.standard_normal(x.shape).astype(np.float32)
+        noise = rng.standard_normal(x.shape).astype(np.float32)
+        assert ddim.needs_noise(i) == ancestral.needs_noise(i)
+        ours = ddim.step(x, i, eps, noise)
+        theirs = ancestral.step(x, i, eps, noise)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 if kind == "linear" else 2e-3)
+        x = theirs
+
+
+# -- DPM-Solver++ ------------------------------------------------------------------------------
 
 
 def fixed_eps(x: np.ndarray, t: int) -> np.ndarray:
@@ -178,57 +260,10 @@ def test_steps_must_run_in_order():
     solver.step(x, 1, x, None)
 
 
-# -- in the runtime ----------------------------------------------------------------------------
+# -- the registry ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++2m-sde"])
-def test_runtime_solvers_batch_independent_and_reproducible(tiny_export, sampler):
-    ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
-    whole = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8, frames=4), seed=4)
-    split = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8), seed=4, batch_size=2)
-    np.testing.assert_allclose(whole.samples, split.samples, atol=1e-4)
-    assert whole.settings.sampler == sampler and whole.settings.options["spacing"] == "logsnr" and whole.settings.steps == 8
-    assert len(whole.frames) == 4 and whole.frame_timesteps[-1] == 0  # x_T and 3 steps, the last one included
-    other = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8), seed=5)
-    assert np.abs(other.samples - whole.samples).max() > 1e-2
-    assert np.all(np.isfinite(whole.samples))
-
-
-def test_runtime_ode_first_steps_match_ddim(tiny_export):
-    """One network call: DPM-Solver++ and DDIM η=0 return the same x̂_0."""
-    ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
-    a = ddpm.generate(3, ddpm.plan(sampler="dpm++2m", steps=1), seed=0).samples
-    b = ddpm.generate(3, ddpm.plan(sampler="ddim", steps=1), seed=0).samples
-    np.testing.assert_allclose(a, b, atol=1e-5)
-
-
-def test_run_cli_with_solver(invoke, tiny_export, tmp_path):
-    out = tmp_path / "s.npz"
-    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--sampler", "dpm++2m-sde", "-n", 3, "--npz", out,
-                    "--gif", tmp_path / "s.gif", "--frames", 5)
-    assert result.code == 0, result.err
-    settings = json.loads(str(np.load(out)["settings"]))
-    assert (settings["sampler"], settings["steps"], settings["spacing"]) == ("dpm++2m-sde", 20, "logsnr")
-    assert "x 20 steps" in result.err + result.out
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["--sampler", "dpm++2m", "--eta", "1"], "--eta"),
-    (["--sampler", "dpm++2m", "--steps", "0"], "--steps"),
-    (["--sampler", "dpm++2m-sde", "--steps", "1001"], "--steps"),
-    (["--sampler", "dpm++3m"], "--sampler"),
-    (["--sampler", "dpm++2m", "--spacing", "karras"], "--spacing"),
-    (["--spacing", "logsnr"], "--spacing"),
-])
-def test_solver_bad_inputs(invoke, tiny_export, tmp_path, args, fragment):
-    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--png", tmp_path / "o.png", *args)
-    assert_one_line_error(result, fragment)
-    assert not (tmp_path / "o.png").exists()
-
-
-def test_library_errors_for_solvers(tiny_export):
-    ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
-    with pytest.raises(DDPMError, match="spacing"):
-        ddpm.generate(2, ddpm.plan(sampler="dpm++2m", spacing="karras"))
-    with pytest.raises(DDPMError, match="sampler"):
-        ddpm.generate(2, ddpm.plan(sampler="euler"))
+def test_each_option_default_lies_within_its_own_bounds():
+    for spec in SPECS:
+        for option in spec.options:
+            assert option.check(option.default) == option.default, (spec.name, option.name)

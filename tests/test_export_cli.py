@@ -1,3 +1,7 @@
+"""ddpm-export (export/cli.py): ONNX, fixed-batch, fp16, fused-step and TorchScript files that match the
+checkpoint and describe themselves, raw weights, labml state dicts, conditional models, and bad checkpoints,
+options and outputs refused in one line with nothing written."""
+
 import json
 import os
 import pickle
@@ -6,22 +10,20 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from conftest import TINY_STEPS, assert_one_line_error
-from ddpm.export.cli import main as export_main
-from ddpm.export.load import infer_labml_config
 from ddpm.core.metadata import ModelInfo
+from ddpm.core.schedule import make_schedule
+from ddpm.export.cli import main as export_main
+from ddpm.runtime.pipeline import DDPM
+from ddpm.runtime.session import UNetSession
 from ddpm.train.config import preset
 from ddpm.train.unet import UNet
+from tests_support import LABML_SMALL, session
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
-
-
-def session(path):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def test_onnx_round_trip_dynamic_batch(tiny_export):
@@ -71,6 +73,33 @@ def test_fixed_batch_copy(tiny_export):
     assert np.allclose(sess.run(None, {"x": x, "t": t})[0], session(tiny_export / "unet.onnx").run(None, {"x": x, "t": t})[0], atol=1e-5)
 
 
+VARIANTS = ["unet.onnx", "unet.b3.onnx", "unet.fp16.onnx", "unet.fp16.b3.onnx",
+            "unet.step.onnx", "unet.step.b3.onnx", "unet.step.fp16.onnx", "unet.step.fp16.b3.onnx"]
+
+
+def test_export_writes_every_variant_with_its_metadata(variants):
+    assert sorted(p.name for p in variants.glob("*.onnx")) == sorted(VARIANTS)
+    for name in VARIANTS:
+        info = UNetSession(variants / name, provider="cpu").info
+        assert info.graph == ("fused-step" if ".step" in name else "eps")
+        assert info.precision == ("fp16" if ".fp16" in name else "fp32")
+        assert info.fixed_batch == (3 if ".b3" in name else None)
+        model = onnx.load(str(variants / name))
+        inputs = {i.name: i.type.tensor_type for i in model.graph.input}
+        assert set(inputs) == ({"x", "t", "noise"} if ".step" in name else {"x", "t"})
+        assert inputs["x"].elem_type == onnx.TensorProto.FLOAT  # fp32 at the boundary, always
+        assert [o.name for o in model.graph.output] == (["x_prev"] if ".step" in name else ["eps"])
+        batch = inputs["x"].shape.dim[0]
+        assert (batch.dim_value == 3) if ".b3" in name else bool(batch.dim_param)
+
+
+def test_export_writes_the_onnx_path_as_given(invoke, tiny_export, tmp_path):
+    target = tmp_path / "model.bin"
+    result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--onnx", target, "--no-torchscript", "--fixed-batch", 2)
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.b2.bin", "model.bin"]
+
+
 def test_torchscript_loads_without_the_project(tiny_export, tmp_path):
     script = (
         "import sys, json\n"
@@ -105,9 +134,6 @@ def test_raw_weights_differ_from_ema(invoke, tiny_export, tmp_path):
     assert json.loads(session(tmp_path / "unet.onnx").get_modelmeta().custom_metadata_map["ddpm.source"])["weights"] == "raw"
 
 
-LABML_SMALL = dict(base_channels=32, channel_mults=(1, 2, 1, 2), attention=(False, False, True, True))
-
-
 def test_labml_state_dict_exports_and_matches(invoke, tmp_path):
     torch.manual_seed(3)
     labml_like = UNet(preset("labml", **LABML_SMALL)).eval()
@@ -127,15 +153,26 @@ def test_labml_state_dict_exports_and_matches(invoke, tmp_path):
     assert np.abs(sess.run(None, {"x": x, "t": t})[0] - reference).max() < 1e-4
 
 
-def test_labml_config_inference():
-    for config in (preset("labml"), preset("labml", **LABML_SMALL), preset("labml", blocks_per_resolution=1, attention=(False, True, False, True))):
-        with torch.device("meta"):
-            state = UNet(config).state_dict()
-        inferred = infer_labml_config(state)
-        assert inferred.widths() == config.widths()
-        assert inferred.attention == config.attention
-        assert inferred.blocks_per_resolution == config.blocks_per_resolution
-        assert inferred.image_channels == 1 and inferred.base_channels == config.base_channels
+def test_conditional_checkpoint_and_export(conditional):
+    checkpoint = torch.load(conditional / "model.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["model_config"]["num_classes"] == 10
+    assert checkpoint["schedule"]["kind"] == "cosine"
+    assert checkpoint["train"]["label_dropout"] == 0.1
+    model = onnx.load(str(conditional / "unet.onnx"))
+    inputs = {i.name: i.type.tensor_type for i in model.graph.input}
+    assert set(inputs) == {"x", "t", "y"}
+    assert inputs["y"].elem_type == onnx.TensorProto.INT64 and inputs["y"].shape.dim[0].dim_param
+    metadata = {p.key: json.loads(p.value) for p in model.metadata_props}
+    assert metadata["ddpm.num_classes"] == 10
+    assert metadata["ddpm.schedule"]["kind"] == "cosine"
+    ddpm = DDPM.load(conditional / "unet.onnx", provider="cpu")
+    np.testing.assert_allclose(ddpm.schedule.betas, make_schedule("cosine", 1000).betas)
+
+
+def test_fused_step_export_refuses_conditional_models(invoke, conditional, tmp_path):
+    result = invoke(export_main, "--ckpt", conditional / "model.pt", "--fused-step", "--out-dir", tmp_path)
+    assert_one_line_error(result, "unconditional")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -221,38 +258,9 @@ def test_nan_weights_fail_verification(invoke, tiny_export, tmp_path):
     assert not out.exists() or list(out.iterdir()) == []
 
 
-def test_worst_difference_keeps_nan():
-    from ddpm.export.exporter import worst_difference
-
-    a = np.zeros(3)
-    assert worst_difference(0.0, a + 1e-3, a) == pytest.approx(1e-3)
-    assert np.isnan(worst_difference(0.0, np.array([np.nan, 0, 0]), a))
-    assert np.isnan(worst_difference(0.0, a, np.array([0, np.inf, 0])))
-    assert np.isnan(worst_difference(float("nan"), a, a))  # once nan, always nan
-
-
 @pytest.mark.parametrize("args, fragment", [(["--opset", "21"], "--opset"), (["--fixed-batch", "0"], "--fixed-batch"),
                                             (["--atol", "-1"], "--atol"), (["--norm-groups", "4"], "labml state dicts only")])
 def test_bad_options(invoke, tiny_export, tmp_path, args, fragment):
     result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", tmp_path, *args)
     assert_one_line_error(result, fragment)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_export_and_verify_stages_with_the_callers_files_and_writes_nothing_on_failure(tiny_export, tmp_path):
-    from ddpm.core.errors import DDPMError
-    from ddpm.core.files import StagedFiles
-    from ddpm.core.variant import Variant
-    from ddpm.export.load import load_for_export
-    from ddpm.export.pipeline import ExportOutputs, Tolerances, export_and_verify
-
-    source = load_for_export(tiny_export / "model.pt")
-    target = tmp_path / "m.onnx"
-    with pytest.raises(DDPMError, match="verification failed.*m.onnx.*nothing written"):
-        export_and_verify(source, ExportOutputs({Variant(): target}), tolerances=Tolerances(atol=1e-30))
-    assert list(tmp_path.iterdir()) == []
-    with StagedFiles() as staged:
-        report = export_and_verify(source, ExportOutputs({Variant(): target}), staged=staged)
-        assert not target.exists() and report.temporary[target].is_file()  # the caller's commit writes it
-        staged.commit()
-    assert session(target).get_inputs()[0].name == "x" and report.differences["m.onnx"] < 1e-4

@@ -74,18 +74,6 @@ def test_special_files_are_never_replaced(invoke, tiny_export, tmp_path, special
         assert os.path.islink(target)
 
 
-def test_a_link_to_a_file_is_written_through(tmp_path):
-    from ddpm.core.files import atomic_write
-
-    real = tmp_path / "real.txt"
-    real.write_text("old")
-    link = tmp_path / "link.txt"
-    link.symlink_to(real)
-    with atomic_write(link) as handle:
-        handle.write(b"new")
-    assert link.is_symlink() and real.read_text() == "new"
-
-
 def test_eval_refuses_a_special_json_target_before_sampling(invoke, tiny_export, tmp_path):
     fifo = tmp_path / "report.json"
     os.mkfifo(fifo)

@@ -1,3 +1,7 @@
+"""ddpm-train (train/cli.py): a run on the MNIST slice, its checkpoint, log and sample grids, resuming
+(also --resume auto), --keep, the training recipe's options and preset defaults, and bad options, data,
+resume files and output folders, each refused in one line with nothing written."""
+
 import json
 import os
 import subprocess
@@ -6,9 +10,11 @@ import sys
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import DATA_DIR, assert_one_line_error
 from ddpm.train.checkpoint import FORMAT, load_checkpoint
 from ddpm.train.cli import main as train_main
+from ddpm.train.config import LEGACY_TRAIN_SETTINGS, PRESET_TRAINING
+from tests_support import train_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -93,6 +99,25 @@ def test_resume_refuses_changed_settings(invoke, data_dir, tmp_path):
     assert_one_line_error(done, "already at step 3")
 
 
+def test_resume_auto_starts_fresh_and_refuses_other_settings(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    first = invoke(train_main, *train_args(data_dir, out, "--max-steps", 2, "--resume", "auto", "--threads", 2))
+    assert first.code == 0 and "starting a new run" in first.err
+    other = invoke(train_main, *train_args(data_dir, out, "--max-steps", 4, "--resume", "auto", "--lr", "0.1", "--threads", 2))
+    assert_one_line_error(other, "other settings", "--lr 0.1")
+    assert load_checkpoint(out / "model.pt")["progress"]["step"] == 2
+
+
+def test_keep_limits_step_checkpoints(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(train_main, *train_args(data_dir, out, "--max-steps", 10, "--save-every", 2, "--keep", 2, "--threads", 2)).code == 0
+    assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-00000008.pt", "ckpt-00000010.pt"]
+    assert (out / "model.pt").read_bytes() == (out / "ckpt-00000010.pt").read_bytes()
+    # a new run over it (--overwrite) drops the old run's step files at its first save
+    assert invoke(train_main, *train_args(data_dir, out, "--max-steps", 3, "--save-every", 2, "--overwrite", "--threads", 2)).code == 0
+    assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
+
+
 def test_existing_checkpoint_is_not_overwritten(invoke, data_dir, tmp_path):
     out = tmp_path / "run"
     assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2")).code == 0
@@ -131,6 +156,47 @@ def test_dry_run_writes_nothing(invoke, data_dir, tmp_path):
     assert not out.exists()
 
 
+def test_recipe_settings_reach_the_checkpoint_and_resume(invoke, data_dir, tmp_path):
+    out = tmp_path / "run"
+    recipe = ("--loss-weighting", "min-snr", "--min-snr-gamma", "3", "--lr-schedule", "cosine", "--lr-warmup-steps", "2")
+    result = invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "4", "--epochs", "1", *recipe))
+    assert result.code == 0, result.err
+    assert "Min-SNR-3" in result.err and "cosine" in result.err
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    train = checkpoint["train"]
+    assert (train["loss_weighting"], train["min_snr_gamma"], train["lr_schedule"], train["lr_warmup_steps"]) == ("min-snr", 3.0, "cosine", 2)
+    # The same command resumes; a different weighting is refused naming both values.
+    more = tiny_args(data_dir, out, "--max-steps", "6", "--epochs", "1", "--resume", "auto")
+    assert invoke(train_main, *more, *recipe).code == 0
+    refused = invoke(train_main, *more, "--loss-weighting", "none")
+    assert refused.code != 0 and "--loss-weighting none (checkpoint: min-snr)" in refused.err
+
+
+def test_old_checkpoint_resumes_without_the_new_settings(invoke, data_dir, tmp_path):
+    """A checkpoint without the recipe keys resumes with a constant rate and plain L_simple."""
+    out = tmp_path / "run"
+    assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2", "--epochs", "1")).code == 0
+    path = out / "model.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    for key in LEGACY_TRAIN_SETTINGS:
+        checkpoint["train"].pop(key)
+    target = out / "old.pt"
+    torch.save(checkpoint, target)
+    result = invoke(train_main, "--data-dir", data_dir, "--out", out, "--no-progress", "--no-samples",
+                    "--max-steps", "3", "--resume", str(target))
+    assert result.code == 0, result.err
+    assert "loss L_simple" in result.err and "constant" in result.err
+    assert torch.load(out / "model.pt", weights_only=True)["train"]["lr_schedule"] == "constant"
+
+
+def test_small_preset_defaults_are_the_measured_recipe(invoke, data_dir, tmp_path):
+    result = invoke(train_main, "--preset", "small", "--data-dir", data_dir, "--dry-run")
+    assert result.code == 0, result.err
+    recipe = PRESET_TRAINING["small"]
+    assert f"lr {recipe['lr']:g} (cosine, {recipe['lr_warmup_steps']} warm-up steps)" in result.err
+    assert "Min-SNR-5" in result.err and "dropout 0," in result.err and f"EMA {recipe['ema_decay']:g}" in result.err
+
+
 # -- bad input: one line, exit code != 0, nothing written --------------------------------------
 
 
@@ -158,6 +224,22 @@ def test_bad_options(invoke, data_dir, tmp_path, option, value, fragment):
     result = invoke(train_main, *tiny_args(data_dir, out, option, value))
     assert_one_line_error(result, fragment)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option,value", [("--lr-schedule", "step"), ("--loss-weighting", "p2"), ("--min-snr-gamma", "0"),
+                                          ("--min-snr-gamma", "nan"), ("--lr", "nan"),
+                                          ("--lr-warmup-steps", "-1")])
+def test_bad_recipe_options(invoke, data_dir, tmp_path, option, value):
+    result = invoke(train_main, *tiny_args(data_dir, tmp_path / "run", option, value))
+    assert result.code == 2
+    assert "Traceback" not in result.err and option in result.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cosine_rejects_linear_settings(invoke, tmp_path):
+    result = invoke(train_main, "--preset", "tiny", "--data-dir", DATA_DIR, "--out", tmp_path / "o", "--schedule", "cosine",
+                    "--beta-end", "0.01", "--no-progress")
+    assert_one_line_error(result, "cosine")
 
 
 def test_missing_data_dir(invoke, tmp_path):

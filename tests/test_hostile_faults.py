@@ -16,16 +16,12 @@ from ddpm.train import checkpoint as checkpoint_module
 from ddpm.train.checkpoint import load_checkpoint
 from ddpm.train.cli import main as train_main
 from ddpm.train.diffusion import Diffusion
+from tests_support import train_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 TRAIN = [sys.executable, "-c", "from ddpm.train.cli import main; main()"]
 RUN = [sys.executable, "-c", "from ddpm.runtime.cli import main; main()"]
-
-
-def train_args(data_dir, out, *extra):
-    return ["--preset", "tiny", "--data-dir", str(data_dir), "--out", str(out), "--no-progress", "--no-samples",
-            "--max-images", "64", "--batch-size", "16", "--epochs", "100", "--threads", "1", *map(str, extra)]
 
 
 def temporaries(folder):
@@ -169,25 +165,6 @@ def test_resume_auto_skips_a_corrupt_newest_checkpoint(invoke, data_dir, tmp_pat
     assert "skipping ckpt-00000006.pt" in result.err and "resuming" in result.err and "(step 3)" in result.err
     assert load_checkpoint(out / "model.pt")["progress"]["step"] == 8
     assert temporaries(out) == []
-
-
-def test_resume_auto_starts_fresh_and_refuses_other_settings(invoke, data_dir, tmp_path):
-    out = tmp_path / "run"
-    first = invoke(train_main, *train_args(data_dir, out, "--max-steps", 2, "--resume", "auto", "--threads", 2))
-    assert first.code == 0 and "starting a new run" in first.err
-    other = invoke(train_main, *train_args(data_dir, out, "--max-steps", 4, "--resume", "auto", "--lr", "0.1", "--threads", 2))
-    assert_one_line_error(other, "other settings", "--lr 0.1")
-    assert load_checkpoint(out / "model.pt")["progress"]["step"] == 2
-
-
-def test_keep_limits_step_checkpoints(invoke, data_dir, tmp_path):
-    out = tmp_path / "run"
-    assert invoke(train_main, *train_args(data_dir, out, "--max-steps", 10, "--save-every", 2, "--keep", 2, "--threads", 2)).code == 0
-    assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-00000008.pt", "ckpt-00000010.pt"]
-    assert (out / "model.pt").read_bytes() == (out / "ckpt-00000010.pt").read_bytes()
-    # a new run over it (--overwrite) drops the old run's step files at its first save
-    assert invoke(train_main, *train_args(data_dir, out, "--max-steps", 3, "--save-every", 2, "--overwrite", "--threads", 2)).code == 0
-    assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
 
 
 def flip_a_bit(path):

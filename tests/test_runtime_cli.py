@@ -1,5 +1,10 @@
+"""ddpm-run (runtime/cli.py): fresh and repeated seeds, the npz, PNG, GIF and video outputs, the embedded
+model with and without --digit, solvers and engines from the command line, running without torch, and bad
+models, options and outputs refused in one line with nothing written."""
+
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -7,42 +12,35 @@ import imageio.v3 as iio
 import numpy as np
 import onnx
 import pytest
-import torch
 from PIL import Image
 
 from conftest import assert_one_line_error
-from ddpm.runtime.cli import main as run_main
 from ddpm.core.images import make_grid
-from ddpm.runtime.pipeline import DDPM, default_model_path, frame_positions
-from ddpm.train.config import preset
-from ddpm.train.unet import UNet
+from ddpm.core.plan import DEFAULT_GUIDANCE
+from ddpm.runtime.cli import main as run_main
+from ddpm.runtime.pipeline import DDPM, frame_positions
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
 
-@pytest.fixture
-def tiny(tiny_export):
-    return tiny_export
+def run(invoke, model, out, *extra):
+    result = invoke(run_main, "--onnx", model / "unet.onnx", "-n", 2, "--steps", 3, "--npz", out.with_suffix(".npz"),
+                    "--png", out.with_suffix(".png"), *extra)
+    assert result.code == 0, result.err
+    return result
 
 
-def test_numpy_loop_matches_torch_reference(tiny):
-    """All 1000 steps: the runtime's loop around ONNX Runtime vs eq. 11 written out in torch."""
-    checkpoint = torch.load(tiny / "model.pt", weights_only=True)
-    model = UNet(preset("tiny")).eval()
-    model.load_state_dict(checkpoint["ema"])
-    run = DDPM.load(tiny / "unet.onnx", provider="cpu").generate(2, seed=11)
-
-    rng = np.random.default_rng(11)
-    shape = (2, 1, 32, 32)
-    x = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).double()
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    alpha_bars = torch.cumprod(1 - betas, 0)
-    with torch.no_grad():
-        for t in reversed(range(1000)):
-            eps = model(x.float(), torch.full((2,), t)).double()
-            mean = (x - betas[t] / torch.sqrt(1 - alpha_bars[t]) * eps) / torch.sqrt(1 - betas[t])
-            x = mean + torch.sqrt(betas[t]) * torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)) if t > 0 else mean
-    assert np.abs(run.samples - x.numpy()).max() <= 1e-4
+def test_fresh_seed_by_default_and_repeatable(invoke, tiny_export, tmp_path):
+    first = run(invoke, tiny_export, tmp_path / "a")
+    second = run(invoke, tiny_export, tmp_path / "b")
+    seed = int(re.search(r"seed (\d+) \(--seed \1 repeats it\)", first.err).group(1))
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert int(a["seed"]) == seed and json.loads(str(a["settings"]))["seed"] == seed
+    assert int(b["seed"]) != seed and not np.array_equal(a["images"], b["images"])
+    text = Image.open(tmp_path / "a.png").text
+    assert text["ddpm.seed"] == str(seed) and json.loads(text["ddpm.settings"])["seed"] == seed
+    run(invoke, tiny_export, tmp_path / "c", "--seed", seed)
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npz")["images"], a["images"])
 
 
 def test_same_seed_same_npz_and_batch_size_does_not_matter(invoke, tiny, tmp_path):
@@ -58,16 +56,6 @@ def test_same_seed_same_npz_and_batch_size_does_not_matter(invoke, tiny, tmp_pat
     assert np.abs(a["images"].astype(int) - d["images"].astype(int)).max() <= 1
     settings = json.loads(str(a["settings"]))
     assert settings["seed"] == 5 and int(a["seed"]) == 5 and settings["steps"] == 50 and settings["num_samples"] == 3
-
-
-def test_fixed_batch_model_gives_the_same_samples(tiny):
-    runs = {}
-    for name in ("unet.onnx", "unet.b3.onnx"):
-        ddpm = DDPM.load(tiny / name, provider="cpu")
-        runs[name] = ddpm.generate(4, ddpm.plan(steps=20), seed=2)
-    dynamic, fixed = runs["unet.onnx"], runs["unet.b3.onnx"]  # the fixed batch: 3 + 1 padded
-    assert fixed.settings.batch_size == 3
-    assert np.abs(dynamic.samples - fixed.samples).max() < 1e-4
 
 
 def test_gif_frames(invoke, tiny, tmp_path):
@@ -90,32 +78,54 @@ def test_gif_frames(invoke, tiny, tmp_path):
     assert "wrote" in result.out and "per sample" in result.err
 
 
-def test_frame_positions_are_dense_at_the_end():
-    positions = frame_positions(1000, 40)
-    assert positions[-1] == 999 and positions == sorted(set(positions))
-    assert sum(p >= 900 for p in positions) > sum(p < 100 for p in positions)
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_video_output(invoke, tiny_export, tmp_path, suffix):
+    import imageio.v3 as iio
+
+    out = tmp_path / f"d{suffix}"
+    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "-n", 4, "--steps", 6, "--frames", 5, "--fps", 10,
+                    "--hold", 0.5, "--video", out, "--show", "both", "--seed", 1)
+    assert result.code == 0, result.err
+    frames = iio.imread(out, plugin="FFMPEG")
+    assert len(frames) == 5 + 5  # x_T and 4 kept steps, then 0.5 s of the last frame at 10 fps
+    assert frames.shape[2] > frames.shape[1]  # pairs side by side make the grid wider than tall
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
-def test_python_api(tiny):
-    ddpm = DDPM.load(tiny / "unet.onnx", provider="cpu")
-    images = ddpm.sample(2, seed=1, steps=10)
-    assert images.shape == (2, 32, 32) and images.dtype == np.uint8
-    frames = ddpm.animation(2, seed=1, frames=4, steps=10)
-    assert np.array_equal(frames[-1], images)
-    assert ddpm.provider == "CPUExecutionProvider"
+def test_the_embedded_model_serves_with_and_without_digits(invoke, tmp_path):
+    assert DDPM.load(provider="cpu").info.num_classes == 10
+    for args, labels in ((["--digit", "7"], [7, 7]), ([], None)):
+        out = tmp_path / f"{len(args)}.npz"
+        result = invoke(run_main, *args, "-n", 2, "--sampler", "ddim", "--steps", 3, "--npz", out, "--provider", "cpu")
+        assert result.code == 0, result.err
+        settings = json.loads(str(np.load(out)["settings"]))
+        if labels:
+            assert settings["labels"] == labels and settings["guidance"] == DEFAULT_GUIDANCE
+        else:  # every digit equally often: two samples, two different digits
+            assert len(set(settings["labels"])) == 2 and settings["guidance"] == 0.0
 
 
-def test_auto_provider_says_when_it_falls_back(invoke, tiny, tmp_path, monkeypatch):
-    import ddpm.runtime.session as session_module
+def test_run_cli_with_solver(invoke, tiny_export, tmp_path):
+    out = tmp_path / "s.npz"
+    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--sampler", "dpm++2m-sde", "-n", 3, "--npz", out,
+                    "--gif", tmp_path / "s.gif", "--frames", 5)
+    assert result.code == 0, result.err
+    settings = json.loads(str(np.load(out)["settings"]))
+    assert (settings["sampler"], settings["steps"], settings["spacing"]) == ("dpm++2m-sde", 20, "logsnr")
+    assert "x 20 steps" in result.err + result.out
 
-    monkeypatch.setattr(session_module, "gpu_present", lambda: False)
-    result = invoke(run_main, "--onnx", tiny / "unet.onnx", "-n", "1", "--steps", "2", "--png", tmp_path / "o.png")
-    assert result.code == 0
-    notes = [line for line in result.err.splitlines() if "running on the CPU" in line]
-    assert len(notes) == 1
-    assert "on CPUExecutionProvider" in result.err
-    quiet = invoke(run_main, "--onnx", tiny / "unet.onnx", "-n", "1", "--steps", "2", "--png", tmp_path / "o.png", "-q")
-    assert quiet.code == 0 and quiet.err == ""
+
+def test_run_engines_give_the_same_digits(invoke, variants, tmp_path):
+    outputs = {}
+    for engine in ("plain", "iobinding", "auto"):
+        target = tmp_path / f"{engine}.npz"
+        result = invoke(run_main, "--onnx", variants / "unet.onnx", "-n", 2, "--steps", 20, "--npz", target,
+                        "--engine", engine, "--provider", "cpu", "--seed", 0)
+        assert result.code == 0, result.err
+        outputs[engine] = np.load(target)["images"]
+    assert "engine auto (plain)" in result.err
+    np.testing.assert_array_equal(outputs["plain"], outputs["iobinding"])
+    np.testing.assert_array_equal(outputs["plain"], outputs["auto"])
 
 
 def test_runtime_works_without_torch(tiny, tmp_path):
@@ -138,48 +148,6 @@ def test_runtime_works_without_torch(tiny, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert np.load(out)["images"].shape == (2, 32, 32)
-
-
-def _imported_modules(path):
-    """Absolute names of what a source file imports, relative imports resolved against its layer."""
-    import ast
-
-    package = ["ddpm", path.parent.name]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else []))
-            yield from ([module] if node.module else [f"{module}.{alias.name}" for alias in node.names])
-
-
-@pytest.mark.parametrize("layer, forbidden", [
-    ("runtime", {"torch", "torchvision", "onnx", "ddpm.train", "ddpm.export", "ddpm.benchmarks"}),
-    ("core", {"torch", "torchvision", "onnx", "onnxruntime", "ddpm.runtime", "ddpm.train", "ddpm.export", "ddpm.benchmarks"}),
-])
-def test_layer_sources_import_nothing_above_them(layer, forbidden):
-    import pathlib
-
-    files = list(pathlib.Path(layer).glob("*.py"))
-    assert files
-    for path in files:
-        for name in _imported_modules(path):
-            parts = name.split(".")
-            assert parts[0] not in forbidden and ".".join(parts[:2]) not in forbidden, (path, name)
-
-
-def test_embedded_model_draws_digit_shaped_images():
-    ddpm = DDPM.load(provider="cpu")
-    assert default_model_path().stat().st_size < 20e6
-    assert ddpm.info.source.get("preset") == "small" and ddpm.info.source.get("weights") == "ema"
-    images = ddpm.sample(2, seed=0)  # the full 1000-step loop
-    assert images.shape == (2, 32, 32) and images.dtype == np.uint8
-    for image in images:
-        # dark background, some bright strokes: not noise, not blank
-        assert np.mean(image < 64) > 0.6
-        assert 0.03 < np.mean(image > 128) < 0.4
-        assert np.all(image[:2] < 64) and np.all(image[:, :2] < 64)  # the padding border stays background
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -280,6 +248,53 @@ def test_bad_options(invoke, tiny, tmp_path, args, fragment):
     result = invoke(run_main, "--onnx", tiny / "unet.onnx", *outputs, *args)
     assert_one_line_error(result, fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_seed_out_of_range(invoke, tiny_export, tmp_path):
+    for bad in ("-1", str(2**63)):
+        result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--png", tmp_path / "o.png", "--seed", bad)
+        assert_one_line_error(result, "--seed")
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--video", "d.avi"], ".mp4 or .webm"),
+    (["--show", "x0", "--png", "d.png"], "add --gif or --video"),
+    (["--show", "x1", "--gif", "d.gif"], "--show"),
+])
+def test_video_and_show_bad_input(invoke, tiny_export, tmp_path, args, fragment):
+    args = [str(tmp_path / a) if a.startswith("d.") else a for a in args]
+    assert_one_line_error(invoke(run_main, "--onnx", tiny_export / "unet.onnx", *args), fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_video_without_ffmpeg_names_the_extra(invoke, tiny_export, tmp_path, monkeypatch):
+    from ddpm.runtime import cli
+
+    monkeypatch.setattr(cli, "video_available", lambda: False)
+    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--video", tmp_path / "d.mp4")
+    assert_one_line_error(result, 'pip install "ddpm-mnist[video]"')
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--engine", "cudagraph", "--provider", "cpu"], "cudagraph"),
+    (["--engine", "cudagraph"], "CUDA provider"),  # auto falls back to the CPU here
+    (["--engine", "warp"], "warp"),
+    (["--onnx", "STEP", "--steps", "10"], "cannot respace"),
+])
+def test_run_engine_errors(invoke, variants, tmp_path, args, fragment):
+    args = [str(variants / "unet.step.onnx") if a == "STEP" else a for a in args]
+    if "--onnx" not in args:
+        args = ["--onnx", str(variants / "unet.b3.onnx"), *args]
+    result = invoke(run_main, *args, "--npz", tmp_path / "out.npz", "-q")
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_precision_with_onnx_is_a_usage_error(invoke, int8_export, tmp_path):
+    result = invoke(run_main, "--onnx", int8_export / "unet.onnx", "--precision", "int8", "--png", tmp_path / "o.png")
+    assert_one_line_error(result, "--precision", "with --onnx the file decides")
 
 
 def test_unwritable_outputs(invoke, tiny, tmp_path):
