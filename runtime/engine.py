@@ -276,6 +276,11 @@ class SamplingEngine:
         with self._lock:
             return len(self._pending) + len(self._active)
 
+    def steps_left(self) -> list[int]:
+        """Steps each admitted or waiting request has still to take."""
+        with self._lock:
+            return [f.job.steps - f.job.position for f in self._active + self._pending]
+
     @property
     def running(self) -> bool:
         """Whether the engine's own thread (:meth:`start`) is ticking."""

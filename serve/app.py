@@ -23,10 +23,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.errors import DDPMError, SettingError, summary
-from ..runtime.engine import SamplingEngine
 from ..runtime.pipeline import DDPM
 from . import events
-from .jobs import MEDIA_TYPES, Jobs, QueueFull, ServedJob
+from .jobs import MEDIA_TYPES, Jobs, LocalBackend, QueueFull, ServedJob
 from .limits import BODY_LIMIT, BodyLimit, bearer
 from .metrics import Counted, Metrics
 from .schema import MAX_SAMPLES, Health, JobView, SampleBody, check, reason
@@ -50,25 +49,34 @@ class Settings:
     max_rows: int | None = None  # rows per network call (None: the DDPM's serving default)
 
 
-def create_app(ddpm: DDPM, settings: Settings | None = None, engine: SamplingEngine | None = None) -> FastAPI:
-    """The app, with an engine of its own (or ``engine``), started and stopped with the app's lifespan."""
+def local_backend(ddpm: DDPM, settings: Settings) -> LocalBackend:
+    """An engine in this process for ``settings``: its rows per call, requests of up to 64 guided
+    samples, and the queue limit."""
+    engine = ddpm.serving_engine(settings.max_rows, max_request_rows=2 * MAX_SAMPLES)
+    return LocalBackend(ddpm, engine, settings.queue_rows or max(4 * engine.max_rows, 2 * MAX_SAMPLES))
+
+
+def create_app(ddpm: DDPM, settings: Settings | None = None, backend: LocalBackend | None = None) -> FastAPI:
+    """The app over ``backend`` (default: an engine of its own, :func:`local_backend`), started and
+    stopped with the app's lifespan. ``ddpm`` checks the requests; the backend samples them."""
     settings = settings or Settings()
-    engine = engine or ddpm.serving_engine(settings.max_rows, max_request_rows=2 * MAX_SAMPLES)
-    queue_rows = settings.queue_rows or max(4 * engine.max_rows, engine.max_request_rows or engine.max_rows)
-    jobs = Jobs(ddpm, engine, queue_rows, keep=settings.keep_jobs)
-    metrics = Metrics(engine, lambda: sum(1 for served in jobs.live() if served.job.state == "queued"))
+    backend = backend or local_backend(ddpm, settings)
+    jobs = Jobs(backend, keep=settings.keep_jobs)
+    queued = lambda: sum(1 for served in jobs.live() if served.job.state == "queued")  # noqa: E731
+    metrics = Metrics(getattr(backend, "engine", None), queued)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
+        backend.start()
         yield
         app.state.draining = True
-        engine.stop(settings.grace)
+        await asyncio.to_thread(backend.stop, settings.grace)
 
     app = FastAPI(title="ddpm-serve", version="0.1.0", lifespan=lifespan,
                   description="MNIST digits from a DDPM, sampled by a continuous-batching engine: many requests share "
                               "each network call.")
-    app.state.ddpm, app.state.engine, app.state.jobs, app.state.metrics = ddpm, engine, jobs, metrics
+    app.state.ddpm, app.state.backend, app.state.jobs, app.state.metrics = ddpm, backend, jobs, metrics
+    app.state.engine = getattr(backend, "engine", None)
     app.state.draining, app.state.settings = False, settings
     _errors(app)
     app.add_middleware(BodyLimit, limit=settings.body_limit)
@@ -109,10 +117,10 @@ def _public() -> APIRouter:
     @router.get("/healthz", response_model=Health, summary="200 once the model is loaded and the engine runs")
     async def healthz(request: Request):
         state = request.app.state
-        if state.draining or not state.engine.running:
+        if state.draining or not state.backend.running:
             raise HTTPException(503, "draining: the server is shutting down" if state.draining else "the engine is not running")
-        return Health(status="ok", model=state.ddpm.session.path.name, provider=state.ddpm.provider,
-                      rows_per_call=state.engine.max_rows)
+        rows = state.engine.max_rows if state.engine is not None else None
+        return Health(status="ok", model=state.ddpm.session.path.name, provider=state.ddpm.provider, rows_per_call=rows)
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -121,19 +129,19 @@ def _public() -> APIRouter:
     return router
 
 
-def _checked_submit(request: Request, body: SampleBody) -> ServedJob:
+async def _checked_submit(request: Request, body: SampleBody) -> ServedJob:
     """The body checked against the model and queued, or the HTTP error that says why not."""
     state = request.app.state
     if state.draining:
         raise HTTPException(503, "the server is shutting down and takes no new requests", headers={"Retry-After": "5"})
     try:
-        return state.jobs.submit(check(state.ddpm, body))
+        return await state.jobs.submit(check(state.ddpm, body))
     except SettingError as exc:
         raise HTTPException(422, reason(exc)) from None
     except QueueFull as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     except DDPMError as exc:  # too large for the engine or the memory, or the engine stopping
-        raise HTTPException(503 if state.engine.stopping else 422, str(exc)) from None
+        raise HTTPException(503 if state.backend.stopping or getattr(exc, "lost", False) else 422, str(exc)) from None
 
 
 def _observe(request: Request, served: ServedJob, kind: str) -> None:
@@ -149,13 +157,16 @@ def _result(request: Request, served: ServedJob, kind: str) -> Response:
     if not job.done:
         raise HTTPException(409, f"the job is {job.state} ({job.position} of {job.steps} steps)")
     if job.state != "done":
-        raise HTTPException(409 if job.state == "cancelled" else 500, job.error or f"the job was {job.state}")
+        status = 409 if job.state == "cancelled" else 503 if getattr(job, "lost", False) else 500  # lost: its replica died
+        raise HTTPException(status, job.error or f"the job was {job.state}")
     try:
         data = request.app.state.jobs.render(served, kind)
     except DDPMError as exc:
         raise HTTPException(409, str(exc)) from None
-    return Response(data, media_type=MEDIA_TYPES[kind], headers={
-        "X-DDPM-Seed": str(job.seed), "Content-Disposition": f'inline; filename="ddpm-{job.seed}.{kind}"'})
+    headers = {"X-DDPM-Seed": str(job.seed), "Content-Disposition": f'inline; filename="ddpm-{job.seed}.{kind}"'}
+    if getattr(job, "replica", None):  # on Ray: which sampler replica ran it
+        headers["X-DDPM-Replica"] = job.replica
+    return Response(data, media_type=MEDIA_TYPES[kind], headers=headers)
 
 
 def _api() -> APIRouter:
@@ -165,7 +176,7 @@ def _api() -> APIRouter:
     @router.post("/v1/samples", response_class=Response, responses=results,
                  summary="Sample and return the grid (PNG) or ddpm-run's npz; a client that leaves cancels it")
     async def samples(body: SampleBody, request: Request):
-        served = _checked_submit(request, body)
+        served = await _checked_submit(request, body)
         waiting = asyncio.ensure_future(served.ended())
         while not waiting.done():
             await asyncio.wait({waiting}, timeout=DISCONNECT_POLL)
@@ -177,7 +188,7 @@ def _api() -> APIRouter:
 
     @router.post("/v1/jobs", status_code=202, response_model=JobView, summary="Submit a job; poll it or stream its events")
     async def submit(body: SampleBody, request: Request):
-        served = _checked_submit(request, body)
+        served = await _checked_submit(request, body)
         served.job.add_done_callback(lambda job: _observe(request, served, "job"))
         return served.view()
 

@@ -63,10 +63,19 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> None:
               help="ONNX Runtime execution provider; 'auto' uses CUDA when a GPU is usable, else the CPU.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU provider threads. [default: ONNX Runtime's choice]")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
+@click.option("--ray", "on_ray", is_flag=True,
+              help="Scale out on Ray Serve: one ingress over --replicas sampler replicas, each with its own engine "
+                   "(needs the ray extra: pip install \"ddpm-mnist[ray]\").")
+@click.option("--replicas", type=click.IntRange(1, 1024), default=2, help="With --ray: sampler replicas.")
+@click.option("--replica-cpus", type=click.FloatRange(0.1, 256), default=1.0,
+              help="With --ray: CPUs Ray reserves for each replica; its ONNX Runtime threads unless --threads says.")
+@click.option("--address", default=None,
+              help="With --ray: an existing cluster ('auto': the one `ray start` made here). [default: a local one]")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no access log.")
 def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, no_auth: bool, max_rows: int | None,
               queue_rows: int | None, keep_jobs: int, grace: float, cors_origins: tuple[str, ...], precision: str,
-              provider: str, threads: int | None, device_id: int, quiet: bool) -> None:
+              provider: str, threads: int | None, device_id: int, on_ray: bool, replicas: int, replica_cpus: float,
+              address: str | None, quiet: bool) -> None:
     """Serve digits over HTTP: POST /v1/samples, /v1/jobs with live events, /metrics, /docs, and a page at /.
 
     \b
@@ -78,16 +87,26 @@ def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, n
     check_auth(host, token, no_auth)
     if onnx_path is not None and precision != "auto":
         raise click.UsageError("--precision picks a copy of the embedded model; with --onnx the file decides")
-    from .server import Server  # the serve extra, imported once the arguments are known to be good
-    from .app import Settings
+    if not on_ray and address is not None:
+        raise click.UsageError("--address names a Ray cluster; add --ray")
+    from .app import Settings  # the serve extra, imported once the arguments are known to be good
+
+    settings = Settings(queue_rows=queue_rows, token=token, grace=grace, keep_jobs=keep_jobs,
+                        cors_origins=list(cors_origins), max_rows=max_rows)
+    if on_ray:
+        from .ray_app import ModelOptions, serve_on_ray
+
+        onnx = None if onnx_path is None else str(onnx_path.resolve())  # replicas may start elsewhere
+        options = ModelOptions(onnx, precision, provider, threads or max(1, int(replica_cpus)), device_id)
+        serve_on_ray(options, settings, replicas, replica_cpus, host, port, address, lambda line: click.echo(line, err=True))
+        return
+    from .server import Server
 
     announce = None if quiet else (lambda: click.echo("timing this CPU once (a few seconds)", err=True))
     session = {"provider": provider, "threads": threads, "device_id": device_id}
     ddpm, chosen = open_copy(onnx_path, precision, session)
     if speed_decides(onnx_path, precision):
         ddpm, chosen = faster_copy(ddpm, session, announce)
-    settings = Settings(queue_rows=queue_rows, token=token, grace=grace, keep_jobs=keep_jobs,
-                        cors_origins=list(cors_origins), max_rows=max_rows)
     server = Server(ddpm, settings, host, port, quiet, on_measure=announce)
     if not quiet:
         click.echo(f"model {ddpm.session.path.name}{f' ({chosen})' if chosen else ''} on {ddpm.provider}", err=True)

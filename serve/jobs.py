@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..core.errors import DDPMError
 from ..core.outputs import gif_bytes, npz_bytes, png_bytes
+from ..core.record import RunSettings
 from ..runtime.engine import Job, SamplingEngine
 from ..runtime.pipeline import DDPM
 from .schema import Checked, JobView
@@ -58,36 +59,62 @@ class ServedJob:
         await future
 
 
-class Jobs:
-    """Submits checked requests to the engine, within a limit of rows, and keeps the recent ones.
+class LocalBackend:
+    """Requests run on an engine in this process, within a limit of rows.
 
     ``queue_rows``: the most rows in flight or waiting (a guided sample counts 2); a request beyond
-    it is refused at once with a retry time. ``keep``: finished jobs kept for ``/v1/jobs`` (oldest
-    finished dropped first), for at most ``keep_seconds``.
+    it is refused at once with a retry time.
     """
 
-    def __init__(self, ddpm: DDPM, engine: SamplingEngine, queue_rows: int, keep: int = 128, keep_seconds: float = 600.0) -> None:
-        self.ddpm, self.engine = ddpm, engine
-        self.queue_rows, self.keep, self.keep_seconds = queue_rows, keep, keep_seconds
-        self._jobs: OrderedDict[str, ServedJob] = OrderedDict()
+    def __init__(self, ddpm: DDPM, engine: SamplingEngine, queue_rows: int) -> None:
+        self.ddpm, self.engine, self.queue_rows = ddpm, engine, queue_rows
 
-    def submit(self, checked: Checked) -> ServedJob:
+    async def submit(self, checked: Checked) -> Job:
         rows = checked.n * (2 if checked.plan.guidance > 0 else 1)
         waiting = self.engine.active_rows
         if waiting + rows > self.queue_rows:
             raise QueueFull(f"the server is full ({waiting} of {self.queue_rows} rows in flight); retry later",
                             self.retry_after())
-        job = self.engine.submit(checked.n, checked.plan, checked.seed)
+        return self.engine.submit(checked.n, checked.plan, checked.seed)
+
+    def retry_after(self) -> int:
+        """Seconds until the running request closest to its end should be done, at the recent tick rate."""
+        seconds = min(self.engine.steps_left(), default=1) * max(self.engine.stats.tick_seconds, 0.001)
+        return max(1, int(seconds + 0.999))
+
+    def record(self, job: Job) -> RunSettings:
+        binding = "iobinding" if self.engine.network.binding else "plain"
+        return self.ddpm.record(job, self.engine.max_rows, binding)
+
+    @property
+    def running(self) -> bool:
+        return self.engine.running
+
+    @property
+    def stopping(self) -> bool:
+        return self.engine.stopping
+
+    def start(self) -> None:
+        self.engine.start()
+
+    def stop(self, grace: float) -> None:
+        self.engine.stop(grace)
+
+
+class Jobs:
+    """Submits checked requests to the backend and keeps the recent ones for ``/v1/jobs``: ``keep``
+    finished jobs (oldest finished dropped first), each for at most ``keep_seconds``."""
+
+    def __init__(self, backend: LocalBackend, keep: int = 128, keep_seconds: float = 600.0) -> None:
+        self.backend, self.keep, self.keep_seconds = backend, keep, keep_seconds
+        self._jobs: OrderedDict[str, ServedJob] = OrderedDict()
+
+    async def submit(self, checked: Checked) -> ServedJob:
+        job = await self.backend.submit(checked)
         served = ServedJob(secrets.token_urlsafe(12), job, checked)
         self._forget_old()
         self._jobs[served.id] = served
         return served
-
-    def retry_after(self) -> int:
-        """Seconds until the running request closest to its end should be done, at the recent tick rate."""
-        left = [s.job.steps - s.job.position for s in self._jobs.values() if not s.job.done]
-        seconds = min(left, default=1) * max(self.engine.stats.tick_seconds, 0.001)
-        return max(1, int(seconds + 0.999))
 
     def get(self, job_id: str) -> ServedJob | None:
         return self._jobs.get(job_id)
@@ -112,8 +139,7 @@ class Jobs:
             if not run.frames:
                 raise DDPMError("this job kept no frames: submit it with frames > 0 for a GIF")
             return gif_bytes(run.frames, fps=GIF_FPS, hold=GIF_HOLD, scale=checked.scale, columns=checked.columns)
-        binding = "iobinding" if self.engine.network.binding else "plain"
-        settings = self.ddpm.record(served.job, self.engine.max_rows, binding)
+        settings = self.backend.record(served.job)
         if kind == "npz":
             return npz_bytes(run.images, settings)
         return png_bytes(run.images, scale=checked.scale, columns=checked.columns, settings=settings)

@@ -53,9 +53,9 @@ class EngineCollector:
 
 
 class Metrics:
-    """The server's registry: HTTP outcomes and latencies, plus the engine collector."""
+    """The server's registry: HTTP outcomes and latencies, plus the engine collector where the engine is local."""
 
-    def __init__(self, engine: SamplingEngine, queued: callable) -> None:
+    def __init__(self, engine: SamplingEngine | None, queued: callable) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("ddpm_http_requests", "HTTP requests by route and status code.", ["route", "code"],
                                 registry=self.registry)
@@ -63,7 +63,8 @@ class Metrics:
                                  ["kind", "outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.wait = Histogram("ddpm_queue_wait_seconds", "Seconds a request waited for its first step.",
                               buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.registry.register(EngineCollector(engine, queued))
+        if engine is not None:  # a server whose engines run elsewhere (Ray replicas) reports its HTTP side only
+            self.registry.register(EngineCollector(engine, queued))
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

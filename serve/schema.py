@@ -21,7 +21,7 @@ from ..runtime.pipeline import DDPM
 
 MAX_SAMPLES = 64  # per request: a 8x8 grid; more is several requests
 MAX_FRAMES = 100  # frames a job keeps for its events and its GIF
-FIELDS = {"digits": "digits", "n": "n"}  # library setting -> body field, where they differ
+FRESH_SEED_BITS = 53  # fresh seeds stay exact as JSON numbers in JavaScript (2^53); a client may send any up to 2^63 - 1
 
 
 class _Body(BaseModel):
@@ -35,7 +35,7 @@ class _Body(BaseModel):
         default=None, max_length=MAX_SAMPLES,
         description=f"Class-conditional models: the digits to draw, cycled over the samples (at most {MAX_SAMPLES}). "
                     "[default: every digit equally often, in an order drawn from the seed]")
-    sampler: str | None = Field(default=None, description=f"One of {', '.join(choices())}. [default: {DEFAULT_SAMPLER}; "
+    sampler: str | None = Field(default=None, json_schema_extra={"enum": [*choices(), None]}, description=f"One of {', '.join(choices())}. [default: {DEFAULT_SAMPLER}; "
                                                              f"{DIGIT_SAMPLER} with digits]")
     steps: int | None = Field(default=None, description="Network evaluations per sample, at most the model's T. "
                                                         "[default: the sampler's own]")
@@ -80,7 +80,7 @@ class Health(BaseModel):
     status: Literal["ok", "draining"]
     model: str
     provider: str
-    rows_per_call: int
+    rows_per_call: int | None = Field(default=None, description="Rows one network call takes (a local engine's).")
 
 
 @dataclass(frozen=True)
@@ -102,15 +102,16 @@ def check(ddpm: DDPM, body: _Body) -> Checked:
     options = {name: getattr(body, name) for name in option_names() if getattr(body, name) is not None}
     plan = ddpm.plan(sampler=body.sampler, steps=body.steps, digits=body.digits, guidance=body.guidance,
                      frames=body.frames, show=body.show, **options)
-    seed = secrets.randbits(63) if body.seed is None else body.seed
+    seed = secrets.randbits(FRESH_SEED_BITS) if body.seed is None else body.seed
     columns = len(body.digits) if body.digits and len(body.digits) > 1 else None
     return Checked(body.n, plan, seed, body.format, body.scale, columns)
 
 
 def reason(exc: SettingError) -> str:
-    """A setting error in the body's field names: "eta: η is a setting of ddim, not of ancestral"."""
+    """A setting error named by its body field (the library's setting names are the fields' names):
+    "eta: η is a setting of ddim, not of ancestral; set sampler to ddim"."""
     remedy = ""
     if exc.needs is not None:
         name, value = exc.needs
-        remedy = f"; set {FIELDS.get(name, name)}" + ("" if value is None else f" to {value}")
-    return f"{FIELDS.get(exc.setting, exc.setting)}: {exc.problem}{remedy}"
+        remedy = f"; set {name}" + ("" if value is None else f" to {value}")
+    return f"{exc.setting}: {exc.problem}{remedy}"
