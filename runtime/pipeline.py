@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from ..core.plan import SamplingPlan, SettingError

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..core.errors import DDPMError, SettingError, summary
 from ..runtime.pipeline import DDPM
 from . import events
-from .jobs import MEDIA_TYPES, Jobs, LocalBackend, QueueFull, ServedJob
+from .jobs import MEDIA_TYPES, Jobs, LocalBackend, QueueFull, ServedJob, Unavailable
 from .limits import BODY_LIMIT, BodyLimit, bearer
 from .metrics import Counted, Metrics
 from .schema import MAX_SAMPLES, Health, JobView, SampleBody, check, reason
@@ -140,8 +140,12 @@ async def _checked_submit(request: Request, body: SampleBody) -> ServedJob:
         raise HTTPException(422, reason(exc)) from None
     except QueueFull as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    except Unavailable as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
     except DDPMError as exc:  # too large for the engine or the memory, or the engine stopping
-        raise HTTPException(503 if state.backend.stopping or getattr(exc, "lost", False) else 422, str(exc)) from None
+        if state.backend.stopping:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        raise HTTPException(422, str(exc)) from None
 
 
 def _observe(request: Request, served: ServedJob, kind: str) -> None:
@@ -157,8 +161,9 @@ def _result(request: Request, served: ServedJob, kind: str) -> Response:
     if not job.done:
         raise HTTPException(409, f"the job is {job.state} ({job.position} of {job.steps} steps)")
     if job.state != "done":
-        status = 409 if job.state == "cancelled" else 503 if getattr(job, "lost", False) else 500  # lost: its replica died
-        raise HTTPException(status, job.error or f"the job was {job.state}")
+        if getattr(job, "lost", False):  # its replica died: another will take it
+            raise HTTPException(503, job.error, headers={"Retry-After": "1"})
+        raise HTTPException(409 if job.state == "cancelled" else 500, job.error or f"the job was {job.state}")
     try:
         data = request.app.state.jobs.render(served, kind)
     except DDPMError as exc:

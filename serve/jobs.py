@@ -29,6 +29,10 @@ class QueueFull(DDPMError):
         self.retry_after = retry_after
 
 
+class Unavailable(DDPMError):
+    """No worker could take the request just now (shutting down, or a Ray replica lost): a 503."""
+
+
 @dataclass
 class ServedJob:
     """An engine job as the API knows it."""

@@ -30,7 +30,7 @@ from ..runtime.engine import SampleRun
 from ..runtime.pipeline import DDPM
 from ..runtime.precision import faster_copy, open_copy, speed_decides
 from .app import Settings, create_app, local_backend
-from .jobs import QueueFull
+from .jobs import QueueFull, Unavailable
 from .schema import Checked
 
 APP_NAME = "ddpm"
@@ -192,15 +192,11 @@ class RemoteBackend:
         try:
             first = await stream.__anext__()
         except Exception as exc:  # noqa: BLE001 - no replica could take it
-            error = DDPMError(f"no sampler replica took the request: {summary(exc)}; retry it")
-            error.lost = True
-            raise error from None
+            raise Unavailable(f"no sampler replica took the request: {summary(exc)}; retry it") from None
         if first["kind"] == "refused":
             if first["status"] == 429:
                 raise QueueFull(first["detail"], first["retry_after"])
-            error = DDPMError(first["detail"])
-            error.lost = first["status"] == 503
-            raise error
+            raise (Unavailable if first["status"] == 503 else DDPMError)(first["detail"])
         job = RemoteJob(checked.n, checked.plan, checked.seed, first["steps"], first["replica"])
         task = asyncio.ensure_future(job.follow(stream))
         self._followers.add(task)
