@@ -14,6 +14,7 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Annotated
 from importlib import resources
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -84,8 +85,8 @@ def create_app(ddpm: DDPM, settings: Settings | None = None, backend: LocalBacke
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-DDPM-Seed"])
-    app.include_router(_public())
-    app.include_router(_api(), dependencies=[Depends(bearer(settings.token))])
+    app.include_router(public)
+    app.include_router(api, dependencies=[Depends(bearer(settings.token))])
     return app
 
 
@@ -111,22 +112,21 @@ def _errors(app: FastAPI) -> None:
 
 
 
-def _public() -> APIRouter:
-    router = APIRouter()
+public = APIRouter()  # open without a token: health, and the page (it holds no data)
 
-    @router.get("/healthz", response_model=Health, summary="200 once the model is loaded and the engine runs")
-    async def healthz(request: Request):
-        state = request.app.state
-        if state.draining or not state.backend.running:
-            raise HTTPException(503, "draining: the server is shutting down" if state.draining else "the engine is not running")
-        rows = state.engine.max_rows if state.engine is not None else None
-        return Health(status="ok", model=state.ddpm.session.path.name, provider=state.ddpm.provider, rows_per_call=rows)
 
-    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page():
-        return HTMLResponse((resources.files("ddpm.serve") / "page" / "index.html").read_text(encoding="utf-8"))
+@public.get("/healthz", response_model=Health, summary="200 once the model is loaded and the engine runs")
+async def healthz(request: Request):
+    state = request.app.state
+    if state.draining or not state.backend.running:
+        raise HTTPException(503, "draining: the server is shutting down" if state.draining else "the engine is not running")
+    rows = state.engine.max_rows if state.engine is not None else None
+    return Health(status="ok", model=state.ddpm.session.path.name, provider=state.ddpm.provider, rows_per_call=rows)
 
-    return router
+
+@public.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page():
+    return HTMLResponse((resources.files("ddpm.serve") / "page" / "index.html").read_text(encoding="utf-8"))
 
 
 async def _checked_submit(request: Request, body: SampleBody) -> ServedJob:
@@ -174,60 +174,68 @@ def _result(request: Request, served: ServedJob, kind: str) -> Response:
     return Response(data, media_type=MEDIA_TYPES[kind], headers=headers)
 
 
-def _api() -> APIRouter:
-    router = APIRouter()
-    results = {200: {"content": {"image/png": {}, "application/octet-stream": {}}, "description": "The grid or the npz."}}
+api = APIRouter()  # everything behind the token, when there is one
+RESULTS = {200: {"content": {"image/png": {}, "application/octet-stream": {}, "image/gif": {}},
+                 "description": "The grid (PNG), the npz, or the GIF."}}
 
-    @router.post("/v1/samples", response_class=Response, responses=results,
-                 summary="Sample and return the grid (PNG) or ddpm-run's npz; a client that leaves cancels it")
-    async def samples(body: SampleBody, request: Request):
-        served = await _checked_submit(request, body)
-        waiting = asyncio.ensure_future(served.ended())
-        while not waiting.done():
-            await asyncio.wait({waiting}, timeout=DISCONNECT_POLL)
-            if not waiting.done() and await request.is_disconnected():
-                served.job.cancel()
-                await waiting
-        _observe(request, served, "sample")
-        return await asyncio.to_thread(_result, request, served, served.checked.format)
 
-    @router.post("/v1/jobs", status_code=202, response_model=JobView, summary="Submit a job; poll it or stream its events")
-    async def submit(body: SampleBody, request: Request):
-        served = await _checked_submit(request, body)
-        served.job.add_done_callback(lambda job: _observe(request, served, "job"))
-        return served.view()
+@api.post("/v1/samples", response_class=Response, responses=RESULTS,
+          summary="Sample and return the grid (PNG) or ddpm-run's npz; a client that leaves cancels it")
+async def samples(body: SampleBody, request: Request):
+    served = await _checked_submit(request, body)
+    waiting = asyncio.ensure_future(served.ended())
+    while not waiting.done():
+        await asyncio.wait({waiting}, timeout=DISCONNECT_POLL)
+        if not waiting.done() and await request.is_disconnected():
+            served.job.cancel()
+            await waiting
+    _observe(request, served, "sample")
+    return await asyncio.to_thread(_result, request, served, served.checked.format)
 
-    def find(request: Request, job_id: str) -> ServedJob:
-        served = request.app.state.jobs.get(job_id)
-        if served is None:
-            raise HTTPException(404, f"no job {job_id!r} (finished jobs are kept for a while, then forgotten)")
-        return served
 
-    @router.get("/v1/jobs/{job_id}", response_model=JobView, summary="A job's state and progress")
-    async def status(job_id: str, request: Request):
-        return find(request, job_id).view()
+@api.post("/v1/jobs", status_code=202, response_model=JobView, summary="Submit a job; poll it or stream its events")
+async def submit(body: SampleBody, request: Request):
+    served = await _checked_submit(request, body)
+    served.job.add_done_callback(lambda job: _observe(request, served, "job"))
+    return served.view()
 
-    @router.get("/v1/jobs/{job_id}/events", summary="Server-sent events: progress, frames (PNG, base64) and the end")
-    async def stream(job_id: str, request: Request):
-        return events.response(request, find(request, job_id))
 
-    @router.get("/v1/jobs/{job_id}/result", response_class=Response, responses=results,
-                summary="A finished job's grid (png), npz, or denoising GIF (gif, when it kept frames)")
-    async def result(job_id: str, request: Request, format: str | None = None):
-        served = find(request, job_id)
-        kind = format or served.checked.format
-        if kind not in MEDIA_TYPES:
-            raise HTTPException(422, f"format: must be one of {', '.join(MEDIA_TYPES)}, got {kind!r}")
-        return await asyncio.to_thread(_result, request, served, kind)
+def served_job(job_id: str, request: Request) -> ServedJob:
+    """The job a path names (a dependency of the job routes), or 404."""
+    served = request.app.state.jobs.get(job_id)
+    if served is None:
+        raise HTTPException(404, f"no job {job_id!r} (finished jobs are kept for a while, then forgotten)")
+    return served
 
-    @router.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobView, summary="Cancel a job")
-    async def cancel(job_id: str, request: Request):
-        served = find(request, job_id)
-        served.job.cancel()
-        return served.view()
 
-    @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
-    async def metrics(request: Request):
-        return Response(request.app.state.metrics.text(), media_type="text/plain; version=0.0.4")
+Served = Annotated[ServedJob, Depends(served_job)]
 
-    return router
+
+@api.get("/v1/jobs/{job_id}", response_model=JobView, summary="A job's state and progress")
+async def status(served: Served):
+    return served.view()
+
+
+@api.get("/v1/jobs/{job_id}/events", summary="Server-sent events: progress, frames (PNG, base64) and the end")
+async def stream(served: Served, request: Request):
+    return events.response(request, served)
+
+
+@api.get("/v1/jobs/{job_id}/result", response_class=Response, responses=RESULTS,
+         summary="A finished job's grid (png), npz, or denoising GIF (gif, when it kept frames)")
+async def result(served: Served, request: Request, format: str | None = None):
+    kind = format or served.checked.format
+    if kind not in MEDIA_TYPES:
+        raise HTTPException(422, f"format: must be one of {', '.join(MEDIA_TYPES)}, got {kind!r}")
+    return await asyncio.to_thread(_result, request, served, kind)
+
+
+@api.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobView, summary="Cancel a job")
+async def cancel(served: Served):
+    served.job.cancel()
+    return served.view()
+
+
+@api.get("/metrics", response_class=Response, summary="Prometheus metrics")
+async def metrics(request: Request):
+    return Response(request.app.state.metrics.text(), media_type="text/plain; version=0.0.4")
