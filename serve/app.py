@@ -27,7 +27,7 @@ from ..core.errors import DDPMError, SettingError, summary
 from ..runtime.pipeline import DDPM
 from . import events
 from .jobs import MEDIA_TYPES, Jobs, LocalBackend, QueueFull, ServedJob, Unavailable
-from .limits import BODY_LIMIT, BodyLimit, bearer
+from .limits import BODY_LIMIT, BearerAuth, BodyLimit
 from .metrics import Counted, Metrics
 from .schema import MAX_SAMPLES, Health, JobView, SampleBody, check, reason
 
@@ -80,13 +80,15 @@ def create_app(ddpm: DDPM, settings: Settings | None = None, backend: LocalBacke
     app.state.engine = getattr(backend, "engine", None)
     app.state.draining, app.state.settings = False, settings
     _errors(app)
+    # Outermost last: counted, then CORS (its preflights carry no token), the token, the body limit.
     app.add_middleware(BodyLimit, limit=settings.body_limit)
-    app.add_middleware(Counted, metrics=metrics)
+    app.add_middleware(BearerAuth, token=settings.token)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-DDPM-Seed"])
+    app.add_middleware(Counted, metrics=metrics)
     app.include_router(public)
-    app.include_router(api, dependencies=[Depends(bearer(settings.token))])
+    app.include_router(api)
     return app
 
 

@@ -14,6 +14,7 @@ import uvicorn
 from ..runtime.pipeline import DDPM
 from ..runtime.session import CPU_PROVIDER
 from .app import Settings, create_app
+from .limits import GuardedH11
 
 # Bounds on what clients may hold: open connections beyond LIMIT_CONCURRENCY get 503; an idle
 # keep-alive connection closes after KEEP_ALIVE seconds.
@@ -57,7 +58,7 @@ class Server:
         config = uvicorn.Config(self.app, host=host, port=port, log_level="warning" if quiet else "info",
                                 access_log=not quiet, timeout_graceful_shutdown=int(settings.grace + 0.999),
                                 limit_concurrency=LIMIT_CONCURRENCY, timeout_keep_alive=KEEP_ALIVE,
-                                lifespan="on", server_header=False)
+                                lifespan="on", server_header=False, http=GuardedH11)
         self.uvicorn = _Uvicorn(config, self._drain)
 
     def _drain(self) -> None:

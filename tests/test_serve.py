@@ -214,6 +214,14 @@ def test_tokens(ddpm):
         assert client.get("/metrics", headers=good).status_code == 200
 
 
+def test_the_token_comes_before_the_body(ddpm):
+    with TestClient(create_app(ddpm, Settings(max_rows=4, token=TOKEN))) as client:
+        broken = client.post("/v1/samples", content='{"n": 1, "digits": [3', headers={"content-type": "application/json"})
+        assert broken.status_code == 401
+        huge = client.post("/v1/samples", content=b" " * 100_000, headers={"content-type": "application/json"})
+        assert huge.status_code == 401
+
+
 def test_no_cors_unless_asked(client, ddpm):
     preflight = {"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in client.options("/v1/samples", headers=preflight).headers
@@ -257,6 +265,62 @@ def test_a_client_that_leaves_cancels_its_request(live):
         assert time.monotonic() < deadline, app.state.engine.stats
         time.sleep(0.05)
     assert app.state.engine.stats.steps < 1000
+
+
+@pytest.fixture
+def guarded(ddpm, monkeypatch):
+    """ddpm-serve's own server (its protocol guards) on a free loopback port, in a thread."""
+    from ddpm.serve import limits
+    from ddpm.serve.server import Server
+
+    monkeypatch.setattr(limits, "HEADER_SECONDS", 0.5)
+    server = Server(ddpm, Settings(max_rows=4), "127.0.0.1", 0, quiet=True)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.uvicorn.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.02)
+    yield server.uvicorn.servers[0].sockets[0].getsockname()[1]
+    server.uvicorn.should_exit = True
+    thread.join(10)
+
+
+def read_all(sock, seconds=5.0) -> bytes:
+    sock.settimeout(seconds)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return b"".join(chunks)
+
+
+def test_slow_headers_are_cut_off(guarded):
+    began = time.monotonic()
+    with socket.create_connection(("127.0.0.1", guarded)) as sock:
+        sock.sendall(b"POST /v1/samples HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
+        assert read_all(sock) == b""  # closed by the server, unanswered
+    assert time.monotonic() - began < 3
+    with socket.create_connection(("127.0.0.1", guarded)) as sock:  # a fresh connection is served
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_all(sock, 2).startswith(b"HTTP/1.1 200")
+
+
+def test_huge_headers_and_streamed_bodies_are_refused_in_words(guarded):
+    with socket.create_connection(("127.0.0.1", guarded)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.1 400")
+    with socket.create_connection(("127.0.0.1", guarded)) as sock:
+        sock.sendall(b"POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (8192, b" " * 8192)
+        for _ in range(8):  # 64 kB, past the 16 kB limit, still arriving when the answer is sent
+            sock.sendall(chunk)
+            time.sleep(0.01)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 413") and b"over 16384 bytes" in answer
 
 
 def start_server(tmp_path, *args, env=None):
