@@ -14,8 +14,8 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
 from importlib import resources
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..core.errors import DDPMError, SettingError, summary
 from ..runtime.pipeline import DDPM
 from . import events
-from .jobs import MEDIA_TYPES, Jobs, LocalBackend, QueueFull, ServedJob, Unavailable
+from .jobs import MEDIA_TYPES, Backend, Jobs, LocalBackend, QueueFull, ServedJob, Unavailable
 from .limits import BODY_LIMIT, BearerAuth, BodyLimit
 from .metrics import Counted, Metrics
 from .schema import MAX_SAMPLES, Health, JobView, SampleBody, check, reason
@@ -38,8 +38,8 @@ DISCONNECT_POLL = 0.25  # seconds between checks that a waiting /v1/samples clie
 class Settings:
     """How the server admits work. ``queue_rows``: rows in flight or waiting before a request is
     refused with 429 (None: four calls' worth, at least one largest request). ``token``: bearer
-    token for everything but ``/healthz`` and the static pages. ``grace``: seconds in-flight requests
-    get to finish at shutdown."""
+    token for everything but ``/healthz``, the page and the API docs. ``grace``: seconds in-flight
+    requests get to finish at shutdown."""
 
     queue_rows: int | None = None
     token: str | None = None
@@ -57,7 +57,7 @@ def local_backend(ddpm: DDPM, settings: Settings) -> LocalBackend:
     return LocalBackend(ddpm, engine, settings.queue_rows or max(4 * engine.max_rows, 2 * MAX_SAMPLES))
 
 
-def create_app(ddpm: DDPM, settings: Settings | None = None, backend: LocalBackend | None = None) -> FastAPI:
+def create_app(ddpm: DDPM, settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
     """The app over ``backend`` (default: an engine of its own, :func:`local_backend`), started and
     stopped with the app's lifespan. ``ddpm`` checks the requests; the backend samples them."""
     settings = settings or Settings()
@@ -85,7 +85,7 @@ def create_app(ddpm: DDPM, settings: Settings | None = None, backend: LocalBacke
     app.add_middleware(BearerAuth, token=settings.token)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-DDPM-Seed"])
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-DDPM-Seed", "X-DDPM-Replica"])
     app.add_middleware(Counted, metrics=metrics)
     app.include_router(public)
     app.include_router(api)

@@ -8,6 +8,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..core.errors import DDPMError
 from ..core.outputs import gif_bytes, npz_bytes, png_bytes
@@ -63,6 +64,24 @@ class ServedJob:
         await future
 
 
+class Backend(Protocol):
+    """Where the requests run: :class:`LocalBackend` (an engine in this process) or, on Ray, the
+    ingress's remote backend (``ddpm.serve.ray_app.RemoteBackend``)."""
+
+    running: bool  # taking and advancing requests
+    stopping: bool  # shutting down: takes no new ones
+
+    async def submit(self, checked: Checked) -> Job:
+        """The request under way; :class:`QueueFull`, :class:`Unavailable` or a one-line DDPMError if not."""
+
+    def record(self, job: Job) -> RunSettings | dict:
+        """What a finished job's npz and PNG record."""
+
+    def start(self) -> None: ...
+
+    def stop(self, grace: float) -> None: ...
+
+
 class LocalBackend:
     """Requests run on an engine in this process, within a limit of rows.
 
@@ -109,7 +128,7 @@ class Jobs:
     """Submits checked requests to the backend and keeps the recent ones for ``/v1/jobs``: ``keep``
     finished jobs (oldest finished dropped first), each for at most ``keep_seconds``."""
 
-    def __init__(self, backend: LocalBackend, keep: int = 128, keep_seconds: float = 600.0) -> None:
+    def __init__(self, backend: Backend, keep: int = 128, keep_seconds: float = 600.0) -> None:
         self.backend, self.keep, self.keep_seconds = backend, keep, keep_seconds
         self._jobs: OrderedDict[str, ServedJob] = OrderedDict()
 
