@@ -1,4 +1,4 @@
-"""The ddpm-serve load generator (benchmarks/serve_load.py): its bookkeeping, its loopback guard, and a
+"""The ddpm-serve load generator (benchmarks/serve_load/): its bookkeeping, its loopback guard, and a
 few seconds of it against a real server on loopback."""
 
 import asyncio
@@ -11,17 +11,21 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 pytest.importorskip("httpx", reason="the load generator talks through httpx")
 
-from ddpm.benchmarks import serve_load  # noqa: E402
-from ddpm.benchmarks.serve_load import Ledger, LoadError, Outcome  # noqa: E402
+from ddpm.benchmarks.serve_load.cli import main, parser, run  # noqa: E402
+from ddpm.benchmarks.serve_load.client import (Ledger, LoadError, Outcome, Target, closed_loop, loopback_url,  # noqa: E402
+                                               metric_values, percentile, png_text, rows_per_call, scrape,
+                                               short_cpu_kind, summarize)
+from ddpm.benchmarks.serve_load.hostile import RESET, Case, big_body, raw_post, repeated  # noqa: E402
+from ddpm.benchmarks.serve_load.server import ServerProcess, read_rss_kb  # noqa: E402
 from ddpm.core.outputs import png_bytes  # noqa: E402
 
 
 def test_percentile_interpolates_like_numpy_and_is_none_without_values():
     values = [float(v) for v in range(1, 101)]
-    assert serve_load.percentile(values, 50) == pytest.approx(50.5)
-    assert serve_load.percentile(values, 99) == pytest.approx(99.01)
-    assert serve_load.percentile([3.0], 99) == 3.0
-    assert serve_load.percentile([], 50) is None
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) is None
 
 
 @pytest.mark.parametrize("url, base", [
@@ -30,7 +34,7 @@ def test_percentile_interpolates_like_numpy_and_is_none_without_values():
     ("http://[::1]:8000/", "http://[::1]:8000"),
 ])
 def test_loopback_urls_are_taken(url, base):
-    assert serve_load.loopback_url(url) == base
+    assert loopback_url(url) == base
 
 
 @pytest.mark.parametrize("url", [
@@ -40,12 +44,12 @@ def test_loopback_urls_are_taken(url, base):
 ])
 def test_anything_but_loopback_is_refused(url):
     with pytest.raises(LoadError):
-        serve_load.loopback_url(url)
+        loopback_url(url)
 
 
 def test_the_cli_refuses_a_remote_url_before_sending_anything(capsys):
     with pytest.raises(SystemExit) as ended:
-        serve_load.main(["sweep", "--url", "http://192.0.2.1:8000", "--no-targets"])
+        main(["sweep", "--url", "http://192.0.2.1:8000", "--no-targets"])
     assert ended.value.code == 2 and "loopback" in capsys.readouterr().err
 
 
@@ -92,31 +96,31 @@ def test_the_ledger_finds_lost_duplicated_wrong_and_bare_refusals():
 def test_png_text_reads_the_seed_the_server_writes():
     images = np.zeros((2, 28, 28), dtype=np.uint8)
     data = png_bytes(images, settings={"seed": 12345678901234, "sampler": "ancestral"})
-    text = serve_load.png_text(data)
+    text = png_text(data)
     assert text["ddpm.seed"] == "12345678901234" and json.loads(text["ddpm.settings"])["sampler"] == "ancestral"
-    assert serve_load.png_text(b"GIF89a...") == {} and serve_load.png_text(data[:40]) == {}
+    assert png_text(b"GIF89a...") == {} and png_text(data[:40]) == {}
 
 
 def test_rows_per_call_from_the_counters_deltas():
-    before = serve_load.metric_values("# HELP x\nddpm_network_calls_total 10.0\nddpm_network_rows_total 40.0\n"
+    before = metric_values("# HELP x\nddpm_network_calls_total 10.0\nddpm_network_rows_total 40.0\n"
                                       'ddpm_engine_requests_total{outcome="done"} 3.0\n')
-    after = serve_load.metric_values("ddpm_network_calls_total 30.0\nddpm_network_rows_total 200.0\n")
+    after = metric_values("ddpm_network_calls_total 30.0\nddpm_network_rows_total 200.0\n")
     assert before['ddpm_engine_requests_total{outcome="done"}'] == 3.0
-    assert serve_load.rows_per_call(before, after) == pytest.approx(8.0)
-    assert serve_load.rows_per_call(after, after) is None and serve_load.rows_per_call({}, after) is None
+    assert rows_per_call(before, after) == pytest.approx(8.0)
+    assert rows_per_call(after, after) is None and rows_per_call({}, after) is None
 
 
 def test_short_cpu_kind_names_the_family_and_the_widest_unit():
-    assert serve_load.short_cpu_kind("Intel(R) Xeon(R) Platinum 8480+", "avx2 avx512f amx_bf16") == "xeon-amx"
-    assert serve_load.short_cpu_kind("AMD EPYC 7B13 64-Core Processor", "avx2 avx512f") == "epyc-avx512"
-    assert serve_load.short_cpu_kind("Some Chip(TM) 9000 CPU", "none of avx2/avx512/amx") == "some-chip"
+    assert short_cpu_kind("Intel(R) Xeon(R) Platinum 8480+", "avx2 avx512f amx_bf16") == "xeon-amx"
+    assert short_cpu_kind("AMD EPYC 7B13 64-Core Processor", "avx2 avx512f") == "epyc-avx512"
+    assert short_cpu_kind("Some Chip(TM) 9000 CPU", "none of avx2/avx512/amx") == "some-chip"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    opts = serve_load.parser().parse_args(["sweep", "--precision", "fp32", "--max-rows", "8", "--threads", "1",
+    opts = parser().parse_args(["sweep", "--precision", "fp32", "--max-rows", "8", "--threads", "1",
                                           "--server-log", str(tmp_path_factory.mktemp("serve") / "serve.log")])
-    process = serve_load.ServerProcess(opts)
+    process = ServerProcess(opts)
     base = process.start()
     yield base, process
     assert process.stop() == 0
@@ -125,47 +129,47 @@ def server(tmp_path_factory):
 
 def test_a_closed_loop_gets_every_answer_and_shares_network_calls(server):
     base, process = server
-    target = serve_load.Target(base, {}, timeout=30, pid=process.pid)
+    target = Target(base, {}, timeout=30, pid=process.pid)
 
     async def go():
         async with target.client(8) as client:
-            ledger, before = Ledger(), await serve_load.scrape(target, client)
-            await serve_load.closed_loop(target, client, "single-digit-20", 3, 6, 30, time.monotonic() + 60, ledger)
-            after = await serve_load.scrape(target, client)
-            return serve_load.summarize("3", 3, "single-digit-20", ledger, before, after)
+            ledger, before = Ledger(), await scrape(target, client)
+            await closed_loop(target, client, "single-digit-20", 3, 6, 30, time.monotonic() + 60, ledger)
+            after = await scrape(target, client)
+            return summarize("3", 3, "single-digit-20", ledger, before, after)
 
     level = asyncio.run(go())
     assert level["requests"] == level["ok"] == 6 and level["check"]["clean"], level
     assert level["digits"] == 6 and level["digits_per_s"] > 0 and level["p99_s"] >= level["p50_s"] > 0
     assert 2 < level["rows_per_call"] <= 8  # guided rows, three callers sharing calls
-    assert serve_load.read_rss_kb(process.pid) > 10_000
+    assert read_rss_kb(process.pid) > 10_000
 
 
 def test_hostile_helpers_against_the_server(server):
     base, _ = server
-    target = serve_load.Target(base, {}, timeout=30)
+    target = Target(base, {}, timeout=30)
 
     async def go():
         async with target.client(4) as client:
-            nan = serve_load.Case("nan", "", (422,), 2.0)
-            await serve_load.repeated(nan, serve_load.raw_post(target, client, b'{"n":1,"guidance":NaN,"digits":[1]}'), 0.3)
-            asked = serve_load.Case("expect", "", (413,), 2.0)
-            await serve_load.big_body(target, asked, 20_000_000, chunked=False, bound=2.0, expect=True)
-            streamed = serve_load.Case("chunked", "", (413, serve_load.RESET), 2.0)
-            await serve_load.big_body(target, streamed, 20_000_000, chunked=True, bound=2.0)
+            nan = Case("nan", "", (422,), 2.0)
+            await repeated(nan, raw_post(target, client, b'{"n":1,"guidance":NaN,"digits":[1]}'), 0.3)
+            asked = Case("expect", "", (413,), 2.0)
+            await big_body(target, asked, 20_000_000, chunked=False, bound=2.0, expect=True)
+            streamed = Case("chunked", "", (413, RESET), 2.0)
+            await big_body(target, streamed, 20_000_000, chunked=True, bound=2.0)
             return nan, asked, streamed
 
     nan, asked, streamed = asyncio.run(go())
     assert set(nan.statuses) == {422} and nan.passed
     assert asked.statuses == {413: 1} and asked.passed and asked.extra["bytes_sent_before_answer"] == 0
     # streamed: the 413, or a reset that swallowed it (the server closes with unread data); either way early
-    assert set(streamed.statuses) <= {413, serve_load.RESET} and streamed.passed
+    assert set(streamed.statuses) <= {413, RESET} and streamed.passed
     assert streamed.extra["bytes_sent_before_answer"] < 20_000_000
 
 
 def test_the_command_runs_a_quick_sweep_against_a_running_server(server, tmp_path):
     base, process = server
-    result, markdown = serve_load.run(["sweep", "--quick", "--url", base, "--pid", str(process.pid), "--levels", "1,2",
+    result, markdown = run(["sweep", "--quick", "--url", base, "--pid", str(process.pid), "--levels", "1,2",
                                        "--requests", "2", "--mix", "no-digit-20", "--no-targets", "--out", str(tmp_path),
                                        "--tag", "test"], echo=lambda line: None)
     assert [lv["ok"] for lv in result["levels"]] == [2, 2] and not result["problems"]

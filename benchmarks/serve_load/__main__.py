@@ -1,0 +1,5 @@
+"""``python -m ddpm.benchmarks.serve_load``."""
+
+from .cli import main
+
+main()
