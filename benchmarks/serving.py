@@ -2,6 +2,7 @@
 
     python -m ddpm.benchmarks.serving --out benchmarks/results              # the full comparison
     python -m ddpm.benchmarks.serving --quick                               # fewer, shorter requests
+    python -m ddpm.benchmarks.serving --provider cuda --concurrency 1,16,64,256 --out DIR   # levels only
 
 Scenarios, each served three ways on one session: **sequential** (each request its own
 ``DDPM.generate`` loop, one after another), **threads** (each request its own loop on its own
@@ -14,6 +15,10 @@ tick for every active request):
   requested digit (guided: two rows), all at once and arriving at random (Poisson) intervals.
 - ``behind``: one 20-call request submitted behind R running 1000-step requests: its latency
   against its calls x the loaded tick time (target <= 2x).
+
+``--concurrency 1,16,64,256`` runs only the same-plan comparison, once per level (R requests at
+once), and writes the report after each level, so a run cut short keeps the levels it finished;
+``--methods`` leaves out the naive ways a level should not wait for.
 
 Throughput is digits per second from the first arrival to the last finish; latency is from a
 request's arrival to its result. Only loopback-free, in-process work: no server is involved.
@@ -201,13 +206,62 @@ def targets(outcomes: list[Outcome], waiting: dict) -> list[str]:
             f"({waiting['loaded_tick_s'] * 1e3:.1f} ms) (target <= 2x): {'met' if waiting['ratio'] <= 2 else 'MISSED'}"]
 
 
+def load(opts: argparse.Namespace, echo) -> tuple[DDPM, int, dict]:
+    """The session every way shares, the engine's capacity, and the machine's description."""
+    ddpm = DDPM.load(opts.onnx or default_model_path("int8" if opts.int8 else "fp32"), provider=opts.provider, threads=opts.threads)
+    max_rows, per_image_ms = opts.max_rows, None
+    if max_rows is None:  # measured on this machine's session (cached per machine)
+        choice = ddpm.batch_choice()
+        max_rows, per_image_ms = choice.batch, choice.per_image_ms
+    machine = {"cpu": cpu_name(), "flags": cpu_flags(), "threads": opts.threads, "provider": ddpm.provider, "max_rows": max_rows,
+               "per_image_ms": per_image_ms, "model": str(ddpm.session.path.name), "ancestral_steps": 100 if opts.quick else 1000}
+    echo(f"{cpu_name()} ({cpu_flags()}), {opts.threads or 'default'} threads, {ddpm.provider}; engine capacity {max_rows} rows "
+         f"(measured per-image ms by batch: {per_image_ms})")
+    return ddpm, max_rows, machine
+
+
+METHODS = ("batched", "engine", "threads", "sequential")  # batched: one generate(R), what ddpm-run -n R does
+
+
+def run_levels(opts: argparse.Namespace, echo, write) -> list[Outcome]:
+    """The same-plan comparison at each ``--concurrency`` level; ``write(outcomes, machine)`` after each."""
+    ddpm, max_rows, machine = load(opts, echo)
+    same = ddpm.plan("ancestral", steps=machine["ancestral_steps"], digits=[7], guidance=0.0)
+    outcomes: list[Outcome] = []
+    for level in opts.concurrency:
+        requests = [Request(1, same, seed, 0.0, "ancestral") for seed in range(level)]
+        for name in opts.methods:
+            echo(f"{level} at once: {name} ...")
+            if name == "batched":
+                outcome = run_batched(ddpm, same, level)
+            elif name == "engine":
+                outcome = run_engine(ddpm, "same-plan", requests, max_rows)
+            else:
+                outcome = (run_threads if name == "threads" else run_sequential)(ddpm, "same-plan", requests)
+            outcome.scenario = f"{level} at once"
+            outcomes.append(outcome)
+        write(outcomes, machine)
+    return outcomes
+
+
+def level_targets(outcomes: list[Outcome]) -> list[str]:
+    """Engine throughput against each naive way at each level (target >= 20x one at a time at 64)."""
+    lines = []
+    for scenario in dict.fromkeys(o.scenario for o in outcomes):
+        by = {o.method: o for o in outcomes if o.scenario == scenario}
+        if "engine" not in by:
+            continue
+        for method in ("sequential", "threads"):
+            if method in by:
+                ratio = by["engine"].throughput / by[method].throughput
+                goal = " (target >= 20x at 64)" if scenario.startswith("64 ") and method == "sequential" else ""
+                lines.append(f"- {scenario}, engine vs {method}: {ratio:.1f}x{goal}")
+    return lines
+
+
 def run(opts: argparse.Namespace, echo) -> tuple[list[Outcome], dict, dict]:
-    ddpm = DDPM.load(opts.onnx or default_model_path("int8" if opts.int8 else "fp32"), provider="cpu", threads=opts.threads)
-    choice = ddpm.batch_choice()
-    max_rows = opts.max_rows or choice.batch
-    echo(f"{cpu_name()} ({cpu_flags()}), {opts.threads or 'default'} threads; engine capacity {max_rows} rows "
-         f"(measured per-image ms by batch: {choice.per_image_ms})")
-    steps = 100 if opts.quick else 1000
+    ddpm, max_rows, machine = load(opts, echo)
+    steps = machine["ancestral_steps"]
     same = ddpm.plan("ancestral", steps=steps, digits=[7], guidance=0.0)
     same_requests = [Request(1, same, seed, 0.0, "ancestral") for seed in range(opts.requests)]
     outcomes = [run_batched(ddpm, same, opts.requests)]
@@ -223,33 +277,84 @@ def run(opts: argparse.Namespace, echo) -> tuple[list[Outcome], dict, dict]:
             outcomes.append(method(ddpm, scenario, requests, max_rows) if method is run_engine else method(ddpm, scenario, requests))
     echo("behind: a 20-call request behind running ancestral loops ...")
     waiting = behind(ddpm, opts.requests, max_rows, steps)
-    machine = {"cpu": cpu_name(), "flags": cpu_flags(), "threads": opts.threads, "max_rows": max_rows,
-               "per_image_ms": choice.per_image_ms, "model": str(ddpm.session.path.name), "ancestral_steps": steps}
     return outcomes, waiting, machine
 
 
-def main() -> None:
+def comma_list(convert):
+    def parse(text: str) -> list:
+        items = [convert(item.strip()) for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one entry")
+        return items
+    return parse
+
+
+def method_name(text: str) -> str:
+    if text not in METHODS:
+        raise argparse.ArgumentTypeError(f"unknown method {text!r}; choose from {', '.join(METHODS)}")
+    return text
+
+
+def level(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: levels are whole numbers >= 1")
+    return int(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx", type=Path, default=None, help="Model to serve. [default: the embedded fp32 model]")
     parser.add_argument("--int8", action="store_true", help="Serve the embedded model's int8 copy.")
+    parser.add_argument("--provider", choices=("cpu", "cuda", "auto"), default="cpu", help="ONNX Runtime provider of the shared session.")
     parser.add_argument("--requests", type=int, default=16, help="Requests per scenario (R).")
+    parser.add_argument("--concurrency", type=comma_list(level), default=None, metavar="R,R,...",
+                        help="Only the same-plan comparison, at each of these levels (e.g. 1,16,64,256); the report is "
+                             "written after each level.")
+    parser.add_argument("--methods", type=comma_list(method_name), default=list(METHODS), metavar="M,M,...",
+                        help=f"With --concurrency: which ways to serve each level ({', '.join(METHODS)}).")
     parser.add_argument("--gap", type=float, default=0.5, help="Mean seconds between Poisson arrivals.")
-    parser.add_argument("--max-rows", type=int, default=None, help="Engine capacity. [default: the measured CPU batch]")
+    parser.add_argument("--max-rows", type=int, default=None,
+                        help="Engine capacity. [default: the measured CPU batch; with --concurrency the largest level]")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads.")
     parser.add_argument("--quick", action="store_true", help="100-step ancestral requests instead of 1000.")
-    parser.add_argument("--out", type=Path, default=None, help="Write serving-cpu.md and .json here.")
-    opts = parser.parse_args()
-    outcomes, waiting, machine = run(opts, lambda line: print(line, flush=True))
+    parser.add_argument("--out", type=Path, default=None, help="Write serving-PROVIDER.md and .json here.")
+    opts = parser.parse_args(argv)
+    if opts.concurrency and opts.max_rows is None:
+        opts.max_rows = max(opts.concurrency)
+    return opts
+
+
+def write_report(out: Path | None, name: str, lines: list[str], report: dict) -> None:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_bytes(out / f"{name}.md", "\n".join(lines).encode())
+        write_bytes(out / f"{name}.json", (json.dumps(report, indent=2) + "\n").encode())
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    echo = lambda line: print(line, flush=True)  # noqa: E731
+    if opts.concurrency:
+        def write(outcomes: list[Outcome], machine: dict) -> list[str]:
+            lines = [f"# Serving at {', '.join(map(str, opts.concurrency))} requests at once, {machine['provider']}", "",
+                     f"{machine['cpu']}; model {machine['model']}; engine capacity {machine['max_rows']} rows per call; "
+                     f"single-digit ancestral requests of {machine['ancestral_steps']} steps, all submitted at once.", "",
+                     *table(outcomes), "", "Engine against the naive loops:", "", *level_targets(outcomes), ""]
+            write_report(opts.out, f"serving-concurrency-{opts.provider}", lines,
+                         {"machine": machine, "outcomes": [asdict(o) for o in outcomes]})
+            return lines
+
+        outcomes = run_levels(opts, echo, write)
+        print("\n".join(table(outcomes) + [""] + level_targets(outcomes)))
+        return
+    outcomes, waiting, machine = run(opts, echo)
     lines = [f"# Serving on {machine['cpu']}", "", f"CPU flags: {machine['flags']}; {machine['threads']} threads; model "
              f"{machine['model']}; engine capacity {machine['max_rows']} rows per call; ancestral requests "
              f"{machine['ancestral_steps']} steps; {opts.requests} requests per scenario.", "", *table(outcomes), "",
              *kinds_table(outcomes), "", "Targets:", "", *targets(outcomes, waiting), ""]
     print("\n".join(lines))
-    if opts.out is not None:
-        opts.out.mkdir(parents=True, exist_ok=True)
-        report = {"machine": machine, "behind": waiting, "outcomes": [asdict(o) for o in outcomes]}
-        write_bytes(opts.out / "serving-cpu.md", "\n".join(lines).encode())
-        write_bytes(opts.out / "serving-cpu.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_report(opts.out, f"serving-{opts.provider}", lines,
+                 {"machine": machine, "behind": waiting, "outcomes": [asdict(o) for o in outcomes]})
 
 
 if __name__ == "__main__":
