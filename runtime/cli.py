@@ -79,9 +79,9 @@ def run_cli(
     \b
     ddpm-run --gif out.gif                      # the embedded model, 16 digits
     ddpm-run --onnx unet.onnx -n 64 --png grid.png --npz samples.npz --seed 3
-    ddpm-run --sampler dpm++2m-sde --png fast.png                  # 20 network calls, 50x faster
+    ddpm-run --sampler unipc --png fast.png                        # 10 network calls, 100x faster
     ddpm-run --sampler ddim --steps 50 --png fast.png              # 20x fewer network calls
-    ddpm-run --digit 7 --png sevens.png                            # 16 sevens: DPM-Solver++ SDE, 20 calls, guidance 1
+    ddpm-run --digit 7 --png sevens.png                            # 16 sevens: UniPC, 10 calls, guidance 1
     ddpm-run --onnx cond.onnx --digit all --guidance 2 --gif all.gif
     """
     targets = output_targets(gif, video, png, npz, show, show_info, onnx_path)

@@ -5,7 +5,7 @@
     images = ddpm.sample(16, seed=0)         # uint8 [16, 32, 32]
     run = ddpm.generate(16, ddpm.plan(frames=40), seed=0)
     write_gif("out.gif", run.frames)
-    sevens = ddpm.generate(8, ddpm.plan(digits=[7]), seed=0)   # 20-step DPM-Solver++ SDE, guidance 1
+    sevens = ddpm.generate(8, ddpm.plan(digits=[7]), seed=0)   # 10 calls of UniPC, guidance 1
     engine = ddpm.serving_engine(); engine.start()             # many requests, one network call per tick
 
 A :class:`~ddpm.core.plan.SamplingPlan` holds how to sample, checked against the model once.

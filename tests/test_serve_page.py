@@ -217,5 +217,5 @@ def test_a_bearer_token_typed_in_is_sent(browser, guarded):
 @pytest.mark.skipif(not SCREENSHOTS, reason="DDPM_SCREENSHOTS=1 writes the docs' screenshots")
 def test_screenshot_of_a_finished_run(browser, server):
     browser.get(server)
-    assert run(browser, seed=7) == "done", error_text(browser)  # the page's defaults: 16 digits, 20 steps
+    assert run(browser, seed=7) == "done", error_text(browser)  # the page's defaults: 16 digits, 10 UniPC calls
     screenshot(browser, "serve-page.png")
