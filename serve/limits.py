@@ -14,8 +14,8 @@ BODY_LIMIT = 16 * 1024  # bytes: a body with 64 digits and every field is under 
 BODY_SECONDS = 10.0  # a client that has not sent its body within this is answered 408
 HEADER_SECONDS = 10.0  # a connection that has not sent a request's headers within this is closed
 HEADER_LIMIT = 16 * 1024  # bytes of request line and headers; more is answered 400
-DRAIN_BYTES = 1 << 20  # after refusing a body, read up to this much of it, so that the answer is not lost
-DRAIN_SECONDS = 1.0  # to a connection reset while the client is still sending
+DRAIN_BYTES = 8 << 20  # after refusing a request, read and drop up to this much of what the client
+DRAIN_SECONDS = 2.0  # still sends, for at most this long, so that the answer is not lost to a reset
 PUBLIC_PATHS = ("/healthz", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json")  # hold no data
 
 
@@ -114,27 +114,45 @@ class GuardedH11(H11Protocol):
     """Uvicorn's h11 protocol with a deadline on each request's headers: a client that opens a
     connection (or finishes a response) and then sends its headers a byte at a time is closed after
     :data:`HEADER_SECONDS`, so slow clients cannot hold connections until the limit is reached.
-    A request head over :data:`HEADER_LIMIT` bytes is answered 400, however it arrives."""
+    A request head over :data:`HEADER_LIMIT` bytes is answered 431, however it arrives."""
 
     _deadline: asyncio.TimerHandle | None = None
     _head: bytes = b""  # what arrived of the current request's head (line and headers)
+    _dropping: int | None = None  # bytes dropped after refusing an over-long head (None: not refusing)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._dropping is not None:
+            return self._drop(data)
         if self.conn.their_state is h11.IDLE:
             self._head += data
             end = self._head.find(b"\r\n\r\n")
             if (end if end >= 0 else len(self._head)) > HEADER_LIMIT:
-                self._head = b""
-                self.send_400_response(f"the request's headers are over {HEADER_LIMIT} bytes")
-                return
+                return self._refuse_head()
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the headers are in: the body has its own deadline
             self._head = b""
             self._disarm()
+
+    def _refuse_head(self) -> None:
+        """431, then drop what the client still sends of its head (bounded), and close: closing at
+        once with its bytes unread would reset the connection before the client reads the answer."""
+        body = json.dumps({"detail": f"the request's headers are over {HEADER_LIMIT} bytes"}).encode()
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        tail, self._head, self._dropping = self._head[-3:], b"", 0
+        self._disarm()
+        self._deadline = self.loop.call_later(DRAIN_SECONDS, self._expire)
+        self._drop(tail)
+
+    def _drop(self, data: bytes) -> None:
+        self._dropping += len(data)
+        self._head = (self._head + data)[-4:]
+        if b"\r\n\r\n" in self._head or self._dropping > DRAIN_BYTES:  # its head has ended: nothing more to wait for
+            self._expire()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

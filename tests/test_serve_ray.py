@@ -75,8 +75,8 @@ def test_a_killed_replica_loses_only_its_own_requests(cluster):
     pids = sampler_pids()
     assert len(pids) == 2, pids
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        futures = [pool.submit(sample, url, 1000, seed) for seed in range(12)]
-        time.sleep(3)  # every request admitted and under way on one replica or the other
+        futures = [pool.submit(sample, url, 400, seed) for seed in range(12)]
+        time.sleep(2.5)  # every request admitted and under way on one replica or the other
         os.kill(pids[0], signal.SIGKILL)
         responses = [future.result() for future in futures]
     codes = [r.status_code for r in responses]
