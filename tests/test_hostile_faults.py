@@ -88,6 +88,9 @@ def test_sigint_during_sampling_leaves_no_output(tiny_export, tmp_path):
         [*RUN, "--onnx", str(tiny_export / "unet.onnx"), "--provider", "cpu", "-n", "64", "--gif", str(tmp_path / "o.gif"),
          "--npz", str(tmp_path / "o.npz")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C's default, even where the suite runs as a background job (which starts with SIGINT ignored,
+        # and a Python started so raises no KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     line = process.stderr.readline()  # "model ... on CPUExecutionProvider": the loop starts next
     assert "CPUExecutionProvider" in line, line
