@@ -81,11 +81,14 @@ def schedule_text(schedule: dict) -> str:
     return f"cosine alpha-bar (offset {schedule['offset']:g}, beta <= {schedule['max_beta']:g})"
 
 
-def role_and_grids(num_classes: int, files: dict[str, str]) -> tuple[str, str]:
-    """What the model is for, and what its sample grids show (a conditional model gets digits.png too)."""
+def role_and_grids(num_classes: int, files: dict[str, str], timesteps: int, grid_steps: int | None = None) -> tuple[str, str]:
+    """What the model is for, and what its sample grids show (a conditional model gets digits.png too);
+    ``grid_steps``: the ancestral steps of samples.png (None: all ``timesteps``)."""
     role = "what `ddpm-run` samples when no `--onnx` is given"
-    grid = ("64 samples, seed 0, the full 1000-step ancestral loop, drawn by the runtime from this file "
-            f"(`ddpm-run -n 64 --seed 0 --png {files['png']} --scale 2` draws the same grid)")
+    loop = f"the full {timesteps}-step ancestral loop" if grid_steps is None else f"the ancestral loop respaced to {grid_steps} steps"
+    flag = "" if grid_steps is None else f" --steps {grid_steps}"
+    grid = (f"64 samples, seed 0, {loop}, drawn by the runtime from this file "
+            f"(`ddpm-run -n 64 --seed 0{flag} --png {files['png']} --scale 2` draws the same grid)")
     if num_classes:
         role += (f", with and without `--digit`. Class-conditional on the {num_classes} digits, with a 'no class' "
                  "index for classifier-free guidance; without `--digit` every digit is drawn equally often")
@@ -95,9 +98,9 @@ def role_and_grids(num_classes: int, files: dict[str, str]) -> tuple[str, str]:
 
 
 def card(info, parameters: int, summary: dict, planned_steps: int, command: str, hardware: str, atol_diff: float,
-         files: dict[str, str], reports: list[tuple[str, dict]]) -> str:
+         files: dict[str, str], reports: list[tuple[str, dict]], grid_steps: int | None = None) -> str:
     source, config, schedule = info.source, info.model_config, info.schedule
-    role, grid = role_and_grids(info.num_classes, files)
+    role, grid = role_and_grids(info.num_classes, files, schedule["timesteps"], grid_steps)
     quality = ""
     if reports:
         quality = ("\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
@@ -143,6 +146,8 @@ def parse_args() -> argparse.Namespace:
                         help=f"where the model, grid and card go (the repository's embedded models: {MODELS_DIR.relative_to(MODELS_DIR.parents[1])})")
     parser.add_argument("--metrics", action="append", default=[], metavar="LABEL=PATH",
                         help="a ddpm-eval --json report to show in the card (repeatable)")
+    parser.add_argument("--grid-steps", type=int, default=None,
+                        help="ancestral steps of samples.png [default: all of the model's T]")
     return parser.parse_args()
 
 
@@ -164,10 +169,12 @@ def planned_steps(ckpt: Path) -> int:
     return planned
 
 
-def write_grids(model: Path, out_dir: Path, files: dict[str, str], num_classes: int, staged: StagedFiles) -> None:
-    """samples.png, and for a conditional model digits.png, drawn by the runtime from ``model``."""
+def write_grids(model: Path, out_dir: Path, files: dict[str, str], num_classes: int, staged: StagedFiles,
+                grid_steps: int | None = None) -> None:
+    """samples.png (``grid_steps`` ancestral steps; None: all T), and for a conditional model digits.png,
+    drawn by the runtime from ``model``."""
     ddpm = DDPM.load(model, provider="cpu")
-    staged.stage(out_dir / files["png"]).write_bytes(png_bytes(ddpm.sample(64, seed=0), scale=2))
+    staged.stage(out_dir / files["png"]).write_bytes(png_bytes(ddpm.sample(64, seed=0, steps=grid_steps), scale=2))
     if num_classes:
         run = ddpm.generate(10 * num_classes, ddpm.plan(digits=range(num_classes)), seed=0)
         staged.stage(out_dir / files["digits"]).write_bytes(png_bytes(run.images, scale=2, columns=num_classes))
@@ -186,10 +193,10 @@ def embed(args: argparse.Namespace) -> None:
     model = args.out_dir / files["onnx"]
     with StagedFiles() as staged:
         report = export_and_verify(source, ExportOutputs({Variant(): model}), staged=staged)
-        write_grids(report.temporary[model], args.out_dir, files, classes, staged)
+        write_grids(report.temporary[model], args.out_dir, files, classes, staged, args.grid_steps)
         staged.stage(args.out_dir / files["card"]).write_text(
             card(source.info, parameters, summary, planned_steps(args.ckpt), args.command, args.hardware,
-                 report.differences[model.name], files, reports)
+                 report.differences[model.name], files, reports, args.grid_steps)
         )
         staged.commit()
     print(f"wrote {', '.join(str(args.out_dir / name) for name in files.values())} (step {source.info.source['step']})")
