@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 from ray import serve
+from ray.exceptions import TaskCancelledError
 
 from ..core.errors import DDPMError, summary
 from ..runtime.engine import SampleRun
@@ -142,14 +143,11 @@ class RemoteJob:
         try:
             async for message in stream:
                 self._apply(message)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, TaskCancelledError):  # cancel() (Ray's RequestCancelledError is one)
             self._end("cancelled", None)
         except Exception as exc:  # noqa: BLE001 - the replica died or its stream broke
-            if "cancel" in type(exc).__name__.lower():
-                self._end("cancelled", None)
-            else:
-                self.lost = True
-                self._end("failed", f"the replica serving this request stopped ({self.replica}): {summary(exc)}; retry it")
+            self.lost = True
+            self._end("failed", f"the replica serving this request stopped ({self.replica}): {summary(exc)}; retry it")
         if not self._done:
             self._end("failed", "the replica's stream ended without a result")
 
