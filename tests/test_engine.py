@@ -84,6 +84,27 @@ def test_cancelling_frees_the_rows_at_the_next_tick(ddpm):
     assert kept.wait().images.shape == (2, 32, 32)
 
 
+def test_done_callbacks_run_once_at_the_end_whatever_the_outcome(ddpm):
+    engine = SamplingEngine(ddpm.session, max_rows=16)
+    done = engine.submit(1, ddpm.plan("ddim", steps=3), seed=0)
+    cancelled = engine.submit(1, ddpm.plan("ddim", steps=3), seed=1)
+    seen = []
+
+    def broken(job):
+        raise RuntimeError("a caller's bug")
+
+    for job in (done, cancelled):
+        job.add_done_callback(broken)  # ignored: it cannot change the outcome or stop the others
+        job.add_done_callback(lambda job: seen.append((job.id, job.state, job.position)))
+    engine.tick()
+    assert seen == []  # nothing has ended yet
+    cancelled.cancel()
+    engine.run_until_idle()
+    assert sorted(seen) == [(done.id, "done", 3), (cancelled.id, "cancelled", 1)]
+    done.add_done_callback(lambda job: seen.append("late"))  # added after the end: called at once
+    assert seen[-1] == "late" and done.wait(0).images.shape == (1, 32, 32)
+
+
 def test_a_failing_request_ends_alone(ddpm):
     engine = SamplingEngine(ddpm.session, max_rows=16)
     healthy = engine.submit(2, ddpm.plan("ddim", steps=4), seed=0)
