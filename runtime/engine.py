@@ -72,6 +72,12 @@ def frame_positions(steps: int, frames: int) -> list[int]:
     return sorted(positions)
 
 
+def request_rows(n: int, plan: SamplingPlan) -> int:
+    """Rows a request of ``n`` samples takes in each network call: two per sample with guidance
+    (the conditional and the "no class" ε)."""
+    return n * (2 if plan.guidance > 0 else 1)
+
+
 class Cancelled(DDPMError):
     """The request was cancelled before it finished."""
 
@@ -178,7 +184,7 @@ class _Flight:
 
     @property
     def rows(self) -> int:
-        return self.job.n * (2 if self.guided else 1)
+        return request_rows(self.job.n, self.job.plan)
 
 
 @dataclass
@@ -250,7 +256,7 @@ class SamplingEngine:
         return job
 
     def _check_fits(self, n: int, plan: SamplingPlan, guided: bool) -> None:
-        rows = n * (2 if guided else 1)
+        rows = request_rows(n, plan)
         if n < 1:
             raise DDPMError(f"a request needs at least 1 sample, got {n}")
         if self.max_request_rows is not None and rows > self.max_request_rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import click
 from ..core.console import run_command
 from ..core.errors import DDPMError
 from ..runtime.cli import PROVIDER_CHOICES
-from ..runtime.precision import PRECISIONS, faster_copy, open_copy, speed_decides
+from ..runtime.precision import PRECISIONS, load_model
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -102,11 +103,9 @@ def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, n
         return
     from .server import Server
 
-    announce = None if quiet else (lambda: click.echo("timing this CPU once (a few seconds)", err=True))
-    session = {"provider": provider, "threads": threads, "device_id": device_id}
-    ddpm, chosen = open_copy(onnx_path, precision, session)
-    if speed_decides(onnx_path, precision):
-        ddpm, chosen = faster_copy(ddpm, session, announce)
+    # Said once however many timings follow (both copies, the batch), as ddpm-run does.
+    announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (a few seconds)", err=True))
+    ddpm, chosen = load_model(onnx_path, precision, {"provider": provider, "threads": threads, "device_id": device_id}, announce)
     server = Server(ddpm, settings, host, port, quiet, on_measure=announce)
     if not quiet:
         click.echo(f"model {ddpm.session.path.name}{f' ({chosen})' if chosen else ''} on {ddpm.provider}", err=True)

@@ -13,7 +13,7 @@ from typing import Protocol
 from ..core.errors import DDPMError
 from ..core.outputs import gif_bytes, npz_bytes, png_bytes
 from ..core.record import RunSettings
-from ..runtime.engine import Job, SamplingEngine
+from ..runtime.engine import Job, SamplingEngine, request_rows
 from ..runtime.pipeline import DDPM
 from .schema import Checked, JobView
 
@@ -42,10 +42,6 @@ class ServedJob:
     job: Job
     checked: Checked
     created: float = field(default_factory=time.monotonic)
-
-    @property
-    def rows(self) -> int:
-        return self.job.n * (2 if self.job.plan.guidance > 0 else 1)
 
     def view(self) -> JobView:
         job = self.job
@@ -93,7 +89,7 @@ class LocalBackend:
         self.ddpm, self.engine, self.queue_rows = ddpm, engine, queue_rows
 
     async def submit(self, checked: Checked) -> Job:
-        rows = checked.n * (2 if checked.plan.guidance > 0 else 1)
+        rows = request_rows(checked.n, checked.plan)
         waiting = self.engine.active_rows
         if waiting + rows > self.queue_rows:
             raise QueueFull(f"the server is full ({waiting} of {self.queue_rows} rows in flight); retry later",

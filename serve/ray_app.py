@@ -15,11 +15,11 @@ whatever replica runs a job. A replica that dies takes only its own requests wit
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -29,7 +29,7 @@ from ray.exceptions import TaskCancelledError
 from ..core.errors import DDPMError, summary
 from ..runtime.engine import SampleRun
 from ..runtime.pipeline import DDPM
-from ..runtime.precision import faster_copy, open_copy, speed_decides
+from ..runtime.precision import load_model
 from .app import Settings, create_app, local_backend
 from .jobs import QueueFull, Unavailable
 from .schema import Checked
@@ -50,10 +50,7 @@ class ModelOptions:
 
     def open(self) -> DDPM:
         session = {"provider": self.provider, "threads": self.threads, "device_id": self.device_id}
-        ddpm, _ = open_copy(None if self.onnx is None else os.fspath(self.onnx), self.precision, session)
-        if speed_decides(self.onnx, self.precision):
-            ddpm, _ = faster_copy(ddpm, session, None)
-        return ddpm
+        return load_model(None if self.onnx is None else Path(self.onnx), self.precision, session)[0]
 
 
 class Sampler:
