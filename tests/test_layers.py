@@ -32,3 +32,16 @@ def test_layer_sources_import_nothing_above_them(layer, forbidden):
         for name in _imported_modules(path):
             parts = name.split(".")
             assert parts[0] not in forbidden and ".".join(parts[:2]) not in forbidden, (path, name)
+
+
+def test_every_package_folder_is_installed():
+    """A non-editable install ships only the packages pyproject.toml lists: each folder of the
+    layers with an __init__.py must be there, or `pip install .` leaves it out."""
+    import pathlib
+    import tomllib
+
+    config = tomllib.loads(pathlib.Path("pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {name: pathlib.Path(folder) for name, folder in config["package-dir"].items()}
+    found = {f"{name}.{'.'.join(init.parent.relative_to(folder).parts)}".rstrip(".")
+             for name, folder in folders.items() for init in folder.rglob("__init__.py")}
+    assert found == set(config["packages"])
