@@ -6,13 +6,16 @@ One process measures every row side by side, with the machine's own limit beside
   IOBinding, IOBinding + CUDA graph (fixed-batch model, CUDA only), the fused-step graph (U-Net
   and update in one graph, x kept on the device; with and without a CUDA graph), fp16 (CUDA
   only; alone and fused with a CUDA graph), TensorRT (when it starts), int8 (CPU only: the
-  model's QDQ copy as ``ddpm-export --int8`` makes it); variants other than the model file itself
-  are exported on the spot from the PyTorch module;
+  model's QDQ copy as ``ddpm-export --int8`` makes it, or the package's own for the embedded model),
+  and OpenVINO's CPU engine at f32, at bf16 and on the int8 copy (the openvino extra); variants other
+  than the model file itself are exported on the spot from the PyTorch module;
 - a *step* is one network call plus the DDPM update, in the implementation's own arrays;
 - per row: median, min and max step time after warm-up; per-sample latency = step time x T / B
   ("extrapolated"), or the wall time of a whole T-step ``ddpm-run`` loop ÷ B ("measured");
 - the limit: FLOPs per image per step (PyTorch's counter) against the sgemm throughput measured in
-  the same run (CPU), or against measured fp32 matmul throughput and copy bandwidth (GPU).
+  the same run (CPU; bf16 rows against a bf16 MatMul through OpenVINO), or against measured fp32
+  matmul throughput and copy bandwidth (GPU). The report names the CPU's AMX, AVX512-BF16 and VNNI
+  flags, and compares the fastest CPU path with ONNX Runtime fp32, each at its best batch.
 
 This module is the command and the order of the run; the jobs are beside it: machine.py (the
 machine and its limits), models.py (the networks and their variants), steps.py (step timing),
@@ -99,7 +102,8 @@ def run_benchmark(
 @click.option("--implementations", type=CommaList(IMPLEMENTATIONS), default=",".join(IMPLEMENTATIONS),
               help="Which implementations; those a provider cannot run are left out, those missing a package get a note.")
 @click.option("--providers", type=CommaList(PROVIDERS), default=None, help="[default: cpu, plus cuda when a GPU is present]")
-@click.option("--cpu-batches", type=CommaList(integers=True), default="1,16", help="Batch sizes on the CPU.")
+@click.option("--cpu-batches", type=CommaList(integers=True), default="1,16",
+              help="Batch sizes on the CPU (--cpu-batches 1,16,32,64 to find each CPU path's best batch).")
 @click.option("--gpu-batches", type=CommaList(integers=True), default="1,16,64,256", help="Batch sizes on the GPU.")
 @click.option("--warmup", type=click.IntRange(min=1), default=3, help="Untimed steps before each row.")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, help="Timed steps per row.")

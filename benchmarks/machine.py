@@ -1,5 +1,6 @@
 """The machine a benchmark runs on, and its limits measured in the same run: sgemm throughput on
-the CPU; fp32 matmul throughput and copy bandwidth on the GPU."""
+the CPU, and bf16 matmul throughput through OpenVINO where the CPU runs bf16; fp32 matmul
+throughput and copy bandwidth on the GPU."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime as ort
 
-from ..runtime.cpu_batch import cpu_name
+from ..core.errors import DDPMError
+from ..runtime.cpu_batch import cpu_flags, cpu_name
+from ..runtime.openvino_session import bf16_support, openvino_module, openvino_version
+
+# The flags that decide which CPU path is fastest: bf16 matrix units, bf16 and int8 dot products.
+NAMED_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 
 @dataclass
@@ -24,6 +30,7 @@ class Machine:
     gpu: str | None
     python: str
     versions: dict[str, str] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)  # those of NAMED_FLAGS the CPU has
 
 
 def try_import_torch():
@@ -42,12 +49,16 @@ def usable_cpus() -> int:
 
 def describe_machine(threads: int, torch) -> Machine:
     versions = {"numpy": np.__version__, "onnxruntime": ort.__version__}
+    if openvino_version():
+        versions["openvino"] = openvino_version()
     gpu = None
     if torch is not None:
         versions["torch"] = str(torch.__version__)
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
-    return Machine(cpu_name(), os.cpu_count() or 1, threads, gpu, platform.python_version(), versions)
+    flags = cpu_flags() or frozenset()
+    return Machine(cpu_name(), os.cpu_count() or 1, threads, gpu, platform.python_version(), versions,
+                   [flag for flag in NAMED_FLAGS if flag in flags])
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -69,6 +80,25 @@ def cpu_sgemm_gflops(torch, size: int = 1024, repeats: int = 7) -> tuple[float, 
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     a @ a
     return flops / median_seconds(lambda: a @ a, repeats) / 1e9, f"numpy matmul {size}x{size} fp32"
+
+
+def openvino_matmul_gflops(precision: str, threads: int, size: int = 2048, repeats: int = 7) -> tuple[float, str]:
+    """Matrix-multiply throughput through OpenVINO's CPU plugin at ``precision`` ("bf16" or "f32"):
+    a [size, size] input times a stored [size, size] weight, as the U-Net's convolutions and
+    projections multiply activations by weights."""
+    ov = openvino_module()
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([size, size], ov.Type.f32)
+    weight = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
+    model = ov.Model([ops.matmul(x, weight, False, False)], [x])
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    data = rng.standard_normal((size, size), dtype=np.float32)
+    request.infer({0: data})
+    seconds = median_seconds(lambda: request.infer({0: data}), repeats)
+    return 2.0 * size**3 / seconds / 1e9, f"OpenVINO MatMul {size}x{size} {precision}"
 
 
 def gpu_limits(torch) -> dict[str, float]:
@@ -99,7 +129,14 @@ def measure_limits(machine: Machine, providers: list[str], torch, echo: Callable
     """The limits the rows are measured against: the CPU's always, the GPU's when CUDA rows run."""
     limits: dict[str, Any] = {}
     limits["cpu_sgemm_gflops"], limits["cpu_sgemm_method"] = cpu_sgemm_gflops(torch)
-    echo(f"{machine.cpu}, {machine.threads} threads: sgemm {limits['cpu_sgemm_gflops']:.1f} GFLOP/s ({limits['cpu_sgemm_method']})")
+    echo(f"{machine.cpu} ({', '.join(machine.flags) or 'no flags listed'}), {machine.threads} threads: "
+         f"sgemm {limits['cpu_sgemm_gflops']:.1f} GFLOP/s ({limits['cpu_sgemm_method']})")
+    if "cpu" in providers and openvino_version() and bf16_support() is None:
+        try:
+            limits["cpu_bf16_gflops"], limits["cpu_bf16_method"] = openvino_matmul_gflops("bf16", machine.threads)
+            echo(f"bf16 matmul {limits['cpu_bf16_gflops']:.1f} GFLOP/s ({limits['cpu_bf16_method']})")
+        except (DDPMError, RuntimeError) as exc:
+            echo(f"bf16 matmul limit not measured: {exc}")
     if "cuda" in providers and torch is not None and torch.cuda.is_available():
         limits.update(gpu_limits(torch))
         echo(f"{machine.gpu}: {limits['fp32_tflops']:.1f} TFLOP/s fp32 matmul, {limits['bandwidth_gbs']:.0f} GB/s copy")

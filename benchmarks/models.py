@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from ..core.variant import Variant
 from ..runtime.pipeline import default_model_path
@@ -32,6 +33,15 @@ class BenchModel:
     workdir: Path | None = None
     variants: dict[Variant, Path] = field(default_factory=dict)
 
+    def shipped_int8(self) -> Path | None:
+        """The package's int8 copy, when this is the embedded model and the package ships one."""
+        try:
+            if self.onnx_path.resolve() == default_model_path().resolve():
+                return default_model_path("int8")
+        except DDPMError:
+            pass
+        return None
+
     def variant(self, graph: str, precision: str, fixed_batch: int | None, echo: Callable[[str], None]) -> Path:
         """The ONNX file for a row: the model itself, its int8 copy, or an export of the PyTorch module
         made on first use."""
@@ -40,7 +50,9 @@ class BenchModel:
             return self.onnx_path
         if key not in self.variants:
             path = self.workdir / key.file_name(f"{self.name}.onnx")
-            if precision == "int8":
+            if precision == "int8" and fixed_batch is None and not key.fused_step and self.shipped_int8() is not None:
+                self.variants[key] = self.shipped_int8()
+            elif precision == "int8":
                 self.variants[key] = quantize_for_timing(self.onnx_path, self.info, path, echo)
             elif self.torch_module is None:
                 raise SkipRow("skipped: this variant is exported on the spot, which needs PyTorch and onnx")

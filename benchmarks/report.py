@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import StagedFiles
-from .machine import Machine
+from .machine import NAMED_FLAGS, Machine
 from .models import BenchModel
 from .steps import Row
 
@@ -27,7 +27,9 @@ def fill_rates(row: Row, model: BenchModel, limits: dict[str, float], timesteps:
     if model.flops_per_image is None:
         return
     row.achieved_gflops = model.flops_per_image * row.batch / row.step_s_median / 1e9
-    if row.provider == "cpu" and limits.get("cpu_sgemm_gflops"):
+    if row.provider == "cpu" and row.implementation == "ov-bf16" and limits.get("cpu_bf16_gflops"):
+        row.fraction_of_limit = row.achieved_gflops / limits["cpu_bf16_gflops"]  # bf16 rows against bf16 arithmetic
+    elif row.provider == "cpu" and limits.get("cpu_sgemm_gflops"):
         row.fraction_of_limit = row.achieved_gflops / limits["cpu_sgemm_gflops"]
     elif row.provider == "cuda" and limits.get("fp32_tflops"):
         compute = model.flops_per_image * row.batch / (limits["fp32_tflops"] * 1e12)
@@ -56,6 +58,7 @@ def target_lines(rows: list[Row]) -> list[str]:
     if ort16 and ort16.fraction_of_limit is not None:
         lines.append(f"Batch 16, small, CPU: {ort16.fraction_of_limit:.0%} of the measured sgemm throughput (target >= 80%): "
                      f"{'met' if ort16.fraction_of_limit >= 0.8 else 'missed'}")
+    lines += cpu_path_lines(rows)
     best = {implementation: best_batch(rows, "small", implementation, "cpu") for implementation in ("ort", "ort-int8")}
     fp32, int8 = best["ort"], best["ort-int8"]
     if fp32 and int8:
@@ -68,6 +71,28 @@ def target_lines(rows: list[Row]) -> list[str]:
                      f"{fastest.per_sample_s:.2f} s (target <= 2 s on a 2-core machine): "
                      f"{'met' if fastest.per_sample_s <= 2.0 else 'missed'}")
     return lines
+
+
+CPU_PATHS = ("ort", "ort-int8", "ov", "ov-bf16", "ov-int8")
+
+
+def cpu_path_lines(rows: list[Row]) -> list[str]:
+    """The fastest CPU path against ONNX Runtime fp32, each at its best batch, and what it makes of a
+    1000-step loop and of 20 DPM-Solver++ calls per digit."""
+    best = {name: row for name in CPU_PATHS if (row := best_batch(rows, "small", name, "cpu"))}
+    if "ort" not in best or len(best) < 2:
+        return []
+    fastest = min(best.values(), key=lambda row: row.per_sample_s)
+    ratio = best["ort"].per_sample_s / fastest.per_sample_s
+    per_call = fastest.step_s_median / fastest.batch
+    return [
+        "CPU paths at their best batch, per image per call: " + ", ".join(
+            f"{name} {row.step_s_median / row.batch * 1e3:.2f} ms (batch {row.batch})" for name, row in best.items()),
+        f"Best CPU path vs ONNX Runtime fp32, small, each at its best batch ({fastest.implementation} batch {fastest.batch}, "
+        f"ort batch {best['ort'].batch}): {ratio:.2f}x (target >= 2x with AMX, >= 1.3x with AVX512-BF16 alone)",
+        f"1000-step loop per digit on the best path: {per_call * 1000:.2f} s (target <= 1.2 s with AMX, 2 cores); "
+        f"20 DPM-Solver++ calls: {per_call * 20:.3f} s (target <= 0.025 s)",
+    ]
 
 
 def best_batch(rows: list[Row], model: str, implementation: str, provider: str) -> Row | None:
@@ -86,7 +111,8 @@ def markdown(rows: list[Row], machine: Machine, limits: dict[str, Any], targets:
     lines = [
         f"# ddpm-bench results ({machine.cpu}{', ' + machine.gpu if machine.gpu else ''})",
         "",
-        f"{machine.threads} threads; versions: {', '.join(f'{k} {v}' for k, v in machine.versions.items())}.",
+        f"CPU flags: {', '.join(machine.flags) or 'none of ' + ', '.join(NAMED_FLAGS)}; {machine.threads} threads; "
+        f"versions: {', '.join(f'{k} {v}' for k, v in machine.versions.items())}.",
         "Limits measured in the same run: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in limits.items()) + ".",
         f"Speedup = the seed's {SEED_SECONDS_PER_SAMPLE:.0f} s per sample ÷ the row's per-sample latency.",
         "",

@@ -15,11 +15,12 @@ import numpy as np
 from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from ..core.samplers import AncestralSampler
+from ..runtime.openvino_session import OpenVINOSession
 from ..runtime.session import BoundEps, BoundStep, UNetSession
 from .models import BenchModel, SkipRow
 
-IMPLEMENTATIONS = ("eager", "torchscript", "ort", "ort-int8", "ort-iobinding", "ort-cudagraph", "ort-fused", "ort-fused-cudagraph",
-                   "ort-fp16", "ort-fp16-fused-cudagraph", "tensorrt")
+IMPLEMENTATIONS = ("eager", "torchscript", "ort", "ort-int8", "ov", "ov-bf16", "ov-int8", "ort-iobinding", "ort-cudagraph",
+                   "ort-fused", "ort-fused-cudagraph", "ort-fp16", "ort-fp16-fused-cudagraph", "tensorrt")
 # The ONNX variant each ONNX Runtime row runs: (graph, precision, fixed batch), and the engine.
 # "fused" graphs take (x, t, noise) and return x_{t-1}; x stays in device buffers between steps.
 ORT_VARIANTS = {
@@ -33,8 +34,10 @@ ORT_VARIANTS = {
     "ort-fp16-fused-cudagraph": ("fused-step", "fp16", True, "iobinding"),
     "tensorrt": ("eps", "fp32", False, "iobinding"),
 }
+# OpenVINO rows (CPU): the ONNX copy each runs, and the inference precision of its float layers.
+OPENVINO_VARIANTS = {"ov": ("fp32", "fp32"), "ov-bf16": ("fp32", "bf16"), "ov-int8": ("int8", "fp32")}
 CUDA_ONLY = {"ort-cudagraph", "ort-fused-cudagraph", "ort-fp16", "ort-fp16-fused-cudagraph", "tensorrt"}
-CPU_ONLY = {"ort-int8"}  # QDQ int8 kernels are the CPU provider's
+CPU_ONLY = {"ort-int8", *OPENVINO_VARIANTS}  # QDQ int8 kernels are the CPU provider's; OpenVINO runs here on the CPU
 TORCH_IMPLEMENTATIONS = ("eager", "torchscript")
 SETTLE_SECONDS = 1.0
 
@@ -78,8 +81,8 @@ def time_steps(step: Callable[[int], None], warmup: int, repeats: int) -> list[f
     return times
 
 
-def ort_step(session: UNetSession, batch: int, engine: str) -> Callable[[int], None]:
-    """One sampling step through ONNX Runtime: ε from the session, then the NumPy update."""
+def ort_step(session: UNetSession | OpenVINOSession, batch: int, engine: str) -> Callable[[int], None]:
+    """One sampling step through ONNX Runtime (or OpenVINO): ε from the session, then the NumPy update."""
     info = session.info
     sampler = AncestralSampler(info.make_schedule(), variance=info.variance, noise_at_last_step=info.noise_at_last_step)
     shape = (batch, info.image_channels, info.image_size, info.image_size)
@@ -148,6 +151,13 @@ def make_step(model: BenchModel, implementation: str, provider: str, batch: int,
         if provider == "cuda" and not torch.cuda.is_available():
             raise SkipRow("skipped: PyTorch sees no CUDA device")
         return torch_step(torch, model.torch_module, model.info, batch, provider, implementation == "torchscript")
+    if implementation in OPENVINO_VARIANTS:
+        copy_precision, inference = OPENVINO_VARIANTS[implementation]
+        try:
+            session = OpenVINOSession(model.variant("eps", copy_precision, None, echo), precision=inference, threads=threads)
+        except DDPMError as exc:
+            raise SkipRow(f"skipped: {exc}") from None
+        return ort_step(session, batch, "plain")
     graph, precision, graphed, engine = ORT_VARIANTS[implementation]
     session_provider = "tensorrt" if implementation == "tensorrt" else provider  # TensorRT rows run on the "cuda" device
     try:

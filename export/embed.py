@@ -7,19 +7,25 @@ Writes runtime/models/default.onnx (EMA weights, verified like ddpm-export), sam
 digits, seed 0, 1000 steps, drawn by the runtime from the new file) and README.md (the card).
 A class-conditional model serves both ``ddpm-run`` (every digit equally often) and ``ddpm-run
 --digit``; its card also gets digits.png (every digit in turn, with the defaults of ``--digit``).
-``--metrics`` adds ddpm-eval reports (``--json``) to the card as a table.
+``--metrics`` adds ddpm-eval reports (``--json``) to the card as a table. ``--data-dir`` also writes
+check-digits.npz, the MNIST test digits the runtime's ε check feeds (:mod:`ddpm.runtime.eps_check`).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..core.errors import DDPMError
 from ..core.files import StagedFiles
+from ..core.mnist import load_mnist
 from ..core.outputs import png_bytes
 from ..core.variant import Variant
+from ..runtime.eps_check import CHECK_DIGITS
 from ..runtime.pipeline import DDPM, DEFAULT_MODEL
 
 from ..train.checkpoint import read_checkpoint_file
@@ -28,6 +34,15 @@ from .load import load_for_export
 from .pipeline import ExportOutputs, export_and_verify
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "runtime" / "models"
+CHECK_COUNT = 64  # the first MNIST test digits: never trained on, and not among the judge's reference digits
+
+
+def check_digits_bytes(data_dir: Path, count: int = CHECK_COUNT) -> bytes:
+    """check-digits.npz: the first ``count`` MNIST test digits (uint8 [N, 28, 28]) and their labels."""
+    images, labels = load_mnist(data_dir, "test")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=images[:count].astype(np.uint8), labels=labels[:count].astype(np.uint8))
+    return buffer.getvalue()
 
 
 def training_summary(log_path: Path, step: int) -> dict:
@@ -148,6 +163,8 @@ def parse_args() -> argparse.Namespace:
                         help="a ddpm-eval --json report to show in the card (repeatable)")
     parser.add_argument("--grid-steps", type=int, default=None,
                         help="ancestral steps of samples.png [default: all of the model's T]")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"MNIST (IDX files) to write {CHECK_DIGITS} from, the ε check's digits [default: keep the shipped one]")
     return parser.parse_args()
 
 
@@ -198,6 +215,9 @@ def embed(args: argparse.Namespace) -> None:
             card(source.info, parameters, summary, planned_steps(args.ckpt), args.command, args.hardware,
                  report.differences[model.name], files, reports, args.grid_steps)
         )
+        if args.data_dir is not None:
+            files["check"] = CHECK_DIGITS
+            staged.stage(args.out_dir / CHECK_DIGITS).write_bytes(check_digits_bytes(args.data_dir))
         staged.commit()
     print(f"wrote {', '.join(str(args.out_dir / name) for name in files.values())} (step {source.info.source['step']})")
 

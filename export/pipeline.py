@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..core.errors import DDPMError
 from ..core.files import StagedFiles
 from ..core.metadata import ModelInfo
-from ..core.variant import Variant
+from ..core.variant import INT8_TOLERANCE, Variant
 
 if TYPE_CHECKING:
     from .load import ExportSource
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = 18
 DEFAULT_ATOL = 1e-4  # fp32 exports vs eager PyTorch: the ONNX contract's bound (measured ~2e-6)
 DEFAULT_FP16_ATOL = 1e-2  # fp16 copies vs eager fp32 PyTorch
-DEFAULT_INT8_TOL = 0.05  # relative RMS of the int8 copy's ε to the fp32 export's, on held-out noisy digits
+DEFAULT_INT8_TOL = INT8_TOLERANCE  # relative RMS of the int8 copy's ε to the fp32 export's, on held-out noisy digits
 PLAIN, INT8 = Variant(), Variant("int8")
 
 

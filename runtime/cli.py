@@ -21,10 +21,9 @@ from .cpu_batch import BatchChoice
 from .memory import check_memory
 from .pipeline import DDPM, SampleRun
 from .precision import PRECISIONS, faster_copy, open_copy, speed_decides
-from .sampling_cli import SamplingRequest, flag_error, sampling_options, sampling_request
-from .session import CPU_PROVIDER, PROVIDERS
+from .sampling_cli import (PRECISION_HELP, PROVIDER_CHOICES, PROVIDER_HELP, SamplingRequest, check_precision_flags, flag_error,
+                           sampling_options, sampling_request)
 
-PROVIDER_CHOICES = ("auto", *PROVIDERS)
 ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")  # cudagraph: IOBinding on a session that captured a CUDA graph
 MAX_SEED = 2**63 - 1
 
@@ -54,16 +53,13 @@ MAX_SEED = 2**63 - 1
 @click.option("--hold", type=click.FloatRange(min=0.0, max=60.0), default=2.0, help="Seconds the GIF shows the final frame.")
 @click.option("--scale", type=click.IntRange(1, 16), default=3, help="Pixel upscaling of the GIF and PNG grids.")
 @sampling_options
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
-              help="Which copy of the embedded model: 'auto' takes its int8 copy (when the package ships one) on a CPU "
-                   "where int8 measures faster per image (once per machine, cached), fp32 elsewhere. With --onnx the file decides.")
-@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto",
-              help="ONNX Runtime execution provider; 'auto' uses CUDA when a GPU is usable, else the CPU.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", help=PRECISION_HELP)
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", help=PROVIDER_HELP)
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto",
               help="How each step reaches the network: 'plain' session.run with NumPy arrays; 'iobinding' "
                    "device buffers updated in place; 'cudagraph' IOBinding with a captured CUDA graph (CUDA "
                    "provider, fixed-batch model); 'auto' is iobinding on a GPU, plain on the CPU.")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU provider threads. [default: ONNX Runtime's choice]")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads. [default: the engine's own choice]")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--info", "show_info", is_flag=True, help="Print the model's metadata as JSON and exit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary, only errors.")
@@ -85,10 +81,9 @@ def run_cli(
     ddpm-run --onnx cond.onnx --digit all --guidance 2 --gif all.gif
     """
     targets = output_targets(gif, video, png, npz, show, show_info, onnx_path)
-    if engine == "cudagraph" and provider == "cpu":
+    if engine == "cudagraph" and provider in ("cpu", "openvino"):
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
-    if onnx_path is not None and precision != "auto":
-        raise click.UsageError("--precision picks a copy of the embedded model; with --onnx the file decides")
+    check_precision_flags(onnx_path, precision, provider)
     # Said once however many timings follow (both copies, the batch): a cached no-argument call runs once.
     announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (a few seconds)", err=True))
     session = {"provider": provider, "threads": threads, "cuda_graph": engine == "cudagraph", "device_id": device_id}
@@ -104,8 +99,8 @@ def run_cli(
     animated = gif is not None or video is not None
     request = sampling_request(ddpm, num_samples, digit, frames if animated else 0, show, **sampling)
     check_memory(request.n, ddpm.info, request.plan, scale if animated or png else 0)
-    if speed_decides(onnx_path, precision):  # once the request is known to be good: this may time the CPU
-        ddpm, chosen = faster_copy(ddpm, session, announce)
+    if speed_decides(onnx_path, precision, ddpm):  # once the request is known to be good: this may time the CPU
+        ddpm, chosen = faster_copy(ddpm, onnx_path, session, announce)
     if not quiet:
         announce_model(ddpm, chosen, threads, engine, loop_engine)
     run, choice = sample(ddpm, request, seed, batch_size, loop_engine, quiet, announce)
@@ -119,7 +114,7 @@ def sample(ddpm: DDPM, request: SamplingRequest, seed: int | None, batch_size: i
     """The run, with a progress bar (a fresh seed when none is given), and the CPU batch where this
     run chose it."""
     choice = None
-    if batch_size is None and ddpm.provider == CPU_PROVIDER and ddpm.session.fixed_batch is None:
+    if batch_size is None and ddpm.session.on_cpu and ddpm.session.fixed_batch is None:
         choice = ddpm.batch_choice(on_measure=on_measure)
     seed = secrets.randbits(63) if seed is None else seed
     progress = Progress(request.plan.steps, "sample", unit="step", enabled=not quiet)
@@ -187,7 +182,7 @@ def summarize(ddpm: DDPM, run: SampleRun, choice: BatchChoice | None, sizes: dic
         click.echo(f"CPU batch {choice.batch} (ms per image by batch: {tried}); remembered in {cpu_batch.cache_file()}", err=True)
     n, seed = run.settings.num_samples, run.settings.seed
     outside = 1.0 - run.run_seconds / run.seconds if run.seconds else 0.0
-    precision = "" if ddpm.info.precision == "fp32" else f"{ddpm.info.precision}, "
+    precision = "" if ddpm.session.precision == "fp32" or ddpm.session.engine == "openvino" else f"{ddpm.session.precision}, "
     click.echo(f"{n} samples x {run.settings.steps} steps in {run.seconds:.1f} s on {ddpm.provider} "
                f"({precision}batch {run.settings.batch_size}): {run.seconds / n:.2f} s per sample, "
                f"{outside:.1%} of the time outside session.run; seed {seed} (--seed {seed} repeats it)", err=True)

@@ -3,8 +3,8 @@ once (a few seconds) and remembered in the user's cache folder.
 
 The best batch differs between CPUs (cache sizes, AVX-512 or not, int8 or fp32 kernels), so a
 constant tuned on one machine is wrong on the next. The measurement is keyed by everything that
-sets the cost of one network call: the CPU, the thread count, ONNX Runtime's version and the
-network's shape and precision (not its weights).
+sets the cost of one network call: the CPU, the thread count, the engine (ONNX Runtime or OpenVINO)
+and its version, the arithmetic it runs (fp32, bf16, int8) and the network's shape (not its weights).
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ import hashlib
 import json
 import os
 import platform
+import stat
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnxruntime as ort
-
-from ..core.files import atomic_write
 
 CANDIDATES = (4, 8, 16, 32, 64)
 CALL_BUDGET_S = 1.0  # a batch whose one call takes longer ends the search: larger ones only cost more
 FALLBACK = 16  # when nothing can be measured
+MAX_CACHE_BYTES = 1 << 20  # thousands of entries; anything larger is not this cache
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,12 @@ class BatchChoice:
     batch: int
     per_image_ms: dict[int, float]  # measured per-image time of each batch tried
     cached: bool  # read from the cache rather than measured now
+    measured: str = ""  # when it was measured (UTC, ISO 8601)
+
+    @property
+    def best_ms(self) -> float | None:
+        """The per-image time at the chosen batch, None when nothing was measured."""
+        return min(self.per_image_ms.values()) if self.per_image_ms else None
 
 
 def cpu_name() -> str:
@@ -46,71 +52,198 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (Linux's /proc/cpuinfo), None where the system does not list them."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ddpm-mnist" / "cpu-batch.json"
+    """$XDG_CACHE_HOME/ddpm-mnist/cpu-batch.json; a relative XDG_CACHE_HOME is ignored, as the XDG
+    spec says, for ~/.cache."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "ddpm-mnist" / "cpu-batch.json"
 
 
 def machine_key(session) -> str:
     info = session.info
     network = json.dumps([info.model_config, info.precision, info.image_size, info.image_channels, info.num_classes],
                          sort_keys=True)
-    parts = [cpu_name(), str(os.cpu_count()), f"threads={session.threads or 'default'}", ort.__version__,
-             hashlib.sha256(network.encode()).hexdigest()[:16]]
+    parts = [cpu_name(), str(os.cpu_count()), f"threads={session.threads or 'default'}",
+             f"{session.engine} {session.version}", session.precision, hashlib.sha256(network.encode()).hexdigest()[:16]]
     return " | ".join(parts)
 
 
 def measure(session, candidates: tuple[int, ...] = CANDIDATES, repeats: int = 5) -> dict[int, float]:
-    """Per-image milliseconds of one network call at each batch size: the fastest of ``repeats``
-    after one warm-up (the least disturbed by whatever else runs)."""
-    info, rng = session.info, np.random.default_rng(0)
-    middle = info.schedule["timesteps"] // 2  # checked when the metadata was read
-    found: dict[int, float] = {}
+    """Per-image milliseconds of one network call at each batch size (see :func:`measure_together`)."""
+    return measure_together([session], candidates, repeats)[0]
+
+
+def measure_together(sessions: list, candidates: tuple[int, ...] = CANDIDATES, repeats: int = 5) -> list[dict[int, float]]:
+    """Per-image milliseconds of one network call of each session at each batch size: the fastest
+    of ``repeats`` after one warm-up, the sessions' calls interleaved, so that whatever else runs on
+    the machine disturbs each of them alike and the minimum is the least disturbed call."""
+    rng = np.random.default_rng(0)
+    found: list[dict[int, float]] = [{} for _ in sessions]
+    active = list(range(len(sessions)))
     for batch in candidates:
-        x = rng.standard_normal((batch, info.image_channels, info.image_size, info.image_size), dtype=np.float32)
-        t = np.full(batch, middle, dtype=np.int64)
-        feeds = session.feeds(x, t)
-        session.session.run(None, feeds)
-        times = []
+        calls = {index: _call(sessions[index], batch, rng) for index in active}
+        for call in calls.values():
+            call()  # warm-up: the first call at a new shape plans and allocates
+        best = {index: float("inf") for index in active}
         for _ in range(repeats):
-            start = time.perf_counter()
-            session.session.run(None, feeds)
-            times.append(time.perf_counter() - start)
-        found[batch] = min(times) / batch * 1e3
-        if min(times) > CALL_BUDGET_S:
+            for index, call in calls.items():
+                start = time.perf_counter()
+                call()
+                best[index] = min(best[index], time.perf_counter() - start)
+        for index, seconds in best.items():
+            found[index][batch] = seconds / batch * 1e3
+        active = [index for index in active if best[index] <= CALL_BUDGET_S]
+        if not active:
             break
+    for session in sessions:
+        session.run_seconds, session.run_calls = 0.0, 0
     return found
 
 
-def _read_cache(path: Path) -> dict:
-    with contextlib.suppress(OSError, ValueError):
-        content = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(content, dict):
-            return content
-    return {}
+def _call(session, batch: int, rng: np.random.Generator) -> Callable[[], object]:
+    """One network call of ``session`` on ``batch`` noisy inputs at the middle timestep."""
+    info = session.info
+    middle = info.schedule["timesteps"] // 2  # checked when the metadata was read
+    x = rng.standard_normal((batch, info.image_channels, info.image_size, info.image_size), dtype=np.float32)
+    feeds = session.feeds(x, np.full(batch, middle, dtype=np.int64))
+    return lambda: session.run(session.output_name, feeds)
+
+
+def read_cache(path: Path | None = None) -> dict:
+    """The cache's entries; {} when there is none or it is anything but a small regular JSON file of
+    entries: it is opened without following a link and without blocking (a FIFO there), and read up
+    to :data:`MAX_CACHE_BYTES`."""
+    path = path or cache_file()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        data = os.read(fd, MAX_CACHE_BYTES + 1)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CACHE_BYTES:
+        return {}
+    try:
+        content = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(content, dict):
+        return {}
+    return {key: entry for key, entry in content.items() if isinstance(entry, dict)}
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a measurement")
+
+
+def remember(key: str, entry: dict) -> bool:
+    """Add ``entry`` under ``key``, merged with what other processes stored meanwhile: under a lock,
+    written to a new file renamed over the old (so a link there is replaced, never written through).
+    False when the cache cannot be written (then the next run measures again)."""
+    path = cache_file()
+    try:
+        directory = path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        if directory.is_symlink() or not directory.is_dir():
+            return False
+        with _locked(directory / (path.name + ".lock")):
+            cache = read_cache(path)
+            cache[key] = entry
+            fd, temporary = tempfile.mkstemp(prefix=".cpu-batch-", suffix=".tmp", dir=directory)
+            try:
+                data = (json.dumps(cache, indent=2, sort_keys=True) + "\n").encode("utf-8")
+                if len(data) > MAX_CACHE_BYTES:  # full of other machines' entries: start again with this one
+                    data = (json.dumps({key: entry}, indent=2) + "\n").encode("utf-8")
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    """An exclusive lock on ``lock_path`` (a regular file; never a link), where the system has flock."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{lock_path} is not a regular file")
+        try:
+            import fcntl
+        except ImportError:  # Windows: the rename alone keeps the file whole
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def choose(session, on_measure: Callable[[], None] | None = None) -> BatchChoice:
-    """The fastest batch per image for ``session`` on this CPU: from the cache, or measured and
-    stored there (a cache that cannot be written only means measuring again next time).
-    ``on_measure`` is called before a measurement starts."""
-    path, key = cache_file(), machine_key(session)
-    cache = _read_cache(path)
-    entry = cache.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("batch"), int) and entry["batch"] >= 1:
-        times = entry.get("per_image_ms") if isinstance(entry.get("per_image_ms"), dict) else {}
-        return BatchChoice(entry["batch"], {int(k): float(v) for k, v in times.items() if str(k).isdigit()}, cached=True)
+    """The fastest batch per image for ``session`` on this CPU (see :func:`choose_together`)."""
+    return choose_together([session], on_measure)[0]
+
+
+def choose_together(sessions: list, on_measure: Callable[[], None] | None = None) -> list[BatchChoice]:
+    """The fastest batch per image for each session on this CPU: from the cache, or measured (the
+    sessions not cached, together) and stored there; a cache that cannot be written only means
+    measuring again next time. ``on_measure`` is called before a measurement starts."""
+    cache = read_cache()
+    keys = [machine_key(session) for session in sessions]
+    choices = [_cached(cache.get(key)) for key in keys]
+    missing = [index for index, choice in enumerate(choices) if choice is None]
+    if not missing:
+        return choices
     if on_measure is not None:
         on_measure()
     try:
-        times = measure(session)
-    except Exception:  # an ONNX Runtime failure here will show, in one line, in the real run
-        return BatchChoice(FALLBACK, {}, cached=False)
-    best = min(times, key=times.get)
-    cache[key] = {"batch": best, "per_image_ms": {str(k): round(v, 4) for k, v in times.items()},
-                  "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as handle:
-            handle.write((json.dumps(cache, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    return BatchChoice(best, times, cached=False)
+        measured = measure_together([sessions[index] for index in missing])
+    except Exception:  # an engine's failure here will show, in one line, in the real run
+        measured = [{} for _ in missing]
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for index, times in zip(missing, measured):
+        if not times:
+            choices[index] = BatchChoice(FALLBACK, {}, cached=False)
+            continue
+        best = min(times, key=times.get)
+        choices[index] = BatchChoice(best, times, cached=False, measured=stamp)
+        remember(keys[index], {"batch": best, "per_image_ms": {str(k): round(v, 4) for k, v in times.items()}, "measured": stamp})
+    return choices
+
+
+def _cached(entry: dict | None) -> BatchChoice | None:
+    """A cache entry as a choice, None unless it is a well-formed one: a batch among those measured,
+    positive finite times keyed by ASCII batch sizes, the time it was measured."""
+    if entry is None:
+        return None
+    batch, times, stamp = entry.get("batch"), entry.get("per_image_ms"), entry.get("measured")
+    if not isinstance(times, dict) or not isinstance(stamp, str) or type(batch) is not int:
+        return None
+    measured = {}
+    for size, ms in times.items():
+        if not (size.isascii() and size.isdigit()) or type(ms) not in (int, float) or not 0 < ms < 1e9:
+            return None
+        measured[int(size)] = float(ms)
+    if batch not in measured:
+        return None
+    return BatchChoice(batch, measured, cached=True, measured=stamp)

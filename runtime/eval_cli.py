@@ -17,8 +17,8 @@ from ..core.progress import Progress
 from .pipeline import DDPM
 from .quality import Judge, score, table, targets, to_judge_size
 from .samples_file import SETTINGS_KEPT, read_samples
-from .sampling_cli import SamplingRequest, sampling_options, sampling_request
-from .session import PROVIDERS
+from .precision import PRECISIONS
+from .sampling_cli import PROVIDER_CHOICES, PROVIDER_HELP, SamplingRequest, sampling_options, sampling_request
 
 # The test set's second half is the reference; its first half supplies the real-data floor.
 
@@ -32,7 +32,10 @@ from .session import PROVIDERS
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed when sampling (fixed, so scores compare).")
 @sampling_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per network call when sampling.")
-@click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", help="Provider when sampling.")
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", help=f"When sampling: {PROVIDER_HELP}")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
+              help="When sampling: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' on OpenVINO; 'auto' the fastest "
+                   "eligible CPU path, as ddpm-run picks it.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads.")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
@@ -42,7 +45,7 @@ from .session import PROVIDERS
 @click.option("--json", "json_path", type=OutputPath(), default=None, help="Also write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, digit: str | None, batch_size: int | None,
-                 provider: str, threads: int | None, device_id: int, data_dir: Path, transform: str, json_path: Path | None,
+                 provider: str, precision: str, threads: int | None, device_id: int, data_dir: Path, transform: str, json_path: Path | None,
                  quiet: bool, **sampling: Any) -> None:
     """Score generated digits with the judge: confidence, class histogram, Fréchet distance to the MNIST
     test set, and the same figures for as many real held-out test digits (the floor).
@@ -67,7 +70,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
     if npz is not None:
         images, settings, source = read_samples(npz, half)
     else:
-        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, device_id=device_id)
+        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, device_id=device_id, precision=precision)
         request = sampling_request(ddpm, num_samples, digit, **sampling)
         images, settings, source = draw_samples(ddpm, request, seed, batch_size, quiet)
     chosen = settings.get("transform", "pad") if transform == "auto" else transform

@@ -32,7 +32,7 @@ from ..core.record import RunSettings
 from ..core.variant import Variant
 from . import cpu_batch
 from .engine import Job, SampleRun, SamplingEngine, class_prior_labels, frame_positions
-from .session import CPU_PROVIDER, UNetSession
+from .session import UNetSession
 
 __all__ = ["DDPM", "SampleRun", "default_model_path", "class_prior_labels", "frame_positions", "Job", "SamplingEngine"]
 
@@ -60,15 +60,36 @@ class DDPM:
         self.info: ModelInfo = session.info
         self.schedule = self.info.make_schedule()
         self._cpu_batch: cpu_batch.BatchChoice | None = None
+        self.note: str | None = None  # why this engine and precision, when load chose them
 
     @classmethod
     def load(
         cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False,
-        device_id: int = 0,
+        device_id: int = 0, precision: str = "fp32",
     ) -> "DDPM":
-        """Open an exported model; without a path, the embedded one. ``device_id`` picks the GPU on a
-        machine with several."""
+        """Open an exported model; without a path, the embedded one.
+
+        ``provider``: "auto" (CUDA when a GPU is usable, else ONNX Runtime's CPU provider), "cpu",
+        "cuda", "tensorrt", or "openvino" (OpenVINO's CPU engine). ``precision``: "fp32" runs the file
+        as it is; "bf16" runs its float layers in bfloat16 on OpenVINO (CPUs with AMX or
+        AVX512-BF16); "int8" opens the embedded int8 copy; "auto" picks the fastest eligible engine
+        and precision on a CPU (:mod:`.precision`; the reason is in ``note``). ``device_id`` picks
+        the GPU on a machine with several.
+        """
+        if precision not in ("fp32", "bf16"):
+            from .precision import load_model
+
+            options = {"provider": provider, "threads": threads, "cuda_graph": cuda_graph, "device_id": device_id}
+            ddpm, note = load_model(None if onnx_path is None else Path(onnx_path), precision, options)
+            ddpm.note = note
+            return ddpm
         path = Path(onnx_path) if onnx_path is not None else default_model_path()
+        if provider == "openvino" or precision == "bf16":
+            if provider not in ("auto", "openvino") or cuda_graph:
+                raise DDPMError(f"bf16 runs on the OpenVINO engine, not on provider {provider!r}")
+            from .openvino_session import OpenVINOSession
+
+            return cls(OpenVINOSession(path, precision=precision, threads=threads))
         return cls(UNetSession(path, provider=provider, threads=threads, cuda_graph=cuda_graph, device_id=device_id))
 
     @property
@@ -82,7 +103,7 @@ class DDPM:
     def default_batch_size(self) -> int:
         """Sub-batch size when none is given: one batch (up to 256) on a GPU; on a CPU the size fastest
         per image on this machine, measured once and cached (:meth:`batch_choice`)."""
-        if self.provider != CPU_PROVIDER:
+        if not self.session.on_cpu:
             return GPU_ROWS
         return self.batch_choice().batch
 
@@ -107,8 +128,10 @@ class DDPM:
             raise SettingError("engine", f"must be one of {', '.join(ENGINES)}, got {choice!r}")
         if self.session.cuda_graph and choice == "plain":
             raise SettingError("engine", "a CUDA-graph session runs through IOBinding", needs=("engine", "iobinding"))
+        if self.session.engine != "onnxruntime" and choice == "iobinding":
+            raise SettingError("engine", "IOBinding is ONNX Runtime's; the OpenVINO engine runs plain")
         if choice == "auto":
-            return "plain" if self.provider == CPU_PROVIDER and not self.session.cuda_graph else "iobinding"
+            return "plain" if self.session.on_cpu and not self.session.cuda_graph else "iobinding"
         return choice
 
     def generate(self, n: int, plan: SamplingPlan | None = None, seed: int = 0, batch_size: int | None = None,
@@ -158,7 +181,7 @@ class DDPM:
         for name, value in (("max_rows", max_rows), ("max_request_rows", max_request_rows)):
             if value is not None and value < 1:
                 raise SettingError(name, f"must be >= 1, got {value}")
-        rows = self.session.fixed_batch or max_rows or (self.batch_choice().batch if self.provider == CPU_PROVIDER else GPU_ROWS)
+        rows = self.session.fixed_batch or max_rows or (self.batch_choice().batch if self.session.on_cpu else GPU_ROWS)
         return SamplingEngine(self.session, max_rows=rows, binding=self.engine(engine) == "iobinding",
                               max_request_rows=max_request_rows or rows)
 

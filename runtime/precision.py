@@ -1,76 +1,243 @@
-"""Which copy of a model samples: the file named, or a copy of the embedded model, whose int8 copy
-(where the package ships one) is taken on a CPU where it measures faster per image than fp32.
+"""Which path samples on a CPU: an engine (ONNX Runtime or OpenVINO) and an arithmetic (fp32, bf16,
+int8), for the file named or the embedded model with its int8 copy.
 
     from ddpm.runtime.precision import load_model
-    ddpm, note = load_model(precision="auto", session_options={"provider": "cpu"})   # note: why this copy
+    ddpm, note = load_model(precision="auto", session_options={"provider": "auto"})   # note: which path and why
 
-int8 is not faster on every CPU (it depends on the int8 kernels the CPU has), so ``auto`` measures
-both copies at their own best batch, once per machine, and remembers the result (:mod:`cpu_batch`).
+No one path is fastest on every CPU: bf16 pays where the CPU has AMX, int8 where it has fast int8
+kernels, and ONNX Runtime and OpenVINO differ by CPU. So ``auto`` measures every eligible path at
+its own best batch, interleaved, once per machine, and remembers the choice (:mod:`cpu_batch`).
+A path other than fp32 is eligible only when its ε stays within the int8 export's tolerance of
+fp32's on the check digits (:mod:`eps_check`); an int8 copy only when its metadata says it is a
+copy of the same network.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..core.errors import DDPMError
 from . import cpu_batch
+from .eps_check import TOLERANCE, eps_difference
+from .openvino_session import OpenVINOSession, bf16_support, openvino_version
 from .pipeline import DDPM, default_model_path
-from .session import CPU_PROVIDER, UNetSession
+from .session import UNetSession
 
-PRECISIONS = ("auto", "fp32", "int8")
+PRECISIONS = ("auto", "fp32", "int8", "bf16")
+ENGINES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+SAME_NETWORK = ("schedule", "image_size", "image_channels", "data_range", "prediction", "variance", "num_classes",
+                "noise_at_last_step", "model_config")
+
+
+@dataclass(frozen=True)
+class CpuPath:
+    """An engine and the arithmetic it runs: the unit ``auto`` chooses among."""
+
+    engine: str  # "onnxruntime" or "openvino"
+    precision: str  # "fp32", "bf16" (OpenVINO only) or "int8" (the int8 copy)
+
+    def __str__(self) -> str:
+        return f"{ENGINES[self.engine]} {self.precision}"
 
 
 def load_model(onnx_path: Path | None = None, precision: str = "auto", session_options: dict | None = None,
                on_measure: Callable[[], None] | None = None) -> tuple[DDPM, str | None]:
-    """The model to sample and a note on which copy was chosen and why (None: nothing to say).
+    """The model to sample and a note on which path was chosen and why (None: nothing to say).
 
     ``session_options`` are :meth:`DDPM.load`'s keywords; ``on_measure`` is called before the CPU is
     timed. ddpm-run takes the two steps apart (:func:`open_copy`, then :func:`faster_copy` where
     :func:`speed_decides`), so that its request is checked before anything is timed.
     """
-    ddpm, note = open_copy(onnx_path, precision, session_options)
-    if speed_decides(onnx_path, precision):
-        return faster_copy(ddpm, session_options, on_measure)
+    options = session_options or {}
+    ddpm, note = open_copy(onnx_path, precision, options)
+    if speed_decides(onnx_path, precision, ddpm):
+        return faster_copy(ddpm, onnx_path, options, on_measure)
     return ddpm, note
 
 
-def open_copy(onnx_path: Path | None, precision: str, session_options: dict | None = None) -> tuple[DDPM, str | None]:
-    """The model named, or the embedded copy asked for (fp32 while ``auto`` has not chosen yet)."""
+def check_choice(onnx_path: Path | None, precision: str, provider: str) -> None:
+    """Refuse a precision that the model or provider cannot take, in one line."""
     if precision not in PRECISIONS:
         raise DDPMError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if onnx_path is not None and precision != "auto":
+    if onnx_path is not None and precision in ("fp32", "int8"):
         raise DDPMError(f"precision {precision!r} picks a copy of the embedded model; a named file has its own")
+    if precision == "bf16" and provider not in ("auto", "openvino"):
+        raise DDPMError(f"bf16 runs on the OpenVINO engine; use --provider openvino (or auto), not {provider!r}")
+
+
+def open_copy(onnx_path: Path | None, precision: str, session_options: dict | None = None) -> tuple[DDPM, str | None]:
+    """The model named, or the embedded copy asked for (fp32 while ``auto`` has not chosen yet), on
+    the engine the provider names; bf16 on OpenVINO."""
+    options = dict(session_options or {})
+    check_choice(onnx_path, precision, options.get("provider", "auto"))
+    if precision == "bf16":
+        options["provider"] = "openvino"
+        return DDPM.load(onnx_path, precision="bf16", **options), "bf16, as asked"
     if precision == "int8":
-        return DDPM.load(default_model_path("int8"), **(session_options or {})), "int8, as asked"
-    return DDPM.load(onnx_path, **(session_options or {})), None
+        return DDPM.load(default_model_path("int8"), **options), "int8, as asked"
+    return DDPM.load(onnx_path, **options), None
 
 
-def speed_decides(onnx_path: Path | None, precision: str) -> bool:
-    """Whether the measured speed picks the copy: ``auto`` on the embedded model."""
-    return onnx_path is None and precision == "auto"
+def speed_decides(onnx_path: Path | None, precision: str, ddpm: DDPM | None = None) -> bool:
+    """Whether the measured speed picks the path: ``auto`` on a CPU, for a model of dynamic batch."""
+    if precision != "auto":
+        return False
+    return ddpm is None or (ddpm.session.on_cpu and ddpm.session.fixed_batch is None)
 
 
-def faster_copy(ddpm: DDPM, session_options: dict | None, on_measure: Callable[[], None] | None) -> tuple[DDPM, str | None]:
-    """For ``auto`` on the embedded model: its int8 copy where that measures faster per image on this
-    CPU (timed once, cached), and why."""
-    if ddpm.provider != CPU_PROVIDER:
+def faster_copy(ddpm: DDPM, onnx_path: Path | None, session_options: dict | None,
+                on_measure: Callable[[], None] | None) -> tuple[DDPM, str | None]:
+    """For ``auto`` on a CPU: the fastest eligible path per image (measured once, cached), and why."""
+    options = dict(session_options or {})
+    if not ddpm.session.on_cpu:
         return ddpm, None
+    provider, threads = options.get("provider", "auto"), options.get("threads")
+    files = {"fp32": ddpm.session.path}
+    notes = []
+    if onnx_path is None:
+        int8_file, refusal = int8_copy(ddpm)
+        if int8_file is not None:
+            files["int8"] = int8_file
+        elif refusal:
+            notes.append(refusal)
+    paths = candidate_paths(provider, files, notes)
+    if len(paths) == 1:
+        return ddpm, "; ".join(notes) or None
+    reference = CpuPath(ddpm.session.engine, "fp32")
+    key = choice_key(ddpm.session, paths)
+    cached = read_choice(key, paths)
+    if cached is not None:
+        path, why = cached
+        chosen = ddpm if path == reference else _open(path, files, threads)
+        if chosen is not None:
+            return chosen, "; ".join([*notes, f"{path}: {why}"])
+    chosen, why = measure_paths(ddpm, reference, paths, files, threads, on_measure, key)
+    return chosen, "; ".join([*notes, why])
+
+
+def int8_copy(ddpm: DDPM) -> tuple[Path | None, str | None]:
+    """The embedded int8 copy, when the package ships one that is a copy of the running fp32 model,
+    and why not otherwise (None: the package ships none)."""
     try:
-        int8 = DDPM.load(default_model_path("int8"), **(session_options or {}))
-    except DDPMError:  # this package ships no int8 copy
-        return ddpm, None
-    faster, ratio = int8_is_faster(ddpm.session, int8.session, on_measure)
-    if not faster:
-        return ddpm, f"fp32: int8 measured {ratio:.2f}x its speed on this CPU"
-    return int8, f"int8: {ratio:.2f}x the speed of fp32 on this CPU; --precision fp32 for the other"
+        path = default_model_path("int8")
+    except DDPMError:
+        return None, None
+    try:
+        info = UNetSession(path, provider="cpu").info
+    except DDPMError as exc:
+        return None, f"the int8 copy is not used: {exc}"
+    fp32 = ddpm.info
+    differences = [name for name in SAME_NETWORK if getattr(info, name) != getattr(fp32, name)]
+    if info.source.get("sha256") != fp32.source.get("sha256"):
+        differences.insert(0, "source checkpoint")
+    if differences or info.precision != "int8":
+        what = ", ".join(differences) if differences else f"precision {info.precision}"
+        return None, f"{path.name} is not an int8 copy of {ddpm.session.path.name} ({what} differ); fp32 runs"
+    return path, None
 
 
-def int8_is_faster(fp32: UNetSession, int8: UNetSession, on_measure: Callable[[], None] | None = None) -> tuple[bool, float]:
-    """Whether the int8 copy samples faster per image than fp32 on this CPU, each at its own best
-    batch (measured once per machine and cached), and the speed ratio fp32 / int8."""
-    fast, slow = cpu_batch.choose(int8, on_measure), cpu_batch.choose(fp32, on_measure)
-    if not fast.per_image_ms or not slow.per_image_ms:
-        return False, 1.0
-    ratio = min(slow.per_image_ms.values()) / min(fast.per_image_ms.values())
-    return ratio > 1.0, ratio
+def candidate_paths(provider: str, files: dict[str, Path], notes: list[str]) -> list[CpuPath]:
+    """The paths the provider allows for these files, in the order of preference when times tie."""
+    engines = {"cpu": ["onnxruntime"], "openvino": ["openvino"]}.get(provider, ["onnxruntime", "openvino"])
+    if "openvino" in engines and openvino_version() is None:
+        engines.remove("openvino")
+    paths = []
+    for engine in engines:
+        paths += [CpuPath(engine, precision) for precision in files]
+        if engine == "openvino" and "fp32" in files:
+            refusal = bf16_support()
+            if refusal is None:
+                paths.append(CpuPath("openvino", "bf16"))
+            elif provider == "openvino":
+                notes.append(refusal)
+    return paths
+
+
+def _open(path: CpuPath, files: dict[str, Path], threads: int | None):
+    """A DDPM on ``path``; None when it cannot be opened (the engine is gone, the file broken)."""
+    file = files["int8" if path.precision == "int8" else "fp32"]
+    try:
+        if path.engine == "openvino":
+            return DDPM(OpenVINOSession(file, precision="bf16" if path.precision == "bf16" else "fp32", threads=threads))
+        return DDPM(UNetSession(file, provider="cpu", threads=threads))
+    except DDPMError:
+        return None
+
+
+def measure_paths(ddpm: DDPM, reference: CpuPath, paths: list[CpuPath], files: dict[str, Path], threads: int | None,
+                  on_measure: Callable[[], None] | None, key: str) -> tuple[DDPM, str]:
+    """Open every path, check its ε, time the eligible ones together, remember the fastest."""
+    if on_measure is not None:
+        on_measure()
+    opened = {reference: ddpm}
+    differences: dict[CpuPath, float] = {}
+    for path in paths:
+        if path in opened:
+            continue
+        candidate = _open(path, files, threads)
+        if candidate is None:
+            continue
+        if path.precision != "fp32":
+            differences[path] = eps_difference(ddpm.session, candidate.session)
+            if not differences[path] <= TOLERANCE:
+                continue
+        opened[path] = candidate
+    choices = cpu_batch.choose_together([model.session for model in opened.values()])
+    times = {path: choice.best_ms for path, choice in zip(opened, choices) if choice.best_ms}
+    if not times:
+        return ddpm, f"{reference}: the CPU could not be timed"
+    best = min(times, key=lambda path: (times[path], paths.index(path)))
+    baseline = times.get(reference, times[best])
+    why = f"{best}: " + reason(best, str(reference), baseline / times[best], differences.get(best), "measured now")
+    write_choice(key, best, str(reference), baseline / times[best], differences, times)
+    refused = [f"{path} (ε {value:.3f} > {TOLERANCE:g})" for path, value in differences.items() if not value <= TOLERANCE]
+    if refused:
+        why += f"; not eligible: {', '.join(refused)}"
+    return opened[best], why
+
+
+def reason(best: CpuPath, reference: str, ratio: float, difference: float | None, when: str) -> str:
+    """Why ``best`` runs, for the first output line."""
+    if str(best) == reference:
+        return f"the fastest path on this CPU ({when})"
+    check = "" if difference is None else f", ε within {difference:.3f} of fp32 (relative RMS, tolerance {TOLERANCE:g})"
+    return f"{ratio:.2f}x the speed of {reference} on this CPU ({when}){check}"
+
+
+def choice_key(session, paths: list[CpuPath]) -> str:
+    """The cache key of a choice: the reference session's machine key and the engines' versions."""
+    versions = {"onnxruntime": UNetSession.version, "openvino": openvino_version()}
+    offered = ",".join(f"{path.engine}-{versions[path.engine]}-{path.precision}" for path in paths)
+    return f"path | {cpu_batch.machine_key(session)} | {hashlib.sha256(offered.encode()).hexdigest()[:16]}"
+
+
+def read_choice(key: str, paths: list[CpuPath]) -> tuple[CpuPath, str] | None:
+    """A remembered choice among ``paths`` and why, None when there is none or it names a path not
+    offered now."""
+    entry = cpu_batch.read_cache().get(key)
+    if not isinstance(entry, dict):
+        return None
+    path = CpuPath(str(entry.get("engine")), str(entry.get("precision")))
+    ratio, difference, when, versus = (entry.get(name) for name in ("ratio", "eps_difference", "measured", "versus"))
+    if path not in paths or not _number(ratio) or not isinstance(when, str) or not isinstance(versus, str):
+        return None
+    if difference is not None and not (_number(difference) and difference <= TOLERANCE):
+        return None
+    return path, reason(path, versus, float(ratio), difference, f"cached on {when[:10]}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) < 1e9
+
+
+def write_choice(key: str, best: CpuPath, versus: str, ratio: float, differences: dict[CpuPath, float],
+                 times: dict[CpuPath, float]) -> None:
+    entry = {"engine": best.engine, "precision": best.precision, "versus": versus, "ratio": round(ratio, 4),
+             "eps_difference": None if best not in differences else round(differences[best], 5),
+             "per_image_ms": {str(path): round(ms, 4) for path, ms in times.items()},
+             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    cpu_batch.remember(key, entry)

@@ -16,11 +16,28 @@ from ..core.errors import DDPMError
 from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, SamplingPlan, SettingError
 from ..core.samplers import SPECS, Option, accepting, choices, option_names
 from .pipeline import DDPM
+from .session import PROVIDERS
 
 DEFAULT_COUNT = 16
 MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are cycled over the samples)
 FLAGS = {"digits": "--digit", "n": "--num-samples", "batch_size": "--batch-size"}
 SAMPLER_SETTINGS = ("sampler", "steps", *option_names())  # the keywords sampling_options adds
+
+PROVIDER_CHOICES = ("auto", *PROVIDERS, "openvino")
+PRECISION_HELP = ("The arithmetic on a CPU: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' the float layers in "
+                  "bfloat16 on OpenVINO (CPUs with AMX or AVX512-BF16); 'auto' the fastest eligible engine and precision, "
+                  "measured once per machine and cached (bf16 and int8 only where their ε stays within 5% of fp32's). "
+                  "With --onnx: auto or bf16.")
+PROVIDER_HELP = ("Where the network runs: ONNX Runtime's 'cpu', 'cuda' or 'tensorrt' provider, or OpenVINO's CPU engine "
+                 "('openvino', the openvino extra); 'auto' uses CUDA when a GPU is usable, else the fastest CPU path.")
+
+
+def check_precision_flags(onnx_path: object, precision: str, provider: str) -> None:
+    """--precision against --onnx and --provider, before anything is opened: a usage error (exit 2)."""
+    if onnx_path is not None and precision in ("fp32", "int8"):
+        raise click.UsageError(f"--precision {precision} picks a copy of the embedded model; with --onnx give auto or bf16")
+    if precision == "bf16" and provider not in ("auto", "openvino"):
+        raise click.UsageError(f"--precision bf16 runs on the OpenVINO engine; use --provider openvino (or auto), not {provider}")
 
 
 def flag(setting: str) -> str:

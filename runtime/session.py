@@ -104,7 +104,33 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
-class UNetSession:
+class EpsCalls:
+    """ε(x, t, y) for a batch on top of a session's ``run(output, feeds)``, shared by the engines."""
+
+    info: ModelInfo
+    path: Path
+    output_name: str
+
+    def run(self, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def feeds(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Graph inputs; a class-conditional model without labels gets the "no class" index."""
+        feeds = {"x": x, "t": t}
+        if self.info.num_classes:
+            feeds["y"] = np.full(len(x), self.info.num_classes, dtype=np.int64) if y is None else np.asarray(y, np.int64)
+        return feeds
+
+    def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """ε for a batch; a failure of the engine or an ε of another shape or type is a one-line error."""
+        result = self.run(self.output_name, self.feeds(x, t, y))
+        if result.shape != x.shape or result.dtype != np.float32:
+            raise DDPMError(f"{self.path}: the model returned ε of shape {list(result.shape)} ({result.dtype}) for x of "
+                            f"shape {list(x.shape)}; it must match x, float32")
+        return result
+
+
+class UNetSession(EpsCalls):
     """ε_θ(x_t, t) through ONNX Runtime, with the model's metadata.
 
     ``provider`` is "auto" (CUDA when a GPU and the CUDA provider are present, else CPU), "cpu",
@@ -155,6 +181,18 @@ class UNetSession:
             raise DDPMError(f"a CUDA graph needs the CUDA provider; this session runs on {self.provider}")
         self.run_seconds = 0.0
         self.run_calls = 0
+
+    engine = "onnxruntime"
+    version = ort.__version__
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic of the file's layers: its metadata's precision (fp32, fp16, int8)."""
+        return self.info.precision
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.provider == CPU_PROVIDER
 
     @staticmethod
     def _read(path: Path) -> bytes:
@@ -252,13 +290,6 @@ class UNetSession:
             raise DDPMError(f"{self.path}: input x has shape {shape}, but its metadata says images are {image}")
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
 
-    def feeds(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Graph inputs; a class-conditional model without labels gets the "no class" index."""
-        feeds = {"x": x, "t": t}
-        if self.info.num_classes:
-            feeds["y"] = np.full(len(x), self.info.num_classes, dtype=np.int64) if y is None else np.asarray(y, np.int64)
-        return feeds
-
     def run(self, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """One ``session.run`` for ``output``, timed; an ONNX Runtime failure is a one-line error."""
         start = time.perf_counter()
@@ -270,13 +301,6 @@ class UNetSession:
         self.run_calls += 1
         return result
 
-    def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """ε for a batch; an ONNX Runtime failure or an ε of another shape or type is a one-line error."""
-        result = self.run(self.output_name, self.feeds(x, t, y))
-        if result.shape != x.shape or result.dtype != np.float32:
-            raise DDPMError(f"{self.path}: the model returned ε of shape {list(result.shape)} ({result.dtype}) for x of "
-                            f"shape {list(x.shape)}; it must match x, float32")
-        return result
 
 
 

@@ -10,7 +10,7 @@ import click
 
 from ..core.console import run_command
 from ..core.errors import DDPMError
-from ..runtime.cli import PROVIDER_CHOICES
+from ..runtime.sampling_cli import PRECISION_HELP, PROVIDER_CHOICES, PROVIDER_HELP, check_precision_flags
 from ..runtime.precision import PRECISIONS, load_model
 
 LOOPBACK_NAMES = ("localhost",)
@@ -58,18 +58,16 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> None:
               help="Seconds in-flight requests get to finish after SIGTERM or Ctrl-C; the rest are cancelled.")
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="An origin whose pages may call the API (repeatable). [default: none, CORS off]")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
-              help="Which copy of the embedded model, as in ddpm-run. With --onnx the file decides.")
-@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto",
-              help="ONNX Runtime execution provider; 'auto' uses CUDA when a GPU is usable, else the CPU.")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU provider threads. [default: ONNX Runtime's choice]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", help=PRECISION_HELP)
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", help=PROVIDER_HELP)
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads. [default: the engine's own choice]")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--ray", "on_ray", is_flag=True,
               help="Scale out on Ray Serve: one ingress over --replicas sampler replicas, each with its own engine "
                    "(needs the ray extra: pip install \"ddpm-mnist[ray]\").")
 @click.option("--replicas", type=click.IntRange(1, 1024), default=2, help="With --ray: sampler replicas.")
 @click.option("--replica-cpus", type=click.FloatRange(0.1, 256), default=1.0,
-              help="With --ray: CPUs Ray reserves for each replica; its ONNX Runtime threads unless --threads says.")
+              help="With --ray: CPUs Ray reserves for each replica; its engine's threads unless --threads says.")
 @click.option("--address", default=None,
               help="With --ray: an existing cluster ('auto': the one `ray start` made here). [default: a local one]")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no access log.")
@@ -86,8 +84,7 @@ def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, n
     curl -s localhost:8000/v1/samples -H 'content-type: application/json' -d '{"n": 8, "digits": [7]}' -o sevens.png
     """
     check_auth(host, token, no_auth)
-    if onnx_path is not None and precision != "auto":
-        raise click.UsageError("--precision picks a copy of the embedded model; with --onnx the file decides")
+    check_precision_flags(onnx_path, precision, provider)
     if not on_ray and address is not None:
         raise click.UsageError("--address names a Ray cluster; add --ray")
     from .app import Settings  # the serve extra, imported once the arguments are known to be good

@@ -12,7 +12,6 @@ import click
 import uvicorn
 
 from ..runtime.pipeline import DDPM
-from ..runtime.session import CPU_PROVIDER
 from .app import Settings, create_app
 from .limits import GuardedH11
 
@@ -52,7 +51,7 @@ class Server:
 
     def __init__(self, ddpm: DDPM, settings: Settings, host: str, port: int, quiet: bool = False,
                  on_measure: Callable[[], None] | None = None) -> None:
-        if settings.max_rows is None and ddpm.provider == CPU_PROVIDER and ddpm.session.fixed_batch is None:
+        if settings.max_rows is None and ddpm.session.on_cpu and ddpm.session.fixed_batch is None:
             ddpm.batch_choice(on_measure=on_measure)  # measured (or read from the cache) before the port opens
         self.app = create_app(ddpm, settings)
         config = uvicorn.Config(self.app, host=host, port=port, log_level="warning" if quiet else "info",

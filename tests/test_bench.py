@@ -8,6 +8,7 @@ import pytest
 from conftest import assert_one_line_error
 from ddpm.benchmarks import bench, steps
 from ddpm.benchmarks.bench import main as bench_main
+from ddpm.runtime.openvino_session import bf16_support, openvino_version
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -26,8 +27,16 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
     assert report["settings"]["quick"] is True
     rows = report["rows"]
     implementations = {(r["implementation"], r["batch"]) for r in rows}
-    assert implementations == {(i, b) for i in ("eager", "torchscript", "ort", "ort-int8", "ort-iobinding", "ort-fused")
-                               for b in (1, 16)}
+    assert implementations == {(i, b) for i in ("eager", "torchscript", "ort", "ort-int8", "ov", "ov-bf16", "ov-int8",
+                                                "ort-iobinding", "ort-fused") for b in (1, 16)}
+    openvino_rows = [r for r in rows if r["implementation"].startswith("ov")]
+    if openvino_version() is None:
+        assert all('pip install "ddpm-mnist[openvino]"' in r["note"] for r in openvino_rows)
+    else:
+        timed = {r["implementation"] for r in openvino_rows if r["step_s_median"] is not None}
+        assert timed == ({"ov", "ov-int8"} | ({"ov-bf16"} if bf16_support() is None else set()))
+        assert ("cpu_bf16_gflops" in report["limits"]) == (bf16_support() is None)
+        assert any(t.startswith("Best CPU path vs ONNX Runtime fp32") for t in report["targets"])
     assert all(r["provider"] == "cpu" for r in rows)  # no CUDA rows on a machine without a GPU
     measured = [r for r in rows if r["per_sample_method"].startswith("measured")]
     assert len(measured) == 1 and measured[0]["implementation"] == "ort" and measured[0]["batch"] == 1
@@ -44,6 +53,7 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
     for row in samplers:
         assert row["per_sample_s"] == pytest.approx(row["seconds"] / row["batch"]) and row["batch"] == 16
     markdown = (tmp_path / "bench-t.md").read_text()
+    assert "CPU flags: " in markdown
     assert markdown.count("| small |") == len(rows) + len(samplers)
     assert "| small | cpu | dpm++2m | 20 | 16 |" in markdown
     assert (tmp_path / "bench-t.png").stat().st_size > 1000

@@ -23,7 +23,7 @@ def test_measured_once_then_read_from_the_cache(tiny_export, cache, monkeypatch)
     stored = json.loads(cache.read_text())
     assert stored[cpu_batch.machine_key(session)]["batch"] == first.batch
 
-    monkeypatch.setattr(cpu_batch, "measure", lambda *a, **k: pytest.fail("measured although cached"))
+    monkeypatch.setattr(cpu_batch, "measure_together", lambda *a, **k: pytest.fail("measured although cached"))
     second = cpu_batch.choose(session)
     assert second.cached and second.batch == first.batch and second.per_image_ms == pytest.approx(first.per_image_ms, abs=1e-3)
 
@@ -41,7 +41,7 @@ def test_a_damaged_cache_is_measured_again_and_repaired(tiny_export, cache, monk
     session = UNetSession(tiny_export / "unet.onnx", provider="cpu", threads=1)
     cache.parent.mkdir(parents=True)
     cache.write_text(damage.replace("KEY", cpu_batch.machine_key(session)))
-    monkeypatch.setattr(cpu_batch, "measure", lambda *a, **k: {4: 2.0, 8: 1.0, 16: 1.5})
+    monkeypatch.setattr(cpu_batch, "measure_together", lambda sessions, *a, **k: [{4: 2.0, 8: 1.0, 16: 1.5}])
     choice = cpu_batch.choose(session)
     assert choice.batch == 8 and not choice.cached
     assert json.loads(cache.read_text())[cpu_batch.machine_key(session)]["batch"] == 8
@@ -51,7 +51,7 @@ def test_an_unwritable_cache_only_means_measuring_again(tiny_export, tmp_path, m
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache folder cannot be made under a file
-    monkeypatch.setattr(cpu_batch, "measure", lambda *a, **k: {4: 2.0, 8: 3.0})
+    monkeypatch.setattr(cpu_batch, "measure_together", lambda sessions, *a, **k: [{4: 2.0, 8: 3.0}])
     session = UNetSession(tiny_export / "unet.onnx", provider="cpu", threads=1)
     assert cpu_batch.choose(session).batch == 4
 

@@ -21,7 +21,7 @@ def _imported_modules(path):
 
 @pytest.mark.parametrize("layer, forbidden", [
     ("runtime", {"torch", "torchvision", "onnx", "ddpm.train", "ddpm.export", "ddpm.benchmarks"}),
-    ("core", {"torch", "torchvision", "onnx", "onnxruntime", "ddpm.runtime", "ddpm.train", "ddpm.export", "ddpm.benchmarks"}),
+    ("core", {"torch", "torchvision", "onnx", "onnxruntime", "openvino", "ddpm.runtime", "ddpm.train", "ddpm.export", "ddpm.benchmarks"}),
 ])
 def test_layer_sources_import_nothing_above_them(layer, forbidden):
     import pathlib
@@ -45,3 +45,14 @@ def test_every_package_folder_is_installed():
     found = {f"{name}.{'.'.join(init.parent.relative_to(folder).parts)}".rstrip(".")
              for name, folder in folders.items() for init in folder.rglob("__init__.py")}
     assert found == set(config["packages"])
+
+
+def test_openvino_is_imported_only_when_it_runs():
+    """The openvino extra is optional and slow to import: opening the runtime's modules and running
+    ONNX Runtime never imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ddpm.runtime import cli, precision, eval_cli; from ddpm.runtime.pipeline import DDPM; "
+            "DDPM.load(provider='cpu'); print('openvino' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

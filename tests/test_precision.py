@@ -1,14 +1,24 @@
-"""Which copy of the embedded model runs (runtime/precision.py): int8 where it measures faster per image, each
-copy at its best batch, fp32 elsewhere; the same choice through ddpm-run and the Python API."""
+"""Which path samples on a CPU (runtime/precision.py): the fastest eligible engine and precision, each at its
+best batch; bf16 and int8 only where their ε holds and the int8 copy is a copy of the same network; the
+choice cached with the engines' versions; the same choice through ddpm-run and the Python API."""
 
+import json
+
+import onnx
 import pytest
 
+from ddpm.core.errors import DDPMError
+from ddpm.runtime import cpu_batch, openvino_session
 from ddpm.runtime.cli import main as run_main
+
+HAS_OPENVINO = openvino_session.openvino_version() is not None
+NATIVE_BF16 = HAS_OPENVINO and openvino_session.bf16_support() is None
 
 
 @pytest.fixture
-def embedded_pair(int8_export, monkeypatch):
-    """The tiny fp32 and int8 exports standing in for the package's embedded model and its int8 copy."""
+def embedded_pair(int8_export, monkeypatch, tmp_path):
+    """The tiny fp32 and int8 exports standing in for the package's embedded model and its int8 copy,
+    with a cache of this test's own."""
     import ddpm.runtime.pipeline as pipeline
     import ddpm.runtime.precision as precision
 
@@ -17,54 +27,155 @@ def embedded_pair(int8_export, monkeypatch):
 
     monkeypatch.setattr(pipeline, "default_model_path", default_model_path)
     monkeypatch.setattr(precision, "default_model_path", default_model_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return precision
 
 
-@pytest.mark.parametrize("faster, precision, expected", [
-    (True, "auto", "unet.int8.onnx (int8: 1.70x the speed of fp32 on this CPU"),
-    (False, "auto", "unet.onnx (fp32: int8 measured 0.80x its speed on this CPU)"),
-    (True, "fp32", "model unet.onnx on"),
-    (False, "int8", "unet.int8.onnx (int8, as asked)"),
+def fake_times(monkeypatch, times: dict[tuple[str, str], float], calls: list | None = None):
+    """cpu_batch.choose_together answering ``times`` (ms per image) by (engine, precision)."""
+    def choose_together(sessions, on_measure=None):
+        if calls is not None:
+            calls.append([(s.engine, s.precision) for s in sessions])
+        return [cpu_batch.BatchChoice(8, {8: times[(s.engine, s.precision)]}, cached=False) for s in sessions]
+
+    monkeypatch.setattr(cpu_batch, "choose_together", choose_together)
+
+
+def run_args(tmp_path, *extra):
+    return ("-n", 2, "--sampler", "ddim", "--steps", 2, "--png", tmp_path / "o.png", *extra)
+
+
+@pytest.mark.parametrize("fastest, expected", [
+    (("onnxruntime", "int8"), "unet.int8.onnx (ONNX Runtime int8: 1.70x the speed of ONNX Runtime fp32"),
+    (("onnxruntime", "fp32"), "unet.onnx (ONNX Runtime fp32: the fastest path on this CPU (measured now))"),
 ])
-def test_the_embedded_copy_follows_the_measured_speed(invoke, embedded_pair, tmp_path, monkeypatch, faster, precision, expected):
-    monkeypatch.setattr(embedded_pair, "int8_is_faster", lambda fp32, int8, on_measure=None: (faster, 1.7 if faster else 0.8))
-    result = invoke(run_main, "--precision", precision, "--provider", "cpu", "-n", 2, "--sampler", "ddim", "--steps", 2,
-                    "--png", tmp_path / "o.png")
+def test_onnx_runtime_alone_picks_between_its_copies(invoke, embedded_pair, tmp_path, monkeypatch, fastest, expected):
+    times = {("onnxruntime", "fp32"): 3.4, ("onnxruntime", "int8"): 4.0}
+    times[fastest] = 2.0
+    fake_times(monkeypatch, times)
+    result = invoke(run_main, "--precision", "auto", "--provider", "cpu", *run_args(tmp_path))
     assert result.code == 0, result.err
     assert expected in result.err
-    int8_used = "unet.int8.onnx" in result.err
-    assert ("(int8, batch" in result.err) == int8_used  # the summary line says so too
+    assert ("(int8, batch" in result.err) == (fastest[1] == "int8")  # the summary line says so too
 
 
-def test_int8_speed_is_compared_at_each_ones_best_batch(int8_export, monkeypatch):
-    from ddpm.runtime import cpu_batch
-    from ddpm.runtime.precision import int8_is_faster
+@pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
+@pytest.mark.parametrize("fastest", [("openvino", "int8"), ("openvino", "fp32")] + ([("openvino", "bf16")] if NATIVE_BF16 else []))
+def test_auto_picks_the_fastest_path_across_engines(invoke, embedded_pair, tmp_path, monkeypatch, fastest):
+    times = {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.9, ("openvino", "fp32"): 3.5,
+             ("openvino", "int8"): 2.8, ("openvino", "bf16"): 2.7}
+    times[fastest] = 1.5
+    calls = []
+    fake_times(monkeypatch, times, calls)
+    result = invoke(run_main, *run_args(tmp_path))
+    assert result.code == 0, result.err
+    assert f"OpenVINO {fastest[1]}: 2.00x the speed of ONNX Runtime fp32 on this CPU (measured now)" in result.err
+    assert f"on OpenVINO CPU {fastest[1]}" in result.err
+    assert len(calls[0]) == (5 if NATIVE_BF16 else 4)  # every path timed in one measurement
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
+def test_the_choice_is_cached_and_said_to_be(embedded_pair, monkeypatch):
+    times = {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.9, ("openvino", "fp32"): 3.5,
+             ("openvino", "int8"): 1.5, ("openvino", "bf16"): 2.7}
+    calls = []
+    fake_times(monkeypatch, times, calls)
+    first, note = embedded_pair.load_model(precision="auto")
+    assert (first.session.engine, first.session.precision) == ("openvino", "int8") and "measured now" in note
+    again, note = embedded_pair.load_model(precision="auto")
+    assert len(calls) == 1, "measured although cached"
+    assert (again.session.engine, again.session.precision) == ("openvino", "int8")
+    assert "cached on 20" in note and "1.50x" not in note and "2.00x the speed of ONNX Runtime fp32" in note
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
+def test_a_cached_engine_that_is_gone_means_measuring_again(embedded_pair, monkeypatch):
+    times = {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.9, ("openvino", "fp32"): 3.5,
+             ("openvino", "int8"): 1.5, ("openvino", "bf16"): 2.7}
+    calls = []
+    fake_times(monkeypatch, times, calls)
+    embedded_pair.load_model(precision="auto")
+    monkeypatch.setattr(embedded_pair, "openvino_version", lambda: None)  # uninstalled since
+    ddpm, note = embedded_pair.load_model(precision="auto")
+    assert len(calls) == 2 and ddpm.session.engine == "onnxruntime" and "measured now" in note
+
+
+def test_a_cached_choice_of_a_path_not_offered_is_not_believed(embedded_pair, monkeypatch):
+    calls = []
+    fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.0}, calls)
+    embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    cache = cpu_batch.cache_file()
+    stored = json.loads(cache.read_text())
+    key = next(key for key in stored if key.startswith("path | "))
+    stored[key].update(engine="tensorflow", precision="fp4")
+    cache.write_text(json.dumps(stored))
+    ddpm, note = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    assert len(calls) == 2 and ddpm.session.precision == "int8" and "measured now" in note
+
+
+def test_a_path_whose_eps_strays_is_not_eligible(embedded_pair, monkeypatch):
+    fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 1.0})
+    monkeypatch.setattr(embedded_pair, "eps_difference", lambda reference, candidate: 0.2)
+    ddpm, note = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    assert ddpm.session.precision == "fp32"
+    assert "not eligible: ONNX Runtime int8 (ε 0.200 > 0.05)" in note
+
+
+def test_the_eps_check_measures_the_real_difference(int8_export):
+    from ddpm.runtime.eps_check import eps_difference
     from ddpm.runtime.session import UNetSession
 
-    times = {"fp32": {4: 4.0, 64: 3.7}, "int8": {4: 2.9, 16: 2.3}}
-    monkeypatch.setattr(cpu_batch, "choose", lambda session, on_measure=None: cpu_batch.BatchChoice(
-        0, times[session.info.precision], cached=True))
     fp32 = UNetSession(int8_export / "unet.onnx", provider="cpu")
-    int8 = UNetSession(int8_export / "unet.int8.onnx", provider="cpu")
-    faster, ratio = int8_is_faster(fp32, int8)
-    assert faster and ratio == pytest.approx(3.7 / 2.3)
+    assert eps_difference(fp32, UNetSession(int8_export / "unet.onnx", provider="cpu")) == 0.0
+    assert 0.0 < eps_difference(fp32, UNetSession(int8_export / "unet.int8.onnx", provider="cpu")) < 0.05
 
 
-@pytest.mark.parametrize("faster, expected", [(True, "int8"), (False, "fp32")])
-def test_the_python_api_makes_the_same_choice(embedded_pair, monkeypatch, faster, expected):
-    """precision.load_model: the choice ddpm-run makes, in one call of the Python API."""
-    monkeypatch.setattr(embedded_pair, "int8_is_faster", lambda fp32, int8, on_measure=None: (faster, 1.7 if faster else 0.8))
-    ddpm, note = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
-    assert ddpm.info.precision == expected
-    assert note.startswith(f"{expected}: ")
-
-
-@pytest.mark.parametrize("path, precision, fragment", [
-    ("unet.onnx", "int8", "a named file has its own"),
-    (None, "fp16", "unknown precision 'fp16'"),
+@pytest.mark.parametrize("change, fragment", [
+    ({"ddpm.source": lambda source: {**source, "sha256": "0" * 64}}, "source checkpoint"),
+    ({"ddpm.schedule": lambda schedule: {**schedule, "beta_end": 0.03}}, "schedule"),
+    ({"ddpm.num_classes": lambda classes: 10}, "inputs are ['t', 'x'], expected ['t', 'x', 'y']"),
+    ({"ddpm.precision": lambda precision: "fp32"}, "precision fp32"),
 ])
-def test_the_python_api_refuses_a_precision_it_cannot_honour(embedded_pair, int8_export, path, precision, fragment):
-    from ddpm.core.errors import DDPMError
+def test_an_int8_file_that_is_not_a_copy_is_never_swapped_in(embedded_pair, int8_export, tmp_path, monkeypatch, change, fragment):
+    model = onnx.load(int8_export / "unet.int8.onnx")
+    for prop in model.metadata_props:
+        if prop.key in change:
+            prop.value = json.dumps(change[prop.key](json.loads(prop.value)))
+    stranger = tmp_path / "stranger.int8.onnx"
+    onnx.save(model, stranger)
+    monkeypatch.setattr(embedded_pair, "default_model_path", lambda precision="fp32": int8_export / "unet.onnx"
+                        if precision == "fp32" else stranger)
+    monkeypatch.setattr(cpu_batch, "choose_together", lambda *a, **k: pytest.fail("timed a single path"))
+    ddpm, note = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    assert ddpm.session.path == int8_export / "unet.onnx"
+    assert "stranger.int8.onnx" in note and "not" in note and fragment in note
 
+
+def test_the_python_api_makes_the_same_choice(embedded_pair, monkeypatch):
+    from ddpm.runtime.pipeline import DDPM
+
+    fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.0})
+    ddpm = DDPM.load(provider="cpu", precision="auto")
+    assert ddpm.session.precision == "int8" and ddpm.note.startswith("ONNX Runtime int8: 1.50x")
+
+
+@pytest.mark.parametrize("path, precision, provider, fragment", [
+    ("unet.onnx", "int8", "auto", "a named file has its own"),
+    (None, "fp16", "auto", "unknown precision 'fp16'"),
+    (None, "bf16", "cpu", "bf16 runs on the OpenVINO engine"),
+])
+def test_the_python_api_refuses_a_precision_it_cannot_honour(embedded_pair, int8_export, path, precision, provider, fragment):
     with pytest.raises(DDPMError, match=fragment):
-        embedded_pair.load_model(None if path is None else int8_export / path, precision)
+        embedded_pair.load_model(None if path is None else int8_export / path, precision, {"provider": provider})
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--precision", "bf16", "--provider", "cpu"), "bf16 runs on the OpenVINO engine"),
+    (("--precision", "int8", "--onnx", "ONNX"), "--precision int8 picks a copy of the embedded model"),
+    (("--engine", "cudagraph", "--provider", "openvino"), "cudagraph needs --provider cuda"),
+])
+def test_ddpm_run_refuses_impossible_combinations_as_usage_errors(invoke, int8_export, tmp_path, args, fragment):
+    from tests_support import assert_usage_error
+
+    args = tuple(str(int8_export / "unet.onnx") if arg == "ONNX" else arg for arg in args)
+    assert_usage_error(invoke(run_main, *run_args(tmp_path, *args)), fragment)

@@ -45,3 +45,11 @@ CONDITIONAL = dataclasses.replace(UNCONDITIONAL, num_classes=10)
 
 def build(info=CONDITIONAL, **settings) -> SamplingPlan:
     return SamplingPlan.build(info, info.make_schedule(), **settings)
+
+
+def assert_usage_error(result, fragment: str) -> None:
+    """Exit code 2 (a usage error), one line on stderr holding ``fragment``, no traceback."""
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert result.code == 2, result
+    assert len(lines) == 1 and "Traceback" not in result.err, result.err
+    assert fragment in lines[0], lines[0]
