@@ -192,14 +192,16 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_distinct_paths(outputs: dict[str, Path | None], inputs: dict[str, Path | None] | None = None) -> None:
-    """Refuse outputs that are one of the inputs (a command must not write over what it reads) or
-    each other (one would silently replace the other). Keys are the names shown in the error."""
+    """Refuse outputs that are one of the inputs (a command must not write over what it reads, named
+    or not: an option's file, or "the installed judge.onnx") or each other (one would silently
+    replace the other). Keys are the names shown in the error."""
     named_outputs = [(name, Path(path)) for name, path in outputs.items() if path is not None]
     named_inputs = [(name, Path(path)) for name, path in (inputs or {}).items() if path is not None]
     for index, (name, path) in enumerate(named_outputs):
         for input_name, input_path in named_inputs:
             if _same_file(path, input_path):
-                raise DDPMError(f"{name} {path} is the input {input_name}; writing it would destroy what is read")
+                what = input_name if input_name.startswith("the ") else f"the input {input_name}"
+                raise DDPMError(f"{name} {path} is {what}; writing it would destroy what is read")
         for other_name, other in named_outputs[index + 1:]:
             if _same_file(path, other):
                 raise DDPMError(f"{name} and {other_name} are the same file {path}; give each output its own path")

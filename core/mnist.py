@@ -94,6 +94,18 @@ def find_idx_file(data_dir: Path, name: str) -> Path | None:
     return None
 
 
+def data_files(data_dir: str | Path) -> dict[str, Path]:
+    """The MNIST files present in ``data_dir`` (plain or .gz), by what they are: the files a command
+    reading that folder must never write over."""
+    found = {}
+    for split, names in SPLIT_FILES.items():
+        for name in names:
+            path = find_idx_file(Path(data_dir), name)
+            if path is not None:
+                found[f"the MNIST {split} file {path.name} in --data-dir"] = path
+    return found
+
+
 def missing_files(data_dir: str | Path, split: str) -> list[str]:
     data_dir = Path(data_dir)
     return [name for name in SPLIT_FILES[split] if find_idx_file(data_dir, name) is None]

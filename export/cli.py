@@ -9,7 +9,9 @@ import click
 from ..core.console import OutputPath, run_command
 from ..core.errors import DDPMError
 from ..core.files import check_distinct_paths, output_target
+from ..core.mnist import data_files, missing_files
 from ..core.variant import Variant
+from ..runtime.installed import installed_inputs
 from .pipeline import (DEFAULT_ATOL, DEFAULT_FP16_ATOL, DEFAULT_INT8_TOL, DEFAULT_OPSET, PLAIN, ExportOutputs, ExportReport,
                        Tolerances, export_and_verify, read_calibration, requested_variants)
 
@@ -69,20 +71,23 @@ def export_command(
     ddpm-export --ckpt runs/small/model.pt
     ddpm-export --ckpt labml_model.pt --out-dir exported --fixed-batch 16
     ddpm-export --ckpt model.pt --fp16 --fused-step --fixed-batch 1     # the GPU variants
-    ddpm-export --ckpt model.pt --int8 --data-dir ../shared/data/mnist # a faster copy for CPUs
+    ddpm-export --ckpt model.pt --int8 --data-dir data/mnist # a faster copy for CPUs
     """
     from .load import load_for_export
 
     out_dir = out_dir if out_dir is not None else ckpt.parent
     if out_dir.exists() and not out_dir.is_dir():
         raise DDPMError(f"--out-dir {out_dir} is not a directory")
+    variants = requested_variants(fp16, fused_step, fixed_batch, int8)
+    outputs = output_paths(ckpt, out_dir, onnx_path, torchscript_path, no_torchscript, variants, data_dir if int8 else None)
+    if int8 and (missing := missing_files(data_dir, "train")):  # said before the checkpoint is loaded
+        raise DDPMError(f"--int8 calibrates on MNIST training digits, and {data_dir} lacks {', '.join(missing)}: "
+                        "give their folder with --data-dir or DDPM_DATA_DIR")
     source = load_for_export(ckpt, "raw" if raw else "ema", norm_groups, final_norm_groups)
     if source.kind == "ddpm-mnist" and (norm_groups or final_norm_groups):
         raise click.UsageError("--norm-groups/--final-norm-groups apply to labml state dicts only; checkpoints record them")
     describe(ckpt, source, raw)
-    calibration = read_calibration(source.info, data_dir) if int8 else None  # before any work: the data may be missing
-    variants = requested_variants(fp16, fused_step, fixed_batch, int8)
-    outputs = output_paths(ckpt, out_dir, onnx_path, torchscript_path, no_torchscript, variants)
+    calibration = read_calibration(source.info, data_dir) if int8 else None
     tolerances = Tolerances(atol, fp16_atol, int8_tol)
     report = export_and_verify(source, outputs, opset=opset, tolerances=tolerances, verify=not no_verify,
                                calibration=calibration)
@@ -100,14 +105,16 @@ def describe(ckpt: Path, source, raw: bool) -> None:
 
 
 def output_paths(ckpt: Path, out_dir: Path, onnx_path: Path | None, torchscript_path: Path | None, no_torchscript: bool,
-                 variants: list[Variant]) -> ExportOutputs:
+                 variants: list[Variant], data_dir: Path | None = None) -> ExportOutputs:
     """--onnx PATH is written as given, the other copies beside it with their tags before its extension;
-    each path checked, before any work, to be writable and to be neither the checkpoint nor another output."""
+    each path checked, before any work, to be writable and to be neither another output nor a file the
+    export reads: the checkpoint, the installed models, the MNIST files of ``data_dir`` (for --int8)."""
     base = _output_path(onnx_path, out_dir, "unet.onnx")
     outputs = ExportOutputs({variant: base.with_name(variant.file_name(base.name)) for variant in variants},
                             None if no_torchscript else _output_path(torchscript_path, out_dir, "unet.ts.pt"))
     named = {"--onnx" if variant == PLAIN else path.name: path for variant, path in outputs.onnx.items()}
-    check_distinct_paths({**named, "--torchscript": outputs.torchscript}, {"--ckpt": ckpt})
+    reads = {"--ckpt": ckpt, **installed_inputs(), **(data_files(data_dir) if data_dir is not None else {})}
+    check_distinct_paths({**named, "--torchscript": outputs.torchscript}, reads)
     return outputs
 
 

@@ -19,6 +19,7 @@ from ..core.progress import Progress
 from . import cpu_batch
 from .cpu_batch import BatchChoice
 from .memory import check_memory
+from .installed import installed_inputs
 from .pipeline import DDPM, SampleRun
 from .precision import PRECISIONS, faster_copy, open_copy, speed_decides
 from .sampling_cli import (PRECISION_HELP, PROVIDER_CHOICES, PROVIDER_HELP, SamplingRequest, check_precision_flags, flag_error,
@@ -138,7 +139,7 @@ def output_targets(gif: Path | None, video: Path | None, png: Path | None, npz: 
             raise DDPMError('--video needs ffmpeg through imageio-ffmpeg: pip install "ddpm-mnist[video]"')
     if show != "xt" and gif is None and video is None:
         raise click.BadParameter("chooses what the animation shows; add --gif or --video", param_hint="'--show'")
-    check_distinct_paths({"--gif": gif, "--video": video, "--png": png, "--npz": npz}, {"--onnx": onnx_path})
+    check_distinct_paths({"--gif": gif, "--video": video, "--png": png, "--npz": npz}, {"--onnx": onnx_path, **installed_inputs()})
     return targets
 
 

@@ -8,7 +8,6 @@ fixed seed, so every machine checks the same inputs.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy as np
 from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from ..core.variant import INT8_TOLERANCE
+from .installed import models_dir
 
 CHECK_DIGITS = "check-digits.npz"
 CHECK_SEED = 20_261_201
@@ -23,7 +23,7 @@ TOLERANCE = INT8_TOLERANCE  # the same bound as the int8 export's
 
 
 def check_digits_path() -> Path:
-    return Path(str(resources.files("ddpm.runtime") / "models" / CHECK_DIGITS))
+    return models_dir() / CHECK_DIGITS
 
 
 def read_check_digits(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,9 @@ import numpy as np
 
 from ..core.console import OutputPath, run_command
 from ..core.files import StagedFiles, check_distinct_paths, output_target
-from ..core.mnist import load_mnist
+from ..core.mnist import data_files, load_mnist
 from ..core.progress import Progress
+from .installed import installed_inputs
 from .pipeline import DDPM
 from .quality import Judge, score, table, targets, to_judge_size
 from .samples_file import SETTINGS_KEPT, read_samples
@@ -51,15 +52,16 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
     test set, and the same figures for as many real held-out test digits (the floor).
 
     \b
-    ddpm-eval -n 1000 --data-dir ../shared/data/mnist              # the embedded model
-    ddpm-eval --npz samples.npz --data-dir ../shared/data/mnist    # what ddpm-run --npz wrote
-    ddpm-eval -n 1000 --sampler ddim --steps 50 --data-dir ../shared/data/mnist
-    ddpm-eval --onnx cond.onnx --digit all --guidance 1 --data-dir ../shared/data/mnist
+    ddpm-eval -n 1000 --data-dir data/mnist              # the embedded model
+    ddpm-eval --npz samples.npz --data-dir data/mnist    # what ddpm-run --npz wrote
+    ddpm-eval -n 1000 --sampler ddim --steps 50 --data-dir data/mnist
+    ddpm-eval --onnx cond.onnx --digit all --guidance 1 --data-dir data/mnist
 
     With --digit (class-conditional models) it also reports the share of samples the judge assigns
     to the requested digit, beside the judge's accuracy on the real digits.
     """
-    check_arguments(npz, onnx_path, json_path, sampling_given=digit is not None or any(v is not None for v in sampling.values()))
+    check_arguments(npz, onnx_path, json_path, sampling_given=digit is not None or any(v is not None for v in sampling.values()),
+                    data_dir=data_dir)
     test_images, test_labels = load_mnist(data_dir, "test")
     half = len(test_images) // 2
     if npz is None and num_samples > half:
@@ -94,12 +96,13 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
         write_report(json_path, report)
 
 
-def check_arguments(npz: Path | None, onnx_path: Path | None, json_path: Path | None, sampling_given: bool) -> None:
+def check_arguments(npz: Path | None, onnx_path: Path | None, json_path: Path | None, sampling_given: bool,
+                    data_dir: Path) -> None:
     """What is refused before any work: two sources, a path given twice, an unwritable --json, and
     sampling options for images already drawn."""
     if npz is not None and onnx_path is not None:
         raise click.UsageError("give --npz or --onnx, not both")
-    check_distinct_paths({"--json": json_path}, {"--npz": npz, "--onnx": onnx_path})
+    check_distinct_paths({"--json": json_path}, {"--npz": npz, "--onnx": onnx_path, **installed_inputs(), **data_files(data_dir)})
     output_target(json_path, "--json")
     if npz is not None and sampling_given:
         raise click.UsageError("--npz scores finished images; sampling options (--sampler, --steps, --digit, ...) need --onnx")

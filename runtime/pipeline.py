@@ -19,7 +19,6 @@ which noise a sample gets.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,6 +31,7 @@ from ..core.record import RunSettings
 from ..core.variant import Variant
 from . import cpu_batch
 from .engine import Job, SampleRun, SamplingEngine, class_prior_labels, frame_positions
+from .installed import models_dir
 from .session import UNetSession
 
 __all__ = ["DDPM", "SampleRun", "default_model_path", "class_prior_labels", "frame_positions", "Job", "SamplingEngine"]
@@ -46,7 +46,7 @@ def default_model_path(precision: str = "fp32") -> Path:
     sampled when no model is named, with or without requested digits; ``precision`` "int8" names its
     int8 copy for CPUs, when the package ships one."""
     name = Variant(precision).file_name(DEFAULT_MODEL)
-    path = Path(str(resources.files("ddpm.runtime") / "models" / name))
+    path = models_dir() / name
     if not path.is_file():
         raise DDPMError(f"the embedded {precision} model is missing from this installation ({path})")
     return path

@@ -6,12 +6,12 @@ a model's samples are held to against the floor (real digits). NumPy only.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import DDPMError
+from .installed import models_dir
 from .session import cpu_session
 
 CONFIDENT = 0.9
@@ -26,7 +26,7 @@ WORST_DIGIT_ACCURACY = 0.95
 
 
 def judge_path() -> Path:
-    return Path(str(resources.files("ddpm.runtime") / "models" / "judge.onnx"))
+    return models_dir() / "judge.onnx"
 
 
 class Judge:

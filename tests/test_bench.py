@@ -97,3 +97,15 @@ def test_onnx_that_is_not_ours(invoke, tmp_path):
     result = invoke(bench_main, "--quick", "--onnx", tmp_path / "foreign.onnx", "--out-dir", tmp_path / "out")
     assert_one_line_error(result, "is not an ONNX model")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_openvino_hints_table(capsys, monkeypatch):
+    pytest.importorskip("openvino")
+    from ddpm.benchmarks import openvino_hints
+
+    monkeypatch.setattr("sys.argv", ["hints", "--batches", "2", "--repeats", "1"])
+    openvino_hints.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp32") or line.startswith("| int8")]
+    assert [row.split("|")[1].split()[:2] for row in rows] == [["fp32", "LATENCY"], ["fp32", "THROUGHPUT"],
+                                                               ["int8", "LATENCY"], ["int8", "THROUGHPUT"]]
+    assert all(float(row.split("|")[2]) > 0 for row in rows)

@@ -81,3 +81,74 @@ def test_eval_refuses_a_special_json_target_before_sampling(invoke, tiny_export,
     assert_one_line_error(result, "not a regular file")
     assert "sample" not in result.err  # refused where the option entered, not after 1000 samples
     assert not os.path.isfile(fifo)
+
+
+# Files a command reads without being told: the installed models and judge, the CPU cache, the MNIST files.
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of the package's models folder standing in for the installed one (never the real one)."""
+    import shutil
+
+    from ddpm.runtime import eps_check, installed, pipeline, quality
+
+    folder = tmp_path / "site-packages" / "ddpm" / "runtime" / "models"
+    shutil.copytree(installed.models_dir(), folder)
+    for module in (installed, pipeline, quality, eps_check):
+        monkeypatch.setattr(module, "models_dir", lambda: folder)
+    return folder
+
+
+@pytest.mark.parametrize("option, name", [("--npz", "default.onnx"), ("--png", "default.int8.onnx"), ("--gif", "judge.onnx"),
+                                          ("--png", "check-digits.npz")])
+def test_run_never_writes_over_an_installed_file(invoke, package_copy, option, name):
+    target = package_copy / name
+    before = target.read_bytes()
+    result = invoke(run_main, option, target, "--steps", 2)
+    assert_one_line_error(result, option, f"is the installed {name}")
+    assert target.read_bytes() == before
+
+
+def test_run_never_writes_over_the_cpu_cache(invoke, tmp_path, monkeypatch):
+    from ddpm.runtime import cpu_batch
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = cpu_batch.cache_file()
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{}\n")
+    result = invoke(run_main, "--png", cache, "--steps", 2)
+    assert_one_line_error(result, "--png", "is the CPU measurement cache")
+    assert cache.read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("target", ["judge", "data"])
+def test_eval_never_writes_over_the_judge_or_its_data(invoke, package_copy, tmp_path, target):
+    import shutil
+
+    data = tmp_path / "mnist"
+    shutil.copytree(DATA_DIR, data)
+    path = package_copy / "judge.onnx" if target == "judge" else data / "t10k-images-idx3-ubyte.gz"
+    before = path.read_bytes()
+    result = invoke(eval_main, "-n", 2, "--steps", 2, "--data-dir", data, "--json", path)
+    assert_one_line_error(result, "--json", "judge.onnx" if target == "judge" else "the MNIST test file")
+    assert path.read_bytes() == before
+
+
+def test_export_int8_never_writes_over_its_training_data(invoke, tiny_export, tmp_path):
+    import shutil
+
+    data = tmp_path / "mnist"
+    shutil.copytree(DATA_DIR, data)
+    images = data / "train-images-idx3-ubyte.gz"
+    before = images.read_bytes()
+    result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--int8", "--data-dir", data, "--onnx", images,
+                    "--no-torchscript")
+    assert_one_line_error(result, "--onnx", "the MNIST train file train-images-idx3-ubyte.gz in --data-dir")
+    assert images.read_bytes() == before
+
+
+def test_export_int8_names_the_data_option_before_loading_anything(invoke, tmp_path):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"not a checkpoint: loading it would fail first")
+    result = invoke(export_main, "--ckpt", ckpt, "--int8", "--data-dir", tmp_path / "nowhere", "--out-dir", tmp_path / "out")
+    assert_one_line_error(result, "--int8 calibrates on MNIST training digits", "--data-dir or DDPM_DATA_DIR")

@@ -70,6 +70,16 @@ def test_samples_match_the_library(client, ddpm, request_body, plan):
     assert settings.get("labels") == (None if expected.settings.labels is None else list(expected.settings.labels))
 
 
+def test_the_openvino_engine_serves_the_same_digits(ddpm):
+    pytest.importorskip("openvino")
+    served = DDPM.load(provider="openvino", threads=1)
+    with TestClient(create_app(served, Settings(max_rows=4))) as client:
+        got = npz(client.post("/v1/samples", json={"n": 2, "sampler": "ddim", "steps": 4, "seed": 5, "format": "npz"}))
+    expected = ddpm.generate(2, ddpm.plan(sampler="ddim", steps=4), seed=5)
+    assert np.abs(got["images"].astype(int) - expected.images.astype(int)).max() <= 1
+    assert json.loads(str(got["settings"]))["provider"] == "OpenVINO CPU fp32"
+
+
 def test_png_carries_the_seed(client):
     response = client.post("/v1/samples", json={"n": 4, "digits": [1, 2], "steps": 3, "scale": 2})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"

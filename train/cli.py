@@ -93,7 +93,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     """Train a DDPM U-Net on MNIST (L_simple, AdamW, EMA) and write OUT/model.pt.
 
     \b
-    CPU:  ddpm-train --preset small --data-dir ../shared/data/mnist --out runs/small
+    CPU:  ddpm-train --preset small --data-dir data/mnist --out runs/small
     GPU:  ddpm-train --preset labml --device cuda --out runs/labml
     """
     import torch
