@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import sys
@@ -17,7 +19,7 @@ from .errors import DDPMError, summary
 # Packages of the optional extras: a command that needs one says which extra installs it.
 EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "bench",
           "fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "pydantic": "serve", "prometheus_client": "serve",
-          "ray": "ray"}
+          "ray": "ray", "openvino": "openvino"}
 
 
 def missing_extra(exc: ModuleNotFoundError) -> str | None:
@@ -90,14 +92,67 @@ def _one_line_warnings(prog_name: str):
     return show
 
 
+class BestEffort(io.TextIOBase):
+    """A standard stream whose writes cannot fail the command: progress, summaries and "wrote" lines
+    are best-effort, so a closed pipe (``| head``), a full device or a closed stderr leaves the exit
+    status to the work. After the first failure the stream's descriptor is pointed at the null
+    device, so that the interpreter's last flush fails no more."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.broken = stream is None
+
+    def _guard(self, action) -> None:
+        if self.broken:
+            return
+        try:
+            action()
+        except (OSError, ValueError):  # EPIPE, ENOSPC, EBADF; ValueError: the stream was closed
+            self.broken = True
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self.stream.fileno())
+                os.close(null)
+
+    def write(self, text: str) -> int:
+        self._guard(lambda: self.stream.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._guard(lambda: self.stream.flush())
+
+    def isatty(self) -> bool:
+        try:
+            return not self.broken and self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return getattr(self.stream, "errors", None) or "replace"
+
+
 def run_command(command: click.Command, prog_name: str) -> None:
     shown, warnings.showwarning = warnings.showwarning, _one_line_warnings(prog_name)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = BestEffort(sys.stdout), BestEffort(sys.stderr)
     try:
         _run(command, prog_name)
     finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
         warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -180,7 +180,9 @@ def summarize(ddpm: DDPM, run: SampleRun, choice: BatchChoice | None, sizes: dic
     """The measured CPU batch (when measured now), the run's speed and seed, and the files written."""
     if choice is not None and not choice.cached and choice.per_image_ms:
         tried = ", ".join(f"{batch}: {ms:.2f}" for batch, ms in choice.per_image_ms.items())
-        click.echo(f"CPU batch {choice.batch} (ms per image by batch: {tried}); remembered in {cpu_batch.cache_file()}", err=True)
+        kept = "remembered in" if choice.stored else "could not be remembered in"
+        note = f" ({choice.note})" if choice.note else ""
+        click.echo(f"CPU batch {choice.batch} (ms per image by batch: {tried}); {kept} {cpu_batch.cache_file()}{note}", err=True)
     n, seed = run.settings.num_samples, run.settings.seed
     outside = 1.0 - run.run_seconds / run.seconds if run.seconds else 0.0
     precision = "" if ddpm.session.precision == "fp32" or ddpm.session.engine == "openvino" else f"{ddpm.session.precision}, "

@@ -35,6 +35,8 @@ class BatchChoice:
     per_image_ms: dict[int, float]  # measured per-image time of each batch tried
     cached: bool  # read from the cache rather than measured now
     measured: str = ""  # when it was measured (UTC, ISO 8601)
+    stored: bool = False  # written to the cache (a measurement that could not be is taken again next time)
+    note: str = ""  # what was odd about the cache file, when something was
 
     @property
     def best_ms(self) -> float | None:
@@ -120,31 +122,38 @@ def _call(session, batch: int, rng: np.random.Generator) -> Callable[[], object]
 
 
 def read_cache(path: Path | None = None) -> dict:
-    """The cache's entries; {} when there is none or it is anything but a small regular JSON file of
-    entries: it is opened without following a link and without blocking (a FIFO there), and read up
-    to :data:`MAX_CACHE_BYTES`."""
+    """The cache's entries; {} when there is none or it is anything odd (see :func:`read_cache_checked`)."""
+    return read_cache_checked(path)[0]
+
+
+def read_cache_checked(path: Path | None = None) -> tuple[dict, str | None]:
+    """The cache's entries, and what is wrong with the file when something is (None: nothing, or no
+    file). It is opened without following a link and without blocking (a FIFO there), and read up
+    to :data:`MAX_CACHE_BYTES`; entries that are not JSON objects are dropped."""
     path = path or cache_file()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return {}
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        return {}, "it is a link" if os.path.islink(path) else (exc.strerror or "it cannot be opened")
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return {}
+            return {}, "it is not a regular file"
         data = os.read(fd, MAX_CACHE_BYTES + 1)
-    except OSError:
-        return {}
+    except OSError as exc:
+        return {}, exc.strerror or "it cannot be read"
     finally:
         os.close(fd)
     if len(data) > MAX_CACHE_BYTES:
-        return {}
+        return {}, f"it is larger than {MAX_CACHE_BYTES >> 20} MiB"
     try:
         content = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError):
-        return {}
+        return {}, "it is not JSON"
     if not isinstance(content, dict):
-        return {}
-    return {key: entry for key, entry in content.items() if isinstance(entry, dict)}
+        return {}, "it is not a JSON object"
+    return {key: entry for key, entry in content.items() if isinstance(entry, dict)}, None
 
 
 def _no_constant(name: str) -> None:
@@ -208,7 +217,7 @@ def choose_together(sessions: list, on_measure: Callable[[], None] | None = None
     """The fastest batch per image for each session on this CPU: from the cache, or measured (the
     sessions not cached, together) and stored there; a cache that cannot be written only means
     measuring again next time. ``on_measure`` is called before a measurement starts."""
-    cache = read_cache()
+    cache, problem = read_cache_checked()
     keys = [machine_key(session) for session in sessions]
     choices = [_cached(cache.get(key)) for key in keys]
     missing = [index for index, choice in enumerate(choices) if choice is None]
@@ -221,13 +230,15 @@ def choose_together(sessions: list, on_measure: Callable[[], None] | None = None
     except Exception:  # an engine's failure here will show, in one line, in the real run
         measured = [{} for _ in missing]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    note = f"ignored {cache_file()}: {problem}" if problem else ""
     for index, times in zip(missing, measured):
         if not times:
-            choices[index] = BatchChoice(FALLBACK, {}, cached=False)
+            choices[index] = BatchChoice(FALLBACK, {}, cached=False, note=note)
             continue
         best = min(times, key=times.get)
-        choices[index] = BatchChoice(best, times, cached=False, measured=stamp)
-        remember(keys[index], {"batch": best, "per_image_ms": {str(k): round(v, 4) for k, v in times.items()}, "measured": stamp})
+        stored = remember(keys[index], {"batch": best, "per_image_ms": {str(k): round(v, 4) for k, v in times.items()},
+                                        "measured": stamp})
+        choices[index] = BatchChoice(best, times, cached=False, measured=stamp, stored=stored, note=note)
     return choices
 
 

@@ -85,3 +85,25 @@ def test_other_runtime_errors_are_not_disguised_as_memory(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["ddpm-train"])
     with pytest.raises(RuntimeError, match="a bug"):
         run_command(command, "ddpm-train")
+
+
+@pytest.mark.parametrize("trouble", ["closed stderr", "closed stdout", "full stderr", "stdout pipe closed early"])
+def test_a_broken_standard_stream_leaves_the_exit_status_to_the_work(tiny_export, tmp_path, trouble):
+    """Progress and summaries are best-effort: the run finishes, writes its file and exits 0."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.png"
+    command = [sys.executable, "-c", "from ddpm.runtime.cli import main; main()", "--onnx", str(tiny_export / "unet.onnx"),
+               "-n", "2", "--sampler", "ddim", "--steps", "2", "--png", str(out)]
+    if trouble == "stdout pipe closed early":
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        process.stdout.close()  # as `| head -c0` does: the "wrote" line meets a closed pipe
+        code = process.wait(timeout=120)
+    elif trouble == "full stderr":
+        with open("/dev/full", "w") as full:
+            code = subprocess.run(command, stderr=full, timeout=120).returncode
+    else:  # the shell closes the descriptor before the command starts
+        closing = "2>&-" if trouble == "closed stderr" else ">&-"
+        code = subprocess.run(["bash", "-c", f'exec "$@" {closing}', "run", *command], timeout=120).returncode
+    assert code == 0 and out.stat().st_size > 100
