@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -182,8 +184,45 @@ class StagedFiles:
         self.discard()
 
 
+SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                 (stat.S_ISSOCK, "a socket"))
+
+
+def input_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an input file, in words that finish "PATH ..."; None for a
+    regular file with something in it. Told apart: missing, a dangling link, a link loop, a
+    folder, a device, FIFO or socket, a kernel file of /proc or /sys (size 0, endless or changing),
+    an empty file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "is a link to nothing" if os.path.islink(path) else "does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory, not a file"
+    for test, kind in SPECIAL_KINDS:
+        if test(info.st_mode):
+            return f"is {kind}, not a file"
+    if info.st_size == 0:
+        if os.path.realpath(path).startswith(("/proc/", "/sys/")):
+            return "is a kernel file of /proc or /sys, not a file on disk"
+        return "is empty"
+    return None
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` made absolute with its links followed as far as they go (a loop stops there)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python 3.11's "Symlink loop"
+        return Path(os.path.abspath(path))
+
+
 def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
+    if _resolved(a) == _resolved(b):
         return True
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import DDPMError
+from ..core.errors import DDPMError, summary
+from ..core.files import input_problem
 from .installed import models_dir
 from .session import cpu_session
 
@@ -34,16 +35,30 @@ class Judge:
 
     def __init__(self, path: Path | None = None, threads: int | None = None) -> None:
         path = path or judge_path()
-        if not path.is_file():
+        problem = input_problem(path)
+        if problem == "does not exist":
             raise DDPMError(f"the judge model is missing from this installation ({path})")
-        self.session = cpu_session(path, threads)
+        if problem:
+            raise DDPMError(f"the judge model {path} {problem}; reinstall the package")
+        try:
+            self.session = cpu_session(path, threads)
+        except Exception as exc:  # ONNX Runtime's own exception types
+            raise DDPMError(f"the judge model {path} cannot be loaded ({summary(exc)}); reinstall the package") from None
+        names = ({i.name for i in self.session.get_inputs()}, {o.name for o in self.session.get_outputs()})
+        if names != ({"images"}, {"logits", "features"}):
+            raise DDPMError(f"the judge model {path} is not the judge (inputs {sorted(names[0])}, outputs {sorted(names[1])}); "
+                            "reinstall the package")
+        self.path = path
 
     def __call__(self, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, 28, 28] → (probabilities [N, 10], features [N, 128]), float64."""
         probabilities, features = [], []
         for start in range(0, len(images), batch):
             x = images[start : start + batch].astype(np.float32)[:, None] / 255.0
-            logits, feats = self.session.run(["logits", "features"], {"images": x})
+            try:
+                logits, feats = self.session.run(["logits", "features"], {"images": x})
+            except Exception as exc:
+                raise DDPMError(f"the judge model {self.path} failed: {summary(exc)}; reinstall the package") from None
             logits = logits.astype(np.float64)
             exp = np.exp(logits - logits.max(axis=1, keepdims=True))
             probabilities.append(exp / exp.sum(axis=1, keepdims=True))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import DDPMError, summary
+from ..core.files import input_problem
 
 # The most bytes an --npz member may declare: ddpm-eval scores at most 5000 images (half the test
 # set), 5 MB of 32x32 uint8; the cap only stops an archive from claiming gigabytes.
@@ -32,12 +33,9 @@ def load_npz(path: Path) -> tuple[np.ndarray, dict]:
     declared size against ``MAX_NPZ_MEMBER_BYTES``, and the shape in each array's header against
     the bytes its member holds (NumPy allocates what a header declares before reading the data).
     """
-    if not path.exists():
-        raise DDPMError(f"--npz {path} does not exist")
-    if path.is_dir():
-        raise DDPMError(f"--npz {path} is a directory")
-    if path.stat().st_size == 0:
-        raise DDPMError(f"--npz {path} is empty")
+    problem = input_problem(path)
+    if problem:
+        raise DDPMError(f"--npz {path} {problem}")
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..core.errors import DDPMError, summary
+from ..core.files import input_problem
 from ..core.metadata import ModelInfo
 from .onnx_check import check_contract, read_outline
 
@@ -196,13 +197,10 @@ class UNetSession(EpsCalls):
 
     @staticmethod
     def _read(path: Path) -> bytes:
-        if not path.exists():
-            raise DDPMError(f"model {path} does not exist")
-        if path.is_dir():
-            raise DDPMError(f"model {path} is a directory, not an .onnx file")
+        problem = input_problem(path)
+        if problem:
+            raise DDPMError(f"model {path} {problem}")
         size = path.stat().st_size
-        if size == 0:
-            raise DDPMError(f"model {path} is empty")
         if size > MAX_MODEL_BYTES:
             raise DDPMError(f"model {path} is {size / 2**30:.1f} GiB, larger than any single-file ONNX model can be")
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 from pathlib import Path
 
 import click
@@ -94,7 +95,7 @@ def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, n
     if on_ray:
         from .ray_app import ModelOptions, serve_on_ray
 
-        onnx = None if onnx_path is None else str(onnx_path.resolve())  # replicas may start elsewhere
+        onnx = None if onnx_path is None else os.path.realpath(onnx_path)  # replicas may start elsewhere
         options = ModelOptions(onnx, precision, provider, threads or max(1, int(replica_cpus)), device_id)
         serve_on_ray(options, settings, replicas, replica_cpus, host, port, address, lambda line: click.echo(line, err=True))
         return

@@ -146,3 +146,17 @@ def assert_error_line(result: Result, *fragments: str) -> None:
     assert len(errors) == 1, result.err
     for fragment in fragments:
         assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of the package's models folder standing in for the installed one (never the real one)."""
+    import shutil
+
+    from ddpm.runtime import eps_check, installed, pipeline, quality
+
+    folder = tmp_path / "site-packages" / "ddpm" / "runtime" / "models"
+    shutil.copytree(installed.models_dir(), folder)
+    for module in (installed, pipeline, quality, eps_check):
+        monkeypatch.setattr(module, "models_dir", lambda: folder)
+    return folder

@@ -3,6 +3,7 @@ project's one-line error, and nothing is allocated for what a file merely claims
 
 import gzip
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -160,3 +161,47 @@ def test_npz_header_that_disagrees_with_its_member(invoke, tmp_path):
         npz_member(archive, "images.npy", (4000, 32, 32), 100)
     result = invoke(eval_main, "--npz", path, "--data-dir", DATA_DIR)
     assert_one_line_error(result, str(path), "images.npy", "[4000, 32, 32]", "holds 100 bytes")
+
+
+# Links and special files given where a file is read: each refused in one line with its true reason.
+
+def special_file(tmp_path: Path, kind: str) -> Path:
+    if kind == "loop":
+        (tmp_path / "a").symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+        return tmp_path / "a"
+    if kind == "dangling link":
+        (tmp_path / "gone").symlink_to(tmp_path / "nothing-here")
+        return tmp_path / "gone"
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        return tmp_path / "fifo"
+    return Path({"/dev/zero": "/dev/zero", "/proc": "/proc/self/status"}[kind])
+
+
+SPECIAL = {"loop": "is a loop of symbolic links", "dangling link": "is a link to nothing", "fifo": "is a FIFO, not a file",
+           "/dev/zero": "is a character device, not a file", "/proc": "is a kernel file of /proc or /sys"}
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+@pytest.mark.parametrize("command", ["ddpm-run --onnx", "ddpm-eval --npz", "ddpm-export --ckpt", "ddpm-train --resume"])
+def test_links_and_special_files_get_their_true_reason(invoke, tmp_path, kind, command):
+    from ddpm.export.cli import main as export_main
+    from ddpm.runtime.cli import main as run_main
+    from ddpm.train.cli import main as train_main
+
+    path = special_file(tmp_path, kind)
+    args = {"ddpm-run --onnx": (run_main, "--onnx", path, "--png", tmp_path / "o.png"),
+            "ddpm-eval --npz": (eval_main, "--npz", path, "--data-dir", DATA_DIR),
+            "ddpm-export --ckpt": (export_main, "--ckpt", path, "--out-dir", tmp_path / "out"),
+            "ddpm-train --resume": (train_main, "--resume", path, "--data-dir", DATA_DIR, "--out", tmp_path / "run",
+                                    "--preset", "tiny", "--max-steps", 1, "--no-progress")}[command]
+    assert_one_line_error(invoke(*args), SPECIAL[kind])
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x08\x01" + b"junk" * 100, "foreign"])
+def test_a_corrupt_judge_is_one_line(invoke, package_copy, tmp_path, damage):
+    judge = package_copy / "judge.onnx"
+    judge.write_bytes((package_copy / "default.onnx").read_bytes() if damage == "foreign" else damage)
+    result = invoke(eval_main, "-n", 2, "--steps", 2, "--data-dir", DATA_DIR)
+    assert_one_line_error(result, "the judge model", "reinstall the package")

@@ -85,20 +85,6 @@ def test_eval_refuses_a_special_json_target_before_sampling(invoke, tiny_export,
 
 # Files a command reads without being told: the installed models and judge, the CPU cache, the MNIST files.
 
-@pytest.fixture
-def package_copy(tmp_path, monkeypatch):
-    """A copy of the package's models folder standing in for the installed one (never the real one)."""
-    import shutil
-
-    from ddpm.runtime import eps_check, installed, pipeline, quality
-
-    folder = tmp_path / "site-packages" / "ddpm" / "runtime" / "models"
-    shutil.copytree(installed.models_dir(), folder)
-    for module in (installed, pipeline, quality, eps_check):
-        monkeypatch.setattr(module, "models_dir", lambda: folder)
-    return folder
-
-
 @pytest.mark.parametrize("option, name", [("--npz", "default.onnx"), ("--png", "default.int8.onnx"), ("--gif", "judge.onnx"),
                                           ("--png", "check-digits.npz")])
 def test_run_never_writes_over_an_installed_file(invoke, package_copy, option, name):

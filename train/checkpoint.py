@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.errors import DDPMError, summary
-from ..core.files import atomic_write, make_dir
+from ..core.files import atomic_write, input_problem, make_dir
 from ..core.metadata import ModelInfo
 
 FORMAT = "ddpm-mnist-checkpoint"
@@ -94,12 +94,9 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
 def read_checkpoint_file(path: str | Path) -> Any:
     """Whatever ``torch.load(weights_only=True)`` finds in ``path``, with one-line errors."""
     path = Path(path)
-    if not path.exists():
-        raise DDPMError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise DDPMError(f"checkpoint {path} is a directory, not a file")
-    if path.stat().st_size == 0:
-        raise DDPMError(f"checkpoint {path} is empty")
+    problem = input_problem(path)
+    if problem:
+        raise DDPMError(f"checkpoint {path} {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

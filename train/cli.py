@@ -46,7 +46,7 @@ def claim_out_dir(ctx: click.Context, out_dir: Path, resumed: str | Path | None,
     found = run_files(out_dir)
     if args["resume"] == "auto" and resumed is None:  # the same run starting over: only unreadable checkpoints stop it
         found = [path for path in found if path.name.startswith("ckpt-")]
-    in_place = resumed is not None and Path(resumed).resolve().parent == out_dir.resolve()
+    in_place = resumed is not None and Path(os.path.realpath(resumed)).parent == Path(os.path.realpath(out_dir))  # realpath: a link loop raises nothing
     if found and not in_place and not args["overwrite"]:
         raise DDPMError(f"{out_dir} holds another run ({found[0].name}); continue it with --resume auto, "
                         "or pass --overwrite or another --out")
