@@ -32,6 +32,11 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+def _integer(value: object) -> bool:
+    """An int that is not a bool (JSON's true would otherwise count as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     schedule: dict[str, Any]
@@ -62,9 +67,9 @@ class ModelInfo:
                 self.make_schedule()
             except (TypeError, ValueError) as exc:
                 found.append(f"schedule {self.schedule}: {exc}")
-        if not isinstance(self.image_size, int) or not 1 <= self.image_size <= 4096:
+        if not _integer(self.image_size) or not 1 <= self.image_size <= 4096:
             found.append(f"image_size {self.image_size!r} is not an integer in 1..4096")
-        if not isinstance(self.image_channels, int) or not 1 <= self.image_channels <= 4:
+        if not _integer(self.image_channels) or not 1 <= self.image_channels <= 4:
             found.append(f"image_channels {self.image_channels!r} is not an integer in 1..4")
         low, high = self.data_range
         if not (-MAX_DATA_VALUE <= low < high <= MAX_DATA_VALUE):
@@ -78,10 +83,18 @@ class ModelInfo:
             found.append(f"prediction {self.prediction!r} is not one of {PREDICTIONS}")
         if self.variance not in VARIANCES:
             found.append(f"variance {self.variance!r} is not one of {VARIANCES}")
-        if not isinstance(self.num_classes, int) or not 0 <= self.num_classes <= MAX_CLASSES:
+        if not _integer(self.num_classes) or not 0 <= self.num_classes <= MAX_CLASSES:
             found.append(f"num_classes {self.num_classes!r} is not an integer in 0..{MAX_CLASSES}")
-        if self.fixed_batch is not None and (not isinstance(self.fixed_batch, int) or self.fixed_batch < 1):
+        if self.fixed_batch is not None and (not _integer(self.fixed_batch) or self.fixed_batch < 1):
             found.append(f"fixed_batch {self.fixed_batch!r} is not a positive integer")
+        if not isinstance(self.noise_at_last_step, bool):
+            found.append(f"noise_at_last_step {self.noise_at_last_step!r} is not true or false")
+        for name in ("model_config", "source", "versions"):
+            if not isinstance(getattr(self, name), dict):
+                found.append(f"{name} {getattr(self, name)!r} is not an object")
+        for name in ("sha256", "transform"):
+            if isinstance(self.source, dict) and not isinstance(self.source.get(name, ""), str):
+                found.append(f"source.{name} {self.source[name]!r} is not a string")
         return found
 
     def io_contract(self) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]]]:

@@ -36,6 +36,8 @@ class ModelOutline:
     inputs: list[ValueInfo] = field(default_factory=list)
     outputs: list[ValueInfo] = field(default_factory=list)
     initializer_names: set[str] = field(default_factory=set)
+    initializer_dims: dict[str, list[int]] = field(default_factory=dict)
+    label_tables: list[str] = field(default_factory=list)  # what a Gather looks the label y up in
     external_data: bool = False
     has_graph: bool = False
 
@@ -123,15 +125,46 @@ def _value_info(data: memoryview, span: tuple[int, int]) -> ValueInfo:
     return info
 
 
+def _dims(data: memoryview, wire: int, value: int | tuple[int, int]) -> list[int]:
+    """TensorProto.dims, one value or a packed run of varints."""
+    if wire == 0 and isinstance(value, int):
+        return [value]
+    start, end = _span(value)
+    found = []
+    while start < end:
+        dim, start = _varint(data, start, end)
+        found.append(dim)
+    return found
+
+
+def _node(data: memoryview, span: tuple[int, int], outline: ModelOutline) -> None:
+    """Only what the class-count check needs: the table input of a Gather that reads y."""
+    inputs, op_type = [], ""
+    for number, _, value in _fields(data, *span):
+        if number == 1:
+            inputs.append(_text(data, _span(value)))
+        elif number == 4:
+            op_type = _text(data, _span(value))
+    if op_type == "Gather" and len(inputs) == 2 and inputs[1] == "y":
+        outline.label_tables.append(inputs[0])
+
+
 def _graph(data: memoryview, span: tuple[int, int], outline: ModelOutline) -> None:
     outline.has_graph = True
     for number, _, value in _fields(data, *span):
-        if number == 5:  # initializer: TensorProto
-            for t_number, _, t_value in _fields(data, *_span(value)):
+        if number == 1:
+            _node(data, _span(value), outline)
+        elif number == 5:  # initializer: TensorProto
+            name, dims = "", []
+            for t_number, t_wire, t_value in _fields(data, *_span(value)):
                 if t_number == 8:
-                    outline.initializer_names.add(_text(data, _span(t_value)))
+                    name = _text(data, _span(t_value))
+                elif t_number == 1:
+                    dims += _dims(data, t_wire, t_value)
                 elif t_number == 13 or (t_number == 14 and t_value == 1):
                     outline.external_data = True
+            outline.initializer_names.add(name)
+            outline.initializer_dims[name] = dims
         elif number == 11:
             outline.inputs.append(_value_info(data, _span(value)))
         elif number == 12:
@@ -176,6 +209,11 @@ def check_contract(outline: ModelOutline, info: "ModelInfo", origin: str) -> Non
     if outline.external_data:
         raise DDPMError(f"{origin} keeps weights in external data files; only single-file models are loaded")
     expected_inputs, expected_outputs = info.io_contract()
+    for table in outline.label_tables:  # the class embedding: one row per class and one for "no class"
+        rows = outline.initializer_dims.get(table, [None])[0]
+        if info.num_classes and rows is not None and rows != info.num_classes + 1:
+            raise DDPMError(f"{origin}: its metadata says {info.num_classes} classes, but the graph's class embedding "
+                            f"{table} has {rows} rows ({rows - 1} classes and \"no class\")")
     inputs = {v.name: v for v in outline.inputs if v.name not in outline.initializer_names}
     outputs = {v.name: v for v in outline.outputs}
     for kind, found, expected in (("inputs", inputs, expected_inputs), ("outputs", outputs, expected_outputs)):

@@ -89,6 +89,27 @@ def _read_npy_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo
         return np.lib.format.read_array(member, allow_pickle=False)
 
 
+SETTING_TYPES = {"transform": str, "labels_drawn": bool, "seed": int, "sampler": str, "steps": int, "guidance": (int, float)}
+
+
+def check_settings(npz: Path, settings: dict, count: int) -> None:
+    """The settings ddpm-eval uses, each of its type: labels a list of ``count`` class indices, the
+    transform a known name, flags true or false (never a string such as "no")."""
+    for name, kind in SETTING_TYPES.items():
+        value = settings.get(name)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise DDPMError(f"{npz}: its settings' {name} is {value!r}, not {getattr(kind, '__name__', 'a number')}")
+    if settings.get("transform", "pad") not in ("pad", "resize"):
+        raise DDPMError(f"{npz}: its settings' transform is {settings['transform']!r}, not pad or resize")
+    labels = settings.get("labels")
+    if labels is None:
+        return
+    if not isinstance(labels, list) or not all(isinstance(y, int) and not isinstance(y, bool) and 0 <= y <= 9 for y in labels):
+        raise DDPMError(f"{npz}: its settings' labels are not a list of digits 0-9")
+    if len(labels) != count:
+        raise DDPMError(f"{npz}: its settings list {len(labels)} labels for {count} images")
+
+
 def read_samples(npz: Path, limit: int) -> tuple[np.ndarray, dict, dict]:
     """Images and settings that ``ddpm-run --npz`` wrote, at most ``limit`` images (ddpm-eval: half the
     test set, as many as the floor can match) with one label each where labels are listed, and the
@@ -96,7 +117,5 @@ def read_samples(npz: Path, limit: int) -> tuple[np.ndarray, dict, dict]:
     images, settings = load_npz(npz)
     if len(images) > limit:
         raise DDPMError(f"{npz} holds {len(images)} images; at most {limit} (half the test set) can be compared with the floor")
-    labels = settings.get("labels")
-    if labels is not None and len(labels) != len(images):
-        raise DDPMError(f"{npz}: its settings list {len(labels)} labels for {len(images)} images")
+    check_settings(npz, settings, len(images))
     return images, settings, {"npz": str(npz), **{k: settings[k] for k in SETTINGS_KEPT if k in settings}}

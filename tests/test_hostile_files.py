@@ -205,3 +205,20 @@ def test_a_corrupt_judge_is_one_line(invoke, package_copy, tmp_path, damage):
     judge.write_bytes((package_copy / "default.onnx").read_bytes() if damage == "foreign" else damage)
     result = invoke(eval_main, "-n", 2, "--steps", 2, "--data-dir", DATA_DIR)
     assert_one_line_error(result, "the judge model", "reinstall the package")
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({"labels": "7" * 4}, "labels are not a list of digits"),
+    ({"labels": [[1], [2], [3], [4]]}, "labels are not a list of digits"),
+    ({"labels": [1, 2, 3, 12]}, "labels are not a list of digits"),
+    ({"labels": [1, 2]}, "list 2 labels for 4 images"),
+    ({"labels_drawn": "no"}, "labels_drawn is 'no', not bool"),
+    ({"transform": 3}, "transform is 3, not str"),
+    ({"transform": "warp"}, "transform is 'warp', not pad or resize"),
+])
+def test_npz_settings_of_the_wrong_type_are_one_line(invoke, tmp_path, settings, fragment):
+    import json
+
+    path = tmp_path / "s.npz"
+    np.savez(path, images=np.zeros((4, 32, 32), np.uint8), settings=np.array(json.dumps(settings)))
+    assert_one_line_error(invoke(eval_main, "--npz", path, "--data-dir", DATA_DIR), fragment)
