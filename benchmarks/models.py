@@ -33,14 +33,20 @@ class BenchModel:
     workdir: Path | None = None
     variants: dict[Variant, Path] = field(default_factory=dict)
 
+    @property
+    def embedded(self) -> bool:
+        """Whether this is the package's embedded model (the one the targets are set for)."""
+        try:
+            return self.onnx_path.resolve() == default_model_path().resolve()
+        except (DDPMError, OSError, RuntimeError):
+            return False
+
     def shipped_int8(self) -> Path | None:
         """The package's int8 copy, when this is the embedded model and the package ships one."""
         try:
-            if self.onnx_path.resolve() == default_model_path().resolve():
-                return default_model_path("int8")
+            return default_model_path("int8") if self.embedded else None
         except DDPMError:
-            pass
-        return None
+            return None
 
     def variant(self, graph: str, precision: str, fixed_batch: int | None, echo: Callable[[str], None]) -> Path:
         """The ONNX file for a row: the model itself, its int8 copy, or an export of the PyTorch module

@@ -39,13 +39,15 @@ class RunSettings:
     variance: str  # the model's ancestral-step variance: "beta" or "posterior"
     noise_at_last_step: bool
     provider: str
-    model: str  # the ONNX file's path
-    model_sha256: str  # "" when the model's metadata records none
+    model: str  # the ONNX file's name
+    model_sha256: str  # the ONNX file's own sha256
+
     transform: str  # how the model's images reach 28x28 MNIST size for ddpm-eval's judge
     options: Mapping[str, Any] = field(default_factory=dict)
     labels: tuple[int, ...] | None = None
     labels_drawn: bool = False  # drawn from the class prior, not requested
     guidance: float | None = None
+    checkpoint_sha256: str = ""  # the checkpoint it was exported from, as its metadata records it ("" when none)
 
     def __post_init__(self) -> None:
         # Copies, so that the record does not change with the plan's options or the caller's label array.
@@ -67,5 +69,5 @@ class RunSettings:
             **self.options, "timesteps": self.timesteps, **labelled,
             "batch_size": self.batch_size, "engine": self.engine, "variance": self.variance,
             "noise_at_last_step": self.noise_at_last_step, "provider": self.provider, "model": self.model,
-            "model_sha256": self.model_sha256, "transform": self.transform,
+            "model_sha256": self.model_sha256, "checkpoint_sha256": self.checkpoint_sha256, "transform": self.transform,
         }

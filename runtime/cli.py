@@ -127,7 +127,8 @@ def sample(ddpm: DDPM, request: SamplingRequest, seed: int | None, batch_size: i
 
 def output_targets(gif: Path | None, video: Path | None, png: Path | None, npz: Path | None, show: str, show_info: bool,
                    onnx_path: Path | None) -> dict[str, Path | None]:
-    """The files to write, checked before any work: something to write, writable names, a known video format."""
+    """The files to write, checked before any work: something to write, writable names, none a file this
+    command reads, a known video format, and no extension of another format (--gif x.png)."""
     targets = {"gif": output_target(gif, "--gif"), "video": output_target(video, "--video"), "png": output_target(png, "--png"),
                "npz": output_target(npz, "--npz")}
     if not show_info and not any(targets.values()):
@@ -140,6 +141,10 @@ def output_targets(gif: Path | None, video: Path | None, png: Path | None, npz: 
     if show != "xt" and gif is None and video is None:
         raise click.BadParameter("chooses what the animation shows; add --gif or --video", param_hint="'--show'")
     check_distinct_paths({"--gif": gif, "--video": video, "--png": png, "--npz": npz}, {"--onnx": onnx_path, **installed_inputs()})
+    for option, path, suffix in (("--gif", gif, ".gif"), ("--png", png, ".png"), ("--npz", npz, ".npz")):
+        if path is not None and path.suffix and path.suffix.lower() != suffix:
+            raise click.BadParameter(f"{path.name}: {option} writes {suffix[1:].upper()} data; give a {suffix} name",
+                                     param_hint=f"'{option}'")
     return targets
 
 

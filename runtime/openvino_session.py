@@ -13,6 +13,7 @@ request uses every core); ``threads`` caps them. The optional ``openvino`` packa
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -82,6 +83,7 @@ class OpenVINOSession(EpsCalls):
         self.problems: list[str] = []
         ov = openvino_module()
         model_bytes = UNetSession._read(self.path)
+        self.file_sha256 = hashlib.sha256(model_bytes).hexdigest()
         outline = read_outline(model_bytes, str(self.path))
         self.info = ModelInfo.from_metadata(outline.metadata, str(self.path))
         check_contract(outline, self.info, str(self.path))

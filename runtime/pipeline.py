@@ -169,8 +169,8 @@ class DDPM:
         return RunSettings(
             seed=job.seed, num_samples=job.n, sampler=plan.sampler, steps=plan.steps, options=plan.options,
             timesteps=self.timesteps, batch_size=batch, engine=engine, variance=self.info.variance,
-            noise_at_last_step=self.info.noise_at_last_step, provider=self.provider, model=str(self.session.path),
-            model_sha256=self.info.source.get("sha256", ""), transform=self.info.source.get("transform", "pad"), **labelled,
+            noise_at_last_step=self.info.noise_at_last_step, provider=self.provider, model=self.session.path.name,
+            model_sha256=self.session.file_sha256, checkpoint_sha256=str(self.info.source.get("sha256", "")), transform=self.info.source.get("transform", "pad"), **labelled,
         )
 
     def serving_engine(self, max_rows: int | None = None, engine: str = "auto", max_request_rows: int | None = None) -> SamplingEngine:
@@ -185,9 +185,11 @@ class DDPM:
         return SamplingEngine(self.session, max_rows=rows, binding=self.engine(engine) == "iobinding",
                               max_request_rows=max_request_rows or rows)
 
-    def sample(self, n: int, seed: int = 0, batch_size: int | None = None, steps: int | None = None) -> np.ndarray:
-        """``n`` finished samples of the ancestral loop (respaced to ``steps``) as uint8 images."""
-        return self.generate(n, self.plan(steps=steps), seed=seed, batch_size=batch_size).images
+    def sample(self, n: int, seed: int = 0, batch_size: int | None = None, steps: int | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """``n`` finished samples of the ancestral loop (respaced to ``steps``) as uint8 images;
+        ``on_step(done, total)`` after each step, for a progress display."""
+        return self.generate(n, self.plan(steps=steps), seed=seed, batch_size=batch_size, on_step=on_step).images
 
     def animation(self, n: int, seed: int = 0, frames: int = 40, batch_size: int | None = None, steps: int | None = None) -> list[np.ndarray]:
         """The denoising as a list of uint8 image batches, pure noise first and the samples last."""

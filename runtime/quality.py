@@ -147,6 +147,9 @@ def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float 
     return [float((predicted[labels == digit] == digit).mean()) if np.any(labels == digit) else None for digit in range(10)]
 
 
+MIN_VERDICT_SAMPLES = 50  # fewer samples than this make a Fréchet distance and a share too noisy to judge
+
+
 def targets(samples: Scores, floor: Scores, requested: bool) -> list[str]:
     """The targets each figure is held to; ``requested``: the digits were asked for (``--digit``)."""
     factor = FD_FACTOR["requested" if requested else "drawn"]
@@ -165,6 +168,8 @@ def targets(samples: Scores, floor: Scores, requested: bool) -> list[str]:
                     f"{samples.accuracy:.3f}"),
                    (f"worst digit judged as requested >= {WORST_DIGIT_ACCURACY:g}", worst >= WORST_DIGIT_ACCURACY,
                     f"{worst:.3f}")]
+    if samples.count < MIN_VERDICT_SAMPLES:  # the figures still print; a verdict on so few would mislead
+        return [f"{name}: {figures}: no verdict below N = {MIN_VERDICT_SAMPLES} (N = {samples.count})" for name, _, figures in checks]
     return [f"{name}: {figures}: {'met' if ok else 'missed'}" for name, ok, figures in checks]
 
 

@@ -23,7 +23,7 @@ from ..core.files import input_problem
 MAX_NPZ_MEMBER_BYTES = 64 << 20
 
 # The settings an evaluation report keeps to say where its images came from.
-SETTINGS_KEPT = ("seed", "sampler", "steps", "eta", "spacing", "guidance", "model", "model_sha256")
+SETTINGS_KEPT = ("seed", "sampler", "steps", "eta", "spacing", "guidance", "model", "model_sha256", "checkpoint_sha256")
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, dict]:

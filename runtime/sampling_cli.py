@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 import click
 
-from ..core.errors import DDPMError
 from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, SamplingPlan, SettingError
 from ..core.samplers import SPECS, Option, accepting, choices, option_names
 from .pipeline import DDPM
@@ -132,14 +131,14 @@ def flag_error(exc: SettingError) -> click.BadParameter:
 def parse_digits(text: str, classes: int) -> list[int]:
     """The classes a ``--digit`` value names: "D", "D,E,..." or "all" (0, 1, ..., K−1)."""
     if not classes:
-        raise DDPMError("this model is unconditional: --digit needs a class-conditional export")
+        raise click.BadParameter("this model is unconditional: --digit needs a class-conditional export", param_hint="'--digit'")
     text = text.strip().lower()
     if text == "all":
         return list(range(classes))
     parts = text.split(",")
     if len(parts) > MAX_DIGIT_LIST:
-        raise DDPMError(f"--digit lists at most {MAX_DIGIT_LIST} digits (they are cycled over the samples)")
+        raise click.BadParameter(f"lists at most {MAX_DIGIT_LIST} digits (they are cycled over the samples)", param_hint="'--digit'")
     try:
         return [int(part) for part in parts]
     except ValueError:
-        raise DDPMError(f"--digit takes a digit, a comma-separated list or 'all', got {text!r}") from None
+        raise click.BadParameter(f"takes a digit, a comma-separated list or 'all', got {text!r}", param_hint="'--digit'") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import sys
 import time
 import warnings
@@ -23,6 +24,9 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 PROVIDERS = {"cpu": CPU_PROVIDER, "cuda": CUDA_PROVIDER, "tensorrt": TENSORRT_PROVIDER}
 MAX_MODEL_BYTES = 2 << 30  # a single-file ONNX model cannot exceed protobuf's 2 GiB
+# ONNX Runtime's own log goes to stderr, coloured, before the one-line error that says the same: errors only
+# through the exception, so the process-wide logger stays quiet below fatal.
+ort.set_default_logger_severity(4)
 
 
 def _cuda_driver() -> ctypes.CDLL | None:
@@ -155,6 +159,7 @@ class UNetSession(EpsCalls):
         self.cuda_graph = cuda_graph
         self.threads = threads
         model_bytes = self._read(self.path)
+        self.file_sha256 = hashlib.sha256(model_bytes).hexdigest()  # recorded with the samples
         # Everything about the file is checked before ONNX Runtime parses it.
         outline = read_outline(model_bytes, str(self.path))
         self.info = ModelInfo.from_metadata(outline.metadata, str(self.path))

@@ -25,7 +25,8 @@ def test_bounded_options(invoke, tmp_path, monkeypatch, main, args, fragment):
 
 def test_digit_lists_are_bounded(invoke, tmp_path):
     result = invoke(run_main, "--digit", ",".join(["3"] * 1001), "--png", tmp_path / "o.png")
-    assert_one_line_error(result, "--digit lists at most 1000")
+    assert_one_line_error(result, "'--digit': lists at most 1000")
+    assert result.code == 2  # a usage error, as every bad option is
     assert list(tmp_path.iterdir()) == []
 
 

@@ -83,3 +83,12 @@ def test_per_digit_accuracy():
     scores = score(probabilities, np.random.default_rng(0).standard_normal((6, 4)),
                    np.random.default_rng(1).standard_normal((50, 4)), labels)
     assert scores.accuracy == pytest.approx(4 / 6) and scores.class_accuracy[3] == 1.0
+
+
+@pytest.mark.parametrize("count, verdict", [(20, "no verdict below N = 50 (N = 20)"), (50, "met")])
+def test_too_few_samples_get_no_verdict(count, verdict):
+    from ddpm.runtime.quality import Scores, targets
+
+    good = Scores(count, 0.99, [0.1] * 10, 0.0, 1.0)
+    floor = Scores(count, 0.99, [0.1] * 10, 0.0, 10.0)
+    assert all(line.endswith(verdict) for line in targets(good, floor, requested=False))

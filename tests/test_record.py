@@ -17,14 +17,14 @@ from ddpm.runtime.samples_file import SETTINGS_KEPT, read_samples
 
 
 def old_settings(ddpm: DDPM, n, plan, seed, batch, engine, labels, labels_drawn) -> dict:
-    """The settings dict as DDPM._settings built it before the record existed, written out."""
+    """The settings dict written out by hand: what the record must hold."""
     return {
         "seed": seed, "num_samples": n, **{"sampler": plan.sampler, "steps": plan.steps, **plan.options},
         "timesteps": ddpm.timesteps,
         **({"labels": labels.tolist(), "labels_drawn": labels_drawn, "guidance": plan.guidance} if labels is not None else {}),
         "batch_size": batch, "engine": engine, "variance": ddpm.info.variance, "noise_at_last_step": ddpm.info.noise_at_last_step,
-        "provider": ddpm.provider, "model": str(ddpm.session.path), "model_sha256": ddpm.info.source.get("sha256", ""),
-        "transform": ddpm.info.source.get("transform", "pad"),
+        "provider": ddpm.provider, "model": ddpm.session.path.name, "model_sha256": ddpm.session.file_sha256,
+        "checkpoint_sha256": ddpm.info.source.get("sha256", ""), "transform": ddpm.info.source.get("transform", "pad"),
     }
 
 
@@ -71,7 +71,7 @@ def test_the_record_reads_by_attribute(ddpm):
 
 FIELDS = dict(seed=1, num_samples=2, sampler="ancestral", steps=4, timesteps=4, batch_size=2, engine="plain",
               variance="beta", noise_at_last_step=False, provider="CPUExecutionProvider", model="m.onnx",
-              model_sha256="", transform="pad")
+              model_sha256="", checkpoint_sha256="", transform="pad")
 
 
 def test_an_unconditional_record_writes_no_label_keys():
@@ -94,3 +94,12 @@ def test_the_record_keeps_its_own_copies():
 def test_labels_and_guidance_are_recorded_together(change):
     with pytest.raises(DDPMError, match="labels and guidance are recorded together"):
         RunSettings(**FIELDS, **change)
+
+
+def test_the_record_names_the_model_file_and_its_own_hash(ddpm):
+    import hashlib
+
+    settings = ddpm.generate(2, ddpm.plan(sampler="ddim", steps=2), seed=0).settings.to_dict()
+    assert settings["model"] == "default.onnx"  # the name, not the site-packages path
+    assert settings["model_sha256"] == hashlib.sha256(ddpm.session.path.read_bytes()).hexdigest()
+    assert settings["checkpoint_sha256"] == ddpm.info.source["sha256"] != settings["model_sha256"]

@@ -62,3 +62,17 @@ def test_int8_targets_compare_each_at_its_best_batch():
     lines = target_lines(rows)
     assert any("int8 vs fp32" in line and "1.20x" in line and line.endswith("missed") for line in lines), lines
     assert any("(ort-int8, batch 16): 2.50 s" in line and line.endswith("missed") for line in lines), lines
+
+
+def test_the_fastest_cpu_path_is_compared_with_onnx_runtime_fp32():
+    from ddpm.benchmarks.report import cpu_path_lines
+
+    def row(name, batch, ms):
+        return Row("small", "w", name, "cpu", batch, step_s_median=ms * batch / 1e3, per_sample_s=ms, per_sample_method="extrapolated")
+
+    rows = [row("ort", 1, 3.2), row("ort", 16, 2.4), row("ov-bf16", 16, 1.3), row("ov-bf16", 32, 1.2), row("ort-int8", 16, 2.2)]
+    lines = cpu_path_lines(rows)
+    assert "ort 2.40 ms (batch 16)" in lines[0] and "ov-bf16 1.20 ms (batch 32)" in lines[0]
+    assert "(ov-bf16 batch 32, ort batch 16): 2.00x" in lines[1]
+    assert "1000-step loop per digit on the best path: 1.20 s" in lines[2] and "20 DPM-Solver++ calls: 0.024 s" in lines[2]
+    assert cpu_path_lines([row("ort", 16, 2.4)]) == []  # nothing to compare with

@@ -313,3 +313,9 @@ def test_interrupted_run_leaves_no_output(invoke, tiny, tmp_path, monkeypatch):
     result = invoke(run_main, "--onnx", tiny / "unet.onnx", "--gif", tmp_path / "o.gif", "--npz", tmp_path / "o.npz")
     assert result.code == 130 and "interrupted" in result.err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option, name", [("--gif", "x.png"), ("--png", "x.gif"), ("--npz", "x.png"), ("--png", "x.jpg")])
+def test_an_extension_of_another_format_is_refused_up_front(invoke, tmp_path, option, name):
+    result = invoke(run_main, option, tmp_path / name)
+    assert result.code == 2 and f"{option} writes" in result.err and not (tmp_path / name).exists()

@@ -69,3 +69,12 @@ def test_solver_bad_inputs(invoke, tiny_export, tmp_path, args, fragment):
     result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--png", tmp_path / "o.png", *args)
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("digit", ["12", "3,x", "seven", ""])
+def test_every_bad_digit_is_a_usage_error(invoke, tmp_path, digit):
+    """Usage errors exit 2 and run-time failures 1, whatever part of the option is wrong."""
+    from ddpm.runtime.cli import main as run_main
+
+    result = invoke(run_main, "--digit", digit, "--png", tmp_path / "o.png")
+    assert result.code == 2 and "'--digit'" in result.err and not (tmp_path / "o.png").exists()

@@ -112,3 +112,21 @@ def test_bound_step_swaps_buffers_and_fetches(variants):
         stepper(t_batch, noise)
     np.testing.assert_allclose(stepper.fetch(), expected, atol=1e-6)
     assert session.run_calls == 3
+
+
+def test_onnx_runtime_prints_nothing_before_the_one_line_error(tiny_export, tmp_path):
+    """ONNX Runtime logs its own failures to the process's stderr (coloured, several lines) before the
+    exception the one-line error quotes; the runtime keeps that log quiet."""
+    import subprocess
+    import sys
+
+    import onnx
+
+    model = onnx.load(tiny_export / "unet.onnx")
+    next(node for node in model.graph.node if node.op_type == "Conv").op_type = "NoSuchOperator"
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, broken)
+    result = subprocess.run([sys.executable, "-c", "from ddpm.runtime.cli import main; main()", "--onnx", str(broken),
+                             "--png", str(tmp_path / "o.png")], capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1 and "is not a loadable ONNX model" in lines[0], result.stderr

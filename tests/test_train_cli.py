@@ -97,6 +97,9 @@ def test_resume_refuses_changed_settings(invoke, data_dir, tmp_path):
     assert same.code == 0, same.err
     done = invoke(train_main, "--resume", out / "model.pt", "--max-steps", "3", "--data-dir", data_dir, "--out", out, "--no-progress")
     assert_one_line_error(done, "already at step 3")
+    # The same with --resume auto is the finished run's own command repeated: complete, not an error.
+    again = invoke(train_main, "--resume", "auto", "--max-steps", "3", "--data-dir", data_dir, "--out", out, "--no-progress")
+    assert again.code == 0 and "is complete (step 3 of 3); nothing to do" in again.out, again
 
 
 def test_resume_auto_starts_fresh_and_refuses_other_settings(invoke, data_dir, tmp_path):

@@ -116,6 +116,11 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     options.replace_old = checkpoint is None and bool(step_checkpoints(options.out_dir))
     trainer = Trainer(settings, options, resume=checkpoint)
     try:
+        if not args["dry_run"] and trainer.step >= trainer.total_steps and args["resume"] == "auto":
+            if trainer.dist.is_main:  # repeating a finished run's command is not an error
+                click.echo(f"the run in {options.out_dir} is complete (step {trainer.step} of {trainer.total_steps}); "
+                           "nothing to do (raise --epochs or --max-steps to go on)")
+            return
         if not args["dry_run"] and trainer.step >= trainer.total_steps:
             raise DDPMError(
                 f"the checkpoint is already at step {trainer.step}, the end of this run; raise --epochs or --max-steps to go on"
