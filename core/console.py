@@ -14,7 +14,6 @@ from pathlib import Path
 import click
 
 from .errors import DDPMError, summary
-from .files import COMMITTED
 
 
 # Packages of the optional extras: a command that needs one says which extra installs it.
@@ -140,20 +139,11 @@ class BestEffort(io.TextIOBase):
         return getattr(self.stream, "errors", None) or "replace"
 
 
-def _written() -> str:
-    """What a signal leaves behind, truthfully: the outputs already renamed into place, or none."""
-    if not COMMITTED:
-        return "no output written"
-    names = ", ".join(str(path) for path in COMMITTED[-4:])
-    return f"its outputs were already written: {names}" + (f" and {len(COMMITTED) - 4} more" if len(COMMITTED) > 4 else "")
-
-
 def run_command(command: click.Command, prog_name: str) -> None:
     shown, warnings.showwarning = warnings.showwarning, _one_line_warnings(prog_name)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
-    COMMITTED.clear()  # a command run in this process before (tests, embedding) wrote its own
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = BestEffort(sys.stdout), BestEffort(sys.stderr)
     try:
@@ -181,10 +171,10 @@ def _run(command: click.Command, prog_name: str) -> None:
         click.echo(f"{prog_name}: error: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 1))
     except (click.Abort, KeyboardInterrupt):
-        click.echo(f"{prog_name}: interrupted; {_written()}", err=True)
+        click.echo(f"{prog_name}: interrupted; no output written", err=True)
         sys.exit(130)
     except Terminated:
-        click.echo(f"{prog_name}: terminated; {_written()}", err=True)
+        click.echo(f"{prog_name}: terminated; no output written", err=True)
         sys.exit(143)
     except MemoryError:
         click.echo(f"{prog_name}: error: out of memory", err=True)

@@ -6,10 +6,8 @@ import contextlib
 import errno
 import glob
 import os
-import signal
 import stat
 import tempfile
-import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -136,28 +134,6 @@ def make_dir(directory: str | Path) -> Path:
     return directory
 
 
-COMMITTED: list[Path] = []  # the outputs this process has renamed into place, in order
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """SIGINT and SIGTERM held back for the block (the main thread of a POSIX system; elsewhere nothing)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        pending = sorted(signal.sigpending() & held, reverse=True)  # SIGTERM (15) before SIGINT (2)
-        for signum in pending:
-            signal.sigwait({signum})  # taken here, at the end of the block, not at some later bytecode
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        if pending and callable(handler := signal.getsignal(pending[0])):
-            handler(pending[0], None)  # the process's own handler: the command's Terminated, KeyboardInterrupt
-
-
 class StagedFiles:
     """Several outputs that appear together or not at all.
 
@@ -180,18 +156,13 @@ class StagedFiles:
         return Path(tmp_name)
 
     def commit(self) -> None:
-        """Every staged file to its final name. SIGINT and SIGTERM wait until the last rename is done
-        (in the main thread), so a signal never leaves a mix of this run's files and an earlier one's;
-        what was renamed is listed in :data:`COMMITTED` for the message that follows a signal."""
         for _, _, fd in self._staged:
             os.fsync(fd)  # all on disk before any is renamed: a full disk shows here, with nothing replaced
-        with _signals_held():
-            while self._staged:
-                tmp, final, fd = self._staged[0]
-                os.replace(tmp, final)
-                COMMITTED.append(final)
-                self._staged.pop(0)
-                os.close(fd)
+        while self._staged:
+            tmp, final, fd = self._staged[0]
+            os.replace(tmp, final)
+            self._staged.pop(0)
+            os.close(fd)
         self._made.clear()
 
     def discard(self) -> None:

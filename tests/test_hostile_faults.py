@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -226,31 +225,3 @@ def test_checkpoints_that_contradict_themselves(invoke, data_dir, tmp_path, dama
     assert_one_line_error(exported, "contradicts itself")
     auto = invoke(train_main, *train_args(data_dir, out, "--max-steps", 6, "--save-every", 2, "--resume", "auto"))
     assert auto.code == 0 and "skipping ckpt-00000004.pt" in auto.err and "(step 2)" in auto.err, auto.err
-
-
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_between_the_renames_of_several_outputs_waits_for_the_last(invoke, tiny_export, tmp_path, monkeypatch,
-                                                                            signum, code):
-    """--png --npz --gif are renamed together: a signal during the renames is taken after the last, so
-    no mix of two runs' files is left, and the message names what was written."""
-    from ddpm.runtime.cli import main as run_main
-
-    outputs = [tmp_path / "o.png", tmp_path / "o.npz", tmp_path / "o.gif"]
-    for path in outputs:
-        path.write_bytes(b"an earlier run")
-    real_replace, calls = os.replace, []
-
-    def replace_then_signal(source, target):
-        real_replace(source, target)
-        if Path(target) in outputs:
-            calls.append(target)
-            if len(calls) == 1:
-                os.kill(os.getpid(), signum)  # held back until the commit ends
-
-    monkeypatch.setattr(os, "replace", replace_then_signal)
-    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "-n", 2, "--sampler", "ddim", "--steps", 2, "--frames", 2,
-                    "--png", outputs[0], "--npz", outputs[1], "--gif", outputs[2], "-q")
-    assert result.code == code and len(calls) == 3
-    assert all(path.read_bytes() != b"an earlier run" for path in outputs)  # all from this run, none from the last
-    assert "its outputs were already written:" in result.err and all(str(path) in result.err for path in outputs)
-    assert "no output written" not in result.err
