@@ -39,13 +39,13 @@ def _writers(tiny_export):
 @pytest.mark.parametrize("writer", ["run-png", "run-gif", "eval-json", "export-onnx"])
 def test_a_full_disk_keeps_the_old_file(invoke, tiny_export, tmp_path, monkeypatch, writer):
     main, args = _writers(tiny_export)[writer]
-    target = tmp_path / "old.out"
+    target = tmp_path / {"run-png": "old.png", "run-gif": "old.gif"}.get(writer, "old.out")  # its own format's extension
     target.write_bytes(b"the previous result")
     _disk_full(monkeypatch)
     result = invoke(main, *args, target)
     assert_error_line(result, "No space left on device")
     assert target.read_bytes() == b"the previous result"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.out"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary file left
 
 
 def test_bench_results_on_a_full_disk(invoke, tiny_export, tmp_path, monkeypatch):
