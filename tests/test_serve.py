@@ -352,7 +352,7 @@ def start_server(tmp_path, *args, env=None):
 def test_sigterm_drains(tmp_path):
     import httpx
 
-    process, port = start_server(tmp_path, "--grace", "30")
+    process, port = start_server(tmp_path, "--grace", "30", "--precision", "fp32")
     try:
         url = f"http://127.0.0.1:{port}"
         result = {}
