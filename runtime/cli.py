@@ -45,7 +45,7 @@ MAX_SEED = 2**63 - 1
               help="How many digits to draw. [default: 16; 2 per class with --digit all]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per network call. [default: on a CPU the fastest per image, measured once per machine and model shape "
-                   "(a few seconds) and cached in ~/.cache/ddpm-mnist; up to 256 on a GPU; a fixed-batch model uses its own]")
+                   "(seconds to a minute) and cached in ~/.cache/ddpm-mnist; up to 256 on a GPU; a fixed-batch model uses its own]")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Seed of the noise; the same seed gives the same digits. [default: fresh, printed in the summary and "
                    "stored in the PNG and npz outputs]")
@@ -86,7 +86,7 @@ def run_cli(
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
     check_precision_flags(onnx_path, precision, provider)
     # Said once however many timings follow (both copies, the batch): a cached no-argument call runs once.
-    announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (a few seconds)", err=True))
+    announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (seconds to a minute; the result is cached)", err=True))
     session = {"provider": provider, "threads": threads, "cuda_graph": engine == "cudagraph", "device_id": device_id}
     ddpm, chosen = open_copy(onnx_path, precision, session)
     if show_info:

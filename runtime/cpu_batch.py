@@ -1,5 +1,5 @@
 """The CPU batch size for the machine at hand: the per-image time of a few batch sizes, measured
-once (a few seconds) and remembered in the user's cache folder.
+once (seconds to a minute) and remembered in the user's cache folder.
 
 The best batch differs between CPUs (cache sizes, AVX-512 or not, int8 or fp32 kernels), so a
 constant tuned on one machine is wrong on the next. The measurement is keyed by everything that

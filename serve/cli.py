@@ -102,7 +102,7 @@ def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, n
     from .server import Server
 
     # Said once however many timings follow (both copies, the batch), as ddpm-run does.
-    announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (a few seconds)", err=True))
+    announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (seconds to a minute; the result is cached)", err=True))
     ddpm, chosen = load_model(onnx_path, precision, {"provider": provider, "threads": threads, "device_id": device_id}, announce)
     server = Server(ddpm, settings, host, port, quiet, on_measure=announce)
     if not quiet:
