@@ -108,8 +108,11 @@ def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict], k
         source, target = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
         onnx.save(named, source)
         try:
+            # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x s8 pairs with a
+            # saturating 16-bit add (VPMADDUBSW), which full-range weights overflow; the copy must
+            # compute the same on whichever CPU runs it, not only on the one that made it.
             quantize_static(
-                source, target, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                source, target, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
                 nodes_to_exclude=float_nodes(named) if keep is None else keep, extra_options={"ActivationSymmetric": False},
             )
