@@ -195,9 +195,8 @@ def measure_paths(ddpm: DDPM, reference: CpuPath, paths: list[CpuPath], files: d
     fastest = min(times, key=lambda path: (times[path], paths.index(path)))
     baseline = times.get(reference, times[fastest])
     best = fastest if reference not in times or baseline / times[fastest] >= MARGIN else reference
-    why = f"{best}: " + reason(best, str(reference), baseline / times[best], differences.get(best), "measured now")
-    if best != fastest:
-        why += f"; {fastest} measured {baseline / times[fastest]:.2f}x, under the {MARGIN:g}x a change of arithmetic needs"
+    why = f"{best}: " + reason(best, str(reference), baseline / times[best], differences.get(best), "measured now",
+                               {str(path): ms for path, ms in times.items()})
     write_choice(key, best, str(reference), baseline / times[best], differences, times)
     refused = [f"{path} (ε {value:.3f} > {TOLERANCE:g})" for path, value in differences.items() if not value <= TOLERANCE]
     if refused:
@@ -205,12 +204,23 @@ def measure_paths(ddpm: DDPM, reference: CpuPath, paths: list[CpuPath], files: d
     return opened[best], why
 
 
-def reason(best: CpuPath, reference: str, ratio: float, difference: float | None, when: str) -> str:
-    """Why ``best`` runs, for the first output line."""
-    if str(best) == reference:
-        return f"the fastest path on this CPU that keeps fp32 ({when})"
-    check = "" if difference is None else f", ε within {difference:.3f} of fp32 (relative RMS, tolerance {TOLERANCE:g})"
-    return f"{ratio:.2f}x the speed of {reference} on this CPU ({when}){check}"
+def reason(best: CpuPath, reference: str, ratio: float, difference: float | None, when: str,
+           per_image_ms: dict[str, float] | None = None) -> str:
+    """Why ``best`` runs, for the first output line. When the reference stays, ``per_image_ms``
+    (path name → ms per image, as measured) says how the others compared."""
+    if str(best) != reference:
+        check = "" if difference is None else f", ε within {difference:.3f} of fp32 (relative RMS, tolerance {TOLERANCE:g})"
+        return f"{ratio:.2f}x the speed of {reference} on this CPU ({when}){check}"
+    times = per_image_ms or {}
+    others = sorted((ms, name) for name, ms in times.items() if name != reference)
+    if reference not in times or not others:
+        return f"the reference path ({when})"
+    (fastest_ms, fastest), base = others[0], times[reference]
+    if fastest_ms < base:
+        return (f"kept ({when}): {fastest} measured {base / fastest_ms:.2f}x, "
+                f"under the {MARGIN:g}x a change of arithmetic needs")
+    listed = ", ".join(f"{name} {base / ms:.2f}x" for ms, name in others)
+    return f"the fastest path on this CPU ({when}; the others: {listed})"
 
 
 def choice_key(session, paths: list[CpuPath]) -> str:
@@ -232,7 +242,9 @@ def read_choice(key: str, paths: list[CpuPath]) -> tuple[CpuPath, str] | None:
         return None
     if difference is not None and not (_number(difference) and difference <= TOLERANCE):
         return None
-    return path, reason(path, versus, float(ratio), difference, f"cached on {when[:10]}")
+    times = entry.get("per_image_ms")
+    times = {name: float(ms) for name, ms in times.items() if _number(ms) and ms > 0} if isinstance(times, dict) else {}
+    return path, reason(path, versus, float(ratio), difference, f"cached on {when[:10]}", times)
 
 
 def _number(value: object) -> bool:

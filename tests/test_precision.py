@@ -3,6 +3,7 @@ best batch; bf16 and int8 only where their ε holds and the int8 copy is a copy 
 choice cached with the engines' versions; the same choice through ddpm-run and the Python API."""
 
 import json
+import time
 
 import onnx
 import pytest
@@ -47,7 +48,7 @@ def run_args(tmp_path, *extra):
 
 @pytest.mark.parametrize("fastest, expected", [
     (("onnxruntime", "int8"), "unet.int8.onnx (ONNX Runtime int8: 1.70x the speed of ONNX Runtime fp32"),
-    (("onnxruntime", "fp32"), "unet.onnx (ONNX Runtime fp32: the fastest path on this CPU that keeps fp32 (measured now))"),
+    (("onnxruntime", "fp32"), "unet.onnx (ONNX Runtime fp32: the fastest path on this CPU (measured now; the others: ONNX Runtime int8 0.50x))"),
 ])
 def test_onnx_runtime_alone_picks_between_its_copies(invoke, embedded_pair, tmp_path, monkeypatch, fastest, expected):
     times = {("onnxruntime", "fp32"): 3.4, ("onnxruntime", "int8"): 4.0}
@@ -181,8 +182,22 @@ def test_ddpm_run_refuses_impossible_combinations_as_usage_errors(invoke, int8_e
     assert_usage_error(invoke(run_main, *run_args(tmp_path, *args)), fragment)
 
 
+@pytest.mark.parametrize("int8_ms, expected", [
+    (4.0, "ONNX Runtime fp32: the fastest path on this CPU ({when}; the others: ONNX Runtime int8 0.75x)"),
+    (2.9, "ONNX Runtime fp32: kept ({when}): ONNX Runtime int8 measured 1.03x, under the 1.05x"),
+])
+def test_a_kept_reference_says_how_the_others_compared_measured_and_cached(embedded_pair, monkeypatch, int8_ms, expected):
+    calls = []
+    fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): int8_ms}, calls)
+    _, measured = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    _, cached = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    assert len(calls) == 1
+    assert measured.startswith(expected.format(when="measured now"))
+    assert cached.startswith(expected.format(when=f"cached on {time.strftime('%Y-%m-%d', time.gmtime())}"))
+
+
 def test_a_gain_within_timing_noise_keeps_fp32(embedded_pair, monkeypatch):
     fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.9})  # 1.03x
     ddpm, note = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
     assert ddpm.session.precision == "fp32"
-    assert note.startswith("ONNX Runtime fp32: the fastest path on this CPU that keeps fp32") and "ONNX Runtime int8 measured 1.03x, under the 1.05x" in note
+    assert note.startswith("ONNX Runtime fp32: kept (measured now): ONNX Runtime int8 measured 1.03x, under the 1.05x")
