@@ -166,7 +166,7 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
             if row.model == model.name:
                 fill_rates(row, model, limits, model.info.make_schedule().timesteps)
     small = next((model for model in bench_models if model.name == "small"), None)
-    targets = target_lines(rows) if small is None or small.embedded else []
+    targets = target_lines(rows, machine.flags) if small is None or small.embedded else []
     if not targets and small is not None:  # the targets were set for the embedded model; another --onnx has none
         notes.append(f"targets not judged: they are set for the embedded model, and --onnx {small.onnx_path.name} is another")
     for line in targets:

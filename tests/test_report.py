@@ -71,8 +71,16 @@ def test_the_fastest_cpu_path_is_compared_with_onnx_runtime_fp32():
         return Row("small", "w", name, "cpu", batch, step_s_median=ms * batch / 1e3, per_sample_s=ms, per_sample_method="extrapolated")
 
     rows = [row("ort", 1, 3.2), row("ort", 16, 2.4), row("ov-bf16", 16, 1.3), row("ov-bf16", 32, 1.2), row("ort-int8", 16, 2.2)]
-    lines = cpu_path_lines(rows)
+    lines = cpu_path_lines(rows, ["avx2", "avx512_bf16", "amx_bf16"])
     assert "ort 2.40 ms (batch 16)" in lines[0] and "ov-bf16 1.20 ms (batch 32)" in lines[0]
-    assert "(ov-bf16 batch 32, ort batch 16): 2.00x" in lines[1]
-    assert "1000-step loop per digit on the best path: 1.20 s" in lines[2] and "20 DPM-Solver++ calls: 0.024 s" in lines[2]
+    assert "(ov-bf16 batch 32, ort batch 16): 2.00x (target >= 2x with AMX): met" in lines[1]
+    assert "1000-step loop per digit on the best path: 1.20 s (target <= 1.2 s with AMX, 2 cores): met" in lines[2]
+    assert "20 DPM-Solver++ calls: 0.024 s (target <= 0.025 s): met" in lines[2]
+    # The target follows the CPU's kind: 1.3x with AVX512-BF16 alone; with neither, nothing slower.
+    assert cpu_path_lines(rows, ["avx512_bf16"])[1].endswith("(target >= 1.3x with AVX512-BF16 alone): met")
+    slower = [row("ort", 16, 2.4), row("ov", 16, 2.6)]
+    assert cpu_path_lines(slower, ["avx2"])[1].endswith("1.00x (target >= 1x without AMX or AVX512-BF16: nothing slower): met")
+    assert "target" not in cpu_path_lines(slower, ["avx2"])[2]
+    rows[2:4] = [row("ov-bf16", 16, 1.6), row("ov-bf16", 32, 1.4)]
+    assert cpu_path_lines(rows, ["amx_bf16"])[1].endswith("1.71x (target >= 2x with AMX): missed")
     assert cpu_path_lines([row("ort", 16, 2.4)]) == []  # nothing to compare with
