@@ -19,7 +19,7 @@ except ImportError:  # no flock on this platform: a killed writer's hidden tempo
     fcntl = None
 
 
-def _umask() -> int:
+def current_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
@@ -57,7 +57,7 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     ``path`` tells a killed writer's leftovers (removed) from a live one's (kept)."""
     _remove_stale_temps(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600
+    os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes 0600
     if fcntl is not None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd, tmp_name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -9,7 +10,8 @@ import click
 from ..core.console import OutputPath, run_command
 from ..core.errors import DDPMError
 from ..core.files import check_distinct_paths, output_target
-from ..core.mnist import data_files, missing_files
+from ..core.download import download_options, download_targets, require_mnist
+from ..core.mnist import data_files
 from ..core.variant import Variant
 from ..runtime.installed import installed_inputs
 from .pipeline import (DEFAULT_ATOL, DEFAULT_FP16_ATOL, DEFAULT_INT8_TOL, DEFAULT_OPSET, PLAIN, ExportOutputs, ExportReport,
@@ -51,6 +53,8 @@ def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
               help="Largest allowed relative RMS difference of the int8 copy's ε to the fp32 export's, on held-out noisy digits.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
               help="Folder with the MNIST training files, for --int8 calibration. Env: DDPM_DATA_DIR.")
+@download_options
+@click.option("--overwrite", is_flag=True, help="Replace output files that exist already (otherwise they are refused, as ddpm-train does).")
 @click.option("--fused-step", is_flag=True,
               help="Also write unet.step.onnx: the U-Net plus the DDPM update (x, t, noise -> x_prev), so x can stay on the GPU.")
 @click.option("--norm-groups", type=click.IntRange(min=1), default=None,
@@ -60,7 +64,8 @@ def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
 def export_command(
     ckpt: Path, out_dir: Path | None, onnx_path: Path | None, torchscript_path: Path | None, no_torchscript: bool,
     opset: int, raw: bool, fixed_batch: int | None, atol: float, no_verify: bool, fp16: bool, fp16_atol: float,
-    int8: bool, int8_tol: float, data_dir: Path, fused_step: bool, norm_groups: int | None, final_norm_groups: int | None,
+    int8: bool, int8_tol: float, data_dir: Path, download: bool, mirrors: tuple[str, ...], overwrite: bool,
+    fused_step: bool, norm_groups: int | None, final_norm_groups: int | None,
 ) -> None:
     """Export a U-Net checkpoint to ONNX (dynamic batch, sampling settings in its metadata) and TorchScript.
 
@@ -72,6 +77,7 @@ def export_command(
     ddpm-export --ckpt labml_model.pt --out-dir exported --fixed-batch 16
     ddpm-export --ckpt model.pt --fp16 --fused-step --fixed-batch 1     # the GPU variants
     ddpm-export --ckpt model.pt --int8 --data-dir data/mnist # a faster copy for CPUs
+    ddpm-export --ckpt model.pt --overwrite                   # replace the last export
     """
     from .load import load_for_export
 
@@ -79,10 +85,14 @@ def export_command(
     if out_dir.exists() and not out_dir.is_dir():
         raise DDPMError(f"--out-dir {out_dir} is not a directory")
     variants = requested_variants(fp16, fused_step, fixed_batch, int8)
-    outputs = output_paths(ckpt, out_dir, onnx_path, torchscript_path, no_torchscript, variants, data_dir if int8 else None)
-    if int8 and (missing := missing_files(data_dir, "train")):  # said before the checkpoint is loaded
-        raise DDPMError(f"--int8 calibrates on MNIST training digits, and {data_dir} lacks {', '.join(missing)}: "
-                        "give their folder with --data-dir or DDPM_DATA_DIR")
+    outputs = output_paths(ckpt, out_dir, onnx_path, torchscript_path, no_torchscript, variants,
+                           data_dir if int8 else None, download)
+    if not overwrite and (existing := [path for path in outputs.paths() if os.path.lexists(path)]):
+        raise DDPMError(f"{existing[0]} exists{f' (and {len(existing) - 1} more outputs)' if len(existing) > 1 else ''}; "
+                        "pass --overwrite to replace it, or choose another --out-dir or --onnx")
+    if int8:  # said, or fetched, before the checkpoint is loaded
+        require_mnist(data_dir, "train", download, mirrors, lambda line: click.echo(line, err=True),
+                      purpose="--int8 calibrates on MNIST training digits")
     source = load_for_export(ckpt, "raw" if raw else "ema", norm_groups, final_norm_groups)
     if source.kind == "ddpm-mnist" and (norm_groups or final_norm_groups):
         raise click.UsageError("--norm-groups/--final-norm-groups apply to labml state dicts only; checkpoints record them")
@@ -105,7 +115,7 @@ def describe(ckpt: Path, source, raw: bool) -> None:
 
 
 def output_paths(ckpt: Path, out_dir: Path, onnx_path: Path | None, torchscript_path: Path | None, no_torchscript: bool,
-                 variants: list[Variant], data_dir: Path | None = None) -> ExportOutputs:
+                 variants: list[Variant], data_dir: Path | None = None, download: bool = False) -> ExportOutputs:
     """--onnx PATH is written as given, the other copies beside it with their tags before its extension;
     each path checked, before any work, to be writable and to be neither another output nor a file the
     export reads: the checkpoint, the installed models, the MNIST files of ``data_dir`` (for --int8)."""
@@ -113,7 +123,8 @@ def output_paths(ckpt: Path, out_dir: Path, onnx_path: Path | None, torchscript_
     outputs = ExportOutputs({variant: base.with_name(variant.file_name(base.name)) for variant in variants},
                             None if no_torchscript else _output_path(torchscript_path, out_dir, "unet.ts.pt"))
     named = {"--onnx" if variant == PLAIN else path.name: path for variant, path in outputs.onnx.items()}
-    reads = {"--ckpt": ckpt, **installed_inputs(), **(data_files(data_dir) if data_dir is not None else {})}
+    reads = {"--ckpt": ckpt, **installed_inputs(), **(data_files(data_dir) if data_dir is not None else {}),
+             **(download_targets(data_dir, ["train"]) if data_dir is not None and download else {})}
     check_distinct_paths({**named, "--torchscript": outputs.torchscript}, reads)
     return outputs
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..core.console import OutputPath, run_command
 from ..core.files import StagedFiles, check_distinct_paths, output_target
+from ..core.download import download_options, download_targets, require_mnist
 from ..core.mnist import data_files, load_mnist
 from ..core.progress import Progress
 from .installed import installed_inputs
@@ -41,13 +42,14 @@ from .sampling_cli import PROVIDER_CHOICES, PROVIDER_HELP, SamplingRequest, samp
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
               help="Folder with the MNIST test files (t10k-*). Env: DDPM_DATA_DIR.")
+@download_options
 @click.option("--transform", type=click.Choice(["auto", "pad", "resize"]), default="auto",
               help="How samples return to 28x28 for the judge: crop the padding or resize. 'auto': what the model was trained with.")
 @click.option("--json", "json_path", type=OutputPath(), default=None, help="Also write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, digit: str | None, batch_size: int | None,
-                 provider: str, precision: str, threads: int | None, device_id: int, data_dir: Path, transform: str, json_path: Path | None,
-                 quiet: bool, **sampling: Any) -> None:
+                 provider: str, precision: str, threads: int | None, device_id: int, data_dir: Path, download: bool,
+                 mirrors: tuple[str, ...], transform: str, json_path: Path | None, quiet: bool, **sampling: Any) -> None:
     """Score generated digits with the judge: confidence, class histogram, Fréchet distance to the MNIST
     test set, and the same figures for as many real held-out test digits (the floor).
 
@@ -56,12 +58,14 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
     ddpm-eval --npz samples.npz --data-dir data/mnist    # what ddpm-run --npz wrote
     ddpm-eval -n 1000 --sampler ddim --steps 50 --data-dir data/mnist
     ddpm-eval --onnx cond.onnx --digit all --guidance 1 --data-dir data/mnist
+    ddpm-eval -n 1000 --data-dir data/mnist --download  # fetch the test files first
 
     With --digit (class-conditional models) it also reports the share of samples the judge assigns
     to the requested digit, beside the judge's accuracy on the real digits.
     """
     check_arguments(npz, onnx_path, json_path, sampling_given=digit is not None or any(v is not None for v in sampling.values()),
-                    data_dir=data_dir)
+                    data_dir=data_dir, download=download)
+    require_mnist(data_dir, "test", download, mirrors, None if quiet else lambda line: click.echo(line, err=True))
     test_images, test_labels = load_mnist(data_dir, "test")
     half = len(test_images) // 2
     if npz is None and num_samples > half:
@@ -97,12 +101,14 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
 
 
 def check_arguments(npz: Path | None, onnx_path: Path | None, json_path: Path | None, sampling_given: bool,
-                    data_dir: Path) -> None:
+                    data_dir: Path, download: bool = False) -> None:
     """What is refused before any work: two sources, a path given twice, an unwritable --json, and
     sampling options for images already drawn."""
     if npz is not None and onnx_path is not None:
         raise click.UsageError("give --npz or --onnx, not both")
-    check_distinct_paths({"--json": json_path}, {"--npz": npz, "--onnx": onnx_path, **installed_inputs(), **data_files(data_dir)})
+    reads = {"--npz": npz, "--onnx": onnx_path, **installed_inputs(), **data_files(data_dir),
+             **(download_targets(data_dir, ["test"]) if download else {})}
+    check_distinct_paths({"--json": json_path}, reads)
     output_target(json_path, "--json")
     if npz is not None and sampling_given:
         raise click.UsageError("--npz scores finished images; sampling options (--sampler, --steps, --digit, ...) need --onnx")

@@ -264,3 +264,19 @@ def test_bad_options(invoke, tiny_export, tmp_path, args, fragment):
     result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", tmp_path, *args)
     assert_one_line_error(result, fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_outputs_are_refused_without_overwrite_as_ddpm_train_does(invoke, tiny_export, tmp_path):
+    """One rule for ddpm-export and ddpm-train: what a run wrote before is replaced only with --overwrite."""
+    before = {path: path.read_bytes() for path in (tiny_export / "unet.onnx", tiny_export / "unet.ts.pt")}
+    result = invoke(export_main, "--ckpt", tiny_export / "model.pt")  # beside the checkpoint, where the fixture wrote
+    assert_one_line_error(result, f"{tiny_export / 'unet.onnx'} exists (and 1 more outputs)", "--overwrite")
+    assert "read " not in result.out  # refused before the checkpoint is loaded
+    assert {path: path.read_bytes() for path in before} == before
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "unet.onnx").write_bytes(b"an older export")
+    result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--no-torchscript", "--overwrite")
+    assert result.code == 0, result.err
+    props = {prop.key: prop.value for prop in onnx.load(out / "unet.onnx").metadata_props}
+    assert ModelInfo.from_metadata(props).image_size == 32  # the old bytes replaced by a whole export

@@ -99,6 +99,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     import torch
 
     from .checkpoint import step_checkpoints
+    from .data import resolve_data_dir
     from .distributed import resolve_device, shutdown_distributed
     from .trainer import Trainer
 
@@ -111,6 +112,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
         raise DDPMError("--precision bf16 on CPU needs a PyTorch build with oneDNN")
     if args["threads"]:
         torch.set_num_threads(args["threads"])
+    resolve_data_dir(options.data_dir, options.download)  # fetched, or refused, before OUT is made
     if not args["dry_run"]:
         claim_out_dir(ctx, options.out_dir, resumed, args)
     options.replace_old = checkpoint is None and bool(step_checkpoints(options.out_dir))

@@ -268,7 +268,8 @@ class RunOptions:
 
     data_dir: Path = setting(Path("data/mnist"), "Folder with the four MNIST IDX files (plain or .gz). Env: DDPM_DATA_DIR.",
                              click.Path(path_type=Path), envvar="DDPM_DATA_DIR")
-    download: bool = setting(False, "Fetch MNIST through torchvision into --data-dir if it is missing.", is_flag=True)
+    download: bool = setting(False, "Fetch the MNIST training files into --data-dir if it lacks them (standard library, "
+                             "each checked by SHA-256; other mirrors: env DDPM_MNIST_MIRROR).", is_flag=True)
     out_dir: Path = setting(Path("runs/small"), "Output folder for model.pt (always the latest checkpoint), log.jsonl and "
                             "sample grids. [default: runs/PRESET]", OutputPath(folder=True), flag="out", preset=True)
     keep: int = setting(3, "Step checkpoints (ckpt-STEP.pt) kept beside model.pt.", POSITIVE_INT)

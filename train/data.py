@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.download import require_mnist
 from ..core.errors import DDPMError
-from ..core.mnist import SPLIT_FILES, load_mnist, missing_files
+from ..core.mnist import load_mnist, missing_files
 from .config import TRANSFORMS, DataConfig
 
 
@@ -31,32 +33,14 @@ def transform_images(images: np.ndarray, config: DataConfig) -> torch.Tensor:
     return pixels.mul_(high - low).add_(low)
 
 
-def download_mnist(data_dir: Path) -> Path:
-    """Fetch MNIST through torchvision into ``data_dir``; returns the folder holding the IDX files."""
-    try:
-        from torchvision.datasets import MNIST
-    except ImportError as exc:
-        raise DDPMError(f"--download needs torchvision ({exc})") from None
-    try:
-        MNIST(str(data_dir), train=True, download=True)
-        MNIST(str(data_dir), train=False, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise DDPMError(f"downloading MNIST into {data_dir} failed: {exc}") from None
-    return data_dir / "MNIST" / "raw"
-
-
 def resolve_data_dir(data_dir: Path, download: bool) -> Path:
-    """The folder with the training files: ``data_dir`` itself, torchvision's layout under it, or a fresh download."""
+    """The folder with the training files: ``data_dir`` itself, torchvision's layout under it, or
+    ``data_dir`` after fetching them (core/download.py; mirrors from DDPM_MNIST_MIRROR)."""
     for candidate in (data_dir, data_dir / "MNIST" / "raw"):
         if candidate.is_dir() and not missing_files(candidate, "train"):
             return candidate
-    if download:
-        return download_mnist(data_dir)
-    if data_dir.exists() and not data_dir.is_dir():
-        raise DDPMError(f"--data-dir {data_dir} is not a directory")
-    expected = ", ".join(f"{name}[.gz]" for name in SPLIT_FILES["train"])
-    where = "does not exist" if not data_dir.exists() else "lacks the MNIST training files"
-    raise DDPMError(f"data directory {data_dir} {where}: expected {expected}; pass --download to fetch them")
+    require_mnist(data_dir, "train", download, echo=lambda line: click.echo(line, err=True))
+    return data_dir
 
 
 def load_training_set(data_dir: Path, config: DataConfig, download: bool = False,
