@@ -32,7 +32,7 @@ def _writers(tiny_export):
         "run-png": (run_main, ["--onnx", onnx, "-n", 2, *FAST, "--png"]),
         "run-gif": (run_main, ["--onnx", onnx, "-n", 2, *FAST, "--frames", 2, "--gif"]),
         "eval-json": (eval_main, ["--onnx", onnx, "-n", 20, *FAST, "--data-dir", DATA_DIR, "--json"]),
-        "export-onnx": (export_main, ["--ckpt", tiny_export / "model.pt", "--no-torchscript", "--onnx"]),
+        "export-onnx": (export_main, ["--ckpt", tiny_export / "model.pt", "--no-torchscript", "--overwrite", "--onnx"]),
     }
 
 
