@@ -10,7 +10,6 @@ and no partial file or folder made by the download is left behind.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import os
 import tempfile
@@ -25,7 +24,7 @@ import click
 
 from .errors import DDPMError
 from .files import current_umask
-from .mnist import SPLIT_FILES, find_idx_file
+from .mnist import SPLIT_FILES, missing_files, open_idx
 
 # Where the four files are published (the path ends in the file name plus ".gz").
 MIRRORS = (
@@ -61,7 +60,7 @@ def check_mirror(url: str, where: str = "--mirror") -> str:
     """``url`` as a mirror base ending in '/'; a DDPMError naming ``where`` for anything else."""
     if not _is_mirror(url):
         raise DDPMError(f"{where} {url!r}: {MIRROR_EXPECTED}")
-    return url if url.endswith("/") else url + "/"
+    return _folder(url)
 
 
 def _is_mirror(url: str) -> bool:
@@ -69,8 +68,12 @@ def _is_mirror(url: str) -> bool:
     return parts.scheme in URL_SCHEMES and bool(parts.netloc or parts.scheme == "file")
 
 
+def _folder(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
 def missing_names(data_dir: Path, splits: Iterable[str]) -> list[str]:
-    return [name for split in splits for name in SPLIT_FILES[split] if find_idx_file(data_dir, name) is None]
+    return [name for split in splits for name in missing_files(data_dir, split)]
 
 
 def download_targets(data_dir: str | Path, splits: Iterable[str]) -> dict[str, Path]:
@@ -106,7 +109,7 @@ def _mirror_values(ctx: click.Context, param: click.Parameter, values: tuple[str
     for value in values:
         if not _is_mirror(value):
             raise click.BadParameter(f"{value!r}: {MIRROR_EXPECTED}")
-    return tuple(check_mirror(value) for value in values)
+    return tuple(_folder(value) for value in values)
 
 
 def download_options(command: Callable) -> Callable:
@@ -217,9 +220,7 @@ def _content_sha256(path: Path) -> str:
     """SHA-256 of the file's content, inflated first when it is gzipped."""
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as probe:
-            gzipped = probe.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as handle:
+        with open_idx(path) as handle:
             read = 0
             while chunk := handle.read(1 << 20):
                 read += len(chunk)

@@ -37,7 +37,7 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     path = Path(path)
     header = 4 + 4 * ndim
     try:
-        with _open_idx(path) as handle:
+        with open_idx(path) as handle:
             head = handle.read(header)
             if len(head) < header or head[0] != 0 or head[1] != 0 or head[2] != _UBYTE or head[3] != ndim:
                 found = head[:4].hex() if len(head) >= 4 else f"{len(head)} bytes"
@@ -68,7 +68,7 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
-def _open_idx(path: Path) -> BinaryIO:
+def open_idx(path: Path) -> BinaryIO:
     """``path`` opened for binary reading, inflated on the fly when it starts with the gzip magic."""
     with path.open("rb") as probe:
         gzipped = probe.read(2) == _GZIP_MAGIC

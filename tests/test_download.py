@@ -17,6 +17,7 @@ import pytest
 
 from conftest import DATA_DIR, assert_one_line_error
 from ddpm.core import download
+from ddpm.core.files import current_umask
 from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.train.cli import main as train_main
 from tests_support import assert_usage_error
@@ -85,19 +86,13 @@ def test_ddpm_eval_downloads_the_test_files_and_tries_the_next_mirror(invoke, sl
     for name in TEST_FILES:
         written = data / f"{name}.gz"
         assert written.read_bytes() == (DATA_DIR / f"{name}.gz").read_bytes()
-        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~_umask()  # not mkstemp's 0600
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~current_umask()  # not mkstemp's 0600
         assert f"downloaded {mirror.url}{name}.gz" in result.err
     assert sorted(os.listdir(data)) == [f"{name}.gz" for name in sorted(TEST_FILES)]  # no temporary left
     assert "Fréchet distance" in result.out
     mirror.requests.clear()
     assert invoke(eval_main, *EVAL_ARGS, "--data-dir", data, "--download", "--mirror", mirror.url).code == 0
     assert mirror.requests == []  # present files are not fetched again
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def test_offline_is_one_line_and_leaves_no_folder(invoke, dead_url, tmp_path):
