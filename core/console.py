@@ -5,15 +5,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 
 import click
 
+from . import signals
 from .errors import DDPMError, summary
+from .files import committed_outputs, forget_committed
+from .signals import Terminated
 
 
 # Packages of the optional extras: a command that needs one says which extra installs it.
@@ -68,15 +69,6 @@ class OutputPath(click.Path):
                 self.fail(f"the name {short_name(part)} is {len(os.fsencode(part))} bytes long; file systems allow "
                           f"{self.name_max}", param, ctx)
         return super().convert(value, param, ctx)
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that temporary outputs are cleaned up on the way out.
-    A BaseException, so that no ``except Exception`` on the way (session creation, export) swallows it."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
 
 
 def _one_line_warnings(prog_name: str):
@@ -140,22 +132,40 @@ class BestEffort(io.TextIOBase):
 
 
 def run_command(command: click.Command, prog_name: str) -> None:
+    """Run ``command`` as the program ``prog_name``; always ends in SystemExit with its status."""
     shown, warnings.showwarning = warnings.showwarning, _one_line_warnings(prog_name)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = BestEffort(sys.stdout), BestEffort(sys.stderr)
+    forget_committed()
+    status = 1
     try:
-        _run(command, prog_name)
+        with signals.raised_as_exceptions():
+            _run(command, prog_name)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+        raise
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
         sys.stdout, sys.stderr = streams
         warnings.showwarning = shown
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        signals.exiting(prog_name, status, _flush_streams)
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _stopped_line(prog_name: str, how: str) -> str:
+    """What a command stopped by a signal says: which outputs it had put in place, if any."""
+    written = committed_outputs()
+    if not written:
+        return f"{prog_name}: {how}; no output written"
+    listed = ", ".join(str(path) for path in written[:4]) + (f" and {len(written) - 4} more" if len(written) > 4 else "")
+    return f"{prog_name}: {how} after writing {listed}"
 
 
 def _run(command: click.Command, prog_name: str) -> None:
@@ -171,10 +181,10 @@ def _run(command: click.Command, prog_name: str) -> None:
         click.echo(f"{prog_name}: error: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 1))
     except (click.Abort, KeyboardInterrupt):
-        click.echo(f"{prog_name}: interrupted; no output written", err=True)
+        click.echo(_stopped_line(prog_name, "interrupted"), err=True)
         sys.exit(130)
     except Terminated:
-        click.echo(f"{prog_name}: terminated; no output written", err=True)
+        click.echo(_stopped_line(prog_name, "terminated"), err=True)
         sys.exit(143)
     except MemoryError:
         click.echo(f"{prog_name}: error: out of memory", err=True)

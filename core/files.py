@@ -11,12 +11,25 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from . import signals
 from .errors import DDPMError
 
 try:
     import fcntl
 except ImportError:  # no flock on this platform: a killed writer's hidden temporary files stay (nothing reads them)
     fcntl = None
+
+
+_committed: list[Path] = []  # outputs put in place by StagedFiles since forget_committed()
+
+
+def committed_outputs() -> list[Path]:
+    """The outputs this command has put in place so far (what a command stopped by a signal names)."""
+    return list(_committed)
+
+
+def forget_committed() -> None:
+    _committed.clear()
 
 
 def current_umask() -> int:
@@ -156,14 +169,18 @@ class StagedFiles:
         return Path(tmp_name)
 
     def commit(self) -> None:
+        """Put every staged file in place. SIGINT and SIGTERM wait until the last rename is done, so
+        a signal replaces all of the set or none of it."""
         for _, _, fd in self._staged:
             os.fsync(fd)  # all on disk before any is renamed: a full disk shows here, with nothing replaced
-        while self._staged:
-            tmp, final, fd = self._staged[0]
-            os.replace(tmp, final)
-            self._staged.pop(0)
-            os.close(fd)
-        self._made.clear()
+        with signals.held():
+            while self._staged:
+                tmp, final, fd = self._staged[0]
+                os.replace(tmp, final)
+                _committed.append(final)
+                self._staged.pop(0)
+                os.close(fd)
+            self._made.clear()
 
     def discard(self) -> None:
         for tmp, _, fd in self._staged:
