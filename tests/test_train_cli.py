@@ -4,6 +4,7 @@ resume files and output folders, each refused in one line with nothing written."
 
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from conftest import DATA_DIR, assert_one_line_error
+from ddpm.core.mnist import load_mnist
 from ddpm.train.checkpoint import FORMAT, load_checkpoint
 from ddpm.train.cli import main as train_main
 from ddpm.train.config import LEGACY_TRAIN_SETTINGS, PRESET_TRAINING
@@ -75,7 +77,9 @@ def test_resume_equals_uninterrupted_run(invoke, data_dir, tmp_path):
     resumed = invoke(train_main, "--resume", split / "model.pt", "--max-steps", "10", "--data-dir", data_dir,
                      "--out", split, "--no-progress", "--no-samples")
     assert resumed.code == 0, resumed.err
+    assert "--data-dir" not in resumed.err  # the same digits: no warning
     a, b = load_checkpoint(straight / "model.pt"), load_checkpoint(split / "model.pt")
+    assert a["data_fingerprint"] == b["data_fingerprint"] and a["data_fingerprint"]["images"] == 64
     assert a["progress"]["step"] == b["progress"]["step"] == 10
     assert a["progress"]["epoch"] == b["progress"]["epoch"] == 2
     assert b["progress"]["elapsed_s"] > first_part > 0  # wall time accumulates across resumes
@@ -84,6 +88,35 @@ def test_resume_equals_uninterrupted_run(invoke, data_dir, tmp_path):
             assert torch.equal(a[key][name], b[key][name]), (key, name)
     for index, state in a["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg"], b["optimizer"]["state"][index]["exp_avg"])
+
+
+def write_training_idx(folder, images, labels):
+    """MNIST training files (uncompressed IDX) holding ``images`` [N,28,28] uint8 and ``labels``."""
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, len(images), 28, 28) + images.tobytes())
+    (folder / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, len(labels)) + labels.tobytes())
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ("one pixel", "other training digits than the checkpoint was trained on (the same count, 64, but other content)"),
+    ("fewer digits", "48 training images, where the checkpoint was trained on 64"),
+])
+def test_resume_warns_when_the_data_changed(invoke, data_dir, tmp_path, change, fragment):
+    out = tmp_path / "run"
+    common = ("--max-images", "64", "--batch-size", "16", "--epochs", "5", "--save-every", "0")
+    assert invoke(train_main, *tiny_args(data_dir, out, *common, "--max-steps", "2")).code == 0
+    images, labels = (array[:64].copy() for array in load_mnist(data_dir, "train"))
+    if change == "one pixel":
+        images[5, 14, 14] ^= 0xFF
+    else:
+        images, labels = images[:48], labels[:48]
+    other = tmp_path / "other"
+    write_training_idx(other, images, labels)
+    resumed = invoke(train_main, "--resume", out / "model.pt", "--max-steps", "4", "--data-dir", other, "--out", out,
+                     "--no-progress", "--no-samples")
+    assert resumed.code == 0, resumed.err
+    warnings = [line for line in resumed.err.splitlines() if line.startswith("ddpm-train: --data-dir")]
+    assert len(warnings) == 1 and fragment in warnings[0] and str(other) in warnings[0], resumed.err
 
 
 def test_resume_refuses_changed_settings(invoke, data_dir, tmp_path):

@@ -99,7 +99,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     import torch
 
     from .checkpoint import step_checkpoints
-    from .data import resolve_data_dir
+    from .data import data_change, resolve_data_dir
     from .distributed import resolve_device, shutdown_distributed
     from .trainer import Trainer
 
@@ -117,6 +117,9 @@ def train_command(ctx: click.Context, **args: Any) -> None:
         claim_out_dir(ctx, options.out_dir, resumed, args)
     options.replace_old = checkpoint is None and bool(step_checkpoints(options.out_dir))
     trainer = Trainer(settings, options, resume=checkpoint)
+    if checkpoint is not None and trainer.dist.is_main and (change := data_change(checkpoint.get("data_fingerprint"),
+                                                                                  trainer.data_fingerprint)):
+        warn(f"--data-dir {options.data_dir} holds {change}; the run goes on with it")
     try:
         if not args["dry_run"] and trainer.step >= trainer.total_steps and args["resume"] == "auto":
             if trainer.dist.is_main:  # repeating a finished run's command is not an error

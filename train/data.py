@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -44,14 +46,37 @@ def resolve_data_dir(data_dir: Path, download: bool) -> Path:
 
 
 def load_training_set(data_dir: Path, config: DataConfig, download: bool = False,
-                      max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transformed training images [N,C,H,W] and their labels [N] (int64)."""
+                      max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Transformed training images [N,C,H,W], their labels [N] (int64) and the set's fingerprint."""
     folder = resolve_data_dir(Path(data_dir), download)
     images, labels = load_mnist(folder, "train")
     if max_images is not None:
         images, labels = images[:max_images], labels[:max_images]
-    return transform_images(images, config), torch.from_numpy(labels.astype(np.int64))
+    return transform_images(images, config), torch.from_numpy(labels.astype(np.int64)), fingerprint(images, labels)
 
 
 def load_training_images(data_dir: Path, config: DataConfig, download: bool = False, max_images: int | None = None) -> torch.Tensor:
     return load_training_set(data_dir, config, download, max_images)[0]
+
+
+def fingerprint(images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """What a checkpoint records of the digits it was trained on: their count and a SHA-256 of the
+    pixels and labels as read (a fraction of a second for MNIST), so that a resumed run can tell
+    when --data-dir now holds other data, even data of the same size such as Fashion-MNIST."""
+    digest = hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+    return {"images": int(len(images)), "sha256": digest.hexdigest()}
+
+
+def data_change(recorded: object, now: dict[str, Any]) -> str | None:
+    """Why the training data differs from the data a checkpoint was trained on, None when it does
+    not or the checkpoint predates fingerprints."""
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        return None
+    if recorded == now:
+        return None
+    count = recorded.get("images")
+    if count != now["images"]:
+        trained = f"{count:,}" if isinstance(count, int) else "another number"
+        return f"{now['images']:,} training images, where the checkpoint was trained on {trained}"
+    return f"other training digits than the checkpoint was trained on (the same count, {now['images']:,}, but other content)"

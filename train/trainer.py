@@ -122,8 +122,8 @@ class Trainer:
     def _load_data(self) -> None:
         """The whole (small) dataset, on the training device, and the run's length in steps."""
         batch_size = self.config.batch_size
-        images, labels = load_training_set(self.options.data_dir, self.data_config, self.options.download,
-                                           self.config.max_images)
+        images, labels, self.data_fingerprint = load_training_set(self.options.data_dir, self.data_config,
+                                                                  self.options.download, self.config.max_images)
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
@@ -155,6 +155,7 @@ class Trainer:
                 "processes": self.dist.world,
             },
             "rng": capture_rng_state(),
+            "data_fingerprint": self.data_fingerprint,
         }
 
     def elapsed(self) -> float:
