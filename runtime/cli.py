@@ -105,9 +105,12 @@ def run_cli(
     if not quiet:
         announce_model(ddpm, chosen, threads, engine, loop_engine)
     run, choice = sample(ddpm, request, seed, batch_size, loop_engine, quiet, announce)
+    timing_note = cpu_batch.recheck(ddpm.session, choice) if choice is not None else None
     sizes = write_outputs(run, targets, request.columns, fps, hold, scale)
     if not quiet:
         summarize(ddpm, run, choice, sizes, targets)
+        if timing_note:
+            click.echo(f"ddpm-run: {timing_note}", err=True)
 
 
 def sample(ddpm: DDPM, request: SamplingRequest, seed: int | None, batch_size: int | None, loop_engine: str, quiet: bool,

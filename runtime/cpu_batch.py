@@ -24,6 +24,8 @@ from typing import Callable
 import numpy as np
 
 CANDIDATES = (4, 8, 16, 32, 64)
+RECHECK_RATIO = 1.5  # a real run this many times slower or faster than its timing means timing again
+RECHECK_CALLS = 10  # a run of fewer calls says little: its first call, at a new shape, costs several
 CALL_BUDGET_S = 1.0  # a batch whose one call takes longer ends the search: larger ones only cost more
 FALLBACK = 16  # when nothing can be measured
 MAX_CACHE_BYTES = 1 << 20  # thousands of entries; anything larger is not this cache
@@ -37,6 +39,7 @@ class BatchChoice:
     measured: str = ""  # when it was measured (UTC, ISO 8601)
     stored: bool = False  # written to the cache (a measurement that could not be is taken again next time)
     note: str = ""  # what was odd about the cache file, when something was
+    confirmed: bool = False  # a real run has agreed with the measurement (see :func:`recheck`)
 
     @property
     def best_ms(self) -> float | None:
@@ -108,7 +111,7 @@ def measure_together(sessions: list, candidates: tuple[int, ...] = CANDIDATES, r
         if not active:
             break
     for session in sessions:
-        session.run_seconds, session.run_calls = 0.0, 0
+        session.run_seconds, session.run_calls, session.run_rows = 0.0, 0, 0
     return found
 
 
@@ -161,9 +164,21 @@ def _no_constant(name: str) -> None:
 
 
 def remember(key: str, entry: dict) -> bool:
-    """Add ``entry`` under ``key``, merged with what other processes stored meanwhile: under a lock,
-    written to a new file renamed over the old (so a link there is replaced, never written through).
-    False when the cache cannot be written (then the next run measures again)."""
+    """Add ``entry`` under ``key``, merged with what other processes stored meanwhile (see
+    :func:`_update`). False when the cache cannot be written (then the next run measures again)."""
+    return _update(lambda cache: {**cache, key: entry}, {key: entry})
+
+
+def forget(drop: Callable[[str], bool]) -> bool:
+    """Remove the entries whose key ``drop`` selects, keeping what other processes stored meanwhile."""
+    return _update(lambda cache: {key: entry for key, entry in cache.items() if not drop(key)}, {})
+
+
+def _update(change: Callable[[dict], dict], alone: dict) -> bool:
+    """Rewrite the cache as ``change`` makes it from its current entries: under a lock, written to a
+    new file renamed over the old (so a link there is replaced, never written through). ``alone`` is
+    written instead when the result would outgrow :data:`MAX_CACHE_BYTES` (other machines' entries
+    go). False when the cache cannot be written."""
     path = cache_file()
     try:
         directory = path.parent
@@ -171,13 +186,12 @@ def remember(key: str, entry: dict) -> bool:
         if directory.is_symlink() or not directory.is_dir():
             return False
         with _locked(directory / (path.name + ".lock")):
-            cache = read_cache(path)
-            cache[key] = entry
+            cache = change(read_cache(path))
             fd, temporary = tempfile.mkstemp(prefix=".cpu-batch-", suffix=".tmp", dir=directory)
             try:
                 data = (json.dumps(cache, indent=2, sort_keys=True) + "\n").encode("utf-8")
-                if len(data) > MAX_CACHE_BYTES:  # full of other machines' entries: start again with this one
-                    data = (json.dumps({key: entry}, indent=2) + "\n").encode("utf-8")
+                if len(data) > MAX_CACHE_BYTES:
+                    data = (json.dumps(alone, indent=2) + "\n").encode("utf-8")
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
                 os.replace(temporary, path)
@@ -257,4 +271,37 @@ def _cached(entry: dict | None) -> BatchChoice | None:
         measured[int(size)] = float(ms)
     if batch not in measured:
         return None
-    return BatchChoice(batch, measured, cached=True, measured=stamp)
+    return BatchChoice(batch, measured, cached=True, measured=stamp, confirmed=isinstance(entry.get("confirmed"), str))
+
+
+def recheck(session, choice: BatchChoice) -> str | None:
+    """Hold the CPU timing behind ``choice`` against the run that ``session`` has just made on it.
+
+    A timing taken on a busy machine (or a run on one) is not repeated as fact: when the run's own
+    time per image and the timing at the same batch are more than :data:`RECHECK_RATIO` apart, every
+    timing of this CPU at this thread count is forgotten, so that the next run times it again; the
+    note returned says so. When they agree, the entry is marked confirmed and not checked again.
+    Only runs of :data:`RECHECK_CALLS` calls or more, each of the chosen batch, are compared.
+    """
+    rows, calls = getattr(session, "run_rows", 0), getattr(session, "run_calls", 0)
+    if choice.confirmed or calls < RECHECK_CALLS or rows != calls * choice.batch or not session.run_seconds:
+        return None
+    run_ms, timed_ms = session.run_seconds / rows * 1e3, choice.per_image_ms[choice.batch]
+    apart = max(run_ms / timed_ms, timed_ms / run_ms)
+    key = machine_key(session)
+    if apart <= RECHECK_RATIO:
+        entry = read_cache().get(key)
+        stored = _cached(entry)
+        rounded = {batch: round(ms, 4) for batch, ms in choice.per_image_ms.items()}
+        if stored is not None and (stored.batch, stored.per_image_ms) == (choice.batch, rounded):  # not re-measured meanwhile
+            remember(key, {**entry, "confirmed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        return None
+    prefix = _machine_prefix(session)
+    forget(lambda name: name.removeprefix("path | ").startswith(prefix))
+    return (f"this run took {run_ms:.2f} ms per image at batch {choice.batch}, the CPU's timing {timed_ms:.2f} ms "
+            f"({apart:.1f}x apart: was the machine busy?); the next run times this CPU again")
+
+
+def _machine_prefix(session) -> str:
+    """The start of every cache key of this CPU at this thread count, whatever the engine and model."""
+    return " | ".join(machine_key(session).split(" | ")[:3]) + " | "

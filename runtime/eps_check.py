@@ -86,6 +86,6 @@ def eps_difference(reference, candidate) -> float:
         squared_diff += float(np.sum((theirs - ours) ** 2))
         squared_ref += float(np.sum(ours**2))
     for session in (reference, candidate):
-        session.run_seconds, session.run_calls = 0.0, 0
+        session.run_seconds, session.run_calls, session.run_rows = 0.0, 0, 0
     ratio = np.sqrt(squared_diff / squared_ref) if squared_ref > 0 else float("nan")
     return float(ratio) if np.isfinite(ratio) else float("nan")

@@ -101,6 +101,7 @@ class OpenVINOSession(EpsCalls):
         self._check_signature()
         self.run_seconds = 0.0
         self.run_calls = 0
+        self.run_rows = 0
 
     def _compile(self, ov, model_bytes: bytes, precision: str, threads: int | None):
         core = ov.Core()
@@ -141,4 +142,5 @@ class OpenVINOSession(EpsCalls):
             raise DDPMError(f"{self.path}: OpenVINO failed while running the model: {summary(exc)}") from None
         self.run_seconds += time.perf_counter() - start
         self.run_calls += 1
+        self.run_rows += len(feeds["x"])
         return np.array(result, dtype=np.float32, copy=True)  # the request reuses its output buffer

@@ -154,7 +154,7 @@ class DDPM:
         engine = self.engine(engine)
         runner = SamplingEngine(self.session, max_rows=batch, binding=engine == "iobinding", max_request_rows=None)
         progress = None if on_step is None else (lambda job: on_step(job.position, job.steps))
-        self.session.run_seconds = 0.0
+        self.session.run_seconds, self.session.run_calls, self.session.run_rows = 0.0, 0, 0
         job = runner.submit(n, plan, seed, on_step=progress)
         runner.run_until_idle()
         run = job.wait(0)

@@ -187,6 +187,7 @@ class UNetSession(EpsCalls):
             raise DDPMError(f"a CUDA graph needs the CUDA provider; this session runs on {self.provider}")
         self.run_seconds = 0.0
         self.run_calls = 0
+        self.run_rows = 0  # images through the plain run(): the per-image time of a real run
 
     engine = "onnxruntime"
     version = ort.__version__
@@ -302,6 +303,7 @@ class UNetSession(EpsCalls):
             raise DDPMError(f"{self.path}: ONNX Runtime failed while running the model: {summary(exc)}") from None
         self.run_seconds += time.perf_counter() - start
         self.run_calls += 1
+        self.run_rows += len(feeds["x"])
         return result
 
 

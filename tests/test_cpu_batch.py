@@ -146,3 +146,58 @@ def test_two_writers_keep_both_entries(cache):
     assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
     stored = json.loads(cache.read_text())
     assert {f"{name}-{i}" for name in "ab" for i in range(40)} <= set(stored)
+
+
+def cached_timing(cache, session, per_image_ms, **extra):
+    """A cache holding ``per_image_ms`` as this session's timing, a path choice of this CPU, and
+    another CPU's timing."""
+    key = cpu_batch.machine_key(session)
+    entries = {key: {"batch": 4, "per_image_ms": per_image_ms, "measured": "2026-01-01T00:00:00Z", **extra},
+               f"path | {key} | 0123456789abcdef": {"engine": "onnxruntime", "precision": "fp32"},
+               "Another CPU | 64 | threads=default | onnxruntime 1.0 | fp32 | 0": {"batch": 8, "per_image_ms": {"8": 1.0},
+                                                                                  "measured": "2026-01-01T00:00:00Z"}}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(entries))
+    return key
+
+
+def test_a_run_far_from_its_timing_forgets_this_cpus_timings(invoke, tiny_export, cache):
+    from ddpm.runtime.cli import main as run_main
+
+    session = UNetSession(tiny_export / "unet.onnx", provider="cpu")
+    cached_timing(cache, session, {"4": 1e-5})  # far faster than any real call: a timing to distrust
+    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--provider", "cpu", "-n", 4, "--sampler", "ddim",
+                    "--steps", 12, "--png", cache.parent.parent / "o.png", "--seed", 0)
+    assert result.code == 0, result.err
+    assert "the next run times this CPU again" in result.err and "at batch 4" in result.err
+    assert list(json.loads(cache.read_text())) == ["Another CPU | 64 | threads=default | onnxruntime 1.0 | fp32 | 0"]
+
+
+def fake_run(session, calls, batch, per_image_ms):
+    session.run_calls, session.run_rows = calls, calls * batch
+    session.run_seconds = per_image_ms * calls * batch / 1e3
+
+
+def test_a_run_that_agrees_confirms_the_timing_once(tiny_export, cache):
+    session = UNetSession(tiny_export / "unet.onnx", provider="cpu")
+    key = cached_timing(cache, session, {"4": 2.0, "8": 3.0})
+    choice = cpu_batch.choose(session)
+    assert choice.cached and not choice.confirmed
+    fake_run(session, calls=20, batch=4, per_image_ms=2.0 * 1.4)  # within 1.5x
+    assert cpu_batch.recheck(session, choice) is None
+    confirmed = cpu_batch.choose(session)
+    assert confirmed.confirmed and json.loads(cache.read_text())[key]["confirmed"].startswith("20")
+    fake_run(session, calls=20, batch=4, per_image_ms=50.0)  # a confirmed timing is not checked again
+    assert cpu_batch.recheck(session, confirmed) is None
+    assert key in json.loads(cache.read_text())
+
+
+@pytest.mark.parametrize("calls, batch, why", [(9, 4, "too few calls"), (20, 2, "calls smaller than the chosen batch")])
+def test_runs_that_say_little_are_not_compared(tiny_export, cache, calls, batch, why):
+    session = UNetSession(tiny_export / "unet.onnx", provider="cpu")
+    key = cached_timing(cache, session, {"4": 2.0})
+    choice = cpu_batch.choose(session)
+    fake_run(session, calls=calls, batch=batch, per_image_ms=50.0)
+    assert cpu_batch.recheck(session, choice) is None, why
+    entry = json.loads(cache.read_text())[key]
+    assert "confirmed" not in entry
