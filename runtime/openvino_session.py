@@ -13,17 +13,14 @@ request uses every core); ``threads`` caps them. The optional ``openvino`` packa
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import DDPMError, summary
-from ..core.metadata import ModelInfo
 from .cpu_batch import cpu_flags, cpu_name
-from .onnx_check import check_contract, read_outline
-from .session import EpsCalls, UNetSession
+from .session import EpsCalls, read_model_file
 
 OPENVINO_PROVIDER = "OpenVINO CPU"  # what ``provider`` says, beside ONNX Runtime's provider names
 OPENVINO_EXTRA = 'pip install "ddpm-mnist[openvino]"'
@@ -82,11 +79,8 @@ class OpenVINOSession(EpsCalls):
         self.notes: list[str] = []
         self.problems: list[str] = []
         ov = openvino_module()
-        model_bytes = UNetSession._read(self.path)
-        self.file_sha256 = hashlib.sha256(model_bytes).hexdigest()
-        outline = read_outline(model_bytes, str(self.path))
-        self.info = ModelInfo.from_metadata(outline.metadata, str(self.path))
-        check_contract(outline, self.info, str(self.path))
+        model = read_model_file(self.path)
+        model_bytes, self.file_sha256, self.info = model.data, model.sha256, model.info
         if precision == "bf16":
             if self.info.precision != "fp32":
                 raise DDPMError(f"{self.path} is an {self.info.precision} copy; bf16 inference runs the fp32 model")

@@ -7,6 +7,7 @@ import hashlib
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -109,6 +110,35 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file's bytes, their SHA-256 (recorded with the samples) and its checked metadata."""
+
+    path: Path
+    data: bytes
+    sha256: str
+    info: ModelInfo
+
+
+def read_model_file(path: Path) -> ModelFile:
+    """Read and check a model file before any engine parses it: a regular file of a possible size,
+    a well-formed ONNX outline, metadata the runtime understands, and the graph contract."""
+    problem = input_problem(path)
+    if problem:
+        raise DDPMError(f"model {path} {problem}")
+    size = path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise DDPMError(f"model {path} is {size / 2**30:.1f} GiB, larger than any single-file ONNX model can be")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DDPMError(f"cannot read model {path}: {exc.strerror or exc}") from None
+    outline = read_outline(data, str(path))
+    info = ModelInfo.from_metadata(outline.metadata, str(path))
+    check_contract(outline, info, str(path))
+    return ModelFile(path, data, hashlib.sha256(data).hexdigest(), info)
+
+
 class EpsCalls:
     """ε(x, t, y) for a batch on top of a session's ``run(output, feeds)``, shared by the engines."""
 
@@ -158,12 +188,8 @@ class UNetSession(EpsCalls):
         self.problems: list[str] = []  # the notes that are also warned about (see ProviderWarning)
         self.cuda_graph = cuda_graph
         self.threads = threads
-        model_bytes = self._read(self.path)
-        self.file_sha256 = hashlib.sha256(model_bytes).hexdigest()  # recorded with the samples
-        # Everything about the file is checked before ONNX Runtime parses it.
-        outline = read_outline(model_bytes, str(self.path))
-        self.info = ModelInfo.from_metadata(outline.metadata, str(self.path))
-        check_contract(outline, self.info, str(self.path))
+        model = read_model_file(self.path)  # everything about the file is checked before ONNX Runtime parses it
+        model_bytes, self.file_sha256, self.info = model.data, model.sha256, model.info
         if self.info.precision == "int8":  # QDQ int8 kernels are the CPU provider's; on a GPU it would run slower than fp32
             if provider in ("cuda", "tensorrt"):
                 raise DDPMError(f"{self.path} is an int8 copy for CPUs; provider {provider!r} needs the fp32 model")
@@ -200,19 +226,6 @@ class UNetSession(EpsCalls):
     @property
     def on_cpu(self) -> bool:
         return self.provider == CPU_PROVIDER
-
-    @staticmethod
-    def _read(path: Path) -> bytes:
-        problem = input_problem(path)
-        if problem:
-            raise DDPMError(f"model {path} {problem}")
-        size = path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise DDPMError(f"model {path} is {size / 2**30:.1f} GiB, larger than any single-file ONNX model can be")
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise DDPMError(f"cannot read model {path}: {exc.strerror or exc}") from None
 
     def _open(self, model: bytes, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
         available = ort.get_available_providers()
