@@ -64,17 +64,23 @@ def test_a_signal_between_the_renames_replaces_the_whole_set_and_says_so(tiny_ex
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no temporary file left
 
 
+def sigterm_around_the_writing(when: str) -> str:
+    """A hook that sends SIGTERM just ``before`` or ``after`` ddpm-run writes its outputs."""
+    kill = "os.kill(os.getpid(), signal.SIGTERM)"
+    return ("import ddpm.runtime.cli as cli\n"
+            "real = cli.write_outputs\n"
+            "def write_outputs(*args, **kwargs):\n"
+            f"    {kill if when == 'before' else 'pass'}\n"
+            "    sizes = real(*args, **kwargs)\n"
+            f"    {kill if when == 'after' else 'pass'}\n"
+            "    return sizes\n"
+            "cli.write_outputs = write_outputs\n")
+
+
 def test_a_signal_after_the_renames_names_what_was_written(tiny_export, tmp_path):
     out = tmp_path / "out"
     old_outputs(out)
-    hook = ("import ddpm.runtime.cli as cli\n"
-            "real = cli.write_outputs\n"
-            "def write_outputs(*args, **kwargs):\n"
-            "    sizes = real(*args, **kwargs)\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    return sizes\n"
-            "cli.write_outputs = write_outputs\n")
-    result = run_python(sample_code(tiny_export / "unet.onnx", out, hook), tmp_path)
+    result = run_python(sample_code(tiny_export / "unet.onnx", out, sigterm_around_the_writing("after")), tmp_path)
     assert result.returncode == 143, result.stderr
     assert replaced(out) == list(OUTPUTS)
     assert "no output written" not in result.stderr
@@ -85,13 +91,7 @@ def test_a_signal_after_the_renames_names_what_was_written(tiny_export, tmp_path
 def test_a_signal_before_the_renames_keeps_the_old_set(tiny_export, tmp_path):
     out = tmp_path / "out"
     old_outputs(out)
-    hook = ("import ddpm.runtime.cli as cli\n"
-            "real = cli.write_outputs\n"
-            "def write_outputs(*args, **kwargs):\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    return real(*args, **kwargs)\n"
-            "cli.write_outputs = write_outputs\n")
-    result = run_python(sample_code(tiny_export / "unet.onnx", out, hook), tmp_path)
+    result = run_python(sample_code(tiny_export / "unet.onnx", out, sigterm_around_the_writing("before")), tmp_path)
     assert result.returncode == 143, result.stderr
     assert replaced(out) == []
     assert result.stderr.strip() == "ddpm-run: terminated; no output written"
