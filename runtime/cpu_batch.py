@@ -288,13 +288,17 @@ def recheck(session, choice: BatchChoice) -> str | None:
         return None
     run_ms, timed_ms = session.run_seconds / rows * 1e3, choice.per_image_ms[choice.batch]
     apart = max(run_ms / timed_ms, timed_ms / run_ms)
-    key = machine_key(session)
     if apart <= RECHECK_RATIO:
-        entry = read_cache().get(key)
-        stored = _cached(entry)
-        rounded = {batch: round(ms, 4) for batch, ms in choice.per_image_ms.items()}
-        if stored is not None and (stored.batch, stored.per_image_ms) == (choice.batch, rounded):  # not re-measured meanwhile
-            remember(key, {**entry, "confirmed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        key, stamp = machine_key(session), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        timed = (choice.batch, {batch: round(ms, 4) for batch, ms in choice.per_image_ms.items()})  # as stored
+
+        def confirm(cache: dict) -> dict:
+            stored = _cached(cache.get(key))
+            if stored is None or (stored.batch, stored.per_image_ms) != timed:  # timed again meanwhile
+                return cache
+            return {**cache, key: {**cache[key], "confirmed": stamp}}
+
+        _update(confirm, {})
         return None
     prefix = _machine_prefix(session)
     forget(lambda name: name.removeprefix("path | ").startswith(prefix))

@@ -14,9 +14,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 
 
 def test_auto_provider_says_when_it_falls_back(invoke, tiny, tmp_path, monkeypatch):
+    import ddpm.runtime.precision as precision_module
     import ddpm.runtime.session as session_module
 
     monkeypatch.setattr(session_module, "gpu_present", lambda: False)
+    # ONNX Runtime's fallback is under test: with OpenVINO offered too, auto may time it faster and run it instead
+    monkeypatch.setattr(precision_module, "openvino_version", lambda: None)
     result = invoke(run_main, "--onnx", tiny / "unet.onnx", "-n", "1", "--steps", "2", "--png", tmp_path / "o.png")
     assert result.code == 0
     notes = [line for line in result.err.splitlines() if "running on the CPU" in line]
