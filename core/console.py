@@ -145,9 +145,7 @@ def run_command(command: click.Command, prog_name: str) -> None:
         status = exc.code if isinstance(exc.code, int) else 1
         raise
     finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
+        _flush_streams()
         sys.stdout, sys.stderr = streams
         warnings.showwarning = shown
         signals.exiting(prog_name, status, _flush_streams)
