@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..core.errors import DDPMError
-from ..runtime.cpu_batch import cpu_flags, cpu_name
+from ..runtime.machine import cpu_flags, cpu_name
 from ..runtime.openvino_session import bf16_support, openvino_module, openvino_version
 
 # The flags that decide which CPU path is fastest: bf16 matrix units, bf16 and int8 dot products.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.cpu_batch import cpu_flags, cpu_name
+from ..runtime.machine import cpu_flags, cpu_name
 from ..runtime.openvino_session import BF16_FLAGS, bf16_support, openvino_module, openvino_version
 from ..runtime.pipeline import default_model_path
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..core.outputs import write_bytes
 from ..core.plan import SamplingPlan
-from ..runtime.cpu_batch import cpu_name
+from ..runtime.machine import cpu_flags, cpu_name
 from ..runtime.engine import SamplingEngine
 from ..runtime.pipeline import DDPM, default_model_path
 
@@ -69,13 +69,11 @@ class Outcome:
         return float(np.percentile(values if values is not None else self.latencies, q))
 
 
-def cpu_flags() -> str:
-    """The CPU features that decide which kernels run: AVX-512 (BF16, VNNI) and AMX."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+def flag_line() -> str:
+    """The CPU features that decide which kernels run (AVX-512 with BF16 and VNNI, AMX), as one line."""
+    flags = cpu_flags()
+    if flags is None:
         return "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
     return " ".join(flag for flag in wanted if flag in flags) or "none of avx2/avx512/amx"
 
@@ -213,9 +211,9 @@ def load(opts: argparse.Namespace, echo) -> tuple[DDPM, int, dict]:
     if max_rows is None:  # measured on this machine's session (cached per machine)
         choice = ddpm.batch_choice()
         max_rows, per_image_ms = choice.batch, choice.per_image_ms
-    machine = {"cpu": cpu_name(), "flags": cpu_flags(), "threads": opts.threads, "provider": ddpm.provider, "max_rows": max_rows,
+    machine = {"cpu": cpu_name(), "flags": flag_line(), "threads": opts.threads, "provider": ddpm.provider, "max_rows": max_rows,
                "per_image_ms": per_image_ms, "model": str(ddpm.session.path.name), "ancestral_steps": 100 if opts.quick else 1000}
-    echo(f"{cpu_name()} ({cpu_flags()}), {opts.threads or 'default'} threads, {ddpm.provider}; engine capacity {max_rows} rows "
+    echo(f"{cpu_name()} ({flag_line()}), {opts.threads or 'default'} threads, {ddpm.provider}; engine capacity {max_rows} rows "
          f"(measured per-image ms by batch: {per_image_ms})")
     return ddpm, max_rows, machine
 

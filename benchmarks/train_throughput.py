@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..core.schedule import make_schedule
-from ..runtime.cpu_batch import cpu_name
+from ..runtime.machine import cpu_name
 from ..train.config import preset
 from ..train.diffusion import Diffusion
 from ..train.ema import EMA

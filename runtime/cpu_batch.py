@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import stat
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .machine import cpu_name
 
 CANDIDATES = (4, 8, 16, 32, 64)
 RECHECK_RATIO = 1.5  # a real run this many times slower or faster than its timing means timing again
@@ -45,26 +46,6 @@ class BatchChoice:
     def best_ms(self) -> float | None:
         """The per-image time at the chosen batch, None when nothing was measured."""
         return min(self.per_image_ms.values()) if self.per_image_ms else None
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform module says."""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's feature flags (Linux's /proc/cpuinfo), None where the system does not list them."""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    return None
 
 
 def cache_file() -> Path:

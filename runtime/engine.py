@@ -37,7 +37,8 @@ from ..core.images import to_uint8
 from ..core.plan import SamplingPlan
 from ..core.record import RunSettings
 from ..core.samplers import Sampler, predict_x0
-from .memory import available_memory, memory_needed
+from .machine import available_memory
+from .memory import memory_needed
 from .network import Network
 from .session import UNetSession
 

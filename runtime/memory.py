@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from ..core.plan import SamplingPlan
+from .machine import available_memory
 
 
 def check_memory(n: int, info: ModelInfo, plan: SamplingPlan, scale: int) -> None:
@@ -20,18 +21,6 @@ def check_memory(n: int, info: ModelInfo, plan: SamplingPlan, scale: int) -> Non
             f"-n {n} needs about {needed / 1e9:.1f} GB of memory for its samples and pictures, and "
             f"{available / 1e9:.1f} GB is free: draw fewer per run (or fewer --frames, a smaller --scale)"
         )
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process can still use without swapping (Linux's MemAvailable), or None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def memory_needed(n: int, size: int, channels: int, frames: int, scale: int) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import DDPMError, summary
-from .cpu_batch import cpu_flags, cpu_name
+from .machine import cpu_flags, cpu_name
 from .session import EpsCalls, read_model_file
 
 OPENVINO_PROVIDER = "OpenVINO CPU"  # what ``provider`` says, beside ONNX Runtime's provider names

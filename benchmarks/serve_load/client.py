@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ...runtime.cpu_batch import cpu_name
-from ..serving import cpu_flags
+from ...runtime.machine import cpu_name
+from ..serving import flag_line
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -58,7 +58,7 @@ def loopback_url(url: str) -> str:
 def short_cpu_kind(name: str | None = None, flags: str | None = None) -> str:
     """A file tag for this CPU: its family and widest vector unit, e.g. ``xeon-amx``, ``epyc-avx512``."""
     name = (cpu_name() if name is None else name).lower()
-    flags = (cpu_flags() if flags is None else flags).split()
+    flags = (flag_line() if flags is None else flags).split()
     family = next((word for word in ("xeon", "epyc", "ryzen", "threadripper", "core", "graviton", "neoverse", "apple")
                    if word in name), None)
     if family is None:

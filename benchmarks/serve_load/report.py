@@ -6,8 +6,8 @@ import argparse
 import os
 from typing import Any
 
-from ...runtime.cpu_batch import cpu_name
-from ..serving import cpu_flags
+from ...runtime.machine import cpu_name
+from ..serving import flag_line
 from .client import MIXES, counts, fmt
 from .hostile import RESET, hostile_markdown
 from .soak import soak_markdown
@@ -17,7 +17,7 @@ MARKDOWN = {"sweep": sweep_markdown, "soak": soak_markdown, "hostile": hostile_m
 
 
 def machine(opts: argparse.Namespace, served: dict) -> dict[str, Any]:
-    return {"cpu": cpu_name(), "flags": cpu_flags(), "cores": os.cpu_count(), "threads": opts.threads,
+    return {"cpu": cpu_name(), "flags": flag_line(), "cores": os.cpu_count(), "threads": opts.threads,
             "model": served.get("model"), "provider": served.get("provider"), "max_rows": served.get("rows_per_call"),
             "queue_rows": opts.queue_rows or "server default"}
 
