@@ -199,7 +199,7 @@ def test_a_flipped_bit_is_reported_and_resume_falls_back(invoke, data_dir, tmp_p
 
 
 @pytest.mark.parametrize("damage, fragment", [
-    (lambda c: c["model_config"].update(base_channels=16), "has shape [8, 1, 3, 3], its config's U-Net needs [16, 1, 3, 3]"),
+    (lambda c: c["model_config"].update(base_channels=16), "has shape [8, 1, 3, 3], its config's network needs [16, 1, 3, 3]"),
     (lambda c: c["progress"].update(step="abc"), "progress step 'abc' is not a step count"),
     (lambda c: c["ema"].pop("final.bias"), "its ema weights lack ['final.bias']"),
     (lambda c: c["model_config"].update(channel_mults=[]), "model config"),

@@ -55,11 +55,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-CHECKSUMMED = ("model", "ema", "optimizer")
+CHECKSUMMED = ("model", "ema", "optimizer", "autoencoder")  # a latent U-Net's autoencoder weights too
 
 
 def tensor_checksum(checkpoint: dict[str, Any]) -> str:
-    """sha256 over every tensor of the weights, EMA weights and optimizer state (names, dtypes,
+    """sha256 over every tensor of the weights, EMA weights, optimizer state and carried autoencoder (names, dtypes,
     shapes and bytes, in a fixed order): what a flipped bit would change."""
     digest = hashlib.sha256()
 
@@ -116,35 +116,62 @@ def contradiction(content: dict[str, Any]) -> str | None:
     """What in a checkpoint disagrees with the rest of it: a config that cannot be built, weights of
     other names or shapes than that config's U-Net (compared on the meta device: nothing is
     allocated), or progress that is not a step count."""
-    from .config import UNetConfig
+    from .autoencoder import Autoencoder
+    from .config import AutoencoderConfig, UNetConfig
     from .unet import UNet
 
+    autoencoder = content.get("kind") == "autoencoder"
+    config_class, network = (AutoencoderConfig, Autoencoder) if autoencoder else (UNetConfig, UNet)
     try:
-        config = UNetConfig.from_dict(content["model_config"])
+        config = config_class.from_dict(content["model_config"])
         problems = config.problems()
     except (TypeError, ValueError, AttributeError) as exc:
         return f"model config unreadable ({exc})"
     if problems:
         return "model config: " + "; ".join(problems)
-    problem = settings_problem(content, config.image_channels)
+    problem = None if autoencoder else settings_problem(content, config.image_channels)
     if problem:
         return problem
     step = content["progress"].get("step") if isinstance(content["progress"], dict) else None
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         return f"progress step {step!r} is not a step count"
+    return weights_problem(content, network(config), ("model", "ema")) or carried_autoencoder_problem(content)
+
+
+def carried_autoencoder_problem(content: dict[str, Any]) -> str | None:
+    """What is wrong with the autoencoder a latent U-Net's checkpoint carries (None: fine, or none carried)."""
+    from .autoencoder import Autoencoder
+    from .config import AutoencoderConfig
+
+    record = content.get("autoencoder")
+    if record is None:
+        return None
+    try:
+        config = AutoencoderConfig.from_dict(record["config"])
+        scale = record["scale_factor"]
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return f"its autoencoder record is unreadable ({exc})"
+    if config.problems() or not (scale is None or isinstance(scale, float) and 0.0 < scale < 1e6):
+        return "its autoencoder record holds an impossible config or latent scale"
+    problem = weights_problem(record, Autoencoder(config), ("weights",))
+    return f"autoencoder: {problem}" if problem else None
+
+
+def weights_problem(content: dict[str, Any], network: torch.nn.Module, keys: tuple[str, ...]) -> str | None:
+    """Which of a checkpoint's weights (under ``keys``) do not fit ``network`` (built on the meta device) by name or shape."""
     with torch.device("meta"):
-        expected = {name: tuple(value.shape) for name, value in UNet(config).state_dict().items()}
-    for key in ("model", "ema"):
+        expected = {name: tuple(value.shape) for name, value in network.state_dict().items()}
+    for key in keys:
         state = content[key]
         if not is_state_dict(state):
             return f"its {key} weights are not a state dict"
         found = {name: tuple(value.shape) for name, value in state.items()}
         if found.keys() != expected.keys():
             missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-            return f"its {key} weights lack {missing[:3]} / have extra {extra[:3]} for the U-Net its config describes"
+            return f"its {key} weights lack {missing[:3]} / have extra {extra[:3]} for the network its config describes"
         wrong = next((name for name in expected if found[name] != expected[name]), None)
         if wrong:
-            return f"{key} weight {wrong} has shape {list(found[wrong])}, its config's U-Net needs {list(expected[wrong])}"
+            return f"{key} weight {wrong} has shape {list(found[wrong])}, its config's network needs {list(expected[wrong])}"
     return None
 
 

@@ -16,19 +16,24 @@ from ..core.console import run_command
 from ..core.errors import DDPMError
 from ..core.files import check_writable_dir
 from .config import DataConfig, RunOptions, ScheduleConfig, TrainConfig, UNetConfig
+
+AUTOENCODER_ONLY = frozenset({"kl_weight"})
 from .options import click_options, from_args
 from .resume import ResolvedRun, SettingsConflict, resolve_run
 
 
 def warn(message: str) -> None:
-    click.echo(f"ddpm-train: {message}", err=True)
+    """One line on stderr, prefixed with the running command's name (ddpm-train or ddpm-autoencoder)."""
+    context = click.get_current_context(silent=True)
+    name = context.find_root().info_name if context is not None else None
+    click.echo(f"{name or 'ddpm-train'}: {message}", err=True)
 
 
-def resolve(args: dict[str, Any], explicit: set[str], out_dir: Path) -> ResolvedRun:
+def resolve(args: dict[str, Any], explicit: set[str], out_dir: Path, kind: str = "unet") -> ResolvedRun:
     """The run to train (train/resume.py): conflicting settings are a usage error; a checkpoint that
     --resume auto found is named on stderr."""
     try:
-        run = resolve_run(args, explicit, args["resume"], out_dir, warn)
+        run = resolve_run(args, explicit, args["resume"], out_dir, warn, kind)
     except SettingsConflict as exc:
         raise click.UsageError(str(exc)) from None
     if run.checkpoint is not None and args["resume"] == "auto":
@@ -59,19 +64,24 @@ def describe(trainer: Any) -> None:
     from .unet import count_parameters, forward_flops
 
     model_config, data_config, config = trainer.model_config, trainer.data_config, trainer.config
-    schedule, size = trainer.settings.schedule, data_config.image_size
+    schedule, size = trainer.settings.schedule, trainer.sample_size
     gflops = forward_flops(trainer.model, size) / 1e9
     precision = "bf16 autocast" if trainer.use_bf16 else "fp32"
     processes = f", {trainer.dist.world} processes" if trainer.dist.world > 1 else ""
     conditional = (f", conditional on {model_config.num_classes} classes (label dropout {config.label_dropout:g})"
                    if model_config.num_classes else "")
     loss = f"Min-SNR-{config.min_snr_gamma:g}" if config.loss_weighting == "min-snr" else "L_simple"
+    latent = ""
+    if trainer.settings.latent:
+        record = trainer.settings.autoencoder
+        latent = (f", latents {model_config.image_channels}x{size}x{size} of autoencoder {record['sha256'][:12]} "
+                  f"(scale {record['scale_factor']:.4g})")
     for line in (
         f"model: {config.preset}, {count_parameters(trainer.model):,} parameters, widths {model_config.widths()}, "
-        f"{gflops:.2f} GFLOP per forward at {size}x{size}, {schedule['kind']} schedule T={schedule['timesteps']}{conditional}",
-        f"data: {len(trainer.images):,} images from {trainer.options.data_dir} ({data_config.transform} to {size}, "
-        f"range {list(data_config.data_range)}); device {trainer.device.type} ({precision}, "
-        f"{torch.get_num_threads()} threads{processes})",
+        f"{gflops:.3f} GFLOP per forward at {size}x{size}, {schedule['kind']} schedule T={schedule['timesteps']}{conditional}",
+        f"data: {len(trainer.images):,} images from {trainer.options.data_dir} ({data_config.transform} to "
+        f"{data_config.image_size}, range {list(data_config.data_range)}{latent}); device {trainer.device.type} "
+        f"({precision}, {torch.get_num_threads()} threads{processes})",
         f"plan: steps {trainer.step} -> {trainer.total_steps} ({trainer.steps_per_epoch} per epoch, global batch "
         f"{config.batch_size}); checkpoints in {trainer.options.out_dir}/model.pt",
         f"recipe: lr {config.lr:g} ({config.lr_schedule}, {config.lr_warmup_steps} warm-up steps), loss {loss}, "
@@ -80,8 +90,29 @@ def describe(trainer: Any) -> None:
         click.echo(line, err=True)
 
 
+def describe_autoencoder(trainer: Any) -> None:
+    """What autoencoder is about to be trained: three lines on stderr."""
+    from .unet import count_parameters
+
+    config, data, train = trainer.model_config, trainer.data_config, trainer.config
+    side, latent = data.image_size, trainer.sample_size
+    for line in (
+        f"autoencoder: {train.preset}, {count_parameters(trainer.model):,} parameters, widths {list(config.widths)}, "
+        f"{side}x{side}x{config.image_channels} -> {latent}x{latent}x{config.latent_channels} (f = {config.factor})",
+        f"data: {len(trainer.images):,} images from {trainer.options.data_dir} ({data.transform} to {side}); "
+        f"device {trainer.device.type} ({'bf16 autocast' if trainer.use_bf16 else 'fp32'})",
+        f"plan: steps {trainer.step} -> {trainer.total_steps} ({trainer.steps_per_epoch} per epoch, batch {train.batch_size}), "
+        f"lr {train.lr:g} ({train.lr_schedule}), L1 + {train.kl_weight:g} KL, EMA {train.ema_decay:g}; "
+        f"checkpoints in {trainer.options.out_dir}/model.pt",
+    ):
+        click.echo(line, err=True)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
-               params=click_options(TrainConfig, UNetConfig, ScheduleConfig, DataConfig, RunOptions))
+               params=click_options(TrainConfig, UNetConfig, ScheduleConfig, DataConfig, RunOptions, skip=AUTOENCODER_ONLY))
+@click.option("--autoencoder", type=click.Path(path_type=Path), default=None,
+              help="Train a latent model: the U-Net learns this ddpm-autoencoder checkpoint's latents, which it carries "
+                   "(its image size, transform and range become the run's). Use with --preset latent.")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if OUT/model.pt exists (it is replaced at the first save).")
 @click.option("--resume", default=None, metavar="PATH|auto",
               help="Continue from this checkpoint with its model, data, schedule and optimizer; only --epochs/--max-steps "
@@ -95,17 +126,24 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     \b
     CPU:  ddpm-train --preset small --data-dir data/mnist --out runs/small
     GPU:  ddpm-train --preset labml --device cuda --out runs/labml
+    latent: ddpm-train --preset latent --autoencoder runs/ae32/model.pt --out runs/latent
     """
+    train(ctx, args, "unet")
+
+
+def train(ctx: click.Context, args: dict[str, Any], kind: str) -> None:
+    """Resolve, describe and run a training run of ``kind`` ("unet" or "autoencoder") from a command's arguments."""
     import torch
 
     from .checkpoint import step_checkpoints
     from .data import data_change, resolve_data_dir
     from .distributed import resolve_device, shutdown_distributed
+    from .autoencoder_trainer import AutoencoderTrainer
     from .trainer import Trainer
 
     explicit = {name for name in args if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     options = from_args(RunOptions(out_dir=Path("runs") / args["preset"]), args)
-    run = resolve(args, explicit, options.out_dir)
+    run = resolve(args, explicit, options.out_dir, kind)
     settings, checkpoint, resumed = run.settings, run.checkpoint, run.source
     device = resolve_device(options.device)
     if settings.train.precision == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
@@ -116,7 +154,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     if not args["dry_run"]:
         claim_out_dir(ctx, options.out_dir, resumed, args)
     options.replace_old = checkpoint is None and bool(step_checkpoints(options.out_dir))
-    trainer = Trainer(settings, options, resume=checkpoint)
+    trainer = (AutoencoderTrainer if kind == "autoencoder" else Trainer)(settings, options, resume=checkpoint)
     if checkpoint is not None and trainer.dist.is_main and (change := data_change(checkpoint.get("data_fingerprint"),
                                                                                   trainer.data_fingerprint)):
         warn(f"--data-dir {options.data_dir} holds {change}; the run goes on with it")
@@ -131,7 +169,7 @@ def train_command(ctx: click.Context, **args: Any) -> None:
                 f"the checkpoint is already at step {trainer.step}, the end of this run; raise --epochs or --max-steps to go on"
             )
         if trainer.dist.is_main:
-            describe(trainer)
+            (describe_autoencoder if kind == "autoencoder" else describe)(trainer)
         if args["dry_run"]:
             return
         path = trainer.run(warn)

@@ -137,6 +137,18 @@ PRESETS: dict[str, UNetConfig] = {
         dropout=0.0,  # no dropout: measured better for CPU-length runs (benchmarks/results/recipe-ablation.md)
         width_rule="compound",
     ),
+    # The U-Net of a latent model, for 8x8x4 latents: the small preset's widths at 1/16 of the positions
+    # (about 34 MFLOP per call against the pixel model's 510); image channels come from the autoencoder.
+    "latent": UNetConfig(
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        attention=(False, True, True),
+        blocks_per_resolution=1,
+        norm_groups=8,
+        final_norm_groups=8,
+        dropout=0.0,
+        width_rule="compound",
+    ),
     # For tests: a forward pass in milliseconds.
     "tiny": UNetConfig(
         base_channels=8,
@@ -157,12 +169,76 @@ def preset(name: str, **overrides: Any) -> UNetConfig:
     return replace(PRESETS[name], **overrides)
 
 
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """The autoencoder of a latent model: its architecture and the latent it makes (train/autoencoder.py).
+
+    Each level after the first halves the resolution, so the latent is image_size / 2^(levels−1) on a side.
+    """
+
+    image_channels: int = 1
+    latent_channels: int = setting(4, "Channels of the latent. [preset]", POSITIVE_INT, preset=True)
+    widths: tuple[int, ...] = setting(
+        (16, 32, 64), "Channels per level, the image's resolution first; each level after the first halves the size, "
+                      "e.g. 16,32,64 makes 32x32 digits 8x8 latents. [preset]", IntList(), preset=True)
+    blocks: int = setting(1, "Residual blocks per level, in the encoder and the decoder. [preset]", POSITIVE_INT, preset=True)
+    norm_groups: int = setting(8, "GroupNorm groups. [preset]", POSITIVE_INT, preset=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(width) for width in self.widths))
+
+    @property
+    def factor(self) -> int:
+        """Image size ÷ latent size."""
+        return 2 ** (len(self.widths) - 1)
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.image_channels < 1 or self.latent_channels < 1 or self.blocks < 1:
+            found.append("image_channels, latent_channels and blocks must be >= 1")
+        if len(self.widths) < 2:
+            found.append("widths needs at least two levels (one downsampling)")
+        found += [f"width {width} is not a multiple of norm_groups={self.norm_groups}"
+                  for width in self.widths if self.norm_groups < 1 or width % self.norm_groups]
+        return found
+
+    def downsamplings(self) -> int:
+        return len(self.widths) - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AutoencoderConfig":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown autoencoder config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+AUTOENCODER_PRESETS: dict[str, AutoencoderConfig] = {
+    # 32x32x1 -> 8x8x4 (f = 4): about 31 MFLOP per decoded digit
+    "ae32": AutoencoderConfig(widths=(16, 32, 64)),
+    # 64x64x1 -> 8x8x4 (f = 8): one more, narrow level, since it runs at 64x64
+    "ae64": AutoencoderConfig(widths=(8, 16, 32, 64)),
+    # For tests: milliseconds per batch.
+    "ae-tiny": AutoencoderConfig(latent_channels=2, widths=(8, 8), norm_groups=4),
+}
+AUTOENCODER_TRAINING: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "epochs": 10, "lr_schedule": "cosine",
+                                        "lr_warmup_steps": 200, "ema_decay": 0.999}
+# Each autoencoder preset's data: the 64x64 one learns MNIST resized, as its latent U-Net's samples are compared with.
+AUTOENCODER_DATA = {"ae32": {"image_size": 32, "transform": "pad"}, "ae64": {"image_size": 64, "transform": "resize"},
+                    "ae-tiny": {"image_size": 32, "transform": "pad"}}
+
+
 # Training defaults per preset; `labml` follows the seed's own settings.
 # `small` is the recipe measured fastest to clean digits on a CPU (benchmarks/results/recipe-ablation.md).
 PLAIN_RECIPE = {"lr_schedule": "constant", "lr_warmup_steps": 0, "loss_weighting": "none", "ema_decay": 0.999}
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "small": {"batch_size": 128, "lr": 1e-3, "epochs": 20, "lr_schedule": "cosine", "lr_warmup_steps": 200,
               "loss_weighting": "min-snr", "ema_decay": 0.9995},
+    "latent": {"batch_size": 128, "lr": 1e-3, "epochs": 30, "lr_schedule": "cosine", "lr_warmup_steps": 200,
+               "loss_weighting": "min-snr", "ema_decay": 0.9995},
     "labml": {"batch_size": 64, "lr": 2e-5, "epochs": 3, **PLAIN_RECIPE},
     "tiny": {"batch_size": 32, "lr": 1e-3, "epochs": 1, **PLAIN_RECIPE},
 }
@@ -217,7 +293,8 @@ class TrainConfig:
     """Hyperparameters of a run; saved in the checkpoint and restored on resume."""
 
     preset: str = setting("small", "Model preset: 'labml' is the seed's 169M network; 'small' a ~2M network for CPUs; "
-                          "'tiny' for tests.", click.Choice(tuple(PRESET_TRAINING)))
+                          "'latent' a U-Net for 8x8 latents (with --autoencoder); 'tiny' for tests.",
+                          click.Choice(tuple(PRESET_TRAINING)))
     epochs: int = setting(20, "Passes over the data. [default: small 20, labml 3, tiny 1]", POSITIVE_INT,
                           preset=True, resumable=True)
     max_steps: int | None = setting(None, "Stop after this many optimizer steps in total (caps --epochs).", POSITIVE_INT,
@@ -244,6 +321,9 @@ class TrainConfig:
     ema_warmup: bool = setting(True, "Use decay min(d, (1+n)/(10+n)) for the first updates.", bool)
     label_dropout: float = setting(
         0.1, "--conditional: share of training labels replaced by 'no class', so one model learns both.", FRACTION)
+    kl_weight: float = setting(
+        1e-6, "ddpm-autoencoder: weight of KL(q(z|x) || N(0, I)) against the summed per-pixel L1 of each image.",
+        FiniteFloatRange(min=0.0))
     seed: int = setting(0, "Seed for torch, NumPy and Python.", click.IntRange(0, 2**63 - 1))
     precision: str = setting("auto", "'auto': bf16 autocast on CUDA, fp32 on CPU; 'bf16' also speeds up CPUs with "
                              "AVX-512 BF16.", click.Choice(PRECISIONS))
@@ -290,22 +370,43 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class Settings:
-    """How a model is trained, one field per checkpoint section."""
+    """How a model is trained, one field per checkpoint section.
 
-    model_config: UNetConfig
+    ``model_config`` is a U-Net's (ddpm-train) or an autoencoder's (ddpm-autoencoder, which has no
+    schedule). A latent U-Net carries its ``autoencoder``: the record :mod:`.latent` makes of the
+    autoencoder checkpoint it learns the latents of (config, data, EMA weights, hash, latent scale).
+    """
+
+    model_config: UNetConfig | AutoencoderConfig
     data: DataConfig
     schedule: dict[str, Any]  # make_schedule's arguments
     train: TrainConfig
+    autoencoder: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {"model_config": self.model_config.to_dict(), "data": self.data.to_dict(),
-                "schedule": dict(self.schedule), "train": self.train.to_dict()}
+    @property
+    def kind(self) -> str:
+        return "autoencoder" if isinstance(self.model_config, AutoencoderConfig) else "unet"
+
+    @property
+    def latent(self) -> bool:
+        return self.autoencoder is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"model_config": self.model_config.to_dict(), "data": self.data.to_dict(),
+                                "schedule": dict(self.schedule), "train": self.train.to_dict()}
+        if self.kind == "autoencoder":
+            data["kind"] = "autoencoder"
+        if self.autoencoder is not None:
+            data["autoencoder"] = self.autoencoder
+        return data
 
     @classmethod
     def from_dict(cls, checkpoint: dict[str, Any]) -> "Settings":
-        return cls(UNetConfig.from_dict(checkpoint["model_config"]), DataConfig.from_dict(checkpoint["data"]),
-                   dict(checkpoint["schedule"]), TrainConfig.from_dict(checkpoint["train"]))
+        config_class = AutoencoderConfig if checkpoint.get("kind") == "autoencoder" else UNetConfig
+        return cls(config_class.from_dict(checkpoint["model_config"]), DataConfig.from_dict(checkpoint["data"]),
+                   dict(checkpoint["schedule"]), TrainConfig.from_dict(checkpoint["train"]), checkpoint.get("autoencoder"))
 
 
-# The class whose options set each checkpoint section.
+# The class whose options set each checkpoint section, per kind of model.
 SECTIONS = {"model_config": UNetConfig, "data": DataConfig, "schedule": ScheduleConfig, "train": TrainConfig}
+AUTOENCODER_SECTIONS = {"model_config": AutoencoderConfig, "data": DataConfig, "train": TrainConfig}

@@ -30,21 +30,24 @@ def flag_name(f: Field) -> str:
     return f.metadata["setting"]["flag"] or f.name.replace("_", "-")
 
 
-def click_options(*classes: type) -> list[click.Option]:
-    """The options of these classes' settings, in declaration order; each stores its value under the field's name."""
+def click_options(*classes: type, skip: frozenset[str] = frozenset(), helps: dict[str, str] | None = None) -> list[click.Option]:
+    """The options of these classes' settings, in declaration order, but for the fields named in ``skip``
+    (another command's); each stores its value under the field's name. ``helps`` replaces the help of
+    the fields it names (a command whose presets have other defaults)."""
     options = []
-    for f in (f for cls in classes for f in option_fields(cls)):
+    for f in (f for cls in classes for f in option_fields(cls) if f.name not in skip):
         spec, flag = f.metadata["setting"], flag_name(f)
         declaration = f"--{flag}/--no-{flag}" if spec["type"] is bool else f"--{flag}"
         default = None if spec["preset"] else f.default
-        options.append(click.Option([declaration, f.name], type=spec["type"], help=spec["help"],
+        options.append(click.Option([declaration, f.name], type=spec["type"], help=(helps or {}).get(f.name, spec["help"]),
                                     **{"default": default, **spec["option"]}))
     return options
 
 
 def from_args(base: Any, args: dict[str, Any]) -> Any:
-    """``base`` with the values its options were given (None, an unset preset option, keeps ``base``'s)."""
-    return replace(base, **{f.name: args[f.name] for f in option_fields(type(base)) if args[f.name] is not None})
+    """``base`` with the values its options were given (None, an unset preset option or one the command
+    does not offer, keeps ``base``'s)."""
+    return replace(base, **{f.name: args[f.name] for f in option_fields(type(base)) if args.get(f.name) is not None})
 
 
 class IntList(click.ParamType):

@@ -12,12 +12,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import DDPMError
-from .config import PRESET_TRAINING, PRESETS, SECTIONS, DataConfig, ScheduleConfig, Settings, TrainConfig
+from .config import (
+    AUTOENCODER_DATA,
+    AUTOENCODER_PRESETS,
+    AUTOENCODER_SECTIONS,
+    AUTOENCODER_TRAINING,
+    PRESET_TRAINING,
+    PRESETS,
+    SECTIONS,
+    DataConfig,
+    ScheduleConfig,
+    Settings,
+    TrainConfig,
+)
 from .options import flag_name, from_args, option_fields
 
 # Resuming may change --epochs and --max-steps; the other settings may be repeated but must match the checkpoint's.
 RESUMABLE = {f.name for f in option_fields(TrainConfig) if f.metadata["setting"]["resumable"]}
-FIXED = [(section, f) for section, cls in SECTIONS.items() for f in option_fields(cls) if f.name not in RESUMABLE]
+KINDS = {"unet": SECTIONS, "autoencoder": AUTOENCODER_SECTIONS}
 
 
 class SettingsConflict(DDPMError):
@@ -34,16 +46,18 @@ class ResolvedRun:
 
 
 def resolve_run(values: dict[str, Any], explicit: set[str], resume: str | None, out_dir: Path,
-                warn: Callable[[str], None]) -> ResolvedRun:
+                warn: Callable[[str], None], kind: str = "unet") -> ResolvedRun:
     """The run to train: ``values`` holds every setting by field name (``explicit``: those the user gave),
     ``resume`` a checkpoint path, "auto" (the newest readable one in ``out_dir``, else a new run) or None.
 
-    Only the resumable settings (``RESUMABLE``) may differ from a resumed checkpoint's.
+    Only the resumable settings (``RESUMABLE``) may differ from a resumed checkpoint's. ``kind``:
+    "unet" (ddpm-train; ``values["autoencoder"]`` names the autoencoder of a latent model) or
+    "autoencoder" (ddpm-autoencoder).
     """
     from .checkpoint import find_resumable, load_checkpoint
 
     checkpoint = load_checkpoint(Path(resume)) if resume not in (None, "auto") else None
-    fresh = _settings_from_args(values, explicit)
+    fresh = _autoencoder_settings(values) if kind == "autoencoder" else _settings_from_args(values, explicit)
     if resume == "auto":
         found = find_resumable(out_dir, warn)
         if found is None:
@@ -53,7 +67,10 @@ def resolve_run(values: dict[str, Any], explicit: set[str], resume: str | None, 
     if checkpoint is None:
         return ResolvedRun(fresh)
     stored = _settings_from_checkpoint(checkpoint, resume)
-    differing = _differing_settings(fresh, stored, explicit)
+    if stored.kind != kind:
+        command = "ddpm-autoencoder" if stored.kind == "autoencoder" else "ddpm-train"
+        raise DDPMError(f"{resume} is a checkpoint of {command}; continue it with that command")
+    differing = _differing_settings(fresh, stored, explicit) + _other_autoencoder(fresh, stored)
     if differing:
         raise SettingsConflict(f"{resume} was trained with other settings: {'; '.join(differing)}")
     train = replace(stored.train, **{name: values[name] for name in RESUMABLE & explicit})
@@ -64,21 +81,69 @@ def _settings_from_args(args: dict[str, Any], explicit: set[str]) -> Settings:
     """Model, data, schedule and training settings of a new run, from the option values."""
     name = args["preset"]
     model_config = from_args(PRESETS[name], args)
+    data_config, autoencoder = from_args(DataConfig(), args), None
+    if name == "latent" and args.get("autoencoder") is None:
+        raise SettingsConflict("--preset latent learns an autoencoder's latents: name its checkpoint with --autoencoder "
+                               "(trained by ddpm-autoencoder)")
+    if args.get("autoencoder") is not None:
+        autoencoder, data_config = _latent_source(Path(args["autoencoder"]), data_config, explicit)
+        model_config = replace(model_config, image_channels=int(autoencoder["config"]["latent_channels"]))
     problems = model_config.problems()
     if problems:
         raise SettingsConflict("invalid model settings: " + "; ".join(problems))
-    data_config = from_args(DataConfig(), args)
-    levels = model_config.downsamplings()
-    if data_config.image_size % 2**levels:
-        raise SettingsConflict(
-            f"--image-size {data_config.image_size} must be divisible by {2**levels} ({levels} downsamplings)")
+    levels, side = model_config.downsamplings(), data_config.image_size
+    if autoencoder is not None:
+        side //= 2 ** (len(autoencoder["config"]["widths"]) - 1)
+    if side % 2**levels:
+        what = f"the {side}x{side} latent" if autoencoder is not None else f"--image-size {side}"
+        raise SettingsConflict(f"{what} must be divisible by {2**levels} ({levels} downsamplings)")
     schedule = from_args(ScheduleConfig(), args)
     if schedule.kind == "cosine" and explicit & {"beta_start", "beta_end"}:
         raise SettingsConflict("--beta-start/--beta-end set the linear schedule; the cosine schedule has no such settings")
     if schedule.kind == "linear" and not schedule.beta_start <= schedule.beta_end:
         raise SettingsConflict("--beta-start must not exceed --beta-end")
     train_config = from_args(TrainConfig(preset=name, **PRESET_TRAINING[name]), args)
-    return Settings(model_config, data_config, schedule.to_dict(), train_config)
+    return Settings(model_config, data_config, schedule.to_dict(), train_config, autoencoder)
+
+
+def _latent_source(path: Path, data_config: DataConfig, explicit: set[str]) -> tuple[dict[str, Any], DataConfig]:
+    """The autoencoder record of a new latent run and the data it was trained on, which the U-Net takes;
+    data options given on the command line must agree with it."""
+    from .latent import autoencoder_record
+
+    record = autoencoder_record(path)
+    stored = DataConfig.from_dict(record["data"])
+    given = {name: getattr(data_config, name) for name in ("image_size", "transform", "data_range") if name in explicit}
+    for name, value in given.items():
+        if value != getattr(stored, name):
+            flag = "--" + name.replace("_", "-")
+            raise SettingsConflict(f"{flag} {value} differs from the autoencoder's ({getattr(stored, name)}); "
+                                   "a latent model takes its data settings from its autoencoder")
+    return record, stored
+
+
+def _autoencoder_settings(args: dict[str, Any]) -> Settings:
+    """An autoencoder run's settings from ddpm-autoencoder's option values (the preset's where none was given)."""
+    name = args["preset"]
+    model_config = from_args(AUTOENCODER_PRESETS[name], args)
+    problems = model_config.problems()
+    if problems:
+        raise SettingsConflict("invalid autoencoder settings: " + "; ".join(problems))
+    data_config = from_args(DataConfig(**AUTOENCODER_DATA[name]), args)
+    if data_config.image_size % model_config.factor:
+        raise SettingsConflict(f"--image-size {data_config.image_size} must be divisible by {model_config.factor} "
+                               f"({model_config.downsamplings()} downsamplings)")
+    train_config = from_args(TrainConfig(preset=name, **AUTOENCODER_TRAINING), args)
+    return Settings(model_config, data_config, {}, train_config)
+
+
+def _other_autoencoder(fresh: Settings, stored: Settings) -> list[str]:
+    """A latent run resumed with another --autoencoder than the one its checkpoint carries."""
+    if fresh.autoencoder is None or stored.autoencoder is None:
+        return []
+    if fresh.autoencoder["sha256"] == stored.autoencoder["sha256"]:
+        return []
+    return [f"--autoencoder of sha256 {fresh.autoencoder['sha256'][:12]} (checkpoint: {stored.autoencoder['sha256'][:12]})"]
 
 
 def _settings_from_checkpoint(checkpoint: dict[str, Any], origin: Any) -> Settings:
@@ -92,7 +157,8 @@ def _differing_settings(fresh: Settings, stored: Settings, explicit: set[str]) -
     """Options given on the command line whose values differ from the checkpoint's."""
     given, recorded = fresh.to_dict(), stored.to_dict()
     differing = {}
-    for section, f in FIXED:
+    fixed = [(section, f) for section, cls in KINDS[stored.kind].items() for f in option_fields(cls) if f.name not in RESUMABLE]
+    for section, f in fixed:
         mine, theirs = given[section].get(f.name), recorded[section].get(f.name)
         if f.name in explicit and mine != theirs:
             differing[flag_name(f)] = f"--{flag_name(f)} {mine} (checkpoint: {theirs})"

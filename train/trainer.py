@@ -8,6 +8,7 @@ import math
 import random
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +36,7 @@ from .checkpoint import (
 from .config import RunOptions, Settings
 from .data import load_training_set
 from .diffusion import Diffusion, sample
+from .latent import build_autoencoder, decode, encode, latent_size, scale_factor
 from .distributed import resolve_device, setup_distributed, shutdown_distributed
 from .ema import EMA
 from .logs import LossWindow, trim_log
@@ -119,6 +121,26 @@ class Trainer:
             module = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return torch.compile(module) if self.options.compile else module
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the model learns the labels (a class-conditional U-Net)."""
+        return bool(self.model_config.num_classes)
+
+    @property
+    def sample_size(self) -> int:
+        """The side of what the network learns: the image, or a latent model's latent."""
+        return latent_size(self.settings.autoencoder) if self.settings.latent else self.data_config.image_size
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """A latent run's training set: the autoencoder's latents, scaled to unit variance (the scale is
+        measured on the first run and kept in the checkpoint, so a resumed run sees the same latents)."""
+        self.autoencoder = build_autoencoder(self.settings.autoencoder, self.device)
+        latents = encode(self.autoencoder, images)
+        record = self.settings.autoencoder
+        if record["scale_factor"] is None:
+            self.settings = replace(self.settings, autoencoder={**record, "scale_factor": scale_factor(latents)})
+        return latents * self.settings.autoencoder["scale_factor"]
+
     def _load_data(self) -> None:
         """The whole (small) dataset, on the training device, and the run's length in steps."""
         batch_size = self.config.batch_size
@@ -127,7 +149,9 @@ class Trainer:
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
-        self.labels = labels.to(self.device) if self.model_config.num_classes else None
+        if self.settings.latent:
+            self.images = self._encode(self.images)
+        self.labels = labels.to(self.device) if self.labelled else None
         if len(self.images) < batch_size:
             raise DDPMError(
                 f"the training set ({len(self.images)} images) is smaller than one batch ({batch_size}); "
@@ -181,11 +205,14 @@ class Trainer:
             self.ema.model,
             self.schedule,
             self.options.sample_count,
-            self.data_config.image_size,
+            self.sample_size,
             seed=self.config.seed,
             steps=min(self.options.sample_steps, self.schedule.timesteps),
             labels=np.arange(self.options.sample_count) % classes if classes else None,
         )
+        if self.settings.latent:
+            latents = torch.from_numpy(images).to(self.device)
+            images = decode(self.autoencoder, latents, self.settings.autoencoder["scale_factor"]).float().cpu().numpy()
         path = self.options.out_dir / f"samples-epoch{epoch:03d}.png"
         write_png(path, to_uint8(images, self.data_config.data_range), scale=2)
         return path
@@ -229,7 +256,7 @@ class Trainer:
         on the number of processes, and a resumed run needs no generator state.
         """
         generator = torch.Generator(self.device).manual_seed(step_seed(self.config.seed, self.step))
-        shape = (batch, self.model_config.image_channels, self.data_config.image_size, self.data_config.image_size)
+        shape = (batch, self.model_config.image_channels, self.sample_size, self.sample_size)
         t = torch.randint(0, self.schedule.timesteps, (batch,), device=self.device, generator=generator)
         noise = torch.randn(shape, device=self.device, generator=generator)
         drop = None
@@ -247,18 +274,22 @@ class Trainer:
             y = torch.where(drop[share], self.model_config.num_classes, self.labels[batch_ids[share]])
         return x0, t[share], noise[share], y
 
+    def batch_loss(self, batch_ids: torch.Tensor) -> torch.Tensor:
+        """This process's loss on its share of the global batch: L_simple (or its Min-SNR weighting)."""
+        x0, t, noise, y = self.step_inputs(batch_ids)
+        return self.diffusion.loss(self.train_module, x0, t, noise, y)
+
     def train_step(self, batch_ids: torch.Tensor, stop_requested: bool = False) -> tuple[float, bool]:
         """One optimizer step on this process's share of the global batch ``batch_ids``.
 
         Returns the loss (mean over all processes) and whether any process asked to stop. A
         non-finite loss or gradient norm on any process skips the update everywhere.
         """
-        x0, t, noise, y = self.step_inputs(batch_ids)
         torch.manual_seed(step_seed(self.config.seed, self.step, self.dist.rank))  # dropout
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step, self.total_steps)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            loss = self.diffusion.loss(self.train_module, x0, t, noise, y)
+            loss = self.batch_loss(batch_ids)
         self.optimizer.zero_grad(set_to_none=True)
         loss_value, stop = self._gather(loss, stop_requested)
         if math.isfinite(loss_value) and not self._update(loss):
