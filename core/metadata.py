@@ -16,6 +16,7 @@ from .schedule import Schedule, make_schedule
 
 PREFIX = "ddpm."
 FORMAT = "ddpm-mnist-onnx"
+DECODER_FORMAT = "ddpm-mnist-decoder"
 FORMAT_VERSION = 1
 PREDICTIONS = ("eps",)
 GRAPHS = ("eps", "fused-step")  # ε(x, t), or one whole sampling step x_t, t, noise → x_{t−1}
@@ -53,9 +54,22 @@ class ModelInfo:
     model_config: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
+    # A latent model: image_size and image_channels above are the latent's; this says what its decoder
+    # makes of it (image_size, image_channels, scale_factor) and names the decoder (decoder_file, a name
+    # beside this file, and decoder_sha256), with the autoencoder's checkpoint hash (autoencoder_sha256).
+    latent: dict[str, Any] | None = None
 
     def make_schedule(self) -> Schedule:
         return make_schedule(**self.schedule)
+
+    @property
+    def output_size(self) -> int:
+        """The side of the images a sample ends as: the image, or a latent model's decoded image."""
+        return self.latent["image_size"] if self.latent is not None else self.image_size
+
+    @property
+    def output_channels(self) -> int:
+        return self.latent["image_channels"] if self.latent is not None else self.image_channels
 
     def problems(self) -> list[str]:
         found = []
@@ -95,6 +109,8 @@ class ModelInfo:
         for name in ("sha256", "transform"):
             if isinstance(self.source, dict) and not isinstance(self.source.get(name, ""), str):
                 found.append(f"source.{name} {self.source[name]!r} is not a string")
+        if self.latent is not None:
+            found += latent_problems(self.latent)
         return found
 
     def io_contract(self) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]]]:
@@ -117,13 +133,9 @@ class ModelInfo:
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], origin: str = "model") -> "ModelInfo":
         """Parse and check ``metadata_props``; a DDPMError names the first thing wrong."""
-        values: dict[str, Any] = {}
-        for key, text in props.items():
-            if key.startswith(PREFIX):
-                try:
-                    values[key[len(PREFIX):]] = json.loads(text, parse_constant=_refuse_constant)
-                except (TypeError, ValueError):
-                    raise DDPMError(f"{origin}: metadata {key} is not valid JSON (NaN and Infinity are not JSON)") from None
+        values = read_values(props, origin)
+        if values.get("format") == DECODER_FORMAT:
+            raise DDPMError(f"{origin} is a latent model's decoder, not a U-Net; give the latent U-Net it names")
         if values.get("format") != FORMAT:
             raise DDPMError(
                 f"{origin} is not a ddpm-mnist export (its metadata lacks {PREFIX}format={FORMAT}); "
@@ -149,4 +161,105 @@ class ModelInfo:
         problems = info.problems()
         if problems:
             raise DDPMError(f"{origin}: impossible metadata: {problems[0]}")
+        return info
+
+
+def read_values(props: Mapping[str, str], origin: str) -> dict[str, Any]:
+    """The ``ddpm.*`` metadata as JSON values, refused in one line where one is not JSON."""
+    values: dict[str, Any] = {}
+    for key, text in props.items():
+        if key.startswith(PREFIX):
+            try:
+                values[key[len(PREFIX):]] = json.loads(text, parse_constant=_refuse_constant)
+            except (TypeError, ValueError):
+                raise DDPMError(f"{origin}: metadata {key} is not valid JSON (NaN and Infinity are not JSON)") from None
+    return values
+
+
+def _sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _scale(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1e6
+
+
+def latent_problems(latent: object) -> list[str]:
+    """What is impossible in a latent model's ``latent`` metadata."""
+    if not isinstance(latent, dict):
+        return [f"latent {latent!r} is not an object"]
+    found = []
+    size, channels, file = latent.get("image_size"), latent.get("image_channels"), latent.get("decoder_file")
+    if not _integer(size) or not 1 <= size <= 4096:
+        found.append(f"latent.image_size {size!r} is not an integer in 1..4096")
+    if not _integer(channels) or not 1 <= channels <= 4:
+        found.append(f"latent.image_channels {channels!r} is not an integer in 1..4")
+    if not _scale(latent.get("scale_factor")):
+        found.append(f"latent.scale_factor {latent.get('scale_factor')!r} is not a positive number")
+    if not isinstance(file, str) or not file or "/" in file or "\\" in file or file in (".", ".."):
+        found.append(f"latent.decoder_file {file!r} is not a file name (the decoder lies beside the U-Net)")
+    for name in ("decoder_sha256", "autoencoder_sha256"):
+        if not _sha256(latent.get(name)):
+            found.append(f"latent.{name} {latent.get(name)!r} is not a SHA-256 in hex")
+    return found
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    """What a latent model's decoder file says about itself: z [B, latent_channels, latent_size,
+    latent_size] as the U-Net samples it (scaled) → image [B, image_channels, image_size, image_size]
+    in ``data_range``; the graph divides by ``scale_factor`` itself."""
+
+    latent_channels: int
+    latent_size: int
+    image_size: int
+    image_channels: int
+    data_range: tuple[float, float]
+    scale_factor: float
+    autoencoder_sha256: str
+    model_config: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        found = []
+        for name in ("latent_channels", "image_channels"):
+            if not _integer(getattr(self, name)) or not 1 <= getattr(self, name) <= 4:
+                found.append(f"{name} {getattr(self, name)!r} is not an integer in 1..4")
+        for name in ("latent_size", "image_size"):
+            if not _integer(getattr(self, name)) or not 1 <= getattr(self, name) <= 4096:
+                found.append(f"{name} {getattr(self, name)!r} is not an integer in 1..4096")
+        low, high = self.data_range
+        if not (-MAX_DATA_VALUE <= low < high <= MAX_DATA_VALUE):
+            found.append(f"data_range {list(self.data_range)} is not an increasing pair within ±{MAX_DATA_VALUE:g}")
+        if not _scale(self.scale_factor):
+            found.append(f"scale_factor {self.scale_factor!r} is not a positive number")
+        if not _sha256(self.autoencoder_sha256):
+            found.append(f"autoencoder_sha256 {self.autoencoder_sha256!r} is not a SHA-256 in hex")
+        return found
+
+    def to_metadata(self) -> dict[str, str]:
+        props = {"format": DECODER_FORMAT, "format_version": FORMAT_VERSION}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            props[item.name] = list(value) if isinstance(value, tuple) else value
+        return {PREFIX + key: json.dumps(value, sort_keys=True) for key, value in props.items()}
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], origin: str = "decoder") -> "DecoderInfo":
+        values = read_values(props, origin)
+        if values.get("format") == FORMAT:
+            raise DDPMError(f"{origin} is a U-Net, not a latent model's decoder")
+        if values.get("format") != DECODER_FORMAT or values.get("format_version") != FORMAT_VERSION:
+            raise DDPMError(f"{origin} is not a ddpm-mnist decoder (its metadata lacks {PREFIX}format={DECODER_FORMAT})")
+        names = {item.name for item in fields(cls)}
+        try:
+            low, high = values["data_range"]
+            info = cls(**{k: v for k, v in values.items() if k in names and k != "data_range"},
+                       data_range=(float(low), float(high)))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise DDPMError(f"{origin}: decoder metadata is missing or of the wrong type ({exc})") from None
+        problems = info.problems()
+        if problems:
+            raise DDPMError(f"{origin}: impossible decoder metadata: {problems[0]}")
         return info

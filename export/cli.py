@@ -69,6 +69,9 @@ def export_command(
 ) -> None:
     """Export a U-Net checkpoint to ONNX (dynamic batch, sampling settings in its metadata) and TorchScript.
 
+    A latent model (ddpm-train --autoencoder) also writes its decoder beside it (unet.decoder.onnx and
+    unet.decoder.ts.pt), which the U-Net's metadata names with its SHA-256.
+
     Both exports are checked against eager PyTorch on ONNX Runtime's CPU provider for batches 1
     and 3 at t = 0, T/2 and T-1 before anything is written.
 
@@ -96,6 +99,10 @@ def export_command(
     source = load_for_export(ckpt, "raw" if raw else "ema", norm_groups, final_norm_groups)
     if source.kind == "ddpm-mnist" and (norm_groups or final_norm_groups):
         raise click.UsageError("--norm-groups/--final-norm-groups apply to labml state dicts only; checkpoints record them")
+    if source.decoder is not None:
+        outputs = with_decoder(outputs, ckpt, overwrite)
+        if int8:
+            raise DDPMError("--int8 copies of latent models are not made yet; export without --int8")
     describe(ckpt, source, raw)
     calibration = read_calibration(source.info, data_dir) if int8 else None
     tolerances = Tolerances(atol, fp16_atol, int8_tol)
@@ -111,6 +118,10 @@ def describe(ckpt: Path, source, raw: bool) -> None:
         if source.kind == "ddpm-mnist"
         else "labml state dict, data range [0,1], noise at every step"
     )
+    if source.decoder is not None:
+        latent, side = source.info.latent, source.info.image_size
+        what += (f"; latent {source.info.image_channels}x{side}x{side} decoded to {latent['image_size']}x"
+                 f"{latent['image_size']} (scale {latent['scale_factor']:.4g})")
     click.echo(f"read {ckpt} ({what}): {parameters:,} parameters, widths {source.model.config.widths()}")
 
 
@@ -127,6 +138,20 @@ def output_paths(ckpt: Path, out_dir: Path, onnx_path: Path | None, torchscript_
              **(download_targets(data_dir, ["train"]) if data_dir is not None and download else {})}
     check_distinct_paths({**named, "--torchscript": outputs.torchscript}, reads)
     return outputs
+
+
+def with_decoder(outputs: ExportOutputs, ckpt: Path, overwrite: bool) -> ExportOutputs:
+    """A latent model's outputs: its decoder beside the U-Net (unet.onnx → unet.decoder.onnx, unet.ts.pt →
+    unet.decoder.ts.pt), checked as the other outputs are."""
+    plain = outputs.onnx[PLAIN]
+    decoder = plain.with_name(f"{plain.stem}.decoder{plain.suffix}")
+    scripted = outputs.torchscript
+    decoder_script = None if scripted is None else scripted.with_name(scripted.name.replace(".ts.pt", "") + ".decoder.ts.pt")
+    named = {"decoder": decoder, "decoder TorchScript": decoder_script}
+    check_distinct_paths({**named, **{path.name: path for path in outputs.paths()}}, {"--ckpt": ckpt, **installed_inputs()})
+    if not overwrite and (existing := [path for path in named.values() if path is not None and os.path.lexists(path)]):
+        raise DDPMError(f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out-dir or --onnx")
+    return ExportOutputs(outputs.onnx, outputs.torchscript, decoder, decoder_script)
 
 
 def show_report(report: ExportReport, tolerances: Tolerances, verified: bool, fp16: bool) -> None:

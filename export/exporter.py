@@ -197,3 +197,62 @@ def verify(
                 got = session.run(["eps"], feeds)[0]
             diffs["onnx"] = worst_difference(diffs["onnx"], got, expected)
     return {name: value for name, value in diffs.items() if (onnx_path if name == "onnx" else torchscript_path) is not None}
+
+
+# -- a latent model's decoder ------------------------------------------------------------------------
+
+
+def example_latents(source: ExportSource, batch: int, seed: int = 0) -> torch.Tensor:
+    """Scaled latents of unit variance, as the U-Net samples them: z [B, L, h, w]."""
+    info = source.decoder_info
+    shape = (batch, info.latent_channels, info.latent_size, info.latent_size)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def decoder_onnx(source: ExportSource, opset: int = 18) -> onnx.ModelProto:
+    """The decoder as an ONNX graph: z float32 [B, L, h, w] (scaled) → image float32 [B, C, H, W], B dynamic."""
+    if opset not in OPSETS:
+        raise DDPMError(f"opset {opset} is not supported; use one of {OPSETS}")
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                source.decoder, (example_latents(source, 2),), None, dynamo=True, external_data=False,
+                opset_version=opset, input_names=["z"], output_names=["image"], dynamic_shapes={"z": {0: batch}},
+                verbose=False,
+            )
+    except Exception as exc:
+        raise DDPMError(f"ONNX export of the decoder failed: {summary(exc)}") from None
+    model = program.model_proto
+    model.producer_name = "ddpm-mnist"
+    model.doc_string = "a latent DDPM's decoder: scaled latents to images; settings in metadata_props (ddpm.*)"
+    del model.metadata_props[:]
+    for key, value in source.decoder_info.to_metadata().items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_decoder_torchscript(source: ExportSource, path: Path) -> None:
+    with _quiet(), torch.no_grad():
+        module = torch.jit.trace(source.decoder, (example_latents(source, 2),))
+        torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(source.decoder_info.to_metadata())})
+
+
+def verify_decoder(source: ExportSource, onnx_path: Path, torchscript_path: Path | None) -> dict[str, float]:
+    """Max abs difference of the decoder's ONNX Runtime (CPU) and TorchScript outputs against eager PyTorch
+    on random latents, batches 1 and 3 (nan where an output is not finite)."""
+    session = cpu_session(onnx_path)
+    scripted = None
+    if torchscript_path is not None:
+        with _quiet():
+            scripted = torch.jit.load(str(torchscript_path), map_location="cpu")
+    diffs = {"onnx": 0.0, "torchscript": 0.0}
+    for batch in (1, 3):
+        z = example_latents(source, batch, seed=batch)
+        with torch.no_grad():
+            reference = source.decoder(z).numpy()
+            if scripted is not None:
+                diffs["torchscript"] = worst_difference(diffs["torchscript"], scripted(z).numpy(), reference)
+        diffs["onnx"] = worst_difference(diffs["onnx"], session.run(["image"], {"z": z.numpy()})[0], reference)
+    return diffs if scripted is not None else {"onnx": diffs["onnx"]}

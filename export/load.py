@@ -8,14 +8,15 @@ architecture is read off the tensor shapes and key names; GroupNorm group counts
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..core.errors import DDPMError
-from ..core.metadata import ModelInfo
+from ..core.metadata import DecoderInfo, ModelInfo
 from ..train.checkpoint import is_project_checkpoint, is_state_dict, read_checkpoint_file, validate_checkpoint, versions
 from ..train.config import UNetConfig
 from ..train.unet import UNet
@@ -30,6 +31,20 @@ class ExportSource:
     model: UNet
     info: ModelInfo
     kind: str  # "ddpm-mnist" or "labml"
+    decoder: nn.Module | None = None  # a latent model's: scaled latents → images (LatentDecoder)
+    decoder_info: DecoderInfo | None = None
+
+
+class LatentDecoder(nn.Module):
+    """The autoencoder's decoder as a latent model samples through it: x = D(z / scale_factor)."""
+
+    def __init__(self, decoder: nn.Module, scale_factor: float) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.scale_factor = scale_factor
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z / self.scale_factor)
 
 
 def file_sha256(path: Path) -> str:
@@ -136,7 +151,11 @@ def load_for_export(
 
 
 def project_source(checkpoint: dict[str, Any], path: Path, sha256: str, weights: str) -> ExportSource:
-    """A validated ddpm-mnist checkpoint: its EMA or raw weights, and the settings it records."""
+    """A validated ddpm-mnist checkpoint: its EMA or raw weights, and the settings it records; a latent
+    U-Net's with its decoder (the latent's side and channels are the U-Net's image size and channels)."""
+    if checkpoint.get("kind") == "autoencoder":
+        raise DDPMError(f"{path} is an autoencoder; export the latent U-Net trained on it (ddpm-train --autoencoder), "
+                        "which carries it")
     config = UNetConfig.from_dict(checkpoint["model_config"])
     model = build_model(config, checkpoint["ema" if weights == "ema" else "model"], str(path))
     data, sampling = checkpoint["data"], checkpoint["sampling"]
@@ -156,7 +175,30 @@ def project_source(checkpoint: dict[str, Any], path: Path, sha256: str, weights:
         },
         versions={"checkpoint": checkpoint.get("versions", {}), "export": versions()},
     )
-    return ExportSource(model, info, "ddpm-mnist")
+    if checkpoint.get("autoencoder") is None:
+        return ExportSource(model, info, "ddpm-mnist")
+    return latent_source(ExportSource(model, info, "ddpm-mnist"), checkpoint["autoencoder"])
+
+
+def latent_source(unet: ExportSource, record: dict[str, Any]) -> ExportSource:
+    """A latent U-Net's source: its metadata says what the decoder makes (the decoder's file name and
+    hash are filled in when the decoder is written) and the decoder comes along."""
+    from ..train.latent import build_autoencoder, latent_size, record_config, record_data
+
+    config, data, scale = record_config(record), record_data(record), float(record["scale_factor"])
+    side = latent_size(record)
+    latent = {"image_size": data.image_size, "image_channels": config.image_channels, "scale_factor": scale,
+              "autoencoder_sha256": record["sha256"], "decoder_file": "", "decoder_sha256": ""}
+    info = replace(unet.info, image_size=side, latent=latent)
+    decoder_info = DecoderInfo(
+        latent_channels=config.latent_channels, latent_size=side, image_size=data.image_size,
+        image_channels=config.image_channels, data_range=data.data_range, scale_factor=scale,
+        autoencoder_sha256=record["sha256"], model_config=config.to_dict(),
+        source={"kind": "ddpm-mnist", "autoencoder_step": record["step"], "transform": data.transform,
+                "unet_checkpoint_sha256": unet.info.source["sha256"]},
+        versions=unet.info.versions)
+    decoder = LatentDecoder(build_autoencoder(record).decoder, scale).eval()
+    return ExportSource(unet.model, info, unet.kind, decoder, decoder_info)
 
 
 def labml_source(state: dict[str, torch.Tensor], path: Path, sha256: str, norm_groups: int,

@@ -8,8 +8,9 @@ stays fast.
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,9 +48,12 @@ class ExportOutputs:
 
     onnx: dict[Variant, Path]
     torchscript: Path | None = None
+    decoder: Path | None = None  # a latent model's decoder (ONNX), made first: the U-Net names it
+    decoder_torchscript: Path | None = None
 
     def paths(self) -> list[Path]:
-        return [*self.onnx.values(), *([self.torchscript] if self.torchscript is not None else [])]
+        decoder = [path for path in (self.decoder, self.decoder_torchscript) if path is not None]
+        return [*decoder, *self.onnx.values(), *([self.torchscript] if self.torchscript is not None else [])]
 
 
 @dataclass(frozen=True)
@@ -107,16 +111,58 @@ def export_and_verify(
         return ExportReport(report.seconds, report.differences, report.int8_difference)
     temporary = {path: staged.stage(path) for path in outputs.paths()}
     staged_outputs = ExportOutputs({variant: temporary[path] for variant, path in outputs.onnx.items()},
-                                   temporary.get(outputs.torchscript))
-    seconds = dict(zip(outputs.paths(), write_files(source, staged_outputs, opset, calibration)))
+                                   temporary.get(outputs.torchscript), temporary.get(outputs.decoder),
+                                   temporary.get(outputs.decoder_torchscript))
+    source, decoder_seconds = write_decoder(source, staged_outputs, outputs, opset)
+    seconds = dict(zip(outputs.paths(), decoder_seconds + write_files(source, staged_outputs, opset, calibration)))
     if not verify:
         return ExportReport(seconds, temporary=temporary)
     names = {variant: path.name for variant, path in outputs.onnx.items()}
     int8_difference, failures = compare_int8(staged_outputs, names, calibration, tolerances.int8_tol)
     differences, more = compare_with_eager(source, staged_outputs, names, tolerances)
+    if source.decoder is not None:
+        decoder_differences, decoder_failures = compare_decoder(source, staged_outputs, outputs, tolerances.atol)
+        differences, more = {**decoder_differences, **differences}, decoder_failures + more
     if failures + more:
         raise DDPMError(f"verification failed against eager PyTorch: {', '.join(failures + more)}; nothing written")
     return ExportReport(seconds, differences, int8_difference, temporary)
+
+
+def write_decoder(source: ExportSource, staged: ExportOutputs, final: ExportOutputs,
+                  opset: int) -> tuple[ExportSource, list[float]]:
+    """A latent model's decoder (ONNX, and TorchScript where asked), written before the U-Net, and the
+    source whose metadata names the decoder by its final file name and SHA-256; the seconds each took."""
+    if source.decoder is None:
+        return source, []
+    if final.decoder is None:
+        raise DDPMError("a latent model exports with its decoder: name the decoder's output")
+    from .exporter import decoder_onnx, save_decoder_torchscript
+
+    start = time.perf_counter()
+    data = decoder_onnx(source, opset).SerializeToString()
+    staged.decoder.write_bytes(data)
+    seconds = [time.perf_counter() - start]
+    if staged.decoder_torchscript is not None:
+        start = time.perf_counter()
+        save_decoder_torchscript(source, staged.decoder_torchscript)
+        seconds.append(time.perf_counter() - start)
+    latent = {**source.info.latent, "decoder_file": final.decoder.name, "decoder_sha256": hashlib.sha256(data).hexdigest()}
+    return replace(source, info=replace(source.info, latent=latent)), seconds
+
+
+def compare_decoder(source: ExportSource, staged: ExportOutputs, final: ExportOutputs,
+                    atol: float) -> tuple[dict[str, float], list[str]]:
+    """The decoder's ONNX (and TorchScript) file against eager PyTorch on random latents, batches 1 and 3."""
+    from .exporter import verify_decoder
+
+    differences, failures = {}, []
+    found = verify_decoder(source, staged.decoder, staged.decoder_torchscript)
+    for kind, value in found.items():
+        label = final.decoder.name if kind == "onnx" else final.decoder_torchscript.name
+        differences[label] = value
+        if not value <= atol:
+            failures.append(f"{label}: an output is NaN or infinite" if value != value else f"{label} {value:.2e} > {atol:g}")
+    return differences, failures
 
 
 def check_outputs(outputs: ExportOutputs, calibration: Calibration | None) -> None:

@@ -128,6 +128,26 @@ def conditional(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def latent_export(tmp_path_factory) -> Path:
+    """A tiny latent model: an autoencoder (ae-tiny, 32x32 -> 2x16x16) and a class-conditional tiny U-Net
+    on its latents, each a few steps trained, exported. The folder holds ae/model.pt, model.pt,
+    unet.onnx with unet.decoder.onnx, and their TorchScript files."""
+    from ddpm.export.cli import main as export_main
+    from ddpm.train.autoencoder_cli import main as autoencoder_main
+    from ddpm.train.cli import main as train_main
+    from tests_support import run_main
+
+    root = tmp_path_factory.mktemp("latent")
+    common = ("--data-dir", DATA_DIR, "--no-progress", "--no-samples", "--max-images", 256, "--batch-size", 32, "--threads", 1)
+    assert run_main(autoencoder_main, "--preset", "ae-tiny", "--out", root / "ae", "--max-steps", 30, "--lr", 3e-3,
+                    *common) == 0
+    assert run_main(train_main, "--preset", "tiny", "--autoencoder", root / "ae" / "model.pt", "--conditional",
+                    "--out", root, "--max-steps", 60, "--ema-decay", 0.9, *common) == 0
+    assert run_main(export_main, "--ckpt", root / "model.pt") == 0
+    return root
+
+
+@pytest.fixture(scope="session")
 def int8_export(tiny_export, tmp_path_factory):
     from ddpm.export.cli import main as export_main
     from tests_support import run_main as run
