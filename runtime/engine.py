@@ -39,6 +39,7 @@ from ..core.record import RunSettings
 from ..core.samplers import Sampler, predict_x0
 from .machine import available_memory
 from .memory import memory_needed
+from .decoder import Decoder
 from .network import Network
 from .session import UNetSession
 
@@ -87,7 +88,7 @@ class Cancelled(DDPMError):
 class SampleRun:
     """The result of one sampling request."""
 
-    samples: np.ndarray  # float32 [N, C, H, W] in the model's data range
+    samples: np.ndarray  # float32 [N, C, H, W] in the model's data range (a latent model's: decoded)
     images: np.ndarray  # uint8 [N, H, W] (or [N, H, W, C] for colour)
     frames: list[np.ndarray] = field(default_factory=list)  # uint8 images, noise first, final last
     frame_timesteps: list[int] = field(default_factory=list)  # model timestep after each frame (-1: x_T)
@@ -210,13 +211,16 @@ class SamplingEngine:
     ``max_rows``: rows per network call (a guided sample is two rows). ``max_request_rows``: the
     largest request accepted, in rows (default ``max_rows``; None for a loop that may split one
     large request over several calls per tick, as ``DDPM.generate`` does). ``binding``: IOBinding.
+    ``decoder``: a latent model's (:mod:`.decoder`); the requests that finish in one tick are decoded
+    in one call.
     """
 
     def __init__(self, session: UNetSession, max_rows: int, binding: bool = False,
-                 max_request_rows: int | None | str = "max_rows") -> None:
+                 max_request_rows: int | None | str = "max_rows", decoder: Decoder | None = None) -> None:
         if max_rows < 1:
             raise DDPMError(f"an engine needs at least 1 row per network call, got {max_rows}")
         self.session = session
+        self.decoder = decoder  # a latent model's: latents become images once per finished batch and frame
         self.info = session.info
         self.schedule = self.info.make_schedule()
         self.network = Network(session, max_rows, binding)
@@ -318,9 +322,13 @@ class SamplingEngine:
             return True
         spent = self.session.run_seconds - before
         self.stats.ticks += 1
+        finished = []
         for flight, output in zip(batch, outputs):
             flight.run_seconds += spent
-            self._advance(flight, output)
+            if self._advance(flight, output):
+                finished.append(flight)
+        if finished:
+            self._complete(finished)
         took = time.perf_counter() - began
         self.stats.tick_seconds = took if self.stats.ticks == 1 else self.stats.tick_seconds + (took - self.stats.tick_seconds) / 8
         return True
@@ -392,24 +400,29 @@ class SamplingEngine:
             return flight.rng.standard_normal(flight.x.shape, dtype=np.float32)
         return np.zeros_like(flight.x) if self.info.graph == "fused-step" else None
 
-    def _advance(self, flight: _Flight, output: np.ndarray) -> None:
-        """The request's own step from ε (or the fused graph's x_{t−1}), frames, progress, the end."""
+    def _advance(self, flight: _Flight, output: np.ndarray) -> bool:
+        """The request's own step from ε (or the fused graph's x_{t−1}), frames, progress; True when that
+        was its last step (the caller completes it)."""
         job, i = flight.job, flight.job.position
         t = int(flight.sampler.model_timesteps[i])
         try:
             x_next = output if self.info.graph == "fused-step" else flight.sampler.step(flight.x, i, output, self._noise(flight))
         except ValueError as exc:  # a sampler's own refusal, e.g. a multistep solver out of order
             self._end(flight, "failed", f"the {job.plan.sampler} sampler failed at step {i + 1}: {summary(exc)}")
-            return
+            return False
         if not np.isfinite(x_next).all():
             self._end(flight, "failed", f"the samples became NaN or infinite at step {i + 1} of {job.steps} (t = {t}): "
                                         "the model's ε or the sampler's settings are out of range")
-            return
+            return False
         if i in flight.keep:
             x0 = None
             if job.plan.show != "xt" and self.info.graph != "fused-step":
                 x0 = predict_x0(flight.x, output, self.schedule.alpha_bars[t])
-            self._keep_frame(flight, x_next, x0, t)
+            try:
+                self._keep_frame(flight, x_next, x0, t)
+            except DDPMError as exc:  # the decoder failed
+                self._end(flight, "failed", str(exc))
+                return False
         flight.x = x_next
         job.position = i + 1
         self.stats.steps += 1
@@ -418,22 +431,40 @@ class SamplingEngine:
                 flight.on_step(job)
             except Exception as exc:  # a caller's progress callback fails its own request, not the engine
                 self._end(flight, "failed", f"the progress callback failed at step {i + 1}: {summary(exc)}")
-                return
-        if job.position == job.steps:
-            self._end(flight, "done", None)
+                return False
+        return job.position == job.steps
+
+    def _pictures(self, x: np.ndarray) -> np.ndarray:
+        """float32 images in the data range: x itself, or a latent model's decoded x."""
+        return x if self.decoder is None else self.decoder.decode(x)
+
+    def _complete(self, flights: list[_Flight]) -> None:
+        """End the requests that took their last step in this tick, decoding all of them in one call."""
+        try:
+            images = self._pictures(np.concatenate([flight.x for flight in flights]))
+        except DDPMError as exc:
+            for flight in flights:
+                self._end(flight, "failed", str(exc))
+            return
+        start = 0
+        for flight in flights:
+            self._end(flight, "done", None, images[start : start + flight.job.n])
+            start += flight.job.n
 
     def _keep_frame(self, flight: _Flight, x: np.ndarray, x0: np.ndarray | None, t: int) -> None:
         """One frame of uint8 images: x_t, x̂_0 (mid-grey before the first prediction), or both side by side."""
         data_range, show = self.info.data_range, flight.job.plan.show
         if show == "xt":
-            frame = to_uint8(x, data_range)
+            frame = to_uint8(self._pictures(x), data_range)
         else:
-            predicted = to_uint8(x0 if x0 is not None else np.full_like(x, sum(data_range) / 2), data_range)
-            frame = predicted if show == "x0" else np.concatenate([to_uint8(x, data_range), predicted], axis=-1)
+            shape = (len(x), self.info.output_channels, self.info.output_size, self.info.output_size)
+            predicted = to_uint8(self._pictures(x0) if x0 is not None else np.full(shape, sum(data_range) / 2), data_range)
+            frame = predicted if show == "x0" else np.concatenate([to_uint8(self._pictures(x), data_range), predicted], axis=-1)
         flight.job.frames.append(frame)
         flight.job.frame_timesteps.append(t)
 
-    def _end(self, flight: _Flight, state: str, error: str | None) -> None:
+    def _end(self, flight: _Flight, state: str, error: str | None, images: np.ndarray | None = None) -> None:
+        """End a request: "done" with its float ``images``, or "failed"/"cancelled" with ``error``."""
         job = flight.job
         with self._lock:
             if flight in self._active:
@@ -442,7 +473,7 @@ class SamplingEngine:
             job.state, job.error = state, error
             if state == "done":
                 job.result = SampleRun(
-                    samples=flight.x, images=to_uint8(flight.x, self.info.data_range), frames=job.frames,
+                    samples=images, images=to_uint8(images, self.info.data_range), frames=job.frames,
                     frame_timesteps=job.frame_timesteps, seconds=job.finished - (job.started or job.finished),
                     run_seconds=flight.run_seconds, provider=self.session.provider)
             if state != "done":
