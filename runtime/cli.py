@@ -20,9 +20,9 @@ from . import cpu_batch
 from .cpu_batch import BatchChoice
 from .memory import check_memory
 from .installed import installed_inputs
-from .pipeline import DDPM, SampleRun
-from .precision import PRECISIONS, faster_copy, open_copy, speed_decides
-from .sampling_cli import (PRECISION_HELP, PROVIDER_CHOICES, PROVIDER_HELP, SamplingRequest, check_precision_flags, flag_error,
+from .choice import PRECISIONS, PROVIDERS
+from .pipeline import DDPM, SampleRun, open_model
+from .sampling_cli import (PRECISION_HELP, PROVIDER_HELP, SamplingRequest, check_model_flags, flag_error,
                            sampling_options, sampling_request)
 
 ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")  # cudagraph: IOBinding on a session that captured a CUDA graph
@@ -55,7 +55,7 @@ MAX_SEED = 2**63 - 1
 @click.option("--scale", type=click.IntRange(1, 16), default=3, help="Pixel upscaling of the GIF and PNG grids.")
 @sampling_options
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", help=PRECISION_HELP)
-@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", help=PROVIDER_HELP)
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help=PROVIDER_HELP)
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto",
               help="How each step reaches the network: 'plain' session.run with NumPy arrays; 'iobinding' "
                    "device buffers updated in place; 'cudagraph' IOBinding with a captured CUDA graph (CUDA "
@@ -84,26 +84,25 @@ def run_cli(
     targets = output_targets(gif, video, png, npz, show, show_info, onnx_path)
     if engine == "cudagraph" and provider in ("cpu", "openvino"):
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
-    check_precision_flags(onnx_path, precision, provider)
+    check_model_flags(onnx_path, provider, precision, engine == "cudagraph")
     # Said once however many timings follow (both copies, the batch): a cached no-argument call runs once.
     announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (seconds to a minute; the result is cached)", err=True))
-    session = {"provider": provider, "threads": threads, "cuda_graph": engine == "cudagraph", "device_id": device_id}
-    ddpm, chosen = open_copy(onnx_path, precision, session)
-    if show_info:
-        info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}
-        click.echo(json.dumps({"model": str(ddpm.session.path), "provider": ddpm.provider, **info}, indent=2))
-        return
-    try:
-        loop_engine = ddpm.engine("auto" if engine == "cudagraph" else engine)
-    except SettingError as exc:
-        raise flag_error(exc) from None
     animated = gif is not None or video is not None
-    request = sampling_request(ddpm, num_samples, digit, frames if animated else 0, show, **sampling)
-    check_memory(request.n, ddpm.info, request.plan, scale if animated or png else 0)
-    if speed_decides(onnx_path, precision, ddpm):  # once the request is known to be good: this may time the CPU
-        ddpm, chosen = faster_copy(ddpm, onnx_path, session, announce)
+    loop_engine, request = "", None
+
+    def check(model: DDPM) -> None:
+        """Before the CPU is timed, so that a request that cannot work fails at once: --info shows the
+        model asked for and stops; otherwise the loop and the request are checked against the model."""
+        nonlocal loop_engine, request
+        if show_info:
+            show_model_info(model)
+            click.get_current_context().exit(0)
+        loop_engine, request = checked_request(model, engine, num_samples, digit, frames if animated else 0, show,
+                                               scale if animated or png else 0, sampling)
+
+    ddpm = open_model(onnx_path, provider, precision, threads, device_id, engine == "cudagraph", announce, check)
     if not quiet:
-        announce_model(ddpm, chosen, threads, engine, loop_engine)
+        announce_model(ddpm, threads, engine, loop_engine)
     run, choice = sample(ddpm, request, seed, batch_size, loop_engine, quiet, announce)
     timing_note = cpu_batch.recheck(ddpm.session, choice) if choice is not None else None
     sizes = write_outputs(run, targets, request.columns, fps, hold, scale)
@@ -111,6 +110,25 @@ def run_cli(
         summarize(ddpm, run, choice, sizes, targets)
         if timing_note:
             click.echo(f"ddpm-run: {timing_note}", err=True)
+
+
+def show_model_info(ddpm: DDPM) -> None:
+    """--info: the model's file, provider and metadata as JSON."""
+    info = {key: json.loads(value) for key, value in ddpm.info.to_metadata().items()}
+    click.echo(json.dumps({"model": str(ddpm.session.path), "provider": ddpm.provider, **info}, indent=2))
+
+
+def checked_request(ddpm: DDPM, engine: str, n: int | None, digit: str | None, frames: int, show: str, scale: int,
+                    sampling: dict[str, Any]) -> tuple[str, SamplingRequest]:
+    """The loop engine and the sampling request for this model, checked, and the run's memory against the
+    machine's (``scale`` 0: no picture drawn); errors about the flags."""
+    try:
+        loop_engine = ddpm.engine("auto" if engine == "cudagraph" else engine)
+    except SettingError as exc:
+        raise flag_error(exc) from None
+    request = sampling_request(ddpm, n, digit, frames, show, **sampling)
+    check_memory(request.n, ddpm.info, request.plan, scale)
+    return loop_engine, request
 
 
 def sample(ddpm: DDPM, request: SamplingRequest, seed: int | None, batch_size: int | None, loop_engine: str, quiet: bool,
@@ -151,13 +169,14 @@ def output_targets(gif: Path | None, video: Path | None, png: Path | None, npz: 
     return targets
 
 
-def announce_model(ddpm: DDPM, chosen: str | None, threads: int | None, engine: str, loop_engine: str) -> None:
-    """Which model runs where, and the provider notes not already warned about."""
+def announce_model(ddpm: DDPM, threads: int | None, engine: str, loop_engine: str) -> None:
+    """Which model runs where (and why, where the precision was chosen), and the provider notes not already
+    warned about."""
     for note in ddpm.session.notes:
         if note not in ddpm.session.problems:  # those were warned about already
             click.echo(f"ddpm-run: {note}", err=True)
     threads_note = f", {threads} threads" if threads else ""
-    click.echo(f"model {ddpm.session.path.name}{f' ({chosen})' if chosen else ''} on {ddpm.provider}{threads_note}, "
+    click.echo(f"model {ddpm.session.path.name}{f' ({ddpm.note})' if ddpm.note else ''} on {ddpm.provider}{threads_note}, "
                f"engine {engine}{f' ({loop_engine})' if engine == 'auto' else ''}", err=True)
 
 

@@ -16,11 +16,11 @@ from ..core.download import download_options, download_targets, require_mnist
 from ..core.mnist import data_files, load_mnist
 from ..core.progress import Progress
 from .installed import installed_inputs
-from .pipeline import DDPM
+from .choice import PRECISIONS, PROVIDERS
+from .pipeline import DDPM, open_model
 from .quality import Judge, score, table, targets, to_judge_size
 from .samples_file import SETTINGS_KEPT, read_samples
-from .precision import PRECISIONS
-from .sampling_cli import PROVIDER_CHOICES, PROVIDER_HELP, SamplingRequest, sampling_options, sampling_request
+from .sampling_cli import EVAL_PRECISION_HELP, PROVIDER_HELP, SamplingRequest, sampling_options, sampling_request
 
 # The test set's second half is the reference; its first half supplies the real-data floor.
 
@@ -34,10 +34,8 @@ from .sampling_cli import PROVIDER_CHOICES, PROVIDER_HELP, SamplingRequest, samp
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed when sampling (fixed, so scores compare).")
 @sampling_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per network call when sampling.")
-@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", help=f"When sampling: {PROVIDER_HELP}")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
-              help="When sampling: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' on OpenVINO; 'auto' the fastest "
-                   "eligible CPU path, as ddpm-run picks it.")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help=f"When sampling: {PROVIDER_HELP}")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", help=EVAL_PRECISION_HELP)
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads.")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
@@ -76,7 +74,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
     if npz is not None:
         images, settings, source = read_samples(npz, half)
     else:
-        ddpm = DDPM.load(onnx_path, provider=provider, threads=threads, device_id=device_id, precision=precision)
+        ddpm = open_model(onnx_path, provider, precision, threads, device_id)
         request = sampling_request(ddpm, num_samples, digit, **sampling)
         images, settings, source = draw_samples(ddpm, request, seed, batch_size, quiet)
     chosen = settings.get("transform", "pad") if transform == "auto" else transform

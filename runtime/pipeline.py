@@ -1,4 +1,4 @@
-"""The Python API: load an exported model (or the embedded default) and sample digits.
+"""The Python API: open an exported model (or the embedded default) and sample digits.
 
     from ddpm.runtime import DDPM
     ddpm = DDPM.load()                       # embedded model; DDPM.load("unet.onnx") for another
@@ -7,6 +7,10 @@
     write_gif("out.gif", run.frames)
     sevens = ddpm.generate(8, ddpm.plan(digits=[7]), seed=0)   # 10 calls of UniPC, guidance 1
     engine = ddpm.serving_engine(); engine.start()             # many requests, one network call per tick
+
+:func:`open_model` is the one way a model is opened, for ``DDPM.load`` and every command: it sits
+here, beside the class it returns, above the rules it checks (:mod:`.choice`) and ``auto``'s timing
+(:mod:`.precision`), which know sessions alone, so that nothing below imports this module back.
 
 A :class:`~ddpm.core.plan.SamplingPlan` holds how to sample, checked against the model once.
 ``generate`` runs one request on the continuous-batching engine (:mod:`.engine`), the one sampling
@@ -30,26 +34,34 @@ from ..core.plan import SamplingPlan, SettingError
 from ..core.record import RunSettings
 from ..core.variant import Variant
 from . import cpu_batch
+from .choice import DEFAULT_EMBEDDED, EMBEDDED, choose_model, open_session
 from .engine import Job, SampleRun, SamplingEngine, class_prior_labels, frame_positions
 from .installed import models_dir
+from .precision import fastest_path
 from .session import UNetSession
 
-__all__ = ["DDPM", "SampleRun", "default_model_path", "class_prior_labels", "frame_positions", "Job", "SamplingEngine"]
+__all__ = ["DDPM", "SampleRun", "open_model", "default_model_path", "class_prior_labels", "frame_positions", "Job",
+           "SamplingEngine"]
 
 ENGINES = ("auto", "plain", "iobinding")
-DEFAULT_MODEL = "default.onnx"  # class-conditional: ddpm-run with and without --digit
+DEFAULT_MODEL = EMBEDDED[DEFAULT_EMBEDDED]  # class-conditional: ddpm-run with and without --digit
 GPU_ROWS = 256  # rows per network call on a GPU unless told otherwise
+
+
+def embedded_model_path(name: str, precision: str = "fp32") -> Path:
+    """The file of the embedded model ``name`` (see :data:`~ddpm.runtime.choice.EMBEDDED`); ``precision``
+    "int8" names its int8 copy for CPUs, when the package ships one."""
+    path = models_dir() / Variant(precision).file_name(EMBEDDED[name])
+    if not path.is_file():
+        raise DDPMError(f"the embedded {precision} model is missing from this installation ({path})")
+    return path
 
 
 def default_model_path(precision: str = "fp32") -> Path:
     """The model shipped inside the package (the ``small`` preset, EMA weights, class-conditional),
     sampled when no model is named, with or without requested digits; ``precision`` "int8" names its
     int8 copy for CPUs, when the package ships one."""
-    name = Variant(precision).file_name(DEFAULT_MODEL)
-    path = models_dir() / name
-    if not path.is_file():
-        raise DDPMError(f"the embedded {precision} model is missing from this installation ({path})")
-    return path
+    return embedded_model_path(DEFAULT_EMBEDDED, precision)
 
 
 class DDPM:
@@ -60,14 +72,14 @@ class DDPM:
         self.info: ModelInfo = session.info
         self.schedule = self.info.make_schedule()
         self._cpu_batch: cpu_batch.BatchChoice | None = None
-        self.note: str | None = None  # why this engine and precision, when load chose them
+        self.note: str | None = None  # why this engine and precision, when open_model chose them
 
     @classmethod
     def load(
-        cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False,
-        device_id: int = 0, precision: str = "fp32",
+        cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None,
+        cuda_graph: bool = False, device_id: int = 0, precision: str = "fp32",
     ) -> "DDPM":
-        """Open an exported model; without a path, the embedded one.
+        """Open an exported model; without a path, the embedded one (through :func:`open_model`).
 
         ``provider``: "auto" (CUDA when a GPU is usable, else ONNX Runtime's CPU provider), "cpu",
         "cuda", "tensorrt", or "openvino" (OpenVINO's CPU engine). ``precision``: "fp32" runs the file
@@ -76,21 +88,7 @@ class DDPM:
         and precision on a CPU (:mod:`.precision`; the reason is in ``note``). ``device_id`` picks
         the GPU on a machine with several.
         """
-        if precision not in ("fp32", "bf16"):
-            from .precision import load_model
-
-            options = {"provider": provider, "threads": threads, "cuda_graph": cuda_graph, "device_id": device_id}
-            ddpm, note = load_model(None if onnx_path is None else Path(onnx_path), precision, options)
-            ddpm.note = note
-            return ddpm
-        path = Path(onnx_path) if onnx_path is not None else default_model_path()
-        if provider == "openvino" or precision == "bf16":
-            if provider not in ("auto", "openvino") or cuda_graph:
-                raise DDPMError(f"bf16 runs on the OpenVINO engine, not on provider {provider!r}")
-            from .openvino_session import OpenVINOSession
-
-            return cls(OpenVINOSession(path, precision=precision, threads=threads))
-        return cls(UNetSession(path, provider=provider, threads=threads, cuda_graph=cuda_graph, device_id=device_id))
+        return open_model(onnx_path, provider, precision, threads, device_id, cuda_graph)
 
     @property
     def provider(self) -> str:
@@ -194,3 +192,38 @@ class DDPM:
     def animation(self, n: int, seed: int = 0, frames: int = 40, batch_size: int | None = None, steps: int | None = None) -> list[np.ndarray]:
         """The denoising as a list of uint8 image batches, pure noise first and the samples last."""
         return self.generate(n, self.plan(steps=steps, frames=frames), seed=seed, batch_size=batch_size).frames
+
+
+def open_model(model: str | Path | None = None, provider: str = "auto", precision: str = "fp32", threads: int | None = None,
+               device_id: int = 0, cuda_graph: bool = False, on_measure: Callable[[], None] | None = None,
+               check: Callable[[DDPM], None] | None = None) -> DDPM:
+    """A model opened for sampling, with ``note`` saying why this engine and precision run (None:
+    nothing to say); the request is checked against the rules of :mod:`.choice` first.
+
+    ``model``: None (the embedded default), an embedded model's name ("pixel"), or an exported file.
+    ``provider`` and ``precision``: as :meth:`DDPM.load` takes them. ``check`` sees the model as asked
+    for (for "auto", the fp32 reference) before any other path is opened or the CPU timed, so that a
+    request it refuses costs no timing; ``on_measure`` is called before the CPU is timed.
+    """
+    choice = choose_model(model, provider, precision, cuda_graph)
+    file = choice.path or embedded_model_path(choice.embedded, "int8" if precision == "int8" else "fp32")
+    session = open_session(file, choice.session_provider, precision == "bf16", threads, device_id, cuda_graph)
+    ddpm = DDPM(session)
+    ddpm.note = f"{precision}, as asked" if precision in ("int8", "bf16") else None
+    if check is not None:
+        check(ddpm)
+    if precision != "auto" or not session.on_cpu or session.fixed_batch is not None:
+        return ddpm
+    int8_file = _int8_copy_file(choice.embedded) if choice.embedded else None
+    chosen, note = fastest_path(session, int8_file, provider, threads, on_measure)
+    ddpm = ddpm if chosen is session else DDPM(chosen)
+    ddpm.note = note
+    return ddpm
+
+
+def _int8_copy_file(name: str) -> Path | None:
+    """The embedded model's int8 copy, None where the package ships none."""
+    try:
+        return embedded_model_path(name, "int8")
+    except DDPMError:
+        return None

@@ -1,8 +1,7 @@
-"""Which path samples on a CPU: an engine (ONNX Runtime or OpenVINO) and an arithmetic (fp32, bf16,
-int8), for the file named or the embedded model with its int8 copy.
+"""Which path samples on a CPU when the precision is ``auto``: an engine (ONNX Runtime or OpenVINO)
+and an arithmetic (fp32, bf16, int8), for the file named or the embedded model with its int8 copy.
 
-    from ddpm.runtime.precision import load_model
-    ddpm, note = load_model(precision="auto", session_options={"provider": "auto"})   # note: which path and why
+    session, note = fastest_path(reference, int8_file, provider="auto", threads=None)   # note: which path and why
 
 No one path is fastest on every CPU: bf16 pays where the CPU has AMX, int8 where it has fast int8
 kernels, and ONNX Runtime and OpenVINO differ by CPU. So ``auto`` measures every eligible path at
@@ -11,6 +10,7 @@ A path other than fp32 is eligible only when its ε stays within the int8 export
 fp32's on the check digits (:mod:`eps_check`); an int8 copy only when its metadata says it is a
 copy of the same network; and it replaces the fp32 reference only when it measures at least
 :data:`MARGIN` times faster, so that timing noise never trades exact arithmetic for nothing.
+:func:`~ddpm.runtime.pipeline.open_model` opens the reference and calls :func:`fastest_path`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ from typing import Callable
 
 from ..core.errors import DDPMError
 from . import cpu_batch
+from .choice import open_session
 from .eps_check import TOLERANCE, eps_difference
-from .openvino_session import OpenVINOSession, bf16_support, openvino_version
-from .pipeline import DDPM, default_model_path
-from .session import UNetSession, read_model_file
+from .openvino_session import bf16_support, openvino_version
+from .session import EpsCalls, UNetSession, read_model_file
 
-PRECISIONS = ("auto", "fp32", "int8", "bf16")
 ENGINES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 MARGIN = 1.05  # a path other than the fp32 reference must beat it by this much: less is within timing noise
 SAME_NETWORK = ("schedule", "image_size", "image_channels", "data_range", "prediction", "variance", "num_classes",
@@ -46,99 +45,47 @@ class CpuPath:
         return f"{ENGINES[self.engine]} {self.precision}"
 
 
-def load_model(onnx_path: Path | None = None, precision: str = "auto", session_options: dict | None = None,
-               on_measure: Callable[[], None] | None = None) -> tuple[DDPM, str | None]:
-    """The model to sample and a note on which path was chosen and why (None: nothing to say).
-
-    ``session_options`` are :meth:`DDPM.load`'s keywords; ``on_measure`` is called before the CPU is
-    timed. ddpm-run takes the two steps apart (:func:`open_copy`, then :func:`faster_copy` where
-    :func:`speed_decides`), so that its request is checked before anything is timed.
-    """
-    options = session_options or {}
-    ddpm, note = open_copy(onnx_path, precision, options)
-    if speed_decides(onnx_path, precision, ddpm):
-        return faster_copy(ddpm, onnx_path, options, on_measure)
-    return ddpm, note
-
-
-def check_choice(onnx_path: Path | None, precision: str, provider: str) -> None:
-    """Refuse a precision that the model or provider cannot take, in one line."""
-    if precision not in PRECISIONS:
-        raise DDPMError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if onnx_path is not None and precision in ("fp32", "int8"):
-        raise DDPMError(f"precision {precision!r} picks a copy of the embedded model; a named file has its own")
-    if precision == "bf16" and provider not in ("auto", "openvino"):
-        raise DDPMError(f"bf16 runs on the OpenVINO engine; use --provider openvino (or auto), not {provider!r}")
-
-
-def open_copy(onnx_path: Path | None, precision: str, session_options: dict | None = None) -> tuple[DDPM, str | None]:
-    """The model named, or the embedded copy asked for (fp32 while ``auto`` has not chosen yet), on
-    the engine the provider names; bf16 on OpenVINO."""
-    options = dict(session_options or {})
-    check_choice(onnx_path, precision, options.get("provider", "auto"))
-    if precision == "bf16":
-        options["provider"] = "openvino"
-        return DDPM.load(onnx_path, precision="bf16", **options), "bf16, as asked"
-    if precision == "int8":
-        return DDPM.load(default_model_path("int8"), **options), "int8, as asked"
-    return DDPM.load(onnx_path, **options), None
-
-
-def speed_decides(onnx_path: Path | None, precision: str, ddpm: DDPM | None = None) -> bool:
-    """Whether the measured speed picks the path: ``auto`` on a CPU, for a model of dynamic batch."""
-    if precision != "auto":
-        return False
-    return ddpm is None or (ddpm.session.on_cpu and ddpm.session.fixed_batch is None)
-
-
-def faster_copy(ddpm: DDPM, onnx_path: Path | None, session_options: dict | None,
-                on_measure: Callable[[], None] | None) -> tuple[DDPM, str | None]:
-    """For ``auto`` on a CPU: the fastest eligible path per image (measured once, cached), and why."""
-    options = dict(session_options or {})
-    if not ddpm.session.on_cpu:
-        return ddpm, None
-    provider, threads = options.get("provider", "auto"), options.get("threads")
-    files = {"fp32": ddpm.session.path}
+def fastest_path(reference: EpsCalls, int8_file: Path | None, provider: str, threads: int | None,
+                 on_measure: Callable[[], None] | None = None) -> tuple[EpsCalls, str | None]:
+    """The fastest eligible path per image on this CPU (measured once, cached) and why (None: nothing
+    to say). ``reference`` is the fp32 session opened as asked; ``int8_file`` the embedded model's int8
+    copy, None for a named file; ``on_measure`` is called before the CPU is timed."""
+    files = {"fp32": reference.path}
     notes = []
-    if onnx_path is None:
-        int8_file, refusal = int8_copy(ddpm)
+    if int8_file is not None:
+        int8_file, refusal = int8_copy(reference, int8_file)
         if int8_file is not None:
             files["int8"] = int8_file
         elif refusal:
             notes.append(refusal)
     paths = candidate_paths(provider, files, notes)
     if len(paths) == 1:
-        return ddpm, "; ".join(notes) or None
-    reference = CpuPath(ddpm.session.engine, "fp32")
-    key = choice_key(ddpm.session, paths)
+        return reference, "; ".join(notes) or None
+    reference_path = CpuPath(reference.engine, "fp32")
+    key = choice_key(reference, paths)
     cached = read_choice(key, paths)
     if cached is not None:
         path, why = cached
-        chosen = ddpm if path == reference else _open(path, files, threads)
+        chosen = reference if path == reference_path else _open(path, files, threads)
         if chosen is not None:
             return chosen, "; ".join([*notes, f"{path}: {why}"])
-    chosen, why = measure_paths(ddpm, reference, paths, files, threads, on_measure, key)
+    chosen, why = measure_paths(reference, reference_path, paths, files, threads, on_measure, key)
     return chosen, "; ".join([*notes, why])
 
 
-def int8_copy(ddpm: DDPM) -> tuple[Path | None, str | None]:
-    """The embedded int8 copy, when the package ships one that is a copy of the running fp32 model,
-    and why not otherwise (None: the package ships none)."""
-    try:
-        path = default_model_path("int8")
-    except DDPMError:
-        return None, None
+def int8_copy(reference: EpsCalls, path: Path) -> tuple[Path | None, str | None]:
+    """``path``, the embedded int8 copy, when it is a copy of the running fp32 model; else why not."""
     try:
         info = read_model_file(path).info  # the metadata alone: no engine session for a file that may not run
     except DDPMError as exc:
         return None, f"the int8 copy is not used: {exc}"
-    fp32 = ddpm.info
+    fp32 = reference.info
     differences = [name for name in SAME_NETWORK if getattr(info, name) != getattr(fp32, name)]
     if info.source.get("sha256") != fp32.source.get("sha256"):
         differences.insert(0, "source checkpoint")
     if differences or info.precision != "int8":
         what = ", ".join(differences) if differences else f"precision {info.precision}"
-        return None, f"{path.name} is not an int8 copy of {ddpm.session.path.name} ({what} differ); fp32 runs"
+        return None, f"{path.name} is not an int8 copy of {reference.path.name} ({what} differ); fp32 runs"
     return path, None
 
 
@@ -159,23 +106,23 @@ def candidate_paths(provider: str, files: dict[str, Path], notes: list[str]) -> 
     return paths
 
 
-def _open(path: CpuPath, files: dict[str, Path], threads: int | None):
-    """A DDPM on ``path``; None when it cannot be opened (the engine is gone, the file broken)."""
+def _open(path: CpuPath, files: dict[str, Path], threads: int | None) -> EpsCalls | None:
+    """A session on ``path``; None when it cannot be opened (the engine is gone, the file broken)."""
     file = files["int8" if path.precision == "int8" else "fp32"]
+    provider = "openvino" if path.engine == "openvino" else "cpu"
     try:
-        if path.engine == "openvino":
-            return DDPM(OpenVINOSession(file, precision="bf16" if path.precision == "bf16" else "fp32", threads=threads))
-        return DDPM(UNetSession(file, provider="cpu", threads=threads))
+        return open_session(file, provider, bf16=path.precision == "bf16", threads=threads)
     except DDPMError:
         return None
 
 
-def measure_paths(ddpm: DDPM, reference: CpuPath, paths: list[CpuPath], files: dict[str, Path], threads: int | None,
-                  on_measure: Callable[[], None] | None, key: str) -> tuple[DDPM, str]:
-    """Open every path, check its ε, time the eligible ones together, remember the fastest."""
+def measure_paths(session: EpsCalls, reference: CpuPath, paths: list[CpuPath], files: dict[str, Path],
+                  threads: int | None, on_measure: Callable[[], None] | None, key: str) -> tuple[EpsCalls, str]:
+    """Open every path beside the reference ``session``, check its ε, time the eligible ones together,
+    remember the fastest."""
     if on_measure is not None:
         on_measure()
-    opened = {reference: ddpm}
+    opened = {reference: session}
     differences: dict[CpuPath, float] = {}
     for path in paths:
         if path in opened:
@@ -184,14 +131,14 @@ def measure_paths(ddpm: DDPM, reference: CpuPath, paths: list[CpuPath], files: d
         if candidate is None:
             continue
         if path.precision != "fp32":
-            differences[path] = eps_difference(ddpm.session, candidate.session)
+            differences[path] = eps_difference(session, candidate)
             if not differences[path] <= TOLERANCE:
                 continue
         opened[path] = candidate
-    choices = cpu_batch.choose_together([model.session for model in opened.values()])
+    choices = cpu_batch.choose_together(list(opened.values()))
     times = {path: choice.best_ms for path, choice in zip(opened, choices) if choice.best_ms}
     if not times:
-        return ddpm, f"{reference}: the CPU could not be timed"
+        return session, f"{reference}: the CPU could not be timed"
     fastest = min(times, key=lambda path: (times[path], paths.index(path)))
     baseline = times.get(reference, times[fastest])
     best = fastest if reference not in times or baseline / times[fastest] >= MARGIN else reference

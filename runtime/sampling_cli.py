@@ -8,35 +8,38 @@ whose errors come back as errors about the flags.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, SamplingPlan, SettingError
 from ..core.samplers import SPECS, Option, accepting, choices, option_names
+from .choice import ChoiceError, choose_model
 from .pipeline import DDPM
-from .session import PROVIDERS
 
 DEFAULT_COUNT = 16
 MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are cycled over the samples)
 FLAGS = {"digits": "--digit", "n": "--num-samples", "batch_size": "--batch-size"}
 SAMPLER_SETTINGS = ("sampler", "steps", *option_names())  # the keywords sampling_options adds
 
-PROVIDER_CHOICES = ("auto", *PROVIDERS, "openvino")
 PRECISION_HELP = ("The arithmetic on a CPU: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' the float layers in "
                   "bfloat16 on OpenVINO (CPUs with AMX or AVX512-BF16); 'auto' the fastest eligible engine and precision, "
                   "measured once per machine and cached (bf16 and int8 only where their ε stays within 5% of fp32's). "
                   "With --onnx: auto or bf16.")
 PROVIDER_HELP = ("Where the network runs: ONNX Runtime's 'cpu', 'cuda' or 'tensorrt' provider, or OpenVINO's CPU engine "
                  "('openvino', the openvino extra); 'auto' uses CUDA when a GPU is usable, else the fastest CPU path.")
+EVAL_PRECISION_HELP = ("When sampling: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' on OpenVINO; 'auto' the fastest "
+                       "eligible CPU path, as ddpm-run picks it.")
 
 
-def check_precision_flags(onnx_path: object, precision: str, provider: str) -> None:
-    """--precision against --onnx and --provider, before anything is opened: a usage error (exit 2)."""
-    if onnx_path is not None and precision in ("fp32", "int8"):
-        raise click.UsageError(f"--precision {precision} picks a copy of the embedded model; with --onnx give auto or bf16")
-    if precision == "bf16" and provider not in ("auto", "openvino"):
-        raise click.UsageError(f"--precision bf16 runs on the OpenVINO engine; use --provider openvino (or auto), not {provider}")
+def check_model_flags(onnx_path: Path | None, provider: str, precision: str, cuda_graph: bool = False) -> None:
+    """--onnx, --provider and --precision (and --engine cudagraph) against the rules of :mod:`.choice`,
+    before anything is opened: a refusal is a usage error (exit 2), said in the flags."""
+    try:
+        choose_model(onnx_path, provider, precision, cuda_graph)
+    except ChoiceError as exc:
+        raise click.UsageError(exc.flags) from None
 
 
 def flag(setting: str) -> str:

@@ -11,8 +11,9 @@ import click
 
 from ..core.console import run_command
 from ..core.errors import DDPMError
-from ..runtime.sampling_cli import PRECISION_HELP, PROVIDER_CHOICES, PROVIDER_HELP, check_precision_flags
-from ..runtime.precision import PRECISIONS, load_model
+from ..runtime.choice import PRECISIONS, PROVIDERS
+from ..runtime.pipeline import open_model
+from ..runtime.sampling_cli import PRECISION_HELP, PROVIDER_HELP, check_model_flags
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -60,7 +61,7 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> None:
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="An origin whose pages may call the API (repeatable). [default: none, CORS off]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", help=PRECISION_HELP)
-@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", help=PROVIDER_HELP)
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help=PROVIDER_HELP)
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads. [default: the engine's own choice]")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several.")
 @click.option("--ray", "on_ray", is_flag=True,
@@ -85,7 +86,7 @@ def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, n
     curl -s localhost:8000/v1/samples -H 'content-type: application/json' -d '{"n": 8, "digits": [7]}' -o sevens.png
     """
     check_auth(host, token, no_auth)
-    check_precision_flags(onnx_path, precision, provider)
+    check_model_flags(onnx_path, provider, precision)
     if not on_ray and address is not None:
         raise click.UsageError("--address names a Ray cluster; add --ray")
     from .app import Settings  # the serve extra, imported once the arguments are known to be good
@@ -103,10 +104,10 @@ def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, n
 
     # Said once however many timings follow (both copies, the batch), as ddpm-run does.
     announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (seconds to a minute; the result is cached)", err=True))
-    ddpm, chosen = load_model(onnx_path, precision, {"provider": provider, "threads": threads, "device_id": device_id}, announce)
+    ddpm = open_model(onnx_path, provider, precision, threads, device_id, on_measure=announce)
     server = Server(ddpm, settings, host, port, quiet, on_measure=announce)
     if not quiet:
-        click.echo(f"model {ddpm.session.path.name}{f' ({chosen})' if chosen else ''} on {ddpm.provider}", err=True)
+        click.echo(f"model {ddpm.session.path.name}{f' ({ddpm.note})' if ddpm.note else ''} on {ddpm.provider}", err=True)
     server.run()
     if not quiet:
         click.echo(f"ddpm-serve: stopped; {server.report()}", err=True)

@@ -28,8 +28,7 @@ from ray.exceptions import TaskCancelledError
 
 from ..core.errors import DDPMError, summary
 from ..runtime.engine import SampleRun
-from ..runtime.pipeline import DDPM
-from ..runtime.precision import load_model
+from ..runtime.pipeline import DDPM, open_model
 from .app import Settings, create_app, local_backend
 from .jobs import QueueFull, Unavailable
 from .schema import Checked
@@ -49,8 +48,8 @@ class ModelOptions:
     device_id: int = 0
 
     def open(self) -> DDPM:
-        session = {"provider": self.provider, "threads": self.threads, "device_id": self.device_id}
-        return load_model(None if self.onnx is None else Path(self.onnx), self.precision, session)[0]
+        return open_model(None if self.onnx is None else Path(self.onnx), self.provider, self.precision, self.threads,
+                          self.device_id)
 
 
 class Sampler:

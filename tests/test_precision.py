@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from ddpm.core.errors import DDPMError
-from ddpm.runtime import cpu_batch, openvino_session
+from ddpm.runtime import cpu_batch, openvino_session, pipeline
 from ddpm.runtime.cli import main as run_main
 
 HAS_OPENVINO = openvino_session.openvino_version() is not None
@@ -20,16 +20,20 @@ NATIVE_BF16 = HAS_OPENVINO and openvino_session.bf16_support() is None
 def embedded_pair(int8_export, monkeypatch, tmp_path):
     """The tiny fp32 and int8 exports standing in for the package's embedded model and its int8 copy,
     with a cache of this test's own."""
-    import ddpm.runtime.pipeline as pipeline
     import ddpm.runtime.precision as precision
 
-    def default_model_path(precision="fp32"):
+    def embedded_model_path(name, precision="fp32"):
         return int8_export / ("unet.onnx" if precision == "fp32" else "unet.int8.onnx")
 
-    monkeypatch.setattr(pipeline, "default_model_path", default_model_path)
-    monkeypatch.setattr(precision, "default_model_path", default_model_path)
+    monkeypatch.setattr(pipeline, "embedded_model_path", embedded_model_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return precision
+
+
+def opened(model=None, precision="auto", provider="auto"):
+    """What the front door opens, and its note."""
+    ddpm = pipeline.open_model(model, provider, precision)
+    return ddpm, ddpm.note
 
 
 def fake_times(monkeypatch, times: dict[tuple[str, str], float], calls: list | None = None):
@@ -83,9 +87,9 @@ def test_the_choice_is_cached_and_said_to_be(embedded_pair, monkeypatch):
     times = {**FIVE_PATHS, ("openvino", "int8"): 1.5}
     calls = []
     fake_times(monkeypatch, times, calls)
-    first, note = embedded_pair.load_model(precision="auto")
+    first, note = opened()
     assert (first.session.engine, first.session.precision) == ("openvino", "int8") and "measured now" in note
-    again, note = embedded_pair.load_model(precision="auto")
+    again, note = opened()
     assert len(calls) == 1, "measured although cached"
     assert (again.session.engine, again.session.precision) == ("openvino", "int8")
     assert "cached on 20" in note and "1.50x" not in note and "2.00x the speed of ONNX Runtime fp32" in note
@@ -96,29 +100,29 @@ def test_a_cached_engine_that_is_gone_means_measuring_again(embedded_pair, monke
     times = {**FIVE_PATHS, ("openvino", "int8"): 1.5}
     calls = []
     fake_times(monkeypatch, times, calls)
-    embedded_pair.load_model(precision="auto")
+    opened()
     monkeypatch.setattr(embedded_pair, "openvino_version", lambda: None)  # uninstalled since
-    ddpm, note = embedded_pair.load_model(precision="auto")
+    ddpm, note = opened()
     assert len(calls) == 2 and ddpm.session.engine == "onnxruntime" and "measured now" in note
 
 
 def test_a_cached_choice_of_a_path_not_offered_is_not_believed(embedded_pair, monkeypatch):
     calls = []
     fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.0}, calls)
-    embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    opened(provider="cpu")
     cache = cpu_batch.cache_file()
     stored = json.loads(cache.read_text())
     key = next(key for key in stored if key.startswith("path | "))
     stored[key].update(engine="tensorflow", precision="fp4")
     cache.write_text(json.dumps(stored))
-    ddpm, note = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    ddpm, note = opened(provider="cpu")
     assert len(calls) == 2 and ddpm.session.precision == "int8" and "measured now" in note
 
 
 def test_a_path_whose_eps_strays_is_not_eligible(embedded_pair, monkeypatch):
     fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 1.0})
     monkeypatch.setattr(embedded_pair, "eps_difference", lambda reference, candidate: 0.2)
-    ddpm, note = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    ddpm, note = opened(provider="cpu")
     assert ddpm.session.precision == "fp32"
     assert "not eligible: ONNX Runtime int8 (ε 0.200 > 0.05)" in note
 
@@ -145,10 +149,10 @@ def test_an_int8_file_that_is_not_a_copy_is_never_swapped_in(embedded_pair, int8
             prop.value = json.dumps(change[prop.key](json.loads(prop.value)))
     stranger = tmp_path / "stranger.int8.onnx"
     onnx.save(model, stranger)
-    monkeypatch.setattr(embedded_pair, "default_model_path", lambda precision="fp32": int8_export / "unet.onnx"
+    monkeypatch.setattr(pipeline, "embedded_model_path", lambda name, precision="fp32": int8_export / "unet.onnx"
                         if precision == "fp32" else stranger)
     monkeypatch.setattr(cpu_batch, "choose_together", lambda *a, **k: pytest.fail("timed a single path"))
-    ddpm, note = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    ddpm, note = opened(provider="cpu")
     assert ddpm.session.path == int8_export / "unet.onnx"
     assert "stranger.int8.onnx" in note and "not" in note and fragment in note
 
@@ -168,7 +172,7 @@ def test_the_python_api_makes_the_same_choice(embedded_pair, monkeypatch):
 ])
 def test_the_python_api_refuses_a_precision_it_cannot_honour(embedded_pair, int8_export, path, precision, provider, fragment):
     with pytest.raises(DDPMError, match=fragment):
-        embedded_pair.load_model(None if path is None else int8_export / path, precision, {"provider": provider})
+        opened(None if path is None else int8_export / path, precision, provider)
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -190,8 +194,8 @@ def test_ddpm_run_refuses_impossible_combinations_as_usage_errors(invoke, int8_e
 def test_a_kept_reference_says_how_the_others_compared_measured_and_cached(embedded_pair, monkeypatch, int8_ms, expected):
     calls = []
     fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): int8_ms}, calls)
-    _, measured = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
-    _, cached = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    _, measured = opened(provider="cpu")
+    _, cached = opened(provider="cpu")
     assert len(calls) == 1
     assert measured.startswith(expected.format(when="measured now"))
     assert cached.startswith(expected.format(when=f"cached on {time.strftime('%Y-%m-%d', time.gmtime())}"))
@@ -199,6 +203,6 @@ def test_a_kept_reference_says_how_the_others_compared_measured_and_cached(embed
 
 def test_a_gain_within_timing_noise_keeps_fp32(embedded_pair, monkeypatch):
     fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.9})  # 1.03x
-    ddpm, note = embedded_pair.load_model(precision="auto", session_options={"provider": "cpu"})
+    ddpm, note = opened(provider="cpu")
     assert ddpm.session.precision == "fp32"
     assert note.startswith("ONNX Runtime fp32: kept (measured now): ONNX Runtime int8 measured 1.03x, under the 1.05x")

@@ -18,11 +18,11 @@ def offline_figures(opts: argparse.Namespace, served: dict, kinds: list[str], ec
     """In process, on the server's model and max_rows: the engine with 16 single-digit 20-call requests
     submitted at once (digits/s, median of ``--repeats-engine`` runs), and ``DDPM.generate(1)`` per kind
     (median of ``--repeats``), the time ``ddpm-run`` spends sampling."""
-    from ...runtime.precision import load_model
+    from ...runtime.pipeline import open_model
     from .. import serving
 
     provider = "cpu" if served.get("provider", "").startswith("CPU") else "auto"
-    ddpm, note = load_model(opts.onnx, opts.precision or "auto", {"provider": provider, "threads": opts.threads})
+    ddpm = open_model(opts.onnx, provider, opts.precision or "auto", opts.threads)
     try:
         model = ddpm.session.path.name
         if served.get("model") and model != served["model"]:
@@ -43,7 +43,7 @@ def offline_figures(opts: argparse.Namespace, served: dict, kinds: list[str], ec
                 ddpm.generate(1, KINDS[name].plan(ddpm, repeat), seed=repeat)
                 times.append(time.perf_counter() - start)
             generate[name] = {"median_s": float(np.median(times)), "times_s": times}
-        return {"model": model, "precision_note": note, "max_rows": max_rows, "requests": 16, "kind": kind.name,
+        return {"model": model, "precision_note": ddpm.note, "max_rows": max_rows, "requests": 16, "kind": kind.name,
                 "engine_runs": engine_runs,
                 "engine_digits_per_s": float(np.median([run["digits_per_s"] for run in engine_runs])),
                 "generate": generate}
