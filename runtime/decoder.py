@@ -85,7 +85,7 @@ class Decoder:
         for start in range(0, len(z), self.max_rows):
             began = time.perf_counter()
             try:
-                parts.append(self.session.run(["image"], {"z": np.ascontiguousarray(z[start : start + self.max_rows])})[0])
+                parts.append(self.session.run(["image"], {"z": np.ascontiguousarray(z[start : start + self.max_rows], np.float32)})[0])
             except Exception as exc:
                 raise DDPMError(f"decoder {self.path} failed: {summary(exc)}") from None
             self.run_seconds += time.perf_counter() - began

@@ -35,6 +35,7 @@ from ..core.record import RunSettings
 from ..core.variant import Variant
 from . import cpu_batch
 from .choice import DEFAULT_EMBEDDED, EMBEDDED, choose_model, open_session
+from .decoder import Decoder
 from .engine import Job, SampleRun, SamplingEngine, class_prior_labels, frame_positions
 from .installed import models_dir
 from .precision import fastest_path
@@ -65,11 +66,13 @@ def default_model_path(precision: str = "fp32") -> Path:
 
 
 class DDPM:
-    """An exported DDPM U-Net with its sampler."""
+    """An exported DDPM U-Net with its sampler; a latent model's with its decoder (:mod:`.decoder`),
+    which turns the latents every sampler finishes with into images."""
 
     def __init__(self, session: UNetSession) -> None:
         self.session = session
         self.info: ModelInfo = session.info
+        self.decoder = Decoder(session.path, self.info, session.threads) if self.info.latent is not None else None
         self.schedule = self.info.make_schedule()
         self._cpu_batch: cpu_batch.BatchChoice | None = None
         self.note: str | None = None  # why this engine and precision, when open_model chose them
@@ -150,7 +153,8 @@ class DDPM:
             raise SettingError("batch_size", f"must be >= 1, got {batch_size}")
         batch = self.session.fixed_batch or min(batch_size or self.default_batch_size(), n)
         engine = self.engine(engine)
-        runner = SamplingEngine(self.session, max_rows=batch, binding=engine == "iobinding", max_request_rows=None)
+        runner = SamplingEngine(self.session, max_rows=batch, binding=engine == "iobinding", max_request_rows=None,
+                                decoder=self.decoder)
         progress = None if on_step is None else (lambda job: on_step(job.position, job.steps))
         self.session.run_seconds, self.session.run_calls, self.session.run_rows = 0.0, 0, 0
         job = runner.submit(n, plan, seed, on_step=progress)
@@ -181,7 +185,7 @@ class DDPM:
                 raise SettingError(name, f"must be >= 1, got {value}")
         rows = self.session.fixed_batch or max_rows or (self.batch_choice().batch if self.session.on_cpu else GPU_ROWS)
         return SamplingEngine(self.session, max_rows=rows, binding=self.engine(engine) == "iobinding",
-                              max_request_rows=max_request_rows or rows)
+                              max_request_rows=max_request_rows or rows, decoder=self.decoder)
 
     def sample(self, n: int, seed: int = 0, batch_size: int | None = None, steps: int | None = None,
                on_step: Callable[[int, int], None] | None = None) -> np.ndarray:

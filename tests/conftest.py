@@ -142,7 +142,7 @@ def latent_export(tmp_path_factory) -> Path:
     assert run_main(autoencoder_main, "--preset", "ae-tiny", "--out", root / "ae", "--max-steps", 30, "--lr", 3e-3,
                     *common) == 0
     assert run_main(train_main, "--preset", "tiny", "--autoencoder", root / "ae" / "model.pt", "--conditional",
-                    "--out", root, "--max-steps", 60, "--ema-decay", 0.9, *common) == 0
+                    "--out", root, "--max-steps", 60, "--epochs", 10, "--ema-decay", 0.9, *common) == 0
     assert run_main(export_main, "--ckpt", root / "model.pt") == 0
     return root
 
