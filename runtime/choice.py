@@ -20,7 +20,10 @@ from .openvino_session import OpenVINOSession
 from .session import PROVIDERS as ONNXRUNTIME_PROVIDERS
 from .session import EpsCalls, UNetSession
 
-EMBEDDED = {"pixel": "default.onnx"}  # the models shipped in the package, name → file; "pixel": class-conditional U-Net
+EMBEDDED = {"pixel": "default.onnx"}  # the models shipped in the package, name → file
+DESCRIPTIONS = {  # one line each, for --model's help
+    "pixel": "the class-conditional U-Net on 32x32 pixels (small preset)",
+}
 DEFAULT_EMBEDDED = "pixel"  # the one sampled when no model is named
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
 PROVIDERS = ("auto", *ONNXRUNTIME_PROVIDERS, "openvino")  # "openvino": OpenVINO's CPU engine

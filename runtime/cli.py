@@ -22,8 +22,8 @@ from .memory import check_memory
 from .installed import installed_inputs
 from .choice import PRECISIONS, PROVIDERS
 from .pipeline import DDPM, SampleRun, open_model
-from .sampling_cli import (PRECISION_HELP, PROVIDER_HELP, SamplingRequest, check_model_flags, flag_error,
-                           sampling_options, sampling_request)
+from .sampling_cli import (PRECISION_HELP, PROVIDER_HELP, SamplingRequest, check_model_flags, chosen_model, flag_error,
+                           model_option, sampling_options, sampling_request)
 
 ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")  # cudagraph: IOBinding on a session that captured a CUDA graph
 MAX_SEED = 2**63 - 1
@@ -31,7 +31,8 @@ MAX_SEED = 2**63 - 1
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
-              help="Exported model (ddpm-export). [default: the class-conditional model shipped with the package]")
+              help="Exported model (ddpm-export). [default: the model shipped with the package, see --model]")
+@model_option
 @click.option("--gif", type=OutputPath(), default=None, help="Write the denoising as an animated GIF grid.")
 @click.option("--video", type=OutputPath(), default=None,
               help="Write the denoising as an MP4 (.mp4, H.264) or WebM (.webm, VP9) video; needs the video extra "
@@ -65,7 +66,7 @@ MAX_SEED = 2**63 - 1
 @click.option("--info", "show_info", is_flag=True, help="Print the model's metadata as JSON and exit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary, only errors.")
 def run_cli(
-    onnx_path: Path | None, gif: Path | None, video: Path | None, show: str, png: Path | None, npz: Path | None, num_samples: int | None,
+    onnx_path: Path | None, model_name: str | None, gif: Path | None, video: Path | None, show: str, png: Path | None, npz: Path | None, num_samples: int | None,
     batch_size: int | None, seed: int | None, frames: int, fps: float, hold: float, scale: int,
     digit: str | None,
     precision: str, provider: str, engine: str, threads: int | None, device_id: int, show_info: bool, quiet: bool,
@@ -84,7 +85,8 @@ def run_cli(
     targets = output_targets(gif, video, png, npz, show, show_info, onnx_path)
     if engine == "cudagraph" and provider in ("cpu", "openvino"):
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
-    check_model_flags(onnx_path, provider, precision, engine == "cudagraph")
+    model = chosen_model(onnx_path, model_name)
+    check_model_flags(model, provider, precision, engine == "cudagraph")
     # Said once however many timings follow (both copies, the batch): a cached no-argument call runs once.
     announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (seconds to a minute; the result is cached)", err=True))
     animated = gif is not None or video is not None
@@ -100,7 +102,7 @@ def run_cli(
         loop_engine, request = checked_request(model, engine, num_samples, digit, frames if animated else 0, show,
                                                scale if animated or png else 0, sampling)
 
-    ddpm = open_model(onnx_path, provider, precision, threads, device_id, engine == "cudagraph", announce, check)
+    ddpm = open_model(model, provider, precision, threads, device_id, engine == "cudagraph", announce, check)
     if not quiet:
         announce_model(ddpm, threads, engine, loop_engine)
     run, choice = sample(ddpm, request, seed, batch_size, loop_engine, quiet, announce)

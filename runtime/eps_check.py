@@ -2,7 +2,8 @@
 on noisy digits, the check the int8 export passes, made at load for bf16 and int8 paths.
 
 The digits are 64 MNIST test images shipped with the package (``models/check-digits.npz``), never
-seen in training; x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at timesteps spread over the whole schedule, with a
+seen in training (a latent model, whose runtime has no encoder, gets as many unit-variance Gaussian
+latents in their place); x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at timesteps spread over the whole schedule, with a
 fixed seed, so every machine checks the same inputs.
 """
 
@@ -61,6 +62,8 @@ def check_feeds(info: ModelInfo, batch: int = 16) -> list[dict[str, np.ndarray]]
     images, labels = read_check_digits()
     rng = np.random.default_rng(CHECK_SEED)
     x0, schedule = fit_images(images, info), info.make_schedule()
+    if info.latent is not None:  # a latent model's x_0 has unit variance by construction: Gaussian latents stand in
+        x0 = rng.standard_normal((len(images), info.image_channels, info.image_size, info.image_size), dtype=np.float32)
     count, steps = len(x0), schedule.timesteps
     t = rng.permutation(np.arange(count) * steps // count)
     alpha_bar = schedule.alpha_bars[t].astype(np.float32)[:, None, None, None]

@@ -20,7 +20,8 @@ from .choice import PRECISIONS, PROVIDERS
 from .pipeline import DDPM, open_model
 from .quality import Judge, score, table, targets, to_judge_size
 from .samples_file import SETTINGS_KEPT, read_samples
-from .sampling_cli import EVAL_PRECISION_HELP, PROVIDER_HELP, SamplingRequest, sampling_options, sampling_request
+from .sampling_cli import (EVAL_PRECISION_HELP, PROVIDER_HELP, SamplingRequest, chosen_model, model_option, sampling_options,
+                           sampling_request)
 
 # The test set's second half is the reference; its first half supplies the real-data floor.
 
@@ -28,7 +29,8 @@ from .sampling_cli import EVAL_PRECISION_HELP, PROVIDER_HELP, SamplingRequest, s
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--npz", type=click.Path(path_type=Path), default=None, help="Score the images of a ddpm-run --npz archive.")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
-              help="Sample this exported model (without --npz). [default: the embedded class-conditional model]")
+              help="Sample this exported model (without --npz). [default: the model shipped with the package, see --model]")
+@model_option
 @click.option("-n", "--num-samples", type=click.IntRange(min=2), default=1000,
               help="Samples to draw when sampling (the floor uses as many real images; at most half the test set).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed when sampling (fixed, so scores compare).")
@@ -45,7 +47,7 @@ from .sampling_cli import EVAL_PRECISION_HELP, PROVIDER_HELP, SamplingRequest, s
               help="How samples return to 28x28 for the judge: crop the padding or resize. 'auto': what the model was trained with.")
 @click.option("--json", "json_path", type=OutputPath(), default=None, help="Also write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, seed: int, digit: str | None, batch_size: int | None,
+def eval_command(npz: Path | None, onnx_path: Path | None, model_name: str | None, num_samples: int, seed: int, digit: str | None, batch_size: int | None,
                  provider: str, precision: str, threads: int | None, device_id: int, data_dir: Path, download: bool,
                  mirrors: tuple[str, ...], transform: str, json_path: Path | None, quiet: bool, **sampling: Any) -> None:
     """Score generated digits with the judge: confidence, class histogram, Fréchet distance to the MNIST
@@ -61,7 +63,8 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
     With --digit (class-conditional models) it also reports the share of samples the judge assigns
     to the requested digit, beside the judge's accuracy on the real digits.
     """
-    check_arguments(npz, onnx_path, json_path, sampling_given=digit is not None or any(v is not None for v in sampling.values()),
+    model = chosen_model(onnx_path, model_name)
+    check_arguments(npz, model, json_path, sampling_given=digit is not None or any(v is not None for v in sampling.values()),
                     data_dir=data_dir, download=download)
     require_mnist(data_dir, "test", download, mirrors, None if quiet else lambda line: click.echo(line, err=True))
     test_images, test_labels = load_mnist(data_dir, "test")
@@ -74,7 +77,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
     if npz is not None:
         images, settings, source = read_samples(npz, half)
     else:
-        ddpm = open_model(onnx_path, provider, precision, threads, device_id)
+        ddpm = open_model(model, provider, precision, threads, device_id)
         request = sampling_request(ddpm, num_samples, digit, **sampling)
         images, settings, source = draw_samples(ddpm, request, seed, batch_size, quiet)
     chosen = settings.get("transform", "pad") if transform == "auto" else transform
@@ -98,13 +101,13 @@ def eval_command(npz: Path | None, onnx_path: Path | None, num_samples: int, see
         write_report(json_path, report)
 
 
-def check_arguments(npz: Path | None, onnx_path: Path | None, json_path: Path | None, sampling_given: bool,
+def check_arguments(npz: Path | None, model: Path | str | None, json_path: Path | None, sampling_given: bool,
                     data_dir: Path, download: bool = False) -> None:
     """What is refused before any work: two sources, a path given twice, an unwritable --json, and
-    sampling options for images already drawn."""
-    if npz is not None and onnx_path is not None:
-        raise click.UsageError("give --npz or --onnx, not both")
-    reads = {"--npz": npz, "--onnx": onnx_path, **installed_inputs(), **data_files(data_dir),
+    sampling options for images already drawn. ``model``: --onnx's file or --model's name."""
+    if npz is not None and model is not None:
+        raise click.UsageError("give --npz or --onnx (or --model), not both")
+    reads = {"--npz": npz, "--onnx": model if isinstance(model, Path) else None, **installed_inputs(), **data_files(data_dir),
              **(download_targets(data_dir, ["test"]) if download else {})}
     check_distinct_paths({"--json": json_path}, reads)
     output_target(json_path, "--json")

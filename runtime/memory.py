@@ -15,7 +15,7 @@ def check_memory(n: int, info: ModelInfo, plan: SamplingPlan, scale: int) -> Non
     memory this machine has free; ``scale``: the grids' pixel upscaling, 0 where no picture is drawn."""
     frames = plan.frames * (2 if plan.show == "both" else 1)  # "both": x_t and x̂_0 side by side
     available = available_memory()
-    needed = memory_needed(n, info.image_size, info.image_channels, frames, scale)
+    needed = memory_needed(n, info.output_size, info.output_channels, frames, scale)  # a latent's images: decoded
     if available is not None and needed > available:
         raise DDPMError(
             f"-n {n} needs about {needed / 1e9:.1f} GB of memory for its samples and pictures, and "

@@ -15,7 +15,7 @@ import click
 
 from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, SamplingPlan, SettingError
 from ..core.samplers import SPECS, Option, accepting, choices, option_names
-from .choice import ChoiceError, choose_model
+from .choice import DEFAULT_EMBEDDED, DESCRIPTIONS, EMBEDDED, ChoiceError, choose_model
 from .pipeline import DDPM
 
 DEFAULT_COUNT = 16
@@ -33,11 +33,28 @@ EVAL_PRECISION_HELP = ("When sampling: 'fp32'; 'int8' the embedded model's int8 
                        "eligible CPU path, as ddpm-run picks it.")
 
 
-def check_model_flags(onnx_path: Path | None, provider: str, precision: str, cuda_graph: bool = False) -> None:
-    """--onnx, --provider and --precision (and --engine cudagraph) against the rules of :mod:`.choice`,
-    before anything is opened: a refusal is a usage error (exit 2), said in the flags."""
+MODEL_HELP = ("A model shipped with the package, by name: "
+              + "; ".join(f"'{name}': {DESCRIPTIONS[name]}" for name in EMBEDDED)
+              + f". --onnx names any exported file instead. [default: {DEFAULT_EMBEDDED}]")
+
+
+def model_option(function: Callable) -> Callable:
+    """``--model NAME``: an embedded model (the commands that take --onnx also take this)."""
+    return click.option("--model", "model_name", type=click.Choice(tuple(EMBEDDED)), default=None, help=MODEL_HELP)(function)
+
+
+def chosen_model(onnx_path: Path | None, model_name: str | None) -> Path | str | None:
+    """What --onnx and --model name together: a file, an embedded model's name, or None (the default)."""
+    if onnx_path is not None and model_name is not None:
+        raise click.UsageError("--onnx and --model both name the model; give one of them")
+    return onnx_path if onnx_path is not None else model_name
+
+
+def check_model_flags(model: Path | str | None, provider: str, precision: str, cuda_graph: bool = False) -> None:
+    """--onnx or --model, --provider and --precision (and --engine cudagraph) against the rules of
+    :mod:`.choice`, before anything is opened: a refusal is a usage error (exit 2), said in the flags."""
     try:
-        choose_model(onnx_path, provider, precision, cuda_graph)
+        choose_model(model, provider, precision, cuda_graph)
     except ChoiceError as exc:
         raise click.UsageError(exc.flags) from None
 

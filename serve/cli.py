@@ -13,7 +13,7 @@ from ..core.console import run_command
 from ..core.errors import DDPMError
 from ..runtime.choice import PRECISIONS, PROVIDERS
 from ..runtime.pipeline import open_model
-from ..runtime.sampling_cli import PRECISION_HELP, PROVIDER_HELP, check_model_flags
+from ..runtime.sampling_cli import PRECISION_HELP, PROVIDER_HELP, check_model_flags, chosen_model, model_option
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -42,7 +42,8 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
-              help="Exported model (ddpm-export). [default: the class-conditional model shipped with the package]")
+              help="Exported model (ddpm-export). [default: the model shipped with the package, see --model]")
+@model_option
 @click.option("--host", default="127.0.0.1", help="Address to bind. Any but loopback needs --token or --no-auth.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, help="TCP port (0: any free one, printed).")
 @click.option("--token", envvar="DDPM_SERVE_TOKEN", default=None, show_envvar=True,
@@ -73,7 +74,7 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> None:
 @click.option("--address", default=None,
               help="With --ray: an existing cluster ('auto': the one `ray start` made here). [default: a local one]")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no access log.")
-def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, no_auth: bool, max_rows: int | None,
+def serve_cli(onnx_path: Path | None, model_name: str | None, host: str, port: int, token: str | None, no_auth: bool, max_rows: int | None,
               queue_rows: int | None, keep_jobs: int, grace: float, cors_origins: tuple[str, ...], precision: str,
               provider: str, threads: int | None, device_id: int, on_ray: bool, replicas: int, replica_cpus: float,
               address: str | None, quiet: bool) -> None:
@@ -86,7 +87,8 @@ def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, n
     curl -s localhost:8000/v1/samples -H 'content-type: application/json' -d '{"n": 8, "digits": [7]}' -o sevens.png
     """
     check_auth(host, token, no_auth)
-    check_model_flags(onnx_path, provider, precision)
+    model = chosen_model(onnx_path, model_name)
+    check_model_flags(model, provider, precision)
     if not on_ray and address is not None:
         raise click.UsageError("--address names a Ray cluster; add --ray")
     from .app import Settings  # the serve extra, imported once the arguments are known to be good
@@ -97,14 +99,14 @@ def serve_cli(onnx_path: Path | None, host: str, port: int, token: str | None, n
         from .ray_app import ModelOptions, serve_on_ray
 
         onnx = None if onnx_path is None else os.path.realpath(onnx_path)  # replicas may start elsewhere
-        options = ModelOptions(onnx, precision, provider, threads or max(1, int(replica_cpus)), device_id)
+        options = ModelOptions(onnx, precision, provider, threads or max(1, int(replica_cpus)), device_id, model_name)
         serve_on_ray(options, settings, replicas, replica_cpus, host, port, address, lambda line: click.echo(line, err=True))
         return
     from .server import Server
 
     # Said once however many timings follow (both copies, the batch), as ddpm-run does.
     announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (seconds to a minute; the result is cached)", err=True))
-    ddpm = open_model(onnx_path, provider, precision, threads, device_id, on_measure=announce)
+    ddpm = open_model(model, provider, precision, threads, device_id, on_measure=announce)
     server = Server(ddpm, settings, host, port, quiet, on_measure=announce)
     if not quiet:
         click.echo(f"model {ddpm.session.path.name}{f' ({ddpm.note})' if ddpm.note else ''} on {ddpm.provider}", err=True)

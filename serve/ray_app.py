@@ -46,10 +46,11 @@ class ModelOptions:
     provider: str = "auto"
     threads: int | None = None
     device_id: int = 0
+    embedded: str | None = None  # --model's name, where no file is named
 
     def open(self) -> DDPM:
-        return open_model(None if self.onnx is None else Path(self.onnx), self.provider, self.precision, self.threads,
-                          self.device_id)
+        model = Path(self.onnx) if self.onnx is not None else self.embedded
+        return open_model(model, self.provider, self.precision, self.threads, self.device_id)
 
 
 class Sampler:

@@ -320,3 +320,24 @@ def test_interrupted_run_leaves_no_output(invoke, tiny, tmp_path, monkeypatch):
 def test_an_extension_of_another_format_is_refused_up_front(invoke, tmp_path, option, name):
     result = invoke(run_main, option, tmp_path / name)
     assert result.code == 2 and f"{option} writes" in result.err and not (tmp_path / name).exists()
+
+
+def test_model_names_an_embedded_model(invoke):
+    result = invoke(run_main, "--model", "pixel", "--info")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["model"].endswith("default.onnx")
+
+
+def test_onnx_and_model_are_one_choice(invoke, tiny, tmp_path):
+    result = invoke(run_main, "--onnx", tiny / "unet.onnx", "--model", "pixel", "--png", tmp_path / "x.png")
+    assert_one_line_error(result, "--onnx and --model both name the model")
+    assert result.code == 2 and not (tmp_path / "x.png").exists()
+
+
+def test_model_help_describes_every_embedded_model(invoke):
+    from ddpm.runtime.choice import DESCRIPTIONS, EMBEDDED
+
+    result = invoke(run_main, "--help")
+    text = " ".join(result.out.split())
+    for name in EMBEDDED:
+        assert f"'{name}': {DESCRIPTIONS[name]}" in text
