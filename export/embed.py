@@ -5,6 +5,8 @@
 
 Writes runtime/models/default.onnx (EMA weights, verified like ddpm-export), samples.png (64
 digits, seed 0, 1000 steps, drawn by the runtime from the new file) and README.md (the card).
+``--name latent`` ships a latent model as latent.onnx with latent.decoder.onnx beside it, and
+latent-samples.png, latent-digits.png and latent.md.
 A class-conditional model serves both ``ddpm-run`` (every digit equally often) and ``ddpm-run
 --digit``; its card also gets digits.png (every digit in turn, with the defaults of ``--digit``).
 ``--metrics`` adds ddpm-eval reports (``--json``) to the card as a table. ``--data-dir`` also writes
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -112,15 +115,27 @@ def role_and_grids(num_classes: int, files: dict[str, str], timesteps: int, grid
     return role, grid
 
 
+def latent_note(info) -> str:
+    """The card's line on a latent model's latents and decoder ("" for a pixel model)."""
+    if info.latent is None:
+        return ""
+    latent, side = info.latent, info.image_size
+    return (f"- Latent: the U-Net samples {info.image_channels}x{side}x{side} latents of an autoencoder (checkpoint sha256 "
+            f"`{latent['autoencoder_sha256']}`), scaled by {latent['scale_factor']:.4g} to unit variance; "
+            f"`{latent['decoder_file']}` decodes each finished sample to {latent['image_size']}x{latent['image_size']}.\n")
+
+
 def card(info, parameters: int, summary: dict, planned_steps: int, command: str, hardware: str, atol_diff: float,
          files: dict[str, str], reports: list[tuple[str, dict]], grid_steps: int | None = None) -> str:
     source, config, schedule = info.source, info.model_config, info.schedule
     role, grid = role_and_grids(info.num_classes, files, schedule["timesteps"], grid_steps)
+    role = role if files["onnx"] == DEFAULT_MODEL else f"what `ddpm-run --model {files['name']}` samples"
     quality = ""
     if reports:
         quality = ("\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
                    + metrics_table(reports))
-    return f"""# Embedded default model
+    title = "Embedded default model" if files["onnx"] == DEFAULT_MODEL else f"Embedded model '{files['name']}'"
+    return f"""# {title}
 
 `{files['onnx']}` is {role}.
 
@@ -129,9 +144,9 @@ def card(info, parameters: int, summary: dict, planned_steps: int, command: str,
   {config['attention']}, {config['blocks_per_resolution']} block per level, GroupNorm {config['norm_groups']} groups.
 - Diffusion: {schedule['timesteps']} steps, {schedule_text(schedule)};
   epsilon prediction; sampling variance {info.variance} (sigma^2 = beta), no noise on the last step.
-- Data: MNIST training set (60,000 images), padded from 28x28 to {info.image_size}x{info.image_size}, scaled
+- Data: MNIST training set (60,000 images), {source.get('transform') or 'pad'} from 28x28 to {info.output_size}x{info.output_size}, scaled
   to {list(info.data_range)}.
-{training_note(summary, planned_steps)}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
+{latent_note(info)}{training_note(summary, planned_steps)}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
 - Hardware: {hardware}.
 - Export: opset 18, dynamic batch; ONNX Runtime CPU vs PyTorch max abs difference {atol_diff:.1e}.
 {quality}
@@ -163,6 +178,9 @@ def parse_args() -> argparse.Namespace:
                         help="a ddpm-eval --json report to show in the card (repeatable)")
     parser.add_argument("--grid-steps", type=int, default=None,
                         help="ancestral steps of samples.png [default: all of the model's T]")
+    parser.add_argument("--name", default="default",
+                        help="the file stem: 'default' ships the default model (default.onnx, samples.png, README.md); "
+                             "another, e.g. 'latent', ships NAME.onnx (and NAME.decoder.onnx), NAME-samples.png, NAME.md")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"MNIST (IDX files) to write {CHECK_DIGITS} from, the ε check's digits [default: keep the shipped one]")
     return parser.parse_args()
@@ -186,6 +204,19 @@ def planned_steps(ckpt: Path) -> int:
     return planned
 
 
+def file_names(name: str, num_classes: int, latent: bool) -> dict[str, str]:
+    """The files an embedded model ships as: the default model's own names, or NAME-prefixed ones."""
+    if name == "default":
+        files = {"onnx": DEFAULT_MODEL, "png": "samples.png", "card": "README.md", "digits": "digits.png"}
+    else:
+        files = {"onnx": f"{name}.onnx", "png": f"{name}-samples.png", "card": f"{name}.md", "digits": f"{name}-digits.png"}
+    if not num_classes:
+        del files["digits"]
+    if latent:
+        files["decoder"] = f"{Path(files['onnx']).stem}.decoder.onnx"
+    return {"name": name, **files}
+
+
 def write_grids(model: Path, out_dir: Path, files: dict[str, str], num_classes: int, staged: StagedFiles,
                 grid_steps: int | None = None) -> None:
     """samples.png (``grid_steps`` ancestral steps; None: all T), and for a conditional model digits.png,
@@ -206,20 +237,28 @@ def embed(args: argparse.Namespace) -> None:
     summary = training_summary(log, source.info.source["step"]) if log.exists() else {}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     classes = source.info.num_classes
-    files = {"onnx": DEFAULT_MODEL, "png": "samples.png", "card": "README.md", **({"digits": "digits.png"} if classes else {})}
-    model = args.out_dir / files["onnx"]
-    with StagedFiles() as staged:
-        report = export_and_verify(source, ExportOutputs({Variant(): model}), staged=staged)
-        write_grids(report.temporary[model], args.out_dir, files, classes, staged, args.grid_steps)
+    files = file_names(args.name, classes, source.decoder is not None)
+    with tempfile.TemporaryDirectory(prefix="ddpm-embed-") as folder, StagedFiles() as staged:
+        # exported under the final names first, so that a latent U-Net finds its decoder when the grids are drawn
+        work = Path(folder)
+        outputs = ExportOutputs({Variant(): work / files["onnx"]},
+                                decoder=work / files["decoder"] if "decoder" in files else None)
+        report = export_and_verify(source, outputs)
+        for key in ("onnx", "decoder"):
+            if key in files:
+                staged.stage(args.out_dir / files[key]).write_bytes((work / files[key]).read_bytes())
+        write_grids(work / files["onnx"], args.out_dir, files, classes, staged, args.grid_steps)
+        info = DDPM.load(work / files["onnx"], provider="cpu").info  # as exported: the decoder named
         staged.stage(args.out_dir / files["card"]).write_text(
-            card(source.info, parameters, summary, planned_steps(args.ckpt), args.command, args.hardware,
-                 report.differences[model.name], files, reports, args.grid_steps)
+            card(info, parameters, summary, planned_steps(args.ckpt), args.command, args.hardware,
+                 report.differences[files["onnx"]], files, reports, args.grid_steps)
         )
         if args.data_dir is not None:
             files["check"] = CHECK_DIGITS
             staged.stage(args.out_dir / CHECK_DIGITS).write_bytes(check_digits_bytes(args.data_dir))
         staged.commit()
-    print(f"wrote {', '.join(str(args.out_dir / name) for name in files.values())} (step {source.info.source['step']})")
+    written = [name for key, name in files.items() if key != "name"]
+    print(f"wrote {', '.join(str(args.out_dir / name) for name in written)} (step {source.info.source['step']})")
 
 
 def main() -> None:
