@@ -12,8 +12,8 @@ from .steps import Row, settle
 
 LOOP_BUDGET_SECONDS = 60.0  # stop repeating a model's full loop once this much time went into it
 # Each sampler at the step count the README recommends for it: time to a finished digit.
-SAMPLER_SETTINGS = (("ancestral", 1000), ("ddim", 50), ("dpm++2m", 20), ("dpm++2m-sde", 20))
-SAMPLER_BATCH = 16
+SAMPLER_SETTINGS = (("ancestral", 1000), ("ddim", 50), ("dpm++2m", 20), ("dpm++2m-sde", 20), ("unipc", 10))
+SAMPLER_BATCH = 16  # on the CPU, where the model's rows name no faster batch
 
 
 def time_full_loop(model: BenchModel, rows: list[Row], provider: str, threads: int, loop_repeats: int,
@@ -40,21 +40,35 @@ def time_full_loop(model: BenchModel, rows: list[Row], provider: str, threads: i
     return None
 
 
-def time_samplers(model: BenchModel, provider: str, threads: int, quick: bool, echo: Callable[[str], None]) -> list[dict]:
-    """Whole sampling runs of one batch per sampler (the same seed), seconds per finished sample.
+def sampler_batch(rows: list[Row], model: BenchModel, provider: str) -> int:
+    """The batch a model's sampler runs use: on the CPU its fastest 'ort' row's (each model at its best
+    batch), else SAMPLER_BATCH; 256 on a GPU."""
+    if provider != "cpu":
+        return 256
+    timed = [r for r in rows if (r.model, r.implementation, r.provider) == (model.name, "ort", provider)
+             and r.step_s_median is not None]
+    return min(timed, key=lambda r: r.step_s_median / r.batch).batch if timed else SAMPLER_BATCH
+
+
+def time_samplers(model: BenchModel, provider: str, threads: int, quick: bool, echo: Callable[[str], None],
+                  batch: int = SAMPLER_BATCH) -> list[dict]:
+    """Whole sampling runs of one batch per sampler (the same seed), seconds per finished sample; a latent
+    model's include its decoder, whose share of the time each row records.
 
     --quick leaves out the 1000-step ancestral run (its time is the full-loop row's, times the batch gain)."""
     ddpm = DDPM.load(model.onnx_path, provider=provider, threads=threads if provider == "cpu" else None)
-    batch = SAMPLER_BATCH if provider == "cpu" else 256
     rows = []
     for sampler, steps in SAMPLER_SETTINGS:
         steps = min(steps, ddpm.timesteps)
         if quick and steps > 100:
             continue
         settle()
+        decoding = ddpm.decoder.run_seconds if ddpm.decoder is not None else 0.0
         run = ddpm.generate(batch, ddpm.plan(sampler, steps), seed=0, batch_size=batch, engine="plain")
+        decoder_s = ddpm.decoder.run_seconds - decoding if ddpm.decoder is not None else 0.0
         rows.append({"model": model.name, "provider": provider, "sampler": sampler, "steps": steps, "batch": batch,
-                     "seconds": run.seconds, "per_sample_s": run.seconds / batch,
+                     "seconds": run.seconds, "per_sample_s": run.seconds / batch, "decoder_share": decoder_s / run.seconds,
                      "speedup_vs_seed": SEED_SECONDS_PER_SAMPLE * batch / run.seconds})
-        echo(f"{model.name:6s} {sampler:12s} {steps:4d} steps, {provider}, batch {batch}: {run.seconds / batch:.3f} s per sample")
+        echo(f"{model.name:6s} {sampler:12s} {steps:4d} steps, {provider}, batch {batch}: {run.seconds / batch:.4f} s per sample"
+             + (f" (decoder {100 * decoder_s / run.seconds:.1f}%)" if ddpm.decoder is not None else ""))
     return rows

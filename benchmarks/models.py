@@ -13,7 +13,7 @@ import numpy as np
 from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from ..core.variant import Variant
-from ..runtime.pipeline import default_model_path
+from ..runtime.pipeline import default_model_path, embedded_model_path
 from ..runtime.session import UNetSession
 
 
@@ -87,14 +87,29 @@ def quantize_for_timing(source: Path, info: ModelInfo, path: Path, echo: Callabl
     return path
 
 
+def embedded_latent() -> Path | None:
+    """The package's latent model, None where it ships none."""
+    try:
+        return embedded_model_path("latent")
+    except (DDPMError, KeyError):
+        return None
+
+
 def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path | None, workdir: Path, torch,
-                   echo: Callable[[str], None]) -> tuple[list[BenchModel], list[str]]:
+                   echo: Callable[[str], None], latent_onnx: Path | None = None) -> tuple[list[BenchModel], list[str]]:
+    """The networks named, in order: 'small' (the embedded pixel model or --onnx), 'latent' (the embedded
+    latent model or --latent-onnx; its rows time the U-Net on the latent, its sampler rows the decoder too)
+    and 'labml'."""
     models, notes = [], []
     for name in names:
-        if name == "small":
-            path = small_onnx or default_model_path()
+        if name in ("small", "latent"):
+            given = small_onnx if name == "small" else latent_onnx
+            path = given or (default_model_path() if name == "small" else embedded_latent())
+            if path is None:
+                notes.append("latent skipped: the package ships no latent model; give --latent-onnx")
+                continue
             info = UNetSession(path, provider="cpu").info
-            weights = "embedded (trained)" if small_onnx is None else f"{path.name}"
+            weights = "embedded (trained)" if given is None else f"{path.name}"
         else:
             path = labml_onnx
             info = None
@@ -113,7 +128,7 @@ def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path |
 
             flops = float(forward_flops(module, info.image_size))
             weight_bytes = 4.0 * count_parameters(module)
-            if name == "small" and small_onnx is None:
+            if name != "labml" and (small_onnx if name == "small" else latent_onnx) is None:
                 weights = "embedded (trained) in ONNX rows; random in PyTorch rows"
         models.append(BenchModel(name, path, info, weights, flops, weight_bytes, module, workdir))
     return models, notes

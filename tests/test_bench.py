@@ -53,9 +53,13 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
             assert row["per_sample_method"] == "extrapolated"
             assert row["per_sample_s"] == pytest.approx(row["step_s_median"] * 1000 / row["batch"])
     samplers = report["sampler_rows"]  # --quick leaves out the 1000-step ancestral run
-    assert [(r["sampler"], r["steps"]) for r in samplers] == [("ddim", 50), ("dpm++2m", 20), ("dpm++2m-sde", 20)]
-    for row in samplers:
-        assert row["per_sample_s"] == pytest.approx(row["seconds"] / row["batch"]) and row["batch"] == 16
+    assert [(r["sampler"], r["steps"]) for r in samplers] == [("ddim", 50), ("dpm++2m", 20), ("dpm++2m-sde", 20),
+                                                               ("unipc", 10)]
+    ort = [r for r in rows if r["implementation"] == "ort" and not r["per_sample_method"].startswith("measured")]
+    fastest = min(ort, key=lambda r: r["step_s_median"] / r["batch"])["batch"]
+    for row in samplers:  # each model at its fastest batch
+        assert row["per_sample_s"] == pytest.approx(row["seconds"] / row["batch"]) and row["batch"] == fastest
+        assert row["decoder_share"] == 0.0  # a pixel model decodes nothing
     markdown = (tmp_path / "bench-t.md").read_text()
     assert "CPU flags: " in markdown
     assert markdown.count("| small |") == len(rows) + len(samplers)
@@ -113,3 +117,18 @@ def test_the_openvino_hints_table(capsys, monkeypatch):
     assert [row.split("|")[1].split()[:2] for row in rows] == [["fp32", "LATENCY"], ["fp32", "THROUGHPUT"],
                                                                ["int8", "LATENCY"], ["int8", "THROUGHPUT"]]
     assert all(float(row.split("|")[2]) > 0 for row in rows)
+
+
+def test_latent_rows_time_the_unet_on_latents_and_the_decoder_in_the_sampler_rows(invoke, tiny_export, latent_export,
+                                                                                 tmp_path):
+    result = invoke(bench_main, "--quick", "--onnx", tiny_export / "unet.onnx", "--latent-onnx", latent_export / "unet.onnx",
+                    "--implementations", "ort", "--no-full-loop", "--out-dir", tmp_path, "--tag", "t")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "bench-t.json").read_text())
+    assert {r["model"] for r in report["rows"]} == {"small", "latent"}
+    latent = [r for r in report["sampler_rows"] if r["model"] == "latent"]
+    assert [r["sampler"] for r in latent] == ["ddim", "dpm++2m", "dpm++2m-sde", "unipc"]
+    assert all(0.0 < r["decoder_share"] < 1.0 for r in latent)
+    assert report["models"]["latent"]["flops_per_image_step"] < report["models"]["small"]["flops_per_image_step"]
+    assert not any(line.startswith("Latent vs pixel") for line in report["targets"])  # set for the embedded pair only
+    assert "decoder share" in (tmp_path / "bench-t.md").read_text()
