@@ -174,3 +174,13 @@ def test_autoencoder_config_problems():
     assert AutoencoderConfig(widths=(8,)).problems()
     assert AutoencoderConfig(widths=(8, 12), norm_groups=8).problems()
     assert not AUTOENCODER_PRESETS["ae32"].problems()
+
+
+def test_the_64x64_preset_resizes_digits_to_64(invoke, data_dir, tmp_path):
+    result = invoke(autoencoder_main, "--preset", "ae64", "--data-dir", data_dir, "--out", tmp_path / "x", "--dry-run",
+                    "--batch-size", "16", "--max-images", "32")
+    assert result.code == 0, result.err
+    assert "64x64x1 -> 8x8x4 (f = 8)" in result.err and "(resize to 64)" in result.err
+    given = invoke(autoencoder_main, "--preset", "ae64", "--image-size", "128", "--data-dir", data_dir, "--out",
+                   tmp_path / "x", "--dry-run", "--max-images", "32", "--batch-size", "16")
+    assert "128x128x1 -> 16x16x4" in given.err

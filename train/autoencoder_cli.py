@@ -34,7 +34,8 @@ HELPS = {
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
-               params=click_options(TrainConfig, AutoencoderConfig, DataConfig, RunOptions, skip=DIFFUSION_ONLY, helps=HELPS))
+               params=click_options(TrainConfig, AutoencoderConfig, DataConfig, RunOptions, skip=DIFFUSION_ONLY, helps=HELPS,
+                                    from_preset=frozenset({"image_size", "transform"})))
 @click.option("--preset", type=click.Choice(tuple(AUTOENCODER_PRESETS)), default="ae32",
               help="'ae32': 32x32 digits to 8x8x4 latents; 'ae64': 64x64 digits (MNIST resized) to 8x8x4; 'ae-tiny' for tests.")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if OUT/model.pt exists (it is replaced at the first save).")

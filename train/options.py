@@ -30,15 +30,17 @@ def flag_name(f: Field) -> str:
     return f.metadata["setting"]["flag"] or f.name.replace("_", "-")
 
 
-def click_options(*classes: type, skip: frozenset[str] = frozenset(), helps: dict[str, str] | None = None) -> list[click.Option]:
+def click_options(*classes: type, skip: frozenset[str] = frozenset(), helps: dict[str, str] | None = None,
+                  from_preset: frozenset[str] = frozenset()) -> list[click.Option]:
     """The options of these classes' settings, in declaration order, but for the fields named in ``skip``
     (another command's); each stores its value under the field's name. ``helps`` replaces the help of
-    the fields it names (a command whose presets have other defaults)."""
+    the fields it names, and ``from_preset`` names fields whose default comes from this command's
+    presets (the option's default is None, as a preset setting's is)."""
     options = []
     for f in (f for cls in classes for f in option_fields(cls) if f.name not in skip):
         spec, flag = f.metadata["setting"], flag_name(f)
         declaration = f"--{flag}/--no-{flag}" if spec["type"] is bool else f"--{flag}"
-        default = None if spec["preset"] else f.default
+        default = None if spec["preset"] or f.name in from_preset else f.default
         options.append(click.Option([declaration, f.name], type=spec["type"], help=(helps or {}).get(f.name, spec["help"]),
                                     **{"default": default, **spec["option"]}))
     return options
