@@ -68,7 +68,7 @@ def choose_model(model: str | Path | None = None, provider: str = "auto", precis
     embedded = DEFAULT_EMBEDDED if model is None else model if isinstance(model, str) and model in EMBEDDED else None
     if embedded is None and precision == "int8":
         raise ChoiceError("precision 'int8' picks a copy of the embedded model; a named file has its own",
-                          "--precision int8 picks a copy of the embedded model; with --onnx give auto or bf16")
+                          "--precision int8 picks a copy of the embedded model; with --onnx give fp32, auto or bf16")
     if precision == "bf16" and provider not in ("auto", "openvino"):
         raise ChoiceError(
             f"bf16 runs on the OpenVINO engine; use provider 'openvino' (or 'auto'), not {provider!r}",

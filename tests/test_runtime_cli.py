@@ -294,7 +294,7 @@ def test_run_engine_errors(invoke, variants, tmp_path, args, fragment):
 
 def test_precision_with_onnx_is_a_usage_error(invoke, int8_export, tmp_path):
     result = invoke(run_main, "--onnx", int8_export / "unet.onnx", "--precision", "int8", "--png", tmp_path / "o.png")
-    assert_one_line_error(result, "--precision int8 picks a copy of the embedded model", "with --onnx give auto or bf16")
+    assert_one_line_error(result, "--precision int8 picks a copy of the embedded model", "with --onnx give fp32, auto or bf16")
     assert result.code == 2
 
 
