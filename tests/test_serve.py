@@ -2,6 +2,7 @@
 real server on loopback (disconnects, SIGTERM drain, the command line)."""
 
 import ast
+import base64
 import io
 import json
 import os
@@ -405,3 +406,23 @@ def test_layers_stay_web_free():
                     assert name.split(".")[0] not in forbidden or name.startswith("ddpm.serve"), (path, name)
         for path in pathlib.Path(layer).glob("*.py"):
             assert "ddpm.serve" not in path.read_text() or layer == "serve", path
+
+
+def test_a_latent_model_is_served_like_any_other(latent_export):
+    """Samples, jobs with live decoded frames and the result GIF, with no setting of its own."""
+    latent = DDPM.load(latent_export / "unet.onnx", provider="cpu", threads=1)
+    with TestClient(create_app(latent, Settings(max_rows=8))) as latent_client:
+        got = npz(latent_client.post("/v1/samples", json={"n": 3, "digits": [2], "steps": 5, "seed": 6, "format": "npz"}))
+        expected = latent.generate(3, latent.plan(digits=[2], steps=5), seed=6)
+        assert got["images"].shape == (3, 32, 32)
+        assert np.abs(got["images"].astype(int) - expected.images.astype(int)).max() <= 1
+        job = latent_client.post("/v1/jobs", json={"n": 2, "steps": 4, "frames": 3, "show": "both"}).json()
+        with latent_client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+            text = "".join(stream.iter_text())
+        frames = [json.loads(data) for name, data in re.findall(r"event: (\w+)\ndata: (.*)\n\n", text) if name == "frame"]
+        assert frames and "event: end" in text
+        last = Image.open(io.BytesIO(base64.b64decode(frames[-1]["png"])))
+        # x_t and x̂_0 of 2 decoded 32x32 digits side by side at one pixel per pixel (latents would be 16x16)
+        assert last.size == make_grid(np.zeros((2, 32, 64), np.uint8), columns=2).shape[1::-1]
+        gif = latent_client.get(f"/v1/jobs/{job['id']}/result", params={"format": "gif"})
+        assert gif.status_code == 200 and gif.content[:6] == b"GIF89a"
