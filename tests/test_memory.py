@@ -20,7 +20,7 @@ def test_memory_check_counts_both_pictures_of_each_frame(monkeypatch):
     import ddpm.runtime.memory as memory
     from ddpm.core.errors import DDPMError
 
-    info = SimpleNamespace(image_size=32, image_channels=1)
+    info = SimpleNamespace(image_size=32, image_channels=1, output_size=32, output_channels=1)
     one_picture = memory.memory_needed(100, 32, 1, frames=40, scale=3)
     monkeypatch.setattr(memory, "available_memory", lambda: one_picture)
     memory.check_memory(100, info, SimpleNamespace(frames=40, show="xt"), 3)  # fits exactly
