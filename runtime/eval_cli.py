@@ -18,7 +18,7 @@ from ..core.progress import Progress
 from .installed import installed_inputs
 from .choice import PRECISIONS, PROVIDERS
 from .pipeline import DDPM, open_model
-from .quality import Judge, score, table, targets, to_judge_size
+from .quality import Judge, Scores, real_floor, score, table, targets, to_judge_size
 from .samples_file import SETTINGS_KEPT, read_samples
 from .sampling_cli import (EVAL_PRECISION_HELP, PROVIDER_HELP, SamplingRequest, chosen_model, model_option, sampling_options,
                            sampling_request)
@@ -84,9 +84,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, model_name: str | Non
     labels = settings.get("labels")
 
     count = len(images)
-    reference = judge(test_images[half:])[1]
-    sample_scores = score(*judge(to_judge_size(images, chosen)), reference, labels)
-    floor_scores = score(*judge(test_images[:count]), reference, test_labels[:count] if labels is not None else None)
+    sample_scores, floor_scores = judged(judge, images, chosen, labels, test_images, test_labels)
     checks = targets(sample_scores, floor_scores, requested=labels is not None and not settings.get("labels_drawn", False))
 
     click.echo(table(sample_scores, floor_scores))
@@ -96,9 +94,21 @@ def eval_command(npz: Path | None, onnx_path: Path | None, model_name: str | Non
             "samples": sample_scores.to_dict(), "floor": floor_scores.to_dict(), "targets": checks,
             "source": source, "transform": chosen,
             "reference": f"MNIST test images {half}..{len(test_images) - 1}",
-            "floor_images": f"MNIST test images 0..{count - 1}",
+            "floor_images": f"MNIST test images 0..{count - 1}"
+                            + (f", resized to {images.shape[-1]} and back" if chosen == "resize" and images.shape[-1] != 28 else ""),
         }
         write_report(json_path, report)
+
+
+def judged(judge: Judge, images: np.ndarray, transform: str, labels: list[int] | None, test_images: np.ndarray,
+           test_labels: np.ndarray) -> tuple[Scores, Scores]:
+    """The judge's scores of the samples and of as many real test digits (the floor, brought through the
+    samples' own transform), both against the test set's second half."""
+    count, half = len(images), len(test_images) // 2
+    reference = judge(test_images[half:])[1]
+    samples = score(*judge(to_judge_size(images, transform)), reference, labels)
+    real = real_floor(test_images[:count], images.shape[-1], transform)
+    return samples, score(*judge(real), reference, test_labels[:count] if labels is not None else None)
 
 
 def check_arguments(npz: Path | None, model: Path | str | None, json_path: Path | None, sampling_given: bool,

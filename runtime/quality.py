@@ -81,6 +81,15 @@ def to_judge_size(images: np.ndarray, transform: str) -> np.ndarray:
     raise DDPMError(f"unknown transform {transform!r}; expected 'pad' or 'resize'")
 
 
+def real_floor(real: np.ndarray, size: int, transform: str) -> np.ndarray:
+    """Real uint8 [N, 28, 28] test digits as a model's samples reach the judge: for a model trained on
+    digits resized to ``size``, through the same resize there and back (the floor a 64x64 model can
+    reach); padded digits lose nothing on the way, so they stay as they are."""
+    if transform != "resize" or size == JUDGE_SIZE:
+        return real
+    return to_judge_size(resize_bilinear(real, size), "resize")
+
+
 def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of uint8 [N, H, W] to [N, size, size] (pixel centres aligned)."""
     height, width = images.shape[1:]

@@ -92,3 +92,17 @@ def test_too_few_samples_get_no_verdict(count, verdict):
     good = Scores(count, 0.99, [0.1] * 10, 0.0, 1.0)
     floor = Scores(count, 0.99, [0.1] * 10, 0.0, 10.0)
     assert all(line.endswith(verdict) for line in targets(good, floor, requested=False))
+
+
+def test_the_floor_of_a_resized_model_goes_through_its_resize(data_dir):
+    """A 64x64 model's samples come back to 28x28 by a resize: its floor makes the same trip, 28 -> 64 -> 28,
+    which blurs a little but keeps each digit; padded models' floors are the real digits themselves."""
+    from ddpm.runtime.quality import real_floor
+
+    real = load_mnist(data_dir, "test")[0][:50]
+    assert real_floor(real, 32, "pad") is real
+    assert real_floor(real, 28, "resize") is real
+    trip = real_floor(real, 64, "resize")
+    assert trip.shape == real.shape and trip.dtype == np.uint8
+    difference = np.abs(trip.astype(int) - real.astype(int))
+    assert 0 < difference.mean() < 8 and difference.max() > 0
