@@ -102,16 +102,18 @@ def schedule_text(schedule: dict) -> str:
 def role_and_grids(num_classes: int, files: dict[str, str], timesteps: int, grid_steps: int | None = None) -> tuple[str, str]:
     """What the model is for, and what its sample grids show (a conditional model gets digits.png too);
     ``grid_steps``: the ancestral steps of samples.png (None: all ``timesteps``)."""
-    role = "what `ddpm-run` samples when no `--onnx` is given"
+    default = files["onnx"] == DEFAULT_MODEL
+    role = "what `ddpm-run` samples when no `--onnx` is given" if default else f"what `ddpm-run --model {files['name']}` samples"
+    run = "ddpm-run" if default else f"ddpm-run --model {files['name']}"
     loop = f"the full {timesteps}-step ancestral loop" if grid_steps is None else f"the ancestral loop respaced to {grid_steps} steps"
     flag = "" if grid_steps is None else f" --steps {grid_steps}"
     grid = (f"64 samples, seed 0, {loop}, drawn by the runtime from this file "
-            f"(`ddpm-run -n 64 --seed 0{flag} --png {files['png']} --scale 2` draws the same grid)")
+            f"(`{run} -n 64 --seed 0{flag} --png {files['png']} --scale 2` draws the same grid)")
     if num_classes:
         role += (f", with and without `--digit`. Class-conditional on the {num_classes} digits, with a 'no class' "
                  "index for classifier-free guidance; without `--digit` every digit is drawn equally often")
         grid += (f".\n\n`{files['digits']}`: every digit in turn (10 columns), seed 0, with the defaults of `--digit` "
-                 f"(`ddpm-run --digit all -n 100 --seed 0 --png {files['digits']} --scale 2`)")
+                 f"(`{run} --digit all -n 100 --seed 0 --png {files['digits']} --scale 2`)")
     return role, grid
 
 
@@ -129,7 +131,7 @@ def card(info, parameters: int, summary: dict, planned_steps: int, command: str,
          files: dict[str, str], reports: list[tuple[str, dict]], grid_steps: int | None = None) -> str:
     source, config, schedule = info.source, info.model_config, info.schedule
     role, grid = role_and_grids(info.num_classes, files, schedule["timesteps"], grid_steps)
-    role = role if files["onnx"] == DEFAULT_MODEL else f"what `ddpm-run --model {files['name']}` samples"
+    name = "" if files["onnx"] == DEFAULT_MODEL else f" --name {files['name']}"
     quality = ""
     if reports:
         quality = ("\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
@@ -159,7 +161,7 @@ Training command:
 Exported into the package with:
 
 ```bash
-python -m ddpm.export.embed --ckpt <run>/model.pt --command "..." --hardware "..." --metrics "LABEL=eval.json"
+python -m ddpm.export.embed --ckpt <run>/model.pt{name} --command "..." --hardware "..." --metrics "LABEL=eval.json"
 ```
 
 `{files['png']}`: {grid}.
