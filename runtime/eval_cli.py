@@ -83,21 +83,18 @@ def eval_command(npz: Path | None, onnx_path: Path | None, model_name: str | Non
     chosen = settings.get("transform", "pad") if transform == "auto" else transform
     labels = settings.get("labels")
 
-    count = len(images)
     sample_scores, floor_scores = judged(judge, images, chosen, labels, test_images, test_labels)
     checks = targets(sample_scores, floor_scores, requested=labels is not None and not settings.get("labels_drawn", False))
 
     click.echo(table(sample_scores, floor_scores))
     click.echo("\n".join(checks))
     if json_path is not None:
-        report = {
+        resized = f", resized to {images.shape[-1]} and back" if chosen == "resize" and images.shape[-1] != 28 else ""
+        write_report(json_path, {
             "samples": sample_scores.to_dict(), "floor": floor_scores.to_dict(), "targets": checks,
-            "source": source, "transform": chosen,
-            "reference": f"MNIST test images {half}..{len(test_images) - 1}",
-            "floor_images": f"MNIST test images 0..{count - 1}"
-                            + (f", resized to {images.shape[-1]} and back" if chosen == "resize" and images.shape[-1] != 28 else ""),
-        }
-        write_report(json_path, report)
+            "source": source, "transform": chosen, "reference": f"MNIST test images {half}..{len(test_images) - 1}",
+            "floor_images": f"MNIST test images 0..{len(images) - 1}{resized}",
+        })
 
 
 def judged(judge: Judge, images: np.ndarray, transform: str, labels: list[int] | None, test_images: np.ndarray,

@@ -19,7 +19,8 @@ def no_settling(monkeypatch):
 
 
 def test_quick_end_to_end(invoke, tiny_export, tmp_path):
-    result = invoke(bench_main, "--quick", "--onnx", tiny_export / "unet.onnx", "--out-dir", tmp_path, "--tag", "t")
+    result = invoke(bench_main, "--quick", "--models", "small", "--onnx", tiny_export / "unet.onnx", "--out-dir", tmp_path,
+                    "--tag", "t")
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "bench-t.json").read_text())
     assert {"machine", "limits", "rows", "targets", "settings", "models"} <= set(report)

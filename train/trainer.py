@@ -36,9 +36,9 @@ from .checkpoint import (
 from .config import RunOptions, Settings
 from .data import load_training_set
 from .diffusion import Diffusion, sample
-from .latent import build_autoencoder, decode, encode, latent_size, scale_factor
 from .distributed import resolve_device, setup_distributed, shutdown_distributed
 from .ema import EMA
+from .latent import build_autoencoder, decode, encode, latent_size, scale_factor
 from .logs import LossWindow, trim_log
 from .lr_schedule import learning_rate
 from .signals import Interrupted, StopSignals
