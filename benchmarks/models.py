@@ -91,7 +91,7 @@ def embedded_latent() -> Path | None:
     """The package's latent model, None where it ships none."""
     try:
         return embedded_model_path("latent")
-    except (DDPMError, KeyError):
+    except DDPMError:
         return None
 
 

@@ -124,11 +124,7 @@ class ModelInfo:
         return inputs, {"eps": ("float32", 4)}
 
     def to_metadata(self) -> dict[str, str]:
-        props = {"format": FORMAT, "format_version": FORMAT_VERSION}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            props[item.name] = list(value) if isinstance(value, tuple) else value
-        return {PREFIX + key: json.dumps(value, sort_keys=True) for key, value in props.items()}
+        return metadata_props(self, FORMAT)
 
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], origin: str = "model") -> "ModelInfo":
@@ -162,6 +158,15 @@ class ModelInfo:
         if problems:
             raise DDPMError(f"{origin}: impossible metadata: {problems[0]}")
         return info
+
+
+def metadata_props(info: Any, format_name: str) -> dict[str, str]:
+    """A metadata dataclass as ``metadata_props``: its format, then every field, each ``ddpm.<name>`` → JSON."""
+    props = {"format": format_name, "format_version": FORMAT_VERSION}
+    for item in fields(info):
+        value = getattr(info, item.name)
+        props[item.name] = list(value) if isinstance(value, tuple) else value
+    return {PREFIX + key: json.dumps(value, sort_keys=True) for key, value in props.items()}
 
 
 def read_values(props: Mapping[str, str], origin: str) -> dict[str, Any]:
@@ -239,11 +244,7 @@ class DecoderInfo:
         return found
 
     def to_metadata(self) -> dict[str, str]:
-        props = {"format": DECODER_FORMAT, "format_version": FORMAT_VERSION}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            props[item.name] = list(value) if isinstance(value, tuple) else value
-        return {PREFIX + key: json.dumps(value, sort_keys=True) for key, value in props.items()}
+        return metadata_props(self, DECODER_FORMAT)
 
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], origin: str = "decoder") -> "DecoderInfo":

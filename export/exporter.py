@@ -143,6 +143,14 @@ def save_torchscript(module: torch.jit.ScriptModule, info: ModelInfo, path: Path
         torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(info.to_metadata())})
 
 
+def load_torchscript(path: Path | None) -> torch.jit.ScriptModule | None:
+    """A TorchScript file loaded for comparison (None for no file)."""
+    if path is None:
+        return None
+    with _quiet():
+        return torch.jit.load(str(path), map_location="cpu")
+
+
 def worst_difference(current: float, got: np.ndarray, expected: np.ndarray) -> float:
     """The larger of ``current`` and max |got − expected|; nan once anything is non-finite (a plain
     max() would drop a nan and pass all-NaN weights as "difference 0")."""
@@ -170,10 +178,7 @@ def verify(
     session = None
     if onnx_path is not None:
         session = cpu_session(onnx_path)
-    scripted = None
-    if torchscript_path is not None:
-        with _quiet():
-            scripted = torch.jit.load(str(torchscript_path), map_location="cpu")
+    scripted = load_torchscript(torchscript_path)
     diffs = {"onnx": 0.0, "torchscript": 0.0}
     for batch in batches:
         x, _, *labels = example_inputs(source.info, batch, seed=batch)
@@ -243,10 +248,7 @@ def verify_decoder(source: ExportSource, onnx_path: Path, torchscript_path: Path
     """Max abs difference of the decoder's ONNX Runtime (CPU) and TorchScript outputs against eager PyTorch
     on random latents, batches 1 and 3 (nan where an output is not finite)."""
     session = cpu_session(onnx_path)
-    scripted = None
-    if torchscript_path is not None:
-        with _quiet():
-            scripted = torch.jit.load(str(torchscript_path), map_location="cpu")
+    scripted = load_torchscript(torchscript_path)
     diffs = {"onnx": 0.0, "torchscript": 0.0}
     for batch in (1, 3):
         z = example_latents(source, batch, seed=batch)

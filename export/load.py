@@ -7,7 +7,6 @@ architecture is read off the tensor shapes and key names; GroupNorm group counts
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from ..core.errors import DDPMError
+from ..core.files import file_sha256
 from ..core.metadata import DecoderInfo, ModelInfo
 from ..train.checkpoint import is_project_checkpoint, is_state_dict, read_checkpoint_file, validate_checkpoint, versions
 from ..train.config import UNetConfig
@@ -31,28 +31,8 @@ class ExportSource:
     model: UNet
     info: ModelInfo
     kind: str  # "ddpm-mnist" or "labml"
-    decoder: nn.Module | None = None  # a latent model's: scaled latents → images (LatentDecoder)
+    decoder: nn.Module | None = None  # a latent model's: scaled latents → images (train.latent.LatentDecoder)
     decoder_info: DecoderInfo | None = None
-
-
-class LatentDecoder(nn.Module):
-    """The autoencoder's decoder as a latent model samples through it: x = D(z / scale_factor)."""
-
-    def __init__(self, decoder: nn.Module, scale_factor: float) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.scale_factor = scale_factor
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z / self.scale_factor)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def looks_like_labml(state: dict[str, Any]) -> bool:
@@ -183,7 +163,7 @@ def project_source(checkpoint: dict[str, Any], path: Path, sha256: str, weights:
 def latent_source(unet: ExportSource, record: dict[str, Any]) -> ExportSource:
     """A latent U-Net's source: its metadata says what the decoder makes (the decoder's file name and
     hash are filled in when the decoder is written) and the decoder comes along."""
-    from ..train.latent import build_autoencoder, latent_size, record_config, record_data
+    from ..train.latent import latent_decoder, latent_size, record_config, record_data
 
     config, data, scale = record_config(record), record_data(record), float(record["scale_factor"])
     side = latent_size(record)
@@ -197,8 +177,7 @@ def latent_source(unet: ExportSource, record: dict[str, Any]) -> ExportSource:
         source={"kind": "ddpm-mnist", "autoencoder_step": record["step"], "transform": data.transform,
                 "unet_checkpoint_sha256": unet.info.source["sha256"]},
         versions=unet.info.versions)
-    decoder = LatentDecoder(build_autoencoder(record).decoder, scale).eval()
-    return ExportSource(unet.model, info, unet.kind, decoder, decoder_info)
+    return ExportSource(unet.model, info, unet.kind, latent_decoder(record), decoder_info)
 
 
 def labml_source(state: dict[str, torch.Tensor], path: Path, sha256: str, norm_groups: int,

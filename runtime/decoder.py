@@ -62,7 +62,6 @@ class Decoder:
 
         self.path = decoder_path(unet_path, unet)
         data, self.info = read_decoder_file(self.path, unet, unet_path)
-        self.file_sha256 = hashlib.sha256(data).hexdigest()
         self.max_rows = max_rows
         try:
             self.session = ort.InferenceSession(data, session_options(threads), providers=[CPU_PROVIDER])

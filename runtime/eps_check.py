@@ -61,9 +61,11 @@ def check_feeds(info: ModelInfo, batch: int = 16) -> list[dict[str, np.ndarray]]
     the digit's label (one in ten the "no class" index, which guidance feeds)."""
     images, labels = read_check_digits()
     rng = np.random.default_rng(CHECK_SEED)
-    x0, schedule = fit_images(images, info), info.make_schedule()
     if info.latent is not None:  # a latent model's x_0 has unit variance by construction: Gaussian latents stand in
         x0 = rng.standard_normal((len(images), info.image_channels, info.image_size, info.image_size), dtype=np.float32)
+    else:
+        x0 = fit_images(images, info)
+    schedule = info.make_schedule()
     count, steps = len(x0), schedule.timesteps
     t = rng.permutation(np.arange(count) * steps // count)
     alpha_bar = schedule.alpha_bars[t].astype(np.float32)[:, None, None, None]

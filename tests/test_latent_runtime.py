@@ -3,6 +3,7 @@ into images once per finished batch; the engine serves latent and pixel requests
 DDPM.generate draws; a decoder that is not the one the U-Net names is refused in one line."""
 
 import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -117,13 +118,17 @@ def test_a_pixel_model_given_as_decoder_is_refused(latent_export, tiny_export, t
     assert not (tmp_path / "x.png").exists()
 
 
+def edit_metadata(path, key, change):
+    """Rewrite one ddpm.<key> metadata value of an ONNX file: ``change`` maps its JSON value to the new one."""
+    model = onnx.load(str(path))
+    prop = next(prop for prop in model.metadata_props if prop.key == f"ddpm.{key}")
+    prop.value = json.dumps(change(json.loads(prop.value)), sort_keys=True)
+    onnx.save(model, str(path))
+
+
 def test_another_autoencoders_decoder_is_refused(latent_export, tmp_path):
     folder = copy_export(latent_export, tmp_path)
-    model = onnx.load(str(folder / "unet.decoder.onnx"))
-    for prop in model.metadata_props:
-        if prop.key == "ddpm.autoencoder_sha256":
-            prop.value = '"' + "0" * 64 + '"'
-    onnx.save(model, str(folder / "unet.decoder.onnx"))
+    edit_metadata(folder / "unet.decoder.onnx", "autoencoder_sha256", lambda value: "0" * 64)
     with pytest.raises(DDPMError, match="belongs to another autoencoder"):
         DDPM.load(folder / "unet.onnx", provider="cpu")
 
@@ -145,12 +150,6 @@ def test_a_decoder_with_nan_weights_is_refused(latent_export, tmp_path):
     weight.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(weight).shape, np.nan, np.float32), weight.name))
     data = decoder.SerializeToString()
     (folder / "unet.decoder.onnx").write_bytes(data)
-    unet = onnx.load(str(folder / "unet.onnx"))
-    for prop in unet.metadata_props:
-        if prop.key == "ddpm.latent":
-            prop.value = prop.value.replace(
-                next(part.split('"')[1] for part in prop.value.split('"decoder_sha256": ')[1:]),
-                hashlib.sha256(data).hexdigest())
-    onnx.save(unet, str(folder / "unet.onnx"))
+    edit_metadata(folder / "unet.onnx", "latent", lambda latent: {**latent, "decoder_sha256": hashlib.sha256(data).hexdigest()})
     with pytest.raises(DDPMError, match="produces NaN or infinite images"):
         DDPM.load(folder / "unet.onnx", provider="cpu")

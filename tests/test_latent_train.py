@@ -13,7 +13,8 @@ from ddpm.train.autoencoder_cli import main as autoencoder_main
 from ddpm.train.checkpoint import load_checkpoint
 from ddpm.train.cli import main as train_main
 from ddpm.train.config import AUTOENCODER_PRESETS, AutoencoderConfig
-from ddpm.train.latent import build_autoencoder, encode, file_sha256, scale_factor
+from ddpm.core.files import file_sha256
+from ddpm.train.latent import build_autoencoder, encode, scale_factor
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -184,3 +185,14 @@ def test_the_64x64_preset_resizes_digits_to_64(invoke, data_dir, tmp_path):
     given = invoke(autoencoder_main, "--preset", "ae64", "--image-size", "128", "--data-dir", data_dir, "--out",
                    tmp_path / "x", "--dry-run", "--max-images", "32", "--batch-size", "16")
     assert "128x128x1 -> 16x16x4" in given.err
+
+
+def test_a_latent_runs_preview_grid_shows_decoded_digits(invoke, data_dir, tmp_path, autoencoder):
+    from PIL import Image
+
+    out = tmp_path / "latent"
+    args = [arg for arg in latent_args(data_dir, out, autoencoder, "--max-steps", "4", "--epochs", "1", "--sample-steps", "3",
+                                       "--sample-count", "4") if arg != "--no-samples"]
+    assert invoke(train_main, *args).code == 0
+    with Image.open(out / "samples-epoch001.png") as grid:  # 2x2 digits of 32x32 (not 16x16 latents), scaled 2x
+        assert grid.size == (2 * (2 * 34 + 2), 2 * (2 * 34 + 2))

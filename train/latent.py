@@ -10,13 +10,14 @@ The record a latent checkpoint carries (``Settings.autoencoder``)::
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..core.errors import DDPMError
+from ..core.files import file_sha256
 from .autoencoder import Autoencoder
 from .config import AutoencoderConfig, DataConfig
 
@@ -33,14 +34,6 @@ def autoencoder_record(path: Path) -> dict[str, Any]:
         raise DDPMError(f"--autoencoder {path} is a U-Net checkpoint, not an autoencoder (train one with ddpm-autoencoder)")
     return {"config": dict(checkpoint["model_config"]), "data": dict(checkpoint["data"]), "weights": checkpoint["ema"],
             "sha256": file_sha256(path), "step": int(checkpoint["progress"]["step"]), "scale_factor": None}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def record_config(record: dict[str, Any]) -> AutoencoderConfig:
@@ -76,7 +69,19 @@ def scale_factor(latents: torch.Tensor) -> float:
     return 1.0 / std
 
 
-@torch.no_grad()
-def decode(model: Autoencoder, latents: torch.Tensor, scale: float) -> torch.Tensor:
-    """Images from scaled latents (what the U-Net samples): x = D(z / scale)."""
-    return model.decoder(latents / scale)
+class LatentDecoder(nn.Module):
+    """The autoencoder's decoder as a latent model samples through it: images x = D(z / scale_factor)
+    from the scaled latents z the U-Net draws (the trainer's previews, and the exported decoder)."""
+
+    def __init__(self, decoder: nn.Module, scale_factor: float) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.scale_factor = scale_factor
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z / self.scale_factor)
+
+
+def latent_decoder(record: dict[str, Any], device: torch.device | str = "cpu") -> LatentDecoder:
+    """The recorded autoencoder's decoder with its latent scale, in eval mode."""
+    return LatentDecoder(build_autoencoder(record, device).decoder, float(record["scale_factor"])).eval()

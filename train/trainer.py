@@ -38,7 +38,7 @@ from .data import load_training_set
 from .diffusion import Diffusion, sample
 from .distributed import resolve_device, setup_distributed, shutdown_distributed
 from .ema import EMA
-from .latent import build_autoencoder, decode, encode, latent_size, scale_factor
+from .latent import build_autoencoder, encode, latent_decoder, latent_size, scale_factor
 from .logs import LossWindow, trim_log
 from .lr_schedule import learning_rate
 from .signals import Interrupted, StopSignals
@@ -134,11 +134,11 @@ class Trainer:
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """A latent run's training set: the autoencoder's latents, scaled to unit variance (the scale is
         measured on the first run and kept in the checkpoint, so a resumed run sees the same latents)."""
-        self.autoencoder = build_autoencoder(self.settings.autoencoder, self.device)
-        latents = encode(self.autoencoder, images)
         record = self.settings.autoencoder
+        latents = encode(build_autoencoder(record, self.device), images)
         if record["scale_factor"] is None:
             self.settings = replace(self.settings, autoencoder={**record, "scale_factor": scale_factor(latents)})
+        self.decoder = latent_decoder(self.settings.autoencoder, self.device)  # for the previews
         return latents * self.settings.autoencoder["scale_factor"]
 
     def _load_data(self) -> None:
@@ -211,8 +211,8 @@ class Trainer:
             labels=np.arange(self.options.sample_count) % classes if classes else None,
         )
         if self.settings.latent:
-            latents = torch.from_numpy(images).to(self.device)
-            images = decode(self.autoencoder, latents, self.settings.autoencoder["scale_factor"]).float().cpu().numpy()
+            with torch.no_grad():
+                images = self.decoder(torch.from_numpy(images).to(self.device)).float().cpu().numpy()
         path = self.options.out_dir / f"samples-epoch{epoch:03d}.png"
         write_png(path, to_uint8(images, self.data_config.data_range), scale=2)
         return path
