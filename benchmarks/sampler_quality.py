@@ -34,7 +34,7 @@ def registry_settings() -> list[tuple[str, float | None, int]]:
     reference loop) once at all T steps, every other at each of CALLS; one with an η at both its ends
     (DDIM: 0 deterministic, 1 as noisy as the ancestral sampler)."""
     settings = []
-    for spec in SPECS:
+    for spec in (spec for spec in SPECS if not spec.student):  # a student's own sampler: ddpm-eval on the student
         eta = spec.option("eta")
         etas = (float(eta.low), float(eta.high)) if eta is not None else (None,)
         for value in etas:

@@ -58,6 +58,11 @@ class ModelInfo:
     # makes of it (image_size, image_channels, scale_factor) and names the decoder (decoder_file, a name
     # beside this file, and decoder_sha256), with the autoencoder's checkpoint hash (autoencoder_sha256).
     latent: dict[str, Any] | None = None
+    # A few-step student (ddpm-distill): the teacher it learned from (teacher_sha256, its checkpoint's
+    # hash), the timesteps it was trained at (noisiest first; the consistency sampler's), the
+    # classifier-free guidance built into its class rows, and how the teacher's targets were drawn
+    # (teacher_sampler, teacher_steps).
+    student: dict[str, Any] | None = None
 
     def make_schedule(self) -> Schedule:
         return make_schedule(**self.schedule)
@@ -111,6 +116,8 @@ class ModelInfo:
                 found.append(f"source.{name} {self.source[name]!r} is not a string")
         if self.latent is not None:
             found += latent_problems(self.latent)
+        if self.student is not None:
+            found += student_problems(self.student, self.schedule.get("timesteps") if isinstance(self.schedule, dict) else None)
         return found
 
     def io_contract(self) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]]]:
@@ -206,6 +213,27 @@ def latent_problems(latent: object) -> list[str]:
     for name in ("decoder_sha256", "autoencoder_sha256"):
         if not _sha256(latent.get(name)):
             found.append(f"latent.{name} {latent.get(name)!r} is not a SHA-256 in hex")
+    return found
+
+
+MAX_STUDENT_GUIDANCE = 1000.0
+
+
+def student_problems(student: object, total: object) -> list[str]:
+    """What is impossible in a few-step student's ``student`` metadata, for a schedule of ``total`` steps."""
+    if not isinstance(student, dict):
+        return [f"student {student!r} is not an object"]
+    found = []
+    if not _sha256(student.get("teacher_sha256")):
+        found.append(f"student.teacher_sha256 {student.get('teacher_sha256')!r} is not a SHA-256 in hex")
+    timesteps = student.get("timesteps")
+    if (not isinstance(timesteps, list) or not 1 <= len(timesteps) <= 64 or not all(_integer(t) for t in timesteps)
+            or not _integer(total) or not all(0 <= t < total for t in timesteps)
+            or any(a <= b for a, b in zip(timesteps, timesteps[1:]))):
+        found.append(f"student.timesteps {timesteps!r} is not 1 to 64 decreasing model timesteps")
+    guidance = student.get("guidance")
+    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 0 <= guidance <= MAX_STUDENT_GUIDANCE:
+        found.append(f"student.guidance {guidance!r} is not a number in 0..{MAX_STUDENT_GUIDANCE:g}")
     return found
 
 

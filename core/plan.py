@@ -9,6 +9,7 @@ digits 10 calls of UniPC and guidance 1, which the shipped model draws as well a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -19,13 +20,18 @@ from .metadata import ModelInfo
 from .samplers import Sampler, SamplerSpec, accepting, find
 from .schedule import Schedule
 
-__all__ = ["SamplingPlan", "SettingError", "SHOW", "DEFAULT_SAMPLER", "DIGIT_SAMPLER", "DEFAULT_GUIDANCE", "MAX_GUIDANCE"]
+__all__ = ["SamplingPlan", "SettingError", "SHOW", "DEFAULT_SAMPLER", "DIGIT_SAMPLER", "STUDENT_SAMPLER", "DEFAULT_GUIDANCE", "MAX_GUIDANCE"]
 
 SHOW = ("xt", "x0", "both")  # what the animation frames hold
 DEFAULT_SAMPLER = "ancestral"  # the reference loop
 DIGIT_SAMPLER = "unipc"  # with digits: every digit judged as asked at 10 calls, FD as with 20 of DPM-Solver++ SDE
 DEFAULT_GUIDANCE = 1.0  # of 0, 1 and 3 for the shipped model: every digit judged as asked, lowest FD
+STUDENT_SAMPLER = "consistency"  # a few-step student's default, with or without digits
 MAX_GUIDANCE = 50.0  # (1+w)·ε − w·ε(∅): the shipped model already draws near-identical digits at w = 3
+
+
+class StudentWarning(UserWarning):
+    """Another sampler than the one a few-step student learned for."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,15 @@ class SamplingPlan:
         sampler's own settings (``eta=``, ``spacing=``, ...). One :class:`SettingError` for the first
         setting that cannot work."""
         chosen = _check_digits(info, digits)
-        spec = find(sampler if sampler is not None else DIGIT_SAMPLER if chosen is not None else DEFAULT_SAMPLER)
+        spec = find(sampler if sampler is not None else _default_sampler(info, chosen))
+        if spec.student and info.student is None:
+            raise SettingError("sampler", f"{spec.name} samples few-step students (made by ddpm-distill); this model is not one")
+        if info.student is not None and not spec.student:
+            warnings.warn(f"this model is a few-step student (ddpm-distill): {spec.name} runs it, but it learned to draw "
+                          f"in 1 to {len(info.student['timesteps'])} calls of the {STUDENT_SAMPLER} sampler", StudentWarning, stacklevel=2)
         plan = cls(
             sampler=spec.name,
-            steps=spec.check_steps(steps, schedule),
+            steps=spec.check_steps(steps, schedule, info),
             options=_check_options(spec, options),
             digits=chosen,
             guidance=_check_guidance(info, chosen, guidance),
@@ -126,7 +137,20 @@ def _check_digits(info: ModelInfo, digits: Sequence[int] | None) -> tuple[int, .
     return chosen
 
 
+def _default_sampler(info: ModelInfo, digits: tuple[int, ...] | None) -> str:
+    if info.student is not None:
+        return STUDENT_SAMPLER
+    return DIGIT_SAMPLER if digits is not None else DEFAULT_SAMPLER
+
+
 def _check_guidance(info: ModelInfo, digits: tuple[int, ...] | None, guidance: float | None) -> float:
+    """w of (1+w)·ε(y) − w·ε(∅), 0 for none. A student has its teacher's guidance built into its
+    one row per digit, so the runtime adds none."""
+    if info.student is not None:
+        if guidance is not None and guidance != info.student["guidance"]:
+            raise SettingError("guidance", f"this few-step student has guidance {info.student['guidance']:g} built in "
+                                           "(ddpm-distill --guidance); it takes no other")
+        return 0.0
     if guidance is None:
         return DEFAULT_GUIDANCE if digits is not None else 0.0
     if not info.num_classes:

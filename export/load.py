@@ -138,6 +138,9 @@ def project_source(checkpoint: dict[str, Any], path: Path, sha256: str, weights:
                         "which carries it")
     config = UNetConfig.from_dict(checkpoint["model_config"])
     model = build_model(config, checkpoint["ema" if weights == "ema" else "model"], str(path))
+    student = checkpoint.get("student")
+    if student is not None:
+        model = student_network(model, checkpoint["schedule"])
     data, sampling = checkpoint["data"], checkpoint["sampling"]
     info = ModelInfo(
         schedule=dict(checkpoint["schedule"]),
@@ -154,10 +157,29 @@ def project_source(checkpoint: dict[str, Any], path: Path, sha256: str, weights:
             "transform": data.get("transform"), "preset": checkpoint["train"].get("preset"),
         },
         versions={"checkpoint": checkpoint.get("versions", {}), "export": versions()},
+        student=None if student is None else student_metadata(student),
     )
     if checkpoint.get("autoencoder") is None:
         return ExportSource(model, info, "ddpm-mnist")
     return latent_source(ExportSource(model, info, "ddpm-mnist"), checkpoint["autoencoder"])
+
+
+def student_network(model: UNet, schedule: dict[str, Any]) -> UNet:
+    """A student's weights as the network it is: v_θ answering ε (train/distill.py)."""
+    from ..core.schedule import make_schedule
+    from ..train.distill import StudentUNet
+
+    student = StudentUNet(model.config, make_schedule(**schedule))
+    student.load_state_dict(model.state_dict())
+    return student.eval()
+
+
+def student_metadata(record: dict[str, Any]) -> dict[str, Any]:
+    """What an exported student says of itself: its teacher, timesteps, built-in guidance and how it learned."""
+    return {"teacher_sha256": record["teacher_sha256"], "teacher_step": record["teacher_step"],
+            "timesteps": list(record["timesteps"]), "guidance": float(record["guidance"]),
+            "teacher_sampler": record["teacher_sampler"], "teacher_steps": record["teacher_steps"],
+            "trajectories": record["trajectories"]}
 
 
 def latent_source(unet: ExportSource, record: dict[str, Any]) -> ExportSource:

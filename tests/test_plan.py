@@ -10,7 +10,7 @@ import pytest
 
 from ddpm.core.plan import DEFAULT_GUIDANCE, DIGIT_SAMPLER, SettingError
 from ddpm.core.samplers import SPECS, AncestralSampler, DDIMSampler, DPMSolverSampler, find
-from tests_support import CONDITIONAL, UNCONDITIONAL, build
+from tests_support import CONDITIONAL, STUDENT, UNCONDITIONAL, build
 
 FUSED = dataclasses.replace(UNCONDITIONAL, graph="fused-step")
 
@@ -94,8 +94,39 @@ def test_settings_record_only_what_the_sampler_uses():
 def test_every_sampler_is_reachable_by_name_and_alias_and_builds_from_its_defaults():
     schedule = CONDITIONAL.make_schedule()
     for spec in SPECS:
+        info = STUDENT if spec.student else CONDITIONAL
         for name in (spec.name, *spec.aliases):
-            plan = build(sampler=name)
+            plan = build(info, sampler=name)
             assert plan.sampler == spec.name and set(plan.options) == {option.name for option in spec.options}
-            sampler = plan.make_sampler(CONDITIONAL, schedule)
+            sampler = plan.make_sampler(info, schedule)
             assert len(sampler) == plan.steps and sampler.model_timesteps[0] > sampler.model_timesteps[-1]
+
+
+# -- few-step students ---------------------------------------------------------------------------
+
+
+def test_a_student_samples_with_the_consistency_sampler_by_default_in_two_calls_of_its_timesteps():
+    for digits in (None, [3]):
+        plan = build(STUDENT, digits=digits)
+        assert (plan.sampler, plan.steps, plan.guidance) == ("consistency", 2, 0.0)  # guidance is in its rows already
+        assert plan.make_sampler(STUDENT, STUDENT.make_schedule()).model_timesteps.tolist() == [999, 474]
+    assert build(STUDENT, steps=4).make_sampler(STUDENT, STUDENT.make_schedule()).model_timesteps.tolist() == [999, 742, 474, 226]
+    assert build(STUDENT, steps=1).make_sampler(STUDENT, STUDENT.make_schedule()).model_timesteps.tolist() == [999]
+
+
+def test_a_student_refuses_more_calls_than_it_learned_and_guidance_other_than_its_own():
+    with pytest.raises(SettingError, match="between 1 and 4 .*trained at"):
+        build(STUDENT, steps=5)
+    with pytest.raises(SettingError, match="0"):
+        build(STUDENT, steps=0)
+    with pytest.raises(SettingError, match="guidance 1 built in"):
+        build(STUDENT, digits=[2], guidance=3.0)
+    assert build(STUDENT, digits=[2], guidance=1.0).guidance == 0.0  # its own value is no extra row
+
+
+def test_the_consistency_sampler_needs_a_student_and_other_samplers_on_a_student_warn():
+    with pytest.raises(SettingError, match="few-step students .* not one"):
+        build(CONDITIONAL, sampler="consistency")
+    with pytest.warns(UserWarning, match="few-step student"):
+        plan = build(STUDENT, sampler="ddim", steps=5)
+    assert plan.sampler == "ddim"

@@ -66,7 +66,7 @@ def test_the_corrector_raises_the_order_by_one(order, low, high):
 
 def test_spec_defaults_and_the_step_interface():
     spec = find("unipc")
-    sampler = spec.build(SCHEDULE, None, spec.check_steps(None, SCHEDULE), **{o.name: o.default for o in spec.options})
+    sampler = spec.build(SCHEDULE, None, spec.check_steps(None, SCHEDULE, None), **{o.name: o.default for o in spec.options})
     assert isinstance(sampler, UniPCSampler) and len(sampler) == spec.steps == 10 and spec.solver
     assert spec.option("spacing").default == "logsnr"
     assert np.all(np.diff(sampler.model_timesteps) < 0) and sampler.model_timesteps[0] == 999

@@ -41,6 +41,9 @@ LABML_SMALL = dict(base_channels=32, channel_mults=(1, 2, 1, 2), attention=(Fals
 # Models the sampling plan is built for, without a file behind them.
 UNCONDITIONAL = ModelInfo(schedule={"kind": "linear", "timesteps": 1000}, image_size=32, image_channels=1, data_range=(-1.0, 1.0))
 CONDITIONAL = dataclasses.replace(UNCONDITIONAL, num_classes=10)
+# A few-step student of a conditional teacher, as ddpm-export describes one.
+STUDENT = dataclasses.replace(CONDITIONAL, student={"teacher_sha256": "ab" * 32, "timesteps": [999, 742, 474, 226], "guidance": 1.0,
+                                                    "teacher_sampler": "dpm++2m", "teacher_steps": 20})
 
 
 def build(info=CONDITIONAL, **settings) -> SamplingPlan:

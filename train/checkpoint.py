@@ -55,7 +55,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-CHECKSUMMED = ("model", "ema", "optimizer", "autoencoder")  # a latent U-Net's autoencoder weights too
+CHECKSUMMED = ("model", "ema", "optimizer", "autoencoder", "student")  # carried autoencoder and teacher weights too
 
 
 def tensor_checksum(checkpoint: dict[str, Any]) -> str:

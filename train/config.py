@@ -343,6 +343,29 @@ class TrainConfig:
 LEGACY_TRAIN_SETTINGS: dict[str, Any] = {"lr_schedule": "constant", "loss_weighting": "none", "min_snr_gamma": 5.0}
 
 
+@dataclass(frozen=True)
+class DistillConfig:
+    """What a few-step student learns from its teacher (``ddpm-distill``); recorded in its checkpoints."""
+
+    guidance: float = setting(1.0, "Classifier-free guidance w built into the student's digit rows: it learns the teacher's "
+                              "(1+w)·ε(y) − w·ε(∅) ODE, so a guided digit costs one row per call. 0 for an unconditional "
+                              "teacher.", FiniteFloatRange(min=0.0, max=50.0))
+    teacher_steps: int = setting(20, "DPM-Solver++ (2M) steps of the teacher's ODE that draw each target.",
+                                 click.IntRange(2, 1000))
+    student_steps: int = setting(4, "The most calls the student learns to draw in: it learns at this many of the teacher "
+                                 "solver's timesteps, evenly spaced from the noisiest.", click.IntRange(1, 64))
+    trajectories: int = setting(20_000, "Teacher ODE solves to learn from, each a target for every student timestep.",
+                                POSITIVE_INT)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# A student's recipe: short, at the lr of fine-tuning, from the teacher's weights.
+DISTILL_TRAINING: dict[str, Any] = {"batch_size": 128, "lr": 1e-4, "epochs": 4, "lr_schedule": "cosine",
+                                    "lr_warmup_steps": 100, "ema_decay": 0.999}
+
+
 @dataclass
 class RunOptions:
     """Settings of this invocation only; free to change between a run and its resume."""
@@ -383,10 +406,13 @@ class Settings:
     schedule: dict[str, Any]  # make_schedule's arguments
     train: TrainConfig
     autoencoder: dict[str, Any] | None = None
+    student: dict[str, Any] | None = None  # a few-step student's: train/distill.py's record of its teacher
 
     @property
     def kind(self) -> str:
-        return "autoencoder" if isinstance(self.model_config, AutoencoderConfig) else "unet"
+        if isinstance(self.model_config, AutoencoderConfig):
+            return "autoencoder"
+        return "student" if self.student is not None else "unet"
 
     @property
     def latent(self) -> bool:
@@ -395,19 +421,23 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"model_config": self.model_config.to_dict(), "data": self.data.to_dict(),
                                 "schedule": dict(self.schedule), "train": self.train.to_dict()}
-        if self.kind == "autoencoder":
-            data["kind"] = "autoencoder"
+        if self.kind != "unet":
+            data["kind"] = self.kind
         if self.autoencoder is not None:
             data["autoencoder"] = self.autoencoder
+        if self.student is not None:
+            data["student"] = self.student
         return data
 
     @classmethod
     def from_dict(cls, checkpoint: dict[str, Any]) -> "Settings":
         config_class = AutoencoderConfig if checkpoint.get("kind") == "autoencoder" else UNetConfig
         return cls(config_class.from_dict(checkpoint["model_config"]), DataConfig.from_dict(checkpoint["data"]),
-                   dict(checkpoint["schedule"]), TrainConfig.from_dict(checkpoint["train"]), checkpoint.get("autoencoder"))
+                   dict(checkpoint["schedule"]), TrainConfig.from_dict(checkpoint["train"]), checkpoint.get("autoencoder"),
+                   checkpoint.get("student"))
 
 
 # The class whose options set each checkpoint section, per kind of model.
 SECTIONS = {"model_config": UNetConfig, "data": DataConfig, "schedule": ScheduleConfig, "train": TrainConfig}
 AUTOENCODER_SECTIONS = {"model_config": AutoencoderConfig, "data": DataConfig, "train": TrainConfig}
+STUDENT_SECTIONS = {"train": TrainConfig, "student": DistillConfig}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.samplers import AncestralSampler
+from ..core.samplers import AncestralSampler, Sampler
 from ..core.schedule import Schedule
 
 
@@ -63,12 +63,14 @@ def sample(
     steps: int | None = None,
     variance: str = "beta",
     labels: np.ndarray | None = None,
+    sampler: Sampler | None = None,
 ) -> np.ndarray:
     """Ancestral samples [count, C, H, W] float32 from ``model`` with a NumPy noise stream
-    (a class-conditional model draws ``labels``, or without them the "no class" index)."""
+    (a class-conditional model draws ``labels``, or without them the "no class" index); another
+    ``sampler`` (a fresh one) in place of the ancestral one."""
     device = next(model.parameters()).device
     channels = model.config.image_channels
-    sampler = AncestralSampler(schedule, steps=steps, variance=variance)
+    sampler = sampler or AncestralSampler(schedule, steps=steps, variance=variance)
     rng = np.random.default_rng(seed)
     shape = (count, channels, image_size, image_size)
     x = rng.standard_normal(shape, dtype=np.float32)

@@ -20,7 +20,9 @@ from .config import (
     PRESET_TRAINING,
     PRESETS,
     SECTIONS,
+    STUDENT_SECTIONS,
     DataConfig,
+    DistillConfig,
     ScheduleConfig,
     Settings,
     TrainConfig,
@@ -29,7 +31,8 @@ from .options import flag_name, from_args, option_fields
 
 # Resuming may change --epochs and --max-steps; the other settings may be repeated but must match the checkpoint's.
 RESUMABLE = {f.name for f in option_fields(TrainConfig) if f.metadata["setting"]["resumable"]}
-KINDS = {"unet": SECTIONS, "autoencoder": AUTOENCODER_SECTIONS}
+KINDS = {"unet": SECTIONS, "autoencoder": AUTOENCODER_SECTIONS, "student": STUDENT_SECTIONS}
+COMMANDS = {"unet": "ddpm-train", "autoencoder": "ddpm-autoencoder", "student": "ddpm-distill"}
 
 
 class SettingsConflict(DDPMError):
@@ -52,12 +55,13 @@ def resolve_run(values: dict[str, Any], explicit: set[str], resume: str | None, 
 
     Only the resumable settings (``RESUMABLE``) may differ from a resumed checkpoint's. ``kind``:
     "unet" (ddpm-train; ``values["autoencoder"]`` names the autoencoder of a latent model) or
-    "autoencoder" (ddpm-autoencoder).
+    "autoencoder" (ddpm-autoencoder) or "student" (ddpm-distill; ``values["teacher"]`` names the teacher,
+    which a resumed student carries and need not be given again).
     """
     from .checkpoint import find_resumable, load_checkpoint
 
     checkpoint = load_checkpoint(Path(resume)) if resume not in (None, "auto") else None
-    fresh = _autoencoder_settings(values) if kind == "autoencoder" else _settings_from_args(values, explicit)
+    fresh = _fresh_settings(values, explicit, kind)
     if resume == "auto":
         found = find_resumable(out_dir, warn)
         if found is None:
@@ -65,16 +69,45 @@ def resolve_run(values: dict[str, Any], explicit: set[str], resume: str | None, 
         else:
             resume, checkpoint = found
     if checkpoint is None:
+        if fresh is None:
+            raise SettingsConflict("a new student needs its teacher: name a ddpm-train checkpoint with --teacher")
         return ResolvedRun(fresh)
     stored = _settings_from_checkpoint(checkpoint, resume)
     if stored.kind != kind:
-        command = "ddpm-autoencoder" if stored.kind == "autoencoder" else "ddpm-train"
-        raise DDPMError(f"{resume} is a checkpoint of {command}; continue it with that command")
-    differing = _differing_settings(fresh, stored, explicit) + _other_autoencoder(fresh, stored)
+        raise DDPMError(f"{resume} is a checkpoint of {COMMANDS[stored.kind]}; continue it with that command")
+    if fresh is None:  # a student resumed without --teacher: the options given, over the checkpoint's own
+        fresh = _student_options(stored, values)
+    differing = _differing_settings(fresh, stored, explicit) + _other_autoencoder(fresh, stored) + _other_teacher(fresh, stored)
     if differing:
         raise SettingsConflict(f"{resume} was trained with other settings: {'; '.join(differing)}")
     train = replace(stored.train, **{name: values[name] for name in RESUMABLE & explicit})
     return ResolvedRun(replace(stored, train=train), checkpoint, resume)
+
+
+def _fresh_settings(values: dict[str, Any], explicit: set[str], kind: str) -> Settings | None:
+    """A new run's settings from the option values (None: a student without --teacher)."""
+    if kind == "autoencoder":
+        return _autoencoder_settings(values)
+    if kind == "student":
+        if values.get("teacher") is None:
+            return None
+        from .distill import student_settings
+
+        return student_settings(Path(values["teacher"]), from_args(DistillConfig(), values), values)
+    return _settings_from_args(values, explicit)
+
+
+def _student_options(stored: Settings, values: dict[str, Any]) -> Settings:
+    distill = from_args(DistillConfig(**{name: stored.student[name] for name in DistillConfig().to_dict()}), values)
+    return replace(stored, train=from_args(stored.train, values), student={**stored.student, **distill.to_dict()})
+
+
+def _other_teacher(fresh: Settings, stored: Settings) -> list[str]:
+    """A student resumed with another --teacher than the one its checkpoint learned from."""
+    if fresh.student is None or stored.student is None:
+        return []
+    mine, theirs = fresh.student["teacher_sha256"], stored.student["teacher_sha256"]
+    return [] if mine == theirs else [f"--teacher of sha256 {mine[:12]} (checkpoint: {theirs[:12]})"]
 
 
 def _settings_from_args(args: dict[str, Any], explicit: set[str]) -> Settings:

@@ -4,15 +4,16 @@ is one entry of :data:`SPECS` (its spec lives beside its class, one file per sam
 from __future__ import annotations
 
 from ..errors import SettingError
-from . import ancestral, ddim, dpm_solver, unipc
+from . import ancestral, consistency, ddim, dpm_solver, unipc
 from .ancestral import AncestralSampler
+from .consistency import ConsistencySampler, student_timesteps
 from .base import LAMBDA_MIN, SPACINGS, Multistep, Sampler, half_log_snr, predict_x0, solver_step_limit, solver_timesteps, spaced_timesteps
 from .ddim import DDIMSampler
 from .dpm_solver import DPMSolverSampler
 from .spec import Option, SamplerSpec
 from .unipc import UniPCSampler
 
-SPECS: tuple[SamplerSpec, ...] = (ancestral.SPEC, ddim.SPEC, *dpm_solver.SPECS, unipc.SPEC)
+SPECS: tuple[SamplerSpec, ...] = (ancestral.SPEC, ddim.SPEC, *dpm_solver.SPECS, unipc.SPEC, consistency.SPEC)
 NAMES = tuple(spec.name for spec in SPECS)
 _BY_NAME = {name: spec for spec in SPECS for name in (spec.name, *spec.aliases)}
 
@@ -40,6 +41,6 @@ def accepting(name: str) -> tuple[SamplerSpec, ...]:
     return tuple(spec for spec in SPECS if spec.option(name) is not None)
 
 
-__all__ = ["AncestralSampler", "DDIMSampler", "DPMSolverSampler", "LAMBDA_MIN", "Multistep", "NAMES", "Option", "SPACINGS",
+__all__ = ["AncestralSampler", "ConsistencySampler", "DDIMSampler", "DPMSolverSampler", "LAMBDA_MIN", "Multistep", "NAMES", "Option", "SPACINGS",
            "SPECS", "Sampler", "SamplerSpec", "UniPCSampler", "accepting", "choices", "find", "half_log_snr", "option_names", "predict_x0",
-           "solver_step_limit", "solver_timesteps", "spaced_timesteps"]
+           "solver_step_limit", "solver_timesteps", "spaced_timesteps", "student_timesteps"]

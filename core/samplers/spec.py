@@ -9,11 +9,14 @@ file with its class and spec, and one entry in the registry (``ddpm.core.sampler
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import SettingError
 from ..schedule import Schedule
 from .base import LAMBDA_MIN, SPACINGS, Sampler, solver_step_limit
+
+if TYPE_CHECKING:
+    from ..metadata import ModelInfo
 
 
 
@@ -62,6 +65,8 @@ class SamplerSpec:
     values. ``steps`` is the default number of network calls (None: all T). ``solver``: an ODE/SDE
     solver in λ, which needs a schedule with λ ≥ LAMBDA_MIN at its steps, so its steps stop there.
     ``fused``: a fused-step export (the ancestral update inside the graph) runs this sampler.
+    ``student``: it runs few-step students only (their metadata names the timesteps), and its steps
+    are bounded by the timesteps the student was trained at.
     """
 
     name: str
@@ -72,18 +77,21 @@ class SamplerSpec:
     aliases: tuple[str, ...] = ()
     solver: bool = False
     fused: bool = False
+    student: bool = False
 
     def option(self, name: str) -> Option | None:
         return next((option for option in self.options if option.name == name), None)
 
-    def step_limit(self, schedule: Schedule) -> tuple[int, str]:
-        """The most network calls this sampler can make on ``schedule``, and why."""
+    def step_limit(self, schedule: Schedule, info: "ModelInfo") -> tuple[int, str]:
+        """The most network calls this sampler can make on ``schedule`` with this model, and why."""
+        if self.student:
+            return len(info.student["timesteps"]), "the timesteps the student was trained at"
         if self.solver:
             return solver_step_limit(schedule), f"the steps with log-SNR above {2 * LAMBDA_MIN:g}"
         return schedule.timesteps, "the model's T"
 
-    def check_steps(self, steps: int | None, schedule: Schedule) -> int:
-        limit, why = self.step_limit(schedule)
+    def check_steps(self, steps: int | None, schedule: Schedule, info: "ModelInfo") -> int:
+        limit, why = self.step_limit(schedule, info)
         if steps is None:
             return min(self.steps or schedule.timesteps, limit)
         if not 1 <= steps <= limit:
