@@ -38,11 +38,11 @@ from ..runtime.session import PROVIDERS as SESSION_PROVIDERS, gpu_present
 from .loop import sampler_batch, time_full_loop, time_samplers
 from .machine import describe_machine, measure_limits, try_import_torch, usable_cpus
 from .models import BenchModel, prepare_models
-from .report import fill_rates, latent_lines, target_lines, write_results
+from .report import fill_rates, latent_lines, student_lines, target_lines, write_results
 from .steps import IMPLEMENTATIONS, SETTLE_SECONDS, Row, time_model
 
 PROVIDERS = tuple(alias for alias in SESSION_PROVIDERS if alias != "tensorrt")  # TensorRT is an implementation on "cuda"
-MODELS = ("small", "latent", "labml")
+MODELS = ("small", "latent", "student", "labml")
 RESULTS_DIR = Path("bench-results")  # in the current directory: never inside the installed package
 
 
@@ -92,7 +92,7 @@ def run_benchmark(
         model_rows, model_notes = time_model(model, implementations, providers, batches, warmup, repeats, threads, torch, echo)
         rows += model_rows
         notes += model_notes
-        if full_loop and (note := time_full_loop(model, model_rows, providers[0], threads, loop_repeats, echo)):
+        if full_loop and model.info.student is None and (note := time_full_loop(model, model_rows, providers[0], threads, loop_repeats, echo)):
             notes.append(note)
     return rows, notes
 
@@ -100,7 +100,9 @@ def run_benchmark(
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--models", type=CommaList(MODELS), default=None,
               help="Which networks to time: 'small' the pixel model, 'latent' the latent one (U-Net on 8x8 latents, its "
-                   "decoder in the sampler rows), 'labml' the seed's. [default: small,latent,labml; small,latent with --quick]")
+                   "decoder in the sampler rows), 'student' the latent model's few-step student (its sampler rows: 1 to 4 "
+                   "consistency calls), 'labml' the seed's. [default: small,latent,student,labml; small,latent,student "
+                   "with --quick]")
 @click.option("--implementations", type=CommaList(IMPLEMENTATIONS), default=",".join(IMPLEMENTATIONS),
               help="Which implementations; those a provider cannot run are left out, those missing a package get a note.")
 @click.option("--providers", type=CommaList(PROVIDERS), default=None, help="[default: cpu, plus cuda when a GPU is present]")
@@ -118,6 +120,8 @@ def run_benchmark(
               help="ONNX file for the 'small' rows. [default: the embedded model]")
 @click.option("--latent-onnx", type=click.Path(path_type=Path), default=None,
               help="A latent model for the 'latent' rows (its decoder beside it). [default: the embedded latent model]")
+@click.option("--student-onnx", type=click.Path(path_type=Path), default=None,
+              help="A few-step student (ddpm-distill) for the 'student' rows. [default: the embedded latent-student]")
 @click.option("--labml-onnx", type=click.Path(path_type=Path), default=None,
               help="An exported labml network; without it one with random weights is exported first (needs PyTorch).")
 @click.option("--quick", is_flag=True, help="A short run (under a minute on a CPU): small model, 2 warm-up and 10 timed steps.")
@@ -126,7 +130,7 @@ def run_benchmark(
 @click.option("--tag", default=None, callback=lambda ctx, param, value: check_tag(value),
               help="Name of the result files (bench-TAG.*): letters, digits, '.', '_', '-'. [default: cpu, or gpu]")
 def bench_command(models, implementations, providers, cpu_batches, gpu_batches, warmup, repeats, threads, full_loop, samplers,
-                  small_onnx, latent_onnx, labml_onnx, quick, out_dir, tag) -> None:
+                  small_onnx, latent_onnx, student_onnx, labml_onnx, quick, out_dir, tag) -> None:
     """Time the sampling loop per implementation, provider, batch size and model; write JSON, Markdown and a chart.
 
     \b
@@ -144,7 +148,7 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
     if "cuda" in providers and not gpu_present():
         raise DDPMError("--providers cuda: no NVIDIA GPU driver found on this machine")
     if models is None:
-        models = ["small", "latent"] if quick else list(MODELS)
+        models = ["small", "latent", "student"] if quick else list(MODELS)
     if labml_onnx is not None and "labml" not in models:
         raise click.UsageError("--labml-onnx is given but labml is not among --models")
     if quick:
@@ -155,13 +159,14 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
 
     machine = describe_machine(threads, torch)
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as workdir:
-        bench_models, notes = prepare_models(models, small_onnx, labml_onnx, Path(workdir), torch, echo, latent_onnx)
+        bench_models, notes = prepare_models(models, small_onnx, labml_onnx, Path(workdir), torch, echo, latent_onnx,
+                                             student_onnx)
         limits = measure_limits(machine, providers, torch, echo)
         batches = {"cpu": cpu_batches, "cuda": gpu_batches}
         rows, row_notes = run_benchmark(bench_models, implementations, providers, batches, warmup, repeats, threads,
                                         full_loop, torch, echo, loop_repeats)
         sampler_rows = []
-        for model in (m for m in bench_models if samplers and m.name in ("small", "latent")):
+        for model in (m for m in bench_models if samplers and m.name in ("small", "latent", "student")):
             for provider in providers:
                 sampler_rows += time_samplers(model, provider, threads, quick, echo, sampler_batch(rows, model, provider))
     notes += row_notes
@@ -175,6 +180,7 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
         notes.append(f"targets not judged: they are set for the embedded model, and --onnx {small.onnx_path.name} is another")
     if small_onnx is None and latent_onnx is None:  # set for the embedded pair, as the others are
         targets += latent_lines(sampler_rows)
+    targets += student_lines(sampler_rows)
     for line in targets:
         echo(line)
 

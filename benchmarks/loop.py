@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..core.plan import STUDENT_SAMPLER
 from ..runtime.pipeline import DDPM
 from .models import BenchModel
 from .report import SEED_SECONDS_PER_SAMPLE
@@ -58,7 +59,10 @@ def time_samplers(model: BenchModel, provider: str, threads: int, quick: bool, e
     --quick leaves out the 1000-step ancestral run (its time is the full-loop row's, times the batch gain)."""
     ddpm = DDPM.load(model.onnx_path, provider=provider, threads=threads if provider == "cpu" else None)
     rows = []
-    for sampler, steps in SAMPLER_SETTINGS:
+    settings = SAMPLER_SETTINGS
+    if ddpm.info.student is not None:  # a few-step student: its own sampler, at each number of calls it learned
+        settings = tuple((STUDENT_SAMPLER, calls) for calls in range(1, len(ddpm.info.student["timesteps"]) + 1))
+    for sampler, steps in settings:
         steps = min(steps, ddpm.timesteps)
         if quick and steps > 100:
             continue

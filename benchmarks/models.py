@@ -87,26 +87,32 @@ def quantize_for_timing(source: Path, info: ModelInfo, path: Path, echo: Callabl
     return path
 
 
-def embedded_latent() -> Path | None:
-    """The package's latent model, None where it ships none."""
+def embedded(name: str) -> Path | None:
+    """The package's embedded model ``name``, None where it ships none."""
     try:
-        return embedded_model_path("latent")
-    except DDPMError:
+        return embedded_model_path(name)
+    except (DDPMError, KeyError):
         return None
 
 
+EMBEDDED_BY_ROW = {"small": "pixel", "latent": "latent", "student": "latent-student"}  # the embedded model each row times
+
+
 def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path | None, workdir: Path, torch,
-                   echo: Callable[[str], None], latent_onnx: Path | None = None) -> tuple[list[BenchModel], list[str]]:
+                   echo: Callable[[str], None], latent_onnx: Path | None = None,
+                   student_onnx: Path | None = None) -> tuple[list[BenchModel], list[str]]:
     """The networks named, in order: 'small' (the embedded pixel model or --onnx), 'latent' (the embedded
-    latent model or --latent-onnx; its rows time the U-Net on the latent, its sampler rows the decoder too)
+    latent model or --latent-onnx; its rows time the U-Net on the latent, its sampler rows the decoder too),
+    'student' (the embedded few-step student or --student-onnx; its sampler rows are consistency sampling)
     and 'labml'."""
     models, notes = [], []
+    given_files = {"small": small_onnx, "latent": latent_onnx, "student": student_onnx}
     for name in names:
-        if name in ("small", "latent"):
-            given = small_onnx if name == "small" else latent_onnx
-            path = given or (default_model_path() if name == "small" else embedded_latent())
+        if name in given_files:
+            given = given_files[name]
+            path = given or embedded(EMBEDDED_BY_ROW[name])
             if path is None:
-                notes.append("latent skipped: the package ships no latent model; give --latent-onnx")
+                notes.append(f"{name} skipped: the package ships no such model; give --{name}-onnx")
                 continue
             info = UNetSession(path, provider="cpu").info
             weights = "embedded (trained)" if given is None else f"{path.name}"
@@ -128,7 +134,7 @@ def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path |
 
             flops = float(forward_flops(module, info.image_size))
             weight_bytes = 4.0 * count_parameters(module)
-            if name != "labml" and (small_onnx if name == "small" else latent_onnx) is None:
+            if name != "labml" and given_files[name] is None:
                 weights = "embedded (trained) in ONNX rows; random in PyTorch rows"
         models.append(BenchModel(name, path, info, weights, flops, weight_bytes, module, workdir))
     return models, notes

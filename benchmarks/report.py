@@ -181,6 +181,17 @@ def latent_lines(sampler_rows: list[dict]) -> list[str]:
     return lines
 
 
+STUDENT_CALLS, STUDENT_GOAL = 2, 0.002  # a finished digit from the latent student: s per digit on a 2-core AVX2-only CPU
+
+
+def student_lines(sampler_rows: list[dict]) -> list[str]:
+    """Per digit, the few-step student at its 2 calls on the CPU, decoder included, against its goal."""
+    return [f"Student per digit, {r['sampler']} {r['steps']} calls, CPU, batch {r['batch']}, decoder included "
+            f"({100 * r['decoder_share']:.1f}%): {r['per_sample_s'] * 1e3:.2f} ms (goal <= {STUDENT_GOAL * 1e3:g} ms on a "
+            f"2-core AVX2-only CPU)"
+            for r in sampler_rows if r["model"] == "student" and r["provider"] == "cpu" and r["steps"] == STUDENT_CALLS]
+
+
 def write_chart(rows: list[Row], staged: StagedFiles, path: Path) -> str | None:
     try:
         import matplotlib

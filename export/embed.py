@@ -27,6 +27,8 @@ from ..core.errors import DDPMError
 from ..core.files import StagedFiles
 from ..core.mnist import load_mnist
 from ..core.outputs import png_bytes
+from ..core.plan import STUDENT_SAMPLER
+from ..core.samplers import find
 from ..core.variant import Variant
 from ..runtime.eps_check import CHECK_DIGITS
 from ..runtime.pipeline import DDPM, DEFAULT_MODEL
@@ -35,6 +37,8 @@ from ..train.checkpoint import read_checkpoint_file
 
 from .load import load_for_export
 from .pipeline import ExportOutputs, export_and_verify
+
+STUDENT_DEFAULT_CALLS = find(STUDENT_SAMPLER).steps
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "runtime" / "models"
 CHECK_COUNT = 64  # the first MNIST test digits: never trained on, and not among the judge's reference digits
@@ -99,13 +103,18 @@ def schedule_text(schedule: dict) -> str:
     return f"cosine alpha-bar (offset {schedule['offset']:g}, beta <= {schedule['max_beta']:g})"
 
 
-def role_and_grids(num_classes: int, files: dict[str, str], timesteps: int, grid_steps: int | None = None) -> tuple[str, str]:
+def role_and_grids(num_classes: int, files: dict[str, str], timesteps: int, grid_steps: int | None = None,
+                   student: bool = False) -> tuple[str, str]:
     """What the model is for, and what its sample grids show (a conditional model gets digits.png too);
-    ``grid_steps``: the ancestral steps of samples.png (None: all ``timesteps``)."""
+    ``grid_steps``: the steps of samples.png (None: all ``timesteps`` of the ancestral loop, or a
+    student's default calls)."""
     default = files["onnx"] == DEFAULT_MODEL
     role = "what `ddpm-run` samples when no `--onnx` is given" if default else f"what `ddpm-run --model {files['name']}` samples"
     run = "ddpm-run" if default else f"ddpm-run --model {files['name']}"
-    loop = f"the full {timesteps}-step ancestral loop" if grid_steps is None else f"the ancestral loop respaced to {grid_steps} steps"
+    if student:
+        loop = f"{grid_steps or STUDENT_DEFAULT_CALLS} calls of consistency sampling"
+    else:
+        loop = f"the full {timesteps}-step ancestral loop" if grid_steps is None else f"the ancestral loop respaced to {grid_steps} steps"
     flag = "" if grid_steps is None else f" --steps {grid_steps}"
     grid = (f"64 samples, seed 0, {loop}, drawn by the runtime from this file "
             f"(`{run} -n 64 --seed 0{flag} --png {files['png']} --scale 2` draws the same grid)")
@@ -115,6 +124,18 @@ def role_and_grids(num_classes: int, files: dict[str, str], timesteps: int, grid
         grid += (f".\n\n`{files['digits']}`: every digit in turn (10 columns), seed 0, with the defaults of `--digit` "
                  f"(`{run} --digit all -n 100 --seed 0 --png {files['digits']} --scale 2`)")
     return role, grid
+
+
+def student_note(info) -> str:
+    """The card's line on a few-step student's teacher and timesteps ("" for another model)."""
+    if info.student is None:
+        return ""
+    student = info.student
+    return (f"- Student: distilled by `ddpm-distill` from the teacher checkpoint sha256 `{student['teacher_sha256']}` (step "
+            f"{student['teacher_step']:,}): {student['trajectories']:,} solves of its ODE ({student['teacher_steps']} DPM-Solver++ "
+            f"(2M) steps, guidance {student['guidance']:g} built into the digit rows); it learned at timesteps "
+            f"{student['timesteps']} and draws a digit in 1 to {len(student['timesteps'])} calls of the consistency sampler "
+            f"({STUDENT_DEFAULT_CALLS} by default).\n")
 
 
 def latent_note(info) -> str:
@@ -130,7 +151,7 @@ def latent_note(info) -> str:
 def card(info, parameters: int, summary: dict, planned_steps: int, command: str, hardware: str, atol_diff: float,
          files: dict[str, str], reports: list[tuple[str, dict]], grid_steps: int | None = None) -> str:
     source, config, schedule = info.source, info.model_config, info.schedule
-    role, grid = role_and_grids(info.num_classes, files, schedule["timesteps"], grid_steps)
+    role, grid = role_and_grids(info.num_classes, files, schedule["timesteps"], grid_steps, info.student is not None)
     name = "" if files["onnx"] == DEFAULT_MODEL else f" --name {files['name']}"
     quality = ""
     if reports:
@@ -148,7 +169,7 @@ def card(info, parameters: int, summary: dict, planned_steps: int, command: str,
   epsilon prediction; sampling variance {info.variance} (sigma^2 = beta), no noise on the last step.
 - Data: MNIST training set (60,000 images), {source.get('transform') or 'pad'} from 28x28 to {info.output_size}x{info.output_size}, scaled
   to {list(info.data_range)}.
-{latent_note(info)}{training_note(summary, planned_steps)}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
+{latent_note(info)}{student_note(info)}{training_note(summary, planned_steps)}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
 - Hardware: {hardware}.
 - Export: opset 18, dynamic batch; ONNX Runtime CPU vs PyTorch max abs difference {atol_diff:.1e}.
 {quality}

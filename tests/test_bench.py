@@ -122,8 +122,8 @@ def test_the_openvino_hints_table(capsys, monkeypatch):
 
 def test_latent_rows_time_the_unet_on_latents_and_the_decoder_in_the_sampler_rows(invoke, tiny_export, latent_export,
                                                                                  tmp_path):
-    result = invoke(bench_main, "--quick", "--onnx", tiny_export / "unet.onnx", "--latent-onnx", latent_export / "unet.onnx",
-                    "--implementations", "ort", "--no-full-loop", "--out-dir", tmp_path, "--tag", "t")
+    result = invoke(bench_main, "--quick", "--models", "small,latent", "--onnx", tiny_export / "unet.onnx", "--latent-onnx",
+                    latent_export / "unet.onnx", "--implementations", "ort", "--no-full-loop", "--out-dir", tmp_path, "--tag", "t")
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "bench-t.json").read_text())
     assert {r["model"] for r in report["rows"]} == {"small", "latent"}

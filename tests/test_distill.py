@@ -2,6 +2,7 @@
 exactly), the student exports with its teacher in its metadata, the consistency sampler's steps match
 their closed form, the engine mixes student rows, and the mix-ups are refused in one line."""
 
+import io
 import json
 
 import numpy as np
@@ -188,6 +189,36 @@ def test_the_engine_mixes_student_rows_and_keeps_their_samples(student):
     assert engine.stats.calls == 3  # one call per tick: the three requests share them
     for job, plan, n, seed in zip(jobs, plans, (2, 3, 2), (5, 6, 7)):
         np.testing.assert_allclose(job.wait(0).samples, ddpm.generate(n, plan, seed=seed).samples, atol=1e-4)
+
+
+def test_ddpm_bench_times_the_student_at_each_number_of_calls(invoke, student, tmp_path):
+    from ddpm.benchmarks.bench import main as bench_main
+
+    result = invoke(bench_main, "--quick", "--models", "student", "--student-onnx", student / "unet.onnx", "--implementations",
+                    "ort", "--out-dir", tmp_path, "--tag", "t")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "bench-t.json").read_text())
+    rows = [r for r in report["sampler_rows"] if r["model"] == "student"]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("consistency", 1), ("consistency", 2), ("consistency", 3)]
+    assert any(line.startswith("Student per digit, consistency 2 calls") for line in report["targets"])
+
+
+def test_ddpm_serve_draws_a_students_digits_in_its_calls(student):
+    from fastapi.testclient import TestClient
+
+    from ddpm.serve.app import create_app
+
+    ddpm = DDPM.load(student / "unet.onnx", provider="cpu")
+    with TestClient(create_app(ddpm)) as client:
+        response = client.post("/v1/samples", json={"n": 2, "digits": [5], "seed": 3, "format": "npz"})
+        assert response.status_code == 200, response.text
+        with np.load(io.BytesIO(response.content)) as got:
+            settings = json.loads(str(got["settings"]))
+            expected = ddpm.generate(2, ddpm.plan(digits=[5]), seed=3)
+            assert np.abs(got["images"].astype(int) - expected.images.astype(int)).max() <= 1
+        assert (settings["sampler"], settings["steps"]) == ("consistency", 2)
+        refused = client.post("/v1/samples", json={"n": 1, "digits": [5], "guidance": 4})
+        assert refused.status_code == 422 and "built in" in refused.text
 
 
 # -- bad input ---------------------------------------------------------------------------------------
