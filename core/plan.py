@@ -20,7 +20,8 @@ from .metadata import ModelInfo
 from .samplers import Sampler, SamplerSpec, accepting, find
 from .schedule import Schedule
 
-__all__ = ["SamplingPlan", "SettingError", "SHOW", "DEFAULT_SAMPLER", "DIGIT_SAMPLER", "STUDENT_SAMPLER", "DEFAULT_GUIDANCE", "MAX_GUIDANCE"]
+__all__ = ["SamplingPlan", "SettingError", "StudentWarning", "SHOW", "DEFAULT_SAMPLER", "DIGIT_SAMPLER", "STUDENT_SAMPLER",
+           "DEFAULT_GUIDANCE", "MAX_GUIDANCE"]
 
 SHOW = ("xt", "x0", "both")  # what the animation frames hold
 DEFAULT_SAMPLER = "ancestral"  # the reference loop
@@ -62,7 +63,8 @@ class SamplingPlan:
             raise SettingError("sampler", f"{spec.name} samples few-step students (made by ddpm-distill); this model is not one")
         if info.student is not None and not spec.student:
             warnings.warn(f"this model is a few-step student (ddpm-distill): {spec.name} runs it, but it learned to draw "
-                          f"in 1 to {len(info.student['timesteps'])} calls of the {STUDENT_SAMPLER} sampler", StudentWarning, stacklevel=2)
+                          f"in 1 to {len(info.student['timesteps'])} calls of the {STUDENT_SAMPLER} sampler",
+                          StudentWarning, stacklevel=2)
         plan = cls(
             sampler=spec.name,
             steps=spec.check_steps(steps, schedule, info),

@@ -362,7 +362,7 @@ class DistillConfig:
 
 
 # A student's recipe: short, at the lr of fine-tuning, from the teacher's weights.
-DISTILL_TRAINING: dict[str, Any] = {"batch_size": 128, "lr": 1e-4, "epochs": 4, "lr_schedule": "cosine",
+DISTILL_TRAINING: dict[str, Any] = {"batch_size": 128, "lr": 2e-4, "epochs": 6, "lr_schedule": "cosine",
                                     "lr_warmup_steps": 100, "ema_decay": 0.999}
 
 

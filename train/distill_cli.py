@@ -37,9 +37,9 @@ def describe(trainer: Any) -> None:
     record, config, size = trainer.settings.student, trainer.config, trainer.sample_size
     pairs = trainer.states.shape[0] * trainer.states.shape[1]
     guidance = f", guidance {record['guidance']:g} built in" if trainer.model_config.num_classes else ""
-    latent = " latent" if trainer.settings.latent else ""
+    latent = " on latents" if trainer.settings.latent else ""
     for line in (
-        f"teacher: {config.preset}{latent} U-Net, checkpoint sha256 {record['teacher_sha256'][:12]} (step "
+        f"teacher: the {config.preset} preset's U-Net{latent}, checkpoint sha256 {record['teacher_sha256'][:12]} (step "
         f"{record['teacher_step']:,}); {record['trajectories']:,} solves of {record['teacher_steps']} DPM-Solver++ (2M) "
         f"steps{guidance}, {trainer.model_config.image_channels}x{size}x{size}",
         f"student: learns at timesteps {record['timesteps']} (1 to {len(record['timesteps'])} calls); device "
