@@ -85,15 +85,15 @@ def metrics_table(reports: list[tuple[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_note(summary: dict, planned_steps: int) -> str:
-    """The card's line on the training run ("" without its log)."""
+def training_note(summary: dict, planned_steps: int, data: str = "the 60,000 MNIST training images") -> str:
+    """The card's line on the training run ("" without its log); ``data`` is what an epoch passes over."""
     if not summary:
         return ""
     partial = f" of the {planned_steps:,} the command plans" if planned_steps > summary["steps"] else ""
     return (
-        f"- Trained for {summary['steps']:,} steps{partial} ({summary['epochs']:.2f} epochs of the 60,000 MNIST "
-        f"training images, batch 128), {wall_time(summary['wall_hours'])} wall time; mean training loss over the last "
-        f"logged steps: {summary['final_loss']:.4f}.\n"
+        f"- Trained for {summary['steps']:,} steps{partial} ({summary['epochs']:.2f} epochs of {data}, batch 128), "
+        f"{wall_time(summary['wall_hours'])} wall time; mean training loss over the last logged steps: "
+        f"{summary['final_loss']:.4f}.\n"
     )
 
 
@@ -138,6 +138,13 @@ def student_note(info) -> str:
             f"({STUDENT_DEFAULT_CALLS} by default).\n")
 
 
+def epoch_data(info) -> str:
+    """What one training epoch of the model passed over, for its card."""
+    if info.student is None:
+        return "the 60,000 MNIST training images"
+    return f"the {info.student['trajectories'] * len(info.student['timesteps']):,} (teacher solve, student timestep) pairs"
+
+
 def latent_note(info) -> str:
     """The card's line on a latent model's latents and decoder ("" for a pixel model)."""
     if info.latent is None:
@@ -169,7 +176,7 @@ def card(info, parameters: int, summary: dict, planned_steps: int, command: str,
   epsilon prediction; sampling variance {info.variance} (sigma^2 = beta), no noise on the last step.
 - Data: MNIST training set (60,000 images), {source.get('transform') or 'pad'} from 28x28 to {info.output_size}x{info.output_size}, scaled
   to {list(info.data_range)}.
-{latent_note(info)}{student_note(info)}{training_note(summary, planned_steps)}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
+{latent_note(info)}{student_note(info)}{training_note(summary, planned_steps, epoch_data(info))}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
 - Hardware: {hardware}.
 - Export: opset 18, dynamic batch; ONNX Runtime CPU vs PyTorch max abs difference {atol_diff:.1e}.
 {quality}

@@ -78,6 +78,7 @@ def run_cli(
     ddpm-run --gif out.gif                      # the embedded model, 16 digits
     ddpm-run --onnx unet.onnx -n 64 --png grid.png --npz samples.npz --seed 3
     ddpm-run --sampler unipc --png fast.png                        # 10 network calls, 100x faster
+    ddpm-run --sampler consistency --png fastest.png               # the embedded few-step student, 2 calls
     ddpm-run --sampler ddim --steps 50 --png fast.png              # 20x fewer network calls
     ddpm-run --digit 7 --png sevens.png                            # 16 sevens: UniPC, 10 calls, guidance 1
     ddpm-run --onnx cond.onnx --digit all --guidance 2 --gif all.gif
@@ -85,7 +86,7 @@ def run_cli(
     targets = output_targets(gif, video, png, npz, show, show_info, onnx_path)
     if engine == "cudagraph" and provider in ("cpu", "openvino"):
         raise click.BadParameter("cudagraph needs --provider cuda or auto on a GPU", param_hint="'--engine'")
-    model = chosen_model(onnx_path, model_name)
+    model = chosen_model(onnx_path, model_name, sampling.get("sampler"))
     check_model_flags(model, provider, precision, engine == "cudagraph")
     # Said once however many timings follow (both copies, the batch): a cached no-argument call runs once.
     announce = None if quiet else functools.cache(lambda: click.echo("timing this CPU once (seconds to a minute; the result is cached)", err=True))

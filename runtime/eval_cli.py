@@ -63,7 +63,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, model_name: str | Non
     With --digit (class-conditional models) it also reports the share of samples the judge assigns
     to the requested digit, beside the judge's accuracy on the real digits.
     """
-    model = chosen_model(onnx_path, model_name)
+    model = chosen_model(onnx_path, model_name, sampling.get("sampler") if npz is None else None)
     check_arguments(npz, model, json_path, sampling_given=digit is not None or any(v is not None for v in sampling.values()),
                     data_dir=data_dir, download=download)
     require_mnist(data_dir, "test", download, mirrors, None if quiet else lambda line: click.echo(line, err=True))

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import click
 
-from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, SamplingPlan, SettingError
+from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, STUDENT_SAMPLER, SamplingPlan, SettingError
 from ..core.samplers import SPECS, Option, accepting, choices, option_names
-from .choice import DEFAULT_EMBEDDED, DESCRIPTIONS, EMBEDDED, ChoiceError, choose_model
+from .choice import DEFAULT_EMBEDDED, DESCRIPTIONS, EMBEDDED, EMBEDDED_STUDENT, ChoiceError, choose_model
 from .pipeline import DDPM
 
 DEFAULT_COUNT = 16
@@ -35,7 +35,8 @@ EVAL_PRECISION_HELP = ("When sampling: 'fp32'; 'int8' the embedded model's int8 
 
 MODEL_HELP = ("A model shipped with the package, by name: "
               + "; ".join(f"'{name}': {DESCRIPTIONS[name]}" for name in EMBEDDED)
-              + f". --onnx names any exported file instead. [default: {DEFAULT_EMBEDDED}]")
+              + f". --onnx names any exported file instead. [default: {DEFAULT_EMBEDDED}; {EMBEDDED_STUDENT} with --sampler "
+              f"{STUDENT_SAMPLER}]")
 
 
 def model_option(function: Callable) -> Callable:
@@ -43,10 +44,13 @@ def model_option(function: Callable) -> Callable:
     return click.option("--model", "model_name", type=click.Choice(tuple(EMBEDDED)), default=None, help=MODEL_HELP)(function)
 
 
-def chosen_model(onnx_path: Path | None, model_name: str | None) -> Path | str | None:
-    """What --onnx and --model name together: a file, an embedded model's name, or None (the default)."""
+def chosen_model(onnx_path: Path | None, model_name: str | None, sampler: str | None = None) -> Path | str | None:
+    """What --onnx and --model name together: a file, an embedded model's name, or None (the default);
+    with neither, ``--sampler consistency`` names the embedded few-step student."""
     if onnx_path is not None and model_name is not None:
         raise click.UsageError("--onnx and --model both name the model; give one of them")
+    if onnx_path is None and model_name is None and sampler == STUDENT_SAMPLER:
+        return EMBEDDED_STUDENT
     return onnx_path if onnx_path is not None else model_name
 
 

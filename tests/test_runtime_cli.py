@@ -328,6 +328,17 @@ def test_model_names_an_embedded_model(invoke):
     assert json.loads(result.out)["model"].endswith("default.onnx")
 
 
+def test_the_consistency_sampler_alone_runs_the_embedded_student_in_two_calls(invoke, tmp_path):
+    result = invoke(run_main, "--sampler", "consistency", "-n", "2", "--seed", "0", "--png", tmp_path / "s.png")
+    assert result.code == 0, result.err
+    assert "latent-student.onnx" in result.err and "x 2 steps" in result.err
+    info = json.loads(invoke(run_main, "--model", "latent-student", "--info").out)
+    assert info["ddpm.student"]["timesteps"][0] == 999 and len(info["ddpm.student"]["timesteps"]) >= 2
+    refused = invoke(run_main, "--model", "latent", "--sampler", "consistency", "--png", tmp_path / "t.png")
+    assert_one_line_error(refused, "few-step students")
+    assert not (tmp_path / "t.png").exists()
+
+
 def test_onnx_and_model_are_one_choice(invoke, tiny, tmp_path):
     result = invoke(run_main, "--onnx", tiny / "unet.onnx", "--model", "pixel", "--png", tmp_path / "x.png")
     assert_one_line_error(result, "--onnx and --model both name the model")
