@@ -168,6 +168,7 @@ KINDS = {kind.name: kind for kind in (
     Kind("sde20", "dpm++2m-sde", 20, digit=False),
     Kind("sde20-digit", "dpm++2m-sde", 20, digit=True),
     Kind("ancestral100-digit", "ancestral", 100, digit=True, guidance=0.0),
+    Kind("consistency2-digit", "consistency", 2, digit=True),  # a few-step student's, its guidance built in
 )}
 TARGET_KIND = "sde20-digit"  # the single-digit 20-call request of the targets
 MIXES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -175,6 +176,8 @@ MIXES: dict[str, tuple[str, tuple[str, ...]]] = {
               "1/9 100-step ancestral with a digit (unguided)", ("sde20", "sde20-digit") * 4 + ("ancestral100-digit",)),
     "single-digit-20": ("n=1 with a digit (0-9 in turn), guided, 20 dpm++2m-sde calls", ("sde20-digit",)),
     "no-digit-20": ("n=1 without a digit, 20 dpm++2m-sde calls", ("sde20",)),
+    "student-2": ("n=1 with a digit (0-9 in turn), 2 consistency calls: few-step students only (--onnx a student)",
+                  ("consistency2-digit",)),
 }
 
 
