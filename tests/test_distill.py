@@ -240,12 +240,15 @@ def test_resuming_with_another_teacher_is_refused(invoke, teacher, student, tmp_
     assert load_checkpoint(student / "model.pt")["progress"]["step"] == 6
 
 
-def test_a_new_student_needs_a_teacher_and_sensible_steps(invoke, teacher, tmp_path):
+def test_a_new_student_needs_a_teacher_and_sensible_steps(invoke, teacher, conditional, tmp_path):
     result = invoke(distill_main, "--out", tmp_path / "x", "--no-progress")
     assert_one_line_error(result, "--teacher")
     result = invoke(distill_main, *distill_args(teacher, tmp_path / "y", "--student-steps", 7))
     assert_one_line_error(result, "--student-steps 7 exceeds --teacher-steps 6")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # the cosine schedule's last steps lie below the λ an ODE solver may use
+    result = invoke(distill_main, *distill_args(conditional / "model.pt", tmp_path / "z", "--teacher-steps", 1000))
+    assert_one_line_error(result, "--teacher-steps 1000 exceeds the 996 steps")
+    assert not any((tmp_path / name).exists() for name in "xyz")
 
 
 @pytest.mark.parametrize("steps", ["0", "4"])

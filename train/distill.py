@@ -32,7 +32,7 @@ import torch
 from ..core.errors import DDPMError
 from ..core.files import atomic_write, file_sha256
 from ..core.progress import Progress
-from ..core.samplers import DPMSolverSampler, student_timesteps
+from ..core.samplers import DPMSolverSampler, solver_step_limit, student_timesteps
 from ..core.schedule import Schedule, make_schedule
 from .config import DISTILL_TRAINING, DistillConfig, Settings, TrainConfig, UNetConfig
 from .options import from_args
@@ -87,6 +87,9 @@ def teacher_record(checkpoint: dict[str, Any], path: Path, config: DistillConfig
         raise DDPMError(f"--teacher {path} is a few-step student itself; distil from the U-Net it learned from")
     if config.guidance and not checkpoint["model_config"].get("num_classes"):
         raise DDPMError(f"--teacher {path} is unconditional: it has no guidance to build in; pass --guidance 0")
+    if config.teacher_steps > (limit := solver_step_limit(schedule)):
+        raise DDPMError(f"--teacher-steps {config.teacher_steps} exceeds the {limit} steps the teacher's schedule has "
+                        "for an ODE solver")
     solver = DPMSolverSampler(schedule, config.teacher_steps, spacing=TEACHER_SPACING)
     if config.student_steps > config.teacher_steps:
         raise DDPMError(f"--student-steps {config.student_steps} exceeds --teacher-steps {config.teacher_steps}: "
