@@ -131,6 +131,20 @@ def train_command(ctx: click.Context, **args: Any) -> None:
     train(ctx, args, "unet")
 
 
+def finished(trainer: Any, resume: str | None, out_dir: Path) -> bool:
+    """Whether the checkpoint already ends the run: repeating a finished run's command with --resume auto
+    says so and is no error (True); resuming it any other way is refused in one line."""
+    if trainer.step < trainer.total_steps:
+        return False
+    if resume != "auto":
+        raise DDPMError(f"the checkpoint is already at step {trainer.step}, the end of this run; raise --epochs or "
+                        "--max-steps to go on")
+    if trainer.dist.is_main:
+        click.echo(f"the run in {out_dir} is complete (step {trainer.step} of {trainer.total_steps}); nothing to do "
+                   "(raise --epochs or --max-steps to go on)")
+    return True
+
+
 def train(ctx: click.Context, args: dict[str, Any], kind: str) -> None:
     """Resolve, describe and run a training run of ``kind`` ("unet" or "autoencoder") from a command's arguments."""
     import torch
@@ -159,15 +173,8 @@ def train(ctx: click.Context, args: dict[str, Any], kind: str) -> None:
                                                                                   trainer.data_fingerprint)):
         warn(f"--data-dir {options.data_dir} holds {change}; the run goes on with it")
     try:
-        if not args["dry_run"] and trainer.step >= trainer.total_steps and args["resume"] == "auto":
-            if trainer.dist.is_main:  # repeating a finished run's command is not an error
-                click.echo(f"the run in {options.out_dir} is complete (step {trainer.step} of {trainer.total_steps}); "
-                           "nothing to do (raise --epochs or --max-steps to go on)")
+        if not args["dry_run"] and finished(trainer, args["resume"], options.out_dir):
             return
-        if not args["dry_run"] and trainer.step >= trainer.total_steps:
-            raise DDPMError(
-                f"the checkpoint is already at step {trainer.step}, the end of this run; raise --epochs or --max-steps to go on"
-            )
         if trainer.dist.is_main:
             (describe_autoencoder if kind == "autoencoder" else describe)(trainer)
         if args["dry_run"]:

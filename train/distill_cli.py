@@ -8,8 +8,7 @@ from typing import Any
 import click
 
 from ..core.console import run_command
-from ..core.errors import DDPMError
-from .cli import claim_out_dir, resolve, warn
+from .cli import claim_out_dir, finished, resolve, warn
 from .config import DISTILL_TRAINING, DistillConfig, RunOptions, TrainConfig
 from .options import click_options, from_args
 
@@ -98,13 +97,8 @@ def distill_command(ctx: click.Context, **args: Any) -> None:
     if run.checkpoint is not None and (change := data_change(run.checkpoint.get("data_fingerprint"), trainer.data_fingerprint)):
         warn(f"the teacher's solves in {options.out_dir} differ from those the checkpoint learned ({change}); "
              "the run goes on with them")
-    if trainer.step >= trainer.total_steps:
-        if args["resume"] == "auto":
-            click.echo(f"the run in {options.out_dir} is complete (step {trainer.step} of {trainer.total_steps}); "
-                       "nothing to do (raise --epochs or --max-steps to go on)")
-            return
-        raise DDPMError(f"the checkpoint is already at step {trainer.step}, the end of this run; raise --epochs or "
-                        "--max-steps to go on")
+    if finished(trainer, args["resume"], options.out_dir):
+        return
     describe(trainer)
     path = trainer.run(warn)
     click.echo(f"wrote {path} (step {trainer.step})")

@@ -48,7 +48,6 @@ class DistillTrainer(Trainer):
         self.data_fingerprint = found.fingerprint()
         self.states, self.targets = found.states.to(self.device), found.targets.to(self.device)
         self.labels = None if found.labels is None else found.labels.to(self.device)
-        self.images = self.targets  # what the base trainer counts and describes
         if self.settings.latent:
             self.decoder = latent_decoder(self.settings.autoencoder, self.device)
         pairs = self.states.shape[0] * self.states.shape[1]
