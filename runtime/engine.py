@@ -183,6 +183,7 @@ class _Flight:
     on_step: Callable[[Job], None] | None
     served: int = -1  # the last tick that advanced it
     run_seconds: float = 0.0
+    ended: bool = False  # set (under the engine's lock) by the one _end that decides its outcome
 
     @property
     def rows(self) -> int:
@@ -324,6 +325,8 @@ class SamplingEngine:
         self.stats.ticks += 1
         finished = []
         for flight, output in zip(batch, outputs):
+            if flight.ended:  # cancelled while the call ran
+                continue
             flight.run_seconds += spent
             if self._advance(flight, output):
                 finished.append(flight)
@@ -440,6 +443,9 @@ class SamplingEngine:
 
     def _complete(self, flights: list[_Flight]) -> None:
         """End the requests that took their last step in this tick, decoding all of them in one call."""
+        flights = [flight for flight in flights if not flight.ended]
+        if not flights:
+            return
         try:
             images = self._pictures(np.concatenate([flight.x for flight in flights]))
         except DDPMError as exc:
@@ -464,9 +470,13 @@ class SamplingEngine:
         flight.job.frame_timesteps.append(t)
 
     def _end(self, flight: _Flight, state: str, error: str | None, images: np.ndarray | None = None) -> None:
-        """End a request: "done" with its float ``images``, or "failed"/"cancelled" with ``error``."""
+        """End a request: "done" with its float ``images``, or "failed"/"cancelled" with ``error``. The
+        first call decides; a later one (a tick's failure on rows a stop already cancelled) changes nothing."""
         job = flight.job
         with self._lock:
+            if flight.ended:
+                return
+            flight.ended = True
             if flight in self._active:
                 self._active.remove(flight)
             job.finished = time.perf_counter()
@@ -520,7 +530,8 @@ class SamplingEngine:
             finished = not (self._pending or self._active)
             for flight in self._pending + self._active:
                 flight.job.cancel()
-            self._admit()  # ends the cancelled ones
+            if self._thread is None:
+                self._admit()  # ends the cancelled ones; a running thread ends them at its next tick
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join()

@@ -214,6 +214,22 @@ def test_stop_cancels_what_outlives_the_grace(ddpm):
     assert job.state == "cancelled"
 
 
+def test_a_stop_during_a_tick_ends_each_request_once(ddpm):
+    """stop(0) while the engine's thread is inside a network call: each request ends once, cancelled,
+    and the engine's counts add up to the requests (not failed and cancelled both)."""
+    plan = ddpm.plan("ancestral")  # 1000 steps: still running when the stop comes
+    for trial in range(5):
+        engine = SamplingEngine(ddpm.session, max_rows=16)
+        engine.start()
+        jobs = [engine.submit(8, plan, seed=trial * 2 + k) for k in range(2)]
+        while min(job.position for job in jobs) < 3:
+            threading.Event().wait(0.001)
+        assert not engine.stop(grace=0)
+        assert [job.state for job in jobs] == ["cancelled", "cancelled"]
+        assert engine.stats.outcomes == {"done": 0, "failed": 0, "cancelled": 2}
+        assert all(job.error is None for job in jobs)
+
+
 def test_fused_step_models_batch_too(variants):
     ddpm = DDPM.load(variants / "unet.step.onnx", provider="cpu")
     plan = ddpm.plan()
