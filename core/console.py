@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import sys
 import warnings
@@ -71,6 +72,21 @@ class OutputPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and ±inf (click's comparisons let nan through); every float
+    option takes one, so that a non-number is a usage error at parse, before any work."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+    def _describe_range(self) -> str:
+        # click would show "x<=None" for a range without bounds; a merely finite number has none to show
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+
 def _one_line_warnings(prog_name: str):
     """Warnings from this project's code as one line each (``prog: message``); others as usual."""
     default = warnings.showwarning
@@ -88,7 +104,8 @@ class BestEffort(io.TextIOBase):
     """A standard stream whose writes cannot fail the command: progress, summaries and "wrote" lines
     are best-effort, so a closed pipe (``| head``), a full device or a closed stderr leaves the exit
     status to the work. After the first failure the stream's descriptor is pointed at the null
-    device, so that the interpreter's last flush fails no more."""
+    device, so that the interpreter's last flush fails no more. A character the stream's encoding
+    lacks is written as "?", so that the rest of the text still gets through."""
 
     def __init__(self, stream) -> None:
         self.stream = stream
@@ -107,8 +124,14 @@ class BestEffort(io.TextIOBase):
                 os.close(null)
 
     def write(self, text: str) -> int:
-        self._guard(lambda: self.stream.write(text))
+        self._guard(lambda: self._write(text))
         return len(text)
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+        except UnicodeEncodeError:  # ε, −, → on an ASCII-only stream; a file name's undecodable byte
+            self.stream.write(text.encode(self.encoding, "replace").decode(self.encoding))
 
     def flush(self) -> None:
         self._guard(lambda: self.stream.flush())

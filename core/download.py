@@ -24,7 +24,7 @@ import click
 
 from .errors import DDPMError
 from .files import current_umask
-from .mnist import SPLIT_FILES, missing_files, open_idx
+from .mnist import SPLIT_FILES, find_idx_file, missing_files, open_idx
 
 # Where the four files are published (the path ends in the file name plus ".gz").
 MIRRORS = (
@@ -103,6 +103,23 @@ def require_mnist(data_dir: str | Path, split: str, download: bool, mirrors: Ite
         where = f"lacks the MNIST {what} files {', '.join(f'{name}[.gz]' for name in missing)}"
     raise DDPMError(f"{purpose + ', and ' if purpose else ''}--data-dir {data_dir} {where}; give their folder with "
                     "--data-dir or DDPM_DATA_DIR, or pass --download to fetch them")
+
+
+def unlike_mnist(data_dir: str | Path, split: str) -> list[str]:
+    """The names of ``split``'s files in ``data_dir`` whose content is not MNIST's (another data set, a
+    part of it, or a damaged copy), by :data:`CONTENT_SHA256`; a missing file is not judged."""
+    foreign = []
+    for name in SPLIT_FILES[split]:
+        path = find_idx_file(Path(data_dir), name)
+        if path is None:
+            continue
+        try:
+            same = _content_sha256(path) == CONTENT_SHA256[name]
+        except _Refused:  # unreadable, or larger than any MNIST file
+            same = False
+        if not same:
+            foreign.append(path.name)
+    return foreign
 
 
 def _mirror_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..core.console import OutputPath, run_command
+from ..core.console import FiniteFloatRange, OutputPath, run_command
 from ..core.errors import DDPMError
 from ..core.files import check_distinct_paths, output_target
 from ..core.download import download_options, download_targets, require_mnist
@@ -39,17 +39,17 @@ def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
 @click.option("--raw", is_flag=True, help="Export the raw training weights instead of the EMA weights.")
 @click.option("--fixed-batch", type=click.IntRange(min=1), default=None,
               help="Also write a static-shape copy with this batch size (OUT_DIR/unet.bN.onnx), e.g. for CUDA graphs.")
-@click.option("--atol", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_ATOL,
+@click.option("--atol", type=FiniteFloatRange(min=0.0, min_open=True), default=DEFAULT_ATOL,
               help="Largest allowed abs difference to eager PyTorch; above it nothing is written.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the exports with eager PyTorch.")
 @click.option("--fp16", is_flag=True,
               help="Also write fp16 copies (unet.fp16.onnx ...): fp32 inputs and outputs, the timestep embedding kept fp32.")
-@click.option("--fp16-atol", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_FP16_ATOL,
+@click.option("--fp16-atol", type=FiniteFloatRange(min=0.0, min_open=True), default=DEFAULT_FP16_ATOL,
               help="Largest allowed abs difference of the fp16 copies to eager fp32 PyTorch.")
 @click.option("--int8", is_flag=True,
               help="Also write unet.int8.onnx: convolutions and weight products in int8 (static QDQ, per-channel weights), "
                    "calibrated on noisy MNIST training digits from --data-dir; for CPUs with fast int8 (AVX-512 VNNI, AVX-VNNI).")
-@click.option("--int8-tol", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_INT8_TOL,
+@click.option("--int8-tol", type=FiniteFloatRange(min=0.0, min_open=True), default=DEFAULT_INT8_TOL,
               help="Largest allowed relative RMS difference of the int8 copy's ε to the fp32 export's, on held-out noisy digits.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
               help="Folder with the MNIST training files, for --int8 calibration. Env: DDPM_DATA_DIR.")

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from ..core.console import OutputPath, run_command
+from ..core.console import FiniteFloatRange, OutputPath, run_command
 from ..core.errors import DDPMError
 from ..core.files import StagedFiles, check_distinct_paths, output_target
 from ..core.outputs import VIDEO_CODECS, gif_bytes, npz_bytes, png_bytes, video_available, write_video
@@ -51,8 +51,8 @@ MAX_SEED = 2**63 - 1
               help="Seed of the noise; the same seed gives the same digits. [default: fresh, printed in the summary and "
                    "stored in the PNG and npz outputs]")
 @click.option("--frames", type=click.IntRange(2, 10_000), default=40, help="GIF frames, spaced densely towards the end of the process.")
-@click.option("--fps", type=click.FloatRange(min=0.1, max=100.0), default=12.0, help="GIF frames per second.")
-@click.option("--hold", type=click.FloatRange(min=0.0, max=60.0), default=2.0, help="Seconds the GIF shows the final frame.")
+@click.option("--fps", type=FiniteFloatRange(min=0.1, max=100.0), default=12.0, help="GIF frames per second.")
+@click.option("--hold", type=FiniteFloatRange(min=0.0, max=60.0), default=2.0, help="Seconds the GIF shows the final frame.")
 @click.option("--scale", type=click.IntRange(1, 16), default=3, help="Pixel upscaling of the GIF and PNG grids.")
 @sampling_options
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", help=PRECISION_HELP)

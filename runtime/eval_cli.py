@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.console import OutputPath, run_command
 from ..core.files import StagedFiles, check_distinct_paths, output_target
-from ..core.download import download_options, download_targets, require_mnist
+from ..core.download import download_options, download_targets, require_mnist, unlike_mnist
 from ..core.mnist import data_files, load_mnist
 from ..core.progress import Progress
 from .installed import installed_inputs
@@ -68,6 +68,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, model_name: str | Non
                     data_dir=data_dir, download=download)
     require_mnist(data_dir, "test", download, mirrors, None if quiet else lambda line: click.echo(line, err=True))
     test_images, test_labels = load_mnist(data_dir, "test")
+    foreign = unlike_mnist(data_dir, "test")  # other test images still score, but not as MNIST's
     half = len(test_images) // 2
     if npz is None and num_samples > half:
         raise click.BadParameter(f"{num_samples} is more than half the test set ({half}), which the floor draws from",
@@ -86,14 +87,18 @@ def eval_command(npz: Path | None, onnx_path: Path | None, model_name: str | Non
     sample_scores, floor_scores = judged(judge, images, chosen, labels, test_images, test_labels)
     checks = targets(sample_scores, floor_scores, requested=labels is not None and not settings.get("labels_drawn", False))
 
+    if foreign:
+        click.echo(f"ddpm-eval: warning: {data_dir} does not hold MNIST's test set (the content of {' and '.join(foreign)} "
+                   "is not MNIST's); the scores below are measured against its images instead", err=True)
     click.echo(table(sample_scores, floor_scores))
     click.echo("\n".join(checks))
     if json_path is not None:
         resized = f", resized to {images.shape[-1]} and back" if chosen == "resize" and images.shape[-1] != 28 else ""
+        named, of = ("test images", f" of {data_dir}, not MNIST's") if foreign else ("MNIST test images", "")
         write_report(json_path, {
             "samples": sample_scores.to_dict(), "floor": floor_scores.to_dict(), "targets": checks,
-            "source": source, "transform": chosen, "reference": f"MNIST test images {half}..{len(test_images) - 1}",
-            "floor_images": f"MNIST test images 0..{len(images) - 1}{resized}",
+            "source": source, "transform": chosen, "reference": f"{named} {half}..{len(test_images) - 1}{of}",
+            "floor_images": f"{named} 0..{len(images) - 1}{of}{resized}", "reference_is_mnist": not foreign,
         })
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import click
 
+from ..core.console import FiniteFloatRange
 from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, STUDENT_SAMPLER, SamplingPlan, SettingError
 from ..core.samplers import SPECS, Option, accepting, choices, option_names
 from .choice import DEFAULT_EMBEDDED, DESCRIPTIONS, EMBEDDED, EMBEDDED_STUDENT, ChoiceError, choose_model
@@ -96,7 +97,8 @@ def _option_help(name: str) -> str:
 def _option(name: str) -> Callable:
     first = accepting(name)[0].option(name)
     metavar = "|".join(first.choices) if first.choices else first.kind.__name__.upper()
-    return click.option(flag(name), name, type=first.kind, default=None, metavar=metavar, help=_option_help(name))
+    kind = FiniteFloatRange() if first.kind is float else first.kind  # its bounds are the plan's to check, per sampler
+    return click.option(flag(name), name, type=kind, default=None, metavar=metavar, help=_option_help(name))
 
 
 def sampling_options(function: Callable) -> Callable:
@@ -108,7 +110,7 @@ def sampling_options(function: Callable) -> Callable:
                      help="Class-conditional models: the digit to draw, a list (cycled over the samples), or 'all' "
                           "(every digit in turn; the grids get one column per digit). [default: every digit equally "
                           "often, in an order drawn from the seed]"),
-        click.option("--guidance", type=float, default=None, metavar="FLOAT",
+        click.option("--guidance", type=FiniteFloatRange(), default=None, metavar="FLOAT",
                      help=f"Classifier-free guidance w with --digit, 0 to {MAX_GUIDANCE:g}: ε = (1+w)·ε(x,y) − w·ε(x,∅); "
                           f"0 = plain conditional. [default: {DEFAULT_GUIDANCE:g} with --digit]"),
     ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..core.console import run_command
+from ..core.console import FiniteFloatRange, run_command
 from ..core.errors import DDPMError
 from ..runtime.choice import PRECISIONS, PROVIDERS
 from ..runtime.pipeline import open_model
@@ -57,7 +57,7 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> None:
                    "worth, at least one largest request (64 guided samples)]")
 @click.option("--keep-jobs", type=click.IntRange(1, 100_000), default=128,
               help="Finished jobs kept for /v1/jobs (for at most 10 minutes).")
-@click.option("--grace", type=click.FloatRange(0, 3600), default=30.0,
+@click.option("--grace", type=FiniteFloatRange(0, 3600), default=30.0,
               help="Seconds in-flight requests get to finish after SIGTERM or Ctrl-C; the rest are cancelled.")
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="An origin whose pages may call the API (repeatable). [default: none, CORS off]")
@@ -69,7 +69,7 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> None:
               help="Scale out on Ray Serve: one ingress over --replicas sampler replicas, each with its own engine "
                    "(needs the ray extra: pip install \"ddpm-mnist[ray]\").")
 @click.option("--replicas", type=click.IntRange(1, 1024), default=2, help="With --ray: sampler replicas.")
-@click.option("--replica-cpus", type=click.FloatRange(0.1, 256), default=1.0,
+@click.option("--replica-cpus", type=FiniteFloatRange(0.1, 256), default=1.0,
               help="With --ray: CPUs Ray reserves for each replica; its engine's threads unless --threads says.")
 @click.option("--address", default=None,
               help="With --ray: an existing cluster ('auto': the one `ray start` made here). [default: a local one]")

@@ -1,12 +1,23 @@
 """The command-line frame (core/console.py): a command that needs an extra the base install leaves out says
-so in one line (and --help needs none), and out-of-memory errors are told apart from other runtime errors."""
+so in one line (and --help needs none), out-of-memory errors are told apart from other runtime errors, every
+float option of every command refuses nan and infinities at parse, and help prints on an ASCII-only stream."""
 
+import importlib
+import io
+import os
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
+import click
 import pytest
 
 from conftest import DATA_DIR
+from tests_support import assert_usage_error
+
+# The console scripts as installed: name -> "module:function".
+CONSOLE_SCRIPTS = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
 
 
 HIDE = (
@@ -107,3 +118,96 @@ def test_a_broken_standard_stream_leaves_the_exit_status_to_the_work(tiny_export
         closing = "2>&-" if trouble == "closed stderr" else ">&-"
         code = subprocess.run(["bash", "-c", f'exec "$@" {closing}', "run", *command], timeout=120).returncode
     assert code == 0 and out.stat().st_size > 100
+
+
+def script_main(prog: str):
+    module, function = CONSOLE_SCRIPTS[prog].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def script_command(prog: str) -> click.Command:
+    """The click command that console script ``prog`` runs, caught where its ``main`` hands it to run_command."""
+    module = importlib.import_module(CONSOLE_SCRIPTS[prog].split(":")[0])
+    caught = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "run_command", lambda command, prog_name: caught.append(command))
+        script_main(prog)()
+    assert len(caught) == 1, f"{prog}'s main does not hand one command to run_command"
+    return caught[0]
+
+
+def leaf_commands(command: click.Command, path: tuple[str, ...] = ()):
+    """(subcommand names, command) for every command that takes options, through any groups."""
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from leaf_commands(sub, (*path, name))
+    else:
+        yield path, command
+
+
+def float_options(command: click.Command) -> list[click.Option]:
+    """The options that read a float, alone or in a tuple (click infers FLOAT from a float default too)."""
+    def reads_float(kind: click.ParamType) -> bool:
+        kinds = kind.types if isinstance(kind, click.Tuple) else [kind]
+        return any(isinstance(k, click.types.FloatParamType) for k in kinds)
+    return [p for p in command.params if isinstance(p, click.Option) and reads_float(p.type)]
+
+
+def test_the_float_options_are_all_found():
+    found = {(prog, option.opts[0]) for prog in CONSOLE_SCRIPTS for _, leaf in leaf_commands(script_command(prog))
+             for option in float_options(leaf)}
+    assert {("ddpm-run", "--fps"), ("ddpm-run", "--hold"), ("ddpm-run", "--guidance"), ("ddpm-eval", "--eta"),
+            ("ddpm-serve", "--grace"), ("ddpm-serve", "--replica-cpus"), ("ddpm-export", "--atol"),
+            ("ddpm-train", "--lr"), ("ddpm-distill", "--guidance")} <= found
+
+
+@pytest.mark.parametrize("prog", sorted(CONSOLE_SCRIPTS))
+def test_every_float_option_refuses_nan_and_infinity_at_parse(invoke, monkeypatch, prog):
+    """Refused as a usage error before the command's work starts (before sampling, loading or serving)."""
+    command = script_command(prog)
+    for path, leaf in leaf_commands(command):
+        def started(*args, **kwargs):
+            raise AssertionError(f"{' '.join((prog, *path))} started its work")
+        monkeypatch.setattr(leaf, "callback", started)
+        for option in float_options(leaf):
+            for value in ("nan", "inf", "-inf"):
+                result = invoke(script_main(prog), *path, option.opts[0], *[value] * option.nargs)
+                assert_usage_error(result, option.opts[0])
+
+
+def test_help_prints_on_an_ascii_only_stream():
+    """Help texts hold ε, β, −, →: where stdout cannot encode them they show as "?", and the rest of the
+    help still prints (an unencodable character once silenced all of it, with exit status 0)."""
+    def help_of(prog: str, encoding: str) -> subprocess.Popen:
+        module, function = CONSOLE_SCRIPTS[prog].split(":")
+        return subprocess.Popen([sys.executable, "-c", f"from {module} import {function}; {function}()", "--help"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONIOENCODING": encoding, "COLUMNS": "100"})
+
+    runs = {prog: (help_of(prog, "ascii"), help_of(prog, "utf-8")) for prog in CONSOLE_SCRIPTS}
+    replaced = 0
+    for prog, (ascii_run, utf8_run) in runs.items():
+        (out, err), (full, _) = ascii_run.communicate(timeout=120), utf8_run.communicate(timeout=120)
+        assert ascii_run.returncode == 0 and err == b"", (prog, err.decode(errors="replace"))
+        assert out.startswith(f"Usage: {prog}".encode()), (prog, out[:200])
+        assert out == full.decode("utf-8").encode("ascii", "replace"), prog
+        replaced += out != full
+    assert replaced >= 1  # some help does hold characters ASCII lacks, so the case is met
+
+
+def test_an_error_line_reaches_an_ascii_only_stderr(monkeypatch):
+    from ddpm.core.console import run_command
+    from ddpm.core.errors import DDPMError
+
+    @click.command()
+    def command():
+        raise DDPMError("η must be between 0 and 1, got 2 (in caf\udce9.npz)")  # and a file name's undecodable byte
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, encoding="ascii"))
+    monkeypatch.setattr(sys, "argv", ["ddpm-run"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(command, "ddpm-run")
+    sys.stderr.flush()
+    assert exit_info.value.code == 1
+    assert raw.getvalue() == b"ddpm-run: error: ? must be between 0 and 1, got 2 (in caf?.npz)\n"

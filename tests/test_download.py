@@ -169,3 +169,23 @@ def test_a_file_url_mirror_works_offline(invoke, slice_checksums, tmp_path):
 def test_the_checksums_are_those_of_full_mnist():
     for name, expected in download.CONTENT_SHA256.items():
         assert content_sha256(SHARED_MNIST / f"{name}.gz") == expected, name
+
+
+def test_files_whose_content_is_not_mnists_are_named(tmp_path):
+    assert download.unlike_mnist(DATA_DIR, "test") == [f"{name}.gz" for name in TEST_FILES]  # a slice is not the test set
+    assert download.unlike_mnist(tmp_path, "test") == []  # missing files are require_mnist's to report
+
+
+def test_files_with_mnists_content_pass_gzipped_or_not(slice_checksums, tmp_path):
+    assert download.unlike_mnist(DATA_DIR, "test") == []
+    for name in TEST_FILES:
+        (tmp_path / name).write_bytes(gzip.decompress((DATA_DIR / f"{name}.gz").read_bytes()))
+    assert download.unlike_mnist(tmp_path, "test") == []
+    labels = tmp_path / TEST_FILES[1]
+    labels.write_bytes(labels.read_bytes()[:-1] + b"\x01")  # one label changed
+    assert download.unlike_mnist(tmp_path, "test") == [TEST_FILES[1]]
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="needs the full MNIST files beside the checkout")
+def test_full_mnist_is_recognised():
+    assert download.unlike_mnist(SHARED_MNIST, "test") == []

@@ -12,6 +12,7 @@ from conftest import DATA_DIR, assert_one_line_error
 from ddpm.core.plan import DEFAULT_GUIDANCE
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.eval_cli import main as eval_main
+from tests_support import idx_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -122,3 +123,33 @@ def test_bad_options(invoke, tiny_export, data_dir, tmp_path, args, fragment):
         args += ["--data-dir", str(data_dir)]
     result = invoke(eval_main, "--onnx", tiny_export / "unet.onnx", *args)
     assert_one_line_error(result, fragment)
+
+
+def test_a_reference_that_is_not_mnists_test_set_is_named_in_a_warning(invoke, data_dir, tmp_path, monkeypatch):
+    """Valid IDX files of other digits (here rotated) still score, with one warning line naming the folder
+    and the report saying so; with MNIST's content there is no warning."""
+    from ddpm.core import download
+    from ddpm.core.mnist import load_mnist
+
+    images, labels = load_mnist(data_dir, "test")
+    foreign = tmp_path / "rotated"
+    foreign.mkdir()
+    (foreign / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.rot90(images, axes=(1, 2))))
+    (foreign / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, images=np.pad(images[:20], ((0, 0), (2, 2), (2, 2))))
+
+    result = invoke(eval_main, "--npz", samples, "--data-dir", foreign, "--json", tmp_path / "r.json")
+    assert result.code == 0, result.err
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ddpm-eval: warning: ") and str(foreign) in lines[0], result.err
+    assert "not MNIST's" in lines[0] and "Fréchet distance" in result.out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["reference_is_mnist"] is False and str(foreign) in report["reference"]
+
+    monkeypatch.setattr(download, "CONTENT_SHA256", {**download.CONTENT_SHA256, **{
+        path.name: download._content_sha256(path) for path in foreign.iterdir()}})
+    result = invoke(eval_main, "--npz", samples, "--data-dir", foreign, "--json", tmp_path / "r.json")
+    assert result.code == 0 and "warning" not in result.err, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["reference_is_mnist"] is True and report["reference"] == "MNIST test images 100..199"

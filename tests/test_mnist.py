@@ -9,6 +9,7 @@ import pytest
 
 from ddpm.core.errors import DDPMError
 from ddpm.core.mnist import load_mnist, read_idx
+from tests_support import idx_bytes
 
 
 def test_reads_gzipped_and_plain(data_dir, tmp_path):
@@ -52,13 +53,6 @@ def test_missing_and_mismatched_files(data_dir, tmp_path):
     shutil.copy(data_dir / "t10k-labels-idx1-ubyte.gz", tmp_path / "train-labels-idx1-ubyte.gz")
     with pytest.raises(DDPMError, match="1000 train images but 200 labels"):
         load_mnist(tmp_path, "train")
-
-
-def idx_bytes(array):
-    import struct
-
-    array = np.asarray(array, dtype=np.uint8)
-    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
 
 
 def write_split(folder, images, labels):

@@ -49,7 +49,8 @@ def test_each_sampler_gets_its_settings():
     ({"sampler": "ddim", "eta": float("nan")}, "eta", "between 0"),
     ({"sampler": "ddim", "eta": "much"}, "eta", "must be a number"),
     ({"sampler": "ddim", "steps": 0}, "steps", "between 1 and 1000"),
-    ({"sampler": "dpm++2m", "steps": 1001}, "steps", "log-SNR"),
+    ({"sampler": "dpm++2m", "steps": 1001}, "steps", r"between 1 and 1000 for dpm\+\+2m on this model, got 1001"),
+    ({"sampler": "unipc", "steps": 0}, "steps", "between 1 and 1000 for unipc on this model, got 0"),
     ({"spacing": "quadratic"}, "spacing", "not of ancestral"),
     ({"sampler": "ddim", "order": 3}, "order", "not a setting of any sampler"),
     ({"sampler": "ddim", "spacing": "karras"}, "spacing", "must be one of"),
@@ -65,6 +66,18 @@ def test_bad_settings_name_the_parameter(settings, setting, fragment):
         build(**settings)
     assert error.value.setting == setting and str(error.value).startswith(f"{setting}: ")
     assert "--" not in str(error.value)  # the library speaks of parameters, not flags
+
+
+def test_a_solver_on_a_cosine_schedule_says_how_many_steps_it_takes():
+    """The cosine schedule's last steps are too noisy for a solver: the refusal gives the range that works."""
+    cosine = dataclasses.replace(CONDITIONAL, schedule={"kind": "cosine", "timesteps": 1000})
+    limit = find("unipc").step_limit(cosine.make_schedule(), cosine)[0]
+    assert 900 < limit < 1000
+    with pytest.raises(SettingError) as error:
+        build(cosine, sampler="unipc", steps=1000)
+    assert str(error.value) == (f"steps: must be between 1 and {limit} for unipc on this model (a solver leaves out its "
+                                f"schedule's {1000 - limit} noisiest steps), got 1000")
+    assert build(cosine, sampler="unipc", steps=limit).steps == limit
 
 
 @pytest.mark.parametrize("settings, setting", [({"digits": [1]}, "digits"), ({"guidance": 1.0}, "guidance")])

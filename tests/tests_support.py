@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
 import sys
 from typing import Callable
 
+import numpy as np
 import onnxruntime as ort
 
 from ddpm.core.metadata import ModelInfo
@@ -56,3 +58,9 @@ def assert_usage_error(result, fragment: str) -> None:
     assert result.code == 2, result
     assert len(lines) == 1 and "Traceback" not in result.err, result.err
     assert fragment in lines[0], lines[0]
+
+
+def idx_bytes(array) -> bytes:
+    """``array`` as the content of an unsigned-byte IDX file (MNIST's format)."""
+    array = np.asarray(array, dtype=np.uint8)
+    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()

@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from ..core.console import OutputPath
+from ..core.console import FiniteFloatRange, OutputPath
 from ..core.schedule import SCHEDULE_KINDS
-from .options import FRACTION, POSITIVE_FLOAT, POSITIVE_INT, Betas, BoolList, ChoiceOf, FiniteFloatRange, IntList, setting
+from .options import FRACTION, POSITIVE_FLOAT, POSITIVE_INT, Betas, BoolList, ChoiceOf, IntList, setting
 
 WIDTH_RULES = ("compound", "base")
 TRANSFORMS = ("pad", "resize")

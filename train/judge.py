@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.console import OutputPath, run_command
+from ..core.console import FiniteFloatRange, OutputPath, run_command
 from ..core.files import StagedFiles, check_writable_dir
 from ..core.mnist import load_mnist
 from ..core.progress import Progress
@@ -119,7 +119,7 @@ def export_judge(model: Judge, path: Path) -> bytes:
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the initialisation and data order.")
 @click.option("--out", type=OutputPath(), required=True,
               help="Where the ONNX judge goes (a .md card beside it); the repository's is runtime/models/judge.onnx.")
-@click.option("--min-accuracy", type=click.FloatRange(0.0, 1.0), default=0.99, help="Refuse to write a judge below this test accuracy.")
+@click.option("--min-accuracy", type=FiniteFloatRange(0.0, 1.0), default=0.99, help="Refuse to write a judge below this test accuracy.")
 def judge_command(data_dir: Path, epochs: int, seed: int, out: Path, min_accuracy: float) -> None:
     """Train the MNIST judge (about 180k parameters) and export it to ONNX for ddpm-eval."""
     from ..core.errors import DDPMError

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import Field, field, fields, replace
 from typing import Any
 
 import click
+
+from ..core.console import FiniteFloatRange
 
 
 def setting(default: Any, help: str, type: Any = None, /, *, flag: str | None = None, preset: bool = False,
@@ -106,16 +107,6 @@ class ChoiceOf(click.Choice):
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         return self.values[super().convert(value, param, ctx)]
-
-
-class FiniteFloatRange(click.FloatRange):
-    """A FloatRange that also refuses nan and ±inf (click's comparisons let nan through)."""
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> float:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
 
 
 POSITIVE_INT = click.IntRange(min=1)

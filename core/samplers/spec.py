@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import SettingError
 from ..schedule import Schedule
-from .base import LAMBDA_MIN, SPACINGS, Sampler, solver_step_limit
+from .base import SPACINGS, Sampler, solver_step_limit
 
 if TYPE_CHECKING:
     from ..metadata import ModelInfo
@@ -83,17 +83,21 @@ class SamplerSpec:
         return next((option for option in self.options if option.name == name), None)
 
     def step_limit(self, schedule: Schedule, info: "ModelInfo") -> tuple[int, str]:
-        """The most network calls this sampler can make on ``schedule`` with this model, and why."""
+        """The most network calls this sampler can make on ``schedule`` with this model, and why: the
+        words that follow "between 1 and N" in the error."""
         if self.student:
-            return len(info.student["timesteps"]), "the timesteps the student was trained at"
+            return len(info.student["timesteps"]), "(the timesteps the student was trained at)"
         if self.solver:
-            return solver_step_limit(schedule), f"the steps with log-SNR above {2 * LAMBDA_MIN:g}"
-        return schedule.timesteps, "the model's T"
+            limit = solver_step_limit(schedule)
+            left_out = schedule.timesteps - limit
+            return limit, f"for {self.name} on this model" + (
+                f" (a solver leaves out its schedule's {left_out} noisiest steps)" if left_out else "")
+        return schedule.timesteps, "(the model's T)"
 
     def check_steps(self, steps: int | None, schedule: Schedule, info: "ModelInfo") -> int:
         limit, why = self.step_limit(schedule, info)
         if steps is None:
             return min(self.steps or schedule.timesteps, limit)
         if not 1 <= steps <= limit:
-            raise SettingError("steps", f"must be between 1 and {limit} ({why}), got {steps}")
+            raise SettingError("steps", f"must be between 1 and {limit} {why}, got {steps}")
         return int(steps)
