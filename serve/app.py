@@ -11,17 +11,20 @@ is JSON ``{"detail": "<one line>"}``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..core.errors import DDPMError, SettingError, summary
 from ..runtime.pipeline import DDPM
@@ -29,7 +32,7 @@ from . import events
 from .jobs import MEDIA_TYPES, Backend, Jobs, LocalBackend, QueueFull, ServedJob, Unavailable
 from .limits import BODY_LIMIT, BearerAuth, BodyLimit
 from .metrics import Counted, Metrics
-from .schema import MAX_SAMPLES, Health, JobView, SampleBody, check, reason
+from .schema import MAX_SAMPLES, Health, JobView, Problem, SampleBody, check, reason
 
 DISCONNECT_POLL = 0.25  # seconds between checks that a waiting /v1/samples client is still there
 
@@ -106,18 +109,98 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow names the first route on the path; a path has several
+            headers = {**(headers or {}), "Allow": _allowed(request)}
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         return JSONResponse({"detail": f"internal error: {summary(exc)}"}, status_code=500)
 
 
+def _allowed(request: Request) -> str:
+    """The methods of every route on ``request``'s path (FastAPI includes a router as one route, so
+    the routers' own routes are looked at too)."""
+    methods: set[str] = set()
+    for route in (*request.app.router.routes, *public.routes, *api.routes):
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+class _JSONBody(Request):
+    """A request whose body is read as JSON one way: whatever ``json.loads`` cannot read (bad syntax,
+    bytes that are not UTF-8, nesting deeper than the parser goes, an integer of more digits than
+    Python converts) is a :class:`json.JSONDecodeError`, which FastAPI hands ``_errors`` as invalid
+    JSON (422). Other parse errors would reach FastAPI as its own 400 with another wording."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = json.loads(body.decode("utf-8"))  # JSON between systems is UTF-8 (RFC 8259)
+            except json.JSONDecodeError:  # a ValueError too: FastAPI's own case, as it is
+                raise
+            except UnicodeDecodeError as exc:
+                raise json.JSONDecodeError("not UTF-8", body.decode("utf-8", "replace"), exc.start) from None
+            except RecursionError:
+                raise json.JSONDecodeError("nested too deeply", "", 0) from None
+            except ValueError:  # an integer over sys.get_int_max_str_digits()
+                raise json.JSONDecodeError("a number has too many digits", "", 0) from None
+        return self._json
+
+
+class _JSONRoute(APIRoute):
+    """A route that reads its body through :class:`_JSONBody`."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def read_json_once(request: Request) -> Response:
+            return await handler(_JSONBody(request.scope, request.receive))
+
+        return read_json_once
+
+
+def _problems(*statuses: int, **descriptions: str) -> dict:
+    """The documented error responses of a route, each a :class:`~.schema.Problem`; ``descriptions``
+    (``s409="..."``) say what a status means on that route where the general line is not enough."""
+    return {status: {"model": Problem, "description": descriptions.get(f"s{status}", PROBLEMS[status]),
+                     **({"headers": HEADERS[status]} if status in HEADERS else {})} for status in statuses}
+
+
+PROBLEMS = {
+    401: "This server has a token and the request did not carry it: Authorization: Bearer <token>.",
+    404: "No such job: never submitted, or finished long enough ago to be forgotten.",
+    408: "The body did not arrive in time.",
+    409: "The job has not finished, was cancelled, or kept no frames for a GIF.",
+    413: "The body is over the size limit.",
+    422: "A value is invalid: the body is not JSON (bad syntax, not UTF-8, nested too deeply, a number of too many "
+         "digits), a field is of the wrong type or out of range, or the model or sampler cannot take a setting.",
+    429: "The queue is full; retry after Retry-After seconds.",
+    500: "The job failed, or the server met an unexpected error.",
+    503: "The server is shutting down or its engine is not running; retry after Retry-After seconds.",
+}
+HEADERS = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True, "schema": {"type": "integer"}}},
+    503: {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True, "schema": {"type": "integer"}}},
+}
+EVENT = {"type": "object", "required": ["event", "data"],  # one event of the stream, as FastAPI declares SSE
+         "properties": {"event": {"type": "string", "enum": ["progress", "frame", "end"]},
+                        "data": {"type": "string", "contentMediaType": "application/json"}}}
+SUBMIT_PROBLEMS = (401, 408, 413, 422, 429, 500, 503)  # a body checked and queued: _checked_submit, the body limit
+# 422: FastAPI declares it on every route with a parameter, in its own model unless the route names one;
+# the job routes never send it (a job id is any string), and the document says what it would look like.
+JOB_PROBLEMS = (401, 404, 422, 500)
+
 
 public = APIRouter()  # open without a token: health, and the page (it holds no data)
 
 
-@public.get("/healthz", response_model=Health, summary="200 once the model is loaded and the engine runs")
+@public.get("/healthz", response_model=Health, summary="200 once the model is loaded and the engine runs",
+            responses={**_problems(500), 503: {"model": Problem, "description": "Draining, or the engine is not running."}})
 async def healthz(request: Request):
     state = request.app.state
     if state.draining or not state.backend.running:
@@ -176,12 +259,16 @@ def _result(request: Request, served: ServedJob, kind: str) -> Response:
     return Response(data, media_type=MEDIA_TYPES[kind], headers=headers)
 
 
-api = APIRouter()  # everything behind the token, when there is one
-RESULTS = {200: {"content": {"image/png": {}, "application/octet-stream": {}, "image/gif": {}},
-                 "description": "The grid (PNG), the npz, or the GIF."}}
+api = APIRouter(route_class=_JSONRoute)  # everything behind the token, when there is one
+RESULTS = {200: {"content": {media_type: {"schema": {"type": "string", "format": "binary"}}
+                             for media_type in dict.fromkeys(MEDIA_TYPES.values())},
+                 "description": "The grid (PNG), the npz, or the GIF.",
+                 "headers": {"X-DDPM-Seed": {"description": "The seed the samples were drawn from.", "required": True,
+                                             "schema": {"type": "integer"}}}}}
 
 
-@api.post("/v1/samples", response_class=Response, responses=RESULTS,
+@api.post("/v1/samples", response_class=Response,
+          responses={**RESULTS, **_problems(*SUBMIT_PROBLEMS, 409, s409="The request was cancelled before it finished.")},
           summary="Sample and return the grid (PNG) or ddpm-run's npz; a client that leaves cancels it")
 async def samples(body: SampleBody, request: Request):
     served = await _checked_submit(request, body)
@@ -195,7 +282,8 @@ async def samples(body: SampleBody, request: Request):
     return await asyncio.to_thread(_result, request, served, served.checked.format)
 
 
-@api.post("/v1/jobs", status_code=202, response_model=JobView, summary="Submit a job; poll it or stream its events")
+@api.post("/v1/jobs", status_code=202, response_model=JobView, responses=_problems(*SUBMIT_PROBLEMS),
+          summary="Submit a job; poll it or stream its events")
 async def submit(body: SampleBody, request: Request):
     served = await _checked_submit(request, body)
     served.job.add_done_callback(lambda job: _observe(request, served, "job"))
@@ -213,31 +301,37 @@ def served_job(job_id: str, request: Request) -> ServedJob:
 Served = Annotated[ServedJob, Depends(served_job)]
 
 
-@api.get("/v1/jobs/{job_id}", response_model=JobView, summary="A job's state and progress")
+@api.get("/v1/jobs/{job_id}", response_model=JobView, responses=_problems(*JOB_PROBLEMS), summary="A job's state and progress")
 async def status(served: Served):
     return served.view()
 
 
-@api.get("/v1/jobs/{job_id}/events", summary="Server-sent events: progress, frames (PNG, base64) and the end")
+@api.get("/v1/jobs/{job_id}/events", response_class=Response,
+         responses={200: {"content": {"text/event-stream": {"itemSchema": EVENT}},
+                          "description": "Events `progress`, `frame` and `end` (last), each with one JSON object as its data."},
+                    **_problems(*JOB_PROBLEMS)},
+         summary="Server-sent events: progress, frames (PNG, base64) and the end")
 async def stream(served: Served, request: Request):
     return events.response(request, served)
 
 
-@api.get("/v1/jobs/{job_id}/result", response_class=Response, responses=RESULTS,
+@api.get("/v1/jobs/{job_id}/result", response_class=Response,
+         responses={**RESULTS, **_problems(*JOB_PROBLEMS, 409, 503, s422="format is not one of the formats.",
+                                          s503="The replica that ran the job was lost; retry after Retry-After seconds.")},
          summary="A finished job's grid (png), npz, or denoising GIF (gif, when it kept frames)")
-async def result(served: Served, request: Request, format: str | None = None):
-    kind = format or served.checked.format
-    if kind not in MEDIA_TYPES:
-        raise HTTPException(422, f"format: must be one of {', '.join(MEDIA_TYPES)}, got {kind!r}")
-    return await asyncio.to_thread(_result, request, served, kind)
+async def result(served: Served, request: Request, format: Literal[tuple(MEDIA_TYPES)] | None = None):
+    return await asyncio.to_thread(_result, request, served, format or served.checked.format)
 
 
-@api.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobView, summary="Cancel a job")
+@api.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobView, responses=_problems(*JOB_PROBLEMS),
+            summary="Cancel a job")
 async def cancel(served: Served):
     served.job.cancel()
     return served.view()
 
 
-@api.get("/metrics", response_class=Response, summary="Prometheus metrics")
+@api.get("/metrics", response_class=Response, summary="Prometheus metrics",
+         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."},
+                    **_problems(401, 500)})
 async def metrics(request: Request):
     return Response(request.app.state.metrics.text(), media_type="text/plain; version=0.0.4")

@@ -32,15 +32,17 @@ class _Body(BaseModel):
 
     n: int = Field(ge=1, le=MAX_SAMPLES, description=f"How many digits, 1 to {MAX_SAMPLES}.")
     digits: list[int] | None = Field(
-        default=None, max_length=MAX_SAMPLES,
+        default=None, min_length=1, max_length=MAX_SAMPLES,
         description=f"Class-conditional models: the digits to draw, cycled over the samples (at most {MAX_SAMPLES}). "
                     "[default: every digit equally often, in an order drawn from the seed]")
     sampler: str | None = Field(default=None, json_schema_extra={"enum": [*choices(), None]}, description=f"One of {', '.join(choices())}. [default: {DEFAULT_SAMPLER}; "
                                                              f"{DIGIT_SAMPLER} with digits]")
-    steps: int | None = Field(default=None, description="Network evaluations per sample, at most the model's T. "
-                                                        "[default: the sampler's own]")
-    guidance: float | None = Field(default=None, description=f"Classifier-free guidance w with digits, 0 to {MAX_GUIDANCE:g}. "
-                                                             f"[default: {DEFAULT_GUIDANCE:g} with digits]")
+    # The plan checks steps and guidance (its reason names the model's limit); the schema states the bounds.
+    steps: int | None = Field(default=None, json_schema_extra={"minimum": 1},
+                              description="Network evaluations per sample, at most the model's T. [default: the sampler's own]")
+    guidance: float | None = Field(default=None, json_schema_extra={"minimum": 0, "maximum": MAX_GUIDANCE},
+                                   description=f"Classifier-free guidance w with digits, 0 to {MAX_GUIDANCE:g}. "
+                                               f"[default: {DEFAULT_GUIDANCE:g} with digits]")
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed of the noise. [default: fresh; "
                                                                           "returned in X-DDPM-Seed]")
     format: Literal["png", "npz"] = Field(default="png", description="The grid as a PNG, or the npz ddpm-run --npz writes.")
@@ -51,12 +53,22 @@ class _Body(BaseModel):
 
 
 def _option_field(name: str) -> tuple[type, object]:
-    """A body field for a sampler setting, typed and described from the specs that accept it."""
+    """A body field for a sampler setting, typed and described from the specs that accept it. The
+    plan checks the value (its reason names the sampler); the schema states the choices and bounds
+    that any sampler taking the setting accepts."""
     specs = accepting(name)
-    option = specs[0].option(name)
+    options = [spec.option(name) for spec in specs]
+    option = options[0]
     kind = str if option.choices else float if option.kind is float else int
-    defaults = "; ".join(f"{spec.option(name).default} for {spec.name}" for spec in specs)
-    return kind | None, Field(default=None, description=f"{option.help} [default: {defaults}]")
+    defaults = "; ".join(f"{each.default} for {spec.name}" for spec, each in zip(specs, options))
+    bounds: dict[str, object] = {}
+    if option.choices:
+        bounds["enum"] = [*dict.fromkeys(choice for each in options for choice in each.choices), None]
+    if all(each.low is not None for each in options):
+        bounds["minimum"] = min(each.low for each in options)
+    if all(each.high is not None for each in options):
+        bounds["maximum"] = max(each.high for each in options)
+    return kind | None, Field(default=None, json_schema_extra=bounds or None, description=f"{option.help} [default: {defaults}]")
 
 
 # The sampler settings come from the specs, so that a new sampler's settings appear here by themselves.
@@ -74,6 +86,12 @@ class JobView(BaseModel):
     frames: int = Field(description="Frames made so far.")
     seed: int
     error: str | None = None
+
+
+class Problem(BaseModel):
+    """Every error the server sends: one line saying what is wrong and, where it can, what to do."""
+
+    detail: str = Field(description="What is wrong, in one line; a body field comes first (\"n: ...\").")
 
 
 class Health(BaseModel):
