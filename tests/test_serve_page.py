@@ -1,6 +1,8 @@
 """The page at ``/`` in a real headless Chromium (Debian's chromium and chromium-driver, driven by
 Selenium) against a real ``ddpm-serve`` app on loopback: a run streams its frames and ends with the
-grid the API returns, an API error shows verbatim, and a bearer token typed in is sent.
+grid the API returns, an API error shows verbatim, a bearer token typed in is sent, and axe-core finds
+no WCAG 2 A/AA violation in either colour scheme (axe-core comes from the npm registry through npm;
+that test skips without it).
 
 ``DDPM_SCREENSHOTS=1`` also writes docs/serve-page.png and docs/serve-page-error.png.
 """
@@ -8,7 +10,11 @@ grid the API returns, an API error shows verbatim, and a bearer token typed in i
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
+import subprocess
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +45,9 @@ TOKEN = "x" * 20
 WAIT = 60  # seconds: a bound on any run in these tests (each takes about a second)
 POLL = 0.05  # seconds between looks at the page
 ENDED = ("done", "failed", "cancelled")
+AXE = "axe-core@4.14.1"  # pinned: a new release's rules change what passes, not this page
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+SCHEMES = ("light", "dark")
 
 
 class Served:
@@ -219,3 +228,82 @@ def test_screenshot_of_a_finished_run(browser, server):
     browser.get(server)
     assert run(browser, seed=7) == "done", error_text(browser)  # the page's defaults: 16 digits, 10 UniPC calls
     screenshot(browser, "serve-page.png")
+
+
+@pytest.fixture(scope="session")
+def axe_source(tmp_path_factory) -> str:
+    """axe.min.js of AXE, from the npm registry by ``npm pack`` (no install, no lock file)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip(f"needs npm, to fetch {AXE} from the npm registry")
+    folder = tmp_path_factory.mktemp("axe")
+    try:
+        packed = subprocess.run([npm, "pack", AXE, "--json", "--pack-destination", str(folder)], cwd=folder,
+                                capture_output=True, text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"npm pack {AXE} took over 300 s (is the npm registry reachable?)")
+    if packed.returncode != 0:
+        first = " / ".join(packed.stderr.strip().splitlines()[:4])  # npm's code and reason come first
+        pytest.skip(f"npm pack {AXE} failed (is the npm registry reachable?): {first}")
+    with tarfile.open(folder / json.loads(packed.stdout)[0]["filename"]) as tar:
+        return tar.extractfile("package/axe.min.js").read().decode("utf-8")
+
+
+def set_scheme(browser, scheme: str | None) -> None:
+    """Emulate prefers-color-scheme: light or dark; None: back to the browser's own."""
+    features = [] if scheme is None else [{"name": "prefers-color-scheme", "value": scheme}]
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": features})
+
+
+def axe_violations(browser, axe_source: str) -> list[str]:
+    """axe-core's WCAG 2.0/2.1 A and AA violations on the page as it is, one line per element.
+    ignoreLength: the contrast of one-character text too (the digit toggles), which axe-core
+    otherwise leaves for review instead of failing."""
+    if not browser.execute_script("return typeof window.axe === 'object'"):
+        browser.execute_script(axe_source)
+    found = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        axe.run(document, {runOnly: {type: "tag", values: arguments[0]}, resultTypes: ["violations"],
+                           checks: {"color-contrast": {options: {ignoreLength: true}}}})
+           .then((result) => done(result.violations), (err) => done(String(err)));""", AXE_TAGS)
+    assert isinstance(found, list), f"axe-core failed: {found}"
+    return [f"{rule['id']} at {node['target']}: {node['failureSummary']}".replace("\n", " ")
+            for rule in found for node in rule["nodes"]]
+
+
+def test_axe_finds_no_wcag_violation_in_either_colour_scheme(browser, server, axe_source):
+    """Each state that shows something new — the page as loaded, a run in flight (Cancel enabled),
+    a finished run (a digit pressed, the seed and both download links shown) and a failed one (the
+    error) — in both schemes."""
+    browser.get(server)
+    found: dict[str, list[str]] = {}
+
+    def check(page_state: str) -> None:
+        backgrounds = set()
+        for scheme in SCHEMES:
+            set_scheme(browser, scheme)
+            assert browser.execute_script(f"return matchMedia('(prefers-color-scheme: {scheme})').matches")
+            backgrounds.add(browser.execute_script("return getComputedStyle(document.body).backgroundColor"))
+            found[f"{page_state}, {scheme}"] = axe_violations(browser, axe_source)
+        assert len(backgrounds) == len(SCHEMES), "the page looks the same in both schemes"
+
+    try:
+        check("loaded")
+        fill(browser, n=1, sampler="ancestral", steps=1000, frames=0)  # long enough to look at it running
+        browser.find_element(By.ID, "generate").click()
+        WebDriverWait(browser, WAIT, poll_frequency=POLL).until(
+            lambda driver: driver.find_element(By.ID, "cancel").is_enabled())
+        check("running")
+        assert state(browser) == "running", "the run ended before the check of its state did"
+        browser.find_element(By.ID, "cancel").click()
+        assert wait_end(browser) == "cancelled", error_text(browser)
+        browser.find_element(By.CSS_SELECTOR, '#digits [data-digit="3"]').click()
+        assert run(browser, n=2, sampler="unipc", steps=2, frames=2) == "done", error_text(browser)
+        assert browser.find_element(By.ID, "download-gif").is_displayed()
+        check("done")
+        assert run(browser, steps=5000) == "failed"
+        assert browser.find_element(By.ID, "error").is_displayed()
+        check("failed")
+    finally:
+        set_scheme(browser, None)
+    assert not any(found.values()), "\n".join(f"{where}: {line}" for where, lines in found.items() for line in lines)
