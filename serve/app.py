@@ -30,7 +30,7 @@ from ..core.errors import DDPMError, SettingError, summary
 from ..runtime.pipeline import DDPM
 from . import events
 from .jobs import MEDIA_TYPES, Backend, Jobs, LocalBackend, QueueFull, ServedJob, Unavailable
-from .limits import BODY_LIMIT, BearerAuth, BodyLimit
+from .limits import BODY_LIMIT, BearerAuth, BodyLimit, HostCheck
 from .metrics import Counted, Metrics
 from .schema import MAX_SAMPLES, Health, JobView, Problem, SampleBody, check, reason
 
@@ -51,6 +51,8 @@ class Settings:
     keep_jobs: int = 128
     cors_origins: list[str] = field(default_factory=list)
     max_rows: int | None = None  # rows per network call (None: the DDPM's serving default)
+    # Host names served besides IP addresses and localhost ("*": any); None: no Host check.
+    allowed_hosts: list[str] | None = None
 
 
 def local_backend(ddpm: DDPM, settings: Settings) -> LocalBackend:
@@ -83,12 +85,14 @@ def create_app(ddpm: DDPM, settings: Settings | None = None, backend: Backend | 
     app.state.engine = getattr(backend, "engine", None)
     app.state.draining, app.state.settings = False, settings
     _errors(app)
-    # Outermost last: counted, then CORS (its preflights carry no token), the token, the body limit.
+    # Outermost last: counted, the Host, then CORS (its preflights carry no token), the token, the body limit.
     app.add_middleware(BodyLimit, limit=settings.body_limit)
     app.add_middleware(BearerAuth, token=settings.token)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-DDPM-Seed", "X-DDPM-Replica"])
+    if settings.allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     app.add_middleware(Counted, metrics=metrics)
     app.include_router(public)
     app.include_router(api)
@@ -241,16 +245,18 @@ def _observe(request: Request, served: ServedJob, kind: str) -> None:
         metrics.wait.observe(job.started - job.submitted)
 
 
-def _result(request: Request, served: ServedJob, kind: str) -> Response:
+async def _result(request: Request, served: ServedJob, kind: str) -> Response:
     job = served.job
     if not job.done:
         raise HTTPException(409, f"the job is {job.state} ({job.position} of {job.steps} steps)")
     if job.state != "done":
         if getattr(job, "lost", False):  # its replica died: another will take it
             raise HTTPException(503, job.error, headers={"Retry-After": "1"})
+        if job.state == "cancelled" and request.app.state.draining:
+            raise HTTPException(503, "the server shut down before the request finished", headers={"Retry-After": "5"})
         raise HTTPException(409 if job.state == "cancelled" else 500, job.error or f"the job was {job.state}")
     try:
-        data = request.app.state.jobs.render(served, kind)
+        data = await request.app.state.jobs.result(served, kind)
     except DDPMError as exc:
         raise HTTPException(409, str(exc)) from None
     headers = {"X-DDPM-Seed": str(job.seed), "Content-Disposition": f'inline; filename="ddpm-{job.seed}.{kind}"'}
@@ -279,7 +285,7 @@ async def samples(body: SampleBody, request: Request):
             served.job.cancel()
             await waiting
     _observe(request, served, "sample")
-    return await asyncio.to_thread(_result, request, served, served.checked.format)
+    return await _result(request, served, served.checked.format)
 
 
 @api.post("/v1/jobs", status_code=202, response_model=JobView, responses=_problems(*SUBMIT_PROBLEMS),
@@ -320,7 +326,7 @@ async def stream(served: Served, request: Request):
                                           s503="The replica that ran the job was lost; retry after Retry-After seconds.")},
          summary="A finished job's grid (png), npz, or denoising GIF (gif, when it kept frames)")
 async def result(served: Served, request: Request, format: Literal[tuple(MEDIA_TYPES)] | None = None):
-    return await asyncio.to_thread(_result, request, served, format or served.checked.format)
+    return await _result(request, served, format or served.checked.format)
 
 
 @api.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobView, responses=_problems(*JOB_PROBLEMS),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..core.errors import DDPMError
+from ..core.images import make_grid
 from ..core.outputs import gif_bytes, npz_bytes, png_bytes
 from ..core.record import RunSettings
 from ..runtime.engine import Job, SamplingEngine, request_rows
@@ -20,6 +21,24 @@ from .schema import Checked, JobView
 MEDIA_TYPES = {"png": "image/png", "npz": "application/octet-stream", "gif": "image/gif"}
 GIF_FPS = 12.0
 GIF_HOLD = 2.0
+# What one GIF may cost: pixels over all its frames (rendering holds a few bytes of memory per pixel).
+# A larger request's GIF comes at a smaller scale, then with every k-th frame (the last always).
+GIF_PIXELS = 16_000_000
+GIF_RENDERS = 2  # GIFs rendered at once; more wait their turn
+GIF_KEPT_BYTES = 256 << 20  # rendered GIFs kept for repeated fetches; the oldest are dropped beyond this
+
+
+def gif_budget(frames: list, scale: int, columns: int | None) -> tuple[list, int]:
+    """The frames and scale of a GIF within :data:`GIF_PIXELS`: the scale lowered first, then every
+    k-th frame kept (the last always)."""
+    height, width = make_grid(frames[0], columns=columns).shape[:2]
+    while scale > 1 and len(frames) * height * width * scale**2 > GIF_PIXELS:
+        scale -= 1
+    fit = max(1, GIF_PIXELS // (height * width * scale**2))
+    if len(frames) > fit:
+        step = -(-len(frames) // fit)
+        frames = frames[::-1][::step][::-1]  # counted from the last, so it is kept
+    return frames, scale
 
 
 class QueueFull(DDPMError):
@@ -42,6 +61,8 @@ class ServedJob:
     job: Job
     checked: Checked
     created: float = field(default_factory=time.monotonic)
+    gif: bytes | None = None  # rendered once, on the first fetch
+    gif_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def view(self) -> JobView:
         job = self.job
@@ -90,6 +111,9 @@ class LocalBackend:
 
     async def submit(self, checked: Checked) -> Job:
         rows = request_rows(checked.n, checked.plan)
+        if rows > self.queue_rows:
+            raise DDPMError(f"the request needs {rows} rows and this server admits {self.queue_rows} at a time "
+                            "(--queue-rows): ask for fewer samples")
         waiting = self.engine.active_rows
         if waiting + rows > self.queue_rows:
             raise QueueFull(f"the server is full ({waiting} of {self.queue_rows} rows in flight); retry later",
@@ -127,6 +151,8 @@ class Jobs:
     def __init__(self, backend: Backend, keep: int = 128, keep_seconds: float = 600.0) -> None:
         self.backend, self.keep, self.keep_seconds = backend, keep, keep_seconds
         self._jobs: OrderedDict[str, ServedJob] = OrderedDict()
+        self._renders = asyncio.Semaphore(GIF_RENDERS)
+        self._gifs: OrderedDict[str, ServedJob] = OrderedDict()  # jobs holding a rendered GIF, oldest first
 
     async def submit(self, checked: Checked) -> ServedJob:
         job = await self.backend.submit(checked)
@@ -151,13 +177,32 @@ class Jobs:
         for key in finished[: max(0, len(finished) - self.keep + 1)]:
             del self._jobs[key]
 
+    async def result(self, served: ServedJob, kind: str) -> bytes:
+        """A finished job's result (see :meth:`render`), rendered off the event loop. A GIF is rendered
+        once per job, at most :data:`GIF_RENDERS` at a time, and kept for the fetches that follow."""
+        if kind != "gif":
+            return await asyncio.to_thread(self.render, served, kind)
+        async with served.gif_lock:
+            if served.gif is None:
+                async with self._renders:
+                    served.gif = await asyncio.to_thread(self.render, served, kind)
+                self._keep_gif(served)
+            return served.gif
+
+    def _keep_gif(self, served: ServedJob) -> None:
+        self._gifs[served.id] = served
+        while sum(len(kept.gif or b"") for kept in self._gifs.values()) > GIF_KEPT_BYTES and len(self._gifs) > 1:
+            _, oldest = self._gifs.popitem(last=False)
+            oldest.gif = None
+
     def render(self, served: ServedJob, kind: str) -> bytes:
         """A finished job's result: the PNG grid (seed and settings in its text), ddpm-run's npz, or the GIF."""
         run, checked = served.job.result, served.checked
         if kind == "gif":
             if not run.frames:
                 raise DDPMError("this job kept no frames: submit it with frames > 0 for a GIF")
-            return gif_bytes(run.frames, fps=GIF_FPS, hold=GIF_HOLD, scale=checked.scale, columns=checked.columns)
+            frames, scale = gif_budget(run.frames, checked.scale, checked.columns)
+            return gif_bytes(frames, fps=GIF_FPS, hold=GIF_HOLD, scale=scale, columns=checked.columns)
         settings = self.backend.record(served.job)
         if kind == "npz":
             return npz_bytes(run.images, settings)

@@ -196,8 +196,8 @@ def test_a_full_queue_answers_429_at_once(ddpm):
         assert time.monotonic() - began < 1.0
         assert refused.status_code == 429 and "4 of 4 rows" in refused.json()["detail"]
         assert int(refused.headers["retry-after"]) >= 1
-        guided = client.post("/v1/jobs", json={"n": 3, "digits": [1]})  # 6 rows: never fits
-        assert guided.status_code == 429
+        guided = client.post("/v1/jobs", json={"n": 3, "digits": [1]})  # 6 rows: never fits, so not "retry later"
+        assert guided.status_code == 422 and "6 rows" in guided.json()["detail"]
         client.delete(f"/v1/jobs/{long['id']}")
 
 

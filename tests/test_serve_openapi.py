@@ -92,7 +92,7 @@ def test_errors_sent_are_the_ones_declared(instant, client, doc):
     cases = [
         (client, "post", "/v1/samples", {"content": b"{" + b" " * 20_000 + b"}"}, 413),
         (client, "post", "/v1/samples", {"json": {"n": 0}}, 422),
-        (client, "post", "/v1/jobs", {"json": {"n": 3, "digits": [1]}}, 429),  # 6 rows, over the 4 admitted
+        (client, "post", "/v1/jobs", {"json": {"n": 3, "digits": [1]}}, 422),  # 6 rows: never fits the 4 admitted
         (client, "get", "/v1/jobs/{job_id}", {}, 404),
         (client, "delete", "/v1/jobs/{job_id}", {}, 404),
         (client, "get", "/v1/jobs/{job_id}/events", {}, 404),
