@@ -232,12 +232,15 @@ def application(options: ModelOptions, settings: Settings, replicas: int, replic
 
 
 def build(args: dict[str, str]):
-    """For ``serve run ddpm.serve.ray_app:build replicas=2 [onnx=PATH threads=1 max_rows=32 queue_rows=128]``."""
+    """For ``serve run ddpm.serve.ray_app:build replicas=2 [onnx=PATH threads=1 max_rows=32 queue_rows=128
+    allow_hosts=NAME,NAME]``: requests are served when their Host is an IP address, localhost or one of
+    ``allow_hosts`` ("*": any)."""
     replicas = int(args.get("replicas", 2))
     threads = int(args["threads"]) if "threads" in args else 1
     options = ModelOptions(onnx=args.get("onnx"), threads=threads, provider=args.get("provider", "auto"))
     settings = Settings(max_rows=int(args["max_rows"]) if "max_rows" in args else None,
-                        queue_rows=int(args["queue_rows"]) if "queue_rows" in args else None)
+                        queue_rows=int(args["queue_rows"]) if "queue_rows" in args else None,
+                        allowed_hosts=[name for name in args.get("allow_hosts", "").split(",") if name])
     return application(options, settings, replicas, float(args.get("replica_cpus", 1)))
 
 
@@ -258,7 +261,7 @@ def serve_on_ray(options: ModelOptions, settings: Settings, replicas: int, repli
         echo(f"ddpm-serve: running on http://{host}:{port} (Ray Serve: {replicas} sampler replicas"
              f"{'' if address is None else ', cluster ' + address})")
         stop = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             stop.wait()
         finally:
