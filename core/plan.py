@@ -28,6 +28,7 @@ DEFAULT_SAMPLER = "ancestral"  # the reference loop
 DIGIT_SAMPLER = "unipc"  # with digits: every digit judged as asked at 10 calls, FD as with 20 of DPM-Solver++ SDE
 DEFAULT_GUIDANCE = 1.0  # of 0, 1 and 3 for the shipped model: every digit judged as asked, lowest FD
 STUDENT_SAMPLER = "consistency"  # a few-step student's default, with or without digits
+MAX_SEED = 2**63 - 1  # seeds are NumPy generator seeds, and fit a signed 64-bit integer everywhere
 MAX_GUIDANCE = 50.0  # (1+w)·ε − w·ε(∅): the shipped model already draws near-identical digits at w = 3
 
 

@@ -52,8 +52,7 @@ def class_prior_labels(n: int, classes: int, seed: int) -> np.ndarray:
 
     Sampling p(x | y) with y from this prior samples the whole distribution. The model's "no
     class" index does the same in principle, but it learned from only the label-dropout share of
-    the batches and draws worse digits (an H100-trained model at 2,000 steps: FD 213 and judge
-    confidence 0.708 with the index, FD 20.6 and 0.955 with these labels; benchmarks/results/gpu-h100.md).
+    the batches and draws worse digits (measured in benchmarks/results/gpu-h100.md).
     The stream is separate from the images' noise, so the noise is the same as with given labels.
     """
     rng = np.random.default_rng([seed, LABEL_STREAM])

@@ -53,7 +53,7 @@ class ModelOptions:
         return open_model(model, self.provider, self.precision, self.threads, self.device_id)
 
 
-class Sampler:
+class SamplerReplica:
     """A replica: one model, one engine; each request is a stream of plain dicts."""
 
     def __init__(self, options: ModelOptions, settings: Settings) -> None:
@@ -224,7 +224,7 @@ class Ingress:
 
 def application(options: ModelOptions, settings: Settings, replicas: int, replica_cpus: float = 1.0):
     """The Ray Serve application: the ingress bound to ``replicas`` sampler replicas."""
-    sampler = serve.deployment(Sampler, name="Sampler", num_replicas=replicas,
+    sampler = serve.deployment(SamplerReplica, name="SamplerReplica", num_replicas=replicas,
                                ray_actor_options={"num_cpus": replica_cpus}, max_ongoing_requests=256)
     ingress = serve.deployment(Ingress, name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0},
                                max_ongoing_requests=4096)

@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, SHOW, SamplingPlan, SettingError
+from ..core.plan import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, MAX_SEED, SHOW, SamplingPlan,
+                         SettingError)
 from ..core.samplers import accepting, choices, option_names
-from ..runtime.cli import MAX_SEED
 from ..runtime.pipeline import DDPM
 
 MAX_SAMPLES = 64  # per request: a 8x8 grid; more is several requests

@@ -54,7 +54,7 @@ def sample(url: str, steps: int, seed: int) -> httpx.Response:
 
 def sampler_pids() -> list[int]:
     """Processes of the sampler replicas (Ray names each worker after its actor)."""
-    found = subprocess.run(["pgrep", "-f", "ServeReplica:ddpm:Sampler"], capture_output=True, text=True).stdout
+    found = subprocess.run(["pgrep", "-f", "ServeReplica:ddpm:SamplerReplica"], capture_output=True, text=True).stdout
     return [int(pid) for pid in found.split()]
 
 

@@ -13,7 +13,7 @@ import click
 from ..core.console import run_command
 from .cli import train
 from .config import AUTOENCODER_PRESETS, AUTOENCODER_TRAINING, AutoencoderConfig, DataConfig, RunOptions, TrainConfig
-from .options import click_options
+from .options import click_options, run_options
 
 DIFFUSION_ONLY = frozenset({"preset", "loss_weighting", "min_snr_gamma", "label_dropout", "sample_steps"})
 PRESET_DEFAULTS = {name: f"[default: {value}]" for name, value in AUTOENCODER_TRAINING.items()}
@@ -38,12 +38,7 @@ HELPS = {
                                     from_preset=frozenset({"image_size", "transform"})))
 @click.option("--preset", type=click.Choice(tuple(AUTOENCODER_PRESETS)), default="ae32",
               help="'ae32': 32x32 digits to 8x8x4 latents; 'ae64': 64x64 digits (MNIST resized) to 8x8x4; 'ae-tiny' for tests.")
-@click.option("--overwrite", is_flag=True, help="Start a new run even if OUT/model.pt exists (it is replaced at the first save).")
-@click.option("--resume", default=None, metavar="PATH|auto",
-              help="Continue from this checkpoint with its settings and optimizer; only --epochs/--max-steps may change. "
-                   "'auto': the newest readable checkpoint in --out, or a new run if none.")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for PyTorch. [default: PyTorch's choice]")
-@click.option("--dry-run", is_flag=True, help="Check the data and settings, print the model's size, and exit.")
+@run_options(dry_run="Check the data and settings, print the model's size, and exit.")
 @click.pass_context
 def autoencoder_command(ctx: click.Context, **args: Any) -> None:
     """Train the autoencoder of a latent model (L1 reconstruction + a light KL, AdamW, EMA) and write OUT/model.pt.

@@ -18,7 +18,7 @@ from ..core.files import check_writable_dir
 from .config import DataConfig, RunOptions, ScheduleConfig, TrainConfig, UNetConfig
 
 AUTOENCODER_ONLY = frozenset({"kl_weight"})
-from .options import click_options, from_args
+from .options import click_options, from_args, run_options
 from .resume import ResolvedRun, SettingsConflict, resolve_run
 
 
@@ -113,12 +113,7 @@ def describe_autoencoder(trainer: Any) -> None:
 @click.option("--autoencoder", type=click.Path(path_type=Path), default=None,
               help="Train a latent model: the U-Net learns this ddpm-autoencoder checkpoint's latents, which it carries "
                    "(its image size, transform and range become the run's). Use with --preset latent.")
-@click.option("--overwrite", is_flag=True, help="Start a new run even if OUT/model.pt exists (it is replaced at the first save).")
-@click.option("--resume", default=None, metavar="PATH|auto",
-              help="Continue from this checkpoint with its model, data, schedule and optimizer; only --epochs/--max-steps "
-                   "may change. 'auto': the newest readable checkpoint in --out (skipping corrupt ones), or a new run if none.")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for PyTorch. [default: PyTorch's choice]")
-@click.option("--dry-run", is_flag=True, help="Check the data and settings, print the model's size and cost, and exit.")
+@run_options(dry_run="Check the data and settings, print the model's size and cost, and exit.")
 @click.pass_context
 def train_command(ctx: click.Context, **args: Any) -> None:
     """Train a DDPM U-Net on MNIST (L_simple, AdamW, EMA) and write OUT/model.pt.

@@ -1,6 +1,6 @@
 """The forward process q(x_t | x_0), the L_simple loss, and sampling a torch model.
 
-The coefficients come from the NumPy schedule in the runtime layer; this module only moves
+The coefficients come from the one NumPy schedule (core/schedule.py); this module only moves
 them to torch. Sampling reuses the runtime's NumPy sampler, so the trainer's preview grids
 follow exactly the update the ONNX runtime uses.
 """

@@ -10,7 +10,7 @@ import click
 from ..core.console import run_command
 from .cli import claim_out_dir, finished, resolve, warn
 from .config import DISTILL_TRAINING, DistillConfig, RunOptions, TrainConfig
-from .options import click_options, from_args
+from .options import click_options, from_args, run_options
 
 # Settings of a diffusion run that a student takes from its teacher or does not use.
 NOT_DISTILL = frozenset({"preset", "max_images", "label_dropout", "kl_weight", "loss_weighting", "min_snr_gamma",
@@ -56,12 +56,7 @@ def describe(trainer: Any) -> None:
 @click.option("--teacher", type=click.Path(path_type=Path), default=None,
               help="The ddpm-train checkpoint (pixel or latent U-Net) to learn from; its EMA weights start the student. "
                    "Needed for a new run; a resumed student carries its teacher.")
-@click.option("--overwrite", is_flag=True, help="Start a new run even if OUT/model.pt exists (it is replaced at the first save).")
-@click.option("--resume", default=None, metavar="PATH|auto",
-              help="Continue from this checkpoint; only --epochs/--max-steps may change. 'auto': the newest readable "
-                   "checkpoint in --out, or a new run if none.")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for PyTorch. [default: PyTorch's choice]")
-@click.option("--dry-run", is_flag=True, help="Check the teacher and settings, print the plan, and exit (no solves).")
+@run_options(dry_run="Check the teacher and settings, print the plan, and exit (no solves).")
 @click.pass_context
 def distill_command(ctx: click.Context, **args: Any) -> None:
     """Distil a trained U-Net into a few-step student and write OUT/model.pt.

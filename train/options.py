@@ -112,3 +112,26 @@ class ChoiceOf(click.Choice):
 POSITIVE_INT = click.IntRange(min=1)
 POSITIVE_FLOAT = FiniteFloatRange(min=0.0, min_open=True)
 FRACTION = FiniteFloatRange(min=0.0, max=1.0, max_open=True)  # [0, 1): dropout rates, EMA decays
+
+
+def run_options(dry_run: str):
+    """The options every training command shares, in this order: --overwrite, --resume, --threads and
+    --dry-run (whose help, ``dry_run``, says what that command checks before it exits)."""
+    shared = [
+        click.option("--overwrite", is_flag=True,
+                     help="Start a new run even if OUT/model.pt exists (it is replaced at the first save)."),
+        click.option("--resume", default=None, metavar="PATH|auto",
+                     help="Continue from this checkpoint with its settings and optimizer; only --epochs/--max-steps "
+                          "may change. 'auto': the newest readable checkpoint in --out (skipping corrupt ones), or a "
+                          "new run if none."),
+        click.option("--threads", type=click.IntRange(1, 1024), default=None,
+                     help="CPU threads for PyTorch. [default: PyTorch's choice]"),
+        click.option("--dry-run", is_flag=True, help=dry_run),
+    ]
+
+    def decorate(command):
+        for option in reversed(shared):
+            command = option(command)
+        return command
+
+    return decorate

@@ -149,8 +149,8 @@ class UniPCSampler(Multistep):
 
 
 def _build(schedule: Schedule, info: "ModelInfo", steps: int, spacing: str) -> UniPCSampler:
-    """Order 2: on the shipped model order 3 drew worse digits at 10 calls (FD 29.3 against 21.5,
-    benchmarks/results/sampler-quality-unipc.md), so it is no setting."""
+    """Order 2: on the shipped model order 3 draws worse digits at 10 calls
+    (benchmarks/results/sampler-quality-unipc.md), so it is no setting."""
     return UniPCSampler(schedule, steps, spacing=spacing, order=2)
 
 
