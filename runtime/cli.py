@@ -14,7 +14,7 @@ from ..core.console import FiniteFloatRange, OutputPath, run_command
 from ..core.errors import DDPMError
 from ..core.files import StagedFiles, check_distinct_paths, output_target
 from ..core.outputs import VIDEO_CODECS, gif_bytes, npz_bytes, png_bytes, video_available, write_video
-from ..core.plan import SHOW, SettingError
+from ..core.plan import MAX_SEED, SHOW, SettingError
 from ..core.progress import Progress
 from . import cpu_batch
 from .cpu_batch import BatchChoice
@@ -26,7 +26,6 @@ from .sampling_cli import (PRECISION_HELP, PROVIDER_HELP, SamplingRequest, check
                            model_option, sampling_options, sampling_request)
 
 ENGINE_CHOICES = ("auto", "plain", "iobinding", "cudagraph")  # cudagraph: IOBinding on a session that captured a CUDA graph
-MAX_SEED = 2**63 - 1
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -107,7 +106,8 @@ def run_cli(
     if not quiet:
         announce_model(ddpm, threads, engine, loop_engine)
     run, choice = sample(ddpm, request, seed, batch_size, loop_engine, quiet, announce)
-    timing_note = cpu_batch.recheck(ddpm.session, choice) if choice is not None else None
+    # the batch and, where auto chose it, the engine: both checked against this run's own time
+    timing_note = cpu_batch.recheck(ddpm.session, choice, ddpm.path_timing) if choice is not None else None
     sizes = write_outputs(run, targets, request.columns, fps, hold, scale)
     if not quiet:
         summarize(ddpm, run, choice, sizes, targets)

@@ -5,6 +5,10 @@ The best batch differs between CPUs (cache sizes, AVX-512 or not, int8 or fp32 k
 constant tuned on one machine is wrong on the next. The measurement is keyed by everything that
 sets the cost of one network call: the CPU, the thread count, the engine (ONNX Runtime or OpenVINO)
 and its version, the arithmetic it runs (fp32, bf16, int8) and the network's shape (not its weights).
+
+Timings that are compared with each other come from one interleaved pass (:func:`time_together`):
+whenever one of them is timed, all are, so that a figure taken while other jobs shared the cores is
+never held against one taken on a quiet machine.
 """
 
 from __future__ import annotations
@@ -46,6 +50,25 @@ class BatchChoice:
     def best_ms(self) -> float | None:
         """The per-image time at the chosen batch, None when nothing was measured."""
         return min(self.per_image_ms.values()) if self.per_image_ms else None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A cached figure that the first real run holds to account (see :func:`recheck`): the cache entry
+    under ``key`` says that one call of ``batch`` rows of the session that runs costs ``per_image_ms``
+    per image; ``figure`` names it in the entry's own ``per_image_ms``."""
+
+    key: str
+    figure: str
+    batch: int
+    per_image_ms: float
+    measured: str  # the stamp of the pass that timed it; a different stamp means timed again since
+    confirmed: bool = False
+
+
+def timestamp() -> str:
+    """Now, in UTC, ISO 8601 to the second: the one stamp of a pass, and of a run's confirmation."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def cache_file() -> Path:
@@ -209,31 +232,36 @@ def choose(session, on_measure: Callable[[], None] | None = None) -> BatchChoice
 
 
 def choose_together(sessions: list, on_measure: Callable[[], None] | None = None) -> list[BatchChoice]:
-    """The fastest batch per image for each session on this CPU: from the cache, or measured (the
-    sessions not cached, together) and stored there; a cache that cannot be written only means
-    measuring again next time. ``on_measure`` is called before a measurement starts."""
+    """The fastest batch per image for each session on this CPU: from the cache when every session has
+    an entry there and all come from one pass, else all of them timed again together
+    (:func:`time_together`), so that a cached figure never stands beside a fresh one."""
     cache, problem = read_cache_checked()
-    keys = [machine_key(session) for session in sessions]
-    choices = [_cached(cache.get(key)) for key in keys]
-    missing = [index for index, choice in enumerate(choices) if choice is None]
-    if not missing:
+    choices = [_cached(cache.get(machine_key(session))) for session in sessions]
+    if all(choice is not None for choice in choices) and len({choice.measured for choice in choices}) == 1:
         return choices
+    return time_together(sessions, on_measure, f"ignored {cache_file()}: {problem}" if problem else "")
+
+
+def time_together(sessions: list, on_measure: Callable[[], None] | None = None, note: str = "") -> list[BatchChoice]:
+    """Every session timed now, in one interleaved pass (:func:`measure_together`), each one's fastest
+    batch stored under its own key with the pass's one timestamp; a cache that cannot be written only
+    means timing again next time. ``on_measure`` is called before the pass starts."""
     if on_measure is not None:
         on_measure()
     try:
-        measured = measure_together([sessions[index] for index in missing])
+        measured = measure_together(sessions)
     except Exception:  # an engine's failure here will show, in one line, in the real run
-        measured = [{} for _ in missing]
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    note = f"ignored {cache_file()}: {problem}" if problem else ""
-    for index, times in zip(missing, measured):
+        measured = [{} for _ in sessions]
+    stamp = timestamp()
+    choices = []
+    for session, times in zip(sessions, measured):
         if not times:
-            choices[index] = BatchChoice(FALLBACK, {}, cached=False, note=note)
+            choices.append(BatchChoice(FALLBACK, {}, cached=False, note=note))
             continue
         best = min(times, key=times.get)
-        stored = remember(keys[index], {"batch": best, "per_image_ms": {str(k): round(v, 4) for k, v in times.items()},
-                                        "measured": stamp})
-        choices[index] = BatchChoice(best, times, cached=False, measured=stamp, stored=stored, note=note)
+        stored = remember(machine_key(session), {"batch": best, "per_image_ms": {str(k): round(v, 4) for k, v in times.items()},
+                                                 "measured": stamp})
+        choices.append(BatchChoice(best, times, cached=False, measured=stamp, stored=stored, note=note))
     return choices
 
 
@@ -255,36 +283,63 @@ def _cached(entry: dict | None) -> BatchChoice | None:
     return BatchChoice(batch, measured, cached=True, measured=stamp, confirmed=isinstance(entry.get("confirmed"), str))
 
 
-def recheck(session, choice: BatchChoice) -> str | None:
-    """Hold the CPU timing behind ``choice`` against the run that ``session`` has just made on it.
+def recheck(session, choice: BatchChoice, engine: Timing | None = None) -> str | None:
+    """Hold the CPU timings behind ``choice`` and ``engine`` (the engine choice's figure of the path
+    that ran, where ``auto`` chose it) against the run that ``session`` has just made on them.
 
     A timing taken on a busy machine (or a run on one) is not repeated as fact: when the run's own
-    time per image and the timing at the same batch are more than :data:`RECHECK_RATIO` apart, every
-    timing of this CPU at this thread count is forgotten, so that the next run times it again; the
-    note returned says so. When they agree, the entry is marked confirmed and not checked again.
-    Only runs of :data:`RECHECK_CALLS` calls or more, each of the chosen batch, are compared.
+    time per image and a timing at the same batch are more than :data:`RECHECK_RATIO` apart, every
+    timing of this CPU at this thread count is forgotten (batches and engine choices alike), so that
+    the next run times them again, all together; the note returned says so. When they agree, the
+    entries are marked confirmed and not checked again. Only runs of :data:`RECHECK_CALLS` calls or
+    more, each of a timing's batch, are compared with it.
+
+    One test serves both: an engine choice says the path that runs is ``ratio`` = other_ms / timed_ms
+    times as fast as another, and the run says other_ms / run_ms; the two ratios stand apart by
+    run_ms / timed_ms, the same quotient the batch's timing is held to.
     """
     rows, calls = getattr(session, "run_rows", 0), getattr(session, "run_calls", 0)
-    if choice.confirmed or calls < RECHECK_CALLS or rows != calls * choice.batch or not session.run_seconds:
+    if calls < RECHECK_CALLS or not session.run_seconds:
         return None
-    run_ms, timed_ms = session.run_seconds / rows * 1e3, choice.per_image_ms[choice.batch]
-    apart = max(run_ms / timed_ms, timed_ms / run_ms)
-    if apart <= RECHECK_RATIO:
-        key, stamp = machine_key(session), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        timed = (choice.batch, {batch: round(ms, 4) for batch, ms in choice.per_image_ms.items()})  # as stored
+    timings = [timing for timing in (_timing(session, choice), engine)
+               if timing is not None and not timing.confirmed and rows == calls * timing.batch]
+    if not timings:
+        return None
+    run_ms = session.run_seconds / rows * 1e3
+    apart = {timing: max(run_ms / timing.per_image_ms, timing.per_image_ms / run_ms) for timing in timings}
+    worst = max(timings, key=apart.get)
+    if apart[worst] <= RECHECK_RATIO:
+        stamp = timestamp()
 
         def confirm(cache: dict) -> dict:
-            stored = _cached(cache.get(key))
-            if stored is None or (stored.batch, stored.per_image_ms) != timed:  # timed again meanwhile
-                return cache
-            return {**cache, key: {**cache[key], "confirmed": stamp}}
+            for timing in timings:
+                entry = cache.get(timing.key)
+                if _same_timing(entry, timing):  # not timed again meanwhile
+                    cache = {**cache, timing.key: {**entry, "confirmed": stamp}}
+            return cache
 
         _update(confirm, {})
         return None
     prefix = _machine_prefix(session)
     forget(lambda name: name.removeprefix("path | ").startswith(prefix))
-    return (f"this run took {run_ms:.2f} ms per image at batch {choice.batch}, the CPU's timing {timed_ms:.2f} ms "
-            f"({apart:.1f}x apart: was the machine busy?); the next run times this CPU again")
+    return (f"this run took {run_ms:.2f} ms per image at batch {worst.batch}, the CPU's timing {worst.per_image_ms:.2f} ms "
+            f"({apart[worst]:.1f}x apart: was the machine busy?); the next run times this CPU again")
+
+
+def _timing(session, choice: BatchChoice) -> Timing | None:
+    """The batch entry's figure at the chosen batch, None when nothing was measured."""
+    if choice.batch not in choice.per_image_ms:
+        return None
+    return Timing(machine_key(session), str(choice.batch), choice.batch, choice.per_image_ms[choice.batch], choice.measured,
+                  choice.confirmed)
+
+
+def _same_timing(entry: dict | None, timing: Timing) -> bool:
+    """Whether the cache entry still holds ``timing``'s figure from the same pass, as stored (rounded)."""
+    if entry is None or entry.get("measured") != timing.measured:
+        return False
+    figures = entry.get("per_image_ms")
+    return isinstance(figures, dict) and figures.get(timing.figure) == round(timing.per_image_ms, 4)
 
 
 def _machine_prefix(session) -> str:

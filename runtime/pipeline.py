@@ -76,6 +76,8 @@ class DDPM:
         self.schedule = self.info.make_schedule()
         self._cpu_batch: cpu_batch.BatchChoice | None = None
         self.note: str | None = None  # why this engine and precision, when open_model chose them
+        # the timed figure behind that choice, for the first real run to check (cpu_batch.recheck)
+        self.path_timing: cpu_batch.Timing | None = None
 
     @classmethod
     def load(
@@ -219,9 +221,9 @@ def open_model(model: str | Path | None = None, provider: str = "auto", precisio
     if precision != "auto" or not session.on_cpu or session.fixed_batch is not None:
         return ddpm
     int8_file = _int8_copy_file(choice.embedded) if choice.embedded else None
-    chosen, note = fastest_path(session, int8_file, provider, threads, on_measure)
+    chosen, note, timing = fastest_path(session, int8_file, provider, threads, on_measure)
     ddpm = ddpm if chosen is session else DDPM(chosen)
-    ddpm.note = note
+    ddpm.note, ddpm.path_timing = note, timing
     return ddpm
 
 

@@ -1,11 +1,16 @@
 """Which path samples on a CPU when the precision is ``auto``: an engine (ONNX Runtime or OpenVINO)
 and an arithmetic (fp32, bf16, int8), for the file named or the embedded model with its int8 copy.
 
-    session, note = fastest_path(reference, int8_file, provider="auto", threads=None)   # note: which path and why
+    session, note, timing = fastest_path(reference, int8_file, provider="auto", threads=None)   # note: which path and why
 
 No one path is fastest on every CPU: bf16 pays where the CPU has AMX, int8 where it has fast int8
 kernels, and ONNX Runtime and OpenVINO differ by CPU. So ``auto`` measures every eligible path at
 its own best batch, interleaved, once per machine, and remembers the choice (:mod:`cpu_batch`).
+The choice is made from one pass alone: when the remembered one cannot be used (a path is new or
+gone, an engine's version changed, the record is of the older format whose figures could be of
+different ages), every path is timed again, together; a cached figure never meets a fresh one.
+The first real run holds the chosen path's figure to account (``timing``, see
+:func:`cpu_batch.recheck`): far from it, the choice is forgotten and the next run times all again.
 A path other than fp32 is eligible only when its ε stays within the int8 export's tolerance of
 fp32's on the check digits (:mod:`eps_check`); an int8 copy only when its metadata says it is a
 copy of the same network; and it replaces the fp32 reference only when it measures at least
@@ -16,7 +21,6 @@ copy of the same network; and it replaces the fp32 reference only when it measur
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -46,10 +50,11 @@ class CpuPath:
 
 
 def fastest_path(reference: EpsCalls, int8_file: Path | None, provider: str, threads: int | None,
-                 on_measure: Callable[[], None] | None = None) -> tuple[EpsCalls, str | None]:
-    """The fastest eligible path per image on this CPU (measured once, cached) and why (None: nothing
-    to say). ``reference`` is the fp32 session opened as asked; ``int8_file`` the embedded model's int8
-    copy, None for a named file; ``on_measure`` is called before the CPU is timed."""
+                 on_measure: Callable[[], None] | None = None) -> tuple[EpsCalls, str | None, cpu_batch.Timing | None]:
+    """The fastest eligible path per image on this CPU (measured once, cached), why (None: nothing
+    to say), and the chosen path's figure for the first real run to check (None: nothing was compared).
+    ``reference`` is the fp32 session opened as asked; ``int8_file`` the embedded model's int8 copy,
+    None for a named file; ``on_measure`` is called before the CPU is timed."""
     files = {"fp32": reference.path}
     notes = []
     if int8_file is not None:
@@ -60,17 +65,17 @@ def fastest_path(reference: EpsCalls, int8_file: Path | None, provider: str, thr
             notes.append(refusal)
     paths = candidate_paths(provider, files, notes)
     if len(paths) == 1:
-        return reference, "; ".join(notes) or None
+        return reference, "; ".join(notes) or None, None
     reference_path = CpuPath(reference.engine, "fp32")
     key = choice_key(reference, paths)
     cached = read_choice(key, paths)
     if cached is not None:
-        path, why = cached
+        path, why, timing = cached
         chosen = reference if path == reference_path else _open(path, files, threads)
         if chosen is not None:
-            return chosen, "; ".join([*notes, f"{path}: {why}"])
-    chosen, why = measure_paths(reference, reference_path, paths, files, threads, on_measure, key)
-    return chosen, "; ".join([*notes, why])
+            return chosen, "; ".join([*notes, f"{path}: {why}"]), timing
+    chosen, why, timing = measure_paths(reference, reference_path, paths, files, threads, on_measure, key)
+    return chosen, "; ".join([*notes, why]), timing
 
 
 def int8_copy(reference: EpsCalls, path: Path) -> tuple[Path | None, str | None]:
@@ -117,9 +122,10 @@ def _open(path: CpuPath, files: dict[str, Path], threads: int | None) -> EpsCall
 
 
 def measure_paths(session: EpsCalls, reference: CpuPath, paths: list[CpuPath], files: dict[str, Path],
-                  threads: int | None, on_measure: Callable[[], None] | None, key: str) -> tuple[EpsCalls, str]:
-    """Open every path beside the reference ``session``, check its ε, time the eligible ones together,
-    remember the fastest."""
+                  threads: int | None, on_measure: Callable[[], None] | None,
+                  key: str) -> tuple[EpsCalls, str, cpu_batch.Timing | None]:
+    """Open every path beside the reference ``session``, check its ε, time the eligible ones now in one
+    interleaved pass (never beside a cached figure), remember the fastest with the pass's figures."""
     if on_measure is not None:
         on_measure()
     opened = {reference: session}
@@ -135,20 +141,21 @@ def measure_paths(session: EpsCalls, reference: CpuPath, paths: list[CpuPath], f
             if not differences[path] <= TOLERANCE:
                 continue
         opened[path] = candidate
-    choices = cpu_batch.choose_together(list(opened.values()))
-    times = {path: choice.best_ms for path, choice in zip(opened, choices) if choice.best_ms}
+    choices = dict(zip(opened, cpu_batch.time_together(list(opened.values()))))
+    times = {path: choice.best_ms for path, choice in choices.items() if choice.best_ms}
     if not times:
-        return session, f"{reference}: the CPU could not be timed"
+        return session, f"{reference}: the CPU could not be timed", None
     fastest = min(times, key=lambda path: (times[path], paths.index(path)))
     baseline = times.get(reference, times[fastest])
     best = fastest if reference not in times or baseline / times[fastest] >= MARGIN else reference
     why = f"{best}: " + reason(best, str(reference), baseline / times[best], differences.get(best), "measured now",
                                {str(path): ms for path, ms in times.items()})
-    write_choice(key, best, str(reference), baseline / times[best], differences, times)
+    timing = cpu_batch.Timing(key, str(best), choices[best].batch, times[best], choices[best].measured)
+    write_choice(key, best, str(reference), baseline / times[best], differences, times, timing)
     refused = [f"{path} (ε {value:.3f} > {TOLERANCE:g})" for path, value in differences.items() if not value <= TOLERANCE]
     if refused:
         why += f"; not eligible: {', '.join(refused)}"
-    return opened[best], why
+    return opened[best], why, timing
 
 
 def reason(best: CpuPath, reference: str, ratio: float, difference: float | None, when: str,
@@ -177,21 +184,25 @@ def choice_key(session, paths: list[CpuPath]) -> str:
     return f"path | {cpu_batch.machine_key(session)} | {hashlib.sha256(offered.encode()).hexdigest()[:16]}"
 
 
-def read_choice(key: str, paths: list[CpuPath]) -> tuple[CpuPath, str] | None:
-    """A remembered choice among ``paths`` and why, None when there is none or it names a path not
-    offered now."""
+def read_choice(key: str, paths: list[CpuPath]) -> tuple[CpuPath, str, cpu_batch.Timing] | None:
+    """A remembered choice among ``paths``, why, and the chosen path's figure; None when there is none,
+    it names a path not offered now, or it is not one pass's record (the older format, whose figures
+    could be of different ages, is timed again as a whole)."""
     entry = cpu_batch.read_cache().get(key)
-    if not isinstance(entry, dict):
+    if not isinstance(entry, dict) or entry.get("one_pass") is not True:
         return None
     path = CpuPath(str(entry.get("engine")), str(entry.get("precision")))
-    ratio, difference, when, versus = (entry.get(name) for name in ("ratio", "eps_difference", "measured", "versus"))
+    ratio, difference, when, versus, batch = (entry.get(name) for name in ("ratio", "eps_difference", "measured", "versus", "batch"))
     if path not in paths or not _number(ratio) or not isinstance(when, str) or not isinstance(versus, str):
         return None
     if difference is not None and not (_number(difference) and difference <= TOLERANCE):
         return None
     times = entry.get("per_image_ms")
     times = {name: float(ms) for name, ms in times.items() if _number(ms) and ms > 0} if isinstance(times, dict) else {}
-    return path, reason(path, versus, float(ratio), difference, f"cached on {when[:10]}", times)
+    if str(path) not in times or type(batch) is not int or batch < 1:
+        return None
+    timing = cpu_batch.Timing(key, str(path), batch, times[str(path)], when, isinstance(entry.get("confirmed"), str))
+    return path, reason(path, versus, float(ratio), difference, f"cached on {when[:10]}", times), timing
 
 
 def _number(value: object) -> bool:
@@ -199,9 +210,10 @@ def _number(value: object) -> bool:
 
 
 def write_choice(key: str, best: CpuPath, versus: str, ratio: float, differences: dict[CpuPath, float],
-                 times: dict[CpuPath, float]) -> None:
+                 times: dict[CpuPath, float], timing: cpu_batch.Timing) -> None:
+    """One record of one pass: every path's figure, the chosen path's batch, the pass's one timestamp."""
     entry = {"engine": best.engine, "precision": best.precision, "versus": versus, "ratio": round(ratio, 4),
              "eps_difference": None if best not in differences else round(differences[best], 5),
              "per_image_ms": {str(path): round(ms, 4) for path, ms in times.items()},
-             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+             "batch": timing.batch, "measured": timing.measured, "one_pass": True}
     cpu_batch.remember(key, entry)

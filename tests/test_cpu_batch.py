@@ -7,6 +7,7 @@ import pytest
 from ddpm.runtime import cpu_batch
 from ddpm.runtime.pipeline import DDPM
 from ddpm.runtime.session import UNetSession
+from tests_support import fake_run
 
 
 @pytest.fixture
@@ -173,11 +174,6 @@ def test_a_run_far_from_its_timing_forgets_this_cpus_timings(invoke, tiny_export
     assert list(json.loads(cache.read_text())) == ["Another CPU | 64 | threads=default | onnxruntime 1.0 | fp32 | 0"]
 
 
-def fake_run(session, calls, batch, per_image_ms):
-    session.run_calls, session.run_rows = calls, calls * batch
-    session.run_seconds = per_image_ms * calls * batch / 1e3
-
-
 def test_a_run_that_agrees_confirms_the_timing_once(tiny_export, cache):
     session = UNetSession(tiny_export / "unet.onnx", provider="cpu")
     key = cached_timing(cache, session, {"4": 2.0, "8": 3.0})
@@ -201,3 +197,34 @@ def test_runs_that_say_little_are_not_compared(tiny_export, cache, calls, batch,
     assert cpu_batch.recheck(session, choice) is None, why
     entry = json.loads(cache.read_text())[key]
     assert "confirmed" not in entry
+
+
+def two_sessions(tiny_export):
+    """Two sessions with keys of their own (the thread count is part of the key)."""
+    return [UNetSession(tiny_export / "unet.onnx", provider="cpu", threads=n) for n in (1, 2)]
+
+
+@pytest.mark.parametrize("second", [None, "2026-01-02T00:00:00Z"], ids=["missing", "of another pass"])
+def test_sessions_compared_are_timed_again_all_together(tiny_export, cache, monkeypatch, second):
+    """One entry missing, or two of different passes: no cached figure stands beside another age's."""
+    sessions = two_sessions(tiny_export)
+    entries = {cpu_batch.machine_key(sessions[0]): {"batch": 4, "per_image_ms": {"4": 9.0}, "measured": "2026-01-01T00:00:00Z"}}
+    if second:
+        entries[cpu_batch.machine_key(sessions[1])] = {"batch": 4, "per_image_ms": {"4": 9.0}, "measured": second}
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps(entries))
+    calls = []
+    fake_measure(monkeypatch, calls)
+    monkeypatch.setattr(cpu_batch, "timestamp", lambda: "2026-01-03T00:00:00Z")
+    choices = cpu_batch.choose_together(sessions)
+    assert calls == [2] and [choice.per_image_ms for choice in choices] == [{4: 2.0, 8: 1.0}] * 2
+    stored = json.loads(cache.read_text())
+    assert {stored[cpu_batch.machine_key(session)]["measured"] for session in sessions} == {"2026-01-03T00:00:00Z"}
+
+
+def test_sessions_of_one_pass_are_read_from_the_cache(tiny_export, cache, monkeypatch):
+    sessions = two_sessions(tiny_export)
+    fake_measure(monkeypatch)
+    cpu_batch.choose_together(sessions)
+    monkeypatch.setattr(cpu_batch, "measure_together", lambda *a, **k: pytest.fail("timed although one pass is cached"))
+    assert all(choice.cached for choice in cpu_batch.choose_together(sessions))

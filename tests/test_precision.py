@@ -37,13 +37,14 @@ def opened(model=None, precision="auto", provider="auto"):
 
 
 def fake_times(monkeypatch, times: dict[tuple[str, str], float], calls: list | None = None):
-    """cpu_batch.choose_together answering ``times`` (ms per image) by (engine, precision)."""
-    def choose_together(sessions, on_measure=None):
+    """cpu_batch.time_together answering ``times`` (ms per image) by (engine, precision)."""
+    def time_together(sessions, on_measure=None, note=""):
         if calls is not None:
             calls.append([(s.engine, s.precision) for s in sessions])
-        return [cpu_batch.BatchChoice(8, {8: times[(s.engine, s.precision)]}, cached=False) for s in sessions]
+        stamp = cpu_batch.timestamp()
+        return [cpu_batch.BatchChoice(8, {8: times[(s.engine, s.precision)]}, cached=False, measured=stamp) for s in sessions]
 
-    monkeypatch.setattr(cpu_batch, "choose_together", choose_together)
+    monkeypatch.setattr(cpu_batch, "time_together", time_together)
 
 
 def run_args(tmp_path, *extra):
@@ -151,7 +152,7 @@ def test_an_int8_file_that_is_not_a_copy_is_never_swapped_in(embedded_pair, int8
     onnx.save(model, stranger)
     monkeypatch.setattr(pipeline, "embedded_model_path", lambda name, precision="fp32": int8_export / "unet.onnx"
                         if precision == "fp32" else stranger)
-    monkeypatch.setattr(cpu_batch, "choose_together", lambda *a, **k: pytest.fail("timed a single path"))
+    monkeypatch.setattr(cpu_batch, "time_together", lambda *a, **k: pytest.fail("timed a single path"))
     ddpm, note = opened(provider="cpu")
     assert ddpm.session.path == int8_export / "unet.onnx"
     assert "stranger.int8.onnx" in note and "not" in note and fragment in note
@@ -206,3 +207,108 @@ def test_a_gain_within_timing_noise_keeps_fp32(embedded_pair, monkeypatch):
     ddpm, note = opened(provider="cpu")
     assert ddpm.session.precision == "fp32"
     assert note.startswith("ONNX Runtime fp32: kept (measured now): ONNX Runtime int8 measured 1.03x, under the 1.05x")
+
+
+# Every figure of a choice comes from one interleaved pass: the real pass code (cpu_batch.time_together)
+# runs over a fake measurement and a fake clock.
+
+def fake_pass(monkeypatch, times: dict[tuple[str, str], float], calls: list, clock: dict):
+    """cpu_batch.measure_together answering ``times`` (ms per image at batch 4) by (engine, precision),
+    each pass's sessions appended to ``calls``; cpu_batch's clock reads ``clock["now"]``."""
+    def measure_together(sessions, *args, **kwargs):
+        calls.append({(s.engine, s.precision) for s in sessions})
+        return [{4: times[(s.engine, s.precision)]} for s in sessions]
+
+    monkeypatch.setattr(cpu_batch, "measure_together", measure_together)
+    monkeypatch.setattr(cpu_batch, "timestamp", lambda: clock["now"])
+
+
+def path_record(paths: set[str]) -> dict:
+    """The cached choice whose figures name exactly ``paths``."""
+    records = [entry for key, entry in cpu_batch.read_cache().items() if key.startswith("path | ")]
+    return next(entry for entry in records if set(entry["per_image_ms"]) == paths)
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
+def test_a_new_engine_retimes_every_path_in_one_pass(embedded_pair, monkeypatch):
+    """The reported case: ONNX Runtime timed while the cores were shared, OpenVINO installed later."""
+    calls, clock = [], {"now": "2026-01-01T21:40:00Z"}
+    busy = {("onnxruntime", "fp32"): 32.0, ("onnxruntime", "int8"): 40.0}
+    fake_pass(monkeypatch, busy, calls, clock)
+    monkeypatch.setattr(embedded_pair, "eps_difference", lambda reference, candidate: 0.01)
+    monkeypatch.setattr(embedded_pair, "openvino_version", lambda: None)
+    opened()
+    monkeypatch.setattr(embedded_pair, "openvino_version", openvino_session.openvino_version)  # the extra arrives
+    clock["now"] = "2026-01-01T22:36:00Z"
+    quiet = {("onnxruntime", "fp32"): 9.6, ("onnxruntime", "int8"): 12.0, ("openvino", "fp32"): 11.6,
+             ("openvino", "int8"): 13.0, ("openvino", "bf16"): 12.5}
+    fake_pass(monkeypatch, quiet, calls, clock)
+    ddpm, note = opened()
+    offered = {path for path in quiet if path[1] != "bf16" or NATIVE_BF16}
+    assert calls == [set(busy), offered]  # the cached ONNX Runtime figures were timed again with the new ones
+    assert (ddpm.session.engine, ddpm.session.precision) == ("onnxruntime", "fp32") and "measured now" in note
+    record = path_record({str(embedded_pair.CpuPath(*path)) for path in offered})
+    assert record["measured"] == "2026-01-01T22:36:00Z" and record["one_pass"] is True
+    assert record["per_image_ms"]["ONNX Runtime fp32"] == 9.6
+    batches = [entry for key, entry in cpu_batch.read_cache().items() if not key.startswith("path | ")]
+    assert len(batches) == len(offered) and {entry["measured"] for entry in batches} == {"2026-01-01T22:36:00Z"}
+
+
+def test_a_record_of_the_older_format_is_timed_again_as_a_whole(embedded_pair, monkeypatch):
+    calls, clock = [], {"now": "2026-01-01T21:40:00Z"}
+    times = {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.0}
+    fake_pass(monkeypatch, times, calls, clock)
+    opened(provider="cpu")
+    cache = cpu_batch.cache_file()
+    stored = json.loads(cache.read_text())
+    key = next(key for key in stored if key.startswith("path | "))
+    for name in ("one_pass", "batch"):  # as the older code wrote it: figures of whatever age beside one stamp
+        del stored[key][name]
+    cache.write_text(json.dumps(stored))
+    clock["now"] = "2026-01-01T22:36:00Z"
+    _, note = opened(provider="cpu")
+    assert calls == [set(times), set(times)] and "measured now" in note
+    assert path_record({"ONNX Runtime fp32", "ONNX Runtime int8"})["measured"] == "2026-01-01T22:36:00Z"
+
+
+def confirm_batch_entry(session):
+    """Mark ``session``'s batch timing confirmed, as an earlier run at that precision would have."""
+    cache = cpu_batch.cache_file()
+    stored = json.loads(cache.read_text())
+    stored[cpu_batch.machine_key(session)]["confirmed"] = "2026-01-01T00:00:00Z"
+    cache.write_text(json.dumps(stored))
+
+
+def test_the_first_real_run_retimes_an_engine_choice_it_contradicts(invoke, embedded_pair, tmp_path, monkeypatch):
+    calls, clock = [], {"now": "2026-01-01T21:40:00Z"}
+    fake_pass(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 1e-3}, calls, clock)  # int8: far too fast
+    ddpm, _ = opened(provider="cpu")
+    assert ddpm.session.precision == "int8"
+    confirm_batch_entry(ddpm.session)  # the batch's own check is done: only the engine choice's can see this
+    result = invoke(run_main, "--precision", "auto", "--provider", "cpu", "-n", 4, "--sampler", "ddim", "--steps", 12,
+                    "--png", tmp_path / "o.png", "--seed", 0)
+    assert result.code == 0, result.err
+    assert "the next run times this CPU again" in result.err and "at batch 4" in result.err
+    assert not any(key.startswith("path | ") for key in cpu_batch.read_cache())
+    assert len(calls) == 1
+    opened(provider="cpu")
+    assert calls[1] == {("onnxruntime", "fp32"), ("onnxruntime", "int8")}  # every path again, together
+
+
+def test_a_first_real_run_that_agrees_confirms_the_engine_choice_once(embedded_pair, monkeypatch):
+    from tests_support import fake_run
+
+    calls, clock = [], {"now": "2026-01-01T21:40:00Z"}
+    fake_pass(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.0}, calls, clock)
+    opened(provider="cpu")
+    ddpm, _ = opened(provider="cpu")
+    choice = ddpm.batch_choice()
+    assert ddpm.path_timing is not None and not ddpm.path_timing.confirmed and ddpm.path_timing.batch == choice.batch == 4
+    fake_run(ddpm.session, calls=20, batch=4, per_image_ms=2.0 * 1.4)  # within 1.5x
+    assert cpu_batch.recheck(ddpm.session, choice, ddpm.path_timing) is None
+    assert path_record({"ONNX Runtime fp32", "ONNX Runtime int8"})["confirmed"] == "2026-01-01T21:40:00Z"
+    again, _ = opened(provider="cpu")
+    assert again.path_timing.confirmed and again.batch_choice().confirmed
+    fake_run(again.session, calls=20, batch=4, per_image_ms=50.0)  # confirmed: not checked again
+    assert cpu_batch.recheck(again.session, again.batch_choice(), again.path_timing) is None
+    assert len(calls) == 1 and path_record({"ONNX Runtime fp32", "ONNX Runtime int8"})

@@ -64,3 +64,34 @@ def idx_bytes(array) -> bytes:
     """``array`` as the content of an unsigned-byte IDX file (MNIST's format)."""
     array = np.asarray(array, dtype=np.uint8)
     return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def fake_run(session, calls: int, batch: int, per_image_ms: float) -> None:
+    """``session`` as a real run of ``calls`` network calls of ``batch`` rows leaves it, at ``per_image_ms``."""
+    session.run_calls, session.run_rows = calls, calls * batch
+    session.run_seconds = per_image_ms * calls * batch / 1e3
+
+
+LATENT_FILES = ("unet.onnx", "unet.decoder.onnx")  # a latent model: the U-Net, and the decoder its metadata names
+
+
+def copy_latent(source, folder):
+    """A latent export's U-Net and decoder copied into ``folder`` (made here), to be damaged there; the U-Net's path."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    for name in LATENT_FILES:
+        shutil.copy(source / name, folder / name)
+    return folder / LATENT_FILES[0]
+
+
+def edit_onnx_metadata(path, key, change) -> None:
+    """Rewrite one ddpm.<key> metadata value of an ONNX file: ``change`` maps its JSON value to the new one."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(path))
+    prop = next(prop for prop in model.metadata_props if prop.key == f"ddpm.{key}")
+    prop.value = json.dumps(change(json.loads(prop.value)), sort_keys=True)
+    onnx.save(model, str(path))
