@@ -23,6 +23,7 @@ which noise a sample gets.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,6 +32,7 @@ import numpy as np
 from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from ..core.plan import SamplingPlan, SettingError
+from ..core.progress import Progress
 from ..core.record import RunSettings
 from ..core.variant import Variant
 from . import cpu_batch
@@ -138,13 +140,16 @@ class DDPM:
         return choice
 
     def generate(self, n: int, plan: SamplingPlan | None = None, seed: int = 0, batch_size: int | None = None,
-                 on_step: Callable[[int, int], None] | None = None, engine: str = "auto") -> SampleRun:
+                 on_step: Callable[[int, int], None] | None = None, engine: str = "auto",
+                 progress: bool | None = None) -> SampleRun:
         """Run ``plan`` (None: :meth:`plan`'s defaults, the ancestral loop) for ``n`` samples, as one
         request on a :class:`SamplingEngine` of its own.
 
         A class-conditional model without requested digits draws every class equally often, in an
         order drawn from the seed (see ``class_prior_labels``). ``batch_size``: rows per network call
         (None: one batch on a GPU, the measured fastest on a CPU). ``on_step(done, total)`` after each step.
+        ``progress``: a progress bar with its ETA on stderr (None: when stderr is a terminal and no
+        ``on_step`` is given).
         """
         plan = plan or self.plan()
         if n < 1:
@@ -157,10 +162,22 @@ class DDPM:
         engine = self.engine(engine)
         runner = SamplingEngine(self.session, max_rows=batch, binding=engine == "iobinding", max_request_rows=None,
                                 decoder=self.decoder)
-        progress = None if on_step is None else (lambda job: on_step(job.position, job.steps))
+        if progress is None:
+            progress = on_step is None and sys.stderr is not None and sys.stderr.isatty()
+        bar = Progress(plan.steps, f"sample {n}", unit="step", enabled=progress)
+        steps = 0
+
+        def stepped(job: Job) -> None:
+            nonlocal steps
+            bar.update(job.position - steps)
+            steps = job.position
+            if on_step is not None:
+                on_step(job.position, job.steps)
+
         self.session.run_seconds, self.session.run_calls, self.session.run_rows = 0.0, 0, 0
-        job = runner.submit(n, plan, seed, on_step=progress)
-        runner.run_until_idle()
+        job = runner.submit(n, plan, seed, on_step=stepped)
+        with bar:
+            runner.run_until_idle()
         run = job.wait(0)
         run.settings = self.record(job, batch, engine)
         return run
@@ -190,10 +207,11 @@ class DDPM:
                               max_request_rows=max_request_rows or rows, decoder=self.decoder)
 
     def sample(self, n: int, seed: int = 0, batch_size: int | None = None, steps: int | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+               on_step: Callable[[int, int], None] | None = None, progress: bool | None = None) -> np.ndarray:
         """``n`` finished samples of the ancestral loop (respaced to ``steps``) as uint8 images;
-        ``on_step(done, total)`` after each step, for a progress display."""
-        return self.generate(n, self.plan(steps=steps), seed=seed, batch_size=batch_size, on_step=on_step).images
+        ``on_step(done, total)`` after each step; ``progress`` as for :meth:`generate`."""
+        return self.generate(n, self.plan(steps=steps), seed=seed, batch_size=batch_size, on_step=on_step,
+                             progress=progress).images
 
     def animation(self, n: int, seed: int = 0, frames: int = 40, batch_size: int | None = None, steps: int | None = None) -> list[np.ndarray]:
         """The denoising as a list of uint8 image batches, pure noise first and the samples last."""

@@ -201,3 +201,19 @@ def test_embedded_model_draws_digit_shaped_images():
         assert np.mean(image < 64) > 0.6
         assert 0.03 < np.mean(image > 128) < 0.4
         assert np.all(image[:2] < 64) and np.all(image[:, :2] < 64)  # the padding border stays background
+
+
+def test_progress_shows_on_a_terminal_or_when_asked(tiny, capsys, monkeypatch):
+    """A Python caller at a terminal sees the loop's progress and ETA; a script writing to a file or
+    pipe, or one with its own on_step, sees nothing unless it asks."""
+    ddpm = DDPM.load(tiny / "unet.onnx", provider="cpu")
+    ddpm.sample(1, steps=4, progress=True)
+    assert "4/4" in capsys.readouterr().err
+    ddpm.sample(1, steps=4)  # pytest's captured stderr is no terminal
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    seen = []
+    ddpm.sample(1, steps=4, on_step=lambda done, total: seen.append(done))
+    assert seen == [1, 2, 3, 4] and capsys.readouterr().err == ""
+    ddpm.sample(1, steps=4)
+    assert "sample 1 [" in capsys.readouterr().err
