@@ -13,6 +13,7 @@ import numpy as np
 from ..core.errors import DDPMError
 from ..core.metadata import ModelInfo
 from ..core.variant import Variant
+from ..runtime.decoder import decoder_path, read_decoder_file
 from ..runtime.pipeline import default_model_path, embedded_model_path
 from ..runtime.session import UNetSession
 
@@ -115,6 +116,8 @@ def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path |
                 notes.append(f"{name} skipped: the package ships no such model; give --{name}-onnx")
                 continue
             info = UNetSession(path, provider="cpu").info
+            if info.latent is not None:  # its decoder is checked now, not after the step rows are timed
+                read_decoder_file(decoder_path(path, info), info, path)
             weights = "embedded (trained)" if given is None else f"{path.name}"
         else:
             path = labml_onnx

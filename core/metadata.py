@@ -157,7 +157,7 @@ class ModelInfo:
                 **{k: v for k, v in values.items() if k in names and k != "data_range"},
                 data_range=(float(data_range[0]), float(data_range[1])) if len(data_range) == 2 else (math.nan, math.nan),
             )
-        except (TypeError, ValueError, IndexError, KeyError) as exc:
+        except (TypeError, ValueError, OverflowError, IndexError, KeyError) as exc:  # OverflowError: an int beyond float
             raise DDPMError(f"{origin}: metadata has values of the wrong type ({exc})") from None
         if not isinstance(info.schedule, dict):
             raise DDPMError(f"{origin}: metadata {PREFIX}schedule is not an object")
@@ -193,7 +193,7 @@ def _sha256(value: object) -> bool:
 
 
 def _scale(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1e6
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6  # compared, never float(): an int beyond float's range is JSON too
 
 
 def latent_problems(latent: object) -> list[str]:
@@ -286,7 +286,7 @@ class DecoderInfo:
             low, high = values["data_range"]
             info = cls(**{k: v for k, v in values.items() if k in names and k != "data_range"},
                        data_range=(float(low), float(high)))
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, OverflowError, KeyError) as exc:  # OverflowError: an int beyond float
             raise DDPMError(f"{origin}: decoder metadata is missing or of the wrong type ({exc})") from None
         problems = info.problems()
         if problems:

@@ -99,6 +99,7 @@ def run_cli(
         if show_info:
             show_model_info(model)
             click.get_current_context().exit(0)
+        check_distinct_paths({f"--{name}": path for name, path in targets.items()}, model.decoder_files())
         loop_engine, request = checked_request(model, engine, num_samples, digit, frames if animated else 0, show,
                                                scale if animated or png else 0, sampling)
 

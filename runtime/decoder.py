@@ -74,19 +74,31 @@ class Decoder:
     def _check_finite(self) -> None:
         """A decoder with broken weights (NaN, infinite) draws no digit: refuse it before sampling."""
         info = self.info
-        z = np.zeros((1, info.latent_channels, info.latent_size, info.latent_size), np.float32)
-        if not np.isfinite(self.decode(z)).all():
-            raise DDPMError(f"decoder {self.path} produces NaN or infinite images; its weights are broken")
+        self.decode(np.zeros((1, info.latent_channels, info.latent_size, info.latent_size), np.float32))
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        """Images for a batch of latents, in calls of at most ``max_rows`` rows."""
+        """Images for a batch of latents, in calls of at most ``max_rows`` rows; each answer is checked
+        (shape, float32, finite), so a decoder that misbehaves mid-run ends it in one line."""
         parts = []
         for start in range(0, len(z), self.max_rows):
+            rows = np.ascontiguousarray(z[start : start + self.max_rows], np.float32)
             began = time.perf_counter()
             try:
-                parts.append(self.session.run(["image"], {"z": np.ascontiguousarray(z[start : start + self.max_rows], np.float32)})[0])
+                image = self.session.run(["image"], {"z": rows})[0]
             except Exception as exc:
                 raise DDPMError(f"decoder {self.path} failed: {summary(exc)}") from None
             self.run_seconds += time.perf_counter() - began
             self.run_calls += 1
+            parts.append(self._checked(image, len(rows)))
         return np.concatenate(parts) if parts else np.empty((0,), np.float32)
+
+    def _checked(self, image: np.ndarray, rows: int) -> np.ndarray:
+        info = self.info
+        expected = [rows, info.image_channels, info.image_size, info.image_size]
+        if list(image.shape) != expected:
+            raise DDPMError(f"decoder {self.path} returned images of shape {list(image.shape)}, expected {expected}")
+        if image.dtype != np.float32:
+            raise DDPMError(f"decoder {self.path} returned {image.dtype} images, expected float32")
+        if not np.isfinite(image).all():
+            raise DDPMError(f"decoder {self.path} produces NaN or infinite images; its weights are broken")
+        return image

@@ -79,6 +79,7 @@ def eval_command(npz: Path | None, onnx_path: Path | None, model_name: str | Non
         images, settings, source = read_samples(npz, half)
     else:
         ddpm = open_model(model, provider, precision, threads, device_id)
+        check_distinct_paths({"--json": json_path}, ddpm.decoder_files())
         request = sampling_request(ddpm, num_samples, digit, **sampling)
         images, settings, source = draw_samples(ddpm, request, seed, batch_size, quiet)
     chosen = settings.get("transform", "pad") if transform == "auto" else transform

@@ -81,6 +81,11 @@ class DDPM:
         # the timed figure behind that choice, for the first real run to check (cpu_batch.recheck)
         self.path_timing: cpu_batch.Timing | None = None
 
+    def decoder_files(self) -> dict[str, Path]:
+        """The files this model reads besides the one it was opened from (a latent model's decoder), named
+        for :func:`~ddpm.core.files.check_distinct_paths`: an output must not be one of them either."""
+        return {} if self.decoder is None else {f"the decoder {self.decoder.path.name}": self.decoder.path}
+
     @classmethod
     def load(
         cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None,

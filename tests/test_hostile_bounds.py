@@ -30,12 +30,15 @@ def test_digit_lists_are_bounded(invoke, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_n_that_cannot_fit_in_memory_is_refused_before_sampling(invoke, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", [[], ["--model", "latent"]], ids=["pixel", "latent"])
+def test_n_that_cannot_fit_in_memory_is_refused_before_sampling(invoke, tmp_path, monkeypatch, model):
+    """2000 digits with a GIF need about 1.8 GB: 1.2 GB free is too little. The embedded latent model samples
+    4x8x8 latents, which would need 0.6 GB: its outputs are the decoded 32x32 images, and they must fit."""
     import ddpm.runtime.memory as memory
     from ddpm.runtime.pipeline import DDPM
 
-    monkeypatch.setattr(memory, "available_memory", lambda: 50_000_000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 1_200_000_000)
     monkeypatch.setattr(DDPM, "generate", lambda *a, **k: pytest.fail("sampled although the outputs cannot fit"))
-    result = invoke(run_main, "-n", 20_000, "--gif", tmp_path / "o.gif", "--seed", 0)
-    assert_one_line_error(result, "-n 20000 needs about", "GB is free")
+    result = invoke(run_main, *model, "-n", 2000, "--gif", tmp_path / "o.gif", "--seed", 0)
+    assert_one_line_error(result, "-n 2000 needs about 1.8 GB", "1.2 GB is free")
     assert list(tmp_path.iterdir()) == []

@@ -19,39 +19,55 @@ LONG = "a" * 300
 FAST = ("--sampler", "ddim", "--steps", "3")
 
 
-def _disk_full(monkeypatch):
+def _disk_full(monkeypatch, after: int = 0):
+    """The disk is full once ``after`` files have been flushed to it."""
+    flushed = []
+
     def fsync(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if len(flushed) == after:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        flushed.append(fd)
 
     monkeypatch.setattr(files.os, "fsync", fsync)
 
 
-def _writers(tiny_export):
-    onnx = tiny_export / "unet.onnx"
+def _writers(export):
+    onnx = export / "unet.onnx"
     return {
         "run-png": (run_main, ["--onnx", onnx, "-n", 2, *FAST, "--png"]),
         "run-gif": (run_main, ["--onnx", onnx, "-n", 2, *FAST, "--frames", 2, "--gif"]),
         "eval-json": (eval_main, ["--onnx", onnx, "-n", 20, *FAST, "--data-dir", DATA_DIR, "--json"]),
-        "export-onnx": (export_main, ["--ckpt", tiny_export / "model.pt", "--no-torchscript", "--overwrite", "--onnx"]),
+        # --no-verify: the disk fills when the verified files are put in place, which verifying only delays
+        "export-onnx": (export_main, ["--ckpt", export / "model.pt", "--no-torchscript", "--no-verify", "--overwrite", "--onnx"]),
     }
 
 
-@pytest.mark.parametrize("writer", ["run-png", "run-gif", "eval-json", "export-onnx"])
-def test_a_full_disk_keeps_the_old_file(invoke, tiny_export, tmp_path, monkeypatch, writer):
-    main, args = _writers(tiny_export)[writer]
+# A latent model's sampling writes the same outputs; its export writes two files, the decoder (old.decoder.out
+# beside --onnx old.out) then the U-Net, and the disk fills at the second: neither old file may change.
+@pytest.mark.parametrize("model, writer", [
+    *[("pixel", writer) for writer in ("run-png", "run-gif", "eval-json", "export-onnx")],
+    *[("latent", writer) for writer in ("run-png", "run-gif", "eval-json", "export-onnx")],
+])
+def test_a_full_disk_keeps_the_old_file(invoke, request, tmp_path, monkeypatch, model, writer):
+    main, args = _writers(request.getfixturevalue("tiny_export" if model == "pixel" else "latent_export"))[writer]
     target = tmp_path / {"run-png": "old.png", "run-gif": "old.gif"}.get(writer, "old.out")  # its own format's extension
-    target.write_bytes(b"the previous result")
-    _disk_full(monkeypatch)
+    old = {target: b"the previous result"}
+    if model == "latent" and writer == "export-onnx":
+        old[tmp_path / "old.decoder.out"] = b"the previous decoder"
+    for path, content in old.items():
+        path.write_bytes(content)
+    _disk_full(monkeypatch, after=len(old) - 1)
     result = invoke(main, *args, target)
     assert_error_line(result, "No space left on device")
-    assert target.read_bytes() == b"the previous result"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary file left
+    assert {path: path.read_bytes() for path in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(path.name for path in old)  # no temporary file left
 
 
 def test_bench_results_on_a_full_disk(invoke, tiny_export, tmp_path, monkeypatch):
     _disk_full(monkeypatch)
     out = tmp_path / "results"
-    result = invoke(bench_main, "--quick", "--onnx", tiny_export / "unet.onnx", "--out-dir", out, "--tag", "t")
+    result = invoke(bench_main, "--quick", "--models", "small", "--implementations", "ort", "--cpu-batches", 1, "--no-full-loop",
+                    "--no-samplers", "--onnx", tiny_export / "unet.onnx", "--out-dir", out, "--tag", "t")
     assert_error_line(result, "No space left on device")
     assert not out.exists()  # the folder made for the results is gone with them
 

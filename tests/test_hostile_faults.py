@@ -83,9 +83,11 @@ def test_signal_during_training_saves_and_exits_cleanly(data_dir, tmp_path, sign
     assert temporaries(out) == []
 
 
-def test_sigint_during_sampling_leaves_no_output(tiny_export, tmp_path):
+@pytest.mark.parametrize("export", ["tiny_export", "latent_export"])  # a latent model's decoder runs in the loop too
+def test_sigint_during_sampling_leaves_no_output(request, tmp_path, export):
     process = subprocess.Popen(
-        [*RUN, "--onnx", str(tiny_export / "unet.onnx"), "--provider", "cpu", "-n", "64", "--gif", str(tmp_path / "o.gif"),
+        [*RUN, "--onnx", str(request.getfixturevalue(export) / "unet.onnx"), "--provider", "cpu", "-n", "64",
+         "--gif", str(tmp_path / "o.gif"),
          "--npz", str(tmp_path / "o.npz")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # Ctrl-C's default, even where the suite runs as a background job (which starts with SIGINT ignored,

@@ -19,6 +19,7 @@ from ddpm.core.errors import DDPMError
 from ddpm.runtime.samples_file import MAX_NPZ_MEMBER_BYTES
 from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.core.mnist import MAX_IDX_BYTES, load_mnist, read_idx
+from tests_support import copy_latent
 
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -183,13 +184,33 @@ SPECIAL = {"loop": "is a loop of symbolic links", "dangling link": "is a link to
            "/dev/zero": "is a character device, not a file", "/proc": "is a kernel file of /proc or /sys"}
 
 
+def special_decoder(unet: Path, kind: str) -> Path:
+    """A latent U-Net's decoder (the file its metadata names, beside it) made a special file of ``kind``:
+    a FIFO itself (opened for reading, it would block the command forever), the others as a link to one."""
+    decoder = unet.with_name("unet.decoder.onnx")
+    decoder.unlink()
+    if kind == "fifo":
+        os.mkfifo(decoder)
+    else:
+        decoder.symlink_to(special_file(unet.parent, kind))
+    return decoder
+
+
 @pytest.mark.parametrize("kind", SPECIAL)
-@pytest.mark.parametrize("command", ["ddpm-run --onnx", "ddpm-eval --npz", "ddpm-export --ckpt", "ddpm-train --resume"])
-def test_links_and_special_files_get_their_true_reason(invoke, tmp_path, kind, command):
+@pytest.mark.parametrize("command", ["ddpm-run --onnx", "ddpm-eval --npz", "ddpm-export --ckpt", "ddpm-train --resume",
+                                     "ddpm-run --onnx (its decoder)"])
+def test_links_and_special_files_get_their_true_reason(invoke, request, tmp_path, kind, command):
     from ddpm.export.cli import main as export_main
     from ddpm.runtime.cli import main as run_main
     from ddpm.train.cli import main as train_main
 
+    if command == "ddpm-run --onnx (its decoder)":
+        unet = copy_latent(request.getfixturevalue("latent_export"), tmp_path / "model")
+        decoder = special_decoder(unet, kind)
+        result = invoke(run_main, "--onnx", unet, "--png", tmp_path / "o.png")
+        assert_one_line_error(result, f"the decoder of unet.onnx, {decoder}, {SPECIAL[kind]}")
+        assert not (tmp_path / "o.png").exists()
+        return
     path = special_file(tmp_path, kind)
     args = {"ddpm-run --onnx": (run_main, "--onnx", path, "--png", tmp_path / "o.png"),
             "ddpm-eval --npz": (eval_main, "--npz", path, "--data-dir", DATA_DIR),

@@ -23,6 +23,7 @@ from ddpm.runtime.eval_cli import eval_command
 from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.train.cli import main as train_main
 from ddpm.train.cli import train_command
+from tests_support import copy_latent, edit_onnx_metadata
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -112,6 +113,80 @@ def test_bad_files(invoke, tmp_path, tiny_export, foreign_checkpoint, command, o
     args = [fill(a, {"OUT": str(tmp_path / "out")}) for a in others]
     result = invoke(MAINS[command], option, path, *args)
     assert_one_line_error(result, str(path), *([EXPECTED[kind]] if kind in EXPECTED else []))
+    assert snapshot(tmp_path) == before
+
+
+# A latent model is two files: the U-Net its option names, and the decoder beside it that the U-Net's
+# metadata names by file name and SHA-256. Every bad kind above is applied to each of the two, plus
+# "swapped" (the pair's other file in its place), "edited" (a valid file, but not the pair's: the
+# decoder with its doc string changed, or the U-Net naming another decoder hash) and "huge-number" (a
+# scale factor of 10**400 in the metadata: valid JSON, beyond any float).
+LATENT_KINDS = (*FILE_CASES, "swapped", "edited", "huge-number")
+LATENT_OPTIONS = [
+    ("ddpm-run", "--onnx", ["--png", "OUT/o.png", "-n", "1", "--steps", "2"]),
+    ("ddpm-eval", "--onnx", ["--data-dir", str(DATA_DIR), "--json", "OUT/r.json", "-n", "4", "--steps", "2"]),
+    # one implementation, one batch, no full loop: a bench that finds the bad file late still ends in seconds
+    ("ddpm-bench", "--latent-onnx", ["--quick", "--out-dir", "OUT", "--models", "latent", "--implementations", "ort",
+                                     "--cpu-batches", "1", "--no-full-loop"]),
+]
+
+
+def latent_cases():
+    """(command, option, others, damaged file, kind). ddpm-bench takes every kind on the U-Net and one on the
+    decoder, which shows that it reads the decoder before timing: the decoder's checks themselves are one
+    function (runtime/decoder.py), which the ddpm-run and ddpm-eval cases take through every kind."""
+    cases = []
+    for command, option, others in LATENT_OPTIONS:
+        for target in ("unet", "decoder"):
+            for kind in LATENT_KINDS:
+                bench = command == "ddpm-bench"
+                if bench and target == "decoder" and kind != "missing":
+                    continue
+                cases.append(pytest.param(command, option, others, target, kind, id=f"{command}{option}-{target}-{kind}"))
+    return cases
+
+
+def damage_latent(unet, target: str, kind: str) -> tuple:
+    """Damage one file of the latent pair around ``unet``; the file the error line must name, and what it must say."""
+    decoder = unet.with_name("unet.decoder.onnx")
+    path, other = (unet, decoder) if target == "unet" else (decoder, unet)
+    good = path.read_bytes()
+    path.unlink()
+    if kind == "swapped":
+        path.write_bytes(other.read_bytes())
+        return path, ("is a latent model's decoder, not a U-Net" if target == "unet" else "is a U-Net, not a latent model's decoder")
+    if kind == "edited":
+        path.write_bytes(good)
+        if target == "decoder":
+            import onnx
+
+            model = onnx.load(str(path))
+            model.doc_string = "edited"
+            onnx.save(model, str(path))
+        else:
+            edit_onnx_metadata(path, "latent", lambda latent: {**latent, "decoder_sha256": "0" * 64})
+        return decoder, "is not the file unet.onnx was exported with"
+    if kind == "huge-number":
+        path.write_bytes(good)
+        if target == "decoder":
+            edit_onnx_metadata(path, "scale_factor", lambda scale: 10**400)
+        else:
+            edit_onnx_metadata(path, "latent", lambda latent: {**latent, "scale_factor": 10**400})
+        return path, "scale_factor 1000"
+    if kind != "missing":
+        make_bad(kind, path, good, foreign_onnx())
+    return path, EXPECTED.get(kind)
+
+
+@pytest.mark.parametrize("command, option, others, target, kind", latent_cases())
+def test_bad_latent_files(invoke, tmp_path, latent_export, command, option, others, target, kind):
+    unet = copy_latent(latent_export, tmp_path / "model")
+    named, fragment = damage_latent(unet, target, kind)
+    before = snapshot(tmp_path)
+    args = [fill(a, {"OUT": str(tmp_path / "out")}) for a in others]
+    result = invoke(MAINS[command], option, unet, *args)
+    assert_one_line_error(result, str(named), *([fragment] if fragment else []))
+    assert result.code == 1
     assert snapshot(tmp_path) == before
 
 

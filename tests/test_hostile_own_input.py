@@ -8,6 +8,7 @@ from conftest import DATA_DIR, assert_one_line_error
 from ddpm.export.cli import main as export_main
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.eval_cli import main as eval_main
+from tests_support import copy_latent
 
 
 def copy(src, dst):
@@ -45,6 +46,39 @@ def test_same_file_through_a_link_is_caught(invoke, tiny_export, tmp_path):
     result = invoke(run_main, "--onnx", model, "--png", tmp_path / "hard.onnx", "--steps", 2)
     assert_one_line_error(result, "input --onnx")
     assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("command, option, link", [
+    ("ddpm-run", "--png", "symbolic"), ("ddpm-run", "--gif", "symbolic"), ("ddpm-run", "--npz", "symbolic"),
+    ("ddpm-run", "--png", "hard"), ("ddpm-eval", "--json", "symbolic"),
+])
+def test_a_latent_models_decoder_is_an_input_too(invoke, latent_export, tmp_path, command, option, link):
+    """The decoder is read as surely as the U-Net: an output that is it, through a link, is refused as --onnx is."""
+    unet = copy_latent(latent_export, tmp_path / "model")
+    decoder = unet.with_name("unet.decoder.onnx")
+    target = tmp_path / f"out.{option[2:]}"
+    if link == "symbolic":
+        target.symlink_to(decoder)
+    else:
+        os.link(decoder, target)
+    before = decoder.read_bytes()
+    if command == "ddpm-run":
+        result = invoke(run_main, "--onnx", unet, option, target, "--steps", 2, "-n", 1, "-q")
+    else:
+        result = invoke(eval_main, "--onnx", unet, option, target, "--steps", 2, "-n", 4, "--data-dir", DATA_DIR, "-q")
+    assert decoder.read_bytes() == before
+    assert_one_line_error(result, option, "decoder")
+
+
+def test_latent_export_refuses_a_decoder_output_that_is_its_checkpoint(invoke, latent_export, tmp_path):
+    """The decoder's name is made from --onnx's (m.onnx → m.decoder.onnx); a link there to the checkpoint is refused."""
+    ckpt = copy(latent_export / "model.pt", tmp_path / "model.pt")
+    (tmp_path / "m.decoder.onnx").symlink_to(ckpt)
+    before = ckpt.read_bytes()
+    result = invoke(export_main, "--ckpt", ckpt, "--onnx", tmp_path / "m.onnx", "--no-torchscript", "--overwrite")
+    assert_one_line_error(result, "decoder", "input --ckpt")
+    assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.decoder.onnx", "model.pt"]
 
 
 def test_eval_refuses_to_overwrite_its_archive(invoke, tiny_export, tmp_path):
@@ -86,7 +120,7 @@ def test_eval_refuses_a_special_json_target_before_sampling(invoke, tiny_export,
 # Files a command reads without being told: the installed models and judge, the CPU cache, the MNIST files.
 
 @pytest.mark.parametrize("option, name", [("--npz", "default.onnx"), ("--png", "default.int8.onnx"), ("--gif", "judge.onnx"),
-                                          ("--png", "check-digits.npz")])
+                                          ("--png", "check-digits.npz"), ("--npz", "latent.decoder.onnx")])
 def test_run_never_writes_over_an_installed_file(invoke, package_copy, option, name):
     target = package_copy / name
     before = target.read_bytes()
