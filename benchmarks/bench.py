@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from click.core import ParameterSource
 
 from ..core.console import OutputPath, run_command
 from ..core.errors import DDPMError
@@ -44,6 +45,7 @@ from .steps import IMPLEMENTATIONS, SETTLE_SECONDS, Row, time_model
 PROVIDERS = tuple(alias for alias in SESSION_PROVIDERS if alias != "tensorrt")  # TensorRT is an implementation on "cuda"
 MODELS = ("small", "latent", "student", "labml")
 RESULTS_DIR = Path("bench-results")  # in the current directory: never inside the installed package
+QUICK_WARMUP, QUICK_REPEATS = 2, 10
 
 
 class CommaList(click.ParamType):
@@ -76,6 +78,13 @@ def check_tag(tag: str | None) -> str | None:
     if tag is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", tag):
         raise click.BadParameter(f"{tag!r}: use up to 64 letters, digits, '.', '_' or '-', not starting with '.'")
     return tag
+
+
+def output_line(out_dir: Path, source: ParameterSource | None) -> str:
+    """The run's first line: where its files go, and how to send them elsewhere when nobody chose."""
+    if source is ParameterSource.DEFAULT:
+        return f"writing to ./{out_dir}/ (--out-dir to change)"
+    return f"writing to {out_dir}/"
 
 
 def echo(message: str) -> None:
@@ -115,7 +124,8 @@ def run_benchmark(
               help="CPU threads for PyTorch and ONNX Runtime. [default: the CPUs this process may use]")
 @click.option("--full-loop/--no-full-loop", default=True, help="Also time the whole T-step loop at batch 1 per model.")
 @click.option("--samplers/--no-samplers", default=True,
-              help="Also time a whole batch per sampler at its recommended step count (small model; ancestral not with --quick).")
+              help="Also time a whole batch per sampler at its recommended step count (small, latent and student models; "
+                   "ancestral not with --quick).")
 @click.option("--onnx", "small_onnx", type=click.Path(path_type=Path), default=None,
               help="ONNX file for the 'small' rows. [default: the embedded model]")
 @click.option("--latent-onnx", type=click.Path(path_type=Path), default=None,
@@ -124,9 +134,14 @@ def run_benchmark(
               help="A few-step student (ddpm-distill) for the 'student' rows. [default: the embedded latent-student]")
 @click.option("--labml-onnx", type=click.Path(path_type=Path), default=None,
               help="An exported labml network; without it one with random weights is exported first (needs PyTorch).")
-@click.option("--quick", is_flag=True, help="A short run (under a minute on a CPU): small model, 2 warm-up and 10 timed steps.")
-@click.option("--out-dir", type=OutputPath(folder=True), default=RESULTS_DIR,
-              help="Where the JSON, Markdown and PNG go (the repository's committed results: benchmarks/results).")
+@click.option("--quick", is_flag=True,
+              help=f"A shorter run: the small, latent and student models, {QUICK_WARMUP} warm-up and {QUICK_REPEATS} timed "
+                   "steps per row, one whole 1000-step loop for each of small and latent, and the fast samplers. Its "
+                   "time depends on the CPU: a few minutes on 2 cores.")
+@click.option("--out-dir", type=OutputPath(folder=True), default=RESULTS_DIR, show_default=False,
+              help="Where the JSON, Markdown and PNG go; the run's first line says where (this repository's committed "
+                   f"results: --out-dir benchmarks/results). The PNG chart needs the bench extra. [default: ./{RESULTS_DIR}/ "
+                   "in the current folder]")
 @click.option("--tag", default=None, callback=lambda ctx, param, value: check_tag(value),
               help="Name of the result files (bench-TAG.*): letters, digits, '.', '_', '-'. [default: cpu, or gpu]")
 def bench_command(models, implementations, providers, cpu_batches, gpu_batches, warmup, repeats, threads, full_loop, samplers,
@@ -134,8 +149,8 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
     """Time the sampling loop per implementation, provider, batch size and model; write JSON, Markdown and a chart.
 
     \b
-    ddpm-bench --quick                       # small model, CPU, under a minute
-    ddpm-bench                               # small and labml, every implementation, CPU (+ CUDA)
+    ddpm-bench --quick                       # small, latent and student models, CPU: a few minutes on 2 cores
+    ddpm-bench                               # every model and implementation, CPU (+ CUDA)
     ddpm-bench --providers cuda --labml-onnx labml.onnx
     """
     torch = try_import_torch()
@@ -152,8 +167,9 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
     if labml_onnx is not None and "labml" not in models:
         raise click.UsageError("--labml-onnx is given but labml is not among --models")
     if quick:
-        warmup, repeats = 2, 10
+        warmup, repeats = QUICK_WARMUP, QUICK_REPEATS
     check_writable_dir(out_dir)
+    click.echo(output_line(out_dir, click.get_current_context().get_parameter_source("out_dir")))
     tag = tag or ("gpu" if "cuda" in providers else "cpu") + ("-quick" if quick else "")
     loop_repeats = 1 if quick else 3
 

@@ -152,7 +152,7 @@ def sampler_markdown(rows: list[dict]) -> list[str]:
         return []
     lines = ["", "## Samplers: time to a finished digit", "",
              "One run of a whole batch per sampler at its recommended step count, each model at its fastest batch "
-             "(quality per step count: the README); a latent model's time includes its decoder.", "",
+             "(quality per step count: docs/RESULTS.md); a latent model's time includes its decoder.", "",
              "| model | provider | sampler | network calls | batch | ms per sample | decoder share | x seed |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['provider']} | {r['sampler']} | {r['steps']} | {r['batch']} | {r['per_sample_s'] * 1e3:.2f} | "

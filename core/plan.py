@@ -4,7 +4,7 @@ the request enters (the command-line options, the Python API's keywords) and tru
 Which settings a sampler takes, their bounds and their defaults are its spec's (``ddpm.core.samplers``).
 The request-wide defaults are here: the reference ancestral loop over all T steps; with requested
 digits 10 calls of UniPC and guidance 1, which the shipped model draws as well as the reference
-100 times faster (README, Quality).
+100 times faster (docs/RESULTS.md, Quality).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from .session import cpu_session
 CONFIDENT = 0.9
 JUDGE_SIZE = 28
 
-# The quality targets (README, Quality): FD within this factor of the floor's, unconditional or
+# The quality targets (docs/RESULTS.md, Quality): FD within this factor of the floor's, unconditional or
 # with requested digits; with requested digits also the share judged as requested, overall and
 # for the worst digit.
 FD_FACTOR = {"drawn": 1.3, "requested": 1.5}

@@ -79,7 +79,7 @@ def _grouped(values: dict[str, object]) -> str:
 
 def _sampler_help() -> str:
     kinds = "; ".join(f"'{spec.name}': {spec.summary}" for spec in SPECS)
-    return f"The sampling method. {kinds}. See the README's sampler table. [default: {DEFAULT_SAMPLER}; {DIGIT_SAMPLER} with --digit]"
+    return f"The sampling method. {kinds}. Each in detail: docs/MODELS.md, Samplers. [default: {DEFAULT_SAMPLER}; {DIGIT_SAMPLER} with --digit]"
 
 
 def _steps_help() -> str:
