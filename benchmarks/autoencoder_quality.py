@@ -39,13 +39,26 @@ def reconstruct(checkpoint: dict, images: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 @click.command()
-@click.option("--ckpt", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="A ddpm-autoencoder checkpoint (its EMA weights are scored).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
-              help="Folder with the MNIST test files.")
+@click.option(
+    "--ckpt",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="A ddpm-autoencoder checkpoint (its EMA weights are scored).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/mnist"),
+    envvar="DDPM_DATA_DIR",
+    help="Folder with the MNIST test files.",
+)
 @click.option("-n", "--count", type=click.IntRange(50, 5000), default=1000, help="Test digits to reconstruct.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/autoencoder-quality"),
-              help="Report path without extension (.md and .json are written).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("benchmarks/results/autoencoder-quality"),
+    help="Report path without extension (.md and .json are written).",
+)
 def main(ckpt: Path, data_dir: Path, count: int, out: Path) -> None:
     checkpoint = load_checkpoint(ckpt)
     test_images, test_labels = load_mnist(data_dir, "test")
@@ -56,20 +69,40 @@ def main(ckpt: Path, data_dir: Path, count: int, out: Path) -> None:
     labels = test_labels[:count]
     samples = score(*judge(to_judge_size(reconstructed, data.transform)), reference, labels)
     floor = score(*judge(to_judge_size(real, data.transform)), reference, labels)
-    report = {"checkpoint": str(ckpt), "step": checkpoint["progress"]["step"], "config": checkpoint["model_config"],
-              "kl_weight": checkpoint["train"]["kl_weight"], "count": count,
-              "mean_abs_error_grey": float(error.mean()), "max_abs_error_grey": int(error.max()),
-              "share_of_pixels_within_8_grey": float((error <= 8).mean()),
-              "reconstructions": samples.to_dict(), "floor": floor.to_dict()}
-    text = "\n".join([
-        f"# Autoencoder reconstructions: {ckpt} (step {report['step']})", "",
-        f"MNIST test digits 0..{count - 1} at {data.image_size}x{data.image_size} ({data.transform}), encoded to the "
-        "posterior means and decoded; the judge scores them against test digits 5000..9999, beside the same real digits "
-        "at that size (both brought back to 28x28 as ddpm-eval brings samples).", "",
-        f"- mean absolute error: {report['mean_abs_error_grey']:.2f} grey levels (of 255); largest {report['max_abs_error_grey']}",
-        f"- pixels within 8 grey levels: {100 * report['share_of_pixels_within_8_grey']:.2f}%", "",
-        "```", table(samples, floor).replace("samples", "reconstructed", 1), "```", ""])
-    for path, content in ((out.with_suffix(".md"), text), (out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")):
+    report = {
+        "checkpoint": str(ckpt),
+        "step": checkpoint["progress"]["step"],
+        "config": checkpoint["model_config"],
+        "kl_weight": checkpoint["train"]["kl_weight"],
+        "count": count,
+        "mean_abs_error_grey": float(error.mean()),
+        "max_abs_error_grey": int(error.max()),
+        "share_of_pixels_within_8_grey": float((error <= 8).mean()),
+        "reconstructions": samples.to_dict(),
+        "floor": floor.to_dict(),
+    }
+    text = "\n".join(
+        [
+            f"# Autoencoder reconstructions: {ckpt} (step {report['step']})",
+            "",
+            f"MNIST test digits 0..{count - 1} at {data.image_size}x{data.image_size} ({data.transform}), "
+            "encoded to the posterior means and decoded; the judge scores them against test digits 5000..9999, "
+            "beside the same real digits at that size (both brought back to 28x28 as ddpm-eval brings samples).",
+            "",
+            f"- mean absolute error: {report['mean_abs_error_grey']:.2f} grey levels (of 255); "
+            f"largest {report['max_abs_error_grey']}",
+            f"- pixels within 8 grey levels: {100 * report['share_of_pixels_within_8_grey']:.2f}%",
+            "",
+            "```",
+            table(samples, floor).replace("samples", "reconstructed", 1),
+            "```",
+            "",
+        ]
+    )
+    for path, content in (
+        (out.with_suffix(".md"), text),
+        (out.with_suffix(".json"), json.dumps(report, indent=2) + "\n"),
+    ):
         with atomic_write(path) as handle:
             handle.write(content.encode())
     click.echo(text)

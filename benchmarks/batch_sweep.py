@@ -41,7 +41,10 @@ def main() -> None:
             ddpm.session.eps(x, t)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        print(f"| {batch} | {median * 1e3:.2f} ({min(times) * 1e3:.2f}-{max(times) * 1e3:.2f}) | {median / batch * 1e3:.2f} |")
+        print(
+            f"| {batch} | {median * 1e3:.2f} ({min(times) * 1e3:.2f}-{max(times) * 1e3:.2f}) "
+            f"| {median / batch * 1e3:.2f} |"
+        )
 
 
 if __name__ == "__main__":

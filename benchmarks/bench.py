@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -35,14 +36,17 @@ from click.core import ParameterSource
 from ..core.console import OutputPath, run_command
 from ..core.errors import DDPMError
 from ..core.files import check_writable_dir
-from ..runtime.session import PROVIDERS as SESSION_PROVIDERS, gpu_present
+from ..runtime.session import PROVIDERS as SESSION_PROVIDERS
+from ..runtime.session import gpu_present
 from .loop import sampler_batch, time_full_loop, time_samplers
 from .machine import describe_machine, measure_limits, try_import_torch, usable_cpus
 from .models import BenchModel, prepare_models
 from .report import fill_rates, latent_lines, student_lines, target_lines, write_results
 from .steps import IMPLEMENTATIONS, SETTLE_SECONDS, Row, time_model
 
-PROVIDERS = tuple(alias for alias in SESSION_PROVIDERS if alias != "tensorrt")  # TensorRT is an implementation on "cuda"
+PROVIDERS = tuple(
+    alias for alias in SESSION_PROVIDERS if alias != "tensorrt"
+)  # TensorRT is an implementation on "cuda"
 MODELS = ("small", "latent", "student", "labml")
 RESULTS_DIR = Path("bench-results")  # in the current directory: never inside the installed package
 QUICK_WARMUP, QUICK_REPEATS = 2, 10
@@ -92,60 +96,142 @@ def echo(message: str) -> None:
 
 
 def run_benchmark(
-    models: list[BenchModel], implementations: list[str], providers: list[str], batches: dict[str, list[int]],
-    warmup: int, repeats: int, threads: int, full_loop: bool, torch, echo: Callable[[str], None], loop_repeats: int = 3,
+    models: list[BenchModel],
+    implementations: list[str],
+    providers: list[str],
+    batches: dict[str, list[int]],
+    warmup: int,
+    repeats: int,
+    threads: int,
+    full_loop: bool,
+    torch,
+    echo: Callable[[str], None],
+    loop_repeats: int = 3,
 ) -> tuple[list[Row], list[str]]:
     """Per model: every step row, then the full loop on the first provider."""
     rows, notes = [], []
     for model in models:
-        model_rows, model_notes = time_model(model, implementations, providers, batches, warmup, repeats, threads, torch, echo)
+        model_rows, model_notes = time_model(
+            model, implementations, providers, batches, warmup, repeats, threads, torch, echo
+        )
         rows += model_rows
         notes += model_notes
-        if full_loop and model.info.student is None and (note := time_full_loop(model, model_rows, providers[0], threads, loop_repeats, echo)):
+        if (
+            full_loop
+            and model.info.student is None
+            and (note := time_full_loop(model, model_rows, providers[0], threads, loop_repeats, echo))
+        ):
             notes.append(note)
     return rows, notes
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--models", type=CommaList(MODELS), default=None,
-              help="Which networks to time: 'small' the pixel model, 'latent' the latent one (U-Net on 8x8 latents, its "
-                   "decoder in the sampler rows), 'student' the latent model's few-step student (its sampler rows: 1 to 4 "
-                   "consistency calls), 'labml' the seed's. [default: small,latent,student,labml; small,latent,student "
-                   "with --quick]")
-@click.option("--implementations", type=CommaList(IMPLEMENTATIONS), default=",".join(IMPLEMENTATIONS),
-              help="Which implementations; those a provider cannot run are left out, those missing a package get a note.")
-@click.option("--providers", type=CommaList(PROVIDERS), default=None, help="[default: cpu, plus cuda when a GPU is present]")
-@click.option("--cpu-batches", type=CommaList(integers=True), default="1,16",
-              help="Batch sizes on the CPU (--cpu-batches 1,16,32,64 to find each CPU path's best batch).")
+@click.option(
+    "--models",
+    type=CommaList(MODELS),
+    default=None,
+    help="Which networks to time: 'small' the pixel model, 'latent' the latent one (U-Net on 8x8 latents, its "
+    "decoder in the sampler rows), 'student' the latent model's few-step student (its sampler rows: 1 to 4 "
+    "consistency calls), 'labml' the seed's. [default: small,latent,student,labml; small,latent,student "
+    "with --quick]",
+)
+@click.option(
+    "--implementations",
+    type=CommaList(IMPLEMENTATIONS),
+    default=",".join(IMPLEMENTATIONS),
+    help="Which implementations; those a provider cannot run are left out, those missing a package get a note.",
+)
+@click.option(
+    "--providers", type=CommaList(PROVIDERS), default=None, help="[default: cpu, plus cuda when a GPU is present]"
+)
+@click.option(
+    "--cpu-batches",
+    type=CommaList(integers=True),
+    default="1,16",
+    help="Batch sizes on the CPU (--cpu-batches 1,16,32,64 to find each CPU path's best batch).",
+)
 @click.option("--gpu-batches", type=CommaList(integers=True), default="1,16,64,256", help="Batch sizes on the GPU.")
 @click.option("--warmup", type=click.IntRange(min=1), default=3, help="Untimed steps before each row.")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, help="Timed steps per row.")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="CPU threads for PyTorch and ONNX Runtime. [default: the CPUs this process may use]")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="CPU threads for PyTorch and ONNX Runtime. [default: the CPUs this process may use]",
+)
 @click.option("--full-loop/--no-full-loop", default=True, help="Also time the whole T-step loop at batch 1 per model.")
-@click.option("--samplers/--no-samplers", default=True,
-              help="Also time a whole batch per sampler at its recommended step count (small, latent and student models; "
-                   "ancestral not with --quick).")
-@click.option("--onnx", "small_onnx", type=click.Path(path_type=Path), default=None,
-              help="ONNX file for the 'small' rows. [default: the embedded model]")
-@click.option("--latent-onnx", type=click.Path(path_type=Path), default=None,
-              help="A latent model for the 'latent' rows (its decoder beside it). [default: the embedded latent model]")
-@click.option("--student-onnx", type=click.Path(path_type=Path), default=None,
-              help="A few-step student (ddpm-distill) for the 'student' rows. [default: the embedded latent-student]")
-@click.option("--labml-onnx", type=click.Path(path_type=Path), default=None,
-              help="An exported labml network; without it one with random weights is exported first (needs PyTorch).")
-@click.option("--quick", is_flag=True,
-              help=f"A shorter run: the small, latent and student models, {QUICK_WARMUP} warm-up and {QUICK_REPEATS} timed "
-                   "steps per row, one whole 1000-step loop for each of small and latent, and the fast samplers. Its "
-                   "time depends on the CPU: a few minutes on 2 cores.")
-@click.option("--out-dir", type=OutputPath(folder=True), default=RESULTS_DIR, show_default=False,
-              help="Where the JSON, Markdown and PNG go; the run's first line says where (this repository's committed "
-                   f"results: --out-dir benchmarks/results). The PNG chart needs the bench extra. [default: ./{RESULTS_DIR}/ "
-                   "in the current folder]")
-@click.option("--tag", default=None, callback=lambda ctx, param, value: check_tag(value),
-              help="Name of the result files (bench-TAG.*): letters, digits, '.', '_', '-'. [default: cpu, or gpu]")
-def bench_command(models, implementations, providers, cpu_batches, gpu_batches, warmup, repeats, threads, full_loop, samplers,
-                  small_onnx, latent_onnx, student_onnx, labml_onnx, quick, out_dir, tag) -> None:
+@click.option(
+    "--samplers/--no-samplers",
+    default=True,
+    help="Also time a whole batch per sampler at its recommended step count (small, latent and student models; "
+    "ancestral not with --quick).",
+)
+@click.option(
+    "--onnx",
+    "small_onnx",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="ONNX file for the 'small' rows. [default: the embedded model]",
+)
+@click.option(
+    "--latent-onnx",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A latent model for the 'latent' rows (its decoder beside it). [default: the embedded latent model]",
+)
+@click.option(
+    "--student-onnx",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A few-step student (ddpm-distill) for the 'student' rows. [default: the embedded latent-student]",
+)
+@click.option(
+    "--labml-onnx",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An exported labml network; without it one with random weights is exported first (needs PyTorch).",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help=f"A shorter run: the small, latent and student models, {QUICK_WARMUP} warm-up and {QUICK_REPEATS} timed "
+    "steps per row, one whole 1000-step loop for each of small and latent, and the fast samplers. Its "
+    "time depends on the CPU: a few minutes on 2 cores.",
+)
+@click.option(
+    "--out-dir",
+    type=OutputPath(folder=True),
+    default=RESULTS_DIR,
+    show_default=False,
+    help="Where the JSON, Markdown and PNG go; the run's first line says where (this repository's committed "
+    f"results: --out-dir benchmarks/results). The PNG chart needs the bench extra. [default: ./{RESULTS_DIR}/ "
+    "in the current folder]",
+)
+@click.option(
+    "--tag",
+    default=None,
+    callback=lambda ctx, param, value: check_tag(value),
+    help="Name of the result files (bench-TAG.*): letters, digits, '.', '_', '-'. [default: cpu, or gpu]",
+)
+def bench_command(
+    models,
+    implementations,
+    providers,
+    cpu_batches,
+    gpu_batches,
+    warmup,
+    repeats,
+    threads,
+    full_loop,
+    samplers,
+    small_onnx,
+    latent_onnx,
+    student_onnx,
+    labml_onnx,
+    quick,
+    out_dir,
+    tag,
+) -> None:
     """Time the sampling loop per implementation, provider, batch size and model; write JSON, Markdown and a chart.
 
     \b
@@ -175,16 +261,30 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
 
     machine = describe_machine(threads, torch)
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as workdir:
-        bench_models, notes = prepare_models(models, small_onnx, labml_onnx, Path(workdir), torch, echo, latent_onnx,
-                                             student_onnx)
+        bench_models, notes = prepare_models(
+            models, small_onnx, labml_onnx, Path(workdir), torch, echo, latent_onnx, student_onnx
+        )
         limits = measure_limits(machine, providers, torch, echo)
         batches = {"cpu": cpu_batches, "cuda": gpu_batches}
-        rows, row_notes = run_benchmark(bench_models, implementations, providers, batches, warmup, repeats, threads,
-                                        full_loop, torch, echo, loop_repeats)
+        rows, row_notes = run_benchmark(
+            bench_models,
+            implementations,
+            providers,
+            batches,
+            warmup,
+            repeats,
+            threads,
+            full_loop,
+            torch,
+            echo,
+            loop_repeats,
+        )
         sampler_rows = []
         for model in (m for m in bench_models if samplers and m.name in ("small", "latent", "student")):
             for provider in providers:
-                sampler_rows += time_samplers(model, provider, threads, quick, echo, sampler_batch(rows, model, provider))
+                sampler_rows += time_samplers(
+                    model, provider, threads, quick, echo, sampler_batch(rows, model, provider)
+                )
     notes += row_notes
     for model in bench_models:
         for row in rows:
@@ -193,16 +293,26 @@ def bench_command(models, implementations, providers, cpu_batches, gpu_batches, 
     small = next((model for model in bench_models if model.name == "small"), None)
     targets = target_lines(rows, machine.flags) if small is None or small.embedded else []
     if not targets and small is not None:  # the targets were set for the embedded model; another --onnx has none
-        notes.append(f"targets not judged: they are set for the embedded model, and --onnx {small.onnx_path.name} is another")
+        notes.append(
+            f"targets not judged: they are set for the embedded model, and --onnx {small.onnx_path.name} is another"
+        )
     if small_onnx is None and latent_onnx is None:  # set for the embedded pair, as the others are
         targets += latent_lines(sampler_rows)
     targets += student_lines(sampler_rows)
     for line in targets:
         echo(line)
 
-    settings = {"warmup": warmup, "repeats": repeats, "quick": quick, "full_loop": full_loop, "loop_repeats": loop_repeats,
-                "settle_seconds": SETTLE_SECONDS}
-    chart_note = write_results(out_dir, tag, machine, limits, settings, bench_models, rows, sampler_rows, targets, notes)
+    settings = {
+        "warmup": warmup,
+        "repeats": repeats,
+        "quick": quick,
+        "full_loop": full_loop,
+        "loop_repeats": loop_repeats,
+        "settle_seconds": SETTLE_SECONDS,
+    }
+    chart_note = write_results(
+        out_dir, tag, machine, limits, settings, bench_models, rows, sampler_rows, targets, notes
+    )
     if chart_note:
         echo(chart_note)
     click.echo(f"wrote {out_dir / f'bench-{tag}.json'}, .md{'' if chart_note else ', .png'}")

@@ -44,8 +44,10 @@ def progress_bars(updates: int = 20_000) -> None:
             for _ in range(updates):
                 bar.update(1)
 
-    print(f"progress bar, {updates} updates: ours {best_of(ours) / updates * 1e6:.2f} µs per update, "
-          f"click {best_of(clicks) / updates * 1e6:.2f} µs per update")
+    print(
+        f"progress bar, {updates} updates: ours {best_of(ours) / updates * 1e6:.2f} µs per update, "
+        f"click {best_of(clicks) / updates * 1e6:.2f} µs per update"
+    )
 
 
 def big_model(megabytes: int) -> bytes:
@@ -74,7 +76,10 @@ def outline_reader(megabytes: int) -> None:
         path.write_bytes(data)
         ours = best_of(lambda: read_outline(path.read_bytes(), str(path)))
         theirs = best_of(lambda: onnx.load(str(path), load_external_data=False))
-    print(f"ONNX outline of a {len(data) / 1e6:.0f} MB model (file read included): ours {ours:.2f} s, onnx.load {theirs:.2f} s")
+    print(
+        f"ONNX outline of a {len(data) / 1e6:.0f} MB model (file read included): "
+        f"ours {ours:.2f} s, onnx.load {theirs:.2f} s"
+    )
     from importlib import metadata
 
     files = metadata.distribution("onnx").files or []
@@ -96,21 +101,35 @@ def resize(data_dir: Path) -> None:
         import torch
         import torch.nn.functional as F
 
-        reference = F.interpolate(torch.from_numpy(big).float()[:, None], size=(28, 28), mode="bilinear",
-                                  align_corners=False, antialias=False)[:, 0].round().clamp(0, 255).numpy()
+        reference = (
+            F.interpolate(
+                torch.from_numpy(big).float()[:, None],
+                size=(28, 28),
+                mode="bilinear",
+                align_corners=False,
+                antialias=False,
+            )[:, 0]
+            .round()
+            .clamp(0, 255)
+            .numpy()
+        )
         print(f"resize 32->28, max |ours - torch bilinear| = {np.abs(ours - reference).max():.0f} grey levels")
     except ImportError:
         pass
     difference = np.abs(ours.astype(int) - pillow.astype(int))
-    print(f"resize 32->28, ours vs Pillow BILINEAR: mean {difference.mean():.2f}, max {difference.max()} grey levels; "
-          f"time per 2000 images: ours {best_of(lambda: resize_bilinear(big, 28)) * 1e3:.0f} ms, Pillow "
-          f"{best_of(lambda: [Image.fromarray(im).resize((28, 28), Image.BILINEAR) for im in big]) * 1e3:.0f} ms")
+    print(
+        f"resize 32->28, ours vs Pillow BILINEAR: mean {difference.mean():.2f}, max {difference.max()} grey levels; "
+        f"time per 2000 images: ours {best_of(lambda: resize_bilinear(big, 28)) * 1e3:.0f} ms, Pillow "
+        f"{best_of(lambda: [Image.fromarray(im).resize((28, 28), Image.BILINEAR) for im in big]) * 1e3:.0f} ms"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data/mnist"))
-    parser.add_argument("--big-mb", type=int, default=677, help="Size of the synthetic ONNX model (the labml export's).")
+    parser.add_argument(
+        "--big-mb", type=int, default=677, help="Size of the synthetic ONNX model (the labml export's)."
+    )
     opts = parser.parse_args()
     progress_bars()
     outline_reader(opts.big_mb)

@@ -3,7 +3,7 @@ latency), and one whole batch per sampler at its recommended step count (the tim
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..core.plan import STUDENT_SAMPLER
 from ..runtime.pipeline import DDPM
@@ -17,12 +17,20 @@ SAMPLER_SETTINGS = (("ancestral", 1000), ("ddim", 50), ("dpm++2m", 20), ("dpm++2
 SAMPLER_BATCH = 16  # on the CPU, where the model's rows name no faster batch
 
 
-def time_full_loop(model: BenchModel, rows: list[Row], provider: str, threads: int, loop_repeats: int,
-                   echo: Callable[[str], None]) -> str | None:
+def time_full_loop(
+    model: BenchModel, rows: list[Row], provider: str, threads: int, loop_repeats: int, echo: Callable[[str], None]
+) -> str | None:
     """The median of up to ``loop_repeats`` whole loops at batch 1, written into the model's timed
     'ort' batch-1 row; without that row, a note saying why the loop was not timed."""
-    row = next((r for r in rows if (r.model, r.implementation, r.provider, r.batch) == (model.name, "ort", provider, 1)
-                and r.step_s_median is not None), None)
+    row = next(
+        (
+            r
+            for r in rows
+            if (r.model, r.implementation, r.provider, r.batch) == (model.name, "ort", provider, 1)
+            and r.step_s_median is not None
+        ),
+        None,
+    )
     if row is None:
         return f"{model.name}: full loop not timed (it runs in the 'ort' row at batch 1, which is not selected)"
     ddpm = DDPM.load(model.onnx_path, provider=provider, threads=threads if provider == "cpu" else None)
@@ -34,10 +42,14 @@ def time_full_loop(model: BenchModel, rows: list[Row], provider: str, threads: i
     run = runs[len(runs) // 2]
     row.per_sample_s = run.seconds
     row.per_sample_method = f"measured ({run.settings.steps}-step loop, median of {len(runs)})"
-    row.note = (f"loop/session.run = {run.seconds / run.run_seconds:.3f}"
-                f" ({run.seconds:.2f} s / {run.run_seconds:.2f} s); loops {runs[0].seconds:.2f}-{runs[-1].seconds:.2f} s")
-    echo(f"{model.name:6s} full {model.info.make_schedule().timesteps}-step loop, batch 1, {provider}: {run.seconds:.2f} s "
-         f"per sample (median of {len(runs)}, {runs[0].seconds:.2f}-{runs[-1].seconds:.2f} s)")
+    row.note = (
+        f"loop/session.run = {run.seconds / run.run_seconds:.3f}"
+        f" ({run.seconds:.2f} s / {run.run_seconds:.2f} s); loops {runs[0].seconds:.2f}-{runs[-1].seconds:.2f} s"
+    )
+    echo(
+        f"{model.name:6s} full {model.info.make_schedule().timesteps}-step loop, batch 1, {provider}: "
+        f"{run.seconds:.2f} s per sample (median of {len(runs)}, {runs[0].seconds:.2f}-{runs[-1].seconds:.2f} s)"
+    )
     return None
 
 
@@ -46,13 +58,17 @@ def sampler_batch(rows: list[Row], model: BenchModel, provider: str) -> int:
     batch), else SAMPLER_BATCH; 256 on a GPU."""
     if provider != "cpu":
         return 256
-    timed = [r for r in rows if (r.model, r.implementation, r.provider) == (model.name, "ort", provider)
-             and r.step_s_median is not None]
+    timed = [
+        r
+        for r in rows
+        if (r.model, r.implementation, r.provider) == (model.name, "ort", provider) and r.step_s_median is not None
+    ]
     return min(timed, key=lambda r: r.step_s_median / r.batch).batch if timed else SAMPLER_BATCH
 
 
-def time_samplers(model: BenchModel, provider: str, threads: int, quick: bool, echo: Callable[[str], None],
-                  batch: int = SAMPLER_BATCH) -> list[dict]:
+def time_samplers(
+    model: BenchModel, provider: str, threads: int, quick: bool, echo: Callable[[str], None], batch: int = SAMPLER_BATCH
+) -> list[dict]:
     """Whole sampling runs of one batch per sampler (the same seed), seconds per finished sample; a latent
     model's include its decoder, whose share of the time each row records.
 
@@ -70,9 +86,22 @@ def time_samplers(model: BenchModel, provider: str, threads: int, quick: bool, e
         decoding = ddpm.decoder.run_seconds if ddpm.decoder is not None else 0.0
         run = ddpm.generate(batch, ddpm.plan(sampler, steps), seed=0, batch_size=batch, engine="plain")
         decoder_s = ddpm.decoder.run_seconds - decoding if ddpm.decoder is not None else 0.0
-        rows.append({"model": model.name, "provider": provider, "sampler": sampler, "steps": steps, "batch": batch,
-                     "seconds": run.seconds, "per_sample_s": run.seconds / batch, "decoder_share": decoder_s / run.seconds,
-                     "speedup_vs_seed": SEED_SECONDS_PER_SAMPLE * batch / run.seconds})
-        echo(f"{model.name:6s} {sampler:12s} {steps:4d} steps, {provider}, batch {batch}: {run.seconds / batch:.4f} s per sample"
-             + (f" (decoder {100 * decoder_s / run.seconds:.1f}%)" if ddpm.decoder is not None else ""))
+        rows.append(
+            {
+                "model": model.name,
+                "provider": provider,
+                "sampler": sampler,
+                "steps": steps,
+                "batch": batch,
+                "seconds": run.seconds,
+                "per_sample_s": run.seconds / batch,
+                "decoder_share": decoder_s / run.seconds,
+                "speedup_vs_seed": SEED_SECONDS_PER_SAMPLE * batch / run.seconds,
+            }
+        )
+        echo(
+            f"{model.name:6s} {sampler:12s} {steps:4d} steps, {provider}, batch {batch}: "
+            f"{run.seconds / batch:.4f} s per sample"
+            + (f" (decoder {100 * decoder_s / run.seconds:.1f}%)" if ddpm.decoder is not None else "")
+        )
     return rows

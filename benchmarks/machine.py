@@ -8,8 +8,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -57,8 +58,15 @@ def describe_machine(threads: int, torch) -> Machine:
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
     flags = cpu_flags() or frozenset()
-    return Machine(cpu_name(), os.cpu_count() or 1, threads, gpu, platform.python_version(), versions,
-                   [flag for flag in NAMED_FLAGS if flag in flags])
+    return Machine(
+        cpu_name(),
+        os.cpu_count() or 1,
+        threads,
+        gpu,
+        platform.python_version(),
+        versions,
+        [flag for flag in NAMED_FLAGS if flag in flags],
+    )
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -129,8 +137,10 @@ def measure_limits(machine: Machine, providers: list[str], torch, echo: Callable
     """The limits the rows are measured against: the CPU's always, the GPU's when CUDA rows run."""
     limits: dict[str, Any] = {}
     limits["cpu_sgemm_gflops"], limits["cpu_sgemm_method"] = cpu_sgemm_gflops(torch)
-    echo(f"{machine.cpu} ({', '.join(machine.flags) or 'no flags listed'}), {machine.threads} threads: "
-         f"sgemm {limits['cpu_sgemm_gflops']:.1f} GFLOP/s ({limits['cpu_sgemm_method']})")
+    echo(
+        f"{machine.cpu} ({', '.join(machine.flags) or 'no flags listed'}), {machine.threads} threads: "
+        f"sgemm {limits['cpu_sgemm_gflops']:.1f} GFLOP/s ({limits['cpu_sgemm_method']})"
+    )
     if "cpu" in providers and openvino_version() and bf16_support() is None:
         try:
             limits["cpu_bf16_gflops"], limits["cpu_bf16_method"] = openvino_matmul_gflops("bf16", machine.threads)

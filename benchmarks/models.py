@@ -4,9 +4,10 @@ ONNX variants a row needs (int8, fp16, fixed batch, fused step) made on first us
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,9 @@ class BenchModel:
             elif self.torch_module is None:
                 raise SkipRow("skipped: this variant is exported on the spot, which needs PyTorch and onnx")
             else:
-                self.variants[key] = export_random(self.torch_module, path, fixed_batch, echo, graph, precision == "fp16")
+                self.variants[key] = export_random(
+                    self.torch_module, path, fixed_batch, echo, graph, precision == "fp16"
+                )
         return self.variants[key]
 
 
@@ -79,9 +82,14 @@ def quantize_for_timing(source: Path, info: ModelInfo, path: Path, echo: Callabl
         raise SkipRow('skipped: int8 quantization needs onnx (pip install "ddpm-mnist[train]")') from None
     rng = np.random.default_rng(0)
     shape = (16, info.image_channels, info.image_size, info.image_size)
-    feeds = [{"x": rng.standard_normal(shape).astype(np.float32), "t": rng.integers(0, 1000, 16).astype(np.int64),
-              **({"y": rng.integers(0, info.num_classes + 1, 16).astype(np.int64)} if info.num_classes else {})}
-             for _ in range(4)]
+    feeds = [
+        {
+            "x": rng.standard_normal(shape).astype(np.float32),
+            "t": rng.integers(0, 1000, 16).astype(np.int64),
+            **({"y": rng.integers(0, info.num_classes + 1, 16).astype(np.int64)} if info.num_classes else {}),
+        }
+        for _ in range(4)
+    ]
     start = time.perf_counter()
     path.write_bytes(quantize(onnx.load(source), info, feeds).SerializeToString())
     echo(f"quantized {path.name} in {time.perf_counter() - start:.0f} s")
@@ -96,12 +104,23 @@ def embedded(name: str) -> Path | None:
         return None
 
 
-EMBEDDED_BY_ROW = {"small": "pixel", "latent": "latent", "student": "latent-student"}  # the embedded model each row times
+EMBEDDED_BY_ROW = {
+    "small": "pixel",
+    "latent": "latent",
+    "student": "latent-student",
+}  # the embedded model each row times
 
 
-def prepare_models(names: list[str], small_onnx: Path | None, labml_onnx: Path | None, workdir: Path, torch,
-                   echo: Callable[[str], None], latent_onnx: Path | None = None,
-                   student_onnx: Path | None = None) -> tuple[list[BenchModel], list[str]]:
+def prepare_models(
+    names: list[str],
+    small_onnx: Path | None,
+    labml_onnx: Path | None,
+    workdir: Path,
+    torch,
+    echo: Callable[[str], None],
+    latent_onnx: Path | None = None,
+    student_onnx: Path | None = None,
+) -> tuple[list[BenchModel], list[str]]:
     """The networks named, in order: 'small' (the embedded pixel model or --onnx), 'latent' (the embedded
     latent model or --latent-onnx; its rows time the U-Net on the latent, its sampler rows the decoder too),
     'student' (the embedded few-step student or --student-onnx; its sampler rows are consistency sampling)
@@ -153,8 +172,9 @@ def random_module(torch, name: str, info: ModelInfo | None):
     return UNet(config).eval()
 
 
-def export_random(module, path: Path, fixed_batch: int | None, echo: Callable[[str], None], graph: str = "eps",
-                  fp16: bool = False) -> Path:
+def export_random(
+    module, path: Path, fixed_batch: int | None, echo: Callable[[str], None], graph: str = "eps", fp16: bool = False
+) -> Path:
     """Export a PyTorch U-Net (with whatever weights it has) for timing."""
     from ..export.exporter import onnx_model
     from ..export.load import ExportSource
@@ -162,9 +182,13 @@ def export_random(module, path: Path, fixed_batch: int | None, echo: Callable[[s
 
     config = module.config
     info = ModelInfo(
-        schedule={"kind": "linear", "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}, image_size=32,
-        image_channels=config.image_channels, data_range=(-1.0, 1.0), model_config=config.to_dict(),
-        source={"kind": "benchmark", "weights": "random"}, versions={"export": versions()},
+        schedule={"kind": "linear", "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+        image_size=32,
+        image_channels=config.image_channels,
+        data_range=(-1.0, 1.0),
+        model_config=config.to_dict(),
+        source={"kind": "benchmark", "weights": "random"},
+        versions={"export": versions()},
     )
     start = time.perf_counter()
     model = onnx_model(ExportSource(module, info, "benchmark"), fixed_batch=fixed_batch, graph=graph, fp16=fp16)

@@ -22,8 +22,9 @@ NAMED = ("amx_bf16", "avx512_bf16", "avx512_vnni", "amx_int8")
 
 
 def compiled(ov, path: Path, precision: str, hint: str):
-    return ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU",
-                                   {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision})
+    return ov.Core().compile_model(
+        ov.Core().read_model(str(path)), "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
+    )
 
 
 def latency_call(model):
@@ -47,8 +48,11 @@ def throughput_call(model):
 
 def feeds_for(batch: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {"x": rng.standard_normal((batch, 1, 32, 32), dtype=np.float32), "t": np.full(batch, 500, np.int64),
-            "y": rng.integers(0, 10, batch).astype(np.int64)}
+    return {
+        "x": rng.standard_normal((batch, 1, 32, 32), dtype=np.float32),
+        "t": np.full(batch, 500, np.int64),
+        "y": rng.integers(0, 10, batch).astype(np.int64),
+    }
 
 
 def measure(batches: list[int], repeats: int) -> tuple[list[str], dict[str, dict[int, float]]]:
@@ -80,11 +84,15 @@ def measure(batches: list[int], repeats: int) -> tuple[list[str], dict[str, dict
 
 def report(batches: list[int], names: list[str], found: dict[str, dict[int, float]]) -> str:
     flags = cpu_flags() or frozenset()
-    lines = [f"# OpenVINO {openvino_version()} performance hints, {cpu_name()}",
-             "", f"Flags: {', '.join(f for f in NAMED if f in flags) or 'none of ' + ', '.join(NAMED)}"
-             f" (native bf16 needs {' or '.join(BF16_FLAGS)}). ms per image per network call, minimum of the repeats.",
-             "", "| path and hint | " + " | ".join(f"batch {b}" for b in batches) + " |",
-             "|---|" + "---:|" * len(batches)]
+    lines = [
+        f"# OpenVINO {openvino_version()} performance hints, {cpu_name()}",
+        "",
+        f"Flags: {', '.join(f for f in NAMED if f in flags) or 'none of ' + ', '.join(NAMED)}"
+        f" (native bf16 needs {' or '.join(BF16_FLAGS)}). ms per image per network call, minimum of the repeats.",
+        "",
+        "| path and hint | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "|---|" + "---:|" * len(batches),
+    ]
     lines += [f"| {name} | " + " | ".join(f"{found[name][b]:.2f}" for b in batches) + " |" for name in names]
     return "\n".join(lines) + "\n"
 

@@ -25,10 +25,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The recipe the project used before this ablation, and the candidates measured against it.
-PLAIN = ["--lr", "2e-4", "--lr-schedule", "constant", "--lr-warmup-steps", "0", "--loss-weighting", "none",
-         "--dropout", "0.1", "--ema-decay", "0.999"]
-NEW = ["--lr", "1e-3", "--lr-schedule", "cosine", "--lr-warmup-steps", "200", "--loss-weighting", "min-snr",
-       "--dropout", "0", "--ema-decay", "0.9995"]
+PLAIN = [
+    "--lr",
+    "2e-4",
+    "--lr-schedule",
+    "constant",
+    "--lr-warmup-steps",
+    "0",
+    "--loss-weighting",
+    "none",
+    "--dropout",
+    "0.1",
+    "--ema-decay",
+    "0.999",
+]
+NEW = [
+    "--lr",
+    "1e-3",
+    "--lr-schedule",
+    "cosine",
+    "--lr-warmup-steps",
+    "200",
+    "--loss-weighting",
+    "min-snr",
+    "--dropout",
+    "0",
+    "--ema-decay",
+    "0.9995",
+]
 
 
 def replaced(base: list[str], **changes: str) -> list[str]:
@@ -55,7 +79,11 @@ ARMS = [
     Arm("plain", "old recipe: lr 2e-4 constant, L_simple, dropout 0.1, EMA 0.999", tuple(PLAIN)),
     Arm("new", "Min-SNR-5 + lr 1e-3 warm-up cosine + dropout 0 + EMA 0.9995", tuple(NEW)),
     Arm("minsnr", "plain + Min-SNR-5", tuple(replaced(PLAIN, loss_weighting="min-snr"))),
-    Arm("lr", "plain + lr 1e-3, 200 warm-up, cosine decay", tuple(replaced(PLAIN, lr="1e-3", lr_schedule="cosine", lr_warmup_steps="200"))),
+    Arm(
+        "lr",
+        "plain + lr 1e-3, 200 warm-up, cosine decay",
+        tuple(replaced(PLAIN, lr="1e-3", lr_schedule="cosine", lr_warmup_steps="200")),
+    ),
     Arm("new-dropout", "new with dropout 0.1", tuple(replaced(NEW, dropout="0.1"))),
     Arm("new-ema999", "new with EMA 0.999", tuple(replaced(NEW, ema_decay="0.999"))),
     Arm("new-lr5e-4", "new with lr 5e-4", tuple(replaced(NEW, lr="5e-4"))),
@@ -81,8 +109,11 @@ def run(cmd: list[str], log: Path) -> None:
 
 def forward_gflop(arm: Arm, data_dir: Path) -> float:
     """The arm's network cost per image from ddpm-train --dry-run's summary line."""
-    out = subprocess.run(command("ddpm-train") + ["--preset", "small", *arm.args, "--dry-run", "--data-dir", str(data_dir)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        command("ddpm-train") + ["--preset", "small", *arm.args, "--dry-run", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise SystemExit(f"recipe_ablation: the dry run of {arm.name} failed: {out.stderr.strip().splitlines()[-1:]}")
     for line in out.stderr.splitlines():
@@ -91,7 +122,9 @@ def forward_gflop(arm: Arm, data_dir: Path) -> float:
     raise SystemExit(f"recipe_ablation: no GFLOP figure in the dry run of {arm.name}")
 
 
-def evaluate(ckpt: Path, folder: Path, tag: str, opts: argparse.Namespace, log: Path, conditional: bool = False) -> dict:
+def evaluate(
+    ckpt: Path, folder: Path, tag: str, opts: argparse.Namespace, log: Path, conditional: bool = False
+) -> dict:
     """Export ``ckpt`` and score it with ddpm-eval; the report is cached in ``folder/eval-TAG.json``."""
     report = folder / f"eval-{tag}.json"
     if not report.exists():
@@ -101,8 +134,26 @@ def evaluate(ckpt: Path, folder: Path, tag: str, opts: argparse.Namespace, log: 
         sampling = ["--sampler", "ddim", "--steps", str(opts.eval_steps), "--eta", "1"]
         if conditional:
             sampling += ["--digit", "all"]
-        run(command("ddpm-eval") + ["--onnx", str(onnx), "-n", str(opts.eval_n), "--seed", "0", *sampling,
-                                    "--threads", str(opts.threads), "--data-dir", str(opts.data_dir), "--json", str(report), "-q"], log)
+        run(
+            command("ddpm-eval")
+            + [
+                "--onnx",
+                str(onnx),
+                "-n",
+                str(opts.eval_n),
+                "--seed",
+                "0",
+                *sampling,
+                "--threads",
+                str(opts.threads),
+                "--data-dir",
+                str(opts.data_dir),
+                "--json",
+                str(report),
+                "-q",
+            ],
+            log,
+        )
     return json.loads(report.read_text())
 
 
@@ -127,20 +178,60 @@ def run_arms(opts: argparse.Namespace) -> None:
         steps = max(int(round(images / arm.batch_size)), 1)
         print(f"{arm.name}: {steps} steps of batch {arm.batch_size} ({arm.what})", flush=True)
         started = time.time()
-        run(command("ddpm-train") + ["--preset", "small", *arm.args, "--batch-size", str(arm.batch_size),
-                                     "--max-steps", str(steps), "--epochs", "1000", "--data-dir", str(opts.data_dir),
-                                     "--precision", "bf16", "--threads", str(opts.threads), "--seed", "0",
-                                     "--out", str(folder / "run"), "--resume", "auto", "--save-every", "0",
-                                     "--no-samples", "--no-progress"], log)
+        run(
+            command("ddpm-train")
+            + [
+                "--preset",
+                "small",
+                *arm.args,
+                "--batch-size",
+                str(arm.batch_size),
+                "--max-steps",
+                str(steps),
+                "--epochs",
+                "1000",
+                "--data-dir",
+                str(opts.data_dir),
+                "--precision",
+                "bf16",
+                "--threads",
+                str(opts.threads),
+                "--seed",
+                "0",
+                "--out",
+                str(folder / "run"),
+                "--resume",
+                "auto",
+                "--save-every",
+                "0",
+                "--no-samples",
+                "--no-progress",
+            ],
+            log,
+        )
         # --epochs 1000 keeps the cosine horizon at --max-steps: every arm decays over its own budget.
         ckpt = folder / "run" / "model.pt"
         scores = evaluate(ckpt, folder, f"step{steps}", opts, log)
-        result = {"arm": arm.name, "what": arm.what, "args": list(arm.args), "batch_size": arm.batch_size, "steps": steps,
-                  "images": steps * arm.batch_size, **checkpoint_info(ckpt), "wall_s": time.time() - started,
-                  "threads": opts.threads, "samples": scores["samples"], "floor": scores["floor"],
-                  "eval": {"n": opts.eval_n, "sampler": f"ddim {opts.eval_steps} steps eta 1", "seed": 0}}
+        result = {
+            "arm": arm.name,
+            "what": arm.what,
+            "args": list(arm.args),
+            "batch_size": arm.batch_size,
+            "steps": steps,
+            "images": steps * arm.batch_size,
+            **checkpoint_info(ckpt),
+            "wall_s": time.time() - started,
+            "threads": opts.threads,
+            "samples": scores["samples"],
+            "floor": scores["floor"],
+            "eval": {"n": opts.eval_n, "sampler": f"ddim {opts.eval_steps} steps eta 1", "seed": 0},
+        }
         result_path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"{arm.name}: FD {scores['samples']['frechet_distance']:.1f}, confidence {scores['samples']['confidence']:.3f}", flush=True)
+        print(
+            f"{arm.name}: FD {scores['samples']['frechet_distance']:.1f}, "
+            f"confidence {scores['samples']['confidence']:.3f}",
+            flush=True,
+        )
 
 
 def run_curve(opts: argparse.Namespace) -> None:
@@ -153,11 +244,18 @@ def run_curve(opts: argparse.Namespace) -> None:
         info = checkpoint_info(ckpt)
         scores = evaluate(ckpt, folder, f"step{info['step']}", opts, log, conditional=opts.conditional)
         points.append({**info, "samples": scores["samples"], "floor": scores["floor"]})
-        print(f"step {info['step']} ({info['hours']:.2f} h): FD {scores['samples']['frechet_distance']:.1f}", flush=True)
+        print(
+            f"step {info['step']} ({info['hours']:.2f} h): FD {scores['samples']['frechet_distance']:.1f}", flush=True
+        )
     old = json.loads((folder / "curve.json").read_text())["points"] if (folder / "curve.json").exists() else []
     merged = {p["step"]: p for p in old + points}
-    (folder / "curve.json").write_text(json.dumps({"name": opts.name, "conditional": opts.conditional,
-                                                   "points": [merged[s] for s in sorted(merged)]}, indent=2) + "\n")
+    (folder / "curve.json").write_text(
+        json.dumps(
+            {"name": opts.name, "conditional": opts.conditional, "points": [merged[s] for s in sorted(merged)]},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def report(opts: argparse.Namespace) -> None:
@@ -168,21 +266,24 @@ def report(opts: argparse.Namespace) -> None:
         raise SystemExit(f"recipe_ablation: no results under {opts.work}")
     floor = results[0]["floor"]
     lines = [
-        f"# Training recipe ablation: the `small` U-Net, equal training compute per arm",
+        "# Training recipe ablation: the `small` U-Net, equal training compute per arm",
         "",
         f"Budget per arm: {opts.budget_label}. Scored by `ddpm-eval`: N = {results[0]['eval']['n']}, "
         f"{results[0]['eval']['sampler']}, seed 0, EMA weights; floor (as many real test digits): FD "
-        f"{floor['frechet_distance']:.1f}, confidence {floor['confidence']:.3f}. Arms of one network cost get the same steps, so "
-        "their compute is equal; their training hours differ only by what else ran on the machine meanwhile.",
+        f"{floor['frechet_distance']:.1f}, confidence {floor['confidence']:.3f}. "
+        "Arms of one network cost get the same steps, so their compute is equal; "
+        "their training hours differ only by what else ran on the machine meanwhile.",
         "",
         "| arm | what | steps x batch | training hours | FD | ÷ floor | confidence | largest class deviation |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         s = r["samples"]
-        lines.append(f"| {r['arm']} | {r['what']} | {r['steps']} x {r['batch_size']} | {r['hours']:.2f} | "
-                     f"{s['frechet_distance']:.1f} | {s['frechet_distance'] / floor['frechet_distance']:.2f} | "
-                     f"{s['confidence']:.3f} | {s['max_class_deviation']:.3f} |")
+        lines.append(
+            f"| {r['arm']} | {r['what']} | {r['steps']} x {r['batch_size']} | {r['hours']:.2f} | "
+            f"{s['frechet_distance']:.1f} | {s['frechet_distance'] / floor['frechet_distance']:.2f} | "
+            f"{s['confidence']:.3f} | {s['max_class_deviation']:.3f} |"
+        )
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "recipe-ablation.md").write_text("\n".join(lines) + "\n")
     (opts.out / "recipe-ablation.json").write_text(json.dumps({"arms": results}, indent=2) + "\n")
@@ -200,12 +301,16 @@ def plot(results: list[dict], curves: list[Path], path: Path) -> None:
     for r in results:
         for ax, key in ((ax_fd, "frechet_distance"), (ax_conf, "confidence")):
             ax.scatter(r["hours"], r["samples"][key], zorder=3)
-            ax.annotate(r["arm"], (r["hours"], r["samples"][key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                r["arm"], (r["hours"], r["samples"][key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
     for curve_path in curves:
         curve = json.loads(curve_path.read_text())
         hours = [p["hours"] for p in curve["points"]]
         for ax, key in ((ax_fd, "frechet_distance"), (ax_conf, "confidence")):
-            ax.plot(hours, [p["samples"][key] for p in curve["points"]], marker="o", label=f"{curve['name']} (long run)")
+            ax.plot(
+                hours, [p["samples"][key] for p in curve["points"]], marker="o", label=f"{curve['name']} (long run)"
+            )
     floor = results[0]["floor"]
     ax_fd.axhline(floor["frechet_distance"], color="grey", ls="--", label="real digits (floor)")
     ax_conf.axhline(floor["confidence"], color="grey", ls="--", label="real digits (floor)")
@@ -228,15 +333,24 @@ def main() -> None:
         job.add_argument("--threads", type=int, default=1, help="CPU threads per training and evaluation process.")
         job.add_argument("--eval-n", type=int, default=500, help="Samples per evaluation.")
         job.add_argument("--eval-steps", type=int, default=50, help="DDIM steps (eta 1) per evaluation sample.")
-    sub.choices["run"].add_argument("--budget-images", type=int, default=64_000,
-                                    help="Training images per arm at the small preset's cost per image.")
+    sub.choices["run"].add_argument(
+        "--budget-images",
+        type=int,
+        default=64_000,
+        help="Training images per arm at the small preset's cost per image.",
+    )
     sub.choices["run"].add_argument("--only", default=None, help="Comma-separated arm names (default: all).")
     sub.choices["curve"].add_argument("--run", type=Path, required=True, help="A ddpm-train --out folder.")
     sub.choices["curve"].add_argument("--name", required=True, help="Label of the curve in the plot.")
     sub.choices["curve"].add_argument("--conditional", action="store_true", help="Score with --digit all.")
-    sub.choices["report"].add_argument("--out", type=Path, default=Path("benchmarks/results"), help="Where the table and plot go.")
-    sub.choices["report"].add_argument("--budget-label", default="64,000 images at the small preset's cost (500 steps of 128)",
-                                       help="How the budget is described in the table.")
+    sub.choices["report"].add_argument(
+        "--out", type=Path, default=Path("benchmarks/results"), help="Where the table and plot go."
+    )
+    sub.choices["report"].add_argument(
+        "--budget-label",
+        default="64,000 images at the small preset's cost (500 steps of 128)",
+        help="How the budget is described in the table.",
+    )
     opts = parser.parse_args()
     {"run": run_arms, "curve": run_curve, "report": report}[opts.job](opts)
 

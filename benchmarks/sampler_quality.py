@@ -50,7 +50,9 @@ def label(sampler: str, eta: float | None) -> str:
     return f"{sampler} (η {eta:g})" if eta is not None else sampler
 
 
-def plan(ddpm: DDPM, sampler: str, eta: float | None, calls: int, labels: np.ndarray | None, guidance: float | None) -> SamplingPlan:
+def plan(
+    ddpm: DDPM, sampler: str, eta: float | None, calls: int, labels: np.ndarray | None, guidance: float | None
+) -> SamplingPlan:
     """The setting's plan; requested digits are guided (None: ddpm-run's default guidance)."""
     return ddpm.plan(sampler, calls, digits=labels, guidance=guidance if labels is not None else None, eta=eta)
 
@@ -59,14 +61,23 @@ def measure(ddpm: DDPM, sampler: str, eta: float | None, calls: int, opts, judge
     run = ddpm.generate(opts.n, plan(ddpm, sampler, eta, calls, labels, opts.guidance), seed=0, batch_size=BATCH)
     transform = ddpm.info.source.get("transform", "pad")
     scores = score(*judge(to_judge_size(run.images, transform)), reference, labels)
-    return {"sampler": sampler, "eta": eta, "calls": calls, "n": opts.n, "seconds_per_sample": run.seconds / opts.n,
-            "spacing": run.settings.options.get("spacing"), "samples": scores.to_dict()}
+    return {
+        "sampler": sampler,
+        "eta": eta,
+        "calls": calls,
+        "n": opts.n,
+        "seconds_per_sample": run.seconds / opts.n,
+        "spacing": run.settings.options.get("spacing"),
+        "samples": scores.to_dict(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx", type=Path, default=None, help="Model to sample. [default: the embedded one]")
-    parser.add_argument("--digit", choices=["all"], default=None, help="Conditional models: every digit in turn, guided.")
+    parser.add_argument(
+        "--digit", choices=["all"], default=None, help="Conditional models: every digit in turn, guided."
+    )
     parser.add_argument("--guidance", type=float, default=None, help="Guidance with --digit. [default: ddpm-run's]")
     parser.add_argument("-n", type=int, default=1000, help="Samples per setting.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads.")
@@ -74,10 +85,19 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="Cache of per-setting results (outside git).")
     parser.add_argument("--only", default=None, help="Comma-separated samplers to run (default: all).")
     parser.add_argument("--report-only", action="store_true", help="Write the table and plot from the cache.")
-    parser.add_argument("--latency-only", action="store_true",
-                        help="Time one batch of 16 for every cached setting (on a quiet machine) and keep that latency.")
-    parser.add_argument("--from-eval", type=Path, action="append", default=[], metavar="REPORT",
-                        help="Add the scores of a ddpm-eval --json report of this model (repeatable).")
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="Time one batch of 16 for every cached setting (on a quiet machine) and keep that latency.",
+    )
+    parser.add_argument(
+        "--from-eval",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="REPORT",
+        help="Add the scores of a ddpm-eval --json report of this model (repeatable).",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="default", help="Result files: sampler-quality-TAG.{md,json,png}.")
     opts = parser.parse_args()
@@ -87,11 +107,14 @@ def main() -> None:
     judge = Judge(threads=opts.threads)
     reference = judge(test_images[half:])[1]
     labels = np.resize(np.arange(10, dtype=np.int64), opts.n) if opts.digit else None
-    floor = score(*judge(test_images[: opts.n]), reference, test_labels[: opts.n] if labels is not None else None).to_dict()
+    floor = score(
+        *judge(test_images[: opts.n]), reference, test_labels[: opts.n] if labels is not None else None
+    ).to_dict()
     for path in opts.from_eval:
         imported = from_eval(path, opts.n)
         (opts.work / f"{imported['sampler']}-{imported['eta']}-{imported['calls']}-n{opts.n}.json").write_text(
-            json.dumps(imported, indent=2) + "\n")
+            json.dumps(imported, indent=2) + "\n"
+        )
     if opts.latency_only:
         time_cached(DDPM.load(opts.onnx, provider="cpu", threads=opts.threads), opts, labels)
     elif not opts.report_only:
@@ -105,8 +128,11 @@ def main() -> None:
             result = measure(ddpm, sampler, eta, calls, opts, judge, reference, labels)
             cache.write_text(json.dumps(result, indent=2) + "\n")
             s = result["samples"]
-            print(f"{label(sampler, eta):16s} {calls:5d} calls: FD {s['frechet_distance']:7.1f}  confidence {s['confidence']:.3f}"
-                  f"  {result['seconds_per_sample']:.3f} s/sample", flush=True)
+            print(
+                f"{label(sampler, eta):16s} {calls:5d} calls: FD {s['frechet_distance']:7.1f}  "
+                f"confidence {s['confidence']:.3f}  {result['seconds_per_sample']:.3f} s/sample",
+                flush=True,
+            )
     results = [json.loads(p.read_text()) for p in sorted(opts.work.glob(f"*-n{opts.n}.json"))]
     report(results, floor, opts)
 
@@ -117,21 +143,36 @@ def from_eval(path: Path, n: int) -> dict:
     source, samples = report["source"], report["samples"]
     if samples["count"] != n or source.get("seed") != 0:
         raise SystemExit(f"{path}: N = {samples['count']}, seed {source.get('seed')}; this table is N = {n}, seed 0")
-    return {"sampler": source["sampler"], "eta": source.get("eta"), "calls": source["steps"], "n": n,
-            "seconds_per_sample": None, "spacing": source.get("spacing"), "samples": samples,
-            "note": f"scores from ddpm-eval on {source.get('provider', '?')} ({path.name})"}
+    return {
+        "sampler": source["sampler"],
+        "eta": source.get("eta"),
+        "calls": source["steps"],
+        "n": n,
+        "seconds_per_sample": None,
+        "spacing": source.get("spacing"),
+        "samples": samples,
+        "note": f"scores from ddpm-eval on {source.get('provider', '?')} ({path.name})",
+    }
 
 
 def time_cached(ddpm: DDPM, opts, labels) -> None:
     """Per-sample seconds of one batch of 16 for every cached setting, written back to the cache."""
     for cache in sorted(opts.work.glob(f"*-n{opts.n}.json")):
         result = json.loads(cache.read_text())
-        run = ddpm.generate(BATCH, plan(ddpm, result["sampler"], result["eta"], result["calls"], labels, opts.guidance),
-                            seed=0, batch_size=BATCH)
+        run = ddpm.generate(
+            BATCH,
+            plan(ddpm, result["sampler"], result["eta"], result["calls"], labels, opts.guidance),
+            seed=0,
+            batch_size=BATCH,
+        )
         result["seconds_per_sample"] = run.seconds / BATCH
         result["latency"] = f"one batch of {BATCH}, timed apart from the scores"
         cache.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"{label(result['sampler'], result['eta']):16s} {result['calls']:5d} calls: {run.seconds / BATCH:.3f} s/sample", flush=True)
+        print(
+            f"{label(result['sampler'], result['eta']):16s} {result['calls']:5d} calls: "
+            f"{run.seconds / BATCH:.3f} s/sample",
+            flush=True,
+        )
 
 
 def report(results: list[dict], floor: dict, opts) -> None:
@@ -139,16 +180,27 @@ def report(results: list[dict], floor: dict, opts) -> None:
     results.sort(key=lambda r: order.get((r["sampler"], r["eta"], r["calls"]), 99))
     base = next((r for r in results if r["sampler"] == "ancestral"), None)
     accuracy = "accuracy" in floor and floor["accuracy"] is not None
-    head = "| sampler | network calls | FD | ÷ ancestral FD | confidence | largest class deviation |" + (" judged as requested |" if accuracy else "") + " s per sample (batch 16) |"
-    lines = [f"N = {opts.n} per row, seed 0; floor (as many real test digits): FD {floor['frechet_distance']:.1f}, "
-             f"confidence {floor['confidence']:.3f}, largest class deviation {floor['max_class_deviation']:.3f}.", "",
-             head, "|---|---:|---:|---:|---:|---:|" + ("---:|" if accuracy else "") + "---:|"]
+    head = (
+        "| sampler | network calls | FD | ÷ ancestral FD | confidence | largest class deviation |"
+        + (" judged as requested |" if accuracy else "")
+        + " s per sample (batch 16) |"
+    )
+    lines = [
+        f"N = {opts.n} per row, seed 0; floor (as many real test digits): FD {floor['frechet_distance']:.1f}, "
+        f"confidence {floor['confidence']:.3f}, largest class deviation {floor['max_class_deviation']:.3f}.",
+        "",
+        head,
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if accuracy else "") + "---:|",
+    ]
     for r in results:
         s = r["samples"]
         ratio = f"{s['frechet_distance'] / base['samples']['frechet_distance']:.2f}" if base else "-"
-        lines.append(f"| {label(r['sampler'], r['eta'])} | {r['calls']} | {s['frechet_distance']:.1f} | {ratio} | {s['confidence']:.3f} | "
-                     f"{s['max_class_deviation']:.3f} |" + (f" {s['accuracy']:.3f} |" if accuracy else "")
-                     + (f" {r['seconds_per_sample']:.3f} |" if r["seconds_per_sample"] is not None else " - |"))
+        lines.append(
+            f"| {label(r['sampler'], r['eta'])} | {r['calls']} | {s['frechet_distance']:.1f} | {ratio} "
+            f"| {s['confidence']:.3f} | {s['max_class_deviation']:.3f} |"
+            + (f" {s['accuracy']:.3f} |" if accuracy else "")
+            + (f" {r['seconds_per_sample']:.3f} |" if r["seconds_per_sample"] is not None else " - |")
+        )
     notes = [f"- {label(r['sampler'], r['eta'])}, {r['calls']} calls: {r['note']}" for r in results if r.get("note")]
     if any(r.get("latency") for r in results):
         notes.append(f"- Latency: one batch of {BATCH} per setting, timed apart from the scores (`--latency-only`).")
@@ -156,7 +208,9 @@ def report(results: list[dict], floor: dict, opts) -> None:
         lines += ["", *notes]
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / f"sampler-quality-{opts.tag}.md").write_text("\n".join(lines) + "\n")
-    (opts.out / f"sampler-quality-{opts.tag}.json").write_text(json.dumps({"floor": floor, "results": results}, indent=2) + "\n")
+    (opts.out / f"sampler-quality-{opts.tag}.json").write_text(
+        json.dumps({"floor": floor, "results": results}, indent=2) + "\n"
+    )
     plot(results, floor, opts.out / f"sampler-quality-{opts.tag}.png")
     print("\n".join(lines))
 
@@ -171,14 +225,27 @@ def plot(results: list[dict], floor: dict, path: Path) -> None:
     results = [r for r in results if r["seconds_per_sample"] is not None]
     for key in dict.fromkeys((r["sampler"], r["eta"]) for r in results):
         points = [r for r in results if (r["sampler"], r["eta"]) == key]
-        ax.plot([r["seconds_per_sample"] for r in points], [r["samples"]["frechet_distance"] for r in points], marker="o",
-                label=label(*key))
+        ax.plot(
+            [r["seconds_per_sample"] for r in points],
+            [r["samples"]["frechet_distance"] for r in points],
+            marker="o",
+            label=label(*key),
+        )
         for r in points:
-            ax.annotate(str(r["calls"]), (r["seconds_per_sample"], r["samples"]["frechet_distance"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                str(r["calls"]),
+                (r["seconds_per_sample"], r["samples"]["frechet_distance"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.axhline(floor["frechet_distance"], color="grey", ls="--", label="real digits (floor)")
-    ax.set(xscale="log", yscale="log", xlabel="seconds per sample (CPU, batch 16; labels: network calls)",
-           ylabel="Fréchet distance (judge features)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="seconds per sample (CPU, batch 16; labels: network calls)",
+        ylabel="Fréchet distance (judge features)",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -37,8 +37,8 @@ import numpy as np
 
 from ..core.outputs import write_bytes
 from ..core.plan import SamplingPlan
-from ..runtime.machine import cpu_flags, cpu_name
 from ..runtime.engine import SamplingEngine
+from ..runtime.machine import cpu_flags, cpu_name
 from ..runtime.pipeline import DDPM, default_model_path
 
 
@@ -78,14 +78,17 @@ def flag_line() -> str:
     return " ".join(flag for flag in wanted if flag in flags) or "none of avx2/avx512/amx"
 
 
-def _record(scenario: str, method: str, requests: list[Request], finished: dict[int, float], start: float,
-            rows_per_call: float) -> Outcome:
+def _record(
+    scenario: str, method: str, requests: list[Request], finished: dict[int, float], start: float, rows_per_call: float
+) -> Outcome:
     latencies, kinds = [], {}
     for index, request in enumerate(requests):
         latency = finished[index] - (start + request.arrival)
         latencies.append(latency)
         kinds.setdefault(request.kind, []).append(latency)
-    return Outcome(scenario, method, sum(r.n for r in requests), max(finished.values()) - start, latencies, rows_per_call, kinds)
+    return Outcome(
+        scenario, method, sum(r.n for r in requests), max(finished.values()) - start, latencies, rows_per_call, kinds
+    )
 
 
 def _rows(request: Request) -> int:
@@ -143,11 +146,15 @@ def run_batched(ddpm: DDPM, plan: SamplingPlan, count: int) -> Outcome:
     return Outcome("same-plan", f"generate(n={count})", count, seconds, [seconds] * count, float(count))
 
 
-def mix_requests(ddpm: DDPM, count: int, mean_gap: float, rng: np.random.Generator, ancestral_steps: int) -> list[Request]:
+def mix_requests(
+    ddpm: DDPM, count: int, mean_gap: float, rng: np.random.Generator, ancestral_steps: int
+) -> list[Request]:
     """A third each: a digit at the ancestral loop, 20-call DPM-Solver++ SDE, the same with a digit."""
-    kinds = {"ancestral": ddpm.plan("ancestral", steps=ancestral_steps, digits=[7], guidance=0.0),
-             "dpm++2m-sde": ddpm.plan("dpm++2m-sde", steps=20),
-             "dpm++2m-sde --digit": ddpm.plan("dpm++2m-sde", steps=20, digits=[3])}
+    kinds = {
+        "ancestral": ddpm.plan("ancestral", steps=ancestral_steps, digits=[7], guidance=0.0),
+        "dpm++2m-sde": ddpm.plan("dpm++2m-sde", steps=20),
+        "dpm++2m-sde --digit": ddpm.plan("dpm++2m-sde", steps=20, digits=[3]),
+    }
     names = list(kinds)
     arrivals = np.concatenate([[0.0], np.cumsum(rng.exponential(mean_gap, count - 1))]) if mean_gap else np.zeros(count)
     return [Request(1, kinds[names[i % 3]], i, float(arrivals[i]), names[i % 3]) for i in range(count)]
@@ -170,16 +177,27 @@ def behind(ddpm: DDPM, count: int, max_rows: int, ancestral_steps: int, warm_tic
     latency = time.perf_counter() - start
     loaded = float(np.median(ticks))
     engine.stop(grace=0)
-    return {"requests_ahead": count, "ahead_steps": ancestral_steps, "ticks_taken": len(ticks), "calls": short.steps, "latency_s": latency,
-            "loaded_tick_s": loaded, "ratio": latency / (short.steps * loaded)}
+    return {
+        "requests_ahead": count,
+        "ahead_steps": ancestral_steps,
+        "ticks_taken": len(ticks),
+        "calls": short.steps,
+        "latency_s": latency,
+        "loaded_tick_s": loaded,
+        "ratio": latency / (short.steps * loaded),
+    }
 
 
 def table(outcomes: list[Outcome]) -> list[str]:
-    lines = ["| scenario | method | digits | seconds | digits/s | latency p50 (s) | p99 (s) | rows/call |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| scenario | method | digits | seconds | digits/s | latency p50 (s) | p99 (s) | rows/call |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for o in outcomes:
-        lines.append(f"| {o.scenario} | {o.method} | {o.digits} | {o.seconds:.2f} | {o.throughput:.2f} | "
-                     f"{o.percentile(50):.2f} | {o.percentile(99):.2f} | {o.rows_per_call:.1f} |")
+        lines.append(
+            f"| {o.scenario} | {o.method} | {o.digits} | {o.seconds:.2f} | {o.throughput:.2f} | "
+            f"{o.percentile(50):.2f} | {o.percentile(99):.2f} | {o.rows_per_call:.1f} |"
+        )
     return lines
 
 
@@ -188,7 +206,10 @@ def kinds_table(outcomes: list[Outcome]) -> list[str]:
     for o in outcomes:
         for kind, values in o.kinds.items():
             if len(o.kinds) > 1:
-                lines.append(f"| {o.scenario} | {o.method} | {kind} | {o.percentile(50, values):.2f} | {o.percentile(99, values):.2f} |")
+                lines.append(
+                    f"| {o.scenario} | {o.method} | {kind} "
+                    f"| {o.percentile(50, values):.2f} | {o.percentile(99, values):.2f} |"
+                )
     return lines
 
 
@@ -197,24 +218,41 @@ def targets(outcomes: list[Outcome], waiting: dict) -> list[str]:
     engine, threads = by[("same-plan", "engine")], by[("same-plan", "threads")]
     batched = next(o for o in outcomes if o.method.startswith("generate"))
     ratio_batch, ratio_threads = engine.throughput / batched.throughput, engine.throughput / threads.throughput
-    return [f"- same plan, engine vs one batched loop: {ratio_batch:.2f}x (target >= 0.9x): {'met' if ratio_batch >= 0.9 else 'MISSED'}",
-            f"- same plan, engine vs loops in threads: {ratio_threads:.2f}x (target >= 1.2x): {'met' if ratio_threads >= 1.2 else 'MISSED'}",
-            f"- 20-call request behind {waiting['requests_ahead']} running {waiting['ahead_steps']}-step ones: {waiting['latency_s']:.2f} s in "
-            f"{waiting['ticks_taken']} ticks = {waiting['ratio']:.2f}x its {waiting['calls']} calls x the loaded tick "
-            f"({waiting['loaded_tick_s'] * 1e3:.1f} ms) (target <= 2x): {'met' if waiting['ratio'] <= 2 else 'MISSED'}"]
+    return [
+        f"- same plan, engine vs one batched loop: {ratio_batch:.2f}x (target >= 0.9x): "
+        f"{'met' if ratio_batch >= 0.9 else 'MISSED'}",
+        f"- same plan, engine vs loops in threads: {ratio_threads:.2f}x (target >= 1.2x): "
+        f"{'met' if ratio_threads >= 1.2 else 'MISSED'}",
+        f"- 20-call request behind {waiting['requests_ahead']} running {waiting['ahead_steps']}-step ones: "
+        f"{waiting['latency_s']:.2f} s in {waiting['ticks_taken']} ticks = {waiting['ratio']:.2f}x "
+        f"its {waiting['calls']} calls x the loaded tick "
+        f"({waiting['loaded_tick_s'] * 1e3:.1f} ms) (target <= 2x): {'met' if waiting['ratio'] <= 2 else 'MISSED'}",
+    ]
 
 
 def load(opts: argparse.Namespace, echo) -> tuple[DDPM, int, dict]:
     """The session every way shares, the engine's capacity, and the machine's description."""
-    ddpm = DDPM.load(opts.onnx or default_model_path("int8" if opts.int8 else "fp32"), provider=opts.provider, threads=opts.threads)
+    ddpm = DDPM.load(
+        opts.onnx or default_model_path("int8" if opts.int8 else "fp32"), provider=opts.provider, threads=opts.threads
+    )
     max_rows, per_image_ms = opts.max_rows, None
     if max_rows is None:  # measured on this machine's session (cached per machine)
         choice = ddpm.batch_choice()
         max_rows, per_image_ms = choice.batch, choice.per_image_ms
-    machine = {"cpu": cpu_name(), "flags": flag_line(), "threads": opts.threads, "provider": ddpm.provider, "max_rows": max_rows,
-               "per_image_ms": per_image_ms, "model": str(ddpm.session.path.name), "ancestral_steps": 100 if opts.quick else 1000}
-    echo(f"{cpu_name()} ({flag_line()}), {opts.threads or 'default'} threads, {ddpm.provider}; engine capacity {max_rows} rows "
-         f"(measured per-image ms by batch: {per_image_ms})")
+    machine = {
+        "cpu": cpu_name(),
+        "flags": flag_line(),
+        "threads": opts.threads,
+        "provider": ddpm.provider,
+        "max_rows": max_rows,
+        "per_image_ms": per_image_ms,
+        "model": str(ddpm.session.path.name),
+        "ancestral_steps": 100 if opts.quick else 1000,
+    }
+    echo(
+        f"{cpu_name()} ({flag_line()}), {opts.threads or 'default'} threads, {ddpm.provider}; "
+        f"engine capacity {max_rows} rows (measured per-image ms by batch: {per_image_ms})"
+    )
     return ddpm, max_rows, machine
 
 
@@ -265,14 +303,19 @@ def run(opts: argparse.Namespace, echo) -> tuple[list[Outcome], dict, dict]:
     outcomes = [run_batched(ddpm, same, opts.requests)]
     for method in (run_engine, run_threads, run_sequential):
         echo(f"same-plan: {method.__name__} ...")
-        outcomes.append(method(ddpm, "same-plan", same_requests, max_rows) if method is run_engine
-                        else method(ddpm, "same-plan", same_requests))
+        outcomes.append(
+            method(ddpm, "same-plan", same_requests, max_rows)
+            if method is run_engine
+            else method(ddpm, "same-plan", same_requests)
+        )
     rng = np.random.default_rng(0)
     for scenario, gap in (("mix, all at once", 0.0), (f"mix, Poisson arrivals (mean gap {opts.gap:g} s)", opts.gap)):
         requests = mix_requests(ddpm, opts.requests, gap, rng, steps)
         for method in (run_engine, run_threads, run_sequential):
             echo(f"{scenario}: {method.__name__} ...")
-            outcomes.append(method(ddpm, scenario, requests, max_rows) if method is run_engine else method(ddpm, scenario, requests))
+            outcomes.append(
+                method(ddpm, scenario, requests, max_rows) if method is run_engine else method(ddpm, scenario, requests)
+            )
     echo("behind: a 20-call request behind running ancestral loops ...")
     waiting = behind(ddpm, opts.requests, max_rows, steps)
     return outcomes, waiting, machine
@@ -284,6 +327,7 @@ def comma_list(convert):
         if not items:
             raise argparse.ArgumentTypeError("give at least one entry")
         return items
+
     return parse
 
 
@@ -303,16 +347,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx", type=Path, default=None, help="Model to serve. [default: the embedded fp32 model]")
     parser.add_argument("--int8", action="store_true", help="Serve the embedded model's int8 copy.")
-    parser.add_argument("--provider", choices=("cpu", "cuda", "auto"), default="cpu", help="ONNX Runtime provider of the shared session.")
+    parser.add_argument(
+        "--provider",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="ONNX Runtime provider of the shared session.",
+    )
     parser.add_argument("--requests", type=int, default=16, help="Requests per scenario (R).")
-    parser.add_argument("--concurrency", type=comma_list(level), default=None, metavar="R,R,...",
-                        help="Only the same-plan comparison, at each of these levels (e.g. 1,16,64,256); the report is "
-                             "written after each level.")
-    parser.add_argument("--methods", type=comma_list(method_name), default=list(METHODS), metavar="M,M,...",
-                        help=f"With --concurrency: which ways to serve each level ({', '.join(METHODS)}).")
+    parser.add_argument(
+        "--concurrency",
+        type=comma_list(level),
+        default=None,
+        metavar="R,R,...",
+        help="Only the same-plan comparison, at each of these levels (e.g. 1,16,64,256); the report is "
+        "written after each level.",
+    )
+    parser.add_argument(
+        "--methods",
+        type=comma_list(method_name),
+        default=list(METHODS),
+        metavar="M,M,...",
+        help=f"With --concurrency: which ways to serve each level ({', '.join(METHODS)}).",
+    )
     parser.add_argument("--gap", type=float, default=0.5, help="Mean seconds between Poisson arrivals.")
-    parser.add_argument("--max-rows", type=int, default=None,
-                        help="Engine capacity. [default: the measured CPU batch; with --concurrency the largest level]")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help="Engine capacity. [default: the measured CPU batch; with --concurrency the largest level]",
+    )
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads.")
     parser.add_argument("--quick", action="store_true", help="100-step ancestral requests instead of 1000.")
     parser.add_argument("--out", type=Path, default=None, help="Write serving-PROVIDER.md and .json here.")
@@ -333,26 +396,56 @@ def main(argv: list[str] | None = None) -> None:
     opts = parse_args(argv)
     echo = lambda line: print(line, flush=True)  # noqa: E731
     if opts.concurrency:
+
         def write(outcomes: list[Outcome], machine: dict) -> list[str]:
-            lines = [f"# Serving at {', '.join(map(str, opts.concurrency))} requests at once, {machine['provider']}", "",
-                     f"{machine['cpu']}; model {machine['model']}; engine capacity {machine['max_rows']} rows per call; "
-                     f"single-digit ancestral requests of {machine['ancestral_steps']} steps, all submitted at once.", "",
-                     *table(outcomes), "", "Engine against the naive loops:", "", *level_targets(outcomes), ""]
-            write_report(opts.out, f"serving-concurrency-{opts.provider}", lines,
-                         {"machine": machine, "outcomes": [asdict(o) for o in outcomes]})
+            lines = [
+                f"# Serving at {', '.join(map(str, opts.concurrency))} requests at once, {machine['provider']}",
+                "",
+                f"{machine['cpu']}; model {machine['model']}; engine capacity {machine['max_rows']} rows per call; "
+                f"single-digit ancestral requests of {machine['ancestral_steps']} steps, all submitted at once.",
+                "",
+                *table(outcomes),
+                "",
+                "Engine against the naive loops:",
+                "",
+                *level_targets(outcomes),
+                "",
+            ]
+            write_report(
+                opts.out,
+                f"serving-concurrency-{opts.provider}",
+                lines,
+                {"machine": machine, "outcomes": [asdict(o) for o in outcomes]},
+            )
             return lines
 
         outcomes = run_levels(opts, echo, write)
         print("\n".join(table(outcomes) + [""] + level_targets(outcomes)))
         return
     outcomes, waiting, machine = run(opts, echo)
-    lines = [f"# Serving on {machine['cpu']}", "", f"CPU flags: {machine['flags']}; {machine['threads']} threads; model "
-             f"{machine['model']}; engine capacity {machine['max_rows']} rows per call; ancestral requests "
-             f"{machine['ancestral_steps']} steps; {opts.requests} requests per scenario.", "", *table(outcomes), "",
-             *kinds_table(outcomes), "", "Targets:", "", *targets(outcomes, waiting), ""]
+    lines = [
+        f"# Serving on {machine['cpu']}",
+        "",
+        f"CPU flags: {machine['flags']}; {machine['threads']} threads; model "
+        f"{machine['model']}; engine capacity {machine['max_rows']} rows per call; ancestral requests "
+        f"{machine['ancestral_steps']} steps; {opts.requests} requests per scenario.",
+        "",
+        *table(outcomes),
+        "",
+        *kinds_table(outcomes),
+        "",
+        "Targets:",
+        "",
+        *targets(outcomes, waiting),
+        "",
+    ]
     print("\n".join(lines))
-    write_report(opts.out, f"serving-{opts.provider}", lines,
-                 {"machine": machine, "behind": waiting, "outcomes": [asdict(o) for o in outcomes]})
+    write_report(
+        opts.out,
+        f"serving-{opts.provider}",
+        lines,
+        {"machine": machine, "behind": waiting, "outcomes": [asdict(o) for o in outcomes]},
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import copy
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -19,8 +19,22 @@ from ..runtime.openvino_session import OpenVINOSession
 from ..runtime.session import BoundEps, BoundStep, UNetSession
 from .models import BenchModel, SkipRow
 
-IMPLEMENTATIONS = ("eager", "torchscript", "ort", "ort-int8", "ov", "ov-bf16", "ov-int8", "ort-iobinding", "ort-cudagraph",
-                   "ort-fused", "ort-fused-cudagraph", "ort-fp16", "ort-fp16-fused-cudagraph", "tensorrt")
+IMPLEMENTATIONS = (
+    "eager",
+    "torchscript",
+    "ort",
+    "ort-int8",
+    "ov",
+    "ov-bf16",
+    "ov-int8",
+    "ort-iobinding",
+    "ort-cudagraph",
+    "ort-fused",
+    "ort-fused-cudagraph",
+    "ort-fp16",
+    "ort-fp16-fused-cudagraph",
+    "tensorrt",
+)
 # The ONNX variant each ONNX Runtime row runs: (graph, precision, fixed batch), and the engine.
 # "fused" graphs take (x, t, noise) and return x_{t-1}; x stays in device buffers between steps.
 ORT_VARIANTS = {
@@ -116,10 +130,13 @@ def ort_fused_step(session: UNetSession, batch: int) -> Callable[[int], None]:
 
 
 def torch_step(torch, module, info: ModelInfo, batch: int, device: str, scripted: bool) -> Callable[[int], None]:
-    """One sampling step in PyTorch: ε from the module, then the sampler's update (its factors) on torch tensors on ``device``."""
+    """One sampling step in PyTorch: ε from the module, then the sampler's update (its factors) on torch
+    tensors on ``device``."""
     sampler = AncestralSampler(info.make_schedule(), variance=info.variance, noise_at_last_step=info.noise_at_last_step)
     factors = sampler.coefficients()
-    timesteps, mean_scale, eps_scale, sigma = (factors[k].tolist() for k in ("timesteps", "mean_scale", "eps_scale", "sigma"))
+    timesteps, mean_scale, eps_scale, sigma = (
+        factors[k].tolist() for k in ("timesteps", "mean_scale", "eps_scale", "sigma")
+    )
     # Module.to moves in place, and the ONNX rows export the CPU original: a GPU row runs a copy.
     model = module if device == "cpu" else copy.deepcopy(module).to(device)
     shape = (batch, info.image_channels, info.image_size, info.image_size)
@@ -143,8 +160,15 @@ def torch_step(torch, module, info: ModelInfo, batch: int, device: str, scripted
     return step
 
 
-def make_step(model: BenchModel, implementation: str, provider: str, batch: int, threads: int, torch,
-              echo: Callable[[str], None] = lambda message: None) -> Callable[[int], None]:
+def make_step(
+    model: BenchModel,
+    implementation: str,
+    provider: str,
+    batch: int,
+    threads: int,
+    torch,
+    echo: Callable[[str], None] = lambda message: None,
+) -> Callable[[int], None]:
     if implementation in TORCH_IMPLEMENTATIONS:
         if torch is None:
             raise SkipRow('skipped: PyTorch is not installed (pip install "ddpm-mnist[train]")')
@@ -154,15 +178,21 @@ def make_step(model: BenchModel, implementation: str, provider: str, batch: int,
     if implementation in OPENVINO_VARIANTS:
         copy_precision, inference = OPENVINO_VARIANTS[implementation]
         try:
-            session = OpenVINOSession(model.variant("eps", copy_precision, None, echo), precision=inference, threads=threads)
+            session = OpenVINOSession(
+                model.variant("eps", copy_precision, None, echo), precision=inference, threads=threads
+            )
         except DDPMError as exc:
             raise SkipRow(f"skipped: {exc}") from None
         return ort_step(session, batch, "plain")
     graph, precision, graphed, engine = ORT_VARIANTS[implementation]
-    session_provider = "tensorrt" if implementation == "tensorrt" else provider  # TensorRT rows run on the "cuda" device
+    session_provider = (
+        "tensorrt" if implementation == "tensorrt" else provider
+    )  # TensorRT rows run on the "cuda" device
     try:
         path = model.variant(graph, precision, batch if graphed else None, echo)
-        session = UNetSession(path, provider=session_provider, threads=threads if provider == "cpu" else None, cuda_graph=graphed)
+        session = UNetSession(
+            path, provider=session_provider, threads=threads if provider == "cpu" else None, cuda_graph=graphed
+        )
     except DDPMError as exc:
         raise SkipRow(f"skipped: {exc}") from None
     if graph == "fused-step":
@@ -170,14 +200,25 @@ def make_step(model: BenchModel, implementation: str, provider: str, batch: int,
     return ort_step(session, batch, engine)
 
 
-def time_model(model: BenchModel, implementations: list[str], providers: list[str], batches: dict[str, list[int]],
-               warmup: int, repeats: int, threads: int, torch, echo: Callable[[str], None]) -> tuple[list[Row], list[str]]:
+def time_model(
+    model: BenchModel,
+    implementations: list[str],
+    providers: list[str],
+    batches: dict[str, list[int]],
+    warmup: int,
+    repeats: int,
+    threads: int,
+    torch,
+    echo: Callable[[str], None],
+) -> tuple[list[Row], list[str]]:
     """A row per provider, implementation (those the provider runs) and batch; one that cannot run
     here stays in the table untimed, its reason in the row and in the notes."""
     rows, notes = [], []
     for provider in providers:
         for implementation in implementations:
-            if (implementation in CUDA_ONLY and provider != "cuda") or (implementation in CPU_ONLY and provider != "cpu"):
+            if (implementation in CUDA_ONLY and provider != "cuda") or (
+                implementation in CPU_ONLY and provider != "cpu"
+            ):
                 continue
             for batch in batches[provider]:
                 row = Row(model.name, model.weights, implementation, provider, batch)
@@ -191,6 +232,8 @@ def time_model(model: BenchModel, implementations: list[str], providers: list[st
                 times = time_steps(step, warmup, repeats)
                 row.step_s_median, row.step_s_min, row.step_s_max = statistics.median(times), min(times), max(times)
                 row.steps_timed = repeats
-                echo(f"{model.name:6s} {implementation:14s} {provider:4s} batch {batch:4d}: "
-                     f"{row.step_s_median * 1e3:9.2f} ms per step")
+                echo(
+                    f"{model.name:6s} {implementation:14s} {provider:4s} batch {batch:4d}: "
+                    f"{row.step_s_median * 1e3:9.2f} ms per step"
+                )
     return rows, notes

@@ -82,7 +82,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [measure(name, args.batch_size, args.steps, max(args.warmup, 1), args.precision) for name in args.presets.split(",")]
+    rows = [
+        measure(name, args.batch_size, args.steps, max(args.warmup, 1), args.precision)
+        for name in args.presets.split(",")
+    ]
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"training throughput on {machine}, batch {args.batch_size}, {args.precision}")
     print("| preset | parameters | GFLOP/forward | step median (min-max) | images/s | achieved GFLOP/s |")

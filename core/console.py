@@ -17,11 +17,21 @@ from .errors import DDPMError, summary
 from .files import committed_outputs, forget_committed
 from .signals import Terminated
 
-
 # Packages of the optional extras: a command that needs one says which extra installs it.
-EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "bench",
-          "fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "pydantic": "serve", "prometheus_client": "serve",
-          "ray": "ray", "openvino": "openvino"}
+EXTRAS = {
+    "torch": "train",
+    "torchvision": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "matplotlib": "bench",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "starlette": "serve",
+    "pydantic": "serve",
+    "prometheus_client": "serve",
+    "ray": "ray",
+    "openvino": "openvino",
+}
 
 
 def missing_extra(exc: ModuleNotFoundError) -> str | None:
@@ -30,13 +40,13 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
     if package not in EXTRAS:
         return None
     extra = EXTRAS[package]
-    return f"this command needs {package}, which the base install leaves out: pip install \"ddpm-mnist[{extra}]\""
+    return f'this command needs {package}, which the base install leaves out: pip install "ddpm-mnist[{extra}]"'
 
 
 def short_name(name: object, limit: int = 80) -> str:
     """A file name cut to ``limit`` characters for an error line (an over-long name is the error itself)."""
     text = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else str(name)
-    return text if len(text) <= limit else f"{text[:limit - 21]}...{text[-18:]}"
+    return text if len(text) <= limit else f"{text[: limit - 21]}...{text[-18:]}"
 
 
 def os_error_line(exc: OSError) -> str:
@@ -67,8 +77,12 @@ class OutputPath(click.Path):
             self.fail(f"{short_name(text)} ends in a slash, which names a folder; give a file name", param, ctx)
         for part in Path(text).parts:
             if len(os.fsencode(part)) > self.name_max:
-                self.fail(f"the name {short_name(part)} is {len(os.fsencode(part))} bytes long; file systems allow "
-                          f"{self.name_max}", param, ctx)
+                self.fail(
+                    f"the name {short_name(part)} is {len(os.fsencode(part))} bytes long; file systems allow "
+                    f"{self.name_max}",
+                    param,
+                    ctx,
+                )
         return super().convert(value, param, ctx)
 
 
@@ -185,7 +199,9 @@ def _stopped_line(prog_name: str, how: str) -> str:
     written = committed_outputs()
     if not written:
         return f"{prog_name}: {how}; no output written"
-    listed = ", ".join(str(path) for path in written[:4]) + (f" and {len(written) - 4} more" if len(written) > 4 else "")
+    listed = ", ".join(str(path) for path in written[:4]) + (
+        f" and {len(written) - 4} more" if len(written) > 4 else ""
+    )
     return f"{prog_name}: {how} after writing {listed}"
 
 

@@ -17,8 +17,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import click
 
@@ -78,12 +78,20 @@ def missing_names(data_dir: Path, splits: Iterable[str]) -> list[str]:
 
 def download_targets(data_dir: str | Path, splits: Iterable[str]) -> dict[str, Path]:
     """The files a download into ``data_dir`` would create, by what they are (no output may take their place)."""
-    return {f"the MNIST file {name}.gz that --download writes": Path(data_dir) / f"{name}.gz"
-            for name in missing_names(Path(data_dir), splits)}
+    return {
+        f"the MNIST file {name}.gz that --download writes": Path(data_dir) / f"{name}.gz"
+        for name in missing_names(Path(data_dir), splits)
+    }
 
 
-def require_mnist(data_dir: str | Path, split: str, download: bool, mirrors: Iterable[str] = (),
-                  echo: Callable[[str], None] | None = None, purpose: str = "") -> None:
+def require_mnist(
+    data_dir: str | Path,
+    split: str,
+    download: bool,
+    mirrors: Iterable[str] = (),
+    echo: Callable[[str], None] | None = None,
+    purpose: str = "",
+) -> None:
     """Make sure ``data_dir`` holds ``split``'s files: fetched when ``download`` (from ``mirrors``,
     default :func:`mirrors_from_env`), else one line naming --data-dir, DDPM_DATA_DIR and --download,
     after ``purpose`` (why the command reads them) when given."""
@@ -92,17 +100,24 @@ def require_mnist(data_dir: str | Path, split: str, download: bool, mirrors: Ite
     if not missing:
         return
     if download:
-        progress = None if echo is None else (lambda name, url, size: echo(f"downloaded {url} ({size / 1e6:.1f} MB, checked)"))
+        progress = (
+            None if echo is None else (lambda name, url, size: echo(f"downloaded {url} ({size / 1e6:.1f} MB, checked)"))
+        )
         fetch_mnist(data_dir, [split], tuple(mirrors) or None, progress)
         return
     what = "training" if split == "train" else split
     if not data_dir.is_dir():
         names = ", ".join(f"{name}[.gz]" for name in SPLIT_FILES[split])
-        where = f"{'does not exist' if not os.path.lexists(data_dir) else 'is not a directory'}: it should hold the MNIST {what} files {names}"
+        where = (
+            f"{'does not exist' if not os.path.lexists(data_dir) else 'is not a directory'}: "
+            f"it should hold the MNIST {what} files {names}"
+        )
     else:
         where = f"lacks the MNIST {what} files {', '.join(f'{name}[.gz]' for name in missing)}"
-    raise DDPMError(f"{purpose + ', and ' if purpose else ''}--data-dir {data_dir} {where}; give their folder with "
-                    "--data-dir or DDPM_DATA_DIR, or pass --download to fetch them")
+    raise DDPMError(
+        f"{purpose + ', and ' if purpose else ''}--data-dir {data_dir} {where}; give their folder with "
+        "--data-dir or DDPM_DATA_DIR, or pass --download to fetch them"
+    )
 
 
 def unlike_mnist(data_dir: str | Path, split: str) -> list[str]:
@@ -132,17 +147,29 @@ def _mirror_values(ctx: click.Context, param: click.Parameter, values: tuple[str
 def download_options(command: Callable) -> Callable:
     """``--download`` and ``--mirror`` for a command that reads MNIST from ``--data-dir``."""
     command = click.option(
-        "--mirror", "mirrors", multiple=True, metavar="URL", envvar=MIRROR_ENV, callback=_mirror_values,
+        "--mirror",
+        "mirrors",
+        multiple=True,
+        metavar="URL",
+        envvar=MIRROR_ENV,
+        callback=_mirror_values,
         help="With --download: a folder URL (http, https or file) holding the MNIST .gz files, tried in the order "
-             f"given; repeatable. Env: {MIRROR_ENV} (space-separated). [default: {' then '.join(MIRRORS)}]")(command)
+        f"given; repeatable. Env: {MIRROR_ENV} (space-separated). [default: {' then '.join(MIRRORS)}]",
+    )(command)
     return click.option(
-        "--download", is_flag=True,
+        "--download",
+        is_flag=True,
         help="Fetch the MNIST files this command needs into --data-dir when it lacks them (standard library only; "
-             "each checked by the SHA-256 of its content, written only when whole).")(command)
+        "each checked by the SHA-256 of its content, written only when whole).",
+    )(command)
 
 
-def fetch_mnist(data_dir: str | Path, splits: Iterable[str] = ("train", "test"), mirrors: Iterable[str] | None = None,
-                on_file: Callable[[str, str], None] | None = None) -> list[Path]:
+def fetch_mnist(
+    data_dir: str | Path,
+    splits: Iterable[str] = ("train", "test"),
+    mirrors: Iterable[str] | None = None,
+    on_file: Callable[[str, str], None] | None = None,
+) -> list[Path]:
     """Download the files of ``splits`` that ``data_dir`` lacks; returns the paths written.
 
     ``on_file(name, url, size)`` is called after each file is in place (progress; nothing is said

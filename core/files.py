@@ -9,8 +9,9 @@ import hashlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from . import signals
 from .errors import DDPMError
@@ -195,15 +196,19 @@ class StagedFiles:
                 folder.rmdir()
         self._made.clear()
 
-    def __enter__(self) -> "StagedFiles":
+    def __enter__(self) -> StagedFiles:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
 
 
-SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
-                 (stat.S_ISSOCK, "a socket"))
+SPECIAL_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -268,6 +273,6 @@ def check_distinct_paths(outputs: dict[str, Path | None], inputs: dict[str, Path
             if _same_file(path, input_path):
                 what = input_name if input_name.startswith("the ") else f"the input {input_name}"
                 raise DDPMError(f"{name} {path} is {what}; writing it would destroy what is read")
-        for other_name, other in named_outputs[index + 1:]:
+        for other_name, other in named_outputs[index + 1 :]:
             if _same_file(path, other):
                 raise DDPMError(f"{name} and {other_name} are the same file {path}; give each output its own path")

@@ -30,4 +30,3 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2, 
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     return grid
-

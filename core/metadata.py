@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import DDPMError
 from .schedule import Schedule, make_schedule
@@ -80,7 +81,9 @@ class ModelInfo:
         found = []
         steps = self.schedule.get("timesteps") if isinstance(self.schedule, dict) else None
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_TIMESTEPS:
-            found.append(f"schedule timesteps {steps!r} is not an integer in 1..{MAX_TIMESTEPS}")  # checked before allocating
+            found.append(
+                f"schedule timesteps {steps!r} is not an integer in 1..{MAX_TIMESTEPS}"
+            )  # checked before allocating
         else:
             try:
                 self.make_schedule()
@@ -92,8 +95,10 @@ class ModelInfo:
             found.append(f"image_channels {self.image_channels!r} is not an integer in 1..4")
         low, high = self.data_range
         if not (-MAX_DATA_VALUE <= low < high <= MAX_DATA_VALUE):
-            found.append(f"data_range {list(self.data_range)} is not an increasing pair within ±{MAX_DATA_VALUE:g} "
-                         "(wider ranges overflow the sampler's arithmetic)")
+            found.append(
+                f"data_range {list(self.data_range)} is not an increasing pair within ±{MAX_DATA_VALUE:g} "
+                "(wider ranges overflow the sampler's arithmetic)"
+            )
         if self.graph not in GRAPHS:
             found.append(f"graph {self.graph!r} is not one of {GRAPHS}")
         if self.precision not in PRECISIONS:
@@ -117,7 +122,9 @@ class ModelInfo:
         if self.latent is not None:
             found += latent_problems(self.latent)
         if self.student is not None:
-            found += student_problems(self.student, self.schedule.get("timesteps") if isinstance(self.schedule, dict) else None)
+            found += student_problems(
+                self.student, self.schedule.get("timesteps") if isinstance(self.schedule, dict) else None
+            )
         return found
 
     def io_contract(self) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]]]:
@@ -134,7 +141,7 @@ class ModelInfo:
         return metadata_props(self, FORMAT)
 
     @classmethod
-    def from_metadata(cls, props: Mapping[str, str], origin: str = "model") -> "ModelInfo":
+    def from_metadata(cls, props: Mapping[str, str], origin: str = "model") -> ModelInfo:
         """Parse and check ``metadata_props``; a DDPMError names the first thing wrong."""
         values = read_values(props, origin)
         if values.get("format") == DECODER_FORMAT:
@@ -155,9 +162,17 @@ class ModelInfo:
             data_range = values["data_range"]
             info = cls(
                 **{k: v for k, v in values.items() if k in names and k != "data_range"},
-                data_range=(float(data_range[0]), float(data_range[1])) if len(data_range) == 2 else (math.nan, math.nan),
+                data_range=(float(data_range[0]), float(data_range[1]))
+                if len(data_range) == 2
+                else (math.nan, math.nan),
             )
-        except (TypeError, ValueError, OverflowError, IndexError, KeyError) as exc:  # OverflowError: an int beyond float
+        except (
+            TypeError,
+            ValueError,
+            OverflowError,
+            IndexError,
+            KeyError,
+        ) as exc:  # OverflowError: an int beyond float
             raise DDPMError(f"{origin}: metadata has values of the wrong type ({exc})") from None
         if not isinstance(info.schedule, dict):
             raise DDPMError(f"{origin}: metadata {PREFIX}schedule is not an object")
@@ -182,7 +197,7 @@ def read_values(props: Mapping[str, str], origin: str) -> dict[str, Any]:
     for key, text in props.items():
         if key.startswith(PREFIX):
             try:
-                values[key[len(PREFIX):]] = json.loads(text, parse_constant=_refuse_constant)
+                values[key[len(PREFIX) :]] = json.loads(text, parse_constant=_refuse_constant)
             except (TypeError, ValueError):
                 raise DDPMError(f"{origin}: metadata {key} is not valid JSON (NaN and Infinity are not JSON)") from None
     return values
@@ -193,7 +208,9 @@ def _sha256(value: object) -> bool:
 
 
 def _scale(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6  # compared, never float(): an int beyond float's range is JSON too
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6
+    )  # compared, never float(): an int beyond float's range is JSON too
 
 
 def latent_problems(latent: object) -> list[str]:
@@ -227,12 +244,21 @@ def student_problems(student: object, total: object) -> list[str]:
     if not _sha256(student.get("teacher_sha256")):
         found.append(f"student.teacher_sha256 {student.get('teacher_sha256')!r} is not a SHA-256 in hex")
     timesteps = student.get("timesteps")
-    if (not isinstance(timesteps, list) or not 1 <= len(timesteps) <= 64 or not all(_integer(t) for t in timesteps)
-            or not _integer(total) or not all(0 <= t < total for t in timesteps)
-            or any(a <= b for a, b in zip(timesteps, timesteps[1:]))):
+    if (
+        not isinstance(timesteps, list)
+        or not 1 <= len(timesteps) <= 64
+        or not all(_integer(t) for t in timesteps)
+        or not _integer(total)
+        or not all(0 <= t < total for t in timesteps)
+        or any(a <= b for a, b in zip(timesteps, timesteps[1:]))
+    ):
         found.append(f"student.timesteps {timesteps!r} is not 1 to 64 decreasing model timesteps")
     guidance = student.get("guidance")
-    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 0 <= guidance <= MAX_STUDENT_GUIDANCE:
+    if (
+        not isinstance(guidance, (int, float))
+        or isinstance(guidance, bool)
+        or not 0 <= guidance <= MAX_STUDENT_GUIDANCE
+    ):
         found.append(f"student.guidance {guidance!r} is not a number in 0..{MAX_STUDENT_GUIDANCE:g}")
     return found
 
@@ -275,17 +301,21 @@ class DecoderInfo:
         return metadata_props(self, DECODER_FORMAT)
 
     @classmethod
-    def from_metadata(cls, props: Mapping[str, str], origin: str = "decoder") -> "DecoderInfo":
+    def from_metadata(cls, props: Mapping[str, str], origin: str = "decoder") -> DecoderInfo:
         values = read_values(props, origin)
         if values.get("format") == FORMAT:
             raise DDPMError(f"{origin} is a U-Net, not a latent model's decoder")
         if values.get("format") != DECODER_FORMAT or values.get("format_version") != FORMAT_VERSION:
-            raise DDPMError(f"{origin} is not a ddpm-mnist decoder (its metadata lacks {PREFIX}format={DECODER_FORMAT})")
+            raise DDPMError(
+                f"{origin} is not a ddpm-mnist decoder (its metadata lacks {PREFIX}format={DECODER_FORMAT})"
+            )
         names = {item.name for item in fields(cls)}
         try:
             low, high = values["data_range"]
-            info = cls(**{k: v for k, v in values.items() if k in names and k != "data_range"},
-                       data_range=(float(low), float(high)))
+            info = cls(
+                **{k: v for k, v in values.items() if k in names and k != "data_range"},
+                data_range=(float(low), float(high)),
+            )
         except (TypeError, ValueError, OverflowError, KeyError) as exc:  # OverflowError: an int beyond float
             raise DDPMError(f"{origin}: decoder metadata is missing or of the wrong type ({exc})") from None
         problems = info.problems()

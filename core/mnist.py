@@ -120,18 +120,16 @@ def load_mnist(data_dir: str | Path, split: str = "train") -> tuple[np.ndarray, 
         raise DDPMError(f"data directory {data_dir} does not exist or is not a directory")
     missing = missing_files(data_dir, split)
     if missing:
-        raise DDPMError(
-            f"{data_dir} lacks the MNIST {split} files {', '.join(missing)} (plain or .gz)"
-        )
+        raise DDPMError(f"{data_dir} lacks the MNIST {split} files {', '.join(missing)} (plain or .gz)")
     image_name, label_name = SPLIT_FILES[split]
     images = read_idx(find_idx_file(data_dir, image_name), ndim=3)
     labels = read_idx(find_idx_file(data_dir, label_name), ndim=1)
     if images.shape[0] != labels.shape[0]:
-        raise DDPMError(
-            f"{data_dir}: {images.shape[0]} {split} images but {labels.shape[0]} labels"
-        )
+        raise DDPMError(f"{data_dir}: {images.shape[0]} {split} images but {labels.shape[0]} labels")
     if images.shape[1:] != (28, 28):  # trainer and judge alike expect MNIST's size
-        raise DDPMError(f"{data_dir}: the {split} images are {images.shape[1]}x{images.shape[2]}; MNIST digits are 28x28")
+        raise DDPMError(
+            f"{data_dir}: the {split} images are {images.shape[1]}x{images.shape[2]}; MNIST digits are 28x28"
+        )
     if labels.size and labels.max() > 9:
         raise DDPMError(f"{data_dir}: a {split} label is {int(labels.max())}; MNIST labels are 0-9")
     return images, labels

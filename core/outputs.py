@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -16,11 +17,12 @@ from .images import make_grid
 from .record import RunSettings
 
 # What the PNG and npz writers record: a run's settings (``SampleRun.settings``) or a plain mapping.
-Recorded = Union[RunSettings, Mapping[str, Any]]
+Recorded = RunSettings | Mapping[str, Any]
 
 
-def gif_bytes(frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, scale: int = 3,
-              columns: int | None = None) -> bytes:
+def gif_bytes(
+    frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, scale: int = 3, columns: int | None = None
+) -> bytes:
     """An endlessly looping GIF of the frames as grids; the last frame stays ``hold`` seconds."""
     pictures = [make_grid(frame, columns=columns, scale=scale) for frame in frames]
     durations = [1000.0 / fps] * len(pictures)
@@ -40,8 +42,15 @@ def video_available() -> bool:
     return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
-def write_video(path: Path, suffix: str, frames: list[np.ndarray], fps: float = 12.0, hold: float = 2.0, scale: int = 3,
-                columns: int | None = None) -> None:
+def write_video(
+    path: Path,
+    suffix: str,
+    frames: list[np.ndarray],
+    fps: float = 12.0,
+    hold: float = 2.0,
+    scale: int = 3,
+    columns: int | None = None,
+) -> None:
     """The frames as an MP4 (H.264) or WebM (VP9) video at ``path``; ``suffix`` picks the format (the
     path may be a temporary name). The last frame is repeated for ``hold`` seconds."""
     pictures = [make_grid(frame, columns=columns, scale=scale) for frame in frames]
@@ -50,13 +59,24 @@ def write_video(path: Path, suffix: str, frames: list[np.ndarray], fps: float = 
     height, width = pictures[0].shape[:2]
     padded = [np.pad(p, ((0, height % 2), (0, width % 2))) for p in pictures]
     try:
-        iio.imwrite(path, np.stack(padded), extension=suffix, plugin="FFMPEG", fps=fps, codec=VIDEO_CODECS[suffix],
-                    macro_block_size=1, ffmpeg_log_level="error", output_params=["-f", suffix[1:]])
+        iio.imwrite(
+            path,
+            np.stack(padded),
+            extension=suffix,
+            plugin="FFMPEG",
+            fps=fps,
+            codec=VIDEO_CODECS[suffix],
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+            output_params=["-f", suffix[1:]],
+        )
     except (OSError, RuntimeError) as exc:  # ffmpeg's failures arrive as broken pipes or its own messages
         raise DDPMError(f"ffmpeg could not write the {suffix[1:]} video: {summary(exc, 160)}") from None
 
 
-def png_bytes(images: np.ndarray, scale: int = 3, columns: int | None = None, settings: Recorded | None = None) -> bytes:
+def png_bytes(
+    images: np.ndarray, scale: int = 3, columns: int | None = None, settings: Recorded | None = None
+) -> bytes:
     """A PNG grid; ``settings`` go into text chunks (``ddpm.seed``, ``ddpm.settings`` as JSON)."""
     buffer = io.BytesIO()
     extra = {}
@@ -77,7 +97,10 @@ def npz_bytes(images: np.ndarray, settings: Recorded) -> bytes:
     recorded = _recorded(settings)
     buffer = io.BytesIO()
     np.savez_compressed(
-        buffer, images=images, seed=np.int64(recorded.get("seed", -1)), settings=np.array(json.dumps(recorded, sort_keys=True))
+        buffer,
+        images=images,
+        seed=np.int64(recorded.get("seed", -1)),
+        settings=np.array(json.dumps(recorded, sort_keys=True)),
     )
     return buffer.getvalue()
 

@@ -10,8 +10,9 @@ digits 10 calls of UniPC and guidance 1, which the shipped model draws as well a
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,17 @@ from .metadata import ModelInfo
 from .samplers import Sampler, SamplerSpec, accepting, find
 from .schedule import Schedule
 
-__all__ = ["SamplingPlan", "SettingError", "StudentWarning", "SHOW", "DEFAULT_SAMPLER", "DIGIT_SAMPLER", "STUDENT_SAMPLER",
-           "DEFAULT_GUIDANCE", "MAX_GUIDANCE"]
+__all__ = [
+    "SamplingPlan",
+    "SettingError",
+    "StudentWarning",
+    "SHOW",
+    "DEFAULT_SAMPLER",
+    "DIGIT_SAMPLER",
+    "STUDENT_SAMPLER",
+    "DEFAULT_GUIDANCE",
+    "MAX_GUIDANCE",
+]
 
 SHOW = ("xt", "x0", "both")  # what the animation frames hold
 DEFAULT_SAMPLER = "ancestral"  # the reference loop
@@ -52,20 +62,34 @@ class SamplingPlan:
     show: str = "xt"
 
     @classmethod
-    def build(cls, info: ModelInfo, schedule: Schedule, sampler: str | None = None, steps: int | None = None,
-              digits: Sequence[int] | None = None, guidance: float | None = None, frames: int = 0, show: str = "xt",
-              **options: Any) -> "SamplingPlan":
+    def build(
+        cls,
+        info: ModelInfo,
+        schedule: Schedule,
+        sampler: str | None = None,
+        steps: int | None = None,
+        digits: Sequence[int] | None = None,
+        guidance: float | None = None,
+        frames: int = 0,
+        show: str = "xt",
+        **options: Any,
+    ) -> SamplingPlan:
         """The plan for these settings on this model; None takes the default. ``options`` are the
         sampler's own settings (``eta=``, ``spacing=``, ...). One :class:`SettingError` for the first
         setting that cannot work."""
         chosen = _check_digits(info, digits)
         spec = find(sampler if sampler is not None else _default_sampler(info, chosen))
         if spec.student and info.student is None:
-            raise SettingError("sampler", f"{spec.name} samples few-step students (made by ddpm-distill); this model is not one")
+            raise SettingError(
+                "sampler", f"{spec.name} samples few-step students (made by ddpm-distill); this model is not one"
+            )
         if info.student is not None and not spec.student:
-            warnings.warn(f"this model is a few-step student (ddpm-distill): {spec.name} runs it, but it learned to draw "
-                          f"in 1 to {len(info.student['timesteps'])} calls of the {STUDENT_SAMPLER} sampler",
-                          StudentWarning, stacklevel=2)
+            warnings.warn(
+                f"this model is a few-step student (ddpm-distill): {spec.name} runs it, but it learned to draw "
+                f"in 1 to {len(info.student['timesteps'])} calls of the {STUDENT_SAMPLER} sampler",
+                StudentWarning,
+                stacklevel=2,
+            )
         plan = cls(
             sampler=spec.name,
             steps=spec.check_steps(steps, schedule, info),
@@ -86,11 +110,19 @@ class SamplingPlan:
     def _check_fused(self, spec: SamplerSpec, total: int) -> None:
         """A fused-step graph holds the T-step ancestral update and keeps ε inside."""
         if not spec.fused:
-            raise SettingError("sampler", f"a fused-step model has the ancestral update built in; use the plain export for {self.sampler}")
+            raise SettingError(
+                "sampler",
+                f"a fused-step model has the ancestral update built in; use the plain export for {self.sampler}",
+            )
         if self.steps != total:
-            raise SettingError("steps", f"a fused-step model has its {total}-step update built in; it cannot respace to {self.steps} steps")
+            raise SettingError(
+                "steps",
+                f"a fused-step model has its {total}-step update built in; it cannot respace to {self.steps} steps",
+            )
         if self.frames and self.show != "xt":
-            raise SettingError("show", "a fused-step model keeps ε inside its graph, so x̂_0 cannot be shown; use the plain export")
+            raise SettingError(
+                "show", "a fused-step model keeps ε inside its graph, so x̂_0 cannot be shown; use the plain export"
+            )
 
     def make_sampler(self, info: ModelInfo, schedule: Schedule) -> Sampler:
         """A fresh sampler for one loop (a multistep solver remembers its previous steps)."""
@@ -113,13 +145,21 @@ def _check_options(spec: SamplerSpec, given: dict[str, Any]) -> dict[str, Any]:
         if value is not None and spec.option(name) is None:
             others = accepting(name)
             if not others:
-                raise SettingError(name, f"is not a setting of any sampler (the {spec.name} sampler takes "
-                                         f"{', '.join(o.name for o in spec.options) or 'only steps'})")
+                raise SettingError(
+                    name,
+                    f"is not a setting of any sampler (the {spec.name} sampler takes "
+                    f"{', '.join(o.name for o in spec.options) or 'only steps'})",
+                )
             label = others[0].option(name).label or name
-            raise SettingError(name, f"{label} is a setting of {', '.join(o.name for o in others)}, not of {spec.name}",
-                               needs=("sampler", others[0].name))
-    return {option.name: option.default if given.get(option.name) is None else option.check(given[option.name])
-            for option in spec.options}
+            raise SettingError(
+                name,
+                f"{label} is a setting of {', '.join(o.name for o in others)}, not of {spec.name}",
+                needs=("sampler", others[0].name),
+            )
+    return {
+        option.name: option.default if given.get(option.name) is None else option.check(given[option.name])
+        for option in spec.options
+    }
 
 
 def _check_digits(info: ModelInfo, digits: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -151,8 +191,11 @@ def _check_guidance(info: ModelInfo, digits: tuple[int, ...] | None, guidance: f
     one row per digit, so the runtime adds none."""
     if info.student is not None:
         if guidance is not None and guidance != info.student["guidance"]:
-            raise SettingError("guidance", f"this few-step student has guidance {info.student['guidance']:g} built in "
-                                           "(ddpm-distill --guidance); it takes no other")
+            raise SettingError(
+                "guidance",
+                f"this few-step student has guidance {info.student['guidance']:g} built in "
+                "(ddpm-distill --guidance); it takes no other",
+            )
         return 0.0
     if guidance is None:
         return DEFAULT_GUIDANCE if digits is not None else 0.0
@@ -161,8 +204,10 @@ def _check_guidance(info: ModelInfo, digits: tuple[int, ...] | None, guidance: f
     if digits is None:
         raise SettingError("guidance", "steers towards a digit", needs=("digits", None))
     if not 0 <= guidance <= MAX_GUIDANCE:
-        raise SettingError("guidance", f"must be between 0 and {MAX_GUIDANCE:g} (beyond, (1+w)·ε only saturates the pixels), "
-                                       f"got {guidance}")
+        raise SettingError(
+            "guidance",
+            f"must be between 0 and {MAX_GUIDANCE:g} (beyond, (1+w)·ε only saturates the pixels), got {guidance}",
+        )
     return float(guidance)
 
 

@@ -13,8 +13,9 @@ that the sampler's own options sit among the other keys rather than under one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import DDPMError
 
@@ -62,12 +63,26 @@ class RunSettings:
     def to_dict(self) -> dict[str, Any]:
         """The recorded form, JSON-ready: the npz ``settings`` member and the PNG ``ddpm.settings`` text
         (both ``json.dumps(..., sort_keys=True)``), with the keys and values earlier versions wrote."""
-        labelled = {} if self.labels is None else {
-            "labels": list(self.labels), "labels_drawn": self.labels_drawn, "guidance": self.guidance}
+        labelled = (
+            {}
+            if self.labels is None
+            else {"labels": list(self.labels), "labels_drawn": self.labels_drawn, "guidance": self.guidance}
+        )
         return {
-            "seed": self.seed, "num_samples": self.num_samples, "sampler": self.sampler, "steps": self.steps,
-            **self.options, "timesteps": self.timesteps, **labelled,
-            "batch_size": self.batch_size, "engine": self.engine, "variance": self.variance,
-            "noise_at_last_step": self.noise_at_last_step, "provider": self.provider, "model": self.model,
-            "model_sha256": self.model_sha256, "checkpoint_sha256": self.checkpoint_sha256, "transform": self.transform,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "sampler": self.sampler,
+            "steps": self.steps,
+            **self.options,
+            "timesteps": self.timesteps,
+            **labelled,
+            "batch_size": self.batch_size,
+            "engine": self.engine,
+            "variance": self.variance,
+            "noise_at_last_step": self.noise_at_last_step,
+            "provider": self.provider,
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "transform": self.transform,
         }

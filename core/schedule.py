@@ -26,8 +26,10 @@ class Schedule:
         if betas.ndim != 1 or betas.size < 1:
             raise ValueError("betas must be a non-empty 1-D array")
         if not np.all((betas >= MIN_BETA) & (betas < 1)):
-            raise ValueError(f"every beta must lie in [{MIN_BETA:g}, 1): a smaller beta makes 1 - alpha_bar round "
-                             "to 0, and the sampler divides by it")
+            raise ValueError(
+                f"every beta must lie in [{MIN_BETA:g}, 1): a smaller beta makes 1 - alpha_bar round "
+                "to 0, and the sampler divides by it"
+            )
         object.__setattr__(self, "betas", betas)
 
     @property

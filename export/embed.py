@@ -32,9 +32,7 @@ from ..core.samplers import find
 from ..core.variant import Variant
 from ..runtime.eps_check import CHECK_DIGITS
 from ..runtime.pipeline import DDPM, DEFAULT_MODEL
-
 from ..train.checkpoint import read_checkpoint_file
-
 from .load import load_for_export
 from .pipeline import ExportOutputs, export_and_verify
 
@@ -59,7 +57,12 @@ def training_summary(log_path: Path, step: int) -> dict:
     if not records:
         return {}
     last = records[-1]
-    return {"steps": last["step"], "epochs": last["epoch"], "wall_hours": last["elapsed_s"] / 3600, "final_loss": last["loss"]}
+    return {
+        "steps": last["step"],
+        "epochs": last["epoch"],
+        "wall_hours": last["elapsed_s"] / 3600,
+        "final_loss": last["loss"],
+    }
 
 
 def wall_time(hours: float) -> str:
@@ -71,7 +74,8 @@ def metrics_table(reports: list[tuple[str, dict]]) -> str:
     if not reports:
         return ""
     lines = [
-        "| sampling | N | confidence (floor) | largest class deviation (floor) | Fréchet distance (floor) | judged as requested digit (floor) |",
+        "| sampling | N | confidence (floor) | largest class deviation (floor) | Fréchet distance (floor) "
+        "| judged as requested digit (floor) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for label, report in reports:
@@ -103,26 +107,41 @@ def schedule_text(schedule: dict) -> str:
     return f"cosine alpha-bar (offset {schedule['offset']:g}, beta <= {schedule['max_beta']:g})"
 
 
-def role_and_grids(num_classes: int, files: dict[str, str], timesteps: int, grid_steps: int | None = None,
-                   student: bool = False) -> tuple[str, str]:
+def role_and_grids(
+    num_classes: int, files: dict[str, str], timesteps: int, grid_steps: int | None = None, student: bool = False
+) -> tuple[str, str]:
     """What the model is for, and what its sample grids show (a conditional model gets digits.png too);
     ``grid_steps``: the steps of samples.png (None: all ``timesteps`` of the ancestral loop, or a
     student's default calls)."""
     default = files["onnx"] == DEFAULT_MODEL
-    role = "what `ddpm-run` samples when no `--onnx` is given" if default else f"what `ddpm-run --model {files['name']}` samples"
+    role = (
+        "what `ddpm-run` samples when no `--onnx` is given"
+        if default
+        else f"what `ddpm-run --model {files['name']}` samples"
+    )
     run = "ddpm-run" if default else f"ddpm-run --model {files['name']}"
     if student:
         loop = f"{grid_steps or STUDENT_DEFAULT_CALLS} calls of consistency sampling"
     else:
-        loop = f"the full {timesteps}-step ancestral loop" if grid_steps is None else f"the ancestral loop respaced to {grid_steps} steps"
+        loop = (
+            f"the full {timesteps}-step ancestral loop"
+            if grid_steps is None
+            else f"the ancestral loop respaced to {grid_steps} steps"
+        )
     flag = "" if grid_steps is None else f" --steps {grid_steps}"
-    grid = (f"64 samples, seed 0, {loop}, drawn by the runtime from this file "
-            f"(`{run} -n 64 --seed 0{flag} --png {files['png']} --scale 2` draws the same grid)")
+    grid = (
+        f"64 samples, seed 0, {loop}, drawn by the runtime from this file "
+        f"(`{run} -n 64 --seed 0{flag} --png {files['png']} --scale 2` draws the same grid)"
+    )
     if num_classes:
-        role += (f", with and without `--digit`. Class-conditional on the {num_classes} digits, with a 'no class' "
-                 "index for classifier-free guidance; without `--digit` every digit is drawn equally often")
-        grid += (f".\n\n`{files['digits']}`: every digit in turn (10 columns), seed 0, with the defaults of `--digit` "
-                 f"(`{run} --digit all -n 100 --seed 0 --png {files['digits']} --scale 2`)")
+        role += (
+            f", with and without `--digit`. Class-conditional on the {num_classes} digits, with a 'no class' "
+            "index for classifier-free guidance; without `--digit` every digit is drawn equally often"
+        )
+        grid += (
+            f".\n\n`{files['digits']}`: every digit in turn (10 columns), seed 0, with the defaults of `--digit` "
+            f"(`{run} --digit all -n 100 --seed 0 --png {files['digits']} --scale 2`)"
+        )
     return role, grid
 
 
@@ -131,18 +150,22 @@ def student_note(info) -> str:
     if info.student is None:
         return ""
     student = info.student
-    return (f"- Student: distilled by `ddpm-distill` from the teacher checkpoint sha256 `{student['teacher_sha256']}` (step "
-            f"{student['teacher_step']:,}): {student['trajectories']:,} solves of its ODE ({student['teacher_steps']} DPM-Solver++ "
-            f"(2M) steps, guidance {student['guidance']:g} built into the digit rows); it learned at timesteps "
-            f"{student['timesteps']} and draws a digit in 1 to {len(student['timesteps'])} calls of the consistency sampler "
-            f"({STUDENT_DEFAULT_CALLS} by default).\n")
+    return (
+        f"- Student: distilled by `ddpm-distill` from the teacher checkpoint sha256 `{student['teacher_sha256']}` "
+        f"(step {student['teacher_step']:,}): {student['trajectories']:,} solves of its ODE "
+        f"({student['teacher_steps']} DPM-Solver++ (2M) steps, guidance {student['guidance']:g} built into the "
+        f"digit rows); it learned at timesteps {student['timesteps']} and draws a digit in 1 to "
+        f"{len(student['timesteps'])} calls of the consistency sampler ({STUDENT_DEFAULT_CALLS} by default).\n"
+    )
 
 
 def epoch_data(info) -> str:
     """What one training epoch of the model passed over, for its card."""
     if info.student is None:
         return "the 60,000 MNIST training images"
-    return f"the {info.student['trajectories'] * len(info.student['timesteps']):,} (teacher solve, student timestep) pairs"
+    return (
+        f"the {info.student['trajectories'] * len(info.student['timesteps']):,} (teacher solve, student timestep) pairs"
+    )
 
 
 def latent_note(info) -> str:
@@ -150,33 +173,49 @@ def latent_note(info) -> str:
     if info.latent is None:
         return ""
     latent, side = info.latent, info.image_size
-    return (f"- Latent: the U-Net samples {info.image_channels}x{side}x{side} latents of an autoencoder (checkpoint sha256 "
-            f"`{latent['autoencoder_sha256']}`), scaled by {latent['scale_factor']:.4g} to unit variance; "
-            f"`{latent['decoder_file']}` decodes each finished sample to {latent['image_size']}x{latent['image_size']}.\n")
+    return (
+        f"- Latent: the U-Net samples {info.image_channels}x{side}x{side} latents of an autoencoder (checkpoint sha256 "
+        f"`{latent['autoencoder_sha256']}`), scaled by {latent['scale_factor']:.4g} to unit variance; "
+        f"`{latent['decoder_file']}` decodes each finished sample to {latent['image_size']}x{latent['image_size']}.\n"
+    )
 
 
-def card(info, parameters: int, summary: dict, planned_steps: int, command: str, hardware: str, atol_diff: float,
-         files: dict[str, str], reports: list[tuple[str, dict]], grid_steps: int | None = None) -> str:
+def card(
+    info,
+    parameters: int,
+    summary: dict,
+    planned_steps: int,
+    command: str,
+    hardware: str,
+    atol_diff: float,
+    files: dict[str, str],
+    reports: list[tuple[str, dict]],
+    grid_steps: int | None = None,
+) -> str:
     source, config, schedule = info.source, info.model_config, info.schedule
     role, grid = role_and_grids(info.num_classes, files, schedule["timesteps"], grid_steps, info.student is not None)
     name = "" if files["onnx"] == DEFAULT_MODEL else f" --name {files['name']}"
     quality = ""
     if reports:
-        quality = ("\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
-                   + metrics_table(reports))
+        quality = (
+            "\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
+            + metrics_table(reports)
+        )
     title = "Embedded default model" if files["onnx"] == DEFAULT_MODEL else f"Embedded model '{files['name']}'"
+    preset, transform, side = source.get("preset") or "small", source.get("transform") or "pad", info.output_size
+    notes = f"{latent_note(info)}{student_note(info)}{training_note(summary, planned_steps, epoch_data(info))}"
     return f"""# {title}
 
-`{files['onnx']}` is {role}.
+`{files["onnx"]}` is {role}.
 
-- Architecture: the `{source.get('preset') or 'small'}` preset, {parameters:,} parameters: {config['base_channels']} base channels,
-  multipliers {config['channel_mults']} ({config['width_rule']} widths), attention per level
-  {config['attention']}, {config['blocks_per_resolution']} block per level, GroupNorm {config['norm_groups']} groups.
-- Diffusion: {schedule['timesteps']} steps, {schedule_text(schedule)};
+- Architecture: the `{preset}` preset, {parameters:,} parameters: {config["base_channels"]} base channels,
+  multipliers {config["channel_mults"]} ({config["width_rule"]} widths), attention per level
+  {config["attention"]}, {config["blocks_per_resolution"]} block per level, GroupNorm {config["norm_groups"]} groups.
+- Diffusion: {schedule["timesteps"]} steps, {schedule_text(schedule)};
   epsilon prediction; sampling variance {info.variance} (sigma^2 = beta), no noise on the last step.
-- Data: MNIST training set (60,000 images), {source.get('transform') or 'pad'} from 28x28 to {info.output_size}x{info.output_size}, scaled
+- Data: MNIST training set (60,000 images), {transform} from 28x28 to {side}x{side}, scaled
   to {list(info.data_range)}.
-{latent_note(info)}{student_note(info)}{training_note(summary, planned_steps, epoch_data(info))}- Weights: {source['weights'].upper()} at step {source['step']:,}; checkpoint sha256 `{source['sha256']}`.
+{notes}- Weights: {source["weights"].upper()} at step {source["step"]:,}; checkpoint sha256 `{source["sha256"]}`.
 - Hardware: {hardware}.
 - Export: opset 18, dynamic batch; ONNX Runtime CPU vs PyTorch max abs difference {atol_diff:.1e}.
 {quality}
@@ -192,7 +231,7 @@ Exported into the package with:
 python -m ddpm.export.embed --ckpt <run>/model.pt{name} --command "..." --hardware "..." --metrics "LABEL=eval.json"
 ```
 
-`{files['png']}`: {grid}.
+`{files["png"]}`: {grid}.
 """
 
 
@@ -202,17 +241,35 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--log", type=Path, default=None, help="the run's log.jsonl [default: beside --ckpt]")
     parser.add_argument("--command", required=True, help="the exact ddpm-train command of the run")
     parser.add_argument("--hardware", required=True, help="where it was trained")
-    parser.add_argument("--out-dir", type=Path, required=True,
-                        help=f"where the model, grid and card go (the repository's embedded models: {MODELS_DIR.relative_to(MODELS_DIR.parents[1])})")
-    parser.add_argument("--metrics", action="append", default=[], metavar="LABEL=PATH",
-                        help="a ddpm-eval --json report to show in the card (repeatable)")
-    parser.add_argument("--grid-steps", type=int, default=None,
-                        help="ancestral steps of samples.png [default: all of the model's T]")
-    parser.add_argument("--name", default="default",
-                        help="the file stem: 'default' ships the default model (default.onnx, samples.png, README.md); "
-                             "another, e.g. 'latent', ships NAME.onnx (and NAME.decoder.onnx), NAME-samples.png, NAME.md")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help=f"MNIST (IDX files) to write {CHECK_DIGITS} from, the ε check's digits [default: keep the shipped one]")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        required=True,
+        help="where the model, grid and card go "
+        f"(the repository's embedded models: {MODELS_DIR.relative_to(MODELS_DIR.parents[1])})",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="a ddpm-eval --json report to show in the card (repeatable)",
+    )
+    parser.add_argument(
+        "--grid-steps", type=int, default=None, help="ancestral steps of samples.png [default: all of the model's T]"
+    )
+    parser.add_argument(
+        "--name",
+        default="default",
+        help="the file stem: 'default' ships the default model (default.onnx, samples.png, README.md); "
+        "another, e.g. 'latent', ships NAME.onnx (and NAME.decoder.onnx), NAME-samples.png, NAME.md",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"MNIST (IDX files) to write {CHECK_DIGITS} from, the ε check's digits [default: keep the shipped one]",
+    )
     return parser.parse_args()
 
 
@@ -239,7 +296,12 @@ def file_names(name: str, num_classes: int, latent: bool) -> dict[str, str]:
     if name == "default":
         files = {"onnx": DEFAULT_MODEL, "png": "samples.png", "card": "README.md", "digits": "digits.png"}
     else:
-        files = {"onnx": f"{name}.onnx", "png": f"{name}-samples.png", "card": f"{name}.md", "digits": f"{name}-digits.png"}
+        files = {
+            "onnx": f"{name}.onnx",
+            "png": f"{name}-samples.png",
+            "card": f"{name}.md",
+            "digits": f"{name}-digits.png",
+        }
     if not num_classes:
         del files["digits"]
     if latent:
@@ -247,8 +309,14 @@ def file_names(name: str, num_classes: int, latent: bool) -> dict[str, str]:
     return {"name": name, **files}
 
 
-def write_grids(model: Path, out_dir: Path, files: dict[str, str], num_classes: int, staged: StagedFiles,
-                grid_steps: int | None = None) -> None:
+def write_grids(
+    model: Path,
+    out_dir: Path,
+    files: dict[str, str],
+    num_classes: int,
+    staged: StagedFiles,
+    grid_steps: int | None = None,
+) -> None:
     """samples.png (``grid_steps`` ancestral steps; None: all T), and for a conditional model digits.png,
     drawn by the runtime from ``model``."""
     ddpm = DDPM.load(model, provider="cpu")
@@ -271,8 +339,9 @@ def embed(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="ddpm-embed-") as folder, StagedFiles() as staged:
         # exported under the final names first, so that a latent U-Net finds its decoder when the grids are drawn
         work = Path(folder)
-        outputs = ExportOutputs({Variant(): work / files["onnx"]},
-                                decoder=work / files["decoder"] if "decoder" in files else None)
+        outputs = ExportOutputs(
+            {Variant(): work / files["onnx"]}, decoder=work / files["decoder"] if "decoder" in files else None
+        )
         report = export_and_verify(source, outputs)
         for key in ("onnx", "decoder"):
             if key in files:
@@ -280,8 +349,18 @@ def embed(args: argparse.Namespace) -> None:
         write_grids(work / files["onnx"], args.out_dir, files, classes, staged, args.grid_steps)
         info = DDPM.load(work / files["onnx"], provider="cpu").info  # as exported: the decoder named
         staged.stage(args.out_dir / files["card"]).write_text(
-            card(info, parameters, summary, planned_steps(args.ckpt), args.command, args.hardware,
-                 report.differences[files["onnx"]], files, reports, args.grid_steps)
+            card(
+                info,
+                parameters,
+                summary,
+                planned_steps(args.ckpt),
+                args.command,
+                args.hardware,
+                report.differences[files["onnx"]],
+                files,
+                reports,
+                args.grid_steps,
+            )
         )
         if args.data_dir is not None:
             files["check"] = CHECK_DIGITS

@@ -19,7 +19,6 @@ from ..core.errors import DDPMError, summary
 from ..core.metadata import ModelInfo
 from ..core.samplers import AncestralSampler
 from ..runtime.session import cpu_session
-
 from .load import ExportSource
 
 OPSETS = (18, 19, 20)
@@ -73,7 +72,9 @@ class FusedStep(nn.Module):
     def __init__(self, eps_model: nn.Module, info: ModelInfo) -> None:
         super().__init__()
         self.eps_model = eps_model
-        sampler = AncestralSampler(info.make_schedule(), variance=info.variance, noise_at_last_step=info.noise_at_last_step)
+        sampler = AncestralSampler(
+            info.make_schedule(), variance=info.variance, noise_at_last_step=info.noise_at_last_step
+        )
         factors = sampler.coefficients()
         for name in ("mean_scale", "eps_scale", "sigma"):
             table = np.zeros(len(factors["timesteps"]), dtype=np.float32)
@@ -117,8 +118,16 @@ def onnx_model(
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                export_module(source, graph, fp16), args, None, dynamo=True, external_data=False, opset_version=opset,
-                input_names=list(inputs), output_names=list(outputs), dynamic_shapes=dynamic_shapes, verbose=False,
+                export_module(source, graph, fp16),
+                args,
+                None,
+                dynamo=True,
+                external_data=False,
+                opset_version=opset,
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_shapes=dynamic_shapes,
+                verbose=False,
             )
     except Exception as exc:
         raise DDPMError(f"ONNX export failed: {summary(exc)}") from None
@@ -174,7 +183,9 @@ def verify(
     """
     schedule = source.info.make_schedule()
     timesteps = schedule.timesteps
-    sampler = AncestralSampler(schedule, variance=source.info.variance, noise_at_last_step=source.info.noise_at_last_step)
+    sampler = AncestralSampler(
+        schedule, variance=source.info.variance, noise_at_last_step=source.info.noise_at_last_step
+    )
     session = None
     if onnx_path is not None:
         session = cpu_session(onnx_path)
@@ -201,7 +212,9 @@ def verify(
                 expected = reference
                 got = session.run(["eps"], feeds)[0]
             diffs["onnx"] = worst_difference(diffs["onnx"], got, expected)
-    return {name: value for name, value in diffs.items() if (onnx_path if name == "onnx" else torchscript_path) is not None}
+    return {
+        name: value for name, value in diffs.items() if (onnx_path if name == "onnx" else torchscript_path) is not None
+    }
 
 
 # -- a latent model's decoder ------------------------------------------------------------------------
@@ -222,8 +235,15 @@ def decoder_onnx(source: ExportSource, opset: int = 18) -> onnx.ModelProto:
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                source.decoder, (example_latents(source, 2),), None, dynamo=True, external_data=False,
-                opset_version=opset, input_names=["z"], output_names=["image"], dynamic_shapes={"z": {0: batch}},
+                source.decoder,
+                (example_latents(source, 2),),
+                None,
+                dynamo=True,
+                external_data=False,
+                opset_version=opset,
+                input_names=["z"],
+                output_names=["image"],
+                dynamic_shapes={"z": {0: batch}},
                 verbose=False,
             )
     except Exception as exc:
@@ -241,7 +261,9 @@ def decoder_onnx(source: ExportSource, opset: int = 18) -> onnx.ModelProto:
 def save_decoder_torchscript(source: ExportSource, path: Path) -> None:
     with _quiet(), torch.no_grad():
         module = torch.jit.trace(source.decoder, (example_latents(source, 2),))
-        torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(source.decoder_info.to_metadata())})
+        torch.jit.save(
+            module, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(source.decoder_info.to_metadata())}
+        )
 
 
 def verify_decoder(source: ExportSource, onnx_path: Path, torchscript_path: Path | None) -> dict[str, float]:

@@ -36,8 +36,10 @@ class ExportSource:
 
 
 def looks_like_labml(state: dict[str, Any]) -> bool:
-    return all(key in state for key in LABML_KEYS) and any(k.startswith("down.") for k in state) and any(
-        k.startswith("up.") for k in state
+    return (
+        all(key in state for key in LABML_KEYS)
+        and any(k.startswith("down.") for k in state)
+        and any(k.startswith("up.") for k in state)
     )
 
 
@@ -134,8 +136,10 @@ def project_source(checkpoint: dict[str, Any], path: Path, sha256: str, weights:
     """A validated ddpm-mnist checkpoint: its EMA or raw weights, and the settings it records; a latent
     U-Net's with its decoder (the latent's side and channels are the U-Net's image size and channels)."""
     if checkpoint.get("kind") == "autoencoder":
-        raise DDPMError(f"{path} is an autoencoder; export the latent U-Net trained on it (ddpm-train --autoencoder), "
-                        "which carries it")
+        raise DDPMError(
+            f"{path} is an autoencoder; export the latent U-Net trained on it (ddpm-train --autoencoder), "
+            "which carries it"
+        )
     config = UNetConfig.from_dict(checkpoint["model_config"])
     model = build_model(config, checkpoint["ema" if weights == "ema" else "model"], str(path))
     student = checkpoint.get("student")
@@ -153,8 +157,12 @@ def project_source(checkpoint: dict[str, Any], path: Path, sha256: str, weights:
         num_classes=config.num_classes,
         model_config=config.to_dict(),
         source={
-            "kind": "ddpm-mnist", "sha256": sha256, "weights": weights, "step": int(checkpoint["progress"]["step"]),
-            "transform": data.get("transform"), "preset": checkpoint["train"].get("preset"),
+            "kind": "ddpm-mnist",
+            "sha256": sha256,
+            "weights": weights,
+            "step": int(checkpoint["progress"]["step"]),
+            "transform": data.get("transform"),
+            "preset": checkpoint["train"].get("preset"),
         },
         versions={"checkpoint": checkpoint.get("versions", {}), "export": versions()},
         student=None if student is None else student_metadata(student),
@@ -176,10 +184,15 @@ def student_network(model: UNet, schedule: dict[str, Any]) -> UNet:
 
 def student_metadata(record: dict[str, Any]) -> dict[str, Any]:
     """What an exported student says of itself: its teacher, timesteps, built-in guidance and how it learned."""
-    return {"teacher_sha256": record["teacher_sha256"], "teacher_step": record["teacher_step"],
-            "timesteps": list(record["timesteps"]), "guidance": float(record["guidance"]),
-            "teacher_sampler": record["teacher_sampler"], "teacher_steps": record["teacher_steps"],
-            "trajectories": record["trajectories"]}
+    return {
+        "teacher_sha256": record["teacher_sha256"],
+        "teacher_step": record["teacher_step"],
+        "timesteps": list(record["timesteps"]),
+        "guidance": float(record["guidance"]),
+        "teacher_sampler": record["teacher_sampler"],
+        "teacher_steps": record["teacher_steps"],
+        "trajectories": record["trajectories"],
+    }
 
 
 def latent_source(unet: ExportSource, record: dict[str, Any]) -> ExportSource:
@@ -189,21 +202,38 @@ def latent_source(unet: ExportSource, record: dict[str, Any]) -> ExportSource:
 
     config, data, scale = record_config(record), record_data(record), float(record["scale_factor"])
     side = latent_size(record)
-    latent = {"image_size": data.image_size, "image_channels": config.image_channels, "scale_factor": scale,
-              "autoencoder_sha256": record["sha256"], "decoder_file": "", "decoder_sha256": ""}
+    latent = {
+        "image_size": data.image_size,
+        "image_channels": config.image_channels,
+        "scale_factor": scale,
+        "autoencoder_sha256": record["sha256"],
+        "decoder_file": "",
+        "decoder_sha256": "",
+    }
     info = replace(unet.info, image_size=side, latent=latent)
     decoder_info = DecoderInfo(
-        latent_channels=config.latent_channels, latent_size=side, image_size=data.image_size,
-        image_channels=config.image_channels, data_range=data.data_range, scale_factor=scale,
-        autoencoder_sha256=record["sha256"], model_config=config.to_dict(),
-        source={"kind": "ddpm-mnist", "autoencoder_step": record["step"], "transform": data.transform,
-                "unet_checkpoint_sha256": unet.info.source["sha256"]},
-        versions=unet.info.versions)
+        latent_channels=config.latent_channels,
+        latent_size=side,
+        image_size=data.image_size,
+        image_channels=config.image_channels,
+        data_range=data.data_range,
+        scale_factor=scale,
+        autoencoder_sha256=record["sha256"],
+        model_config=config.to_dict(),
+        source={
+            "kind": "ddpm-mnist",
+            "autoencoder_step": record["step"],
+            "transform": data.transform,
+            "unet_checkpoint_sha256": unet.info.source["sha256"],
+        },
+        versions=unet.info.versions,
+    )
     return ExportSource(unet.model, info, unet.kind, latent_decoder(record), decoder_info)
 
 
-def labml_source(state: dict[str, torch.Tensor], path: Path, sha256: str, norm_groups: int,
-                 final_norm_groups: int) -> ExportSource:
+def labml_source(
+    state: dict[str, torch.Tensor], path: Path, sha256: str, norm_groups: int, final_norm_groups: int
+) -> ExportSource:
     """A labml U-Net state dict: the architecture read off its tensors, labml's DDPM settings assumed."""
     config = infer_labml_config(state, norm_groups, final_norm_groups)
     model = build_model(config, state, f"{path} (labml state dict)")

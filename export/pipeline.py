@@ -92,8 +92,14 @@ def read_calibration(info: ModelInfo, data_dir: Path) -> Calibration:
 
 
 def export_and_verify(
-    source: ExportSource, outputs: ExportOutputs, *, opset: int = DEFAULT_OPSET, tolerances: Tolerances = Tolerances(),
-    verify: bool = True, calibration: Calibration | None = None, staged: StagedFiles | None = None,
+    source: ExportSource,
+    outputs: ExportOutputs,
+    *,
+    opset: int = DEFAULT_OPSET,
+    tolerances: Tolerances = Tolerances(),
+    verify: bool = True,
+    calibration: Calibration | None = None,
+    staged: StagedFiles | None = None,
 ) -> ExportReport:
     """Make every file of ``outputs`` and compare it with eager PyTorch (ONNX Runtime's CPU provider,
     batches 1 and 3 or the fixed batch, t = 0, T/2, T−1; the int8 copy against the fp32 export on
@@ -105,14 +111,18 @@ def export_and_verify(
     check_outputs(outputs, calibration)
     if staged is None:
         with StagedFiles() as own:
-            report = export_and_verify(source, outputs, opset=opset, tolerances=tolerances, verify=verify,
-                                       calibration=calibration, staged=own)
+            report = export_and_verify(
+                source, outputs, opset=opset, tolerances=tolerances, verify=verify, calibration=calibration, staged=own
+            )
             own.commit()
         return ExportReport(report.seconds, report.differences, report.int8_difference)
     temporary = {path: staged.stage(path) for path in outputs.paths()}
-    staged_outputs = ExportOutputs({variant: temporary[path] for variant, path in outputs.onnx.items()},
-                                   temporary.get(outputs.torchscript), temporary.get(outputs.decoder),
-                                   temporary.get(outputs.decoder_torchscript))
+    staged_outputs = ExportOutputs(
+        {variant: temporary[path] for variant, path in outputs.onnx.items()},
+        temporary.get(outputs.torchscript),
+        temporary.get(outputs.decoder),
+        temporary.get(outputs.decoder_torchscript),
+    )
     source, decoder_seconds = write_decoder(source, staged_outputs, outputs, opset)
     seconds = dict(zip(outputs.paths(), decoder_seconds + write_files(source, staged_outputs, opset, calibration)))
     if not verify:
@@ -128,8 +138,9 @@ def export_and_verify(
     return ExportReport(seconds, differences, int8_difference, temporary)
 
 
-def write_decoder(source: ExportSource, staged: ExportOutputs, final: ExportOutputs,
-                  opset: int) -> tuple[ExportSource, list[float]]:
+def write_decoder(
+    source: ExportSource, staged: ExportOutputs, final: ExportOutputs, opset: int
+) -> tuple[ExportSource, list[float]]:
     """A latent model's decoder (ONNX, and TorchScript where asked), written before the U-Net, and the
     source whose metadata names the decoder by its final file name and SHA-256; the seconds each took."""
     if source.decoder is None:
@@ -146,12 +157,17 @@ def write_decoder(source: ExportSource, staged: ExportOutputs, final: ExportOutp
         start = time.perf_counter()
         save_decoder_torchscript(source, staged.decoder_torchscript)
         seconds.append(time.perf_counter() - start)
-    latent = {**source.info.latent, "decoder_file": final.decoder.name, "decoder_sha256": hashlib.sha256(data).hexdigest()}
+    latent = {
+        **source.info.latent,
+        "decoder_file": final.decoder.name,
+        "decoder_sha256": hashlib.sha256(data).hexdigest(),
+    }
     return replace(source, info=replace(source.info, latent=latent)), seconds
 
 
-def compare_decoder(source: ExportSource, staged: ExportOutputs, final: ExportOutputs,
-                    atol: float) -> tuple[dict[str, float], list[str]]:
+def compare_decoder(
+    source: ExportSource, staged: ExportOutputs, final: ExportOutputs, atol: float
+) -> tuple[dict[str, float], list[str]]:
     """The decoder's ONNX (and TorchScript) file against eager PyTorch on random latents, batches 1 and 3."""
     from .exporter import verify_decoder
 
@@ -161,7 +177,9 @@ def compare_decoder(source: ExportSource, staged: ExportOutputs, final: ExportOu
         label = final.decoder.name if kind == "onnx" else final.decoder_torchscript.name
         differences[label] = value
         if not value <= atol:
-            failures.append(f"{label}: an output is NaN or infinite" if value != value else f"{label} {value:.2e} > {atol:g}")
+            failures.append(
+                f"{label}: an output is NaN or infinite" if value != value else f"{label} {value:.2e} > {atol:g}"
+            )
     return differences, failures
 
 
@@ -177,7 +195,9 @@ def check_outputs(outputs: ExportOutputs, calibration: Calibration | None) -> No
         raise DDPMError("an int8 copy needs calibration digits (read_calibration)")
 
 
-def write_files(source: ExportSource, outputs: ExportOutputs, opset: int, calibration: Calibration | None) -> list[float]:
+def write_files(
+    source: ExportSource, outputs: ExportOutputs, opset: int, calibration: Calibration | None
+) -> list[float]:
     """Every file of ``outputs`` written; the seconds each took, in the order of ExportOutputs.paths()."""
     from .exporter import onnx_model, save_torchscript, torchscript_module
 
@@ -189,8 +209,9 @@ def write_files(source: ExportSource, outputs: ExportOutputs, opset: int, calibr
 
             model = quantize(plain, source.info, calibration.feeds)
         else:
-            model = onnx_model(source, opset, fixed_batch=variant.fixed_batch, graph=variant.graph,
-                               fp16=variant.precision == "fp16")
+            model = onnx_model(
+                source, opset, fixed_batch=variant.fixed_batch, graph=variant.graph, fp16=variant.precision == "fp16"
+            )
         plain = model if variant == PLAIN else plain
         path.write_bytes(model.SerializeToString())
         seconds.append(time.perf_counter() - start)
@@ -201,8 +222,9 @@ def write_files(source: ExportSource, outputs: ExportOutputs, opset: int, calibr
     return seconds
 
 
-def compare_int8(outputs: ExportOutputs, names: dict[Variant, str], calibration: Calibration | None,
-                 tolerance: float) -> tuple[float | None, list[str]]:
+def compare_int8(
+    outputs: ExportOutputs, names: dict[Variant, str], calibration: Calibration | None, tolerance: float
+) -> tuple[float | None, list[str]]:
     """The int8 copy's ε against the fp32 export's on held-out noisy digits: the relative RMS
     difference (None without an int8 copy) and any failure."""
     if INT8 not in outputs.onnx:
@@ -213,12 +235,15 @@ def compare_int8(outputs: ExportOutputs, names: dict[Variant, str], calibration:
     if difference != difference:
         return difference, [f"{names[INT8]}: its ε is NaN or infinite"]
     if not difference <= tolerance:
-        return difference, [f"{names[INT8]}: ε differs from fp32 by {difference:.3f} (relative RMS) > --int8-tol {tolerance:g}"]
+        return difference, [
+            f"{names[INT8]}: ε differs from fp32 by {difference:.3f} (relative RMS) > --int8-tol {tolerance:g}"
+        ]
     return difference, []
 
 
-def compare_with_eager(source: ExportSource, outputs: ExportOutputs, names: dict[Variant, str],
-                       tolerances: Tolerances) -> tuple[dict[str, float], list[str]]:
+def compare_with_eager(
+    source: ExportSource, outputs: ExportOutputs, names: dict[Variant, str], tolerances: Tolerances
+) -> tuple[dict[str, float], list[str]]:
     """Each float ONNX copy (and the TorchScript file, beside the plain copy) against eager PyTorch:
     the largest differences by file name, and the ones past their tolerance."""
     from .exporter import verify

@@ -33,7 +33,9 @@ CALIBRATION_SEED = 20_201_126
 CALIBRATION_IMAGES = 256  # 16 batches of 16, t stratified over the whole schedule
 
 
-def noisy_digits(info: ModelInfo, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+def noisy_digits(
+    info: ModelInfo, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> list[dict[str, np.ndarray]]:
     """Feeds {x, t[, y]} of 16 images each: x_t of the given digits with t stratified over 0..T−1,
     and for a class-conditional model the digit's label (one in ten the "no class" index, which
     guidance feeds)."""
@@ -68,8 +70,10 @@ def calibration_data(info: ModelInfo, data_dir: Path, count: int = CALIBRATION_I
     rng = np.random.default_rng(CALIBRATION_SEED)
     pick = rng.choice(len(images), size=count + held, replace=False)
     calibration, check = pick[:count], pick[count:]
-    return (noisy_digits(info, images[calibration], labels[calibration], rng),
-            noisy_digits(info, images[check], labels[check], rng))
+    return (
+        noisy_digits(info, images[calibration], labels[calibration], rng),
+        noisy_digits(info, images[check], labels[check], rng),
+    )
 
 
 def float_nodes(model: onnx.ModelProto) -> list[str]:
@@ -82,7 +86,9 @@ def float_nodes(model: onnx.ModelProto) -> list[str]:
     return sorted(keep)
 
 
-def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict], keep: list[str] | None = None) -> onnx.ModelProto:
+def quantize(
+    model: onnx.ModelProto, info: ModelInfo, calibration: list[dict], keep: list[str] | None = None
+) -> onnx.ModelProto:
     """The int8 QDQ copy of ``model`` (an fp32 ε graph), metadata saying so; ``keep``: the nodes left
     in float [default: :func:`float_nodes`]."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -112,9 +118,17 @@ def quantize(model: onnx.ModelProto, info: ModelInfo, calibration: list[dict], k
             # saturating 16-bit add (VPMADDUBSW), which full-range weights overflow; the copy must
             # compute the same on whichever CPU runs it, not only on the one that made it.
             quantize_static(
-                source, target, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
-                nodes_to_exclude=float_nodes(named) if keep is None else keep, extra_options={"ActivationSymmetric": False},
+                source,
+                target,
+                Feeds(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=float_nodes(named) if keep is None else keep,
+                extra_options={"ActivationSymmetric": False},
             )
             quantized = onnx.load(target)
         except DDPMError:

@@ -58,34 +58,50 @@ class ModelChoice:
         return "openvino" if self.precision == "bf16" else self.provider
 
 
-def choose_model(model: str | Path | None = None, provider: str = "auto", precision: str = "fp32",
-                 cuda_graph: bool = False) -> ModelChoice:
+def choose_model(
+    model: str | Path | None = None, provider: str = "auto", precision: str = "fp32", cuda_graph: bool = False
+) -> ModelChoice:
     """The request checked against the rules, before anything is opened; what cannot work is a one-line
     :class:`ChoiceError`. ``model``: None (the default embedded model), an embedded model's name from
     :data:`EMBEDDED`, or an exported file's path."""
     if precision not in PRECISIONS:
-        raise ChoiceError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}",
-                          f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+        raise ChoiceError(
+            f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}",
+            f"--precision {precision}: expected one of {', '.join(PRECISIONS)}",
+        )
     if provider not in PROVIDERS:
-        raise ChoiceError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}",
-                          f"--provider {provider}: expected one of {', '.join(PROVIDERS)}")
+        raise ChoiceError(
+            f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}",
+            f"--provider {provider}: expected one of {', '.join(PROVIDERS)}",
+        )
     embedded = DEFAULT_EMBEDDED if model is None else model if isinstance(model, str) and model in EMBEDDED else None
     if embedded is None and precision == "int8":
-        raise ChoiceError("precision 'int8' picks a copy of the embedded model; a named file has its own",
-                          "--precision int8 picks a copy of the embedded model; with --onnx give fp32, auto or bf16")
+        raise ChoiceError(
+            "precision 'int8' picks a copy of the embedded model; a named file has its own",
+            "--precision int8 picks a copy of the embedded model; with --onnx give fp32, auto or bf16",
+        )
     if precision == "bf16" and provider not in ("auto", "openvino"):
         raise ChoiceError(
             f"bf16 runs on the OpenVINO engine; use provider 'openvino' (or 'auto'), not {provider!r}",
-            f"--precision bf16 runs on the OpenVINO engine; use --provider openvino (or auto), not {provider}")
+            f"--precision bf16 runs on the OpenVINO engine; use --provider openvino (or auto), not {provider}",
+        )
     choice = ModelChoice(embedded, None if embedded else Path(model), provider, precision, cuda_graph)
     if cuda_graph and choice.session_provider == "openvino":
-        raise ChoiceError("a CUDA graph runs on the CUDA provider, not on the OpenVINO engine",
-                          "--engine cudagraph runs on the CUDA provider, not on the OpenVINO engine")
+        raise ChoiceError(
+            "a CUDA graph runs on the CUDA provider, not on the OpenVINO engine",
+            "--engine cudagraph runs on the CUDA provider, not on the OpenVINO engine",
+        )
     return choice
 
 
-def open_session(file: Path, provider: str, bf16: bool = False, threads: int | None = None, device_id: int = 0,
-                 cuda_graph: bool = False) -> EpsCalls:
+def open_session(
+    file: Path,
+    provider: str,
+    bf16: bool = False,
+    threads: int | None = None,
+    device_id: int = 0,
+    cuda_graph: bool = False,
+) -> EpsCalls:
     """The engine session that runs ``file``: OpenVINO's CPU engine for provider "openvino" (its float
     layers in bfloat16 where ``bf16``), else ONNX Runtime on ``provider``."""
     if provider == "openvino":

@@ -20,9 +20,9 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -80,10 +80,17 @@ def cache_file() -> Path:
 
 def machine_key(session) -> str:
     info = session.info
-    network = json.dumps([info.model_config, info.precision, info.image_size, info.image_channels, info.num_classes],
-                         sort_keys=True)
-    parts = [cpu_name(), str(os.cpu_count()), f"threads={session.threads or 'default'}",
-             f"{session.engine} {session.version}", session.precision, hashlib.sha256(network.encode()).hexdigest()[:16]]
+    network = json.dumps(
+        [info.model_config, info.precision, info.image_size, info.image_channels, info.num_classes], sort_keys=True
+    )
+    parts = [
+        cpu_name(),
+        str(os.cpu_count()),
+        f"threads={session.threads or 'default'}",
+        f"{session.engine} {session.version}",
+        session.precision,
+        hashlib.sha256(network.encode()).hexdigest()[:16],
+    ]
     return " | ".join(parts)
 
 
@@ -92,7 +99,9 @@ def measure(session, candidates: tuple[int, ...] = CANDIDATES, repeats: int = 5)
     return measure_together([session], candidates, repeats)[0]
 
 
-def measure_together(sessions: list, candidates: tuple[int, ...] = CANDIDATES, repeats: int = 5) -> list[dict[int, float]]:
+def measure_together(
+    sessions: list, candidates: tuple[int, ...] = CANDIDATES, repeats: int = 5
+) -> list[dict[int, float]]:
     """Per-image milliseconds of one network call of each session at each batch size: the fastest
     of ``repeats`` after one warm-up, the sessions' calls interleaved, so that whatever else runs on
     the machine disturbs each of them alike and the minimum is the least disturbed call."""
@@ -259,8 +268,10 @@ def time_together(sessions: list, on_measure: Callable[[], None] | None = None, 
             choices.append(BatchChoice(FALLBACK, {}, cached=False, note=note))
             continue
         best = min(times, key=times.get)
-        stored = remember(machine_key(session), {"batch": best, "per_image_ms": {str(k): round(v, 4) for k, v in times.items()},
-                                                 "measured": stamp})
+        stored = remember(
+            machine_key(session),
+            {"batch": best, "per_image_ms": {str(k): round(v, 4) for k, v in times.items()}, "measured": stamp},
+        )
         choices.append(BatchChoice(best, times, cached=False, measured=stamp, stored=stored, note=note))
     return choices
 
@@ -301,8 +312,11 @@ def recheck(session, choice: BatchChoice, engine: Timing | None = None) -> str |
     rows, calls = getattr(session, "run_rows", 0), getattr(session, "run_calls", 0)
     if calls < RECHECK_CALLS or not session.run_seconds:
         return None
-    timings = [timing for timing in (_timing(session, choice), engine)
-               if timing is not None and not timing.confirmed and rows == calls * timing.batch]
+    timings = [
+        timing
+        for timing in (_timing(session, choice), engine)
+        if timing is not None and not timing.confirmed and rows == calls * timing.batch
+    ]
     if not timings:
         return None
     run_ms = session.run_seconds / rows * 1e3
@@ -322,16 +336,24 @@ def recheck(session, choice: BatchChoice, engine: Timing | None = None) -> str |
         return None
     prefix = _machine_prefix(session)
     forget(lambda name: name.removeprefix("path | ").startswith(prefix))
-    return (f"this run took {run_ms:.2f} ms per image at batch {worst.batch}, the CPU's timing {worst.per_image_ms:.2f} ms "
-            f"({apart[worst]:.1f}x apart: was the machine busy?); the next run times this CPU again")
+    return (
+        f"this run took {run_ms:.2f} ms per image at batch {worst.batch}, the CPU's timing {worst.per_image_ms:.2f} ms "
+        f"({apart[worst]:.1f}x apart: was the machine busy?); the next run times this CPU again"
+    )
 
 
 def _timing(session, choice: BatchChoice) -> Timing | None:
     """The batch entry's figure at the chosen batch, None when nothing was measured."""
     if choice.batch not in choice.per_image_ms:
         return None
-    return Timing(machine_key(session), str(choice.batch), choice.batch, choice.per_image_ms[choice.batch], choice.measured,
-                  choice.confirmed)
+    return Timing(
+        machine_key(session),
+        str(choice.batch),
+        choice.batch,
+        choice.per_image_ms[choice.batch],
+        choice.measured,
+        choice.confirmed,
+    )
 
 
 def _same_timing(entry: dict | None, timing: Timing) -> bool:

@@ -40,14 +40,22 @@ def read_decoder_file(path: Path, unet: ModelInfo, unet_path: Path) -> tuple[byt
     info = DecoderInfo.from_metadata(read_outline(data, str(path)).metadata, str(path))
     latent = unet.latent
     if info.autoencoder_sha256 != latent["autoencoder_sha256"]:
-        raise DDPMError(f"decoder {path} belongs to another autoencoder ({info.autoencoder_sha256[:12]}) than "
-                        f"{unet_path.name} ({latent['autoencoder_sha256'][:12]})")
+        raise DDPMError(
+            f"decoder {path} belongs to another autoencoder ({info.autoencoder_sha256[:12]}) than "
+            f"{unet_path.name} ({latent['autoencoder_sha256'][:12]})"
+        )
     found = hashlib.sha256(data).hexdigest()
     if found != latent["decoder_sha256"]:
-        raise DDPMError(f"decoder {path} is not the file {unet_path.name} was exported with "
-                        f"(sha256 {found[:12]}, expected {latent['decoder_sha256'][:12]}); export the model again")
-    shapes = ((info.latent_channels, unet.image_channels), (info.latent_size, unet.image_size),
-              (info.image_size, latent["image_size"]), (info.image_channels, latent["image_channels"]))
+        raise DDPMError(
+            f"decoder {path} is not the file {unet_path.name} was exported with "
+            f"(sha256 {found[:12]}, expected {latent['decoder_sha256'][:12]}); export the model again"
+        )
+    shapes = (
+        (info.latent_channels, unet.image_channels),
+        (info.latent_size, unet.image_size),
+        (info.image_size, latent["image_size"]),
+        (info.image_channels, latent["image_channels"]),
+    )
     if any(mine != theirs for mine, theirs in shapes) or info.data_range != unet.data_range:
         raise DDPMError(f"decoder {path} does not fit {unet_path.name}: its latents, images or data range differ")
     return data, info

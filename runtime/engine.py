@@ -27,8 +27,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -37,9 +37,9 @@ from ..core.images import to_uint8
 from ..core.plan import SamplingPlan
 from ..core.record import RunSettings
 from ..core.samplers import Sampler, predict_x0
+from .decoder import Decoder
 from .machine import available_memory
 from .memory import memory_needed
-from .decoder import Decoder
 from .network import Network
 from .session import UNetSession
 
@@ -123,7 +123,7 @@ class Job:
     finished: float | None = None
     _cancel: bool = False
     _done: threading.Event = field(default_factory=threading.Event)
-    _callbacks: list[Callable[["Job"], None]] = field(default_factory=list)
+    _callbacks: list[Callable[[Job], None]] = field(default_factory=list)
     _callbacks_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -134,7 +134,7 @@ class Job:
         """Stop the request: its rows are freed at the next tick."""
         self._cancel = True
 
-    def add_done_callback(self, callback: Callable[["Job"], None]) -> None:
+    def add_done_callback(self, callback: Callable[[Job], None]) -> None:
         """Call ``callback(job)`` once the request has ended (done, failed or cancelled): at once when it
         has, else on the engine's thread as it ends. An asyncio server hands it to its loop with
         ``loop.call_soon_threadsafe``; a failing callback is ignored, it cannot change the outcome."""
@@ -151,7 +151,7 @@ class Job:
         for callback in callbacks:
             self._call(callback)
 
-    def _call(self, callback: Callable[["Job"], None]) -> None:
+    def _call(self, callback: Callable[[Job], None]) -> None:
         try:
             callback(self)
         except Exception:  # the outcome stands; a caller's notification is its own business
@@ -215,8 +215,14 @@ class SamplingEngine:
     in one call.
     """
 
-    def __init__(self, session: UNetSession, max_rows: int, binding: bool = False,
-                 max_request_rows: int | None | str = "max_rows", decoder: Decoder | None = None) -> None:
+    def __init__(
+        self,
+        session: UNetSession,
+        max_rows: int,
+        binding: bool = False,
+        max_request_rows: int | None | str = "max_rows",
+        decoder: Decoder | None = None,
+    ) -> None:
         if max_rows < 1:
             raise DDPMError(f"an engine needs at least 1 row per network call, got {max_rows}")
         self.session = session
@@ -249,8 +255,15 @@ class SamplingEngine:
         job = Job(id=next(self._ids), n=n, plan=plan, seed=seed, steps=len(sampler), labels=labels, labels_drawn=drawn)
         rng = np.random.default_rng(seed)
         shape = (n, self.info.image_channels, self.info.image_size, self.info.image_size)
-        flight = _Flight(job, sampler, rng, rng.standard_normal(shape, dtype=np.float32),
-                         set(frame_positions(job.steps, plan.frames)), guided, on_step)
+        flight = _Flight(
+            job,
+            sampler,
+            rng,
+            rng.standard_normal(shape, dtype=np.float32),
+            set(frame_positions(job.steps, plan.frames)),
+            guided,
+            on_step,
+        )
         if plan.frames:
             self._keep_frame(flight, flight.x, None, -1)  # pure noise: x̂_0 not predicted yet
         with self._lock:
@@ -266,14 +279,20 @@ class SamplingEngine:
             raise DDPMError(f"a request needs at least 1 sample, got {n}")
         if self.max_request_rows is not None and rows > self.max_request_rows:
             most = self.max_request_rows // (2 if guided else 1)
-            raise DDPMError(f"{n} samples{' with guidance (2 rows each)' if guided else ''} need {rows} rows; this engine "
-                            f"takes at most {self.max_request_rows} rows per request: ask for at most {most}")
+            raise DDPMError(
+                f"{n} samples{' with guidance (2 rows each)' if guided else ''} need {rows} rows; this engine "
+                f"takes at most {self.max_request_rows} rows per request: ask for at most {most}"
+            )
         frames = plan.frames * (2 if plan.show == "both" else 1)
-        needed = 2 * memory_needed(rows, self.info.image_size, self.info.image_channels, frames, 0)  # x, ε, noise, copies
+        needed = 2 * memory_needed(
+            rows, self.info.image_size, self.info.image_channels, frames, 0
+        )  # x, ε, noise, copies
         available = available_memory()
         if available is not None and needed > available:
-            raise DDPMError(f"{n} samples need about {needed / 1e9:.1f} GB of memory and {available / 1e9:.1f} GB is free: "
-                            "ask for fewer (or fewer frames)")
+            raise DDPMError(
+                f"{n} samples need about {needed / 1e9:.1f} GB of memory and {available / 1e9:.1f} GB is free: "
+                "ask for fewer (or fewer frames)"
+            )
 
     @property
     def active_rows(self) -> int:
@@ -332,7 +351,9 @@ class SamplingEngine:
         if finished:
             self._complete(finished)
         took = time.perf_counter() - began
-        self.stats.tick_seconds = took if self.stats.ticks == 1 else self.stats.tick_seconds + (took - self.stats.tick_seconds) / 8
+        self.stats.tick_seconds = (
+            took if self.stats.ticks == 1 else self.stats.tick_seconds + (took - self.stats.tick_seconds) / 8
+        )
         return True
 
     def _admit(self) -> None:
@@ -408,13 +429,21 @@ class SamplingEngine:
         job, i = flight.job, flight.job.position
         t = int(flight.sampler.model_timesteps[i])
         try:
-            x_next = output if self.info.graph == "fused-step" else flight.sampler.step(flight.x, i, output, self._noise(flight))
+            x_next = (
+                output
+                if self.info.graph == "fused-step"
+                else flight.sampler.step(flight.x, i, output, self._noise(flight))
+            )
         except ValueError as exc:  # a sampler's own refusal, e.g. a multistep solver out of order
             self._end(flight, "failed", f"the {job.plan.sampler} sampler failed at step {i + 1}: {summary(exc)}")
             return False
         if not np.isfinite(x_next).all():
-            self._end(flight, "failed", f"the samples became NaN or infinite at step {i + 1} of {job.steps} (t = {t}): "
-                                        "the model's ε or the sampler's settings are out of range")
+            self._end(
+                flight,
+                "failed",
+                f"the samples became NaN or infinite at step {i + 1} of {job.steps} (t = {t}): "
+                "the model's ε or the sampler's settings are out of range",
+            )
             return False
         if i in flight.keep:
             x0 = None
@@ -463,8 +492,14 @@ class SamplingEngine:
             frame = to_uint8(self._pictures(x), data_range)
         else:
             shape = (len(x), self.info.output_channels, self.info.output_size, self.info.output_size)
-            predicted = to_uint8(self._pictures(x0) if x0 is not None else np.full(shape, sum(data_range) / 2), data_range)
-            frame = predicted if show == "x0" else np.concatenate([to_uint8(self._pictures(x), data_range), predicted], axis=-1)
+            predicted = to_uint8(
+                self._pictures(x0) if x0 is not None else np.full(shape, sum(data_range) / 2), data_range
+            )
+            frame = (
+                predicted
+                if show == "x0"
+                else np.concatenate([to_uint8(self._pictures(x), data_range), predicted], axis=-1)
+            )
         flight.job.frames.append(frame)
         flight.job.frame_timesteps.append(t)
 
@@ -482,9 +517,14 @@ class SamplingEngine:
             job.state, job.error = state, error
             if state == "done":
                 job.result = SampleRun(
-                    samples=images, images=to_uint8(images, self.info.data_range), frames=job.frames,
-                    frame_timesteps=job.frame_timesteps, seconds=job.finished - (job.started or job.finished),
-                    run_seconds=flight.run_seconds, provider=self.session.provider)
+                    samples=images,
+                    images=to_uint8(images, self.info.data_range),
+                    frames=job.frames,
+                    frame_timesteps=job.frame_timesteps,
+                    seconds=job.finished - (job.started or job.finished),
+                    run_seconds=flight.run_seconds,
+                    provider=self.session.provider,
+                )
             if state != "done":
                 flight.x = np.empty(0, np.float32)  # its rows' memory goes back at once
             self.stats.outcomes[state] += 1

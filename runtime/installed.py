@@ -18,6 +18,10 @@ def installed_inputs() -> dict[str, Path]:
     """The files the runtime reads without being told, by what they are: the package's embedded
     models, judge and check digits, and the per-machine CPU cache."""
     folder = models_dir()
-    found = {f"the installed {path.name}": path for path in sorted(folder.iterdir()) if path.is_file()} if folder.is_dir() else {}
+    found = (
+        {f"the installed {path.name}": path for path in sorted(folder.iterdir()) if path.is_file()}
+        if folder.is_dir()
+        else {}
+    )
     found["the CPU measurement cache"] = cpu_batch.cache_file()
     return found

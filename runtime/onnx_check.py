@@ -7,9 +7,8 @@ Malformed bytes of any kind end in a DDPMError, never in another exception.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
-
 from typing import TYPE_CHECKING
 
 from ..core.errors import DDPMError
@@ -204,7 +203,7 @@ def read_outline(blob: bytes, origin: str = "model") -> ModelOutline:
     return outline
 
 
-def check_contract(outline: ModelOutline, info: "ModelInfo", origin: str) -> None:
+def check_contract(outline: ModelOutline, info: ModelInfo, origin: str) -> None:
     """The graph's inputs and outputs are the ones its metadata promises (names, element types, ranks)."""
     if outline.external_data:
         raise DDPMError(f"{origin} keeps weights in external data files; only single-file models are loaded")
@@ -212,8 +211,10 @@ def check_contract(outline: ModelOutline, info: "ModelInfo", origin: str) -> Non
     for table in outline.label_tables:  # the class embedding: one row per class and one for "no class"
         rows = outline.initializer_dims.get(table, [None])[0]
         if info.num_classes and rows is not None and rows != info.num_classes + 1:
-            raise DDPMError(f"{origin}: its metadata says {info.num_classes} classes, but the graph's class embedding "
-                            f"{table} has {rows} rows ({rows - 1} classes and \"no class\")")
+            raise DDPMError(
+                f"{origin}: its metadata says {info.num_classes} classes, but the graph's class embedding "
+                f'{table} has {rows} rows ({rows - 1} classes and "no class")'
+            )
     inputs = {v.name: v for v in outline.inputs if v.name not in outline.initializer_names}
     outputs = {v.name: v for v in outline.outputs}
     for kind, found, expected in (("inputs", inputs, expected_inputs), ("outputs", outputs, expected_outputs)):
@@ -223,6 +224,6 @@ def check_contract(outline: ModelOutline, info: "ModelInfo", origin: str) -> Non
             value = found[name]
             if ELEM_TYPES.get(value.elem_type) != elem_type or len(value.dims) != rank:
                 raise DDPMError(
-                    f"{origin}: {name} is {ELEM_TYPES.get(value.elem_type, value.elem_type)} of rank {len(value.dims)}, "
-                    f"expected {elem_type} of rank {rank}"
+                    f"{origin}: {name} is {ELEM_TYPES.get(value.elem_type, value.elem_type)} "
+                    f"of rank {len(value.dims)}, expected {elem_type} of rank {rank}"
                 )

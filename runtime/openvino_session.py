@@ -56,7 +56,9 @@ def bf16_support() -> str | None:
         return None if "BF16" in capabilities else f"OpenVINO reports no bf16 support on {cpu_name()}"
     if any(flag in flags for flag in BF16_FLAGS):
         return None
-    return f"bf16 needs a CPU with AMX or AVX512-BF16; {cpu_name()} has neither ({' and '.join(BF16_FLAGS)} are missing)"
+    return (
+        f"bf16 needs a CPU with AMX or AVX512-BF16; {cpu_name()} has neither ({' and '.join(BF16_FLAGS)} are missing)"
+    )
 
 
 class OpenVINOSession(EpsCalls):
@@ -118,8 +120,10 @@ class OpenVINOSession(EpsCalls):
     def _check_signature(self) -> None:
         """The compiled model's inputs and outputs against the contract (ranks and names)."""
         expected_inputs, expected_outputs = self.info.io_contract()
-        for kind, ports, expected in (("inputs", self.compiled.inputs, expected_inputs),
-                                      ("outputs", self.compiled.outputs, expected_outputs)):
+        for kind, ports, expected in (
+            ("inputs", self.compiled.inputs, expected_inputs),
+            ("outputs", self.compiled.outputs, expected_outputs),
+        ):
             names = {port.get_any_name() for port in ports}
             if names != set(expected):
                 raise DDPMError(f"{self.path}: OpenVINO sees {kind} {sorted(names)}, expected {sorted(expected)}")

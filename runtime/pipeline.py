@@ -24,8 +24,9 @@ which noise a sample gets.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,16 @@ from .installed import models_dir
 from .precision import fastest_path
 from .session import UNetSession
 
-__all__ = ["DDPM", "SampleRun", "open_model", "default_model_path", "class_prior_labels", "frame_positions", "Job",
-           "SamplingEngine"]
+__all__ = [
+    "DDPM",
+    "SampleRun",
+    "open_model",
+    "default_model_path",
+    "class_prior_labels",
+    "frame_positions",
+    "Job",
+    "SamplingEngine",
+]
 
 ENGINES = ("auto", "plain", "iobinding")
 DEFAULT_MODEL = EMBEDDED[DEFAULT_EMBEDDED]  # class-conditional: ddpm-run with and without --digit
@@ -88,9 +97,14 @@ class DDPM:
 
     @classmethod
     def load(
-        cls, onnx_path: str | Path | None = None, provider: str = "auto", threads: int | None = None,
-        cuda_graph: bool = False, device_id: int = 0, precision: str = "fp32",
-    ) -> "DDPM":
+        cls,
+        onnx_path: str | Path | None = None,
+        provider: str = "auto",
+        threads: int | None = None,
+        cuda_graph: bool = False,
+        device_id: int = 0,
+        precision: str = "fp32",
+    ) -> DDPM:
         """Open an exported model; without a path, the embedded one (through :func:`open_model`).
 
         ``provider``: "auto" (CUDA when a GPU is usable, else ONNX Runtime's CPU provider), "cpu",
@@ -124,8 +138,16 @@ class DDPM:
             self._cpu_batch = cpu_batch.choose(self.session, on_measure)
         return self._cpu_batch
 
-    def plan(self, sampler: str | None = None, steps: int | None = None, digits: Sequence[int] | None = None,
-             guidance: float | None = None, frames: int = 0, show: str = "xt", **options: Any) -> SamplingPlan:
+    def plan(
+        self,
+        sampler: str | None = None,
+        steps: int | None = None,
+        digits: Sequence[int] | None = None,
+        guidance: float | None = None,
+        frames: int = 0,
+        show: str = "xt",
+        **options: Any,
+    ) -> SamplingPlan:
         """A checked sampling plan for this model; None takes each setting's default. ``options`` are the
         sampler's own settings, e.g. ``eta=`` and ``spacing=`` for DDIM (see :mod:`ddpm.core.samplers`)."""
         return SamplingPlan.build(self.info, self.schedule, sampler, steps, digits, guidance, frames, show, **options)
@@ -144,9 +166,16 @@ class DDPM:
             return "plain" if self.session.on_cpu and not self.session.cuda_graph else "iobinding"
         return choice
 
-    def generate(self, n: int, plan: SamplingPlan | None = None, seed: int = 0, batch_size: int | None = None,
-                 on_step: Callable[[int, int], None] | None = None, engine: str = "auto",
-                 progress: bool | None = None) -> SampleRun:
+    def generate(
+        self,
+        n: int,
+        plan: SamplingPlan | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        engine: str = "auto",
+        progress: bool | None = None,
+    ) -> SampleRun:
         """Run ``plan`` (None: :meth:`plan`'s defaults, the ancestral loop) for ``n`` samples, as one
         request on a :class:`SamplingEngine` of its own.
 
@@ -165,8 +194,9 @@ class DDPM:
             raise SettingError("batch_size", f"must be >= 1, got {batch_size}")
         batch = self.session.fixed_batch or min(batch_size or self.default_batch_size(), n)
         engine = self.engine(engine)
-        runner = SamplingEngine(self.session, max_rows=batch, binding=engine == "iobinding", max_request_rows=None,
-                                decoder=self.decoder)
+        runner = SamplingEngine(
+            self.session, max_rows=batch, binding=engine == "iobinding", max_request_rows=None, decoder=self.decoder
+        )
         if progress is None:
             progress = on_step is None and sys.stderr is not None and sys.stderr.isatty()
         bar = Progress(plan.steps, f"sample {n}", unit="step", enabled=progress)
@@ -191,15 +221,33 @@ class DDPM:
         """What is recorded beside a request's samples (npz, PNG text, summary): ``batch`` rows per
         network call, through ``engine`` ("plain" or "iobinding")."""
         plan, labels = job.plan, job.labels
-        labelled = {} if labels is None else {"labels": labels.tolist(), "labels_drawn": job.labels_drawn, "guidance": plan.guidance}
+        labelled = (
+            {}
+            if labels is None
+            else {"labels": labels.tolist(), "labels_drawn": job.labels_drawn, "guidance": plan.guidance}
+        )
         return RunSettings(
-            seed=job.seed, num_samples=job.n, sampler=plan.sampler, steps=plan.steps, options=plan.options,
-            timesteps=self.timesteps, batch_size=batch, engine=engine, variance=self.info.variance,
-            noise_at_last_step=self.info.noise_at_last_step, provider=self.provider, model=self.session.path.name,
-            model_sha256=self.session.file_sha256, checkpoint_sha256=str(self.info.source.get("sha256", "")), transform=self.info.source.get("transform", "pad"), **labelled,
+            seed=job.seed,
+            num_samples=job.n,
+            sampler=plan.sampler,
+            steps=plan.steps,
+            options=plan.options,
+            timesteps=self.timesteps,
+            batch_size=batch,
+            engine=engine,
+            variance=self.info.variance,
+            noise_at_last_step=self.info.noise_at_last_step,
+            provider=self.provider,
+            model=self.session.path.name,
+            model_sha256=self.session.file_sha256,
+            checkpoint_sha256=str(self.info.source.get("sha256", "")),
+            transform=self.info.source.get("transform", "pad"),
+            **labelled,
         )
 
-    def serving_engine(self, max_rows: int | None = None, engine: str = "auto", max_request_rows: int | None = None) -> SamplingEngine:
+    def serving_engine(
+        self, max_rows: int | None = None, engine: str = "auto", max_request_rows: int | None = None
+    ) -> SamplingEngine:
         """A :class:`SamplingEngine` for many callers: ``max_rows`` rows per network call (None: the
         measured fastest batch on a CPU, :data:`GPU_ROWS` on a GPU, a fixed-batch model's own).
         ``max_request_rows``: the largest request taken, in rows (None: ``max_rows``); a larger one than
@@ -208,24 +256,46 @@ class DDPM:
             if value is not None and value < 1:
                 raise SettingError(name, f"must be >= 1, got {value}")
         rows = self.session.fixed_batch or max_rows or (self.batch_choice().batch if self.session.on_cpu else GPU_ROWS)
-        return SamplingEngine(self.session, max_rows=rows, binding=self.engine(engine) == "iobinding",
-                              max_request_rows=max_request_rows or rows, decoder=self.decoder)
+        return SamplingEngine(
+            self.session,
+            max_rows=rows,
+            binding=self.engine(engine) == "iobinding",
+            max_request_rows=max_request_rows or rows,
+            decoder=self.decoder,
+        )
 
-    def sample(self, n: int, seed: int = 0, batch_size: int | None = None, steps: int | None = None,
-               on_step: Callable[[int, int], None] | None = None, progress: bool | None = None) -> np.ndarray:
+    def sample(
+        self,
+        n: int,
+        seed: int = 0,
+        batch_size: int | None = None,
+        steps: int | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        progress: bool | None = None,
+    ) -> np.ndarray:
         """``n`` finished samples of the ancestral loop (respaced to ``steps``) as uint8 images;
         ``on_step(done, total)`` after each step; ``progress`` as for :meth:`generate`."""
-        return self.generate(n, self.plan(steps=steps), seed=seed, batch_size=batch_size, on_step=on_step,
-                             progress=progress).images
+        return self.generate(
+            n, self.plan(steps=steps), seed=seed, batch_size=batch_size, on_step=on_step, progress=progress
+        ).images
 
-    def animation(self, n: int, seed: int = 0, frames: int = 40, batch_size: int | None = None, steps: int | None = None) -> list[np.ndarray]:
+    def animation(
+        self, n: int, seed: int = 0, frames: int = 40, batch_size: int | None = None, steps: int | None = None
+    ) -> list[np.ndarray]:
         """The denoising as a list of uint8 image batches, pure noise first and the samples last."""
         return self.generate(n, self.plan(steps=steps, frames=frames), seed=seed, batch_size=batch_size).frames
 
 
-def open_model(model: str | Path | None = None, provider: str = "auto", precision: str = "fp32", threads: int | None = None,
-               device_id: int = 0, cuda_graph: bool = False, on_measure: Callable[[], None] | None = None,
-               check: Callable[[DDPM], None] | None = None) -> DDPM:
+def open_model(
+    model: str | Path | None = None,
+    provider: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
+    device_id: int = 0,
+    cuda_graph: bool = False,
+    on_measure: Callable[[], None] | None = None,
+    check: Callable[[DDPM], None] | None = None,
+) -> DDPM:
     """A model opened for sampling, with ``note`` saying why this engine and precision run (None:
     nothing to say); the request is checked against the rules of :mod:`.choice` first.
 

@@ -1,7 +1,8 @@
 """Which path samples on a CPU when the precision is ``auto``: an engine (ONNX Runtime or OpenVINO)
 and an arithmetic (fp32, bf16, int8), for the file named or the embedded model with its int8 copy.
 
-    session, note, timing = fastest_path(reference, int8_file, provider="auto", threads=None)   # note: which path and why
+    # note: which path and why
+    session, note, timing = fastest_path(reference, int8_file, provider="auto", threads=None)
 
 No one path is fastest on every CPU: bf16 pays where the CPU has AMX, int8 where it has fast int8
 kernels, and ONNX Runtime and OpenVINO differ by CPU. So ``auto`` measures every eligible path at
@@ -21,9 +22,9 @@ copy of the same network; and it replaces the fp32 reference only when it measur
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..core.errors import DDPMError
 from . import cpu_batch
@@ -34,8 +35,17 @@ from .session import EpsCalls, UNetSession, read_model_file
 
 ENGINES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 MARGIN = 1.05  # a path other than the fp32 reference must beat it by this much: less is within timing noise
-SAME_NETWORK = ("schedule", "image_size", "image_channels", "data_range", "prediction", "variance", "num_classes",
-                "noise_at_last_step", "model_config")
+SAME_NETWORK = (
+    "schedule",
+    "image_size",
+    "image_channels",
+    "data_range",
+    "prediction",
+    "variance",
+    "num_classes",
+    "noise_at_last_step",
+    "model_config",
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,13 @@ class CpuPath:
         return f"{ENGINES[self.engine]} {self.precision}"
 
 
-def fastest_path(reference: EpsCalls, int8_file: Path | None, provider: str, threads: int | None,
-                 on_measure: Callable[[], None] | None = None) -> tuple[EpsCalls, str | None, cpu_batch.Timing | None]:
+def fastest_path(
+    reference: EpsCalls,
+    int8_file: Path | None,
+    provider: str,
+    threads: int | None,
+    on_measure: Callable[[], None] | None = None,
+) -> tuple[EpsCalls, str | None, cpu_batch.Timing | None]:
     """The fastest eligible path per image on this CPU (measured once, cached), why (None: nothing
     to say), and the chosen path's figure for the first real run to check (None: nothing was compared).
     ``reference`` is the fp32 session opened as asked; ``int8_file`` the embedded model's int8 copy,
@@ -121,9 +136,15 @@ def _open(path: CpuPath, files: dict[str, Path], threads: int | None) -> EpsCall
         return None
 
 
-def measure_paths(session: EpsCalls, reference: CpuPath, paths: list[CpuPath], files: dict[str, Path],
-                  threads: int | None, on_measure: Callable[[], None] | None,
-                  key: str) -> tuple[EpsCalls, str, cpu_batch.Timing | None]:
+def measure_paths(
+    session: EpsCalls,
+    reference: CpuPath,
+    paths: list[CpuPath],
+    files: dict[str, Path],
+    threads: int | None,
+    on_measure: Callable[[], None] | None,
+    key: str,
+) -> tuple[EpsCalls, str, cpu_batch.Timing | None]:
     """Open every path beside the reference ``session``, check its ε, time the eligible ones now in one
     interleaved pass (never beside a cached figure), remember the fastest with the pass's figures."""
     if on_measure is not None:
@@ -148,22 +169,38 @@ def measure_paths(session: EpsCalls, reference: CpuPath, paths: list[CpuPath], f
     fastest = min(times, key=lambda path: (times[path], paths.index(path)))
     baseline = times.get(reference, times[fastest])
     best = fastest if reference not in times or baseline / times[fastest] >= MARGIN else reference
-    why = f"{best}: " + reason(best, str(reference), baseline / times[best], differences.get(best), "measured now",
-                               {str(path): ms for path, ms in times.items()})
+    why = f"{best}: " + reason(
+        best,
+        str(reference),
+        baseline / times[best],
+        differences.get(best),
+        "measured now",
+        {str(path): ms for path, ms in times.items()},
+    )
     timing = cpu_batch.Timing(key, str(best), choices[best].batch, times[best], choices[best].measured)
     write_choice(key, best, str(reference), baseline / times[best], differences, times, timing)
-    refused = [f"{path} (ε {value:.3f} > {TOLERANCE:g})" for path, value in differences.items() if not value <= TOLERANCE]
+    refused = [
+        f"{path} (ε {value:.3f} > {TOLERANCE:g})" for path, value in differences.items() if not value <= TOLERANCE
+    ]
     if refused:
         why += f"; not eligible: {', '.join(refused)}"
     return opened[best], why, timing
 
 
-def reason(best: CpuPath, reference: str, ratio: float, difference: float | None, when: str,
-           per_image_ms: dict[str, float] | None = None) -> str:
+def reason(
+    best: CpuPath,
+    reference: str,
+    ratio: float,
+    difference: float | None,
+    when: str,
+    per_image_ms: dict[str, float] | None = None,
+) -> str:
     """Why ``best`` runs, for the first output line. When the reference stays, ``per_image_ms``
     (path name → ms per image, as measured) says how the others compared."""
     if str(best) != reference:
-        check = "" if difference is None else f", ε within {difference:.3f} of fp32 (relative RMS, tolerance {TOLERANCE:g})"
+        check = (
+            "" if difference is None else f", ε within {difference:.3f} of fp32 (relative RMS, tolerance {TOLERANCE:g})"
+        )
         return f"{ratio:.2f}x the speed of {reference} on this CPU ({when}){check}"
     times = per_image_ms or {}
     others = sorted((ms, name) for name, ms in times.items() if name != reference)
@@ -171,8 +208,10 @@ def reason(best: CpuPath, reference: str, ratio: float, difference: float | None
         return f"the reference path ({when})"
     (fastest_ms, fastest), base = others[0], times[reference]
     if fastest_ms < base:
-        return (f"kept ({when}): {fastest} measured {base / fastest_ms:.2f}x, "
-                f"under the {MARGIN:g}x a change of arithmetic needs")
+        return (
+            f"kept ({when}): {fastest} measured {base / fastest_ms:.2f}x, "
+            f"under the {MARGIN:g}x a change of arithmetic needs"
+        )
     listed = ", ".join(f"{name} {base / ms:.2f}x" for ms, name in others)
     return f"the fastest path on this CPU ({when}; the others: {listed})"
 
@@ -192,7 +231,9 @@ def read_choice(key: str, paths: list[CpuPath]) -> tuple[CpuPath, str, cpu_batch
     if not isinstance(entry, dict) or entry.get("one_pass") is not True:
         return None
     path = CpuPath(str(entry.get("engine")), str(entry.get("precision")))
-    ratio, difference, when, versus, batch = (entry.get(name) for name in ("ratio", "eps_difference", "measured", "versus", "batch"))
+    ratio, difference, when, versus, batch = (
+        entry.get(name) for name in ("ratio", "eps_difference", "measured", "versus", "batch")
+    )
     if path not in paths or not _number(ratio) or not isinstance(when, str) or not isinstance(versus, str):
         return None
     if difference is not None and not (_number(difference) and difference <= TOLERANCE):
@@ -209,11 +250,25 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) < 1e9
 
 
-def write_choice(key: str, best: CpuPath, versus: str, ratio: float, differences: dict[CpuPath, float],
-                 times: dict[CpuPath, float], timing: cpu_batch.Timing) -> None:
+def write_choice(
+    key: str,
+    best: CpuPath,
+    versus: str,
+    ratio: float,
+    differences: dict[CpuPath, float],
+    times: dict[CpuPath, float],
+    timing: cpu_batch.Timing,
+) -> None:
     """One record of one pass: every path's figure, the chosen path's batch, the pass's one timestamp."""
-    entry = {"engine": best.engine, "precision": best.precision, "versus": versus, "ratio": round(ratio, 4),
-             "eps_difference": None if best not in differences else round(differences[best], 5),
-             "per_image_ms": {str(path): round(ms, 4) for path, ms in times.items()},
-             "batch": timing.batch, "measured": timing.measured, "one_pass": True}
+    entry = {
+        "engine": best.engine,
+        "precision": best.precision,
+        "versus": versus,
+        "ratio": round(ratio, 4),
+        "eps_difference": None if best not in differences else round(differences[best], 5),
+        "per_image_ms": {str(path): round(ms, 4) for path, ms in times.items()},
+        "batch": timing.batch,
+        "measured": timing.measured,
+        "one_pass": True,
+    }
     cpu_batch.remember(key, entry)

@@ -43,11 +43,15 @@ class Judge:
         try:
             self.session = cpu_session(path, threads)
         except Exception as exc:  # ONNX Runtime's own exception types
-            raise DDPMError(f"the judge model {path} cannot be loaded ({summary(exc)}); reinstall the package") from None
+            raise DDPMError(
+                f"the judge model {path} cannot be loaded ({summary(exc)}); reinstall the package"
+            ) from None
         names = ({i.name for i in self.session.get_inputs()}, {o.name for o in self.session.get_outputs()})
         if names != ({"images"}, {"logits", "features"}):
-            raise DDPMError(f"the judge model {path} is not the judge (inputs {sorted(names[0])}, outputs {sorted(names[1])}); "
-                            "reinstall the package")
+            raise DDPMError(
+                f"the judge model {path} is not the judge (inputs {sorted(names[0])}, outputs {sorted(names[1])}); "
+                "reinstall the package"
+            )
         self.path = path
 
     def __call__(self, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +139,9 @@ class Scores:
         return asdict(self)
 
 
-def score(probabilities: np.ndarray, features: np.ndarray, reference_features: np.ndarray,
-          labels: np.ndarray | None = None) -> Scores:
+def score(
+    probabilities: np.ndarray, features: np.ndarray, reference_features: np.ndarray, labels: np.ndarray | None = None
+) -> Scores:
     """The judge's figures for one image set; ``labels`` (the digit each image should show) adds accuracy."""
     predicted = probabilities.argmax(axis=1)
     histogram = np.bincount(predicted, minlength=10) / len(predicted)
@@ -153,7 +158,9 @@ def score(probabilities: np.ndarray, features: np.ndarray, reference_features: n
 
 def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float | None]:
     """For each digit 0..9, the share of images asked to show it that the judge assigns to it."""
-    return [float((predicted[labels == digit] == digit).mean()) if np.any(labels == digit) else None for digit in range(10)]
+    return [
+        float((predicted[labels == digit] == digit).mean()) if np.any(labels == digit) else None for digit in range(10)
+    ]
 
 
 MIN_VERDICT_SAMPLES = 50  # fewer samples than this make a Fréchet distance and a share too noisy to judge
@@ -163,22 +170,44 @@ def targets(samples: Scores, floor: Scores, requested: bool) -> list[str]:
     """The targets each figure is held to; ``requested``: the digits were asked for (``--digit``)."""
     factor = FD_FACTOR["requested" if requested else "drawn"]
     checks = [
-        (f"Fréchet distance <= {factor:g} x floor", samples.frechet_distance <= factor * floor.frechet_distance,
-         f"{samples.frechet_distance:.3f} vs {factor * floor.frechet_distance:.3f}"),
-        ("confidence >= floor - 0.03", samples.confidence >= floor.confidence - 0.03,
-         f"{samples.confidence:.3f} vs {floor.confidence - 0.03:.3f}"),
+        (
+            f"Fréchet distance <= {factor:g} x floor",
+            samples.frechet_distance <= factor * floor.frechet_distance,
+            f"{samples.frechet_distance:.3f} vs {factor * floor.frechet_distance:.3f}",
+        ),
+        (
+            "confidence >= floor - 0.03",
+            samples.confidence >= floor.confidence - 0.03,
+            f"{samples.confidence:.3f} vs {floor.confidence - 0.03:.3f}",
+        ),
     ]
     if not requested:
-        checks.append(("largest class deviation <= 0.03", samples.max_class_deviation <= 0.03,
-                       f"{samples.max_class_deviation:.3f}"))
+        checks.append(
+            (
+                "largest class deviation <= 0.03",
+                samples.max_class_deviation <= 0.03,
+                f"{samples.max_class_deviation:.3f}",
+            )
+        )
     if requested and samples.accuracy is not None:
         worst = min(a for a in samples.class_accuracy if a is not None)
-        checks += [(f"judged as requested >= {REQUESTED_ACCURACY:g}", samples.accuracy >= REQUESTED_ACCURACY,
-                    f"{samples.accuracy:.3f}"),
-                   (f"worst digit judged as requested >= {WORST_DIGIT_ACCURACY:g}", worst >= WORST_DIGIT_ACCURACY,
-                    f"{worst:.3f}")]
+        checks += [
+            (
+                f"judged as requested >= {REQUESTED_ACCURACY:g}",
+                samples.accuracy >= REQUESTED_ACCURACY,
+                f"{samples.accuracy:.3f}",
+            ),
+            (
+                f"worst digit judged as requested >= {WORST_DIGIT_ACCURACY:g}",
+                worst >= WORST_DIGIT_ACCURACY,
+                f"{worst:.3f}",
+            ),
+        ]
     if samples.count < MIN_VERDICT_SAMPLES:  # the figures still print; a verdict on so few would mislead
-        return [f"{name}: {figures}: no verdict below N = {MIN_VERDICT_SAMPLES} (N = {samples.count})" for name, _, figures in checks]
+        return [
+            f"{name}: {figures}: no verdict below N = {MIN_VERDICT_SAMPLES} (N = {samples.count})"
+            for name, _, figures in checks
+        ]
     return [f"{name}: {figures}: {'met' if ok else 'missed'}" for name, ok, figures in checks]
 
 
@@ -192,10 +221,16 @@ def table(samples: Scores, floor: Scores) -> str:
     ]
     if samples.accuracy is not None:
         rows.insert(1, ("judged as the requested digit", f"{samples.accuracy:.3f}", f"{floor.accuracy:.3f}"))
-    rows += [(f"  class {digit} share", f"{samples.histogram[digit]:.3f}", f"{floor.histogram[digit]:.3f}") for digit in range(10)]
+    rows += [
+        (f"  class {digit} share", f"{samples.histogram[digit]:.3f}", f"{floor.histogram[digit]:.3f}")
+        for digit in range(10)
+    ]
     if samples.class_accuracy is not None:
-        rows += [(f"  digit {digit} judged as requested", f"{a:.3f}", "-" if b is None else f"{b:.3f}")
-                 for digit, (a, b) in enumerate(zip(samples.class_accuracy, floor.class_accuracy)) if a is not None]
+        rows += [
+            (f"  digit {digit} judged as requested", f"{a:.3f}", "-" if b is None else f"{b:.3f}")
+            for digit, (a, b) in enumerate(zip(samples.class_accuracy, floor.class_accuracy))
+            if a is not None
+        ]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'samples':>10}  {'real (floor)':>12}"]
     lines += [f"{name:{width}}  {a:>10}  {b:>12}" for name, a, b in rows]

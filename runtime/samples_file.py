@@ -42,14 +42,20 @@ def load_npz(path: Path) -> tuple[np.ndarray, dict]:
             for info in members:
                 # zipfile inflates a member no further than its declared size, so this bounds the inflating.
                 if info.file_size > MAX_NPZ_MEMBER_BYTES:
-                    raise DDPMError(f"{path}: member {info.filename} declares {info.file_size} bytes, "
-                                    f"which exceeds the {MAX_NPZ_MEMBER_BYTES}-byte limit for an archive member")
+                    raise DDPMError(
+                        f"{path}: member {info.filename} declares {info.file_size} bytes, "
+                        f"which exceeds the {MAX_NPZ_MEMBER_BYTES}-byte limit for an archive member"
+                    )
             names = {info.filename: info for info in members}
             if "images.npy" not in names:
                 found = ", ".join(name.removesuffix(".npy") for name in names)
                 raise DDPMError(f"{path} has no 'images' array (found: {found or 'nothing'})")
             images = _read_npy_member(path, archive, names["images.npy"])
-            settings = json.loads(str(_read_npy_member(path, archive, names["settings.npy"]))) if "settings.npy" in names else {}
+            settings = (
+                json.loads(str(_read_npy_member(path, archive, names["settings.npy"])))
+                if "settings.npy" in names
+                else {}
+            )
     except DDPMError:
         raise
     # zlib.error: corrupt deflate data; RuntimeError: an encrypted member or an unsupported compression method.
@@ -80,16 +86,27 @@ def _read_npy_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo
         declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for any shape
         held = info.file_size - member.tell()  # what follows the header
         if declared > MAX_NPZ_MEMBER_BYTES:
-            raise DDPMError(f"{path}: {info.filename} declares shape {list(shape)} of {dtype} ({declared} bytes), "
-                            f"which exceeds the {MAX_NPZ_MEMBER_BYTES}-byte limit")
+            raise DDPMError(
+                f"{path}: {info.filename} declares shape {list(shape)} of {dtype} ({declared} bytes), "
+                f"which exceeds the {MAX_NPZ_MEMBER_BYTES}-byte limit"
+            )
         if declared != held:
-            raise DDPMError(f"{path}: {info.filename} declares shape {list(shape)} of {dtype} ({declared} bytes) "
-                            f"but holds {held} bytes")
+            raise DDPMError(
+                f"{path}: {info.filename} declares shape {list(shape)} of {dtype} ({declared} bytes) "
+                f"but holds {held} bytes"
+            )
     with archive.open(info) as member:
         return np.lib.format.read_array(member, allow_pickle=False)
 
 
-SETTING_TYPES = {"transform": str, "labels_drawn": bool, "seed": int, "sampler": str, "steps": int, "guidance": (int, float)}
+SETTING_TYPES = {
+    "transform": str,
+    "labels_drawn": bool,
+    "seed": int,
+    "sampler": str,
+    "steps": int,
+    "guidance": (int, float),
+}
 
 
 def check_settings(npz: Path, settings: dict, count: int) -> None:
@@ -104,7 +121,9 @@ def check_settings(npz: Path, settings: dict, count: int) -> None:
     labels = settings.get("labels")
     if labels is None:
         return
-    if not isinstance(labels, list) or not all(isinstance(y, int) and not isinstance(y, bool) and 0 <= y <= 9 for y in labels):
+    if not isinstance(labels, list) or not all(
+        isinstance(y, int) and not isinstance(y, bool) and 0 <= y <= 9 for y in labels
+    ):
         raise DDPMError(f"{npz}: its settings' labels are not a list of digits 0-9")
     if len(labels) != count:
         raise DDPMError(f"{npz}: its settings list {len(labels)} labels for {count} images")
@@ -116,6 +135,8 @@ def read_samples(npz: Path, limit: int) -> tuple[np.ndarray, dict, dict]:
     report's note of their source."""
     images, settings = load_npz(npz)
     if len(images) > limit:
-        raise DDPMError(f"{npz} holds {len(images)} images; at most {limit} (half the test set) can be compared with the floor")
+        raise DDPMError(
+            f"{npz} holds {len(images)} images; at most {limit} (half the test set) can be compared with the floor"
+        )
     check_settings(npz, settings, len(images))
     return images, settings, {"npz": str(npz), **{k: settings[k] for k in SETTINGS_KEPT if k in settings}}

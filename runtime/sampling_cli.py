@@ -7,14 +7,23 @@ whose errors come back as errors about the flags.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from ..core.console import FiniteFloatRange
-from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, STUDENT_SAMPLER, SamplingPlan, SettingError
+from ..core.plan import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DIGIT_SAMPLER,
+    MAX_GUIDANCE,
+    STUDENT_SAMPLER,
+    SamplingPlan,
+    SettingError,
+)
 from ..core.samplers import SPECS, Option, accepting, choices, option_names
 from .choice import DEFAULT_EMBEDDED, DESCRIPTIONS, EMBEDDED, EMBEDDED_STUDENT, ChoiceError, choose_model
 from .pipeline import DDPM
@@ -24,25 +33,35 @@ MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are
 FLAGS = {"digits": "--digit", "n": "--num-samples", "batch_size": "--batch-size"}
 SAMPLER_SETTINGS = ("sampler", "steps", *option_names())  # the keywords sampling_options adds
 
-PRECISION_HELP = ("The arithmetic on a CPU: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' the float layers in "
-                  "bfloat16 on OpenVINO (CPUs with AMX or AVX512-BF16); 'auto' the fastest eligible engine and precision, "
-                  "measured once per machine and cached (bf16 and int8 only where their ε stays within 5% of fp32's). "
-                  "With --onnx: fp32 (the file as it is), auto or bf16.")
-PROVIDER_HELP = ("Where the network runs: ONNX Runtime's 'cpu', 'cuda' or 'tensorrt' provider, or OpenVINO's CPU engine "
-                 "('openvino', the openvino extra); 'auto' uses CUDA when a GPU is usable, else the fastest CPU path.")
-EVAL_PRECISION_HELP = ("When sampling: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' on OpenVINO; 'auto' the fastest "
-                       "eligible CPU path, as ddpm-run picks it.")
+PRECISION_HELP = (
+    "The arithmetic on a CPU: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' the float layers in "
+    "bfloat16 on OpenVINO (CPUs with AMX or AVX512-BF16); 'auto' the fastest eligible engine and precision, "
+    "measured once per machine and cached (bf16 and int8 only where their ε stays within 5% of fp32's). "
+    "With --onnx: fp32 (the file as it is), auto or bf16."
+)
+PROVIDER_HELP = (
+    "Where the network runs: ONNX Runtime's 'cpu', 'cuda' or 'tensorrt' provider, or OpenVINO's CPU engine "
+    "('openvino', the openvino extra); 'auto' uses CUDA when a GPU is usable, else the fastest CPU path."
+)
+EVAL_PRECISION_HELP = (
+    "When sampling: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' on OpenVINO; 'auto' the fastest "
+    "eligible CPU path, as ddpm-run picks it."
+)
 
 
-MODEL_HELP = ("A model shipped with the package, by name: "
-              + "; ".join(f"'{name}': {DESCRIPTIONS[name]}" for name in EMBEDDED)
-              + f". --onnx names any exported file instead. [default: {DEFAULT_EMBEDDED}; {EMBEDDED_STUDENT} with --sampler "
-              f"{STUDENT_SAMPLER}]")
+MODEL_HELP = (
+    "A model shipped with the package, by name: "
+    + "; ".join(f"'{name}': {DESCRIPTIONS[name]}" for name in EMBEDDED)
+    + f". --onnx names any exported file instead. [default: {DEFAULT_EMBEDDED}; {EMBEDDED_STUDENT} with --sampler "
+    f"{STUDENT_SAMPLER}]"
+)
 
 
 def model_option(function: Callable) -> Callable:
     """``--model NAME``: an embedded model (the commands that take --onnx also take this)."""
-    return click.option("--model", "model_name", type=click.Choice(tuple(EMBEDDED)), default=None, help=MODEL_HELP)(function)
+    return click.option("--model", "model_name", type=click.Choice(tuple(EMBEDDED)), default=None, help=MODEL_HELP)(
+        function
+    )
 
 
 def chosen_model(onnx_path: Path | None, model_name: str | None, sampler: str | None = None) -> Path | str | None:
@@ -70,7 +89,7 @@ def flag(setting: str) -> str:
 
 
 def _grouped(values: dict[str, object]) -> str:
-    """"a for x, y; b for z": sampler names grouped by the value they take."""
+    """ "a for x, y; b for z": sampler names grouped by the value they take."""
     groups: dict[str, list[str]] = {}
     for name, value in values.items():
         groups.setdefault(str(value), []).append(name)
@@ -79,7 +98,10 @@ def _grouped(values: dict[str, object]) -> str:
 
 def _sampler_help() -> str:
     kinds = "; ".join(f"'{spec.name}': {spec.summary}" for spec in SPECS)
-    return f"The sampling method. {kinds}. Each in detail: docs/MODELS.md, Samplers. [default: {DEFAULT_SAMPLER}; {DIGIT_SAMPLER} with --digit]"
+    return (
+        f"The sampling method. {kinds}. Each in detail: docs/MODELS.md, Samplers. "
+        f"[default: {DEFAULT_SAMPLER}; {DIGIT_SAMPLER} with --digit]"
+    )
 
 
 def _steps_help() -> str:
@@ -106,13 +128,22 @@ def sampling_options(function: Callable) -> Callable:
         click.option("--sampler", type=click.Choice(choices()), default=None, help=_sampler_help()),
         click.option("--steps", type=int, default=None, metavar="INTEGER", help=_steps_help()),
         *(_option(name) for name in option_names()),
-        click.option("--digit", default=None, metavar="D|D,E,...|all",
-                     help="Class-conditional models: the digit to draw, a list (cycled over the samples), or 'all' "
-                          "(every digit in turn; the grids get one column per digit). [default: every digit equally "
-                          "often, in an order drawn from the seed]"),
-        click.option("--guidance", type=FiniteFloatRange(), default=None, metavar="FLOAT",
-                     help=f"Classifier-free guidance w with --digit, 0 to {MAX_GUIDANCE:g}: ε = (1+w)·ε(x,y) − w·ε(x,∅); "
-                          f"0 = plain conditional. [default: {DEFAULT_GUIDANCE:g} with --digit]"),
+        click.option(
+            "--digit",
+            default=None,
+            metavar="D|D,E,...|all",
+            help="Class-conditional models: the digit to draw, a list (cycled over the samples), or 'all' "
+            "(every digit in turn; the grids get one column per digit). [default: every digit equally "
+            "often, in an order drawn from the seed]",
+        ),
+        click.option(
+            "--guidance",
+            type=FiniteFloatRange(),
+            default=None,
+            metavar="FLOAT",
+            help=f"Classifier-free guidance w with --digit, 0 to {MAX_GUIDANCE:g}: ε = (1+w)·ε(x,y) − w·ε(x,∅); "
+            f"0 = plain conditional. [default: {DEFAULT_GUIDANCE:g} with --digit]",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -128,8 +159,9 @@ class SamplingRequest:
     columns: int | None
 
 
-def sampling_request(ddpm: DDPM, n: int | None, digit: str | None = None, frames: int = 0, show: str = "xt",
-                     **settings: Any) -> SamplingRequest:
+def sampling_request(
+    ddpm: DDPM, n: int | None, digit: str | None = None, frames: int = 0, show: str = "xt", **settings: Any
+) -> SamplingRequest:
     """The plan for these options (``settings``: the sampler flags, by keyword) on this model; one-line
     errors, about the flags, for what cannot work.
 
@@ -157,14 +189,20 @@ def flag_error(exc: SettingError) -> click.BadParameter:
 def parse_digits(text: str, classes: int) -> list[int]:
     """The classes a ``--digit`` value names: "D", "D,E,..." or "all" (0, 1, ..., K−1)."""
     if not classes:
-        raise click.BadParameter("this model is unconditional: --digit needs a class-conditional export", param_hint="'--digit'")
+        raise click.BadParameter(
+            "this model is unconditional: --digit needs a class-conditional export", param_hint="'--digit'"
+        )
     text = text.strip().lower()
     if text == "all":
         return list(range(classes))
     parts = text.split(",")
     if len(parts) > MAX_DIGIT_LIST:
-        raise click.BadParameter(f"lists at most {MAX_DIGIT_LIST} digits (they are cycled over the samples)", param_hint="'--digit'")
+        raise click.BadParameter(
+            f"lists at most {MAX_DIGIT_LIST} digits (they are cycled over the samples)", param_hint="'--digit'"
+        )
     try:
         return [int(part) for part in parts]
     except ValueError:
-        raise click.BadParameter(f"takes a digit, a comma-separated list or 'all', got {text!r}", param_hint="'--digit'") from None
+        raise click.BadParameter(
+            f"takes a digit, a comma-separated list or 'all', got {text!r}", param_hint="'--digit'"
+        ) from None

@@ -47,8 +47,22 @@ def gpu_present() -> bool:
 
 # What the CUDA provider of onnxruntime-gpu loads (CUDA 13, cuDNN 9); the `cuda` extra installs them.
 CUDA_LIBRARIES = {
-    "linux": ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcufft.so.12", "libcurand.so.10", "libcudnn.so.9"),
-    "win32": ("cudart64_13.dll", "cublas64_13.dll", "cublasLt64_13.dll", "cufft64_12.dll", "curand64_10.dll", "cudnn64_9.dll"),
+    "linux": (
+        "libcudart.so.13",
+        "libcublas.so.13",
+        "libcublasLt.so.13",
+        "libcufft.so.12",
+        "libcurand.so.10",
+        "libcudnn.so.9",
+    ),
+    "win32": (
+        "cudart64_13.dll",
+        "cublas64_13.dll",
+        "cublasLt64_13.dll",
+        "cufft64_12.dll",
+        "curand64_10.dll",
+        "cudnn64_9.dll",
+    ),
 }
 CUDA_EXTRA = 'pip install "ddpm-mnist[cuda]"'
 
@@ -89,8 +103,10 @@ def conflicting_runtimes() -> str | None:
             continue
     if len(installed) < 2:
         return None
-    return ("onnxruntime and onnxruntime-gpu are both installed and share one module; keep one: "
-            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (or onnxruntime without a GPU)")
+    return (
+        "onnxruntime and onnxruntime-gpu are both installed and share one module; keep one: "
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (or onnxruntime without a GPU)"
+    )
 
 
 def cpu_session(model: bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:
@@ -153,15 +169,19 @@ class EpsCalls:
         """Graph inputs; a class-conditional model without labels gets the "no class" index."""
         feeds = {"x": x, "t": t}
         if self.info.num_classes:
-            feeds["y"] = np.full(len(x), self.info.num_classes, dtype=np.int64) if y is None else np.asarray(y, np.int64)
+            feeds["y"] = (
+                np.full(len(x), self.info.num_classes, dtype=np.int64) if y is None else np.asarray(y, np.int64)
+            )
         return feeds
 
     def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """ε for a batch; a failure of the engine or an ε of another shape or type is a one-line error."""
         result = self.run(self.output_name, self.feeds(x, t, y))
         if result.shape != x.shape or result.dtype != np.float32:
-            raise DDPMError(f"{self.path}: the model returned ε of shape {list(result.shape)} ({result.dtype}) for x of "
-                            f"shape {list(x.shape)}; it must match x, float32")
+            raise DDPMError(
+                f"{self.path}: the model returned ε of shape {list(result.shape)} ({result.dtype}) for x of "
+                f"shape {list(x.shape)}; it must match x, float32"
+            )
         return result
 
 
@@ -174,15 +194,21 @@ class UNetSession(EpsCalls):
     """
 
     def __init__(
-        self, model_path: str | Path, provider: str = "auto", threads: int | None = None, cuda_graph: bool = False,
+        self,
+        model_path: str | Path,
+        provider: str = "auto",
+        threads: int | None = None,
+        cuda_graph: bool = False,
         device_id: int = 0,
     ) -> None:
         self.path = Path(model_path)
         if device_id < 0:
             raise DDPMError(f"the CUDA device index must be >= 0, got {device_id}")
         if device_id > 0 and provider != "cpu" and device_id >= (count := cuda_device_count()):
-            raise DDPMError(f"CUDA device {device_id} does not exist: "
-                            + (f"this machine has {count} (0-{count - 1})" if count else "this machine has no CUDA device"))
+            raise DDPMError(
+                f"CUDA device {device_id} does not exist: "
+                + (f"this machine has {count} (0-{count - 1})" if count else "this machine has no CUDA device")
+            )
         self.device_id = device_id
         self.notes: list[str] = []  # why the provider differs from the one asked for
         self.problems: list[str] = []  # the notes that are also warned about (see ProviderWarning)
@@ -190,7 +216,9 @@ class UNetSession(EpsCalls):
         self.threads = threads
         model = read_model_file(self.path)  # everything about the file is checked before ONNX Runtime parses it
         model_bytes, self.file_sha256, self.info = model.data, model.sha256, model.info
-        if self.info.precision == "int8":  # QDQ int8 kernels are the CPU provider's; on a GPU it would run slower than fp32
+        if (
+            self.info.precision == "int8"
+        ):  # QDQ int8 kernels are the CPU provider's; on a GPU it would run slower than fp32
             if provider in ("cuda", "tensorrt"):
                 raise DDPMError(f"{self.path} is an int8 copy for CPUs; provider {provider!r} needs the fp32 model")
             if provider == "auto":
@@ -255,7 +283,9 @@ class UNetSession(EpsCalls):
         session = self._load(model, options, self._gpu_providers(provider))
         if session.get_providers()[0] != name:
             missing = missing_cuda_libraries()
-            reason = f"cannot load {', '.join(missing)}; {CUDA_EXTRA} installs them" if missing else "see ONNX Runtime's log"
+            reason = (
+                f"cannot load {', '.join(missing)}; {CUDA_EXTRA} installs them" if missing else "see ONNX Runtime's log"
+            )
             raise DDPMError(f"provider {provider!r}: ONNX Runtime could not start {name} ({reason})")
         return session
 
@@ -263,8 +293,10 @@ class UNetSession(EpsCalls):
     def _cuda_failure_note() -> str:
         missing = missing_cuda_libraries()
         if missing:
-            return (f"the CUDA provider could not start: cannot load {', '.join(missing)} "
-                    f"({CUDA_EXTRA} installs CUDA and cuDNN); running on the CPU")
+            return (
+                f"the CUDA provider could not start: cannot load {', '.join(missing)} "
+                f"({CUDA_EXTRA} installs CUDA and cuDNN); running on the CPU"
+            )
         return "the CUDA provider could not start although its libraries load; running on the CPU"
 
     def _gpu_providers(self, provider: str) -> list:
@@ -291,15 +323,19 @@ class UNetSession(EpsCalls):
         info = self.info
         ort_types = {"float32": "tensor(float)", "int64": "tensor(int64)"}
         expected_inputs, expected_outputs = info.io_contract()
-        for kind, found, expected in (("inputs", self.session.get_inputs(), expected_inputs),
-                                      ("outputs", self.session.get_outputs(), expected_outputs)):
+        for kind, found, expected in (
+            ("inputs", self.session.get_inputs(), expected_inputs),
+            ("outputs", self.session.get_outputs(), expected_outputs),
+        ):
             by_name = {value.name: value for value in found}
             if set(by_name) != set(expected):
                 raise DDPMError(f"{self.path}: {kind} are {sorted(by_name)}, expected {sorted(expected)}")
             for name, (elem_type, rank) in expected.items():
                 if by_name[name].type != ort_types[elem_type] or len(by_name[name].shape) != rank:
-                    raise DDPMError(f"{self.path}: {name} is {by_name[name].type} of rank {len(by_name[name].shape)}, "
-                                    f"expected {ort_types[elem_type]} of rank {rank}")
+                    raise DDPMError(
+                        f"{self.path}: {name} is {by_name[name].type} of rank {len(by_name[name].shape)}, "
+                        f"expected {ort_types[elem_type]} of rank {rank}"
+                    )
         self.output_name = next(iter(expected_outputs))
         shape = {value.name: value.shape for value in self.session.get_inputs()}["x"]
         image = (info.image_channels, info.image_size, info.image_size)
@@ -318,8 +354,6 @@ class UNetSession(EpsCalls):
         self.run_calls += 1
         self.run_rows += len(feeds["x"])
         return result
-
-
 
 
 def check_binding(session: UNetSession, batch: int) -> None:
@@ -393,8 +427,10 @@ class BoundStep:
         check_binding(session, len(x0))
         device = _device(session)
         self.session = session
-        buffers = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x0, dtype=np.float32), device, _index(session)),
-                   ort.OrtValue.ortvalue_from_shape_and_type(x0.shape, np.float32, device, _index(session))]
+        buffers = [
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x0, dtype=np.float32), device, _index(session)),
+            ort.OrtValue.ortvalue_from_shape_and_type(x0.shape, np.float32, device, _index(session)),
+        ]
         self.t = ort.OrtValue.ortvalue_from_numpy(np.zeros(len(x0), np.int64), device, _index(session))
         self.noise = ort.OrtValue.ortvalue_from_numpy(np.zeros(x0.shape, np.float32), device, _index(session))
         self.buffers = buffers

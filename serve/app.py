@@ -78,9 +78,13 @@ def create_app(ddpm: DDPM, settings: Settings | None = None, backend: Backend | 
         app.state.draining = True
         await asyncio.to_thread(backend.stop, settings.grace)
 
-    app = FastAPI(title="ddpm-serve", version="0.1.0", lifespan=lifespan,
-                  description="MNIST digits from a DDPM, sampled by a continuous-batching engine: many requests share "
-                              "each network call.")
+    app = FastAPI(
+        title="ddpm-serve",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="MNIST digits from a DDPM, sampled by a continuous-batching engine: many requests share "
+        "each network call.",
+    )
     app.state.ddpm, app.state.backend, app.state.jobs, app.state.metrics = ddpm, backend, jobs, metrics
     app.state.engine = getattr(backend, "engine", None)
     app.state.draining, app.state.settings = False, settings
@@ -89,8 +93,13 @@ def create_app(ddpm: DDPM, settings: Settings | None = None, backend: Backend | 
     app.add_middleware(BodyLimit, limit=settings.body_limit)
     app.add_middleware(BearerAuth, token=settings.token)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-DDPM-Seed", "X-DDPM-Replica"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-DDPM-Seed", "X-DDPM-Replica"],
+        )
     if settings.allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     app.add_middleware(Counted, metrics=metrics)
@@ -170,8 +179,14 @@ class _JSONRoute(APIRoute):
 def _problems(*statuses: int, **descriptions: str) -> dict:
     """The documented error responses of a route, each a :class:`~.schema.Problem`; ``descriptions``
     (``s409="..."``) say what a status means on that route where the general line is not enough."""
-    return {status: {"model": Problem, "description": descriptions.get(f"s{status}", PROBLEMS[status]),
-                     **({"headers": HEADERS[status]} if status in HEADERS else {})} for status in statuses}
+    return {
+        status: {
+            "model": Problem,
+            "description": descriptions.get(f"s{status}", PROBLEMS[status]),
+            **({"headers": HEADERS[status]} if status in HEADERS else {}),
+        }
+        for status in statuses
+    }
 
 
 PROBLEMS = {
@@ -181,19 +196,36 @@ PROBLEMS = {
     409: "The job has not finished, was cancelled, or kept no frames for a GIF.",
     413: "The body is over the size limit.",
     422: "A value is invalid: the body is not JSON (bad syntax, not UTF-8, nested too deeply, a number of too many "
-         "digits), a field is of the wrong type or out of range, or the model or sampler cannot take a setting.",
+    "digits), a field is of the wrong type or out of range, or the model or sampler cannot take a setting.",
     429: "The queue is full; retry after Retry-After seconds.",
     500: "The job failed, or the server met an unexpected error.",
     503: "The server is shutting down or its engine is not running; retry after Retry-After seconds.",
 }
 HEADERS = {
     401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
-    429: {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True, "schema": {"type": "integer"}}},
-    503: {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True, "schema": {"type": "integer"}}},
+    429: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "required": True,
+            "schema": {"type": "integer"},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "required": True,
+            "schema": {"type": "integer"},
+        }
+    },
 }
-EVENT = {"type": "object", "required": ["event", "data"],  # one event of the stream, as FastAPI declares SSE
-         "properties": {"event": {"type": "string", "enum": ["progress", "frame", "end"]},
-                        "data": {"type": "string", "contentMediaType": "application/json"}}}
+EVENT = {
+    "type": "object",
+    "required": ["event", "data"],  # one event of the stream, as FastAPI declares SSE
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "frame", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 SUBMIT_PROBLEMS = (401, 408, 413, 422, 429, 500, 503)  # a body checked and queued: _checked_submit, the body limit
 # 422: FastAPI declares it on every route with a parameter, in its own model unless the route names one;
 # the job routes never send it (a job id is any string), and the document says what it would look like.
@@ -203,12 +235,18 @@ JOB_PROBLEMS = (401, 404, 422, 500)
 public = APIRouter()  # open without a token: health, and the page (it holds no data)
 
 
-@public.get("/healthz", response_model=Health, summary="200 once the model is loaded and the engine runs",
-            responses={**_problems(500), 503: {"model": Problem, "description": "Draining, or the engine is not running."}})
+@public.get(
+    "/healthz",
+    response_model=Health,
+    summary="200 once the model is loaded and the engine runs",
+    responses={**_problems(500), 503: {"model": Problem, "description": "Draining, or the engine is not running."}},
+)
 async def healthz(request: Request):
     state = request.app.state
     if state.draining or not state.backend.running:
-        raise HTTPException(503, "draining: the server is shutting down" if state.draining else "the engine is not running")
+        raise HTTPException(
+            503, "draining: the server is shutting down" if state.draining else "the engine is not running"
+        )
     rows = state.engine.max_rows if state.engine is not None else None
     return Health(status="ok", model=state.ddpm.session.path.name, provider=state.ddpm.provider, rows_per_call=rows)
 
@@ -266,16 +304,30 @@ async def _result(request: Request, served: ServedJob, kind: str) -> Response:
 
 
 api = APIRouter(route_class=_JSONRoute)  # everything behind the token, when there is one
-RESULTS = {200: {"content": {media_type: {"schema": {"type": "string", "format": "binary"}}
-                             for media_type in dict.fromkeys(MEDIA_TYPES.values())},
-                 "description": "The grid (PNG), the npz, or the GIF.",
-                 "headers": {"X-DDPM-Seed": {"description": "The seed the samples were drawn from.", "required": True,
-                                             "schema": {"type": "integer"}}}}}
+RESULTS = {
+    200: {
+        "content": {
+            media_type: {"schema": {"type": "string", "format": "binary"}}
+            for media_type in dict.fromkeys(MEDIA_TYPES.values())
+        },
+        "description": "The grid (PNG), the npz, or the GIF.",
+        "headers": {
+            "X-DDPM-Seed": {
+                "description": "The seed the samples were drawn from.",
+                "required": True,
+                "schema": {"type": "integer"},
+            }
+        },
+    }
+}
 
 
-@api.post("/v1/samples", response_class=Response,
-          responses={**RESULTS, **_problems(*SUBMIT_PROBLEMS, 409, s409="The request was cancelled before it finished.")},
-          summary="Sample and return the grid (PNG) or ddpm-run's npz; a client that leaves cancels it")
+@api.post(
+    "/v1/samples",
+    response_class=Response,
+    responses={**RESULTS, **_problems(*SUBMIT_PROBLEMS, 409, s409="The request was cancelled before it finished.")},
+    summary="Sample and return the grid (PNG) or ddpm-run's npz; a client that leaves cancels it",
+)
 async def samples(body: SampleBody, request: Request):
     served = await _checked_submit(request, body)
     waiting = asyncio.ensure_future(served.ended())
@@ -288,8 +340,13 @@ async def samples(body: SampleBody, request: Request):
     return await _result(request, served, served.checked.format)
 
 
-@api.post("/v1/jobs", status_code=202, response_model=JobView, responses=_problems(*SUBMIT_PROBLEMS),
-          summary="Submit a job; poll it or stream its events")
+@api.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobView,
+    responses=_problems(*SUBMIT_PROBLEMS),
+    summary="Submit a job; poll it or stream its events",
+)
 async def submit(body: SampleBody, request: Request):
     served = await _checked_submit(request, body)
     served.job.add_done_callback(lambda job: _observe(request, served, "job"))
@@ -307,37 +364,71 @@ def served_job(job_id: str, request: Request) -> ServedJob:
 Served = Annotated[ServedJob, Depends(served_job)]
 
 
-@api.get("/v1/jobs/{job_id}", response_model=JobView, responses=_problems(*JOB_PROBLEMS), summary="A job's state and progress")
+@api.get(
+    "/v1/jobs/{job_id}",
+    response_model=JobView,
+    responses=_problems(*JOB_PROBLEMS),
+    summary="A job's state and progress",
+)
 async def status(served: Served):
     return served.view()
 
 
-@api.get("/v1/jobs/{job_id}/events", response_class=Response,
-         responses={200: {"content": {"text/event-stream": {"itemSchema": EVENT}},
-                          "description": "Events `progress`, `frame` and `end` (last), each with one JSON object as its data."},
-                    **_problems(*JOB_PROBLEMS)},
-         summary="Server-sent events: progress, frames (PNG, base64) and the end")
+@api.get(
+    "/v1/jobs/{job_id}/events",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"itemSchema": EVENT}},
+            "description": "Events `progress`, `frame` and `end` (last), each with one JSON object as its data.",
+        },
+        **_problems(*JOB_PROBLEMS),
+    },
+    summary="Server-sent events: progress, frames (PNG, base64) and the end",
+)
 async def stream(served: Served, request: Request):
     return events.response(request, served)
 
 
-@api.get("/v1/jobs/{job_id}/result", response_class=Response,
-         responses={**RESULTS, **_problems(*JOB_PROBLEMS, 409, 503, s422="format is not one of the formats.",
-                                          s503="The replica that ran the job was lost; retry after Retry-After seconds.")},
-         summary="A finished job's grid (png), npz, or denoising GIF (gif, when it kept frames)")
+@api.get(
+    "/v1/jobs/{job_id}/result",
+    response_class=Response,
+    responses={
+        **RESULTS,
+        **_problems(
+            *JOB_PROBLEMS,
+            409,
+            503,
+            s422="format is not one of the formats.",
+            s503="The replica that ran the job was lost; retry after Retry-After seconds.",
+        ),
+    },
+    summary="A finished job's grid (png), npz, or denoising GIF (gif, when it kept frames)",
+)
 async def result(served: Served, request: Request, format: Literal[tuple(MEDIA_TYPES)] | None = None):
     return await _result(request, served, format or served.checked.format)
 
 
-@api.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobView, responses=_problems(*JOB_PROBLEMS),
-            summary="Cancel a job")
+@api.delete(
+    "/v1/jobs/{job_id}",
+    status_code=202,
+    response_model=JobView,
+    responses=_problems(*JOB_PROBLEMS),
+    summary="Cancel a job",
+)
 async def cancel(served: Served):
     served.job.cancel()
     return served.view()
 
 
-@api.get("/metrics", response_class=Response, summary="Prometheus metrics",
-         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."},
-                    **_problems(401, 500)})
+@api.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics",
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."},
+        **_problems(401, 500),
+    },
+)
 async def metrics(request: Request):
     return Response(request.app.state.metrics.text(), media_type="text/plain; version=0.0.4")

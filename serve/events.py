@@ -36,8 +36,14 @@ async def _events(request: Request, served: ServedJob):
         done = job.done  # read first: frames and position are final once it is set
         while sent_frames < len(job.frames):
             png = await asyncio.to_thread(jobs.frame_png, served, sent_frames)
-            yield _event("frame", {"index": sent_frames, "timestep": job.frame_timesteps[sent_frames],
-                                   "png": base64.b64encode(png).decode()})
+            yield _event(
+                "frame",
+                {
+                    "index": sent_frames,
+                    "timestep": job.frame_timesteps[sent_frames],
+                    "png": base64.b64encode(png).decode(),
+                },
+            )
             sent_frames += 1
         if job.position != sent_position:
             sent_position, quiet = job.position, 0.0
@@ -55,5 +61,8 @@ async def _events(request: Request, served: ServedJob):
 
 
 def response(request: Request, served: ServedJob) -> StreamingResponse:
-    return StreamingResponse(_events(request, served), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _events(request, served),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -66,8 +66,15 @@ class ServedJob:
 
     def view(self) -> JobView:
         job = self.job
-        return JobView(id=self.id, state=job.state, position=job.position, steps=job.steps, frames=len(job.frames),
-                       seed=job.seed, error=job.error)
+        return JobView(
+            id=self.id,
+            state=job.state,
+            position=job.position,
+            steps=job.steps,
+            frames=len(job.frames),
+            seed=job.seed,
+            error=job.error,
+        )
 
     async def ended(self) -> None:
         """Returns once the engine has ended the job (done, failed or cancelled)."""
@@ -112,12 +119,15 @@ class LocalBackend:
     async def submit(self, checked: Checked) -> Job:
         rows = request_rows(checked.n, checked.plan)
         if rows > self.queue_rows:
-            raise DDPMError(f"the request needs {rows} rows and this server admits {self.queue_rows} at a time "
-                            "(--queue-rows): ask for fewer samples")
+            raise DDPMError(
+                f"the request needs {rows} rows and this server admits {self.queue_rows} at a time "
+                "(--queue-rows): ask for fewer samples"
+            )
         waiting = self.engine.active_rows
         if waiting + rows > self.queue_rows:
-            raise QueueFull(f"the server is full ({waiting} of {self.queue_rows} rows in flight); retry later",
-                            self.retry_after())
+            raise QueueFull(
+                f"the server is full ({waiting} of {self.queue_rows} rows in flight); retry later", self.retry_after()
+            )
         return self.engine.submit(checked.n, checked.plan, checked.seed)
 
     def retry_after(self) -> int:

@@ -31,9 +31,18 @@ async def _reply(send, status: int, detail: str, headers: tuple = (), receive=No
     sends of its body is read and dropped (within bounds) before the response ends, so that a client
     still sending reads the answer instead of a connection reset."""
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body, "more_body": receive is not None})
     if receive is not None:
         await _drain(receive)
@@ -51,12 +60,13 @@ async def _drain(receive) -> None:
 
     try:
         await asyncio.wait_for(read(), DRAIN_SECONDS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 
 def host_name(header: str) -> str:
-    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``, ``Example.COM.:80`` -> ``example.com``."""
+    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``,
+    ``Example.COM.:80`` -> ``example.com``."""
     if header.startswith("["):
         return header[1 : header.find("]")].lower() if "]" in header else header.lower()
     name, colon, port = header.rpartition(":")
@@ -93,8 +103,12 @@ class HostCheck:
         name = host_name(header.decode("latin-1"))
         if is_own_name(name, self.allowed):
             return await self.app(scope, receive, send)
-        await _reply(send, 400, f"Host {name!r} is not a name of this server; if it is, start ddpm-serve with "
-                                f"--allow-host {name}", receive=receive)
+        await _reply(
+            send,
+            400,
+            f"Host {name!r} is not a name of this server; if it is, start ddpm-serve with --allow-host {name}",
+            receive=receive,
+        )
 
 
 def redact_query(target: str) -> str:
@@ -134,8 +148,13 @@ class BearerAuth:
         scheme, _, given = header.partition(b" ")
         if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected):
             return await self.app(scope, receive, send)
-        await _reply(send, 401, "this server needs a bearer token: Authorization: Bearer <token>",
-                     ((b"www-authenticate", b"Bearer"),), receive)
+        await _reply(
+            send,
+            401,
+            "this server needs a bearer token: Authorization: Bearer <token>",
+            ((b"www-authenticate", b"Bearer"),),
+            receive,
+        )
 
 
 class BodyLimit:
@@ -153,7 +172,7 @@ class BodyLimit:
             return await _reply(send, 413, f"the body is over {self.limit} bytes", receive=receive)
         try:
             body = await asyncio.wait_for(self._read(receive), self.seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return await _reply(send, 408, f"the body did not arrive within {self.seconds:g} s")
         if body is None:
             return await _reply(send, 413, f"the body is over {self.limit} bytes", receive=receive)
@@ -214,8 +233,11 @@ class GuardedH11(H11Protocol):
         self.conn.next_event = self._one_framing(self.conn.next_event)
         self._arm()
         if not self._make_room():
-            self._refuse(b"503 Service Unavailable", "the server has as many connections as it takes, all in requests; "
-                         "retry later", b"retry-after: 1\r\n")
+            self._refuse(
+                b"503 Service Unavailable",
+                "the server has as many connections as it takes, all in requests; retry later",
+                b"retry-after: 1\r\n",
+            )
 
     def _one_framing(self, next_event):
         def checked():
@@ -232,8 +254,11 @@ class GuardedH11(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """A malformed request: one line of JSON, then the connection closes."""
         body = json.dumps({"detail": self._refusal or "not a valid HTTP/1.1 request"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
         for event in (h11.Response(status_code=400, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
         self.transport.close()
@@ -243,8 +268,11 @@ class GuardedH11(H11Protocol):
         many as the new one puts over. False when they are all in requests."""
         if self.max_connections is None:
             return True
-        staying = [other for other in self.connections
-                   if not other.transport.is_closing() and getattr(other, "_dropping", None) is None]
+        staying = [
+            other
+            for other in self.connections
+            if not other.transport.is_closing() and getattr(other, "_dropping", None) is None
+        ]
         excess = len(staying) - self.max_connections
         if excess <= 0:
             return True
@@ -276,8 +304,10 @@ class GuardedH11(H11Protocol):
         close: closing at once with its bytes unread would reset the connection before the client
         reads the answer."""
         body = json.dumps({"detail": detail}).encode()
-        self.transport.write(b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s"
-                             b"connection: close\r\n\r\n%s" % (status, len(body), headers, body))
+        self.transport.write(
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s"
+            b"connection: close\r\n\r\n%s" % (status, len(body), headers, body)
+        )
         tail, self._head, self._dropping = self._head[-3:], b"", 0
         self._disarm()
         self._deadline = self.loop.call_later(DRAIN_SECONDS, self._expire)

@@ -35,18 +35,28 @@ class EngineCollector:
     def collect(self):
         stats = self.engine.stats
         yield GaugeMetricFamily("ddpm_queue_depth", "Requests waiting for their first step.", value=self.queued())
-        yield GaugeMetricFamily("ddpm_requests_in_flight", "Requests admitted and not yet ended.", value=self.engine.queued)
-        yield GaugeMetricFamily("ddpm_active_rows", "Rows of the requests in flight (a guided sample is 2).",
-                                value=self.engine.active_rows)
-        yield GaugeMetricFamily("ddpm_rows_per_call", "Mean rows per network call since start.", value=stats.rows_per_call)
+        yield GaugeMetricFamily(
+            "ddpm_requests_in_flight", "Requests admitted and not yet ended.", value=self.engine.queued
+        )
+        yield GaugeMetricFamily(
+            "ddpm_active_rows", "Rows of the requests in flight (a guided sample is 2).", value=self.engine.active_rows
+        )
+        yield GaugeMetricFamily(
+            "ddpm_rows_per_call", "Mean rows per network call since start.", value=stats.rows_per_call
+        )
         yield GaugeMetricFamily("ddpm_max_rows_per_call", "Rows one network call takes.", value=self.engine.max_rows)
-        yield GaugeMetricFamily("ddpm_steps_per_second", f"Request steps per second over the last {RATE_WINDOW:g} s.",
-                                value=self.steps_per_second())
+        yield GaugeMetricFamily(
+            "ddpm_steps_per_second",
+            f"Request steps per second over the last {RATE_WINDOW:g} s.",
+            value=self.steps_per_second(),
+        )
         yield GaugeMetricFamily("ddpm_tick_seconds", "Wall time of a tick, smoothed.", value=stats.tick_seconds)
         yield CounterMetricFamily("ddpm_network_calls", "Network calls made.", value=stats.calls)
         yield CounterMetricFamily("ddpm_network_rows", "Rows evaluated by network calls.", value=stats.rows)
         yield CounterMetricFamily("ddpm_steps", "Request steps advanced.", value=stats.steps)
-        ended = CounterMetricFamily("ddpm_engine_requests", "Requests the engine ended, by outcome.", labels=["outcome"])
+        ended = CounterMetricFamily(
+            "ddpm_engine_requests", "Requests the engine ended, by outcome.", labels=["outcome"]
+        )
         for outcome, count in stats.outcomes.items():
             ended.add_metric([outcome], count)
         yield ended
@@ -57,12 +67,22 @@ class Metrics:
 
     def __init__(self, engine: SamplingEngine | None, queued: callable) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("ddpm_http_requests", "HTTP requests by route and status code.", ["route", "code"],
-                                registry=self.registry)
-        self.latency = Histogram("ddpm_request_seconds", "Seconds from submission to the end of a sampling request.",
-                                 ["kind", "outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.wait = Histogram("ddpm_queue_wait_seconds", "Seconds a request waited for its first step.",
-                              buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "ddpm_http_requests", "HTTP requests by route and status code.", ["route", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "ddpm_request_seconds",
+            "Seconds from submission to the end of a sampling request.",
+            ["kind", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.wait = Histogram(
+            "ddpm_queue_wait_seconds",
+            "Seconds a request waited for its first step.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         if engine is not None:  # a server whose engines run elsewhere (Ray replicas) reports its HTTP side only
             self.registry.register(EngineCollector(engine, queued))
 

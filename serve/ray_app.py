@@ -18,9 +18,10 @@ import asyncio
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -92,7 +93,9 @@ class SamplerReplica:
             await asyncio.sleep(POLL)
         end = {"kind": "end", "state": job.state, "error": job.error}
         if job.state == "done":
-            end.update(images=job.result.images, settings=self.backend.record(job).to_dict(), seconds=job.result.seconds)
+            end.update(
+                images=job.result.images, settings=self.backend.record(job).to_dict(), seconds=job.result.seconds
+            )
         yield end
 
 
@@ -128,7 +131,7 @@ class RemoteJob:
         if not self._done and self._stream is not None:
             self._stream.cancel()
 
-    def add_done_callback(self, callback: Callable[["RemoteJob"], None]) -> None:
+    def add_done_callback(self, callback: Callable[[RemoteJob], None]) -> None:
         if self._done:
             callback(self)
         else:
@@ -160,8 +163,13 @@ class RemoteJob:
         elif kind == "end":
             if message["state"] == "done":
                 self.settings = message["settings"]
-                self.result = SampleRun(samples=np.empty(0, np.float32), images=message["images"], frames=self.frames,
-                                        frame_timesteps=self.frame_timesteps, seconds=message["seconds"])
+                self.result = SampleRun(
+                    samples=np.empty(0, np.float32),
+                    images=message["images"],
+                    frames=self.frames,
+                    frame_timesteps=self.frame_timesteps,
+                    seconds=message["seconds"],
+                )
             self._end(message["state"], message["error"])
 
     def _end(self, state: str, error: str | None) -> None:
@@ -224,10 +232,16 @@ class Ingress:
 
 def application(options: ModelOptions, settings: Settings, replicas: int, replica_cpus: float = 1.0):
     """The Ray Serve application: the ingress bound to ``replicas`` sampler replicas."""
-    sampler = serve.deployment(SamplerReplica, name="SamplerReplica", num_replicas=replicas,
-                               ray_actor_options={"num_cpus": replica_cpus}, max_ongoing_requests=256)
-    ingress = serve.deployment(Ingress, name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                               max_ongoing_requests=4096)
+    sampler = serve.deployment(
+        SamplerReplica,
+        name="SamplerReplica",
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": replica_cpus},
+        max_ongoing_requests=256,
+    )
+    ingress = serve.deployment(
+        Ingress, name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096
+    )
     return ingress.bind(sampler.bind(options, settings), options, settings)
 
 
@@ -238,14 +252,24 @@ def build(args: dict[str, str]):
     replicas = int(args.get("replicas", 2))
     threads = int(args["threads"]) if "threads" in args else 1
     options = ModelOptions(onnx=args.get("onnx"), threads=threads, provider=args.get("provider", "auto"))
-    settings = Settings(max_rows=int(args["max_rows"]) if "max_rows" in args else None,
-                        queue_rows=int(args["queue_rows"]) if "queue_rows" in args else None,
-                        allowed_hosts=[name for name in args.get("allow_hosts", "").split(",") if name])
+    settings = Settings(
+        max_rows=int(args["max_rows"]) if "max_rows" in args else None,
+        queue_rows=int(args["queue_rows"]) if "queue_rows" in args else None,
+        allowed_hosts=[name for name in args.get("allow_hosts", "").split(",") if name],
+    )
     return application(options, settings, replicas, float(args.get("replica_cpus", 1)))
 
 
-def serve_on_ray(options: ModelOptions, settings: Settings, replicas: int, replica_cpus: float, host: str, port: int,
-                 address: str | None, echo: Callable[[str], None]) -> None:
+def serve_on_ray(
+    options: ModelOptions,
+    settings: Settings,
+    replicas: int,
+    replica_cpus: float,
+    host: str,
+    port: int,
+    address: str | None,
+    echo: Callable[[str], None],
+) -> None:
     """Run the application on Ray (a local cluster when ``address`` is None) until SIGTERM or Ctrl-C,
     then shut it down, letting replicas finish what they hold within Ray's graceful shutdown."""
     import ray
@@ -258,10 +282,14 @@ def serve_on_ray(options: ModelOptions, settings: Settings, replicas: int, repli
         except RuntimeError as exc:  # Ray's report of a replica that failed to start: its last line says why
             lines = [line for line in str(exc).splitlines() if line.strip()]
             raise DDPMError(f"the Ray Serve application did not start: {lines[-1][:200] if lines else exc}") from None
-        echo(f"ddpm-serve: running on http://{host}:{port} (Ray Serve: {replicas} sampler replicas"
-             f"{'' if address is None else ', cluster ' + address})")
+        echo(
+            f"ddpm-serve: running on http://{host}:{port} (Ray Serve: {replicas} sampler replicas"
+            f"{'' if address is None else ', cluster ' + address})"
+        )
         stop = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        previous = {
+            sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
         try:
             stop.wait()
         finally:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import click
 import uvicorn
@@ -55,18 +55,36 @@ class _Uvicorn(uvicorn.Server):
 class Server:
     """One model, one engine, one uvicorn process on ``host``:``port``."""
 
-    def __init__(self, ddpm: DDPM, settings: Settings, host: str, port: int, quiet: bool = False,
-                 on_measure: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        ddpm: DDPM,
+        settings: Settings,
+        host: str,
+        port: int,
+        quiet: bool = False,
+        on_measure: Callable[[], None] | None = None,
+    ) -> None:
         if settings.max_rows is None and ddpm.session.on_cpu and ddpm.session.fixed_batch is None:
             ddpm.batch_choice(on_measure=on_measure)  # measured (or read from the cache) before the port opens
         self.app = create_app(ddpm, settings)
         # Idle connections stay open through the grace (answered 503 if used), as the in-flight requests do.
-        protocol = type("ServerH11", (GuardedH11,), {"drain_seconds": min(settings.grace, KEEP_ALIVE),
-                                                     "max_connections": LIMIT_CONCURRENCY})
-        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning" if quiet else "info",
-                                access_log=not quiet, timeout_graceful_shutdown=int(settings.grace + ANSWER_SECONDS + 0.999),
-                                timeout_keep_alive=KEEP_ALIVE,
-                                lifespan="on", server_header=False, http=protocol)
+        protocol = type(
+            "ServerH11",
+            (GuardedH11,),
+            {"drain_seconds": min(settings.grace, KEEP_ALIVE), "max_connections": LIMIT_CONCURRENCY},
+        )
+        config = uvicorn.Config(
+            self.app,
+            host=host,
+            port=port,
+            log_level="warning" if quiet else "info",
+            access_log=not quiet,
+            timeout_graceful_shutdown=int(settings.grace + ANSWER_SECONDS + 0.999),
+            timeout_keep_alive=KEEP_ALIVE,
+            lifespan="on",
+            server_header=False,
+            http=protocol,
+        )
         logging.getLogger("uvicorn.access").addFilter(RedactSecrets())
         self.uvicorn = _Uvicorn(config, self._drain, self._status)
 
@@ -76,14 +94,22 @@ class Server:
         if state.draining:
             return
         state.draining = True
-        click.echo("ddpm-serve: draining: no new requests; in-flight ones finish or are cancelled after "
-                   f"{state.settings.grace:g} s", err=True)
-        threading.Thread(target=state.backend.stop, args=(state.settings.grace,), name="ddpm-drain", daemon=True).start()
+        click.echo(
+            "ddpm-serve: draining: no new requests; in-flight ones finish or are cancelled after "
+            f"{state.settings.grace:g} s",
+            err=True,
+        )
+        threading.Thread(
+            target=state.backend.stop, args=(state.settings.grace,), name="ddpm-drain", daemon=True
+        ).start()
 
     def _status(self) -> None:
         engine = self.app.state.engine
-        click.echo(f"ddpm-serve: {'draining' if self.app.state.draining else 'serving'}; {engine.queued} requests "
-                   f"({engine.active_rows} rows) in flight or waiting; {self.report()}", err=True)
+        click.echo(
+            f"ddpm-serve: {'draining' if self.app.state.draining else 'serving'}; {engine.queued} requests "
+            f"({engine.active_rows} rows) in flight or waiting; {self.report()}",
+            err=True,
+        )
 
     def run(self) -> None:
         self.uvicorn.run()

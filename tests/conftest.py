@@ -25,9 +25,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -88,8 +88,26 @@ def tiny_export(tmp_path_factory) -> Path:
     from tests_support import run_main
 
     root = tmp_path_factory.mktemp("tiny")
-    assert run_main(train_main, "--preset", "tiny", "--data-dir", DATA_DIR, "--out", root, "--max-steps", TINY_STEPS,
-                    "--epochs", 20, "--ema-decay", 0.99, "--no-progress", "--no-samples") == 0
+    assert (
+        run_main(
+            train_main,
+            "--preset",
+            "tiny",
+            "--data-dir",
+            DATA_DIR,
+            "--out",
+            root,
+            "--max-steps",
+            TINY_STEPS,
+            "--epochs",
+            20,
+            "--ema-decay",
+            0.99,
+            "--no-progress",
+            "--no-samples",
+        )
+        == 0
+    )
     assert run_main(export_main, "--ckpt", root / "model.pt", "--fixed-batch", 3) == 0
     return root
 
@@ -102,8 +120,21 @@ def variants(tiny_export, tmp_path_factory) -> Path:
     from tests_support import run_main
 
     out = tmp_path_factory.mktemp("variants")
-    assert run_main(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--fp16", "--fused-step",
-                    "--fixed-batch", 3, "--no-torchscript") == 0
+    assert (
+        run_main(
+            export_main,
+            "--ckpt",
+            tiny_export / "model.pt",
+            "--out-dir",
+            out,
+            "--fp16",
+            "--fused-step",
+            "--fixed-batch",
+            3,
+            "--no-torchscript",
+        )
+        == 0
+    )
     return out
 
 
@@ -121,8 +152,25 @@ def conditional(tmp_path_factory) -> Path:
     from tests_support import run_main as call_main
 
     root = tmp_path_factory.mktemp("conditional")
-    assert call_main(train_main, "--preset", "tiny", "--data-dir", DATA_DIR, "--out", root, "--max-steps", 30,
-                     "--conditional", "--schedule", "cosine", "--no-progress", "--no-samples") == 0
+    assert (
+        call_main(
+            train_main,
+            "--preset",
+            "tiny",
+            "--data-dir",
+            DATA_DIR,
+            "--out",
+            root,
+            "--max-steps",
+            30,
+            "--conditional",
+            "--schedule",
+            "cosine",
+            "--no-progress",
+            "--no-samples",
+        )
+        == 0
+    )
     assert call_main(export_main, "--ckpt", root / "model.pt", "--fixed-batch", 4) == 0
     return root
 
@@ -138,11 +186,44 @@ def latent_export(tmp_path_factory) -> Path:
     from tests_support import run_main
 
     root = tmp_path_factory.mktemp("latent")
-    common = ("--data-dir", DATA_DIR, "--no-progress", "--no-samples", "--max-images", 256, "--batch-size", 32, "--threads", 1)
-    assert run_main(autoencoder_main, "--preset", "ae-tiny", "--out", root / "ae", "--max-steps", 30, "--lr", 3e-3,
-                    *common) == 0
-    assert run_main(train_main, "--preset", "tiny", "--autoencoder", root / "ae" / "model.pt", "--conditional",
-                    "--out", root, "--max-steps", 60, "--epochs", 10, "--ema-decay", 0.9, *common) == 0
+    common = (
+        "--data-dir",
+        DATA_DIR,
+        "--no-progress",
+        "--no-samples",
+        "--max-images",
+        256,
+        "--batch-size",
+        32,
+        "--threads",
+        1,
+    )
+    assert (
+        run_main(
+            autoencoder_main, "--preset", "ae-tiny", "--out", root / "ae", "--max-steps", 30, "--lr", 3e-3, *common
+        )
+        == 0
+    )
+    assert (
+        run_main(
+            train_main,
+            "--preset",
+            "tiny",
+            "--autoencoder",
+            root / "ae" / "model.pt",
+            "--conditional",
+            "--out",
+            root,
+            "--max-steps",
+            60,
+            "--epochs",
+            10,
+            "--ema-decay",
+            0.9,
+            *common,
+        )
+        == 0
+    )
     assert run_main(export_main, "--ckpt", root / "model.pt") == 0
     return root
 
@@ -153,13 +234,26 @@ def int8_export(tiny_export, tmp_path_factory):
     from tests_support import run_main as run
 
     out = tmp_path_factory.mktemp("int8")
-    assert run(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--int8", "--data-dir", DATA_DIR,
-               "--no-torchscript") == 0
+    assert (
+        run(
+            export_main,
+            "--ckpt",
+            tiny_export / "model.pt",
+            "--out-dir",
+            out,
+            "--int8",
+            "--data-dir",
+            DATA_DIR,
+            "--no-torchscript",
+        )
+        == 0
+    )
     return out
 
 
 def assert_error_line(result: Result, *fragments: str) -> None:
-    """For failures after progress output: exit code != 0, exactly one 'error:' line naming the problem, no traceback."""
+    """For failures after progress output: exit code != 0, exactly one 'error:' line naming the problem,
+    no traceback."""
     assert result.code != 0, result
     assert "Traceback" not in result.err
     errors = [line for line in result.err.splitlines() if ": error: " in line]

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error
+
 from ddpm.benchmarks import bench, steps
 from ddpm.benchmarks.bench import main as bench_main
 from ddpm.runtime.openvino_session import bf16_support, openvino_version
@@ -22,8 +22,18 @@ def no_settling(monkeypatch):
 
 
 def test_quick_end_to_end(invoke, tiny_export, tmp_path):
-    result = invoke(bench_main, "--quick", "--models", "small", "--onnx", tiny_export / "unet.onnx", "--out-dir", tmp_path,
-                    "--tag", "t")
+    result = invoke(
+        bench_main,
+        "--quick",
+        "--models",
+        "small",
+        "--onnx",
+        tiny_export / "unet.onnx",
+        "--out-dir",
+        tmp_path,
+        "--tag",
+        "t",
+    )
     assert result.code == 0, result.err
     assert result.out.splitlines()[0] == f"writing to {tmp_path}/"  # a chosen folder, named before the work starts
     report = json.loads((tmp_path / "bench-t.json").read_text())
@@ -32,8 +42,11 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
     assert report["settings"]["quick"] is True
     rows = report["rows"]
     implementations = {(r["implementation"], r["batch"]) for r in rows}
-    assert implementations == {(i, b) for i in ("eager", "torchscript", "ort", "ort-int8", "ov", "ov-bf16", "ov-int8",
-                                                "ort-iobinding", "ort-fused") for b in (1, 16)}
+    assert implementations == {
+        (i, b)
+        for i in ("eager", "torchscript", "ort", "ort-int8", "ov", "ov-bf16", "ov-int8", "ort-iobinding", "ort-fused")
+        for b in (1, 16)
+    }
     openvino_rows = [r for r in rows if r["implementation"].startswith("ov")]
     if openvino_version() is None:
         assert all('pip install "ddpm-mnist[openvino]"' in r["note"] for r in openvino_rows)
@@ -58,8 +71,12 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
             assert row["per_sample_method"] == "extrapolated"
             assert row["per_sample_s"] == pytest.approx(row["step_s_median"] * 1000 / row["batch"])
     samplers = report["sampler_rows"]  # --quick leaves out the 1000-step ancestral run
-    assert [(r["sampler"], r["steps"]) for r in samplers] == [("ddim", 50), ("dpm++2m", 20), ("dpm++2m-sde", 20),
-                                                               ("unipc", 10)]
+    assert [(r["sampler"], r["steps"]) for r in samplers] == [
+        ("ddim", 50),
+        ("dpm++2m", 20),
+        ("dpm++2m-sde", 20),
+        ("unipc", 10),
+    ]
     ort = [r for r in rows if r["implementation"] == "ort"]  # batch 1's row too: on a busy CPU it can be the fastest
     fastest = min(ort, key=lambda r: r["step_s_median"] / r["batch"])["batch"]
     for row in samplers:  # each model at its fastest batch
@@ -72,8 +89,17 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
     assert (tmp_path / "bench-t.png").stat().st_size > 1000
 
 
-SMALL_RUN = ("--quick", "--models", "small", "--implementations", "ort", "--no-full-loop", "--no-samplers",
-             "--cpu-batches", "2")
+SMALL_RUN = (
+    "--quick",
+    "--models",
+    "small",
+    "--implementations",
+    "ort",
+    "--no-full-loop",
+    "--no-samplers",
+    "--cpu-batches",
+    "2",
+)
 
 
 def test_the_default_folder_is_named_in_the_first_line_and_in_help(invoke, tiny_export, tmp_path, monkeypatch):
@@ -103,12 +129,26 @@ def test_without_matplotlib_one_line_names_the_bench_extra(invoke, tiny_export, 
 
 def test_rows_needing_torch_are_skipped_without_it(invoke, tiny_export, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "try_import_torch", lambda: None)
-    result = invoke(bench_main, "--quick", "--onnx", tiny_export / "unet.onnx", "--out-dir", tmp_path, "--tag", "nt",
-                    "--no-full-loop", "--cpu-batches", "2")
+    result = invoke(
+        bench_main,
+        "--quick",
+        "--onnx",
+        tiny_export / "unet.onnx",
+        "--out-dir",
+        tmp_path,
+        "--tag",
+        "nt",
+        "--no-full-loop",
+        "--cpu-batches",
+        "2",
+    )
     assert result.code == 0, result.err
     rows = json.loads((tmp_path / "bench-nt.json").read_text())["rows"]
     skipped = [r for r in rows if r["implementation"] in ("eager", "torchscript")]
-    assert skipped and all(r["step_s_median"] is None and "PyTorch is not installed (pip install \"ddpm-mnist[train]\")" in r["note"] for r in skipped)
+    assert skipped and all(
+        r["step_s_median"] is None and 'PyTorch is not installed (pip install "ddpm-mnist[train]")' in r["note"]
+        for r in skipped
+    )
     exported = [r for r in rows if r["implementation"] == "ort-fused"]  # a variant exported on the spot
     assert exported and all(r["step_s_median"] is None and "needs PyTorch" in r["note"] for r in exported)
     timed = [r for r in rows if r["implementation"] in ("ort", "ort-iobinding")]
@@ -147,16 +187,38 @@ def test_the_openvino_hints_table(capsys, monkeypatch):
 
     monkeypatch.setattr("sys.argv", ["hints", "--batches", "2", "--repeats", "1"])
     openvino_hints.main()
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp32") or line.startswith("| int8")]
-    assert [row.split("|")[1].split()[:2] for row in rows] == [["fp32", "LATENCY"], ["fp32", "THROUGHPUT"],
-                                                               ["int8", "LATENCY"], ["int8", "THROUGHPUT"]]
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp32") or line.startswith("| int8")
+    ]
+    assert [row.split("|")[1].split()[:2] for row in rows] == [
+        ["fp32", "LATENCY"],
+        ["fp32", "THROUGHPUT"],
+        ["int8", "LATENCY"],
+        ["int8", "THROUGHPUT"],
+    ]
     assert all(float(row.split("|")[2]) > 0 for row in rows)
 
 
-def test_latent_rows_time_the_unet_on_latents_and_the_decoder_in_the_sampler_rows(invoke, tiny_export, latent_export,
-                                                                                 tmp_path):
-    result = invoke(bench_main, "--quick", "--models", "small,latent", "--onnx", tiny_export / "unet.onnx", "--latent-onnx",
-                    latent_export / "unet.onnx", "--implementations", "ort", "--no-full-loop", "--out-dir", tmp_path, "--tag", "t")
+def test_latent_rows_time_the_unet_on_latents_and_the_decoder_in_the_sampler_rows(
+    invoke, tiny_export, latent_export, tmp_path
+):
+    result = invoke(
+        bench_main,
+        "--quick",
+        "--models",
+        "small,latent",
+        "--onnx",
+        tiny_export / "unet.onnx",
+        "--latent-onnx",
+        latent_export / "unet.onnx",
+        "--implementations",
+        "ort",
+        "--no-full-loop",
+        "--out-dir",
+        tmp_path,
+        "--tag",
+        "t",
+    )
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "bench-t.json").read_text())
     assert {r["model"] for r in report["rows"]} == {"small", "latent"}

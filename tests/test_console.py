@@ -12,12 +12,14 @@ from pathlib import Path
 
 import click
 import pytest
-
 from conftest import DATA_DIR
+
 from tests_support import assert_usage_error
 
 # The console scripts as installed: name -> "module:function".
-CONSOLE_SCRIPTS = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+CONSOLE_SCRIPTS = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+    "scripts"
+]
 
 
 HIDE = (
@@ -35,10 +37,13 @@ def run_without_torch(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("module, args", [
-    ("ddpm.train.cli", ["--data-dir", str(DATA_DIR), "--dry-run"]),
-    ("ddpm.export.cli", ["--ckpt", "model.pt"]),
-])
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("ddpm.train.cli", ["--data-dir", str(DATA_DIR), "--dry-run"]),
+        ("ddpm.export.cli", ["--ckpt", "model.pt"]),
+    ],
+)
 def test_commands_needing_torch_name_the_extra(module, args):
     result = run_without_torch(module, *args)
     assert result.returncode == 1
@@ -61,8 +66,13 @@ def test_other_missing_modules_are_not_blamed_on_an_extra():
     assert "[bench]" in missing_extra(ModuleNotFoundError("x", name="matplotlib"))
 
 
-@pytest.mark.parametrize("message", ["DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB",
-                                     "CUDA out of memory. Tried to allocate 2.00 GiB"])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB",
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+    ],
+)
 def test_torch_allocation_failures_are_one_line(capsys, monkeypatch, message):
     import sys
 
@@ -105,8 +115,21 @@ def test_a_broken_standard_stream_leaves_the_exit_status_to_the_work(tiny_export
     import sys
 
     out = tmp_path / "o.png"
-    command = [sys.executable, "-c", "from ddpm.runtime.cli import main; main()", "--onnx", str(tiny_export / "unet.onnx"),
-               "-n", "2", "--sampler", "ddim", "--steps", "2", "--png", str(out)]
+    command = [
+        sys.executable,
+        "-c",
+        "from ddpm.runtime.cli import main; main()",
+        "--onnx",
+        str(tiny_export / "unet.onnx"),
+        "-n",
+        "2",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--png",
+        str(out),
+    ]
     if trouble == "stdout pipe closed early":
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         process.stdout.close()  # as `| head -c0` does: the "wrote" line meets a closed pipe
@@ -147,18 +170,32 @@ def leaf_commands(command: click.Command, path: tuple[str, ...] = ()):
 
 def float_options(command: click.Command) -> list[click.Option]:
     """The options that read a float, alone or in a tuple (click infers FLOAT from a float default too)."""
+
     def reads_float(kind: click.ParamType) -> bool:
         kinds = kind.types if isinstance(kind, click.Tuple) else [kind]
         return any(isinstance(k, click.types.FloatParamType) for k in kinds)
+
     return [p for p in command.params if isinstance(p, click.Option) and reads_float(p.type)]
 
 
 def test_the_float_options_are_all_found():
-    found = {(prog, option.opts[0]) for prog in CONSOLE_SCRIPTS for _, leaf in leaf_commands(script_command(prog))
-             for option in float_options(leaf)}
-    assert {("ddpm-run", "--fps"), ("ddpm-run", "--hold"), ("ddpm-run", "--guidance"), ("ddpm-eval", "--eta"),
-            ("ddpm-serve", "--grace"), ("ddpm-serve", "--replica-cpus"), ("ddpm-export", "--atol"),
-            ("ddpm-train", "--lr"), ("ddpm-distill", "--guidance")} <= found
+    found = {
+        (prog, option.opts[0])
+        for prog in CONSOLE_SCRIPTS
+        for _, leaf in leaf_commands(script_command(prog))
+        for option in float_options(leaf)
+    }
+    assert {
+        ("ddpm-run", "--fps"),
+        ("ddpm-run", "--hold"),
+        ("ddpm-run", "--guidance"),
+        ("ddpm-eval", "--eta"),
+        ("ddpm-serve", "--grace"),
+        ("ddpm-serve", "--replica-cpus"),
+        ("ddpm-export", "--atol"),
+        ("ddpm-train", "--lr"),
+        ("ddpm-distill", "--guidance"),
+    } <= found
 
 
 @pytest.mark.parametrize("prog", sorted(CONSOLE_SCRIPTS))
@@ -166,8 +203,10 @@ def test_every_float_option_refuses_nan_and_infinity_at_parse(invoke, monkeypatc
     """Refused as a usage error before the command's work starts (before sampling, loading or serving)."""
     command = script_command(prog)
     for path, leaf in leaf_commands(command):
-        def started(*args, **kwargs):
-            raise AssertionError(f"{' '.join((prog, *path))} started its work")
+
+        def started(*args, _path=path, **kwargs):  # _path: bound now, and no command option can pass it
+            raise AssertionError(f"{' '.join((prog, *_path))} started its work")
+
         monkeypatch.setattr(leaf, "callback", started)
         for option in float_options(leaf):
             for value in ("nan", "inf", "-inf"):
@@ -178,11 +217,15 @@ def test_every_float_option_refuses_nan_and_infinity_at_parse(invoke, monkeypatc
 def test_help_prints_on_an_ascii_only_stream():
     """Help texts hold ε, β, −, →: where stdout cannot encode them they show as "?", and the rest of the
     help still prints (an unencodable character once silenced all of it, with exit status 0)."""
+
     def help_of(prog: str, encoding: str) -> subprocess.Popen:
         module, function = CONSOLE_SCRIPTS[prog].split(":")
-        return subprocess.Popen([sys.executable, "-c", f"from {module} import {function}; {function}()", "--help"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={**os.environ, "PYTHONIOENCODING": encoding, "COLUMNS": "100"})
+        return subprocess.Popen(
+            [sys.executable, "-c", f"from {module} import {function}; {function}()", "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONIOENCODING": encoding, "COLUMNS": "100"},
+        )
 
     runs = {prog: (help_of(prog, "ascii"), help_of(prog, "utf-8")) for prog in CONSOLE_SCRIPTS}
     replaced = 0

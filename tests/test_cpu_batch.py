@@ -26,7 +26,11 @@ def test_measured_once_then_read_from_the_cache(tiny_export, cache, monkeypatch)
 
     monkeypatch.setattr(cpu_batch, "measure_together", lambda *a, **k: pytest.fail("measured although cached"))
     second = cpu_batch.choose(session)
-    assert second.cached and second.batch == first.batch and second.per_image_ms == pytest.approx(first.per_image_ms, abs=1e-3)
+    assert (
+        second.cached
+        and second.batch == first.batch
+        and second.per_image_ms == pytest.approx(first.per_image_ms, abs=1e-3)
+    )
 
 
 def test_the_key_follows_threads_and_network_not_weights(tiny_export, variants):
@@ -34,7 +38,9 @@ def test_the_key_follows_threads_and_network_not_weights(tiny_export, variants):
     assert cpu_batch.machine_key(one) != cpu_batch.machine_key(two)
     half = UNetSession(variants / "unet.fp16.onnx", provider="cpu", threads=1)
     assert cpu_batch.machine_key(half) != cpu_batch.machine_key(one)  # another precision, another cost
-    assert cpu_batch.machine_key(UNetSession(tiny_export / "unet.onnx", provider="cpu", threads=1)) == cpu_batch.machine_key(one)
+    assert cpu_batch.machine_key(
+        UNetSession(tiny_export / "unet.onnx", provider="cpu", threads=1)
+    ) == cpu_batch.machine_key(one)
 
 
 @pytest.mark.parametrize("damage", ["not json", "[1, 2]", '{"KEY": {"batch": -3}}'])
@@ -58,13 +64,16 @@ def test_an_unwritable_cache_only_means_measuring_again(tiny_export, tmp_path, m
 
 
 def test_sampling_uses_the_chosen_batch_and_batch_size_wins(tiny_export, monkeypatch):
-    monkeypatch.setattr(cpu_batch, "choose", lambda session, on_measure=None: cpu_batch.BatchChoice(5, {5: 1.0}, cached=True))
+    monkeypatch.setattr(
+        cpu_batch, "choose", lambda session, on_measure=None: cpu_batch.BatchChoice(5, {5: 1.0}, cached=True)
+    )
     ddpm = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
     assert ddpm.generate(12, ddpm.plan(steps=2, sampler="ddim"), seed=0).settings.batch_size == 5
     assert ddpm.generate(12, ddpm.plan(steps=2, sampler="ddim"), seed=0, batch_size=3).settings.batch_size == 3
 
 
 # The cache is read and written as a hostile file: links, special files, wrong types, other writers.
+
 
 def fake_measure(monkeypatch, calls=None):
     def measure_together(sessions, *args, **kwargs):
@@ -104,14 +113,17 @@ def test_a_directory_at_the_cache_path_is_not_called_remembered(tiny_export, cac
     assert choice.batch == 8 and not choice.stored and cache.is_dir()
 
 
-@pytest.mark.parametrize("entry", [
-    {"batch": True, "per_image_ms": {"1": 1.0}, "measured": "x"},
-    {"batch": 8, "per_image_ms": {"8": "fast"}, "measured": "x"},
-    {"batch": 8, "per_image_ms": {"８": 1.0}, "measured": "x"},  # a full-width digit: not ASCII
-    {"batch": 8, "per_image_ms": {"8": 1.0}},
-    {"batch": 16, "per_image_ms": {"8": 1.0}, "measured": "x"},  # a batch never measured
-    {"batch": 8, "per_image_ms": {"8": -1.0}, "measured": "x"},
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"batch": True, "per_image_ms": {"1": 1.0}, "measured": "x"},
+        {"batch": 8, "per_image_ms": {"8": "fast"}, "measured": "x"},
+        {"batch": 8, "per_image_ms": {"８": 1.0}, "measured": "x"},  # a full-width digit: not ASCII
+        {"batch": 8, "per_image_ms": {"8": 1.0}},
+        {"batch": 16, "per_image_ms": {"8": 1.0}, "measured": "x"},  # a batch never measured
+        {"batch": 8, "per_image_ms": {"8": -1.0}, "measured": "x"},
+    ],
+)
 def test_entries_of_the_wrong_types_are_measured_again(tiny_export, cache, monkeypatch, entry):
     session = UNetSession(tiny_export / "unet.onnx", provider="cpu", threads=1)
     cache.parent.mkdir(parents=True)
@@ -121,8 +133,14 @@ def test_entries_of_the_wrong_types_are_measured_again(tiny_export, cache, monke
     assert not cpu_batch.choose(session).cached and calls == [1]
 
 
-@pytest.mark.parametrize("content, problem", [('{"k": NaN}', "not JSON"), ("x" * (cpu_batch.MAX_CACHE_BYTES + 10), "larger than"),
-                                              ('"a string"', "not a JSON object")])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ('{"k": NaN}', "not JSON"),
+        ("x" * (cpu_batch.MAX_CACHE_BYTES + 10), "larger than"),
+        ('"a string"', "not a JSON object"),
+    ],
+)
 def test_odd_files_are_named_in_a_note(tiny_export, cache, monkeypatch, content, problem):
     cache.parent.mkdir(parents=True)
     cache.write_text(content)
@@ -141,8 +159,11 @@ def test_two_writers_keep_both_entries(cache):
     import subprocess
     import sys
 
-    code = ("import sys; from ddpm.runtime import cpu_batch\n"
-            "for i in range(40): cpu_batch.remember(f'{sys.argv[1]}-{i}', {'batch': 4, 'per_image_ms': {'4': 1.0}, 'measured': 'x'})")
+    code = (
+        "import sys; from ddpm.runtime import cpu_batch\n"
+        "for i in range(40): cpu_batch.remember(f'{sys.argv[1]}-{i}', "
+        "{'batch': 4, 'per_image_ms': {'4': 1.0}, 'measured': 'x'})"
+    )
     writers = [subprocess.Popen([sys.executable, "-c", code, name]) for name in ("a", "b")]
     assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
     stored = json.loads(cache.read_text())
@@ -153,10 +174,15 @@ def cached_timing(cache, session, per_image_ms, **extra):
     """A cache holding ``per_image_ms`` as this session's timing, a path choice of this CPU, and
     another CPU's timing."""
     key = cpu_batch.machine_key(session)
-    entries = {key: {"batch": 4, "per_image_ms": per_image_ms, "measured": "2026-01-01T00:00:00Z", **extra},
-               f"path | {key} | 0123456789abcdef": {"engine": "onnxruntime", "precision": "fp32"},
-               "Another CPU | 64 | threads=default | onnxruntime 1.0 | fp32 | 0": {"batch": 8, "per_image_ms": {"8": 1.0},
-                                                                                  "measured": "2026-01-01T00:00:00Z"}}
+    entries = {
+        key: {"batch": 4, "per_image_ms": per_image_ms, "measured": "2026-01-01T00:00:00Z", **extra},
+        f"path | {key} | 0123456789abcdef": {"engine": "onnxruntime", "precision": "fp32"},
+        "Another CPU | 64 | threads=default | onnxruntime 1.0 | fp32 | 0": {
+            "batch": 8,
+            "per_image_ms": {"8": 1.0},
+            "measured": "2026-01-01T00:00:00Z",
+        },
+    }
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(entries))
     return key
@@ -167,8 +193,23 @@ def test_a_run_far_from_its_timing_forgets_this_cpus_timings(invoke, tiny_export
 
     session = UNetSession(tiny_export / "unet.onnx", provider="cpu")
     cached_timing(cache, session, {"4": 1e-5})  # far faster than any real call: a timing to distrust
-    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--provider", "cpu", "-n", 4, "--sampler", "ddim",
-                    "--steps", 12, "--png", cache.parent.parent / "o.png", "--seed", 0)
+    result = invoke(
+        run_main,
+        "--onnx",
+        tiny_export / "unet.onnx",
+        "--provider",
+        "cpu",
+        "-n",
+        4,
+        "--sampler",
+        "ddim",
+        "--steps",
+        12,
+        "--png",
+        cache.parent.parent / "o.png",
+        "--seed",
+        0,
+    )
     assert result.code == 0, result.err
     assert "the next run times this CPU again" in result.err and "at batch 4" in result.err
     assert list(json.loads(cache.read_text())) == ["Another CPU | 64 | threads=default | onnxruntime 1.0 | fp32 | 0"]
@@ -208,7 +249,9 @@ def two_sessions(tiny_export):
 def test_sessions_compared_are_timed_again_all_together(tiny_export, cache, monkeypatch, second):
     """One entry missing, or two of different passes: no cached figure stands beside another age's."""
     sessions = two_sessions(tiny_export)
-    entries = {cpu_batch.machine_key(sessions[0]): {"batch": 4, "per_image_ms": {"4": 9.0}, "measured": "2026-01-01T00:00:00Z"}}
+    entries = {
+        cpu_batch.machine_key(sessions[0]): {"batch": 4, "per_image_ms": {"4": 9.0}, "measured": "2026-01-01T00:00:00Z"}
+    }
     if second:
         entries[cpu_batch.machine_key(sessions[1])] = {"batch": 4, "per_image_ms": {"4": 9.0}, "measured": second}
     cache.parent.mkdir(parents=True)

@@ -15,7 +15,7 @@ half a float32 ulp of |x| < 4 is 2.4e-7 per step.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -64,8 +64,13 @@ def max_difference(ours: Sampler, theirs: TheirStep, seed: int = 0) -> float:
     for i, t in enumerate(ours.model_timesteps):
         noise = rng.standard_normal(SHAPE, dtype=np.float32) if ours.needs_noise(i) else None
         x = ours.step(x, i, data.eps(x, t), noise)
-        y = theirs(y, i, int(t), torch.from_numpy(data.eps(y.numpy(), t)),
-                   None if noise is None else torch.from_numpy(noise.astype(np.float64)))
+        y = theirs(
+            y,
+            i,
+            int(t),
+            torch.from_numpy(data.eps(y.numpy(), t)),
+            None if noise is None else torch.from_numpy(noise.astype(np.float64)),
+        )
         assert x.dtype == np.float32 and np.all(np.isfinite(x))
         worst = max(worst, float(np.abs(x - y.numpy()).max()))
     return worst
@@ -102,6 +107,7 @@ def solver_step(scheduler) -> TheirStep:
         if noise is None and getattr(scheduler.config, "algorithm_type", "").startswith("sde"):
             kwargs = {"variance_noise": torch.zeros_like(y)}  # the last step: multiplied by σ_next = 0
         return scheduler.step(eps, t, y, **kwargs).prev_sample
+
     return step
 
 
@@ -156,9 +162,15 @@ def test_ddim_matches_ddim_scheduler(steps, eta):
 @pytest.mark.parametrize("stochastic, algorithm", [(False, "dpmsolver++"), (True, "sde-dpmsolver++")])
 def test_dpm_solver_matches_dpm_solver_multistep(steps, stochastic, algorithm):
     ours = DPMSolverSampler(SCHEDULE, steps, spacing="logsnr", stochastic=stochastic)
-    scheduler = diffusers.DPMSolverMultistepScheduler(**DIFFUSERS_BETAS, algorithm_type=algorithm, solver_order=2,
-                                                      solver_type="midpoint", prediction_type="epsilon",
-                                                      final_sigmas_type="zero", lower_order_final=True)
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        **DIFFUSERS_BETAS,
+        algorithm_type=algorithm,
+        solver_order=2,
+        solver_type="midpoint",
+        prediction_type="epsilon",
+        final_sigmas_type="zero",
+        lower_order_final=True,
+    )
     use_our_solver_timesteps(scheduler, ours)
     assert max_difference(ours, solver_step(scheduler)) < TOLERANCE
     assert scheduler.step_index == steps  # every step ran on our schedule
@@ -168,7 +180,8 @@ def test_the_comparison_resolves_the_second_order_term():
     """Against first-order DPM-Solver++ (DDIM) our second-order solver differs far beyond the tolerance,
     so the agreement above is not that of any two reasonable solvers."""
     ours = DPMSolverSampler(SCHEDULE, 10, spacing="logsnr")
-    scheduler = diffusers.DPMSolverMultistepScheduler(**DIFFUSERS_BETAS, algorithm_type="dpmsolver++", solver_order=1,
-                                                      final_sigmas_type="zero")
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        **DIFFUSERS_BETAS, algorithm_type="dpmsolver++", solver_order=1, final_sigmas_type="zero"
+    )
     use_our_solver_timesteps(scheduler, ours)
     assert max_difference(ours, solver_step(scheduler)) > 1000 * TOLERANCE

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.core.files import file_sha256
 from ddpm.core.samplers import ConsistencySampler, student_timesteps
 from ddpm.core.schedule import make_schedule
@@ -29,18 +29,56 @@ SCHEDULE = make_schedule("linear", 1000)
 
 
 def distill_args(teacher, out, *extra):
-    return ["--teacher", str(teacher), "--out", str(out), "--trajectories", "48", "--teacher-steps", "6",
-            "--student-steps", "3", "--batch-size", "16", "--threads", "1", "--no-progress", "--no-samples",
-            *map(str, extra)]
+    return [
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--trajectories",
+        "48",
+        "--teacher-steps",
+        "6",
+        "--student-steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-samples",
+        *map(str, extra),
+    ]
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A tiny class-conditional U-Net, 60 steps trained (an untrained one's ODE lands anywhere)."""
     out = tmp_path_factory.mktemp("teacher")
-    assert call_main(train_main, "--preset", "tiny", "--conditional", "--data-dir", DATA_DIR, "--out", out, "--max-steps", 60,
-                     "--epochs", 20, "--max-images", 256, "--ema-decay", 0.9, "--threads", 1, "--no-progress",
-                     "--no-samples") == 0
+    assert (
+        call_main(
+            train_main,
+            "--preset",
+            "tiny",
+            "--conditional",
+            "--data-dir",
+            DATA_DIR,
+            "--out",
+            out,
+            "--max-steps",
+            60,
+            "--epochs",
+            20,
+            "--max-images",
+            256,
+            "--ema-decay",
+            0.9,
+            "--threads",
+            1,
+            "--no-progress",
+            "--no-samples",
+        )
+        == 0
+    )
     return out / "model.pt"
 
 
@@ -108,15 +146,39 @@ def pair_loss(checkpoint, weights, out) -> float:
     network.load_state_dict(weights)
     timesteps = torch.tensor(checkpoint["student"]["timesteps"])
     with torch.no_grad():
-        errors = [(network(solves["states"][:, k], timesteps[k].repeat(len(solves["states"])), output="x0")
-                   - solves["targets"]).pow(2).mean() for k in range(len(timesteps))]
+        errors = [
+            (
+                network(solves["states"][:, k], timesteps[k].repeat(len(solves["states"])), output="x0")
+                - solves["targets"]
+            )
+            .pow(2)
+            .mean()
+            for k in range(len(timesteps))
+        ]
     return float(torch.stack(errors).mean())
 
 
 def test_distillation_lowers_the_loss_on_the_teachers_solves(invoke, tiny_export, tmp_path):
     out = tmp_path / "s"
-    result = invoke(distill_main, *distill_args(tiny_export / "model.pt", out, "--guidance", 0, "--trajectories", 16,
-                                                "--max-steps", 40, "--epochs", 100, "--lr", 1e-3, "--lr-warmup-steps", 0))
+    result = invoke(
+        distill_main,
+        *distill_args(
+            tiny_export / "model.pt",
+            out,
+            "--guidance",
+            0,
+            "--trajectories",
+            16,
+            "--max-steps",
+            40,
+            "--epochs",
+            100,
+            "--lr",
+            1e-3,
+            "--lr-warmup-steps",
+            0,
+        ),
+    )
     assert result.code == 0, result.err
     checkpoint = load_checkpoint(out / "model.pt")
     before = pair_loss(checkpoint, checkpoint["student"]["teacher_weights"], out)
@@ -152,8 +214,19 @@ def test_a_resumed_student_continues_exactly(invoke, teacher, tmp_path):
     assert invoke(distill_main, *distill_args(teacher, halves, "--max-steps", 4)).code == 0
     # resumed without --teacher: the checkpoint carries it, and the teacher's solves are read back, not redrawn
     solves = (halves / "trajectories.pt").stat().st_mtime_ns
-    result = invoke(distill_main, "--resume", "auto", "--out", halves, "--max-steps", 8, "--threads", 1, "--no-progress",
-                    "--no-samples")
+    result = invoke(
+        distill_main,
+        "--resume",
+        "auto",
+        "--out",
+        halves,
+        "--max-steps",
+        8,
+        "--threads",
+        1,
+        "--no-progress",
+        "--no-samples",
+    )
     assert result.code == 0, result.err
     assert (halves / "trajectories.pt").stat().st_mtime_ns == solves
     a, b = load_checkpoint(straight / "model.pt"), load_checkpoint(halves / "model.pt")
@@ -172,8 +245,25 @@ def test_the_student_exports_with_its_teacher_and_timesteps(student, teacher):
 
 def test_ddpm_run_samples_a_student_in_two_calls_by_default(invoke, student, tmp_path):
     # the engine, precision and batch are pinned: auto picks per CPU, and each choice rounds differently
-    result = invoke(run_main, "--onnx", student / "unet.onnx", "-n", 4, "--digit", "3", "--seed", 1, "--npz", tmp_path / "s.npz",
-                    "--provider", "cpu", "--precision", "fp32", "--batch-size", 4)
+    result = invoke(
+        run_main,
+        "--onnx",
+        student / "unet.onnx",
+        "-n",
+        4,
+        "--digit",
+        "3",
+        "--seed",
+        1,
+        "--npz",
+        tmp_path / "s.npz",
+        "--provider",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--batch-size",
+        4,
+    )
     assert result.code == 0, result.err
     assert "x 2 steps" in result.err
     ddpm = DDPM.load(student / "unet.onnx", provider="cpu")
@@ -196,8 +286,20 @@ def test_the_engine_mixes_student_rows_and_keeps_their_samples(student):
 def test_ddpm_bench_times_the_student_at_each_number_of_calls(invoke, student, tmp_path):
     from ddpm.benchmarks.bench import main as bench_main
 
-    result = invoke(bench_main, "--quick", "--models", "student", "--student-onnx", student / "unet.onnx", "--implementations",
-                    "ort", "--out-dir", tmp_path, "--tag", "t")
+    result = invoke(
+        bench_main,
+        "--quick",
+        "--models",
+        "student",
+        "--student-onnx",
+        student / "unet.onnx",
+        "--implementations",
+        "ort",
+        "--out-dir",
+        tmp_path,
+        "--tag",
+        "t",
+    )
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "bench-t.json").read_text())
     rows = [r for r in report["sampler_rows"] if r["model"] == "student"]
@@ -234,8 +336,27 @@ def test_a_student_is_no_teacher(invoke, student, tmp_path):
 
 def test_resuming_with_another_teacher_is_refused(invoke, teacher, student, tmp_path):
     other = tmp_path / "other"
-    assert call_main(train_main, "--preset", "tiny", "--conditional", "--data-dir", DATA_DIR, "--out", other, "--max-steps", 1,
-                     "--max-images", 64, "--threads", 1, "--no-progress", "--no-samples") == 0
+    assert (
+        call_main(
+            train_main,
+            "--preset",
+            "tiny",
+            "--conditional",
+            "--data-dir",
+            DATA_DIR,
+            "--out",
+            other,
+            "--max-steps",
+            1,
+            "--max-images",
+            64,
+            "--threads",
+            1,
+            "--no-progress",
+            "--no-samples",
+        )
+        == 0
+    )
     result = invoke(distill_main, *distill_args(other / "model.pt", student, "--resume", "auto", "--max-steps", 7))
     assert_one_line_error(result, "--teacher of sha256")
     assert result.code == 2

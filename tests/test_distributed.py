@@ -14,9 +14,27 @@ SINGLE = [sys.executable, "-m", "ddpm.train.cli"]
 
 
 def args(data_dir, out, *extra):
-    return ["--preset", "tiny", "--data-dir", str(data_dir), "--out", str(out), "--no-progress", "--no-samples",
-            "--max-images", "64", "--batch-size", "16", "--epochs", "10", "--threads", "1", "--save-every", "3",
-            *map(str, extra)]
+    return [
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-samples",
+        "--max-images",
+        "64",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "10",
+        "--threads",
+        "1",
+        "--save-every",
+        "3",
+        *map(str, extra),
+    ]
 
 
 def run(command, *arguments):
@@ -28,7 +46,11 @@ def run(command, *arguments):
 def assert_close(a, b):
     for key in ("model", "ema"):
         for name, tensor in a[key].items():
-            assert torch.allclose(tensor, b[key][name], atol=2e-5, rtol=1e-4), (key, name, (tensor - b[key][name]).abs().max())
+            assert torch.allclose(tensor, b[key][name], atol=2e-5, rtol=1e-4), (
+                key,
+                name,
+                (tensor - b[key][name]).abs().max(),
+            )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +83,12 @@ def test_resume_under_two_processes(data_dir, tmp_path, single_run):
 
 
 def test_global_batch_must_split_evenly(data_dir, tmp_path):
-    result = subprocess.run([*TORCHRUN, *args(data_dir, tmp_path / "o", "--max-steps", 2, "--batch-size", 15)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*TORCHRUN, *args(data_dir, tmp_path / "o", "--max-steps", 2, "--batch-size", 15)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode != 0
     assert "must be divisible by the 2 processes" in result.stderr
     assert not (tmp_path / "o").exists()

@@ -1,6 +1,6 @@
 """The README and docs/ against the code: the README's Python examples run as written, every option table
 lists options and choices its command has, every relative link and anchor resolves, and the last section
-holds the install line .ci/run runs."""
+holds the install, lint and test lines .ci/run runs."""
 
 import re
 from pathlib import Path
@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import click
 import pytest
-
 from test_console import CONSOLE_SCRIPTS, leaf_commands, script_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +60,7 @@ def option_tables(text: str) -> list[tuple[str, list[str]]]:
             first = split_row(line)[0]
             if first.endswith("option"):
                 rows = []
-                for row in lines[i + 2:]:
+                for row in lines[i + 2 :]:
                     if not row.startswith("|"):
                         break
                     rows.append(split_row(row)[0])
@@ -118,16 +117,17 @@ def test_every_option_table_agrees_with_its_command():
                         assert choices == offered, f"{where}: {option} lists {choices}; {command} offers {offered}"
                     else:
                         assert not isinstance(params[option].type, click.Choice), (
-                            f"{where}: {option} takes one of {offered}; list them as `{option} {'|'.join(offered)}`")
+                            f"{where}: {option} takes one of {offered}; list them as `{option} {'|'.join(offered)}`"
+                        )
                     checked.append((command, option))
     assert ("ddpm-run", "--precision") in checked and ("ddpm-run", "--provider") in checked
 
 
 def test_the_table_reader_catches_a_stale_table():
     stale = "| ddpm-run option | meaning |\n|---|---|\n| `--precision auto\\|fp32\\|int8` | x |\n| `--colour` | y |\n"
-    (header, rows), = option_tables(stale)
+    ((header, rows),) = option_tables(stale)
     params = command_params(header.removesuffix("option").strip())
-    (precision, choices), = listed_options(rows[0])
+    ((precision, choices),) = listed_options(rows[0])
     assert choices != offered_choices(params[precision])  # bf16 is missing
     assert listed_options(rows[1])[0][0] not in params
 
@@ -162,5 +162,6 @@ def test_relative_links_and_anchors_resolve(doc):
 def test_the_readme_ends_with_the_test_command_ci_runs():
     last_section = README.read_text().rsplit("\n## ", 1)[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    for step in [line.split("  #")[0].strip() for line in ci if line.startswith(("pip install", "python -m pytest"))]:
+    steps = ("pip install", "ruff ", "python -m pytest")
+    for step in [line.split("  #")[0].strip() for line in ci if line.startswith(steps)]:
         assert step in last_section, f".ci/run's {step!r} is not in the README's last section"

@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.core import download
 from ddpm.core.files import current_umask
 from ddpm.runtime.eval_cli import main as eval_main
@@ -33,8 +33,11 @@ def content_sha256(path: Path) -> str:
 @pytest.fixture
 def slice_checksums(monkeypatch):
     """The checksums of the test slice in tests/data/mnist stand in for full MNIST's."""
-    monkeypatch.setattr(download, "CONTENT_SHA256", {**download.CONTENT_SHA256, **{
-        name: content_sha256(DATA_DIR / f"{name}.gz") for name in TEST_FILES}})
+    monkeypatch.setattr(
+        download,
+        "CONTENT_SHA256",
+        {**download.CONTENT_SHA256, **{name: content_sha256(DATA_DIR / f"{name}.gz") for name in TEST_FILES}},
+    )
 
 
 class Mirror:
@@ -49,7 +52,9 @@ class Mirror:
                 mirror.requests.append(self.path)
 
         (folder / "mnist").mkdir(parents=True)
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        self.server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))
+        )
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/mnist/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -79,9 +84,13 @@ def dead_url():
 EVAL_ARGS = ("-n", 4, "--sampler", "ddim", "--steps", 2, "-q")
 
 
-def test_ddpm_eval_downloads_the_test_files_and_tries_the_next_mirror(invoke, slice_checksums, mirror, dead_url, tmp_path):
+def test_ddpm_eval_downloads_the_test_files_and_tries_the_next_mirror(
+    invoke, slice_checksums, mirror, dead_url, tmp_path
+):
     data = tmp_path / "data" / "mnist"
-    result = invoke(eval_main, *EVAL_ARGS[:-1], "--data-dir", data, "--download", "--mirror", dead_url, "--mirror", mirror.url)
+    result = invoke(
+        eval_main, *EVAL_ARGS[:-1], "--data-dir", data, "--download", "--mirror", dead_url, "--mirror", mirror.url
+    )
     assert result.code == 0, result.err
     for name in TEST_FILES:
         written = data / f"{name}.gz"
@@ -110,10 +119,13 @@ def test_ddpm_train_offline_leaves_neither_the_data_folder_nor_the_run_folder(in
     assert os.listdir(tmp_path) == []  # neither data/mnist nor runs/tiny
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda data: data[: len(data) // 2], "not readable gzip data"),
-    (lambda data: gzip.compress(gzip.decompress(data)[:-1] + b"\x01"), "does not match MNIST's checksum"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda data: data[: len(data) // 2], "not readable gzip data"),
+        (lambda data: gzip.compress(gzip.decompress(data)[:-1] + b"\x01"), "does not match MNIST's checksum"),
+    ],
+)
 def test_a_damaged_file_is_refused_and_nothing_is_left(invoke, slice_checksums, mirror, tmp_path, damage, reason):
     name = TEST_FILES[0]
     mirror.put(name, damage((DATA_DIR / f"{name}.gz").read_bytes()))
@@ -143,16 +155,23 @@ def test_without_download_a_missing_folder_names_the_ways_to_give_it(invoke, tmp
     result = invoke(eval_main, *EVAL_ARGS, "--data-dir", tmp_path / "nowhere")
     assert_one_line_error(result, "--data-dir", "does not exist", "DDPM_DATA_DIR", "--download")
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(invoke(eval_main, *EVAL_ARGS, "--data-dir", tmp_path / "empty"), "lacks the MNIST test files t10k-images-idx3-ubyte[.gz]")
+    assert_one_line_error(
+        invoke(eval_main, *EVAL_ARGS, "--data-dir", tmp_path / "empty"),
+        "lacks the MNIST test files t10k-images-idx3-ubyte[.gz]",
+    )
 
 
 def test_a_mirror_that_is_no_url_is_a_usage_error(invoke, tmp_path):
-    assert_usage_error(invoke(eval_main, *EVAL_ARGS, "--download", "--mirror", "ftp://example.org/mnist"), "'ftp://example.org/mnist'")
+    assert_usage_error(
+        invoke(eval_main, *EVAL_ARGS, "--download", "--mirror", "ftp://example.org/mnist"), "'ftp://example.org/mnist'"
+    )
 
 
 def test_an_output_may_not_take_the_place_of_a_file_the_download_writes(invoke, tmp_path):
     data = tmp_path / "mnist"
-    result = invoke(eval_main, *EVAL_ARGS, "--data-dir", data, "--download", "--json", data / "t10k-images-idx3-ubyte.gz")
+    result = invoke(
+        eval_main, *EVAL_ARGS, "--data-dir", data, "--download", "--json", data / "t10k-images-idx3-ubyte.gz"
+    )
     assert_one_line_error(result, "--json", "t10k-images-idx3-ubyte.gz")
 
 
@@ -172,7 +191,9 @@ def test_the_checksums_are_those_of_full_mnist():
 
 
 def test_files_whose_content_is_not_mnists_are_named(tmp_path):
-    assert download.unlike_mnist(DATA_DIR, "test") == [f"{name}.gz" for name in TEST_FILES]  # a slice is not the test set
+    assert download.unlike_mnist(DATA_DIR, "test") == [
+        f"{name}.gz" for name in TEST_FILES
+    ]  # a slice is not the test set
     assert download.unlike_mnist(tmp_path, "test") == []  # missing files are require_mnist's to report
 
 

@@ -10,14 +10,32 @@ def test_embed_ships_a_conditional_model_for_both_uses(conditional, tmp_path, mo
     from ddpm.export import embed
 
     out = tmp_path / "models"
-    monkeypatch.setattr(sys, "argv", ["embed", "--ckpt", str(conditional / "model.pt"), "--out-dir", str(out),
-                                      "--command", "ddpm-train --preset tiny --conditional", "--hardware", "a test",
-                                      "--grid-steps", "20"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "embed",
+            "--ckpt",
+            str(conditional / "model.pt"),
+            "--out-dir",
+            str(out),
+            "--command",
+            "ddpm-train --preset tiny --conditional",
+            "--hardware",
+            "a test",
+            "--grid-steps",
+            "20",
+        ],
+    )
     embed.main()
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "default.onnx", "digits.png", "samples.png"]
     assert DDPM.load(out / "default.onnx", provider="cpu").info.num_classes == 10
     card = (out / "README.md").read_text()
-    assert "with and without `--digit`" in card and "digits.png" in card and "ddpm-train --preset tiny --conditional" in card
+    assert (
+        "with and without `--digit`" in card
+        and "digits.png" in card
+        and "ddpm-train --preset tiny --conditional" in card
+    )
     assert "respaced to 20 steps" in card and "--steps 20 --png samples.png" in card
 
 
@@ -25,12 +43,33 @@ def test_embed_ships_a_latent_model_with_its_decoder(latent_export, tmp_path, mo
     from ddpm.export import embed
 
     out = tmp_path / "models"
-    monkeypatch.setattr(sys, "argv", ["embed", "--ckpt", str(latent_export / "model.pt"), "--out-dir", str(out),
-                                      "--name", "latent", "--command", "ddpm-train --preset tiny --autoencoder ae.pt",
-                                      "--hardware", "a test", "--grid-steps", "5"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "embed",
+            "--ckpt",
+            str(latent_export / "model.pt"),
+            "--out-dir",
+            str(out),
+            "--name",
+            "latent",
+            "--command",
+            "ddpm-train --preset tiny --autoencoder ae.pt",
+            "--hardware",
+            "a test",
+            "--grid-steps",
+            "5",
+        ],
+    )
     embed.main()
-    assert sorted(p.name for p in out.iterdir()) == ["latent-digits.png", "latent-samples.png", "latent.decoder.onnx",
-                                                     "latent.md", "latent.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "latent-digits.png",
+        "latent-samples.png",
+        "latent.decoder.onnx",
+        "latent.md",
+        "latent.onnx",
+    ]
     ddpm = DDPM.load(out / "latent.onnx", provider="cpu")
     assert ddpm.decoder.path == out / "latent.decoder.onnx"
     card = (out / "latent.md").read_text()

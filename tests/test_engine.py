@@ -13,7 +13,6 @@ from ddpm.core.samplers import SPECS
 from ddpm.runtime.engine import Cancelled, SamplingEngine
 from ddpm.runtime.pipeline import DDPM
 
-
 # Float round-off between batch compositions (a row's ε computed beside other rows): measured on the
 # embedded model at up to ~1e-5; identical compositions give identical samples.
 MIXED_TOLERANCE = 1e-4
@@ -125,7 +124,11 @@ def test_a_failing_callback_or_call_ends_only_its_requests(ddpm, monkeypatch):
     healthy = engine.submit(1, ddpm.plan("ddim", steps=3), seed=0)
     noisy = engine.submit(1, ddpm.plan("ddim", steps=3), seed=1, on_step=lambda job: 1 / 0)
     engine.run_until_idle()
-    assert healthy.state == "done" and noisy.state == "failed" and noisy.error == "the progress callback failed at step 1: division by zero"
+    assert (
+        healthy.state == "done"
+        and noisy.state == "failed"
+        and noisy.error == "the progress callback failed at step 1: division by zero"
+    )
     late = engine.submit(1, ddpm.plan("ddim", steps=3), seed=2)
     monkeypatch.setattr(ddpm.session, "eps", lambda *args: np.zeros((2, 2)) @ np.zeros((3, 3)))  # a foreign error
     engine.run_until_idle()
@@ -167,7 +170,9 @@ def test_no_call_exceeds_the_capacity(ddpm, monkeypatch):
 
 def test_a_request_that_cannot_fit_is_refused_before_it_takes_rows(ddpm):
     engine = SamplingEngine(ddpm.session, max_rows=8)
-    with pytest.raises(DDPMError, match="need 10 rows; this engine takes at most 8 rows per request: ask for at most 4") as error:
+    with pytest.raises(
+        DDPMError, match="need 10 rows; this engine takes at most 8 rows per request: ask for at most 4"
+    ) as error:
         engine.submit(5, ddpm.plan("ddim", steps=3, digits=[2], guidance=1.0), seed=0)
     assert "\n" not in str(error.value)
     assert engine.active_rows == 0 and not engine.tick()
@@ -176,7 +181,9 @@ def test_a_request_that_cannot_fit_is_refused_before_it_takes_rows(ddpm):
 def test_progress_and_frames_per_request(ddpm):
     engine = SamplingEngine(ddpm.session, max_rows=8)
     seen = []
-    job = engine.submit(2, ddpm.plan("ddim", steps=6, frames=3, show="x0"), seed=0, on_step=lambda j: seen.append(j.position))
+    job = engine.submit(
+        2, ddpm.plan("ddim", steps=6, frames=3, show="x0"), seed=0, on_step=lambda j: seen.append(j.position)
+    )
     engine.run_until_idle()
     assert seen == [1, 2, 3, 4, 5, 6]
     run = job.wait()

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.core.plan import DEFAULT_GUIDANCE
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.eval_cli import main as eval_main
@@ -38,15 +38,31 @@ def test_eval_of_an_npz(invoke, samples_npz, data_dir, tmp_path):
 
 
 def test_eval_samples_a_model_itself(invoke, tiny_export, data_dir):
-    result = invoke(eval_main, "--onnx", tiny_export / "unet.onnx", "-n", "20", "--steps", "5", "--data-dir", data_dir, "-q")
+    result = invoke(
+        eval_main, "--onnx", tiny_export / "unet.onnx", "-n", "20", "--steps", "5", "--data-dir", data_dir, "-q"
+    )
     assert result.code == 0, result.err
     assert "images" in result.out and "20" in result.out
 
 
 def test_run_and_eval_with_digits(invoke, conditional, tmp_path):
     out = tmp_path / "all.npz"
-    result = invoke(run_main, "--onnx", conditional / "unet.onnx", "--digit", "all", "--sampler", "ddim", "--steps", 5,
-                    "--npz", out, "--png", tmp_path / "all.png", "-q")
+    result = invoke(
+        run_main,
+        "--onnx",
+        conditional / "unet.onnx",
+        "--digit",
+        "all",
+        "--sampler",
+        "ddim",
+        "--steps",
+        5,
+        "--npz",
+        out,
+        "--png",
+        tmp_path / "all.png",
+        "-q",
+    )
     assert result.code == 0, result.err
     archive = np.load(out)
     settings = json.loads(str(archive["settings"]))
@@ -67,14 +83,18 @@ def test_eval_runs_without_torch(samples_npz, data_dir):
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'torchvision', 'onnx') or name.startswith(('ddpm.train', 'ddpm.export')):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'onnx') "
+        "or name.startswith(('ddpm.train', 'ddpm.export')):\n"
         "            raise ImportError(name + ' is blocked here')\n"
         "sys.meta_path.insert(0, Block())\n"
         "from ddpm.runtime.eval_cli import main\n"
         "main()\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, "--npz", str(samples_npz), "--data-dir", str(data_dir)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script, "--npz", str(samples_npz), "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "Fréchet distance" in result.stdout
 
@@ -115,8 +135,15 @@ def test_bad_npz(invoke, data_dir, tmp_path, kind, fragment):
     assert sorted(tmp_path.iterdir()) == before
 
 
-@pytest.mark.parametrize("args, fragment", [(["-n", "0"], "-n"), (["-n", "-5"], "-n"), (["-n", "101"], "half the test set"),
-                                            (["--data-dir", "NOWHERE"], "does not exist")])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["-n", "0"], "-n"),
+        (["-n", "-5"], "-n"),
+        (["-n", "101"], "half the test set"),
+        (["--data-dir", "NOWHERE"], "does not exist"),
+    ],
+)
 def test_bad_options(invoke, tiny_export, data_dir, tmp_path, args, fragment):
     args = [str(tmp_path / "nowhere") if a == "NOWHERE" else a for a in args]
     if "--data-dir" not in args:
@@ -147,8 +174,11 @@ def test_a_reference_that_is_not_mnists_test_set_is_named_in_a_warning(invoke, d
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["reference_is_mnist"] is False and str(foreign) in report["reference"]
 
-    monkeypatch.setattr(download, "CONTENT_SHA256", {**download.CONTENT_SHA256, **{
-        path.name: download._content_sha256(path) for path in foreign.iterdir()}})
+    monkeypatch.setattr(
+        download,
+        "CONTENT_SHA256",
+        {**download.CONTENT_SHA256, **{path.name: download._content_sha256(path) for path in foreign.iterdir()}},
+    )
     result = invoke(eval_main, "--npz", samples, "--data-dir", foreign, "--json", tmp_path / "r.json")
     assert result.code == 0 and "warning" not in result.err, result.err
     report = json.loads((tmp_path / "r.json").read_text())

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import TINY_STEPS, assert_one_line_error
+
 from ddpm.core.metadata import ModelInfo
 from ddpm.core.schedule import make_schedule
 from ddpm.export.cli import main as export_main
@@ -70,11 +70,23 @@ def test_fixed_batch_copy(tiny_export):
     assert json.loads(sess.get_modelmeta().custom_metadata_map["ddpm.fixed_batch"]) == 3
     x = np.zeros((3, 1, 32, 32), np.float32)
     t = np.array([0, 500, 999])
-    assert np.allclose(sess.run(None, {"x": x, "t": t})[0], session(tiny_export / "unet.onnx").run(None, {"x": x, "t": t})[0], atol=1e-5)
+    assert np.allclose(
+        sess.run(None, {"x": x, "t": t})[0],
+        session(tiny_export / "unet.onnx").run(None, {"x": x, "t": t})[0],
+        atol=1e-5,
+    )
 
 
-VARIANTS = ["unet.onnx", "unet.b3.onnx", "unet.fp16.onnx", "unet.fp16.b3.onnx",
-            "unet.step.onnx", "unet.step.b3.onnx", "unet.step.fp16.onnx", "unet.step.fp16.b3.onnx"]
+VARIANTS = [
+    "unet.onnx",
+    "unet.b3.onnx",
+    "unet.fp16.onnx",
+    "unet.fp16.b3.onnx",
+    "unet.step.onnx",
+    "unet.step.b3.onnx",
+    "unet.step.fp16.onnx",
+    "unet.step.fp16.b3.onnx",
+]
 
 
 def test_export_writes_every_variant_with_its_metadata(variants):
@@ -95,7 +107,9 @@ def test_export_writes_every_variant_with_its_metadata(variants):
 
 def test_export_writes_the_onnx_path_as_given(invoke, tiny_export, tmp_path):
     target = tmp_path / "model.bin"
-    result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--onnx", target, "--no-torchscript", "--fixed-batch", 2)
+    result = invoke(
+        export_main, "--ckpt", tiny_export / "model.pt", "--onnx", target, "--no-torchscript", "--fixed-batch", 2
+    )
     assert result.code == 0, result.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.b2.bin", "model.bin"]
 
@@ -125,13 +139,19 @@ def test_torchscript_loads_without_the_project(tiny_export, tmp_path):
 
 
 def test_raw_weights_differ_from_ema(invoke, tiny_export, tmp_path):
-    assert invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", tmp_path, "--raw", "--no-torchscript").code == 0
+    assert (
+        invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", tmp_path, "--raw", "--no-torchscript").code
+        == 0
+    )
     assert not (tmp_path / "unet.ts.pt").exists()
     x, t = np.ones((1, 1, 32, 32), np.float32), np.array([10])
     raw = session(tmp_path / "unet.onnx").run(None, {"x": x, "t": t})[0]
     ema = session(tiny_export / "unet.onnx").run(None, {"x": x, "t": t})[0]
     assert not np.allclose(raw, ema)
-    assert json.loads(session(tmp_path / "unet.onnx").get_modelmeta().custom_metadata_map["ddpm.source"])["weights"] == "raw"
+    assert (
+        json.loads(session(tmp_path / "unet.onnx").get_modelmeta().custom_metadata_map["ddpm.source"])["weights"]
+        == "raw"
+    )
 
 
 def test_labml_state_dict_exports_and_matches(invoke, tmp_path):
@@ -188,13 +208,16 @@ def _write_bad(kind, path, good):
     elif kind == "truncated":
         path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     elif kind == "code":
+
         class Exploit:
             def __reduce__(self):
                 return (os.system, (f"touch {path.parent / 'pwned'}",))
 
         path.write_bytes(pickle.dumps({"model": Exploit()}, protocol=2))
     elif kind == "other_network":
-        torch.save(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)).state_dict(), path)
+        torch.save(
+            torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)).state_dict(), path
+        )
     elif kind == "foreign_dict":
         torch.save({"epoch": 3, "weights": [1, 2, 3]}, path)
     elif kind == "labml_wrong_shapes":
@@ -228,9 +251,15 @@ def test_bad_checkpoints(invoke, tiny_export, tmp_path, kind, fragments):
 def test_unwritable_outputs(invoke, tiny_export, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_one_line_error(invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", blocker), "not a directory")
-    assert_one_line_error(invoke(export_main, "--ckpt", tiny_export / "model.pt", "--onnx", blocker / "u.onnx"), "not a directory")
-    assert_one_line_error(invoke(export_main, "--ckpt", tiny_export / "model.pt", "--onnx", blocker / "d" / "u.onnx"), "cannot write")
+    assert_one_line_error(
+        invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", blocker), "not a directory"
+    )
+    assert_one_line_error(
+        invoke(export_main, "--ckpt", tiny_export / "model.pt", "--onnx", blocker / "u.onnx"), "not a directory"
+    )
+    assert_one_line_error(
+        invoke(export_main, "--ckpt", tiny_export / "model.pt", "--onnx", blocker / "d" / "u.onnx"), "cannot write"
+    )
     assert_one_line_error(invoke(export_main, "--ckpt", tiny_export / "model.pt", "--onnx", tmp_path), "is a directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
@@ -245,8 +274,10 @@ def test_nan_weights_fail_verification(invoke, tiny_export, tmp_path):
     """All-NaN weights give NaN everywhere; the difference must not read as 0."""
     checkpoint = torch.load(tiny_export / "model.pt", map_location="cpu", weights_only=True)
     for key in ("model", "ema"):
-        checkpoint[key] = {name: torch.full_like(value, float("nan")) if value.is_floating_point() else value
-                           for name, value in checkpoint[key].items()}
+        checkpoint[key] = {
+            name: torch.full_like(value, float("nan")) if value.is_floating_point() else value
+            for name, value in checkpoint[key].items()
+        }
     from ddpm.train.checkpoint import tensor_checksum
 
     checkpoint["checksum"] = {"sha256": tensor_checksum(checkpoint)}  # NaNs saved on purpose, not damage
@@ -258,8 +289,15 @@ def test_nan_weights_fail_verification(invoke, tiny_export, tmp_path):
     assert not out.exists() or list(out.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, fragment", [(["--opset", "21"], "--opset"), (["--fixed-batch", "0"], "--fixed-batch"),
-                                            (["--atol", "-1"], "--atol"), (["--norm-groups", "4"], "labml state dicts only")])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--opset", "21"], "--opset"),
+        (["--fixed-batch", "0"], "--fixed-batch"),
+        (["--atol", "-1"], "--atol"),
+        (["--norm-groups", "4"], "labml state dicts only"),
+    ],
+)
 def test_bad_options(invoke, tiny_export, tmp_path, args, fragment):
     result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", tmp_path, *args)
     assert_one_line_error(result, fragment)
@@ -276,7 +314,9 @@ def test_existing_outputs_are_refused_without_overwrite_as_ddpm_train_does(invok
     out = tmp_path / "out"
     out.mkdir()
     (out / "unet.onnx").write_bytes(b"an older export")
-    result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--no-torchscript", "--overwrite")
+    result = invoke(
+        export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", out, "--no-torchscript", "--overwrite"
+    )
     assert result.code == 0, result.err
     props = {prop.key: prop.value for prop in onnx.load(out / "unet.onnx").metadata_props}
     assert ModelInfo.from_metadata(props).image_size == 32  # the old bytes replaced by a whole export

@@ -44,7 +44,9 @@ def test_fused_step_equals_eps_plus_numpy_update(variants, name):
         x = rng.standard_normal((3, 1, 32, 32), dtype=np.float32)
         noise = rng.standard_normal(x.shape, dtype=np.float32)
         t_batch = np.full(3, t, dtype=np.int64)
-        expected = sampler.step(x, position, eps_model.session.eps(x, t_batch), noise if sampler.needs_noise(position) else None)
+        expected = sampler.step(
+            x, position, eps_model.session.eps(x, t_batch), noise if sampler.needs_noise(position) else None
+        )
         got = fused.session.run(["x_prev"], {"x": x, "t": t_batch, "noise": noise})[0]
         np.testing.assert_allclose(got, expected, atol=2e-5)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import DATA_DIR
+
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.pipeline import DDPM
 from ddpm.runtime.session import UNetSession, gpu_present
@@ -48,14 +48,17 @@ def test_cuda_session_matches_the_cpu(variants, record_property):
     assert difference < 1e-2
 
 
-@pytest.mark.parametrize("name, engine, graph", [
-    ("unet.onnx", "plain", False),
-    ("unet.onnx", "iobinding", False),
-    ("unet.b3.onnx", "iobinding", True),  # CUDA graph, two sub-batches of the fixed batch
-    ("unet.step.onnx", "plain", False),  # fused step
-    ("unet.step.onnx", "iobinding", False),  # fused step, x kept on the device
-    ("unet.step.b3.onnx", "iobinding", True),  # fused step under CUDA graphs
-])
+@pytest.mark.parametrize(
+    "name, engine, graph",
+    [
+        ("unet.onnx", "plain", False),
+        ("unet.onnx", "iobinding", False),
+        ("unet.b3.onnx", "iobinding", True),  # CUDA graph, two sub-batches of the fixed batch
+        ("unet.step.onnx", "plain", False),  # fused step
+        ("unet.step.onnx", "iobinding", False),  # fused step, x kept on the device
+        ("unet.step.b3.onnx", "iobinding", True),  # fused step under CUDA graphs
+    ],
+)
 def test_every_engine_draws_the_cpu_digits(variants, cpu_reference, record_property, name, engine, graph):
     ddpm = DDPM.load(variants / name, provider="cuda", cuda_graph=graph)
     assert ddpm.provider == "CUDAExecutionProvider"
@@ -74,17 +77,21 @@ def test_fp16_draws_the_fp32_digits(variants, cpu_reference, record_property, na
         record_property("eps_max_abs_vs_fp32", float(np.abs(half - full).max()))
         assert np.abs(half - full).max() < 2e-2
     run = DDPM.load(variants / name, provider="cuda", cuda_graph=graph).generate(
-        6, seed=5, engine="iobinding", batch_size=3 if graph else None)
+        6, seed=5, engine="iobinding", batch_size=3 if graph else None
+    )
     image_difference(run.images, cpu_reference, record_property, mean_limit=4.0)
 
 
-@pytest.mark.parametrize("sampler, steps, eta", [("ddim", 50, 0.0), ("ddim", 50, 1.0), ("dpm++2m", 20, 0.0),
-                                                 ("dpm++2m-sde", 20, 0.0)])
+@pytest.mark.parametrize(
+    "sampler, steps, eta", [("ddim", 50, 0.0), ("ddim", 50, 1.0), ("dpm++2m", 20, 0.0), ("dpm++2m-sde", 20, 0.0)]
+)
 def test_fast_samplers_on_the_embedded_model(record_property, sampler, steps, eta):
     runs = []
     for provider, engine in (("cpu", "plain"), ("cuda", "iobinding")):
         ddpm = DDPM.load(provider=provider)
-        runs.append(ddpm.generate(8, ddpm.plan(sampler, steps, eta=eta if sampler == "ddim" else None), seed=3, engine=engine))
+        runs.append(
+            ddpm.generate(8, ddpm.plan(sampler, steps, eta=eta if sampler == "ddim" else None), seed=3, engine=engine)
+        )
     image_difference(runs[1].images, runs[0].images, record_property)
 
 
@@ -100,8 +107,21 @@ def test_guidance_on_the_embedded_conditional_model(record_property, sampler, st
 
 def test_cli_cuda_graph_run(invoke, variants, tmp_path):
     target = tmp_path / "out.npz"
-    result = invoke(run_main, "--onnx", variants / "unet.step.b3.onnx", "--provider", "cuda", "--engine", "cudagraph",
-                    "-n", 5, "--seed", 2, "--npz", target)
+    result = invoke(
+        run_main,
+        "--onnx",
+        variants / "unet.step.b3.onnx",
+        "--provider",
+        "cuda",
+        "--engine",
+        "cudagraph",
+        "-n",
+        5,
+        "--seed",
+        2,
+        "--npz",
+        target,
+    )
     assert result.code == 0, result.err
     assert "CUDAExecutionProvider" in result.err
     assert np.load(target)["images"].shape == (5, 32, 32)
@@ -115,8 +135,23 @@ def test_cuda_training_step_and_eval(invoke, tiny_export, tmp_path, record_prope
     from ddpm.runtime.eval_cli import main as eval_main
 
     report = tmp_path / "eval.json"
-    result = invoke(eval_main, "--onnx", tiny_export / "unet.onnx", "-n", 64, "--steps", 50, "--sampler", "ddim",
-                    "--provider", "cuda", "--data-dir", DATA_DIR, "--json", report)
+    result = invoke(
+        eval_main,
+        "--onnx",
+        tiny_export / "unet.onnx",
+        "-n",
+        64,
+        "--steps",
+        50,
+        "--sampler",
+        "ddim",
+        "--provider",
+        "cuda",
+        "--data-dir",
+        DATA_DIR,
+        "--json",
+        report,
+    )
     assert result.code == 0, result.err
     scores = json.loads(report.read_text())
     assert scores["source"]["provider"] == "CUDAExecutionProvider"
@@ -130,9 +165,27 @@ def test_bench_exports_after_the_pytorch_rows(invoke, tmp_path):
 
     from ddpm.benchmarks.bench import main as bench_main
 
-    result = invoke(bench_main, "--providers", "cuda", "--models", "small", "--implementations", "eager,ort-cudagraph,ort-fused",
-                    "--gpu-batches", 1, "--warmup", 1, "--repeats", 2, "--no-full-loop", "--no-samplers",
-                    "--out-dir", tmp_path, "--tag", "smoke")
+    result = invoke(
+        bench_main,
+        "--providers",
+        "cuda",
+        "--models",
+        "small",
+        "--implementations",
+        "eager,ort-cudagraph,ort-fused",
+        "--gpu-batches",
+        1,
+        "--warmup",
+        1,
+        "--repeats",
+        2,
+        "--no-full-loop",
+        "--no-samplers",
+        "--out-dir",
+        tmp_path,
+        "--tag",
+        "smoke",
+    )
     assert result.code == 0, result.err
     rows = json.loads((tmp_path / "bench-smoke.json").read_text())["rows"]
     assert [row["implementation"] for row in rows] == ["eager", "ort-cudagraph", "ort-fused"]

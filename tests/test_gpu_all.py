@@ -16,13 +16,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_all.sh"
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout"
+)
 
 
 def run_script(tmp_path: Path, *args: str, **env: str) -> dict[str, str]:
     """Run the script; return each step's status column from $OUT/steps.txt."""
-    environment = {**os.environ, "OUT": str(tmp_path / "out"), "GPU_ALL_WORK": str(tmp_path / "work"),
-                   "PYTHON": sys.executable, **env}
+    environment = {
+        **os.environ,
+        "OUT": str(tmp_path / "out"),
+        "GPU_ALL_WORK": str(tmp_path / "work"),
+        "PYTHON": sys.executable,
+        **env,
+    }
     environment.pop("DRY_RUN", None)
     result = subprocess.run(["bash", str(SCRIPT), *args], env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

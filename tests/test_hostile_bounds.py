@@ -1,22 +1,25 @@
 """Sizes and names from options are bounded before any work (the low-severity hostile cases)."""
 
 import pytest
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.benchmarks.bench import main as bench_main
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.train.cli import main as train_main
 
 
-@pytest.mark.parametrize("main, args, fragment", [
-    (run_main, ["--frames", "100001", "--gif", "o.gif"], "--frames"),
-    (run_main, ["--threads", "100000", "--png", "o.png"], "--threads"),
-    (eval_main, ["--seed", str(2**63), "--data-dir", str(DATA_DIR)], "--seed"),
-    (train_main, ["--seed", str(2**63), "--dry-run", "--data-dir", str(DATA_DIR)], "--seed"),
-    (bench_main, ["--tag", "../x", "--quick"], "--tag"),
-    (bench_main, ["--tag", ".hidden", "--quick"], "--tag"),
-])
+@pytest.mark.parametrize(
+    "main, args, fragment",
+    [
+        (run_main, ["--frames", "100001", "--gif", "o.gif"], "--frames"),
+        (run_main, ["--threads", "100000", "--png", "o.png"], "--threads"),
+        (eval_main, ["--seed", str(2**63), "--data-dir", str(DATA_DIR)], "--seed"),
+        (train_main, ["--seed", str(2**63), "--dry-run", "--data-dir", str(DATA_DIR)], "--seed"),
+        (bench_main, ["--tag", "../x", "--quick"], "--tag"),
+        (bench_main, ["--tag", ".hidden", "--quick"], "--tag"),
+    ],
+)
 def test_bounded_options(invoke, tmp_path, monkeypatch, main, args, fragment):
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(invoke(main, *args), fragment)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import assert_error_line, assert_one_line_error
+
 from ddpm.core.errors import DDPMError
 from ddpm.train import checkpoint as checkpoint_module
 from ddpm.train.checkpoint import load_checkpoint
@@ -34,17 +34,26 @@ def wait_for(predicate, process, timeout=120.0):
         if predicate():
             return
         if process.poll() is not None:
-            raise AssertionError(f"process ended early: {process.returncode}, {process.stderr.read() if process.stderr else ''}")
+            raise AssertionError(
+                f"process ended early: {process.returncode}, {process.stderr.read() if process.stderr else ''}"
+            )
         time.sleep(0.005)
     raise AssertionError("timed out")
 
 
 def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(data_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run([*TRAIN, *train_args(data_dir, straight, "--max-steps", 40, "--save-every", 40)], check=True,
-                   capture_output=True)
-    process = subprocess.Popen([*TRAIN, *train_args(data_dir, killed, "--max-steps", 40, "--save-every", 3)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    subprocess.run(
+        [*TRAIN, *train_args(data_dir, straight, "--max-steps", 40, "--save-every", 40)],
+        check=True,
+        capture_output=True,
+    )
+    process = subprocess.Popen(
+        [*TRAIN, *train_args(data_dir, killed, "--max-steps", 40, "--save-every", 3)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # ckpt-9 exists only after model.pt was pointed at ckpt-6 (a kill between a checkpoint's rename
     # and model.pt's update would leave model.pt one save behind, which is fine but not this test).
     wait_for(lambda: (killed / "ckpt-00000009.pt").exists(), process)
@@ -53,8 +62,11 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(data_dir, t
     assert process.returncode == -signal.SIGKILL
     saved = load_checkpoint(killed / "model.pt")["progress"]["step"]
     assert 6 <= saved < 40
-    resumed = subprocess.run([*TRAIN, *train_args(data_dir, killed, "--max-steps", 40, "--save-every", 3, "--resume", "auto")],
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        [*TRAIN, *train_args(data_dir, killed, "--max-steps", 40, "--save-every", 3, "--resume", "auto")],
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_checkpoint(straight / "model.pt"), load_checkpoint(killed / "model.pt")
     assert a["progress"]["step"] == b["progress"]["step"] == 40
@@ -69,8 +81,12 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(data_dir, t
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_training_saves_and_exits_cleanly(data_dir, tmp_path, signum):
     out = tmp_path / "run"
-    process = subprocess.Popen([*TRAIN, *train_args(data_dir, out, "--max-steps", 100000, "--save-every", 5)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*TRAIN, *train_args(data_dir, out, "--max-steps", 100000, "--save-every", 5)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: (out / "ckpt-00000005.pt").exists(), process)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
@@ -86,10 +102,22 @@ def test_signal_during_training_saves_and_exits_cleanly(data_dir, tmp_path, sign
 @pytest.mark.parametrize("export", ["tiny_export", "latent_export"])  # a latent model's decoder runs in the loop too
 def test_sigint_during_sampling_leaves_no_output(request, tmp_path, export):
     process = subprocess.Popen(
-        [*RUN, "--onnx", str(request.getfixturevalue(export) / "unet.onnx"), "--provider", "cpu", "-n", "64",
-         "--gif", str(tmp_path / "o.gif"),
-         "--npz", str(tmp_path / "o.npz")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *RUN,
+            "--onnx",
+            str(request.getfixturevalue(export) / "unet.onnx"),
+            "--provider",
+            "cpu",
+            "-n",
+            "64",
+            "--gif",
+            str(tmp_path / "o.gif"),
+            "--npz",
+            str(tmp_path / "o.npz"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # Ctrl-C's default, even where the suite runs as a background job (which starts with SIGINT ignored,
         # and a Python started so raises no KeyboardInterrupt)
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -138,8 +166,10 @@ def _nan_at(monkeypatch, bad_steps):
 def test_nan_loss_stops_naming_the_step(invoke, data_dir, tmp_path, monkeypatch):
     _nan_at(monkeypatch, {7})
     out = tmp_path / "run"
-    result = invoke(train_main, *train_args(data_dir, out, "--max-steps", 12, "--save-every", 5, "--threads", 2,
-                                            "--max-bad-steps", 0))
+    result = invoke(
+        train_main,
+        *train_args(data_dir, out, "--max-steps", 12, "--save-every", 5, "--threads", 2, "--max-bad-steps", 0),
+    )
     assert_error_line(result, "non-finite loss or gradient (nan) at step 7", "model.pt is intact", "--max-bad-steps")
     checkpoint = load_checkpoint(out / "model.pt")
     assert checkpoint["progress"]["step"] == 5
@@ -200,16 +230,22 @@ def test_a_flipped_bit_is_reported_and_resume_falls_back(invoke, data_dir, tmp_p
     assert refused.code != 0 and "damaged" in refused.err and not (tmp_path / "f").exists()
 
 
-@pytest.mark.parametrize("damage, fragment", [
-    (lambda c: c["model_config"].update(base_channels=16), "has shape [8, 1, 3, 3], its config's network needs [16, 1, 3, 3]"),
-    (lambda c: c["progress"].update(step="abc"), "progress step 'abc' is not a step count"),
-    (lambda c: c["ema"].pop("final.bias"), "its ema weights lack ['final.bias']"),
-    (lambda c: c["model_config"].update(channel_mults=[]), "model config"),
-    (lambda c: c["schedule"].update(timesteps=10**8), "timesteps 100000000 is not an integer in 1..100000"),
-    (lambda c: c["schedule"].update(beta_start=1e-20), "1 - alpha_bar round"),
-    (lambda c: c["data"].update(data_range=[-1e308, 1e308]), "data_range"),
-    (lambda c: c["data"].update(image_size="32"), "image_size '32'"),
-])
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (
+            lambda c: c["model_config"].update(base_channels=16),
+            "has shape [8, 1, 3, 3], its config's network needs [16, 1, 3, 3]",
+        ),
+        (lambda c: c["progress"].update(step="abc"), "progress step 'abc' is not a step count"),
+        (lambda c: c["ema"].pop("final.bias"), "its ema weights lack ['final.bias']"),
+        (lambda c: c["model_config"].update(channel_mults=[]), "model config"),
+        (lambda c: c["schedule"].update(timesteps=10**8), "timesteps 100000000 is not an integer in 1..100000"),
+        (lambda c: c["schedule"].update(beta_start=1e-20), "1 - alpha_bar round"),
+        (lambda c: c["data"].update(data_range=[-1e308, 1e308]), "data_range"),
+        (lambda c: c["data"].update(image_size="32"), "image_size '32'"),
+    ],
+)
 def test_checkpoints_that_contradict_themselves(invoke, data_dir, tmp_path, damage, fragment):
     from ddpm.export.cli import main as export_main
     from ddpm.train.checkpoint import tensor_checksum

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.core.errors import DDPMError
-from ddpm.runtime.samples_file import MAX_NPZ_MEMBER_BYTES
-from ddpm.runtime.eval_cli import main as eval_main
 from ddpm.core.mnist import MAX_IDX_BYTES, load_mnist, read_idx
+from ddpm.runtime.eval_cli import main as eval_main
+from ddpm.runtime.samples_file import MAX_NPZ_MEMBER_BYTES
 from tests_support import copy_latent
 
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -100,10 +100,14 @@ CAPPED_READ = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to measure the address space")
-@pytest.mark.parametrize("dims, inflated, fragment", [
-    ((1000, 28, 28), 2 << 30, "wrong size"),  # a plausible header, then 2 GiB of zeros
-    ((20000, 256, 256), 20000 * 256 * 256, "exceeds"),  # a header claiming 1.3 GB, and as much data
-], ids=["trailing-zeros", "huge-shape"])
+@pytest.mark.parametrize(
+    "dims, inflated, fragment",
+    [
+        ((1000, 28, 28), 2 << 30, "wrong size"),  # a plausible header, then 2 GiB of zeros
+        ((20000, 256, 256), 20000 * 256 * 256, "exceeds"),  # a header claiming 1.3 GB, and as much data
+    ],
+    ids=["trailing-zeros", "huge-shape"],
+)
 def test_gzip_bomb_is_refused_within_bounded_memory(tmp_path, dims, inflated, fragment):
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     gzip_bomb(path, dims, inflated)
@@ -166,6 +170,7 @@ def test_npz_header_that_disagrees_with_its_member(invoke, tmp_path):
 
 # Links and special files given where a file is read: each refused in one line with its true reason.
 
+
 def special_file(tmp_path: Path, kind: str) -> Path:
     if kind == "loop":
         (tmp_path / "a").symlink_to(tmp_path / "b")
@@ -180,8 +185,13 @@ def special_file(tmp_path: Path, kind: str) -> Path:
     return Path({"/dev/zero": "/dev/zero", "/proc": "/proc/self/status"}[kind])
 
 
-SPECIAL = {"loop": "is a loop of symbolic links", "dangling link": "is a link to nothing", "fifo": "is a FIFO, not a file",
-           "/dev/zero": "is a character device, not a file", "/proc": "is a kernel file of /proc or /sys"}
+SPECIAL = {
+    "loop": "is a loop of symbolic links",
+    "dangling link": "is a link to nothing",
+    "fifo": "is a FIFO, not a file",
+    "/dev/zero": "is a character device, not a file",
+    "/proc": "is a kernel file of /proc or /sys",
+}
 
 
 def special_decoder(unet: Path, kind: str) -> Path:
@@ -197,8 +207,16 @@ def special_decoder(unet: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize("kind", SPECIAL)
-@pytest.mark.parametrize("command", ["ddpm-run --onnx", "ddpm-eval --npz", "ddpm-export --ckpt", "ddpm-train --resume",
-                                     "ddpm-run --onnx (its decoder)"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "ddpm-run --onnx",
+        "ddpm-eval --npz",
+        "ddpm-export --ckpt",
+        "ddpm-train --resume",
+        "ddpm-run --onnx (its decoder)",
+    ],
+)
 def test_links_and_special_files_get_their_true_reason(invoke, request, tmp_path, kind, command):
     from ddpm.export.cli import main as export_main
     from ddpm.runtime.cli import main as run_main
@@ -212,11 +230,25 @@ def test_links_and_special_files_get_their_true_reason(invoke, request, tmp_path
         assert not (tmp_path / "o.png").exists()
         return
     path = special_file(tmp_path, kind)
-    args = {"ddpm-run --onnx": (run_main, "--onnx", path, "--png", tmp_path / "o.png"),
-            "ddpm-eval --npz": (eval_main, "--npz", path, "--data-dir", DATA_DIR),
-            "ddpm-export --ckpt": (export_main, "--ckpt", path, "--out-dir", tmp_path / "out"),
-            "ddpm-train --resume": (train_main, "--resume", path, "--data-dir", DATA_DIR, "--out", tmp_path / "run",
-                                    "--preset", "tiny", "--max-steps", 1, "--no-progress")}[command]
+    args = {
+        "ddpm-run --onnx": (run_main, "--onnx", path, "--png", tmp_path / "o.png"),
+        "ddpm-eval --npz": (eval_main, "--npz", path, "--data-dir", DATA_DIR),
+        "ddpm-export --ckpt": (export_main, "--ckpt", path, "--out-dir", tmp_path / "out"),
+        "ddpm-train --resume": (
+            train_main,
+            "--resume",
+            path,
+            "--data-dir",
+            DATA_DIR,
+            "--out",
+            tmp_path / "run",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            1,
+            "--no-progress",
+        ),
+    }[command]
     assert_one_line_error(invoke(*args), SPECIAL[kind])
 
 
@@ -228,15 +260,18 @@ def test_a_corrupt_judge_is_one_line(invoke, package_copy, tmp_path, damage):
     assert_one_line_error(result, "the judge model", "reinstall the package")
 
 
-@pytest.mark.parametrize("settings, fragment", [
-    ({"labels": "7" * 4}, "labels are not a list of digits"),
-    ({"labels": [[1], [2], [3], [4]]}, "labels are not a list of digits"),
-    ({"labels": [1, 2, 3, 12]}, "labels are not a list of digits"),
-    ({"labels": [1, 2]}, "list 2 labels for 4 images"),
-    ({"labels_drawn": "no"}, "labels_drawn is 'no', not bool"),
-    ({"transform": 3}, "transform is 3, not str"),
-    ({"transform": "warp"}, "transform is 'warp', not pad or resize"),
-])
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        ({"labels": "7" * 4}, "labels are not a list of digits"),
+        ({"labels": [[1], [2], [3], [4]]}, "labels are not a list of digits"),
+        ({"labels": [1, 2, 3, 12]}, "labels are not a list of digits"),
+        ({"labels": [1, 2]}, "list 2 labels for 4 images"),
+        ({"labels_drawn": "no"}, "labels_drawn is 'no', not bool"),
+        ({"transform": 3}, "transform is 3, not str"),
+        ({"transform": "warp"}, "transform is 'warp', not pad or resize"),
+    ],
+)
 def test_npz_settings_of_the_wrong_type_are_one_line(invoke, tmp_path, settings, fragment):
     import json
 

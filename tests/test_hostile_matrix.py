@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 
 import click
 import pytest
 import torch
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.benchmarks.bench import bench_command
 from ddpm.benchmarks.bench import main as bench_main
 from ddpm.export.cli import export_command
@@ -64,8 +63,12 @@ def foreign_onnx() -> bytes:
     from onnx import TensorProto, helper
 
     node = helper.make_node("Relu", ["a"], ["b"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9).SerializeToString()
 
 
@@ -92,10 +95,17 @@ FILE_OPTIONS = [
     ("ddpm-eval", "--npz", ["--data-dir", str(DATA_DIR), "--json", "OUT/r.json"]),
     ("ddpm-eval", "--onnx", ["--data-dir", str(DATA_DIR), "--json", "OUT/r.json", "-n", "4", "--steps", "2"]),
 ]
-MAINS = {"ddpm-train": train_main, "ddpm-export": export_main, "ddpm-run": run_main, "ddpm-bench": bench_main,
-         "ddpm-eval": eval_main}
+MAINS = {
+    "ddpm-train": train_main,
+    "ddpm-export": export_main,
+    "ddpm-run": run_main,
+    "ddpm-bench": bench_main,
+    "ddpm-eval": eval_main,
+}
 EXPECTED = {  # what the one line must say, per kind of bad file
-    "missing": "does not exist", "empty": "empty", "directory": "directory",
+    "missing": "does not exist",
+    "empty": "empty",
+    "directory": "directory",
 }
 
 
@@ -126,8 +136,22 @@ LATENT_OPTIONS = [
     ("ddpm-run", "--onnx", ["--png", "OUT/o.png", "-n", "1", "--steps", "2"]),
     ("ddpm-eval", "--onnx", ["--data-dir", str(DATA_DIR), "--json", "OUT/r.json", "-n", "4", "--steps", "2"]),
     # one implementation, one batch, no full loop: a bench that finds the bad file late still ends in seconds
-    ("ddpm-bench", "--latent-onnx", ["--quick", "--out-dir", "OUT", "--models", "latent", "--implementations", "ort",
-                                     "--cpu-batches", "1", "--no-full-loop"]),
+    (
+        "ddpm-bench",
+        "--latent-onnx",
+        [
+            "--quick",
+            "--out-dir",
+            "OUT",
+            "--models",
+            "latent",
+            "--implementations",
+            "ort",
+            "--cpu-batches",
+            "1",
+            "--no-full-loop",
+        ],
+    ),
 ]
 
 
@@ -142,7 +166,9 @@ def latent_cases():
                 bench = command == "ddpm-bench"
                 if bench and target == "decoder" and kind != "missing":
                     continue
-                cases.append(pytest.param(command, option, others, target, kind, id=f"{command}{option}-{target}-{kind}"))
+                cases.append(
+                    pytest.param(command, option, others, target, kind, id=f"{command}{option}-{target}-{kind}")
+                )
     return cases
 
 
@@ -154,7 +180,11 @@ def damage_latent(unet, target: str, kind: str) -> tuple:
     path.unlink()
     if kind == "swapped":
         path.write_bytes(other.read_bytes())
-        return path, ("is a latent model's decoder, not a U-Net" if target == "unet" else "is a U-Net, not a latent model's decoder")
+        return path, (
+            "is a latent model's decoder, not a U-Net"
+            if target == "unet"
+            else "is a U-Net, not a latent model's decoder"
+        )
     if kind == "edited":
         path.write_bytes(good)
         if target == "decoder":
@@ -213,8 +243,14 @@ def test_bad_data_dir(invoke, tmp_path, kind):
         (data / names[1]).write_bytes(raw[names[1]])
     before = snapshot(tmp_path)
     result = invoke(train_main, "--preset", "tiny", "--data-dir", data, "--out", tmp_path / "out", "--no-progress")
-    fragment = {"missing": "does not exist", "not_a_directory": "not a directory", "empty": "lacks the MNIST",
-                "random": "not an IDX file", "truncated": "truncated", "foreign": "not an IDX file"}[kind]
+    fragment = {
+        "missing": "does not exist",
+        "not_a_directory": "not a directory",
+        "empty": "lacks the MNIST",
+        "random": "not an IDX file",
+        "truncated": "truncated",
+        "foreign": "not an IDX file",
+    }[kind]
     assert_one_line_error(result, fragment)
     assert snapshot(tmp_path) == before
 
@@ -222,8 +258,13 @@ def test_bad_data_dir(invoke, tmp_path, kind):
 def numeric_cases():
     """Every numeric option of every command: a word, and a value just outside its range."""
     cases = []
-    for name, command in (("ddpm-train", train_command), ("ddpm-export", export_command), ("ddpm-run", run_cli),
-                          ("ddpm-bench", bench_command), ("ddpm-eval", eval_command)):
+    for name, command in (
+        ("ddpm-train", train_command),
+        ("ddpm-export", export_command),
+        ("ddpm-run", run_cli),
+        ("ddpm-bench", bench_command),
+        ("ddpm-eval", eval_command),
+    ):
         for param in command.params:
             if not isinstance(param, click.Option) or param.is_flag:
                 continue
@@ -234,11 +275,19 @@ def numeric_cases():
             cases.append((name, option, "abc"))
             low = getattr(kind, "min", None)
             if low is not None:
-                below = low if getattr(kind, "min_open", False) else (low - 1 if isinstance(kind, click.types.IntParamType) else low - 0.5)
+                below = (
+                    low
+                    if getattr(kind, "min_open", False)
+                    else (low - 1 if isinstance(kind, click.types.IntParamType) else low - 0.5)
+                )
                 cases.append((name, option, str(below)))
             high = getattr(kind, "max", None)
             if high is not None:
-                above = high if getattr(kind, "max_open", False) else (high + 1 if isinstance(kind, click.types.IntParamType) else high + 0.5)
+                above = (
+                    high
+                    if getattr(kind, "max_open", False)
+                    else (high + 1 if isinstance(kind, click.types.IntParamType) else high + 0.5)
+                )
                 cases.append((name, option, str(above)))
     return cases
 
@@ -261,7 +310,11 @@ def test_numeric_cases_cover_every_command():
 
 @pytest.mark.parametrize("command, option, value", NUMERIC_CASES, ids=[f"{c}{o}={v}" for c, o, v in NUMERIC_CASES])
 def test_bad_numbers(invoke, tmp_path, tiny_export, command, option, value):
-    replacements = {"OUT": str(tmp_path / "out"), "CKPT": str(tiny_export / "model.pt"), "ONNX": str(tiny_export / "unet.onnx")}
+    replacements = {
+        "OUT": str(tmp_path / "out"),
+        "CKPT": str(tiny_export / "model.pt"),
+        "ONNX": str(tiny_export / "unet.onnx"),
+    }
     args = [fill(a, replacements) for a in BASE_ARGS[command]]
     before = snapshot(tmp_path)
     result = invoke(MAINS[command], *args, f"{option}={value}")
@@ -285,8 +338,12 @@ def test_bad_numbers(invoke, tmp_path, tiny_export, command, option, value):
 def test_output_paths_that_cannot_be_used(invoke, tmp_path, tiny_export, command, args, fragment):
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir").mkdir()
-    replacements = {"FILE": str(tmp_path / "file"), "DIR": str(tmp_path / "dir"), "CKPT": str(tiny_export / "model.pt"),
-                    "ONNX": str(tiny_export / "unet.onnx")}
+    replacements = {
+        "FILE": str(tmp_path / "file"),
+        "DIR": str(tmp_path / "dir"),
+        "CKPT": str(tiny_export / "model.pt"),
+        "ONNX": str(tiny_export / "unet.onnx"),
+    }
     extra = ["--preset", "tiny", "--data-dir", str(DATA_DIR), "--no-progress"] if command == "ddpm-train" else []
     before = snapshot(tmp_path)
     result = invoke(MAINS[command], *extra, *[fill(a, replacements) for a in args])

@@ -3,8 +3,8 @@
 import os
 
 import pytest
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.export.cli import main as export_main
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.eval_cli import main as eval_main
@@ -34,7 +34,9 @@ def test_run_refuses_to_overwrite_its_model(invoke, tiny_export, tmp_path, optio
 
 
 def test_run_refuses_two_outputs_on_one_file(invoke, tiny_export, tmp_path):
-    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--gif", tmp_path / "o", "--png", tmp_path / "o", "--steps", 2)
+    result = invoke(
+        run_main, "--onnx", tiny_export / "unet.onnx", "--gif", tmp_path / "o", "--png", tmp_path / "o", "--steps", 2
+    )
     assert_one_line_error(result, "--gif and --png are the same file")
     assert not (tmp_path / "o").exists()
 
@@ -48,10 +50,16 @@ def test_same_file_through_a_link_is_caught(invoke, tiny_export, tmp_path):
     assert model.read_bytes() == before
 
 
-@pytest.mark.parametrize("command, option, link", [
-    ("ddpm-run", "--png", "symbolic"), ("ddpm-run", "--gif", "symbolic"), ("ddpm-run", "--npz", "symbolic"),
-    ("ddpm-run", "--png", "hard"), ("ddpm-eval", "--json", "symbolic"),
-])
+@pytest.mark.parametrize(
+    "command, option, link",
+    [
+        ("ddpm-run", "--png", "symbolic"),
+        ("ddpm-run", "--gif", "symbolic"),
+        ("ddpm-run", "--npz", "symbolic"),
+        ("ddpm-run", "--png", "hard"),
+        ("ddpm-eval", "--json", "symbolic"),
+    ],
+)
 def test_a_latent_models_decoder_is_an_input_too(invoke, latent_export, tmp_path, command, option, link):
     """The decoder is read as surely as the U-Net: an output that is it, through a link, is refused as --onnx is."""
     unet = copy_latent(latent_export, tmp_path / "model")
@@ -83,7 +91,9 @@ def test_latent_export_refuses_a_decoder_output_that_is_its_checkpoint(invoke, l
 
 def test_eval_refuses_to_overwrite_its_archive(invoke, tiny_export, tmp_path):
     archive = tmp_path / "s.npz"
-    assert invoke(run_main, "--onnx", tiny_export / "unet.onnx", "-n", 4, "--steps", 2, "--npz", archive, "-q").code == 0
+    assert (
+        invoke(run_main, "--onnx", tiny_export / "unet.onnx", "-n", 4, "--steps", 2, "--npz", archive, "-q").code == 0
+    )
     before = archive.read_bytes()
     result = invoke(eval_main, "--npz", archive, "--json", archive, "--data-dir", DATA_DIR)
     assert_one_line_error(result, "--json", "input --npz")
@@ -119,8 +129,17 @@ def test_eval_refuses_a_special_json_target_before_sampling(invoke, tiny_export,
 
 # Files a command reads without being told: the installed models and judge, the CPU cache, the MNIST files.
 
-@pytest.mark.parametrize("option, name", [("--npz", "default.onnx"), ("--png", "default.int8.onnx"), ("--gif", "judge.onnx"),
-                                          ("--png", "check-digits.npz"), ("--npz", "latent.decoder.onnx")])
+
+@pytest.mark.parametrize(
+    "option, name",
+    [
+        ("--npz", "default.onnx"),
+        ("--png", "default.int8.onnx"),
+        ("--gif", "judge.onnx"),
+        ("--png", "check-digits.npz"),
+        ("--npz", "latent.decoder.onnx"),
+    ],
+)
 def test_run_never_writes_over_an_installed_file(invoke, package_copy, option, name):
     target = package_copy / name
     before = target.read_bytes()
@@ -161,8 +180,17 @@ def test_export_int8_never_writes_over_its_training_data(invoke, tiny_export, tm
     shutil.copytree(DATA_DIR, data)
     images = data / "train-images-idx3-ubyte.gz"
     before = images.read_bytes()
-    result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--int8", "--data-dir", data, "--onnx", images,
-                    "--no-torchscript")
+    result = invoke(
+        export_main,
+        "--ckpt",
+        tiny_export / "model.pt",
+        "--int8",
+        "--data-dir",
+        data,
+        "--onnx",
+        images,
+        "--no-torchscript",
+    )
     assert_one_line_error(result, "--onnx", "the MNIST train file train-images-idx3-ubyte.gz in --data-dir")
     assert images.read_bytes() == before
 
@@ -170,5 +198,7 @@ def test_export_int8_never_writes_over_its_training_data(invoke, tiny_export, tm
 def test_export_int8_names_the_data_option_before_loading_anything(invoke, tmp_path):
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"not a checkpoint: loading it would fail first")
-    result = invoke(export_main, "--ckpt", ckpt, "--int8", "--data-dir", tmp_path / "nowhere", "--out-dir", tmp_path / "out")
+    result = invoke(
+        export_main, "--ckpt", ckpt, "--int8", "--data-dir", tmp_path / "nowhere", "--out-dir", tmp_path / "out"
+    )
     assert_one_line_error(result, "--int8 calibrates on MNIST training digits", "--data-dir or DDPM_DATA_DIR")

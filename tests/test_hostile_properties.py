@@ -47,16 +47,47 @@ def test_idx_reader_plausible_headers(tmp_path_factory, dims, body):
 
 
 json_values = st.recursive(  # with integers beyond float's range: JSON holds them, float() overflows on them
-    st.none() | st.booleans() | st.integers() | st.sampled_from([10**400, -(10**400)]) | st.floats(allow_nan=True)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**400, -(10**400)])
+    | st.floats(allow_nan=True)
     | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=10,
 )
-FIELDS = ["format", "format_version", "schedule", "image_size", "image_channels", "data_range", "prediction",
-          "variance", "noise_at_last_step", "num_classes", "fixed_batch", "model_config", "source", "versions", "latent"]
+FIELDS = [
+    "format",
+    "format_version",
+    "schedule",
+    "image_size",
+    "image_channels",
+    "data_range",
+    "prediction",
+    "variance",
+    "noise_at_last_step",
+    "num_classes",
+    "fixed_batch",
+    "model_config",
+    "source",
+    "versions",
+    "latent",
+]
 LATENT_KEYS = ["image_size", "image_channels", "scale_factor", "decoder_file", "decoder_sha256", "autoencoder_sha256"]
-DECODER_FIELDS = ["format", "format_version", "latent_channels", "latent_size", "image_size", "image_channels", "data_range",
-                  "scale_factor", "autoencoder_sha256", "model_config", "source", "versions"]
+DECODER_FIELDS = [
+    "format",
+    "format_version",
+    "latent_channels",
+    "latent_size",
+    "image_size",
+    "image_channels",
+    "data_range",
+    "scale_factor",
+    "autoencoder_sha256",
+    "model_config",
+    "source",
+    "versions",
+]
 
 
 def embedded_latent_files() -> dict[str, Path]:
@@ -76,7 +107,15 @@ def latent_metadata() -> dict[str, dict[str, str]]:
 
 @FAST
 @given(st.dictionaries(st.sampled_from(FIELDS), json_values), st.booleans())
-@example({"schedule": {"kind": "linear", "timesteps": 10}, "image_size": 32, "image_channels": 1, "data_range": [0, 10**400]}, True)
+@example(
+    {
+        "schedule": {"kind": "linear", "timesteps": 10},
+        "image_size": 32,
+        "image_channels": 1,
+        "data_range": [0, 10**400],
+    },
+    True,
+)
 def test_metadata_parser_random_values(values, valid_format):
     props = {PREFIX + key: json.dumps(value) for key, value in values.items()}
     if valid_format:
@@ -89,7 +128,9 @@ def test_metadata_parser_random_values(values, valid_format):
 
 
 @FEWER
-@given(st.dictionaries(st.sampled_from(LATENT_KEYS), json_values), st.dictionaries(st.sampled_from(FIELDS), json_values))
+@given(
+    st.dictionaries(st.sampled_from(LATENT_KEYS), json_values), st.dictionaries(st.sampled_from(FIELDS), json_values)
+)
 @example({"scale_factor": 10**400}, {})
 def test_latent_unet_metadata_with_random_values(latent_metadata, latent_values, values):
     """A real latent U-Net's metadata with values of its latent object, and of its other fields, replaced."""
@@ -142,7 +183,9 @@ def model_bytes():
 @pytest.fixture(scope="module", params=["latent", "latent decoder"])
 def latent_file(request) -> tuple[bytes, type]:
     """The bytes of one of the embedded latent model's files, and the metadata reader that belongs to them."""
-    return embedded_latent_files()[request.param].read_bytes(), DecoderInfo if request.param == "latent decoder" else ModelInfo
+    return embedded_latent_files()[
+        request.param
+    ].read_bytes(), DecoderInfo if request.param == "latent decoder" else ModelInfo
 
 
 FLIPS = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8)

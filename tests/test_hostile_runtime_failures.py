@@ -22,11 +22,14 @@ class FakeRun:
         return [self.make(feeds["x"])]
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda x: np.zeros((len(x), 1, 1, 1), np.float32), "shape [3, 1, 1, 1]"),
-    (lambda x: np.zeros((1, *x.shape[1:]), np.float32), "shape [1, {channels}, {size}, {size}]"),
-    (lambda x: np.zeros(x.shape, np.float64), "float64"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda x: np.zeros((len(x), 1, 1, 1), np.float32), "shape [3, 1, 1, 1]"),
+        (lambda x: np.zeros((1, *x.shape[1:]), np.float32), "shape [1, {channels}, {size}, {size}]"),
+        (lambda x: np.zeros(x.shape, np.float64), "float64"),
+    ],
+)
 def test_eps_of_the_wrong_shape_or_type(ddpm, monkeypatch, make, fragment):
     monkeypatch.setattr(ddpm.session.session, "run", FakeRun(make))
     with pytest.raises(DDPMError, match="returned ε") as error:
@@ -66,13 +69,17 @@ class FakeDecoder:
         return [self.make(feeds["z"])]
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda z: np.zeros((len(z), 1, 1, 1), np.float32), "shape [3, 1, 1, 1]"),
-    (lambda z: np.zeros((1, 1, 32, 32), np.float32), "shape [1, 1, 32, 32]"),
-    (lambda z: np.zeros((len(z), 1, 32, 32), np.float64), "float64"),
-    (lambda z: np.full((len(z), 1, 32, 32), np.nan, np.float32), "NaN"),
-    (lambda z: np.full((len(z), 1, 32, 32), np.inf, np.float32), "infinite"),
-], ids=["shape", "rows", "float64", "nan", "inf"])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda z: np.zeros((len(z), 1, 1, 1), np.float32), "shape [3, 1, 1, 1]"),
+        (lambda z: np.zeros((1, 1, 32, 32), np.float32), "shape [1, 1, 32, 32]"),
+        (lambda z: np.zeros((len(z), 1, 32, 32), np.float64), "float64"),
+        (lambda z: np.full((len(z), 1, 32, 32), np.nan, np.float32), "NaN"),
+        (lambda z: np.full((len(z), 1, 32, 32), np.inf, np.float32), "infinite"),
+    ],
+    ids=["shape", "rows", "float64", "nan", "inf"],
+)
 @pytest.mark.parametrize("ddpm", ["latent_export"], indirect=True)
 def test_a_decoder_that_misbehaves_while_sampling(ddpm, monkeypatch, make, fragment):
     """The decoder of a latent model loaded fine, then returns images of the wrong shape, type or value."""

@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_one_line_error
+
 from ddpm.core.errors import DDPMError
 from ddpm.core.metadata import DecoderInfo, ModelInfo, latent_problems
 from ddpm.export.cli import main as export_main
@@ -68,12 +68,15 @@ def test_a_decoder_is_not_a_unet_and_a_unet_not_a_decoder(latent_export, tiny_ex
         DecoderInfo.from_metadata(metadata(tiny_export / "unet.onnx"), "u.onnx")
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ({"decoder_file": "../elsewhere.onnx"}, "decoder_file"),
-    ({"decoder_sha256": "abc"}, "decoder_sha256"),
-    ({"scale_factor": -1.0}, "scale_factor"),
-    ({"image_channels": 9}, "image_channels"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"decoder_file": "../elsewhere.onnx"}, "decoder_file"),
+        ({"decoder_sha256": "abc"}, "decoder_sha256"),
+        ({"scale_factor": -1.0}, "scale_factor"),
+        ({"image_channels": 9}, "image_channels"),
+    ],
+)
 def test_impossible_latent_metadata_is_named(latent_export, change, fragment):
     latent = {**ModelInfo.from_metadata(metadata(latent_export / "unet.onnx")).latent, **change}
     assert any(fragment in problem for problem in latent_problems(latent))
@@ -96,7 +99,8 @@ def test_an_existing_decoder_is_not_overwritten(invoke, latent_export, tmp_path)
 
 
 def test_int8_copies_of_latent_models_are_refused(invoke, latent_export, tmp_path, data_dir):
-    result = invoke(export_main, "--ckpt", latent_export / "model.pt", "--out-dir", tmp_path, "--int8",
-                    "--data-dir", data_dir)
+    result = invoke(
+        export_main, "--ckpt", latent_export / "model.pt", "--out-dir", tmp_path, "--int8", "--data-dir", data_dir
+    )
     assert_one_line_error(result, "--int8 copies of latent models")
     assert list(tmp_path.iterdir()) == []

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from conftest import assert_one_line_error
 from onnx import numpy_helper
 
-from conftest import assert_one_line_error
 from ddpm.core.errors import DDPMError
 from ddpm.core.samplers import AncestralSampler
 from ddpm.runtime import DDPM
@@ -38,7 +38,9 @@ def test_generate_decodes_the_sampled_latents(latent_export):
     ddpm = DDPM.load(latent_export / "unet.onnx", provider="cpu")
     assert ddpm.decoder is not None
     labels = np.array([3, 1, 4], np.int64)
-    run = ddpm.generate(3, ddpm.plan(sampler="ancestral", steps=20, digits=[3, 1, 4], guidance=0.0), seed=5, batch_size=3)
+    run = ddpm.generate(
+        3, ddpm.plan(sampler="ancestral", steps=20, digits=[3, 1, 4], guidance=0.0), seed=5, batch_size=3
+    )
     assert run.images.shape == (3, 32, 32) and run.images.dtype == np.uint8
     expected = manual_latent_loop(latent_export, 3, 5, labels, steps=20)
     np.testing.assert_allclose(run.samples, expected, atol=1e-4)
@@ -55,8 +57,11 @@ def test_every_sampler_runs_in_latent_space(latent_export, sampler):
 
 def test_the_engine_serves_latent_requests_with_generates_samples(latent_export):
     ddpm = DDPM.load(latent_export / "unet.onnx", provider="cpu")
-    plans = [ddpm.plan(sampler="ddim", steps=6, digits=[7]), ddpm.plan(sampler="ddim", steps=6, digits=[2, 5]),
-             ddpm.plan(sampler="unipc", steps=6)]
+    plans = [
+        ddpm.plan(sampler="ddim", steps=6, digits=[7]),
+        ddpm.plan(sampler="ddim", steps=6, digits=[2, 5]),
+        ddpm.plan(sampler="unipc", steps=6),
+    ]
     engine = ddpm.serving_engine(max_rows=32)
     jobs = [engine.submit(n, plan, seed) for n, plan, seed in zip((2, 3, 4), plans, (10, 11, 12))]
     calls_before = ddpm.decoder.run_calls
@@ -75,8 +80,10 @@ def test_pixel_and_latent_engines_side_by_side(latent_export, conditional):
     for engine in engines:
         engine.start()
     try:
-        jobs = [(model, engine.submit(2, model.plan(sampler="ddim", steps=4, digits=[1]), 3))
-                for model, engine in zip((pixel, latent), engines)]
+        jobs = [
+            (model, engine.submit(2, model.plan(sampler="ddim", steps=4, digits=[1]), 3))
+            for model, engine in zip((pixel, latent), engines)
+        ]
         for model, job in jobs:
             expected = model.generate(2, model.plan(sampler="ddim", steps=4, digits=[1]), seed=3)
             np.testing.assert_allclose(job.wait(60).samples, expected.samples, atol=1e-4)
@@ -87,8 +94,24 @@ def test_pixel_and_latent_engines_side_by_side(latent_export, conditional):
 
 
 def test_ddpm_run_draws_a_latent_model(invoke, latent_export, tmp_path):
-    result = invoke(run_main, "--onnx", latent_export / "unet.onnx", "--sampler", "ddim", "--steps", "4", "-n", "4",
-                    "--png", tmp_path / "grid.png", "--npz", tmp_path / "s.npz", "--gif", tmp_path / "a.gif", "-q")
+    result = invoke(
+        run_main,
+        "--onnx",
+        latent_export / "unet.onnx",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "-n",
+        "4",
+        "--png",
+        tmp_path / "grid.png",
+        "--npz",
+        tmp_path / "s.npz",
+        "--gif",
+        tmp_path / "a.gif",
+        "-q",
+    )
     assert result.code == 0, result.err
     with np.load(tmp_path / "s.npz") as archive:
         assert archive["images"].shape == (4, 32, 32)
@@ -147,9 +170,13 @@ def test_a_decoder_with_nan_weights_is_refused(latent_export, tmp_path):
     folder = copy_export(latent_export, tmp_path)
     decoder = onnx.load(str(folder / "unet.decoder.onnx"))
     weight = next(init for init in decoder.graph.initializer if numpy_helper.to_array(init).ndim == 4)
-    weight.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(weight).shape, np.nan, np.float32), weight.name))
+    weight.CopyFrom(
+        numpy_helper.from_array(np.full(numpy_helper.to_array(weight).shape, np.nan, np.float32), weight.name)
+    )
     data = decoder.SerializeToString()
     (folder / "unet.decoder.onnx").write_bytes(data)
-    edit_metadata(folder / "unet.onnx", "latent", lambda latent: {**latent, "decoder_sha256": hashlib.sha256(data).hexdigest()})
+    edit_metadata(
+        folder / "unet.onnx", "latent", lambda latent: {**latent, "decoder_sha256": hashlib.sha256(data).hexdigest()}
+    )
     with pytest.raises(DDPMError, match="produces NaN or infinite images"):
         DDPM.load(folder / "unet.onnx", provider="cpu")

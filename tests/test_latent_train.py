@@ -6,28 +6,60 @@ import json
 
 import pytest
 import torch
-
 from conftest import assert_one_line_error
+
+from ddpm.core.files import file_sha256
 from ddpm.train.autoencoder import Autoencoder, autoencoder_loss
 from ddpm.train.autoencoder_cli import main as autoencoder_main
 from ddpm.train.checkpoint import load_checkpoint
 from ddpm.train.cli import main as train_main
 from ddpm.train.config import AUTOENCODER_PRESETS, AutoencoderConfig
-from ddpm.core.files import file_sha256
 from ddpm.train.latent import build_autoencoder, encode, scale_factor
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def ae_args(data_dir, out, *extra):
-    return ["--preset", "ae-tiny", "--data-dir", str(data_dir), "--out", str(out), "--no-progress", "--no-samples",
-            "--max-images", "128", "--batch-size", "32", "--threads", "1", *map(str, extra)]
+    return [
+        "--preset",
+        "ae-tiny",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-samples",
+        "--max-images",
+        "128",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        *map(str, extra),
+    ]
 
 
 def latent_args(data_dir, out, autoencoder, *extra):
-    return ["--preset", "tiny", "--autoencoder", str(autoencoder), "--conditional", "--data-dir", str(data_dir),
-            "--out", str(out), "--no-progress", "--no-samples", "--max-images", "64", "--batch-size", "16",
-            "--threads", "1", *map(str, extra)]
+    return [
+        "--preset",
+        "tiny",
+        "--autoencoder",
+        str(autoencoder),
+        "--conditional",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-samples",
+        "--max-images",
+        "64",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        *map(str, extra),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -178,12 +210,38 @@ def test_autoencoder_config_problems():
 
 
 def test_the_64x64_preset_resizes_digits_to_64(invoke, data_dir, tmp_path):
-    result = invoke(autoencoder_main, "--preset", "ae64", "--data-dir", data_dir, "--out", tmp_path / "x", "--dry-run",
-                    "--batch-size", "16", "--max-images", "32")
+    result = invoke(
+        autoencoder_main,
+        "--preset",
+        "ae64",
+        "--data-dir",
+        data_dir,
+        "--out",
+        tmp_path / "x",
+        "--dry-run",
+        "--batch-size",
+        "16",
+        "--max-images",
+        "32",
+    )
     assert result.code == 0, result.err
     assert "64x64x1 -> 8x8x4 (f = 8)" in result.err and "(resize to 64)" in result.err
-    given = invoke(autoencoder_main, "--preset", "ae64", "--image-size", "128", "--data-dir", data_dir, "--out",
-                   tmp_path / "x", "--dry-run", "--max-images", "32", "--batch-size", "16")
+    given = invoke(
+        autoencoder_main,
+        "--preset",
+        "ae64",
+        "--image-size",
+        "128",
+        "--data-dir",
+        data_dir,
+        "--out",
+        tmp_path / "x",
+        "--dry-run",
+        "--max-images",
+        "32",
+        "--batch-size",
+        "16",
+    )
     assert "128x128x1 -> 16x16x4" in given.err
 
 
@@ -191,8 +249,23 @@ def test_a_latent_runs_preview_grid_shows_decoded_digits(invoke, data_dir, tmp_p
     from PIL import Image
 
     out = tmp_path / "latent"
-    args = [arg for arg in latent_args(data_dir, out, autoencoder, "--max-steps", "4", "--epochs", "1", "--sample-steps", "3",
-                                       "--sample-count", "4") if arg != "--no-samples"]
+    args = [
+        arg
+        for arg in latent_args(
+            data_dir,
+            out,
+            autoencoder,
+            "--max-steps",
+            "4",
+            "--epochs",
+            "1",
+            "--sample-steps",
+            "3",
+            "--sample-count",
+            "4",
+        )
+        if arg != "--no-samples"
+    ]
     assert invoke(train_main, *args).code == 0
     with Image.open(out / "samples-epoch001.png") as grid:  # 2x2 digits of 32x32 (not 16x16 latents), scaled 2x
         assert grid.size == (2 * (2 * 34 + 2), 2 * (2 * 34 + 2))

@@ -19,10 +19,26 @@ def _imported_modules(path):
             yield from ([module] if node.module else [f"{module}.{alias.name}" for alias in node.names])
 
 
-@pytest.mark.parametrize("layer, forbidden", [
-    ("runtime", {"torch", "torchvision", "onnx", "ddpm.train", "ddpm.export", "ddpm.benchmarks"}),
-    ("core", {"torch", "torchvision", "onnx", "onnxruntime", "openvino", "ddpm.runtime", "ddpm.train", "ddpm.export", "ddpm.benchmarks"}),
-])
+@pytest.mark.parametrize(
+    "layer, forbidden",
+    [
+        ("runtime", {"torch", "torchvision", "onnx", "ddpm.train", "ddpm.export", "ddpm.benchmarks"}),
+        (
+            "core",
+            {
+                "torch",
+                "torchvision",
+                "onnx",
+                "onnxruntime",
+                "openvino",
+                "ddpm.runtime",
+                "ddpm.train",
+                "ddpm.export",
+                "ddpm.benchmarks",
+            },
+        ),
+    ],
+)
 def test_layer_sources_import_nothing_above_them(layer, forbidden):
     import pathlib
 
@@ -42,8 +58,11 @@ def test_every_package_folder_is_installed():
 
     config = tomllib.loads(pathlib.Path("pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {name: pathlib.Path(folder) for name, folder in config["package-dir"].items()}
-    found = {f"{name}.{'.'.join(init.parent.relative_to(folder).parts)}".rstrip(".")
-             for name, folder in folders.items() for init in folder.rglob("__init__.py")}
+    found = {
+        f"{name}.{'.'.join(init.parent.relative_to(folder).parts)}".rstrip(".")
+        for name, folder in folders.items()
+        for init in folder.rglob("__init__.py")
+    }
     assert found == set(config["packages"])
 
 
@@ -53,6 +72,11 @@ def test_openvino_is_imported_only_when_it_runs():
     import subprocess
     import sys
 
-    code = ("import sys; from ddpm.runtime import cli, precision, eval_cli; from ddpm.runtime.pipeline import DDPM; "
-            "DDPM.load(provider='cpu'); print('openvino' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    code = (
+        "import sys; from ddpm.runtime import cli, precision, eval_cli; from ddpm.runtime.pipeline import DDPM; "
+        "DDPM.load(provider='cpu'); print('openvino' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )

@@ -13,7 +13,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 
 
 def test_labml_config_inference():
-    for config in (preset("labml"), preset("labml", **LABML_SMALL), preset("labml", blocks_per_resolution=1, attention=(False, True, False, True))):
+    for config in (
+        preset("labml"),
+        preset("labml", **LABML_SMALL),
+        preset("labml", blocks_per_resolution=1, attention=(False, True, False, True)),
+    ):
         with torch.device("meta"):
             state = UNet(config).state_dict()
         inferred = infer_labml_config(state)

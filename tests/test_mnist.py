@@ -65,9 +65,10 @@ def write_split(folder, images, labels):
 
 def test_train_and_eval_agree_on_foreign_image_sizes(invoke, tmp_path):
     """IDX files of another image size: the trainer and the judge both refuse them, in one line."""
+    from conftest import assert_one_line_error
+
     from ddpm.runtime.eval_cli import main as eval_main
     from ddpm.train.cli import main as train_main
-    from conftest import assert_one_line_error
 
     folder = write_split(tmp_path / "d", np.zeros((64, 20, 20)), np.arange(64) % 10)
     train = invoke(train_main, "--preset", "tiny", "--data-dir", folder, "--out", tmp_path / "run", "--no-progress")
@@ -78,13 +79,25 @@ def test_train_and_eval_agree_on_foreign_image_sizes(invoke, tmp_path):
 
 
 def test_labels_outside_0_9_are_refused_before_training(invoke, tmp_path):
-    from ddpm.train.cli import main as train_main
     from conftest import assert_one_line_error
+
+    from ddpm.train.cli import main as train_main
 
     labels = np.arange(64) % 10
     labels[5] = 12
     folder = write_split(tmp_path / "d", np.zeros((64, 28, 28)), labels)
-    result = invoke(train_main, "--preset", "tiny", "--conditional", "--data-dir", folder, "--out", tmp_path / "run",
-                    "--no-progress", "--batch-size", 16)
+    result = invoke(
+        train_main,
+        "--preset",
+        "tiny",
+        "--conditional",
+        "--data-dir",
+        folder,
+        "--out",
+        tmp_path / "run",
+        "--no-progress",
+        "--batch-size",
+        16,
+    )
     assert_one_line_error(result, "label is 12", "0-9")
     assert not (tmp_path / "run").exists()  # no folder, no log.jsonl from a run that never trained

@@ -14,7 +14,11 @@ def test_fused_loop_matches_the_plain_loop(variants):
     within 1e-2 of the NumPy loop (float32 rounding accumulated over 1000 steps)."""
     plain = DDPM.load(variants / "unet.onnx", provider="cpu")
     reference = plain.generate(4, plain.plan(frames=3), seed=5)
-    for name, engine in [("unet.step.onnx", "plain"), ("unet.step.onnx", "iobinding"), ("unet.step.b3.onnx", "iobinding")]:
+    for name, engine in [
+        ("unet.step.onnx", "plain"),
+        ("unet.step.onnx", "iobinding"),
+        ("unet.step.b3.onnx", "iobinding"),
+    ]:
         fused = DDPM.load(variants / name, provider="cpu")
         run = fused.generate(4, fused.plan(frames=3), seed=5, engine=engine)
         np.testing.assert_allclose(run.samples, reference.samples, atol=1e-2)

@@ -58,7 +58,9 @@ def test_the_pipeline_samples_through_openvino_as_through_onnx_runtime(tiny_expo
     theirs = DDPM.load(tiny_export / "unet.onnx", provider="cpu")
     run = ours.generate(4, ours.plan(**plan), seed=3, batch_size=4)
     assert run.settings.provider == "OpenVINO CPU fp32"
-    assert np.abs(run.images.astype(int) - theirs.generate(4, theirs.plan(**plan), seed=3, batch_size=4).images).max() <= 1
+    assert (
+        np.abs(run.images.astype(int) - theirs.generate(4, theirs.plan(**plan), seed=3, batch_size=4).images).max() <= 1
+    )
     engine = ours.serving_engine(max_rows=4)
     job = engine.submit(2, ours.plan(**plan), seed=3)
     engine.run_until_idle()

@@ -20,8 +20,12 @@ def test_defaults_without_and_with_digits():
     assert (plain.sampler, plain.steps, plain.options, plain.guidance) == ("ancestral", 1000, {}, 0.0)
     assert plain.digits is None and plain.labels(4) is None
     digits = build(digits=[7])
-    assert (digits.sampler, digits.steps, digits.options, digits.guidance) == (DIGIT_SAMPLER, find(DIGIT_SAMPLER).steps,
-                                                                              {"spacing": "logsnr"}, DEFAULT_GUIDANCE)
+    assert (digits.sampler, digits.steps, digits.options, digits.guidance) == (
+        DIGIT_SAMPLER,
+        find(DIGIT_SAMPLER).steps,
+        {"spacing": "logsnr"},
+        DEFAULT_GUIDANCE,
+    )
     assert build(sampler="ddim").steps == 50 and build(sampler="ddim").options == {"eta": 0.0, "spacing": "uniform"}
 
 
@@ -39,28 +43,31 @@ def test_each_sampler_gets_its_settings():
     assert isinstance(solver, DPMSolverSampler) and solver.stochastic and len(solver) == 8
 
 
-@pytest.mark.parametrize("settings, setting, fragment", [
-    ({"sampler": "euler"}, "sampler", "must be one of"),
-    ({"steps": 0}, "steps", "between 1 and 1000"),
-    ({"steps": 1001}, "steps", "between 1 and 1000"),
-    ({"eta": 0.5}, "eta", "η is a setting of ddim, not of ancestral"),  # ignored silently once: ancestral has no η
-    ({"sampler": "dpm++2m", "eta": 0.0}, "eta", "η is a setting of ddim, not of dpm"),
-    ({"sampler": "ddim", "eta": 1.5}, "eta", "between 0"),
-    ({"sampler": "ddim", "eta": float("nan")}, "eta", "between 0"),
-    ({"sampler": "ddim", "eta": "much"}, "eta", "must be a number"),
-    ({"sampler": "ddim", "steps": 0}, "steps", "between 1 and 1000"),
-    ({"sampler": "dpm++2m", "steps": 1001}, "steps", r"between 1 and 1000 for dpm\+\+2m on this model, got 1001"),
-    ({"sampler": "unipc", "steps": 0}, "steps", "between 1 and 1000 for unipc on this model, got 0"),
-    ({"spacing": "quadratic"}, "spacing", "not of ancestral"),
-    ({"sampler": "ddim", "order": 3}, "order", "not a setting of any sampler"),
-    ({"sampler": "ddim", "spacing": "karras"}, "spacing", "must be one of"),
-    ({"digits": [10]}, "digits", "10 is out of range"),
-    ({"digits": []}, "digits", "at least one"),
-    ({"guidance": 1.0}, "guidance", "steers towards a digit"),
-    ({"digits": [1], "guidance": 51.0}, "guidance", "between 0 and 50"),
-    ({"frames": -1}, "frames", ">= 0"),
-    ({"show": "eps"}, "show", "must be one of"),
-])
+@pytest.mark.parametrize(
+    "settings, setting, fragment",
+    [
+        ({"sampler": "euler"}, "sampler", "must be one of"),
+        ({"steps": 0}, "steps", "between 1 and 1000"),
+        ({"steps": 1001}, "steps", "between 1 and 1000"),
+        ({"eta": 0.5}, "eta", "η is a setting of ddim, not of ancestral"),  # ignored silently once: ancestral has no η
+        ({"sampler": "dpm++2m", "eta": 0.0}, "eta", "η is a setting of ddim, not of dpm"),
+        ({"sampler": "ddim", "eta": 1.5}, "eta", "between 0"),
+        ({"sampler": "ddim", "eta": float("nan")}, "eta", "between 0"),
+        ({"sampler": "ddim", "eta": "much"}, "eta", "must be a number"),
+        ({"sampler": "ddim", "steps": 0}, "steps", "between 1 and 1000"),
+        ({"sampler": "dpm++2m", "steps": 1001}, "steps", r"between 1 and 1000 for dpm\+\+2m on this model, got 1001"),
+        ({"sampler": "unipc", "steps": 0}, "steps", "between 1 and 1000 for unipc on this model, got 0"),
+        ({"spacing": "quadratic"}, "spacing", "not of ancestral"),
+        ({"sampler": "ddim", "order": 3}, "order", "not a setting of any sampler"),
+        ({"sampler": "ddim", "spacing": "karras"}, "spacing", "must be one of"),
+        ({"digits": [10]}, "digits", "10 is out of range"),
+        ({"digits": []}, "digits", "at least one"),
+        ({"guidance": 1.0}, "guidance", "steers towards a digit"),
+        ({"digits": [1], "guidance": 51.0}, "guidance", "between 0 and 50"),
+        ({"frames": -1}, "frames", ">= 0"),
+        ({"show": "eps"}, "show", "must be one of"),
+    ],
+)
 def test_bad_settings_name_the_parameter(settings, setting, fragment):
     with pytest.raises(SettingError, match=fragment) as error:
         build(**settings)
@@ -75,8 +82,10 @@ def test_a_solver_on_a_cosine_schedule_says_how_many_steps_it_takes():
     assert 900 < limit < 1000
     with pytest.raises(SettingError) as error:
         build(cosine, sampler="unipc", steps=1000)
-    assert str(error.value) == (f"steps: must be between 1 and {limit} for unipc on this model (a solver leaves out its "
-                                f"schedule's {1000 - limit} noisiest steps), got 1000")
+    assert str(error.value) == (
+        f"steps: must be between 1 and {limit} for unipc on this model (a solver leaves out its "
+        f"schedule's {1000 - limit} noisiest steps), got 1000"
+    )
     assert build(cosine, sampler="unipc", steps=limit).steps == limit
 
 
@@ -87,11 +96,14 @@ def test_an_unconditional_model_refuses_digits(settings, setting):
     assert error.value.setting == setting
 
 
-@pytest.mark.parametrize("settings, fragment", [
-    ({"sampler": "ddim"}, "ancestral update built in"),
-    ({"steps": 10}, "cannot respace"),
-    ({"frames": 4, "show": "x0"}, "x̂_0 cannot be shown"),
-])
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        ({"sampler": "ddim"}, "ancestral update built in"),
+        ({"steps": 10}, "cannot respace"),
+        ({"frames": 4, "show": "x0"}, "x̂_0 cannot be shown"),
+    ],
+)
 def test_a_fused_step_model_runs_only_its_own_loop(settings, fragment):
     assert build(FUSED, frames=4).steps == 1000
     with pytest.raises(SettingError, match=fragment):
@@ -100,8 +112,17 @@ def test_a_fused_step_model_runs_only_its_own_loop(settings, fragment):
 
 def test_settings_record_only_what_the_sampler_uses():
     assert build().settings() == {"sampler": "ancestral", "steps": 1000}
-    assert build(sampler="ddim", steps=5, eta=0.5).settings() == {"sampler": "ddim", "steps": 5, "eta": 0.5, "spacing": "uniform"}
-    assert build(digits=[1]).settings() == {"sampler": DIGIT_SAMPLER, "steps": find(DIGIT_SAMPLER).steps, "spacing": "logsnr"}
+    assert build(sampler="ddim", steps=5, eta=0.5).settings() == {
+        "sampler": "ddim",
+        "steps": 5,
+        "eta": 0.5,
+        "spacing": "uniform",
+    }
+    assert build(digits=[1]).settings() == {
+        "sampler": DIGIT_SAMPLER,
+        "steps": find(DIGIT_SAMPLER).steps,
+        "spacing": "logsnr",
+    }
 
 
 def test_every_sampler_is_reachable_by_name_and_alias_and_builds_from_its_defaults():
@@ -123,7 +144,12 @@ def test_a_student_samples_with_the_consistency_sampler_by_default_in_two_calls_
         plan = build(STUDENT, digits=digits)
         assert (plan.sampler, plan.steps, plan.guidance) == ("consistency", 2, 0.0)  # guidance is in its rows already
         assert plan.make_sampler(STUDENT, STUDENT.make_schedule()).model_timesteps.tolist() == [999, 474]
-    assert build(STUDENT, steps=4).make_sampler(STUDENT, STUDENT.make_schedule()).model_timesteps.tolist() == [999, 742, 474, 226]
+    assert build(STUDENT, steps=4).make_sampler(STUDENT, STUDENT.make_schedule()).model_timesteps.tolist() == [
+        999,
+        742,
+        474,
+        226,
+    ]
     assert build(STUDENT, steps=1).make_sampler(STUDENT, STUDENT.make_schedule()).model_timesteps.tolist() == [999]
 
 

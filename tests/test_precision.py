@@ -38,11 +38,15 @@ def opened(model=None, precision="auto", provider="auto"):
 
 def fake_times(monkeypatch, times: dict[tuple[str, str], float], calls: list | None = None):
     """cpu_batch.time_together answering ``times`` (ms per image) by (engine, precision)."""
+
     def time_together(sessions, on_measure=None, note=""):
         if calls is not None:
             calls.append([(s.engine, s.precision) for s in sessions])
         stamp = cpu_batch.timestamp()
-        return [cpu_batch.BatchChoice(8, {8: times[(s.engine, s.precision)]}, cached=False, measured=stamp) for s in sessions]
+        return [
+            cpu_batch.BatchChoice(8, {8: times[(s.engine, s.precision)]}, cached=False, measured=stamp)
+            for s in sessions
+        ]
 
     monkeypatch.setattr(cpu_batch, "time_together", time_together)
 
@@ -51,10 +55,17 @@ def run_args(tmp_path, *extra):
     return ("-n", 2, "--sampler", "ddim", "--steps", 2, "--png", tmp_path / "o.png", *extra)
 
 
-@pytest.mark.parametrize("fastest, expected", [
-    (("onnxruntime", "int8"), "unet.int8.onnx (ONNX Runtime int8: 1.70x the speed of ONNX Runtime fp32"),
-    (("onnxruntime", "fp32"), "unet.onnx (ONNX Runtime fp32: the fastest path on this CPU (measured now; the others: ONNX Runtime int8 0.50x))"),
-])
+@pytest.mark.parametrize(
+    "fastest, expected",
+    [
+        (("onnxruntime", "int8"), "unet.int8.onnx (ONNX Runtime int8: 1.70x the speed of ONNX Runtime fp32"),
+        (
+            ("onnxruntime", "fp32"),
+            "unet.onnx (ONNX Runtime fp32: the fastest path on this CPU "
+            "(measured now; the others: ONNX Runtime int8 0.50x))",
+        ),
+    ],
+)
 def test_onnx_runtime_alone_picks_between_its_copies(invoke, embedded_pair, tmp_path, monkeypatch, fastest, expected):
     times = {("onnxruntime", "fp32"): 3.4, ("onnxruntime", "int8"): 4.0}
     times[fastest] = 2.0
@@ -66,12 +77,19 @@ def test_onnx_runtime_alone_picks_between_its_copies(invoke, embedded_pair, tmp_
 
 
 # ms per image of every path; each test makes one of them the clear fastest
-FIVE_PATHS = {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.9, ("openvino", "fp32"): 3.5,
-              ("openvino", "int8"): 2.8, ("openvino", "bf16"): 2.7}
+FIVE_PATHS = {
+    ("onnxruntime", "fp32"): 3.0,
+    ("onnxruntime", "int8"): 2.9,
+    ("openvino", "fp32"): 3.5,
+    ("openvino", "int8"): 2.8,
+    ("openvino", "bf16"): 2.7,
+}
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
-@pytest.mark.parametrize("fastest", [("openvino", "int8"), ("openvino", "fp32")] + ([("openvino", "bf16")] if NATIVE_BF16 else []))
+@pytest.mark.parametrize(
+    "fastest", [("openvino", "int8"), ("openvino", "fp32")] + ([("openvino", "bf16")] if NATIVE_BF16 else [])
+)
 def test_auto_picks_the_fastest_path_across_engines(invoke, embedded_pair, tmp_path, monkeypatch, fastest):
     times = {**FIVE_PATHS, fastest: 1.5}
     calls = []
@@ -137,21 +155,29 @@ def test_the_eps_check_measures_the_real_difference(int8_export):
     assert 0.0 < eps_difference(fp32, UNetSession(int8_export / "unet.int8.onnx", provider="cpu")) < 0.05
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ({"ddpm.source": lambda source: {**source, "sha256": "0" * 64}}, "source checkpoint"),
-    ({"ddpm.schedule": lambda schedule: {**schedule, "beta_end": 0.03}}, "schedule"),
-    ({"ddpm.num_classes": lambda classes: 10}, "inputs are ['t', 'x'], expected ['t', 'x', 'y']"),
-    ({"ddpm.precision": lambda precision: "fp32"}, "precision fp32"),
-])
-def test_an_int8_file_that_is_not_a_copy_is_never_swapped_in(embedded_pair, int8_export, tmp_path, monkeypatch, change, fragment):
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"ddpm.source": lambda source: {**source, "sha256": "0" * 64}}, "source checkpoint"),
+        ({"ddpm.schedule": lambda schedule: {**schedule, "beta_end": 0.03}}, "schedule"),
+        ({"ddpm.num_classes": lambda classes: 10}, "inputs are ['t', 'x'], expected ['t', 'x', 'y']"),
+        ({"ddpm.precision": lambda precision: "fp32"}, "precision fp32"),
+    ],
+)
+def test_an_int8_file_that_is_not_a_copy_is_never_swapped_in(
+    embedded_pair, int8_export, tmp_path, monkeypatch, change, fragment
+):
     model = onnx.load(int8_export / "unet.int8.onnx")
     for prop in model.metadata_props:
         if prop.key in change:
             prop.value = json.dumps(change[prop.key](json.loads(prop.value)))
     stranger = tmp_path / "stranger.int8.onnx"
     onnx.save(model, stranger)
-    monkeypatch.setattr(pipeline, "embedded_model_path", lambda name, precision="fp32": int8_export / "unet.onnx"
-                        if precision == "fp32" else stranger)
+    monkeypatch.setattr(
+        pipeline,
+        "embedded_model_path",
+        lambda name, precision="fp32": int8_export / "unet.onnx" if precision == "fp32" else stranger,
+    )
     monkeypatch.setattr(cpu_batch, "time_together", lambda *a, **k: pytest.fail("timed a single path"))
     ddpm, note = opened(provider="cpu")
     assert ddpm.session.path == int8_export / "unet.onnx"
@@ -166,21 +192,29 @@ def test_the_python_api_makes_the_same_choice(embedded_pair, monkeypatch):
     assert ddpm.session.precision == "int8" and ddpm.note.startswith("ONNX Runtime int8: 1.50x")
 
 
-@pytest.mark.parametrize("path, precision, provider, fragment", [
-    ("unet.onnx", "int8", "auto", "a named file has its own"),
-    (None, "fp16", "auto", "unknown precision 'fp16'"),
-    (None, "bf16", "cpu", "bf16 runs on the OpenVINO engine"),
-])
-def test_the_python_api_refuses_a_precision_it_cannot_honour(embedded_pair, int8_export, path, precision, provider, fragment):
+@pytest.mark.parametrize(
+    "path, precision, provider, fragment",
+    [
+        ("unet.onnx", "int8", "auto", "a named file has its own"),
+        (None, "fp16", "auto", "unknown precision 'fp16'"),
+        (None, "bf16", "cpu", "bf16 runs on the OpenVINO engine"),
+    ],
+)
+def test_the_python_api_refuses_a_precision_it_cannot_honour(
+    embedded_pair, int8_export, path, precision, provider, fragment
+):
     with pytest.raises(DDPMError, match=fragment):
         opened(None if path is None else int8_export / path, precision, provider)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (("--precision", "bf16", "--provider", "cpu"), "bf16 runs on the OpenVINO engine"),
-    (("--precision", "int8", "--onnx", "ONNX"), "--precision int8 picks a copy of the embedded model"),
-    (("--engine", "cudagraph", "--provider", "openvino"), "cudagraph needs --provider cuda"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("--precision", "bf16", "--provider", "cpu"), "bf16 runs on the OpenVINO engine"),
+        (("--precision", "int8", "--onnx", "ONNX"), "--precision int8 picks a copy of the embedded model"),
+        (("--engine", "cudagraph", "--provider", "openvino"), "cudagraph needs --provider cuda"),
+    ],
+)
 def test_ddpm_run_refuses_impossible_combinations_as_usage_errors(invoke, int8_export, tmp_path, args, fragment):
     from tests_support import assert_usage_error
 
@@ -188,11 +222,16 @@ def test_ddpm_run_refuses_impossible_combinations_as_usage_errors(invoke, int8_e
     assert_usage_error(invoke(run_main, *run_args(tmp_path, *args)), fragment)
 
 
-@pytest.mark.parametrize("int8_ms, expected", [
-    (4.0, "ONNX Runtime fp32: the fastest path on this CPU ({when}; the others: ONNX Runtime int8 0.75x)"),
-    (2.9, "ONNX Runtime fp32: kept ({when}): ONNX Runtime int8 measured 1.03x, under the 1.05x"),
-])
-def test_a_kept_reference_says_how_the_others_compared_measured_and_cached(embedded_pair, monkeypatch, int8_ms, expected):
+@pytest.mark.parametrize(
+    "int8_ms, expected",
+    [
+        (4.0, "ONNX Runtime fp32: the fastest path on this CPU ({when}; the others: ONNX Runtime int8 0.75x)"),
+        (2.9, "ONNX Runtime fp32: kept ({when}): ONNX Runtime int8 measured 1.03x, under the 1.05x"),
+    ],
+)
+def test_a_kept_reference_says_how_the_others_compared_measured_and_cached(
+    embedded_pair, monkeypatch, int8_ms, expected
+):
     calls = []
     fake_times(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): int8_ms}, calls)
     _, measured = opened(provider="cpu")
@@ -212,9 +251,11 @@ def test_a_gain_within_timing_noise_keeps_fp32(embedded_pair, monkeypatch):
 # Every figure of a choice comes from one interleaved pass: the real pass code (cpu_batch.time_together)
 # runs over a fake measurement and a fake clock.
 
+
 def fake_pass(monkeypatch, times: dict[tuple[str, str], float], calls: list, clock: dict):
     """cpu_batch.measure_together answering ``times`` (ms per image at batch 4) by (engine, precision),
     each pass's sessions appended to ``calls``; cpu_batch's clock reads ``clock["now"]``."""
+
     def measure_together(sessions, *args, **kwargs):
         calls.append({(s.engine, s.precision) for s in sessions})
         return [{4: times[(s.engine, s.precision)]} for s in sessions]
@@ -240,8 +281,13 @@ def test_a_new_engine_retimes_every_path_in_one_pass(embedded_pair, monkeypatch)
     opened()
     monkeypatch.setattr(embedded_pair, "openvino_version", openvino_session.openvino_version)  # the extra arrives
     clock["now"] = "2026-01-01T22:36:00Z"
-    quiet = {("onnxruntime", "fp32"): 9.6, ("onnxruntime", "int8"): 12.0, ("openvino", "fp32"): 11.6,
-             ("openvino", "int8"): 13.0, ("openvino", "bf16"): 12.5}
+    quiet = {
+        ("onnxruntime", "fp32"): 9.6,
+        ("onnxruntime", "int8"): 12.0,
+        ("openvino", "fp32"): 11.6,
+        ("openvino", "int8"): 13.0,
+        ("openvino", "bf16"): 12.5,
+    }
     fake_pass(monkeypatch, quiet, calls, clock)
     ddpm, note = opened()
     offered = {path for path in quiet if path[1] != "bf16" or NATIVE_BF16}
@@ -281,12 +327,29 @@ def confirm_batch_entry(session):
 
 def test_the_first_real_run_retimes_an_engine_choice_it_contradicts(invoke, embedded_pair, tmp_path, monkeypatch):
     calls, clock = [], {"now": "2026-01-01T21:40:00Z"}
-    fake_pass(monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 1e-3}, calls, clock)  # int8: far too fast
+    fake_pass(
+        monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 1e-3}, calls, clock
+    )  # int8: far too fast
     ddpm, _ = opened(provider="cpu")
     assert ddpm.session.precision == "int8"
     confirm_batch_entry(ddpm.session)  # the batch's own check is done: only the engine choice's can see this
-    result = invoke(run_main, "--precision", "auto", "--provider", "cpu", "-n", 4, "--sampler", "ddim", "--steps", 12,
-                    "--png", tmp_path / "o.png", "--seed", 0)
+    result = invoke(
+        run_main,
+        "--precision",
+        "auto",
+        "--provider",
+        "cpu",
+        "-n",
+        4,
+        "--sampler",
+        "ddim",
+        "--steps",
+        12,
+        "--png",
+        tmp_path / "o.png",
+        "--seed",
+        0,
+    )
     assert result.code == 0, result.err
     assert "the next run times this CPU again" in result.err and "at batch 4" in result.err
     assert not any(key.startswith("path | ") for key in cpu_batch.read_cache())
@@ -303,7 +366,9 @@ def test_a_first_real_run_that_agrees_confirms_the_engine_choice_once(embedded_p
     opened(provider="cpu")
     ddpm, _ = opened(provider="cpu")
     choice = ddpm.batch_choice()
-    assert ddpm.path_timing is not None and not ddpm.path_timing.confirmed and ddpm.path_timing.batch == choice.batch == 4
+    assert (
+        ddpm.path_timing is not None and not ddpm.path_timing.confirmed and ddpm.path_timing.batch == choice.batch == 4
+    )
     fake_run(ddpm.session, calls=20, batch=4, per_image_ms=2.0 * 1.4)  # within 1.5x
     assert cpu_batch.recheck(ddpm.session, choice, ddpm.path_timing) is None
     assert path_record({"ONNX Runtime fp32", "ONNX Runtime int8"})["confirmed"] == "2026-01-01T21:40:00Z"

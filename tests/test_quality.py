@@ -80,8 +80,12 @@ def test_per_digit_accuracy():
     predicted = np.array([0, 5, 1, 1, 2, 3])
     assert per_class_accuracy(predicted, labels) == [0.5, pytest.approx(2 / 3), None, 1.0] + [None] * 6
     probabilities = np.eye(10)[predicted]
-    scores = score(probabilities, np.random.default_rng(0).standard_normal((6, 4)),
-                   np.random.default_rng(1).standard_normal((50, 4)), labels)
+    scores = score(
+        probabilities,
+        np.random.default_rng(0).standard_normal((6, 4)),
+        np.random.default_rng(1).standard_normal((50, 4)),
+        labels,
+    )
     assert scores.accuracy == pytest.approx(4 / 6) and scores.class_accuracy[3] == 1.0
 
 

@@ -3,8 +3,8 @@ against fp32; a tolerance it misses, or no calibration data, writes nothing."""
 
 import numpy as np
 import onnx
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.core.metadata import ModelInfo
 from ddpm.export.cli import main as export_main
 from ddpm.runtime.pipeline import DDPM
@@ -26,7 +26,10 @@ def test_int8_copy_is_quantized_and_says_so(int8_export):
 
 
 def test_int8_samples_follow_fp32(int8_export):
-    fp32, int8 = DDPM.load(int8_export / "unet.onnx", provider="cpu"), DDPM.load(int8_export / "unet.int8.onnx", provider="cpu")
+    fp32, int8 = (
+        DDPM.load(int8_export / "unet.onnx", provider="cpu"),
+        DDPM.load(int8_export / "unet.int8.onnx", provider="cpu"),
+    )
     a = fp32.generate(8, fp32.plan(steps=20, sampler="ddim"), seed=3).images.astype(np.float64)
     b = int8.generate(8, int8.plan(steps=20, sampler="ddim"), seed=3).images.astype(np.float64)
     assert a.shape == b.shape
@@ -35,14 +38,33 @@ def test_int8_samples_follow_fp32(int8_export):
 
 
 def test_int8_tolerance_refuses_and_writes_nothing(invoke, tiny_export, tmp_path):
-    result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", tmp_path, "--int8", "--data-dir", DATA_DIR,
-                    "--int8-tol", "1e-9", "--no-torchscript")
+    result = invoke(
+        export_main,
+        "--ckpt",
+        tiny_export / "model.pt",
+        "--out-dir",
+        tmp_path,
+        "--int8",
+        "--data-dir",
+        DATA_DIR,
+        "--int8-tol",
+        "1e-9",
+        "--no-torchscript",
+    )
     assert_one_line_error(result, "unet.int8.onnx", "--int8-tol", "nothing written")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_without_calibration_data_is_one_line_before_work(invoke, tiny_export, tmp_path):
-    result = invoke(export_main, "--ckpt", tiny_export / "model.pt", "--out-dir", tmp_path / "out", "--int8",
-                    "--data-dir", tmp_path / "nowhere")
+    result = invoke(
+        export_main,
+        "--ckpt",
+        tiny_export / "model.pt",
+        "--out-dir",
+        tmp_path / "out",
+        "--int8",
+        "--data-dir",
+        tmp_path / "nowhere",
+    )
     assert_one_line_error(result, "nowhere")
     assert list(tmp_path.iterdir()) == []

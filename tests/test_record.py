@@ -19,12 +19,24 @@ from ddpm.runtime.samples_file import SETTINGS_KEPT, read_samples
 def old_settings(ddpm: DDPM, n, plan, seed, batch, engine, labels, labels_drawn) -> dict:
     """The settings dict written out by hand: what the record must hold."""
     return {
-        "seed": seed, "num_samples": n, **{"sampler": plan.sampler, "steps": plan.steps, **plan.options},
+        "seed": seed,
+        "num_samples": n,
+        **{"sampler": plan.sampler, "steps": plan.steps, **plan.options},
         "timesteps": ddpm.timesteps,
-        **({"labels": labels.tolist(), "labels_drawn": labels_drawn, "guidance": plan.guidance} if labels is not None else {}),
-        "batch_size": batch, "engine": engine, "variance": ddpm.info.variance, "noise_at_last_step": ddpm.info.noise_at_last_step,
-        "provider": ddpm.provider, "model": ddpm.session.path.name, "model_sha256": ddpm.session.file_sha256,
-        "checkpoint_sha256": ddpm.info.source.get("sha256", ""), "transform": ddpm.info.source.get("transform", "pad"),
+        **(
+            {"labels": labels.tolist(), "labels_drawn": labels_drawn, "guidance": plan.guidance}
+            if labels is not None
+            else {}
+        ),
+        "batch_size": batch,
+        "engine": engine,
+        "variance": ddpm.info.variance,
+        "noise_at_last_step": ddpm.info.noise_at_last_step,
+        "provider": ddpm.provider,
+        "model": ddpm.session.path.name,
+        "model_sha256": ddpm.session.file_sha256,
+        "checkpoint_sha256": ddpm.info.source.get("sha256", ""),
+        "transform": ddpm.info.source.get("transform", "pad"),
     }
 
 
@@ -57,8 +69,13 @@ def test_the_files_hold_the_json_earlier_versions_wrote(ddpm, case, tmp_path):
     path.write_bytes(npz_bytes(run.images, run.settings))
     images, settings, source = read_samples(path, 100)
     np.testing.assert_array_equal(images, run.images)
-    assert settings == json.loads(expected) and settings["labels"] == labels.tolist() and settings["labels_drawn"] is drawn
-    assert source == {"npz": str(path), **{k: json.loads(expected)[k] for k in SETTINGS_KEPT if k in json.loads(expected)}}
+    assert (
+        settings == json.loads(expected) and settings["labels"] == labels.tolist() and settings["labels_drawn"] is drawn
+    )
+    assert source == {
+        "npz": str(path),
+        **{k: json.loads(expected)[k] for k in SETTINGS_KEPT if k in json.loads(expected)},
+    }
 
 
 def test_the_record_reads_by_attribute(ddpm):
@@ -69,9 +86,22 @@ def test_the_record_reads_by_attribute(ddpm):
     assert record.labels == tuple(class_prior_labels(2, ddpm.info.num_classes, 5).tolist())
 
 
-FIELDS = dict(seed=1, num_samples=2, sampler="ancestral", steps=4, timesteps=4, batch_size=2, engine="plain",
-              variance="beta", noise_at_last_step=False, provider="CPUExecutionProvider", model="m.onnx",
-              model_sha256="", checkpoint_sha256="", transform="pad")
+FIELDS = dict(
+    seed=1,
+    num_samples=2,
+    sampler="ancestral",
+    steps=4,
+    timesteps=4,
+    batch_size=2,
+    engine="plain",
+    variance="beta",
+    noise_at_last_step=False,
+    provider="CPUExecutionProvider",
+    model="m.onnx",
+    model_sha256="",
+    checkpoint_sha256="",
+    transform="pad",
+)
 
 
 def test_an_unconditional_record_writes_no_label_keys():

@@ -12,9 +12,9 @@ import imageio.v3 as iio
 import numpy as np
 import onnx
 import pytest
+from conftest import assert_one_line_error
 from PIL import Image
 
-from conftest import assert_one_line_error
 from ddpm.core.images import make_grid
 from ddpm.core.plan import DEFAULT_GUIDANCE
 from ddpm.runtime.cli import main as run_main
@@ -24,15 +24,27 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 
 
 def run(invoke, model, out, *extra):
-    result = invoke(run_main, "--onnx", model / "unet.onnx", "-n", 2, "--steps", 3, "--npz", out.with_suffix(".npz"),
-                    "--png", out.with_suffix(".png"), *extra)
+    result = invoke(
+        run_main,
+        "--onnx",
+        model / "unet.onnx",
+        "-n",
+        2,
+        "--steps",
+        3,
+        "--npz",
+        out.with_suffix(".npz"),
+        "--png",
+        out.with_suffix(".png"),
+        *extra,
+    )
     assert result.code == 0, result.err
     return result
 
 
 def test_fresh_seed_by_default_and_repeatable(invoke, tiny_export, tmp_path):
     first = run(invoke, tiny_export, tmp_path / "a")
-    second = run(invoke, tiny_export, tmp_path / "b")
+    run(invoke, tiny_export, tmp_path / "b")
     seed = int(re.search(r"seed (\d+) \(--seed \1 repeats it\)", first.err).group(1))
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert int(a["seed"]) == seed and json.loads(str(a["settings"]))["seed"] == seed
@@ -59,8 +71,23 @@ def test_same_seed_same_npz_and_batch_size_does_not_matter(invoke, tiny, tmp_pat
 
 
 def test_gif_frames(invoke, tiny, tmp_path):
-    result = invoke(run_main, "--onnx", tiny / "unet.onnx", "-n", "5", "--steps", "30", "--frames", "8", "--scale", "2",
-                    "--gif", tmp_path / "out.gif", "--png", tmp_path / "out.png")
+    result = invoke(
+        run_main,
+        "--onnx",
+        tiny / "unet.onnx",
+        "-n",
+        "5",
+        "--steps",
+        "30",
+        "--frames",
+        "8",
+        "--scale",
+        "2",
+        "--gif",
+        tmp_path / "out.gif",
+        "--png",
+        tmp_path / "out.png",
+    )
     assert result.code == 0, result.err
     expected_frames = 1 + len(frame_positions(30, 8))  # pure noise, then the kept steps
     grid = make_grid(np.zeros((5, 32, 32), np.uint8), scale=2)
@@ -83,8 +110,27 @@ def test_video_output(invoke, tiny_export, tmp_path, suffix):
     import imageio.v3 as iio
 
     out = tmp_path / f"d{suffix}"
-    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "-n", 4, "--steps", 6, "--frames", 5, "--fps", 10,
-                    "--hold", 0.5, "--video", out, "--show", "both", "--seed", 1)
+    result = invoke(
+        run_main,
+        "--onnx",
+        tiny_export / "unet.onnx",
+        "-n",
+        4,
+        "--steps",
+        6,
+        "--frames",
+        5,
+        "--fps",
+        10,
+        "--hold",
+        0.5,
+        "--video",
+        out,
+        "--show",
+        "both",
+        "--seed",
+        1,
+    )
     assert result.code == 0, result.err
     frames = iio.imread(out, plugin="FFMPEG")
     assert len(frames) == 5 + 5  # x_T and 4 kept steps, then 0.5 s of the last frame at 10 fps
@@ -107,8 +153,21 @@ def test_the_embedded_model_serves_with_and_without_digits(invoke, tmp_path):
 
 def test_run_cli_with_solver(invoke, tiny_export, tmp_path):
     out = tmp_path / "s.npz"
-    result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--sampler", "dpm++2m-sde", "-n", 3, "--npz", out,
-                    "--gif", tmp_path / "s.gif", "--frames", 5)
+    result = invoke(
+        run_main,
+        "--onnx",
+        tiny_export / "unet.onnx",
+        "--sampler",
+        "dpm++2m-sde",
+        "-n",
+        3,
+        "--npz",
+        out,
+        "--gif",
+        tmp_path / "s.gif",
+        "--frames",
+        5,
+    )
     assert result.code == 0, result.err
     settings = json.loads(str(np.load(out)["settings"]))
     assert (settings["sampler"], settings["steps"], settings["spacing"]) == ("dpm++2m-sde", 20, "logsnr")
@@ -119,8 +178,23 @@ def test_run_engines_give_the_same_digits(invoke, variants, tmp_path):
     outputs = {}
     for engine in ("plain", "iobinding", "auto"):
         target = tmp_path / f"{engine}.npz"
-        result = invoke(run_main, "--onnx", variants / "unet.onnx", "-n", 2, "--steps", 20, "--npz", target,
-                        "--engine", engine, "--provider", "cpu", "--seed", 0)
+        result = invoke(
+            run_main,
+            "--onnx",
+            variants / "unet.onnx",
+            "-n",
+            2,
+            "--steps",
+            20,
+            "--npz",
+            target,
+            "--engine",
+            engine,
+            "--provider",
+            "cpu",
+            "--seed",
+            0,
+        )
         assert result.code == 0, result.err
         outputs[engine] = np.load(target)["images"]
     assert "engine auto (plain)" in result.err
@@ -143,8 +217,21 @@ def test_runtime_works_without_torch(tiny, tmp_path):
     )
     out = tmp_path / "out.npz"
     result = subprocess.run(
-        [sys.executable, "-c", script, "--onnx", str(tiny / "unet.onnx"), "-n", "2", "--steps", "20", "--npz", str(out)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            script,
+            "--onnx",
+            str(tiny / "unet.onnx"),
+            "-n",
+            "2",
+            "--steps",
+            "20",
+            "--npz",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert np.load(out)["images"].shape == (2, 32, 32)
@@ -157,8 +244,12 @@ def _foreign_onnx(path):
     from onnx import TensorProto, helper
 
     node = helper.make_node("Relu", ["input"], ["output"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), str(path))
 
 
@@ -224,7 +315,9 @@ def test_wrong_graph_inputs(invoke, tiny, tmp_path):
     other = onnx.load(str(foreign))
     other.metadata_props.extend(model.metadata_props)
     onnx.save(other, str(foreign))
-    assert_one_line_error(invoke(run_main, "--onnx", foreign, "--png", tmp_path / "o.png"), "inputs are ['input']", "expected")
+    assert_one_line_error(
+        invoke(run_main, "--onnx", foreign, "--png", tmp_path / "o.png"), "inputs are ['input']", "expected"
+    )
 
 
 @pytest.mark.parametrize(
@@ -257,11 +350,14 @@ def test_seed_out_of_range(invoke, tiny_export, tmp_path):
     assert not (tmp_path / "o.png").exists()
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--video", "d.avi"], ".mp4 or .webm"),
-    (["--show", "x0", "--png", "d.png"], "add --gif or --video"),
-    (["--show", "x1", "--gif", "d.gif"], "--show"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--video", "d.avi"], ".mp4 or .webm"),
+        (["--show", "x0", "--png", "d.png"], "add --gif or --video"),
+        (["--show", "x1", "--gif", "d.gif"], "--show"),
+    ],
+)
 def test_video_and_show_bad_input(invoke, tiny_export, tmp_path, args, fragment):
     args = [str(tmp_path / a) if a.startswith("d.") else a for a in args]
     assert_one_line_error(invoke(run_main, "--onnx", tiny_export / "unet.onnx", *args), fragment)
@@ -277,12 +373,15 @@ def test_video_without_ffmpeg_names_the_extra(invoke, tiny_export, tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--engine", "cudagraph", "--provider", "cpu"], "cudagraph"),
-    (["--engine", "cudagraph"], "CUDA provider"),  # auto falls back to the CPU here
-    (["--engine", "warp"], "warp"),
-    (["--onnx", "STEP", "--steps", "10"], "cannot respace"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--engine", "cudagraph", "--provider", "cpu"], "cudagraph"),
+        (["--engine", "cudagraph"], "CUDA provider"),  # auto falls back to the CPU here
+        (["--engine", "warp"], "warp"),
+        (["--onnx", "STEP", "--steps", "10"], "cannot respace"),
+    ],
+)
 def test_run_engine_errors(invoke, variants, tmp_path, args, fragment):
     args = [str(variants / "unet.step.onnx") if a == "STEP" else a for a in args]
     if "--onnx" not in args:
@@ -294,7 +393,9 @@ def test_run_engine_errors(invoke, variants, tmp_path, args, fragment):
 
 def test_precision_with_onnx_is_a_usage_error(invoke, int8_export, tmp_path):
     result = invoke(run_main, "--onnx", int8_export / "unet.onnx", "--precision", "int8", "--png", tmp_path / "o.png")
-    assert_one_line_error(result, "--precision int8 picks a copy of the embedded model", "with --onnx give fp32, auto or bf16")
+    assert_one_line_error(
+        result, "--precision int8 picks a copy of the embedded model", "with --onnx give fp32, auto or bf16"
+    )
     assert result.code == 2
 
 
@@ -316,7 +417,9 @@ def test_interrupted_run_leaves_no_output(invoke, tiny, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("option, name", [("--gif", "x.png"), ("--png", "x.gif"), ("--npz", "x.png"), ("--png", "x.jpg")])
+@pytest.mark.parametrize(
+    "option, name", [("--gif", "x.png"), ("--png", "x.gif"), ("--npz", "x.png"), ("--png", "x.jpg")]
+)
 def test_an_extension_of_another_format_is_refused_up_front(invoke, tmp_path, option, name):
     result = invoke(run_main, option, tmp_path / name)
     assert result.code == 2 and f"{option} writes" in result.err and not (tmp_path / name).exists()

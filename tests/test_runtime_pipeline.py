@@ -33,7 +33,11 @@ def test_numpy_loop_matches_torch_reference(tiny):
         for t in reversed(range(1000)):
             eps = model(x.float(), torch.full((2,), t)).double()
             mean = (x - betas[t] / torch.sqrt(1 - alpha_bars[t]) * eps) / torch.sqrt(1 - betas[t])
-            x = mean + torch.sqrt(betas[t]) * torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)) if t > 0 else mean
+            x = (
+                mean + torch.sqrt(betas[t]) * torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+                if t > 0
+                else mean
+            )
     assert np.abs(run.samples - x.numpy()).max() <= 1e-4
 
 
@@ -105,7 +109,9 @@ def test_ddim_eta_zero_is_deterministic(tiny_export):
         rng = np.random.default_rng(noise_seed)
         x = x_T
         for i, t in enumerate(sampler.model_timesteps):
-            x = sampler.step(x, i, ddpm.session.eps(x, np.full(2, t, np.int64)), rng.standard_normal(x.shape).astype(np.float32))
+            x = sampler.step(
+                x, i, ddpm.session.eps(x, np.full(2, t, np.int64)), rng.standard_normal(x.shape).astype(np.float32)
+            )
         results.append(x)
     np.testing.assert_array_equal(results[0], results[1])
     # And through generate: same seed, any sub-batch size, identical digits.
@@ -122,7 +128,11 @@ def test_runtime_solvers_batch_independent_and_reproducible(tiny_export, sampler
     whole = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8, frames=4), seed=4)
     split = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8), seed=4, batch_size=2)
     np.testing.assert_allclose(whole.samples, split.samples, atol=1e-4)
-    assert whole.settings.sampler == sampler and whole.settings.options["spacing"] == "logsnr" and whole.settings.steps == 8
+    assert (
+        whole.settings.sampler == sampler
+        and whole.settings.options["spacing"] == "logsnr"
+        and whole.settings.steps == 8
+    )
     assert len(whole.frames) == 4 and whole.frame_timesteps[-1] == 0  # x_T and 3 steps, the last one included
     other = ddpm.generate(5, ddpm.plan(sampler=sampler, steps=8), seed=5)
     assert np.abs(other.samples - whole.samples).max() > 1e-2

@@ -23,7 +23,6 @@ from ddpm.core.samplers import (
 )
 from ddpm.core.schedule import make_schedule
 
-
 SCHEDULES = {"linear": make_schedule("linear", 1000), "cosine": make_schedule("cosine", 1000)}
 
 
@@ -199,13 +198,19 @@ def test_single_point_data_is_solved_exactly_in_one_step():
     for steps in (1, 3, 20):
         for stochastic in (False, True):
             noises = np.random.default_rng(3).standard_normal((steps, 5))
-            out = run(DPMSolverSampler(schedule, steps, stochastic=stochastic), x, eps=eps, noises=noises, dtype=np.float64)
+            out = run(
+                DPMSolverSampler(schedule, steps, stochastic=stochastic), x, eps=eps, noises=noises, dtype=np.float64
+            )
             np.testing.assert_allclose(out, c, atol=1e-9)
 
 
 @settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from(sorted(SCHEDULES)), steps=st.integers(1, 200), spacing=st.sampled_from(SPACINGS),
-       stochastic=st.booleans())
+@given(
+    kind=st.sampled_from(sorted(SCHEDULES)),
+    steps=st.integers(1, 200),
+    spacing=st.sampled_from(SPACINGS),
+    stochastic=st.booleans(),
+)
 def test_coefficient_properties(kind, steps, spacing, stochastic):
     schedule = SCHEDULES[kind]
     solver = DPMSolverSampler(schedule, steps, spacing, stochastic=stochastic)

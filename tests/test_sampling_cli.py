@@ -5,8 +5,8 @@ in one line."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import assert_one_line_error
+
 from ddpm.core.plan import SettingError
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.sampling_cli import flag_error, parse_digits
@@ -31,40 +31,48 @@ def test_digit_syntax_is_the_command_lines():
         parse_digits("three", 10)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--digit", "10"], "out of range"),
-    (["--digit", "-1"], "out of range"),
-    (["--digit", "three"], "--digit"),
-    (["--digit", "3", "--guidance", "-1"], "--guidance"),
-    (["--guidance", "2"], "add --digit"),
-    (["--sampler", "ddim", "--steps", "1001"], "--steps"),
-    (["--sampler", "ddim", "--steps", "0"], "--steps"),
-    (["--sampler", "ddim", "--eta", "-0.5"], "--eta"),
-    (["--sampler", "ddim", "--eta", "1e300"], "--eta"),
-    (["--digit", "3", "--guidance", "1e300"], "--guidance"),
-    (["--eta", "0.5"], "--sampler ddim"),
-    (["--spacing", "quadratic"], "--sampler ddim"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--digit", "10"], "out of range"),
+        (["--digit", "-1"], "out of range"),
+        (["--digit", "three"], "--digit"),
+        (["--digit", "3", "--guidance", "-1"], "--guidance"),
+        (["--guidance", "2"], "add --digit"),
+        (["--sampler", "ddim", "--steps", "1001"], "--steps"),
+        (["--sampler", "ddim", "--steps", "0"], "--steps"),
+        (["--sampler", "ddim", "--eta", "-0.5"], "--eta"),
+        (["--sampler", "ddim", "--eta", "1e300"], "--eta"),
+        (["--digit", "3", "--guidance", "1e300"], "--guidance"),
+        (["--eta", "0.5"], "--sampler ddim"),
+        (["--spacing", "quadratic"], "--sampler ddim"),
+    ],
+)
 def test_sampling_bad_inputs(invoke, conditional, tmp_path, args, fragment):
     result = invoke(run_main, "--onnx", conditional / "unet.onnx", "--png", tmp_path / "o.png", *args)
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "o.png").exists()
 
 
-@pytest.mark.parametrize("args, fragment", [(["--digit", "3"], "unconditional"), (["--guidance", "1"], "unconditional")])
+@pytest.mark.parametrize(
+    "args, fragment", [(["--digit", "3"], "unconditional"), (["--guidance", "1"], "unconditional")]
+)
 def test_digits_on_an_unconditional_model(invoke, tiny_export, tmp_path, args, fragment):
     result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--png", tmp_path / "o.png", *args)
     assert_one_line_error(result, fragment)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--sampler", "dpm++2m", "--eta", "1"], "--eta"),
-    (["--sampler", "dpm++2m", "--steps", "0"], "--steps"),
-    (["--sampler", "dpm++2m-sde", "--steps", "1001"], "--steps"),
-    (["--sampler", "dpm++3m"], "--sampler"),
-    (["--sampler", "dpm++2m", "--spacing", "karras"], "--spacing"),
-    (["--spacing", "logsnr"], "--spacing"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--sampler", "dpm++2m", "--eta", "1"], "--eta"),
+        (["--sampler", "dpm++2m", "--steps", "0"], "--steps"),
+        (["--sampler", "dpm++2m-sde", "--steps", "1001"], "--steps"),
+        (["--sampler", "dpm++3m"], "--sampler"),
+        (["--sampler", "dpm++2m", "--spacing", "karras"], "--spacing"),
+        (["--spacing", "logsnr"], "--spacing"),
+    ],
+)
 def test_solver_bad_inputs(invoke, tiny_export, tmp_path, args, fragment):
     result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--png", tmp_path / "o.png", *args)
     assert_one_line_error(result, fragment)

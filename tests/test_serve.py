@@ -21,9 +21,9 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 import uvicorn  # noqa: E402
+from conftest import assert_one_line_error  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import assert_one_line_error  # noqa: E402
 from ddpm.core.images import make_grid  # noqa: E402
 from ddpm.core.plan import SettingError  # noqa: E402
 from ddpm.runtime import DDPM  # noqa: E402
@@ -55,11 +55,14 @@ def test_health(client):
     assert body["status"] == "ok" and body["model"] == "default.onnx" and body["rows_per_call"] == 8
 
 
-@pytest.mark.parametrize("request_body, plan", [
-    ({"n": 3, "digits": [3, 8], "steps": 6, "seed": 11}, {"digits": [3, 8], "steps": 6}),
-    ({"n": 2, "sampler": "ddim", "steps": 5, "eta": 0.5, "seed": 4}, {"sampler": "ddim", "steps": 5, "eta": 0.5}),
-    ({"n": 2, "steps": 8, "seed": 2}, {"steps": 8}),  # ancestral, digits drawn from the class prior
-])
+@pytest.mark.parametrize(
+    "request_body, plan",
+    [
+        ({"n": 3, "digits": [3, 8], "steps": 6, "seed": 11}, {"digits": [3, 8], "steps": 6}),
+        ({"n": 2, "sampler": "ddim", "steps": 5, "eta": 0.5, "seed": 4}, {"sampler": "ddim", "steps": 5, "eta": 0.5}),
+        ({"n": 2, "steps": 8, "seed": 2}, {"steps": 8}),  # ancestral, digits drawn from the class prior
+    ],
+)
 def test_samples_match_the_library(client, ddpm, request_body, plan):
     """The same seed and settings give the digits DDPM.generate (so ddpm-run --seed) gives."""
     got = npz(client.post("/v1/samples", json={**request_body, "format": "npz"}))
@@ -98,34 +101,43 @@ def plan_error(ddpm, **plan):
     return reason(info.value)
 
 
-@pytest.mark.parametrize("body, plan", [
-    ({"n": 2, "eta": 0.5}, {"eta": 0.5}),
-    ({"n": 2, "steps": 5000}, {"steps": 5000}),
-    ({"n": 2, "sampler": "ddim", "spacing": "cubic"}, {"sampler": "ddim", "spacing": "cubic"}),
-    ({"n": 2, "digits": [11]}, {"digits": [11]}),
-    ({"n": 2, "digits": [1], "guidance": 51}, {"digits": [1], "guidance": 51.0}),  # a float, as --guidance parses it
-    ({"n": 2, "sampler": "nope"}, {"sampler": "nope"}),
-])
+@pytest.mark.parametrize(
+    "body, plan",
+    [
+        ({"n": 2, "eta": 0.5}, {"eta": 0.5}),
+        ({"n": 2, "steps": 5000}, {"steps": 5000}),
+        ({"n": 2, "sampler": "ddim", "spacing": "cubic"}, {"sampler": "ddim", "spacing": "cubic"}),
+        ({"n": 2, "digits": [11]}, {"digits": [11]}),
+        (
+            {"n": 2, "digits": [1], "guidance": 51},
+            {"digits": [1], "guidance": 51.0},
+        ),  # a float, as --guidance parses it
+        ({"n": 2, "sampler": "nope"}, {"sampler": "nope"}),
+    ],
+)
 def test_bad_settings_give_the_library_reason(client, ddpm, body, plan):
     response = client.post("/v1/samples", json=body)
     assert response.status_code == 422
     assert response.json() == {"detail": plan_error(ddpm, **plan)}
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ('{"n": 0}', "n: Input should be greater than or equal to 1"),
-    ('{"n": 65}', "n: Input should be less than or equal to 64"),
-    ('{"n": "3"}', "n: Input should be a valid integer"),
-    ('{"n": 2, "steps": 2.5}', "steps: Input should be a valid integer"),
-    ('{"n": 2, "seed": 1e400}', "seed:"),
-    ('{"n": 2, "seed": 99999999999999999999999}', "seed: Input should be less than or equal to"),
-    ('{"n": 2, "digits": [1], "guidance": NaN}', "guidance: must be between 0 and 50"),
-    ('{"n": 2, "digits": [' + ",".join(["3"] * 1000) + "]}", "digits: List should have at most 64 items"),
-    ('{"n": 2, "file": "/etc/passwd"}', "file: Extra inputs are not permitted"),
-    ('{"steps": 4}', "n: Field required"),
-    ("{bad", "body: not valid JSON"),
-    ("[]", "body: Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ('{"n": 0}', "n: Input should be greater than or equal to 1"),
+        ('{"n": 65}', "n: Input should be less than or equal to 64"),
+        ('{"n": "3"}', "n: Input should be a valid integer"),
+        ('{"n": 2, "steps": 2.5}', "steps: Input should be a valid integer"),
+        ('{"n": 2, "seed": 1e400}', "seed:"),
+        ('{"n": 2, "seed": 99999999999999999999999}', "seed: Input should be less than or equal to"),
+        ('{"n": 2, "digits": [1], "guidance": NaN}', "guidance: must be between 0 and 50"),
+        ('{"n": 2, "digits": [' + ",".join(["3"] * 1000) + "]}", "digits: List should have at most 64 items"),
+        ('{"n": 2, "file": "/etc/passwd"}', "file: Extra inputs are not permitted"),
+        ('{"steps": 4}', "n: Field required"),
+        ("{bad", "body: not valid JSON"),
+        ("[]", "body: Input should be a valid dictionary"),
+    ],
+)
 def test_malformed_bodies_get_one_line(client, content, fragment):
     response = client.post("/v1/samples", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
@@ -134,7 +146,9 @@ def test_malformed_bodies_get_one_line(client, content, fragment):
 
 
 def test_oversized_bodies_are_refused(client):
-    response = client.post("/v1/samples", content=b"{" + b" " * 100_000 + b"}", headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/samples", content=b"{" + b" " * 100_000 + b"}", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413 and "over 16384 bytes" in response.json()["detail"]
 
     def chunks():  # no Content-Length: counted as it arrives
@@ -205,8 +219,15 @@ def test_metrics(client):
     client.post("/v1/samples", json={"n": 2, "steps": 2})
     text = client.get("/metrics").text
     assert re.search(r'ddpm_http_requests_total\{code="200",route="/v1/samples"\} [1-9]', text)
-    for name in ("ddpm_queue_depth", "ddpm_active_rows", "ddpm_rows_per_call", "ddpm_steps_per_second",
-                 "ddpm_network_calls_total", 'ddpm_request_seconds_bucket{kind="sample"', "ddpm_queue_wait_seconds_count"):
+    for name in (
+        "ddpm_queue_depth",
+        "ddpm_active_rows",
+        "ddpm_rows_per_call",
+        "ddpm_steps_per_second",
+        "ddpm_network_calls_total",
+        'ddpm_request_seconds_bucket{kind="sample"',
+        "ddpm_queue_wait_seconds_count",
+    ):
         assert name in text, name
     rows = float(re.search(r"^ddpm_rows_per_call (\S+)", text, re.M).group(1))
     assert 1 <= rows <= 8
@@ -216,7 +237,12 @@ def test_tokens(ddpm):
     with TestClient(create_app(ddpm, Settings(max_rows=4, token=TOKEN))) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/").status_code == 200  # the page itself holds no data; its calls need the token
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+        ):
             response = client.post("/v1/samples", json={"n": 1, "steps": 2}, headers=headers)
             assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
             assert client.get("/metrics", headers=headers).status_code == 401
@@ -227,7 +253,9 @@ def test_tokens(ddpm):
 
 def test_the_token_comes_before_the_body(ddpm):
     with TestClient(create_app(ddpm, Settings(max_rows=4, token=TOKEN))) as client:
-        broken = client.post("/v1/samples", content='{"n": 1, "digits": [3', headers={"content-type": "application/json"})
+        broken = client.post(
+            "/v1/samples", content='{"n": 1, "digits": [3', headers={"content-type": "application/json"}
+        )
         assert broken.status_code == 401
         huge = client.post("/v1/samples", content=b" " * 100_000, headers={"content-type": "application/json"})
         assert huge.status_code == 401
@@ -265,8 +293,10 @@ def test_a_client_that_leaves_cancels_its_request(live):
     app, port = live
     body = json.dumps({"n": 2, "steps": 1000}).encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         deadline = time.monotonic() + 10
         while app.state.engine.stats.steps < 3:
             assert time.monotonic() < deadline
@@ -303,7 +333,7 @@ def read_all(sock, seconds=5.0) -> bytes:
     try:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
-    except (socket.timeout, ConnectionResetError):
+    except (TimeoutError, ConnectionResetError):
         pass
     return b"".join(chunks)
 
@@ -325,8 +355,10 @@ def test_huge_headers_and_streamed_bodies_are_refused_in_words(guarded):
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 431") and b"over 16384 bytes" in answer
     with socket.create_connection(("127.0.0.1", guarded)) as sock:
-        sock.sendall(b"POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(
+            b"POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         chunk = b"%x\r\n%s\r\n" % (8192, b" " * 8192)
         for _ in range(8):  # 64 kB, past the 16 kB limit, still arriving when the answer is sent
             sock.sendall(chunk)
@@ -337,9 +369,23 @@ def test_huge_headers_and_streamed_bodies_are_refused_in_words(guarded):
 
 def start_server(tmp_path, *args, env=None):
     log = open(tmp_path / "serve.log", "w+")
-    process = subprocess.Popen([sys.executable, "-c", "from ddpm.serve.cli import main; main()", "--port", "0",
-                                "--max-rows", "8", "--threads", "1", *args],
-                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from ddpm.serve.cli import main; main()",
+            "--port",
+            "0",
+            "--max-rows",
+            "8",
+            "--threads",
+            "1",
+            *args,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     deadline = time.monotonic() + 60
     while True:
         text = (tmp_path / "serve.log").read_text()
@@ -374,7 +420,9 @@ def test_sigterm_drains(tmp_path, precision):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/healthz", timeout=2)
         text = (tmp_path / "serve.log").read_text()
-        assert "draining" in text and "stopped; 1 done, 0 failed, 0 cancelled requests" in text and "Traceback" not in text
+        assert (
+            "draining" in text and "stopped; 1 done, 0 failed, 0 cancelled requests" in text and "Traceback" not in text
+        )
     finally:
         process.kill()
 
@@ -395,13 +443,20 @@ def test_without_the_extra_one_line_names_it(invoke, monkeypatch):
 
 def test_layers_stay_web_free():
     """The base install (core, runtime) imports no web framework; the server imports no torch."""
-    for layer, forbidden in (("core", {"fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client", "ray"}),
-                             ("runtime", {"fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client", "ray"}),
-                             ("serve", {"torch", "torchvision", "onnx"})):
+    for layer, forbidden in (
+        ("core", {"fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client", "ray"}),
+        ("runtime", {"fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client", "ray"}),
+        ("serve", {"torch", "torchvision", "onnx"}),
+    ):
         for path in pathlib.Path(layer).glob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+                names = (
+                    [alias.name for alias in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and not node.level
+                    else []
+                )
                 for name in names:
                     assert name.split(".")[0] not in forbidden or name.startswith("ddpm.serve"), (path, name)
         for path in pathlib.Path(layer).glob("*.py"):
@@ -412,14 +467,18 @@ def test_a_latent_model_is_served_like_any_other(latent_export):
     """Samples, jobs with live decoded frames and the result GIF, with no setting of its own."""
     latent = DDPM.load(latent_export / "unet.onnx", provider="cpu", threads=1)
     with TestClient(create_app(latent, Settings(max_rows=8))) as latent_client:
-        got = npz(latent_client.post("/v1/samples", json={"n": 3, "digits": [2], "steps": 5, "seed": 6, "format": "npz"}))
+        got = npz(
+            latent_client.post("/v1/samples", json={"n": 3, "digits": [2], "steps": 5, "seed": 6, "format": "npz"})
+        )
         expected = latent.generate(3, latent.plan(digits=[2], steps=5), seed=6)
         assert got["images"].shape == (3, 32, 32)
         assert np.abs(got["images"].astype(int) - expected.images.astype(int)).max() <= 1
         job = latent_client.post("/v1/jobs", json={"n": 2, "steps": 4, "frames": 3, "show": "both"}).json()
         with latent_client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
             text = "".join(stream.iter_text())
-        frames = [json.loads(data) for name, data in re.findall(r"event: (\w+)\ndata: (.*)\n\n", text) if name == "frame"]
+        frames = [
+            json.loads(data) for name, data in re.findall(r"event: (\w+)\ndata: (.*)\n\n", text) if name == "frame"
+        ]
         assert frames and "event: end" in text
         last = Image.open(io.BytesIO(base64.b64decode(frames[-1]["png"])))
         # x_t and x̂_0 of 2 decoded 32x32 digits side by side at one pixel per pixel (latents would be 16x16)

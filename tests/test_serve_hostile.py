@@ -34,9 +34,9 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 import httpx  # noqa: E402
+from test_serve import start_server  # noqa: E402
 
 from ddpm.serve import limits  # noqa: E402
-from test_serve import start_server  # noqa: E402
 
 LONG = os.environ.get("DDPM_HOSTILE_LONG", "") not in ("", "0")
 TOKEN = "h" * 24
@@ -100,17 +100,21 @@ def served(tmp_path_factory):
     process.terminate()
     assert process.wait(30) == 0
     log = (folder / "serve.log").read_text()
-    assert "Traceback" not in log, log[log.find("Traceback"):][:2000]
+    assert "Traceback" not in log, log[log.find("Traceback") :][:2000]
     if LONG:
         before = load.latencies(end=first_case)
-        print(f"\nbackground: {len(before)} requests before the cases, p50 {np.median(before):.3f} s, p99 "
-              f"{np.percentile(before, 99):.3f} s; during each case (n, p50, p99, slowed by at p50 and p99):")
+        print(
+            f"\nbackground: {len(before)} requests before the cases, p50 {np.median(before):.3f} s, p99 "
+            f"{np.percentile(before, 99):.3f} s; during each case (n, p50, p99, slowed by at p50 and p99):"
+        )
         for name, start, end in load.cases:
             during = load.latencies(start, end)
             if during:
                 p50, p99 = np.median(during), np.percentile(during, 99)
-                print(f"  {name}: {len(during)}, {p50:.3f} s, {p99:.3f} s, {p50 / np.median(before):.2f}x, "
-                      f"{p99 / np.percentile(before, 99):.2f}x")
+                print(
+                    f"  {name}: {len(during)}, {p50:.3f} s, {p99:.3f} s, {p50 / np.median(before):.2f}x, "
+                    f"{p99 / np.percentile(before, 99):.2f}x"
+                )
 
 
 @contextlib.contextmanager
@@ -132,27 +136,47 @@ def status_of(line: bytes) -> int | None:
 
 
 def request_head(headers: dict[str, str]) -> bytes:
-    lines = ["POST /v1/samples HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in {**AUTH, **headers}.items()), "", ""]
+    lines = [
+        "POST /v1/samples HTTP/1.1",
+        "Host: 127.0.0.1",
+        *(f"{k}: {v}" for k, v in {**AUTH, **headers}.items()),
+        "",
+        "",
+    ]
     return "\r\n".join(lines).encode("latin-1")
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"", {422}),
-    (b'{"n": 1, "digits": "7"}', {422}),
-    (b'{"n": 1e30}', {422}),
-    (b'{"n": 1' + b"0" * 30 + b"}", {422}),
-    (b'{"n": 1, "steps": 1' + b"0" * 30 + b"}", {422}),
-    (b'{"n": 1, "digits": [1], "guidance": 1e999}', {422}),
-    (b'{"n": 1, "digits": ' + b"[" * 5000 + b"]" * 5000 + b"}", {400, 422}),
-    (b'{"n": 1, "sampler": "\xff\xfe"}', {400, 422}),
-], ids=["empty", "digits-as-a-string", "n-1e30", "n-10e30", "steps-10e30", "guidance-inf", "nested-5000-deep", "bad-utf8"])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", {422}),
+        (b'{"n": 1, "digits": "7"}', {422}),
+        (b'{"n": 1e30}', {422}),
+        (b'{"n": 1' + b"0" * 30 + b"}", {422}),
+        (b'{"n": 1, "steps": 1' + b"0" * 30 + b"}", {422}),
+        (b'{"n": 1, "digits": [1], "guidance": 1e999}', {422}),
+        (b'{"n": 1, "digits": ' + b"[" * 5000 + b"]" * 5000 + b"}", {400, 422}),
+        (b'{"n": 1, "sampler": "\xff\xfe"}', {400, 422}),
+    ],
+    ids=[
+        "empty",
+        "digits-as-a-string",
+        "n-1e30",
+        "n-10e30",
+        "steps-10e30",
+        "guidance-inf",
+        "nested-5000-deep",
+        "bad-utf8",
+    ],
+)
 def test_bodies_the_schema_refuses_get_a_prompt_one_line_4xx(served, request, content, expected):
     with case(served, request.node.name) as port, httpx.Client(headers=AUTH, trust_env=False, timeout=30) as client:
         stop_at = time.monotonic() + REPEAT_SECONDS
         while True:
             start = time.perf_counter()
-            response = client.post(f"http://127.0.0.1:{port}/v1/samples", content=content,
-                                   headers={"content-type": "application/json"})
+            response = client.post(
+                f"http://127.0.0.1:{port}/v1/samples", content=content, headers={"content-type": "application/json"}
+            )
             assert response.status_code in expected and time.perf_counter() - start <= ANSWER_BOUND, response.text
             assert "\n" not in response.json()["detail"]
             if time.monotonic() >= stop_at:
@@ -163,8 +187,11 @@ def send_big_body(port: int, total: int, chunked: bool, expect: bool) -> tuple:
     """Stream ``total`` bytes of body as fast as the socket takes them, stopping at the first byte of
     an answer. The status (or RESET: a server that closes with unread data makes the kernel drop its
     own answer), the seconds to it, the bytes handed to the socket before it."""
-    headers = {"Content-Type": "application/json", **({"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(total)}),
-               **({"Expect": "100-continue"} if expect else {})}
+    headers = {
+        "Content-Type": "application/json",
+        **({"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(total)}),
+        **({"Expect": "100-continue"} if expect else {}),
+    }
     sent, piece, start = 0, b" " * 65536, time.perf_counter()
     with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_BOUND + 3) as sock:
         try:
@@ -188,8 +215,11 @@ def send_big_body(port: int, total: int, chunked: bool, expect: bool) -> tuple:
     return status, time.perf_counter() - start, sent
 
 
-@pytest.mark.parametrize("chunked, expect", [(False, False), (True, False), (False, True)],
-                         ids=["content-length", "chunked", "expect-100-continue"])
+@pytest.mark.parametrize(
+    "chunked, expect",
+    [(False, False), (True, False), (False, True)],
+    ids=["content-length", "chunked", "expect-100-continue"],
+)
 def test_a_body_of_many_megabytes_is_refused_early(served, request, chunked, expect):
     with case(served, f"{request.node.name}, {BIG_BYTES // 1_000_000} MB") as port:
         status, seconds, sent = send_big_body(port, BIG_BYTES, chunked, expect)
@@ -221,8 +251,10 @@ def trickle(port: int, heads: list[bytes], feeds: list, seconds: float) -> tuple
             ends[socks.index(sock)] = (status_of(answer) or "closed by the server", time.monotonic() - start)
         if probe is None and time.monotonic() - start >= min(seconds, limits.HEADER_SECONDS) / 2:
             began = time.perf_counter()
-            probe = (httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=ANSWER_BOUND + 3, trust_env=False).status_code,
-                     time.perf_counter() - began)
+            probe = (
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=ANSWER_BOUND + 3, trust_env=False).status_code,
+                time.perf_counter() - began,
+            )
     for sock in socks:
         sock.close()
     return [end or ("open at the end", None) for end in ends], probe
@@ -230,15 +262,19 @@ def trickle(port: int, heads: list[bytes], feeds: list, seconds: float) -> tuple
 
 def test_slow_headers_are_closed_and_slow_bodies_answered_408_at_their_deadlines(served):
     slow_head = b"POST /v1/samples HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
-    heads = [b""] * SLOW_HEADERS + [request_head({"Content-Type": "application/json", "Content-Length": "64"})] * SLOW_BODIES
-    feeds = [itertools.chain(slow_head, itertools.repeat(ord("a"))) for _ in range(SLOW_HEADERS)] + \
-        [itertools.cycle(b'{"n": 1}' + b" " * 56) for _ in range(SLOW_BODIES)]
+    heads = [b""] * SLOW_HEADERS + [
+        request_head({"Content-Type": "application/json", "Content-Length": "64"})
+    ] * SLOW_BODIES
+    feeds = [itertools.chain(slow_head, itertools.repeat(ord("a"))) for _ in range(SLOW_HEADERS)] + [
+        itertools.cycle(b'{"n": 1}' + b" " * 56) for _ in range(SLOW_BODIES)
+    ]
     seconds = max(limits.HEADER_SECONDS, limits.BODY_SECONDS) + ANSWER_BOUND + 2
     with case(served, f"{SLOW_HEADERS} slow-loris headers and {SLOW_BODIES} slow bodies, a byte a second") as port:
         ends, probe = trickle(port, heads, feeds, 3 * seconds if LONG else seconds)
     assert probe is not None and probe[0] == 200 and probe[1] <= ANSWER_BOUND, probe
-    expected = [(("closed by the server", 400, 408, 431), limits.HEADER_SECONDS)] * SLOW_HEADERS + \
-        [((408,), limits.BODY_SECONDS)] * SLOW_BODIES
+    expected = [(("closed by the server", 400, 408, 431), limits.HEADER_SECONDS)] * SLOW_HEADERS + [
+        ((408,), limits.BODY_SECONDS)
+    ] * SLOW_BODIES
     for end, (allowed, bound) in zip(ends, expected, strict=True):
         assert end[0] in allowed and end[1] <= bound + ANSWER_BOUND, ends
 
@@ -258,8 +294,11 @@ def test_connections_dropped_by_the_hundred_leave_the_server_whole(served, reque
         deadline = time.monotonic() + 20
         with httpx.Client(headers=AUTH, trust_env=False, timeout=10) as client:
             while True:  # the server takes the rows of the dropped requests back: the background's own remain
-                found = [line for line in client.get(f"http://127.0.0.1:{port}/metrics").text.splitlines()
-                         if line.startswith("ddpm_active_rows ")]
+                found = [
+                    line
+                    for line in client.get(f"http://127.0.0.1:{port}/metrics").text.splitlines()
+                    if line.startswith("ddpm_active_rows ")
+                ]
                 if float(found[0].split()[1]) <= len(served[1].threads) or time.monotonic() > deadline:
                     break
                 time.sleep(0.25)

@@ -11,37 +11,54 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 pytest.importorskip("prometheus_client", reason="the serve extra is not installed")
 
 from conftest import assert_one_line_error  # noqa: E402
+
 from ddpm.benchmarks.serve_load.cli import main, parser, run, short_cpu_kind  # noqa: E402
 from ddpm.benchmarks.serve_load.ledger import Ledger, LoadError, loopback_url, metric_values, rows_per_call  # noqa: E402
 from ddpm.benchmarks.serve_load.swarm import ServerProcess  # noqa: E402
 
 
-@pytest.mark.parametrize("url, base", [
-    ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
-    ("http://localhost:9/v1/samples?x=1", "http://localhost:9"),
-    ("http://[::1]:8000/", "http://[::1]:8000"),
-])
+@pytest.mark.parametrize(
+    "url, base",
+    [
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("http://localhost:9/v1/samples?x=1", "http://localhost:9"),
+        ("http://[::1]:8000/", "http://[::1]:8000"),
+    ],
+)
 def test_loopback_urls_are_taken(url, base):
     assert loopback_url(url) == base
 
 
-@pytest.mark.parametrize("url", [
-    "http://10.0.0.1:8000", "http://example.com", "http://127.0.0.2:8000", "http://0.0.0.0:8000",
-    "http://127.0.0.1@example.com:80", "http://user:pw@127.0.0.1:80", "https://127.0.0.1:8000", "127.0.0.1:8000",
-    "http://example.com#@127.0.0.1", "http://127.0.0.1:99999",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1:8000",
+        "http://example.com",
+        "http://127.0.0.2:8000",
+        "http://0.0.0.0:8000",
+        "http://127.0.0.1@example.com:80",
+        "http://user:pw@127.0.0.1:80",
+        "https://127.0.0.1:8000",
+        "127.0.0.1:8000",
+        "http://example.com#@127.0.0.1",
+        "http://127.0.0.1:99999",
+    ],
+)
 def test_anything_but_loopback_is_refused(url):
     with pytest.raises(LoadError):
         loopback_url(url)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["sweep", "--url", "http://192.0.2.1:8000", "--no-targets"], "loopback"),
-    (["sweep", "--levels", "4,0"], "1 to 512"),
-    (["soak", "--rate", "-1"], "--rate"),
-    (["soak", "--minutes", "nan"], "--minutes"),
-    (["sweep", "--tag", "../x"], "--tag"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["sweep", "--url", "http://192.0.2.1:8000", "--no-targets"], "loopback"),
+        (["sweep", "--levels", "4,0"], "1 to 512"),
+        (["soak", "--rate", "-1"], "--rate"),
+        (["soak", "--minutes", "nan"], "--minutes"),
+        (["sweep", "--tag", "../x"], "--tag"),
+    ],
+)
 def test_bad_arguments_and_remote_targets_get_one_line_before_anything_is_sent(invoke, args, fragment):
     assert_one_line_error(invoke(main, *args), fragment)
     assert invoke(main, *args).code == 2
@@ -112,8 +129,21 @@ def server(tmp_path_factory):
     open loop meets 429s within seconds."""
     if importlib.util.find_spec("locust") is None:  # found, never imported here: it patches the standard library
         pytest.skip("the load extra (locust) is not installed")
-    opts = parser().parse_args(["sweep", "--precision", "fp32", "--max-rows", "8", "--queue-rows", "8", "--threads", "1",
-                                "--server-log", str(tmp_path_factory.mktemp("serve") / "serve.log")])
+    opts = parser().parse_args(
+        [
+            "sweep",
+            "--precision",
+            "fp32",
+            "--max-rows",
+            "8",
+            "--queue-rows",
+            "8",
+            "--threads",
+            "1",
+            "--server-log",
+            str(tmp_path_factory.mktemp("serve") / "serve.log"),
+        ]
+    )
     process = ServerProcess(opts)
     base = process.start()
     yield base, process
@@ -123,8 +153,30 @@ def server(tmp_path_factory):
 
 def test_a_sweep_counts_every_answer_shares_calls_and_writes_its_report(server, tmp_path):
     base, process = server
-    result, markdown = run(["sweep", "--quick", "--url", base, "--pid", str(process.pid), "--levels", "1,3", "--requests", "3", "--seconds", "30",
-                            "--mix", "single-digit-20", "--no-targets", "--out", str(tmp_path), "--tag", "test"], echo=lambda line: None)
+    result, markdown = run(
+        [
+            "sweep",
+            "--quick",
+            "--url",
+            base,
+            "--pid",
+            str(process.pid),
+            "--levels",
+            "1,3",
+            "--requests",
+            "3",
+            "--seconds",
+            "30",
+            "--mix",
+            "single-digit-20",
+            "--no-targets",
+            "--out",
+            str(tmp_path),
+            "--tag",
+            "test",
+        ],
+        echo=lambda line: None,
+    )
     one, three = result["levels"]
     assert [level["requests"] for level in (one, three)] == [3, 3] and not result["problems"]  # bounded in count
     assert all(level["ok"] == 3 and level["check"]["clean"] and level["digits_per_s"] > 0 for level in (one, three))
@@ -138,9 +190,28 @@ def test_a_sweep_counts_every_answer_shares_calls_and_writes_its_report(server, 
 
 def test_a_soak_past_capacity_answers_every_arrival_with_a_digit_or_a_prompt_429(server):
     base, process = server
-    result, markdown = run(["soak", "--url", base, "--pid", str(process.pid), "--rate", "8", "--minutes", "0.05",
-                            "--mix", "single-digit-20", "--drain", "30", "--timeout", "30", "--rss-every", "1"],
-                           echo=lambda line: None)
+    result, markdown = run(
+        [
+            "soak",
+            "--url",
+            base,
+            "--pid",
+            str(process.pid),
+            "--rate",
+            "8",
+            "--minutes",
+            "0.05",
+            "--mix",
+            "single-digit-20",
+            "--drain",
+            "30",
+            "--timeout",
+            "30",
+            "--rss-every",
+            "1",
+        ],
+        echo=lambda line: None,
+    )
     soak, check = result["soak"], result["soak"]["check"]
     assert check["clean"] and check["lost"] == 0 and check["refused"] > 0 and check["ok"] > 0, check
     assert check["sent"] == result["arrivals"]["arrivals_sent"] <= 8 * 3 * 1.5 + 10  # bounded in count

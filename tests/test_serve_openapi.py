@@ -145,7 +145,9 @@ def test_events_are_declared_and_sent_as_an_event_stream(client, doc):
         assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
 
 
-@pytest.mark.parametrize("path", ["/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result", "/v1/jobs", "/v1/samples", "/healthz"])
+@pytest.mark.parametrize(
+    "path", ["/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result", "/v1/jobs", "/v1/samples", "/healthz"]
+)
 @pytest.mark.parametrize("method", ["OPTIONS", "PUT", "PATCH"])
 def test_allow_lists_every_method_of_the_path(client, doc, path, method):
     response = client.request(method, path.replace("{job_id}", "nope"))
@@ -154,13 +156,16 @@ def test_allow_lists_every_method_of_the_path(client, doc, path, method):
     assert allowed - {"HEAD"} == {name.upper() for name in doc["paths"][path]}
 
 
-@pytest.mark.parametrize("content, why", [
-    (b'{"n": 1, "seed": 1', "Expecting"),  # cut short
-    (b'{"n": 1, "sampler": "\xff"}', "not UTF-8"),
-    (b'\xff\xfe{\x00"\x00n\x00"\x00:\x001\x00}\x00', "not UTF-8"),  # UTF-16 is not JSON between systems
-    (b'{"n": 1, "digits": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
-    (b'{"n": 1, "seed": ' + b"9" * 5000 + b"}", "too many digits"),
-])
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b'{"n": 1, "seed": 1', "Expecting"),  # cut short
+        (b'{"n": 1, "sampler": "\xff"}', "not UTF-8"),
+        (b'\xff\xfe{\x00"\x00n\x00"\x00:\x001\x00}\x00', "not UTF-8"),  # UTF-16 is not JSON between systems
+        (b'{"n": 1, "digits": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        (b'{"n": 1, "seed": ' + b"9" * 5000 + b"}", "too many digits"),
+    ],
+)
 def test_an_unreadable_body_is_one_status_and_one_wording(client, content, why):
     for path in ("/v1/samples", "/v1/jobs"):
         response = client.post(path, content=content, headers={"content-type": "application/json"})
@@ -192,11 +197,21 @@ def live(instant):
 
 
 def _conformance_checks():
-    from schemathesis.checks import (content_type_conformance, not_a_server_error, response_headers_conformance,
-                                     response_schema_conformance, status_code_conformance)
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_headers_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
-    return [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-            response_headers_conformance]
+    return [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        response_headers_conformance,
+    ]
 
 
 def test_schemathesis_finds_the_server_as_documented(live):
@@ -217,8 +232,13 @@ def test_schemathesis_finds_the_server_as_documented(live):
         modes = list(schemathesis.GenerationMode) if negatable else [schemathesis.GenerationMode.POSITIVE]
         for mode in modes:
 
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=operation.as_strategy(mode))
             def conforms(case):
                 case.call_and_validate(checks=checks, timeout=20)
@@ -233,7 +253,9 @@ def test_a_finished_job_is_answered_as_documented(live):
     schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (the test extra) is not installed")
     schema = schemathesis.openapi.from_url(f"{live}/openapi.json")
     checks = _conformance_checks()
-    submitted = schema["/v1/jobs"]["POST"].Case(body={"n": 2, "digits": [4], "steps": 3, "frames": 2}, media_type="application/json")
+    submitted = schema["/v1/jobs"]["POST"].Case(
+        body={"n": 2, "digits": [4], "steps": 3, "frames": 2}, media_type="application/json"
+    )
     job = submitted.call_and_validate(checks=checks).json()["id"]
     status = schema["/v1/jobs/{job_id}"]["GET"].Case(path_parameters={"job_id": job})
     events = schema["/v1/jobs/{job_id}/events"]["GET"].Case(path_parameters={"job_id": job})

@@ -23,8 +23,10 @@ import pytest
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+    pytest.skip(
+        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 pytest.importorskip("selenium", reason="needs selenium (the test extra)")
 pytest.importorskip("fastapi", reason="needs the serve extra (fastapi, uvicorn)")
 uvicorn = pytest.importorskip("uvicorn", reason="needs the serve extra (fastapi, uvicorn)")
@@ -93,10 +95,19 @@ def guarded(ddpm) -> str:
 def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)  # with the driver's path below, Selenium Manager never downloads anything
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=720,1240",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=720,1240",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     yield driver
@@ -106,12 +117,15 @@ def browser(tmp_path_factory):
 def fill(browser, **fields: object) -> None:
     """Set each input or select of that id to the value (None: empty) and fire its input event, as
     typing would, in one round trip."""
-    browser.execute_script("""
+    browser.execute_script(
+        """
         for (const [id, value] of Object.entries(arguments[0])) {
             const element = document.getElementById(id);
             element.value = value === null ? "" : String(value);
             element.dispatchEvent(new Event("input", {bubbles: true}));
-        }""", fields)
+        }""",
+        fields,
+    )
 
 
 def state(browser) -> str:
@@ -194,7 +208,11 @@ def test_an_api_error_shows_verbatim(browser, server):
     assert expected.status_code == 422
     browser.get(server)
     assert run(browser, n=4, sampler="ancestral", steps=5000) == "failed"
-    assert error_text(browser) == expected.json()["detail"] == "steps: must be between 1 and 1000 (the model's T), got 5000"
+    assert (
+        error_text(browser)
+        == expected.json()["detail"]
+        == "steps: must be between 1 and 1000 (the model's T), got 5000"
+    )
     assert browser.find_element(By.ID, "error").get_attribute("role") == "alert"
     screenshot(browser, "serve-page-error.png")
 
@@ -238,8 +256,14 @@ def axe_source(tmp_path_factory) -> str:
         pytest.skip(f"needs npm, to fetch {AXE} from the npm registry")
     folder = tmp_path_factory.mktemp("axe")
     try:
-        packed = subprocess.run([npm, "pack", AXE, "--json", "--pack-destination", str(folder)], cwd=folder,
-                                capture_output=True, text=True, timeout=300, check=False)
+        packed = subprocess.run(
+            [npm, "pack", AXE, "--json", "--pack-destination", str(folder)],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         pytest.skip(f"npm pack {AXE} took over 300 s (is the npm registry reachable?)")
     if packed.returncode != 0:
@@ -261,14 +285,20 @@ def axe_violations(browser, axe_source: str) -> list[str]:
     otherwise leaves for review instead of failing."""
     if not browser.execute_script("return typeof window.axe === 'object'"):
         browser.execute_script(axe_source)
-    found = browser.execute_async_script("""
+    found = browser.execute_async_script(
+        """
         const done = arguments[arguments.length - 1];
         axe.run(document, {runOnly: {type: "tag", values: arguments[0]}, resultTypes: ["violations"],
                            checks: {"color-contrast": {options: {ignoreLength: true}}}})
-           .then((result) => done(result.violations), (err) => done(String(err)));""", AXE_TAGS)
+           .then((result) => done(result.violations), (err) => done(String(err)));""",
+        AXE_TAGS,
+    )
     assert isinstance(found, list), f"axe-core failed: {found}"
-    return [f"{rule['id']} at {node['target']}: {node['failureSummary']}".replace("\n", " ")
-            for rule in found for node in rule["nodes"]]
+    return [
+        f"{rule['id']} at {node['target']}: {node['failureSummary']}".replace("\n", " ")
+        for rule in found
+        for node in rule["nodes"]
+    ]
 
 
 def test_axe_finds_no_wcag_violation_in_either_colour_scheme(browser, server, axe_source):
@@ -292,7 +322,8 @@ def test_axe_finds_no_wcag_violation_in_either_colour_scheme(browser, server, ax
         fill(browser, n=1, sampler="ancestral", steps=1000, frames=0)  # long enough to look at it running
         browser.find_element(By.ID, "generate").click()
         WebDriverWait(browser, WAIT, poll_frequency=POLL).until(
-            lambda driver: driver.find_element(By.ID, "cancel").is_enabled())
+            lambda driver: driver.find_element(By.ID, "cancel").is_enabled()
+        )
         check("running")
         assert state(browser) == "running", "the run ended before the check of its state did"
         browser.find_element(By.ID, "cancel").click()

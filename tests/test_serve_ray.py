@@ -30,9 +30,27 @@ def cluster(tmp_path_factory):
     port = free_port()
     log = open(log_path, "w+")
     process = subprocess.Popen(
-        [sys.executable, "-c", "from ddpm.serve.cli import main; main()", "--ray", "--replicas", "2", "--replica-cpus", "1",
-         "--threads", "1", "--max-rows", "8", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            "from ddpm.serve.cli import main; main()",
+            "--ray",
+            "--replicas",
+            "2",
+            "--replica-cpus",
+            "1",
+            "--threads",
+            "1",
+            "--max-rows",
+            "8",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        start_new_session=True,
+    )
     deadline = time.monotonic() + STARTUP
     while "running on http" not in log_path.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -48,8 +66,11 @@ def cluster(tmp_path_factory):
 
 
 def sample(url: str, steps: int, seed: int) -> httpx.Response:
-    return httpx.post(f"{url}/v1/samples", json={"n": 1, "digits": [seed % 10], "steps": steps, "seed": seed,
-                                                 "sampler": "ddim"}, timeout=120)
+    return httpx.post(
+        f"{url}/v1/samples",
+        json={"n": 1, "digits": [seed % 10], "steps": steps, "seed": seed, "sampler": "ddim"},
+        timeout=120,
+    )
 
 
 def sampler_pids() -> list[int]:

@@ -18,16 +18,17 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import uvicorn  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-
 from conftest import assert_one_line_error  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from test_serve import read_all, start_server  # noqa: E402
+
 from ddpm.runtime import DDPM  # noqa: E402
 from ddpm.serve import jobs as jobs_module  # noqa: E402
-from ddpm.serve import limits, server as server_module  # noqa: E402
+from ddpm.serve import limits  # noqa: E402
+from ddpm.serve import server as server_module
 from ddpm.serve.app import Settings, create_app  # noqa: E402
 from ddpm.serve.cli import main as serve_main  # noqa: E402
 from ddpm.serve.server import Server  # noqa: E402
-from test_serve import read_all, start_server  # noqa: E402
 
 TOKEN = "t" * 24
 
@@ -73,11 +74,21 @@ def checked_hosts(ddpm):
         yield client
 
 
-@pytest.mark.parametrize("host, served", [
-    ("localhost:8000", True), ("127.0.0.1:8000", True), ("[::1]:8000", True), ("127.0.0.1", True),
-    ("app.localhost:8000", True), ("digits.example:8000", True), ("DIGITS.example.", True),
-    ("rebind.attacker.example", False), ("rebind.attacker.example:8000", False), ("localhost.attacker.example", False),
-])
+@pytest.mark.parametrize(
+    "host, served",
+    [
+        ("localhost:8000", True),
+        ("127.0.0.1:8000", True),
+        ("[::1]:8000", True),
+        ("127.0.0.1", True),
+        ("app.localhost:8000", True),
+        ("digits.example:8000", True),
+        ("DIGITS.example.", True),
+        ("rebind.attacker.example", False),
+        ("rebind.attacker.example:8000", False),
+        ("localhost.attacker.example", False),
+    ],
+)
 def test_only_requests_naming_this_server_are_served(checked_hosts, host, served):
     client = checked_hosts
     for method, path in (("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/v1/jobs")):
@@ -110,11 +121,17 @@ def test_the_command_checks_hosts_unless_a_token_guards_it(monkeypatch):
 
     monkeypatch.setattr(server_module, "Server", fake_server)
     monkeypatch.delenv("DDPM_SERVE_TOKEN", raising=False)
-    cases = {(): [], ("--allow-host", "box.lan"): ["box.lan"], ("--token", TOKEN): None,
-             ("--token", TOKEN, "--allow-host", "box.lan"): ["box.lan"]}
+    cases = {
+        (): [],
+        ("--allow-host", "box.lan"): ["box.lan"],
+        ("--token", TOKEN): None,
+        ("--token", TOKEN, "--allow-host", "box.lan"): ["box.lan"],
+    }
     for args in cases:
         with pytest.raises(Stop):
-            serve_cli.main(["--max-rows", "4", "--threads", "1", "--precision", "fp32", "-q", *args], standalone_mode=False)
+            serve_cli.main(
+                ["--max-rows", "4", "--threads", "1", "--precision", "fp32", "-q", *args], standalone_mode=False
+            )
     assert seen == list(cases.values())
 
 
@@ -151,7 +168,9 @@ def test_a_gif_is_rendered_once_and_few_at_a_time(ddpm, monkeypatch):
 
     monkeypatch.setattr(jobs_module, "gif_bytes", counted)
     with TestClient(create_app(ddpm, Settings(max_rows=16, queue_rows=64))) as client:
-        ids = [client.post("/v1/jobs", json={"n": 1, "steps": 4, "frames": 4, "seed": k}).json()["id"] for k in range(4)]
+        ids = [
+            client.post("/v1/jobs", json={"n": 1, "steps": 4, "frames": 4, "seed": k}).json()["id"] for k in range(4)
+        ]
         for job_id in ids:
             while client.get(f"/v1/jobs/{job_id}").json()["state"] != "done":
                 time.sleep(0.05)
@@ -196,9 +215,12 @@ def test_half_sent_connections_cannot_crowd_out_whole_requests(own_server, monke
 def test_content_length_with_transfer_encoding_is_refused_and_closed(own_server):
     port = own_server(Settings(max_rows=4))
     body = b'{"n": 1, "steps": 1}'
-    smuggled = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-                + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    smuggled = (
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(body), body)
+        + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(smuggled)
         answer = read_all(sock, 5)
@@ -338,7 +360,10 @@ def test_the_token_comes_from_a_file_or_the_environment(invoke, tmp_path, capsys
     assert_one_line_error(invoke(serve_main, "--token-file", str(good), "--token", TOKEN), "contradict")
     from ddpm.serve.cli import chosen_token, serve_cli, warn_typed_token
 
-    for source, warned in ((click.core.ParameterSource.COMMANDLINE, True), (click.core.ParameterSource.ENVIRONMENT, False)):
+    for source, warned in (
+        (click.core.ParameterSource.COMMANDLINE, True),
+        (click.core.ParameterSource.ENVIRONMENT, False),
+    ):
         ctx = click.Context(serve_cli)
         ctx.set_parameter_source("token", source)
         assert chosen_token(ctx, TOKEN, None) == TOKEN
@@ -353,8 +378,15 @@ def test_secrets_in_query_strings_stay_out_of_the_access_log():
     assert limits.redact_query("/v1/jobs/x?token=abc&format=gif") == "/v1/jobs/x?token=***&format=gif"
     assert limits.redact_query("/healthz?Access_Token=abc&api%5Fkey=s") == "/healthz?Access_Token=***&api%5Fkey=***"
     assert limits.redact_query("/v1/samples") == "/v1/samples"
-    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                               ("127.0.0.1:5", "GET", "/metrics?token=secret", "1.1", 200), None)
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/metrics?token=secret", "1.1", 200),
+        None,
+    )
     limits.RedactSecrets().filter(record)
     assert "secret" not in record.getMessage() and "token=***" in record.getMessage()
 

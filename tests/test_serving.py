@@ -32,10 +32,27 @@ def test_concurrency_levels_on_a_chosen_provider_write_a_report_per_level(tmp_pa
         serving.parse_args(["--methods", "engine,naive"])
     opts = serving.parse_args(["--provider", "cpu", "--concurrency", "1,2"])
     assert opts.concurrency == [1, 2] and opts.max_rows == 2 and opts.methods == list(serving.METHODS)
-    serving.main(["--provider", "cpu", "--quick", "--concurrency", "1,2", "--methods", "engine,sequential", "--threads", "1",
-                  "--out", str(tmp_path)])
+    serving.main(
+        [
+            "--provider",
+            "cpu",
+            "--quick",
+            "--concurrency",
+            "1,2",
+            "--methods",
+            "engine,sequential",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     report = json.loads((tmp_path / "serving-concurrency-cpu.json").read_text())
     assert [(o["scenario"], o["method"]) for o in report["outcomes"]] == [
-        ("1 at once", "engine"), ("1 at once", "sequential"), ("2 at once", "engine"), ("2 at once", "sequential")]
+        ("1 at once", "engine"),
+        ("1 at once", "sequential"),
+        ("2 at once", "engine"),
+        ("2 at once", "sequential"),
+    ]
     assert report["machine"]["provider"] == "CPUExecutionProvider"
     assert "2 at once, engine vs sequential" in capsys.readouterr().out

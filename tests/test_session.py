@@ -3,8 +3,8 @@ device ids, what needs CUDA or the fp32 model, and the bound fused step."""
 
 import numpy as np
 import pytest
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.core.errors import DDPMError
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.eval_cli import main as eval_main
@@ -39,14 +39,16 @@ def test_cuda_fallback_names_the_missing_libraries_and_the_extra(tiny_export, mo
     from ddpm.runtime.pipeline import DDPM
 
     monkeypatch.setattr(session, "gpu_present", lambda: True)
-    monkeypatch.setattr(session.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        session.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     monkeypatch.setattr(session, "missing_cuda_libraries", lambda: ["libcudnn.so.9"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ddpm = DDPM.load(tiny_export / "unet.onnx")
     assert ddpm.provider == "CPUExecutionProvider"
     messages = [str(w.message) for w in caught if issubclass(w.category, session.ProviderWarning)]
-    assert len(messages) == 1 and "libcudnn.so.9" in messages[0] and 'ddpm-mnist[cuda]' in messages[0]
+    assert len(messages) == 1 and "libcudnn.so.9" in messages[0] and "ddpm-mnist[cuda]" in messages[0]
     result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "-n", 1, "--steps", 2, "--png", tmp_path / "o.png")
     assert result.code == 0, result.err
     lines = [line for line in result.err.splitlines() if "libcudnn.so.9" in line]
@@ -72,9 +74,17 @@ def test_both_onnxruntime_packages_are_reported(monkeypatch):
 
 @pytest.mark.parametrize("main", [run_main, eval_main])
 def test_device_id_past_the_device_count(invoke, tiny_export, tmp_path, main):
-    result = invoke(main, "--onnx", tiny_export / "unet.onnx", "--device-id", 3, "--png" if main is run_main else "-n",
-                    tmp_path / "o.png" if main is run_main else 4, "--data-dir" if main is eval_main else "-q",
-                    *([DATA_DIR] if main is eval_main else []))
+    result = invoke(
+        main,
+        "--onnx",
+        tiny_export / "unet.onnx",
+        "--device-id",
+        3,
+        "--png" if main is run_main else "-n",
+        tmp_path / "o.png" if main is run_main else 4,
+        "--data-dir" if main is eval_main else "-q",
+        *([DATA_DIR] if main is eval_main else []),
+    )
     assert_one_line_error(result, "CUDA device 3 does not exist")
     assert not (tmp_path / "o.png").exists()
 
@@ -90,14 +100,18 @@ def test_device_id_reaches_the_cuda_provider_options(tiny_export, monkeypatch):
         session.UNetSession(tiny_export / "unet.onnx", provider="cuda", device_id=2)
 
 
-@pytest.mark.parametrize("name, fragment", [("unet.step.b3.onnx", "needs the CUDA provider"), ("unet.step.onnx", "fixed-batch")])
+@pytest.mark.parametrize(
+    "name, fragment", [("unet.step.b3.onnx", "needs the CUDA provider"), ("unet.step.onnx", "fixed-batch")]
+)
 def test_cuda_graph_sessions_need_cuda_and_a_fixed_batch(variants, name, fragment):
     with pytest.raises(DDPMError, match=fragment):
         UNetSession(variants / name, provider="cpu", cuda_graph=True)
 
 
 def test_int8_model_on_a_gpu_provider_is_refused(invoke, int8_export, tmp_path):
-    result = invoke(run_main, "--onnx", int8_export / "unet.int8.onnx", "--provider", "cuda", "--png", tmp_path / "o.png")
+    result = invoke(
+        run_main, "--onnx", int8_export / "unet.int8.onnx", "--provider", "cuda", "--png", tmp_path / "o.png"
+    )
     assert_one_line_error(result, "int8 copy for CPUs", "provider 'cuda'")
     assert list(tmp_path.iterdir()) == []
 
@@ -129,7 +143,19 @@ def test_onnx_runtime_prints_nothing_before_the_one_line_error(tiny_export, tmp_
     next(node for node in model.graph.node if node.op_type == "Conv").op_type = "NoSuchOperator"
     broken = tmp_path / "broken.onnx"
     onnx.save(model, broken)
-    result = subprocess.run([sys.executable, "-c", "from ddpm.runtime.cli import main; main()", "--onnx", str(broken),
-                             "--png", str(tmp_path / "o.png")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ddpm.runtime.cli import main; main()",
+            "--onnx",
+            str(broken),
+            "--png",
+            str(tmp_path / "o.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 1 and len(lines) == 1 and "is not a loadable ONNX model" in lines[0], result.stderr

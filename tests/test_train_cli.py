@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import DATA_DIR, assert_one_line_error
+
 from ddpm.core.mnist import load_mnist
 from ddpm.train.checkpoint import FORMAT, load_checkpoint
 from ddpm.train.cli import main as train_main
@@ -40,7 +40,19 @@ def test_checkpoint_contents(invoke, data_dir, tmp_path):
     out = tmp_path / "run"
     result = invoke(
         train_main,
-        *tiny_args(data_dir, out, "--max-steps", "3", "--data-range=0,1", "--transform", "resize", "--seed", "7", "--lr", "3e-4"),
+        *tiny_args(
+            data_dir,
+            out,
+            "--max-steps",
+            "3",
+            "--data-range=0,1",
+            "--transform",
+            "resize",
+            "--seed",
+            "7",
+            "--lr",
+            "3e-4",
+        ),
     )
     assert result.code == 0, result.err
     assert f"wrote {out / 'model.pt'} (step 3)" in result.out
@@ -61,8 +73,25 @@ def test_checkpoint_contents(invoke, data_dir, tmp_path):
 
 def test_samples_grid_written_each_epoch(invoke, data_dir, tmp_path):
     out = tmp_path / "run"
-    args = ("--preset", "tiny", "--data-dir", data_dir, "--out", out, "--no-progress", "--max-images", "64",
-            "--batch-size", "32", "--epochs", "2", "--sample-steps", "5", "--sample-count", "4")
+    args = (
+        "--preset",
+        "tiny",
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--no-progress",
+        "--max-images",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        "--sample-steps",
+        "5",
+        "--sample-count",
+        "4",
+    )
     assert invoke(train_main, *args).code == 0
     assert sorted(p.name for p in out.glob("samples-*.png")) == ["samples-epoch001.png", "samples-epoch002.png"]
 
@@ -74,8 +103,19 @@ def test_resume_equals_uninterrupted_run(invoke, data_dir, tmp_path):
     assert invoke(train_main, *tiny_args(data_dir, straight, *common, "--max-steps", "10")).code == 0
     assert invoke(train_main, *tiny_args(data_dir, split, *common, "--max-steps", "6")).code == 0
     first_part = load_checkpoint(split / "model.pt")["progress"]["elapsed_s"]
-    resumed = invoke(train_main, "--resume", split / "model.pt", "--max-steps", "10", "--data-dir", data_dir,
-                     "--out", split, "--no-progress", "--no-samples")
+    resumed = invoke(
+        train_main,
+        "--resume",
+        split / "model.pt",
+        "--max-steps",
+        "10",
+        "--data-dir",
+        data_dir,
+        "--out",
+        split,
+        "--no-progress",
+        "--no-samples",
+    )
     assert resumed.code == 0, resumed.err
     assert "--data-dir" not in resumed.err  # the same digits: no warning
     a, b = load_checkpoint(straight / "model.pt"), load_checkpoint(split / "model.pt")
@@ -93,14 +133,22 @@ def test_resume_equals_uninterrupted_run(invoke, data_dir, tmp_path):
 def write_training_idx(folder, images, labels):
     """MNIST training files (uncompressed IDX) holding ``images`` [N,28,28] uint8 and ``labels``."""
     folder.mkdir()
-    (folder / "train-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, len(images), 28, 28) + images.tobytes())
+    (folder / "train-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", 0x803, len(images), 28, 28) + images.tobytes()
+    )
     (folder / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, len(labels)) + labels.tobytes())
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ("one pixel", "other training digits than the checkpoint was trained on (the same count, 64, but other content)"),
-    ("fewer digits", "48 training images, where the checkpoint was trained on 64"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (
+            "one pixel",
+            "other training digits than the checkpoint was trained on (the same count, 64, but other content)",
+        ),
+        ("fewer digits", "48 training images, where the checkpoint was trained on 64"),
+    ],
+)
 def test_resume_warns_when_the_data_changed(invoke, data_dir, tmp_path, change, fragment):
     out = tmp_path / "run"
     common = ("--max-images", "64", "--batch-size", "16", "--epochs", "5", "--save-every", "0")
@@ -112,8 +160,19 @@ def test_resume_warns_when_the_data_changed(invoke, data_dir, tmp_path, change, 
         images, labels = images[:48], labels[:48]
     other = tmp_path / "other"
     write_training_idx(other, images, labels)
-    resumed = invoke(train_main, "--resume", out / "model.pt", "--max-steps", "4", "--data-dir", other, "--out", out,
-                     "--no-progress", "--no-samples")
+    resumed = invoke(
+        train_main,
+        "--resume",
+        out / "model.pt",
+        "--max-steps",
+        "4",
+        "--data-dir",
+        other,
+        "--out",
+        out,
+        "--no-progress",
+        "--no-samples",
+    )
     assert resumed.code == 0, resumed.err
     warnings = [line for line in resumed.err.splitlines() if line.startswith("ddpm-train: --data-dir")]
     assert len(warnings) == 1 and fragment in warnings[0] and str(other) in warnings[0], resumed.err
@@ -125,13 +184,41 @@ def test_resume_refuses_changed_settings(invoke, data_dir, tmp_path):
     result = invoke(train_main, "--resume", out / "model.pt", "--lr", "0.1", "--data-dir", data_dir, "--out", out)
     assert_one_line_error(result, "--lr 0.1 (checkpoint: 0.001)")
     # The checkpoint's own settings may be repeated, as with --resume auto.
-    same = invoke(train_main, "--resume", out / "model.pt", "--preset", "tiny", "--lr", "1e-3", "--max-steps", "3",
-                  "--data-dir", data_dir, "--out", out, "--no-progress", "--no-samples")
+    same = invoke(
+        train_main,
+        "--resume",
+        out / "model.pt",
+        "--preset",
+        "tiny",
+        "--lr",
+        "1e-3",
+        "--max-steps",
+        "3",
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--no-progress",
+        "--no-samples",
+    )
     assert same.code == 0, same.err
-    done = invoke(train_main, "--resume", out / "model.pt", "--max-steps", "3", "--data-dir", data_dir, "--out", out, "--no-progress")
+    done = invoke(
+        train_main,
+        "--resume",
+        out / "model.pt",
+        "--max-steps",
+        "3",
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert_one_line_error(done, "already at step 3")
     # The same with --resume auto is the finished run's own command repeated: complete, not an error.
-    again = invoke(train_main, "--resume", "auto", "--max-steps", "3", "--data-dir", data_dir, "--out", out, "--no-progress")
+    again = invoke(
+        train_main, "--resume", "auto", "--max-steps", "3", "--data-dir", data_dir, "--out", out, "--no-progress"
+    )
     assert again.code == 0 and "is complete (step 3 of 3); nothing to do" in again.out, again
 
 
@@ -139,18 +226,30 @@ def test_resume_auto_starts_fresh_and_refuses_other_settings(invoke, data_dir, t
     out = tmp_path / "run"
     first = invoke(train_main, *train_args(data_dir, out, "--max-steps", 2, "--resume", "auto", "--threads", 2))
     assert first.code == 0 and "starting a new run" in first.err
-    other = invoke(train_main, *train_args(data_dir, out, "--max-steps", 4, "--resume", "auto", "--lr", "0.1", "--threads", 2))
+    other = invoke(
+        train_main, *train_args(data_dir, out, "--max-steps", 4, "--resume", "auto", "--lr", "0.1", "--threads", 2)
+    )
     assert_one_line_error(other, "other settings", "--lr 0.1")
     assert load_checkpoint(out / "model.pt")["progress"]["step"] == 2
 
 
 def test_keep_limits_step_checkpoints(invoke, data_dir, tmp_path):
     out = tmp_path / "run"
-    assert invoke(train_main, *train_args(data_dir, out, "--max-steps", 10, "--save-every", 2, "--keep", 2, "--threads", 2)).code == 0
+    assert (
+        invoke(
+            train_main, *train_args(data_dir, out, "--max-steps", 10, "--save-every", 2, "--keep", 2, "--threads", 2)
+        ).code
+        == 0
+    )
     assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-00000008.pt", "ckpt-00000010.pt"]
     assert (out / "model.pt").read_bytes() == (out / "ckpt-00000010.pt").read_bytes()
     # a new run over it (--overwrite) drops the old run's step files at its first save
-    assert invoke(train_main, *train_args(data_dir, out, "--max-steps", 3, "--save-every", 2, "--overwrite", "--threads", 2)).code == 0
+    assert (
+        invoke(
+            train_main, *train_args(data_dir, out, "--max-steps", 3, "--save-every", 2, "--overwrite", "--threads", 2)
+        ).code
+        == 0
+    )
     assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
 
 
@@ -170,7 +269,9 @@ def test_new_run_never_deletes_another_runs_files(invoke, data_dir, tmp_path, st
     """model.pt missing or a broken link (what a kill during the first save leaves) must not let a new
     run without --overwrite delete the folder's checkpoints and log."""
     out = tmp_path / "run"
-    assert invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2", "--save-every", "1", "--keep", "5")).code == 0
+    assert (
+        invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "2", "--save-every", "1", "--keep", "5")).code == 0
+    )
     latest = out / "model.pt"
     latest.unlink()
     if state == "dangling":
@@ -194,13 +295,27 @@ def test_dry_run_writes_nothing(invoke, data_dir, tmp_path):
 
 def test_recipe_settings_reach_the_checkpoint_and_resume(invoke, data_dir, tmp_path):
     out = tmp_path / "run"
-    recipe = ("--loss-weighting", "min-snr", "--min-snr-gamma", "3", "--lr-schedule", "cosine", "--lr-warmup-steps", "2")
+    recipe = (
+        "--loss-weighting",
+        "min-snr",
+        "--min-snr-gamma",
+        "3",
+        "--lr-schedule",
+        "cosine",
+        "--lr-warmup-steps",
+        "2",
+    )
     result = invoke(train_main, *tiny_args(data_dir, out, "--max-steps", "4", "--epochs", "1", *recipe))
     assert result.code == 0, result.err
     assert "Min-SNR-3" in result.err and "cosine" in result.err
     checkpoint = torch.load(out / "model.pt", weights_only=True)
     train = checkpoint["train"]
-    assert (train["loss_weighting"], train["min_snr_gamma"], train["lr_schedule"], train["lr_warmup_steps"]) == ("min-snr", 3.0, "cosine", 2)
+    assert (train["loss_weighting"], train["min_snr_gamma"], train["lr_schedule"], train["lr_warmup_steps"]) == (
+        "min-snr",
+        3.0,
+        "cosine",
+        2,
+    )
     # The same command resumes; a different weighting is refused naming both values.
     more = tiny_args(data_dir, out, "--max-steps", "6", "--epochs", "1", "--resume", "auto")
     assert invoke(train_main, *more, *recipe).code == 0
@@ -218,8 +333,19 @@ def test_old_checkpoint_resumes_without_the_new_settings(invoke, data_dir, tmp_p
         checkpoint["train"].pop(key)
     target = out / "old.pt"
     torch.save(checkpoint, target)
-    result = invoke(train_main, "--data-dir", data_dir, "--out", out, "--no-progress", "--no-samples",
-                    "--max-steps", "3", "--resume", str(target))
+    result = invoke(
+        train_main,
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--no-progress",
+        "--no-samples",
+        "--max-steps",
+        "3",
+        "--resume",
+        str(target),
+    )
     assert result.code == 0, result.err
     assert "loss L_simple" in result.err and "constant" in result.err
     assert torch.load(out / "model.pt", weights_only=True)["train"]["lr_schedule"] == "constant"
@@ -262,9 +388,17 @@ def test_bad_options(invoke, data_dir, tmp_path, option, value, fragment):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("option,value", [("--lr-schedule", "step"), ("--loss-weighting", "p2"), ("--min-snr-gamma", "0"),
-                                          ("--min-snr-gamma", "nan"), ("--lr", "nan"),
-                                          ("--lr-warmup-steps", "-1")])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--lr-schedule", "step"),
+        ("--loss-weighting", "p2"),
+        ("--min-snr-gamma", "0"),
+        ("--min-snr-gamma", "nan"),
+        ("--lr", "nan"),
+        ("--lr-warmup-steps", "-1"),
+    ],
+)
 def test_bad_recipe_options(invoke, data_dir, tmp_path, option, value):
     result = invoke(train_main, *tiny_args(data_dir, tmp_path / "run", option, value))
     assert result.code == 2
@@ -273,8 +407,20 @@ def test_bad_recipe_options(invoke, data_dir, tmp_path, option, value):
 
 
 def test_cosine_rejects_linear_settings(invoke, tmp_path):
-    result = invoke(train_main, "--preset", "tiny", "--data-dir", DATA_DIR, "--out", tmp_path / "o", "--schedule", "cosine",
-                    "--beta-end", "0.01", "--no-progress")
+    result = invoke(
+        train_main,
+        "--preset",
+        "tiny",
+        "--data-dir",
+        DATA_DIR,
+        "--out",
+        tmp_path / "o",
+        "--schedule",
+        "cosine",
+        "--beta-end",
+        "0.01",
+        "--no-progress",
+    )
     assert_one_line_error(result, "cosine")
 
 
@@ -333,9 +479,13 @@ def test_bad_resume_files(invoke, data_dir, tmp_path, kind):
     elif kind == "directory":
         path.mkdir()
     fragments = {
-        "missing": ["does not exist"], "empty": ["is empty"], "truncated": ["not a readable PyTorch checkpoint"],
-        "random": ["not a readable PyTorch checkpoint"], "foreign": ["not a ddpm-mnist checkpoint"],
-        "bare_state_dict": ["bare state dict"], "directory": ["is a directory"],
+        "missing": ["does not exist"],
+        "empty": ["is empty"],
+        "truncated": ["not a readable PyTorch checkpoint"],
+        "random": ["not a readable PyTorch checkpoint"],
+        "foreign": ["not a ddpm-mnist checkpoint"],
+        "bare_state_dict": ["bare state dict"],
+        "directory": ["is a directory"],
     }[kind]
     result = invoke(train_main, "--resume", path, "--data-dir", data_dir, "--out", tmp_path / "out", "--no-progress")
     assert_one_line_error(result, *fragments)

@@ -9,7 +9,6 @@ import torch
 from ddpm.train.config import PRESETS, preset
 from ddpm.train.unet import AttentionBlock, TimeEmbedding, UNet, count_parameters
 
-
 LABML_SHAPES = {
     "image_proj.weight": (64, 1, 3, 3),
     "time_emb.lin1.weight": (256, 64),

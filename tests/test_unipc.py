@@ -11,16 +11,31 @@ torch = pytest.importorskip("torch")
 # diffusers turns its float32 ᾱ into a NumPy array in set_timesteps the way NumPy 2 deprecates; not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-from test_diffusers_twins import (DIFFUSERS_BETAS, SCHEDULE, SHAPE, TOLERANCE, GaussianData, max_difference,  # noqa: E402
-                                  solver_step, use_our_solver_timesteps)
+from test_diffusers_twins import (
+    DIFFUSERS_BETAS,
+    SCHEDULE,
+    SHAPE,
+    TOLERANCE,
+    GaussianData,
+    max_difference,  # noqa: E402
+    solver_step,
+    use_our_solver_timesteps,
+)
 
 from ddpm.core.samplers import DPMSolverSampler, UniPCSampler, find  # noqa: E402
 
 
-def twin(order: int, **settings) -> "diffusers.UniPCMultistepScheduler":
-    return diffusers.UniPCMultistepScheduler(**DIFFUSERS_BETAS, solver_order=order, solver_type="bh2", predict_x0=True,
-                                             prediction_type="epsilon", final_sigmas_type="zero", lower_order_final=True,
-                                             **settings)
+def twin(order: int, **settings) -> diffusers.UniPCMultistepScheduler:
+    return diffusers.UniPCMultistepScheduler(
+        **DIFFUSERS_BETAS,
+        solver_order=order,
+        solver_type="bh2",
+        predict_x0=True,
+        prediction_type="epsilon",
+        final_sigmas_type="zero",
+        lower_order_final=True,
+        **settings,
+    )
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
@@ -60,13 +75,17 @@ def test_the_corrector_raises_the_order_by_one(order, low, high):
     reference, _ = final_error(UniPCSampler(SCHEDULE, 1000, order=3))
     coarse, fine = (final_error(UniPCSampler(SCHEDULE, steps, order=order), reference)[1] for steps in (40, 80))
     assert low < coarse / fine < high
-    coarse, fine = (final_error(DPMSolverSampler(SCHEDULE, steps, spacing="logsnr"), reference)[1] for steps in (40, 80))
+    coarse, fine = (
+        final_error(DPMSolverSampler(SCHEDULE, steps, spacing="logsnr"), reference)[1] for steps in (40, 80)
+    )
     assert 3.0 < coarse / fine < 6.0
 
 
 def test_spec_defaults_and_the_step_interface():
     spec = find("unipc")
-    sampler = spec.build(SCHEDULE, None, spec.check_steps(None, SCHEDULE, None), **{o.name: o.default for o in spec.options})
+    sampler = spec.build(
+        SCHEDULE, None, spec.check_steps(None, SCHEDULE, None), **{o.name: o.default for o in spec.options}
+    )
     assert isinstance(sampler, UniPCSampler) and len(sampler) == spec.steps == 10 and spec.solver
     assert spec.option("spacing").default == "logsnr"
     assert np.all(np.diff(sampler.model_timesteps) < 0) and sampler.model_timesteps[0] == 999

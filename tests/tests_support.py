@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -28,8 +28,25 @@ def run_main(main: Callable[[], None], *args: object) -> int:
 
 def train_args(data_dir, out, *extra):
     """ddpm-train's arguments for a short tiny run on 64 images in one thread, as command-line strings."""
-    return ["--preset", "tiny", "--data-dir", str(data_dir), "--out", str(out), "--no-progress", "--no-samples",
-            "--max-images", "64", "--batch-size", "16", "--epochs", "100", "--threads", "1", *map(str, extra)]
+    return [
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-samples",
+        "--max-images",
+        "64",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "100",
+        "--threads",
+        "1",
+        *map(str, extra),
+    ]
 
 
 def session(path):
@@ -41,11 +58,21 @@ def session(path):
 LABML_SMALL = dict(base_channels=32, channel_mults=(1, 2, 1, 2), attention=(False, False, True, True))
 
 # Models the sampling plan is built for, without a file behind them.
-UNCONDITIONAL = ModelInfo(schedule={"kind": "linear", "timesteps": 1000}, image_size=32, image_channels=1, data_range=(-1.0, 1.0))
+UNCONDITIONAL = ModelInfo(
+    schedule={"kind": "linear", "timesteps": 1000}, image_size=32, image_channels=1, data_range=(-1.0, 1.0)
+)
 CONDITIONAL = dataclasses.replace(UNCONDITIONAL, num_classes=10)
 # A few-step student of a conditional teacher, as ddpm-export describes one.
-STUDENT = dataclasses.replace(CONDITIONAL, student={"teacher_sha256": "ab" * 32, "timesteps": [999, 742, 474, 226], "guidance": 1.0,
-                                                    "teacher_sampler": "dpm++2m", "teacher_steps": 20})
+STUDENT = dataclasses.replace(
+    CONDITIONAL,
+    student={
+        "teacher_sha256": "ab" * 32,
+        "timesteps": [999, 742, 474, 226],
+        "guidance": 1.0,
+        "teacher_sampler": "dpm++2m",
+        "teacher_steps": 20,
+    },
+)
 
 
 def build(info=CONDITIONAL, **settings) -> SamplingPlan:

@@ -35,7 +35,9 @@ class Block(nn.Module):
 
 
 def _level(in_channels: int, out_channels: int, config: AutoencoderConfig) -> list[nn.Module]:
-    return [Block(in_channels if i == 0 else out_channels, out_channels, config.norm_groups) for i in range(config.blocks)]
+    return [
+        Block(in_channels if i == 0 else out_channels, out_channels, config.norm_groups) for i in range(config.blocks)
+    ]
 
 
 class Encoder(nn.Module):
@@ -49,8 +51,11 @@ class Encoder(nn.Module):
             layers += _level(widths[max(level - 1, 0)], width, config)
             if level < len(widths) - 1:
                 layers.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
-        layers += [nn.GroupNorm(config.norm_groups, widths[-1]), nn.SiLU(),
-                   nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)]
+        layers += [
+            nn.GroupNorm(config.norm_groups, widths[-1]),
+            nn.SiLU(),
+            nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1),
+        ]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,8 +79,11 @@ class Decoder(nn.Module):
             layers += _level(width, width, config)
             if level < len(widths) - 1:
                 layers.append(nn.ConvTranspose2d(width, widths[level + 1], 2, stride=2))
-        layers += [nn.GroupNorm(config.norm_groups, widths[-1]), nn.SiLU(),
-                   nn.Conv2d(widths[-1], config.image_channels, 3, padding=1)]
+        layers += [
+            nn.GroupNorm(config.norm_groups, widths[-1]),
+            nn.SiLU(),
+            nn.Conv2d(widths[-1], config.image_channels, 3, padding=1),
+        ]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -27,17 +27,30 @@ HELPS = {
     "image_size": "Training image size (MNIST is 28). [default: ae32 32, ae64 64]",
     "transform": "How 28x28 digits reach --image-size. [default: ae32 pad, ae64 resize]",
     "out_dir": "Output folder for model.pt (always the latest checkpoint), log.jsonl and reconstruction grids. "
-               "[default: runs/PRESET]",
+    "[default: runs/PRESET]",
     "sample_grid": "Write a grid of training digits and their reconstructions at the end of each epoch.",
     "sample_count": "Digits in each reconstruction grid.",
 }
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
-               params=click_options(TrainConfig, AutoencoderConfig, DataConfig, RunOptions, skip=DIFFUSION_ONLY, helps=HELPS,
-                                    from_preset=frozenset({"image_size", "transform"})))
-@click.option("--preset", type=click.Choice(tuple(AUTOENCODER_PRESETS)), default="ae32",
-              help="'ae32': 32x32 digits to 8x8x4 latents; 'ae64': 64x64 digits (MNIST resized) to 8x8x4; 'ae-tiny' for tests.")
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+    params=click_options(
+        TrainConfig,
+        AutoencoderConfig,
+        DataConfig,
+        RunOptions,
+        skip=DIFFUSION_ONLY,
+        helps=HELPS,
+        from_preset=frozenset({"image_size", "transform"}),
+    ),
+)
+@click.option(
+    "--preset",
+    type=click.Choice(tuple(AUTOENCODER_PRESETS)),
+    default="ae32",
+    help="'ae32': 32x32 digits to 8x8x4 latents; 'ae64': 64x64 digits (MNIST resized) to 8x8x4; 'ae-tiny' for tests.",
+)
 @run_options(dry_run="Check the data and settings, print the model's size, and exit.")
 @click.pass_context
 def autoencoder_command(ctx: click.Context, **args: Any) -> None:

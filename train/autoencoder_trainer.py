@@ -26,8 +26,13 @@ class AutoencoderTrainer(Trainer):
         seed_everything(config.seed)
         self.model = Autoencoder(self.model_config).to(self.device, memory_format=self.memory_format)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.adam_betas,
-                                           weight_decay=config.weight_decay, fused=self.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.lr,
+            betas=config.adam_betas,
+            weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda",
+        )
 
     @property
     def sample_size(self) -> int:

@@ -23,7 +23,18 @@ from ..core.metadata import ModelInfo
 
 FORMAT = "ddpm-mnist-checkpoint"
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("model_config", "schedule", "data", "sampling", "train", "model", "ema", "optimizer", "progress", "rng")
+REQUIRED_KEYS = (
+    "model_config",
+    "schedule",
+    "data",
+    "sampling",
+    "train",
+    "model",
+    "ema",
+    "optimizer",
+    "progress",
+    "rng",
+)
 
 
 def versions() -> dict[str, str]:
@@ -31,7 +42,12 @@ def versions() -> dict[str, str]:
         project = metadata.version("ddpm-mnist")
     except metadata.PackageNotFoundError:
         project = "unknown"
-    return {"ddpm_mnist": project, "torch": str(torch.__version__), "numpy": str(np.__version__), "python": platform.python_version()}
+    return {
+        "ddpm_mnist": project,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+        "python": platform.python_version(),
+    }
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -82,8 +98,13 @@ def tensor_checksum(checkpoint: dict[str, Any]) -> str:
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write ``checkpoint`` to ``path`` through a temporary file: ``path`` is never half-written."""
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **checkpoint,
-               "checksum": {"sha256": tensor_checksum(checkpoint)}}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "versions": versions(),
+        **checkpoint,
+        "checksum": {"sha256": tensor_checksum(checkpoint)},
+    }
     try:
         with atomic_write(path) as handle:
             torch.save(payload, handle)
@@ -109,7 +130,9 @@ def read_checkpoint_file(path: str | Path) -> Any:
                 f"{path} refused: loading it would run code ({unsafe.group(1)}); checkpoints are read with "
                 "torch.load(weights_only=True), which accepts only tensors and plain values"
             ) from None
-        raise DDPMError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {summary(exc, 160)}") from None
+        raise DDPMError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {summary(exc, 160)}"
+        ) from None
 
 
 def contradiction(content: dict[str, Any]) -> str | None:
@@ -158,7 +181,8 @@ def carried_autoencoder_problem(content: dict[str, Any]) -> str | None:
 
 
 def weights_problem(content: dict[str, Any], network: torch.nn.Module, keys: tuple[str, ...]) -> str | None:
-    """Which of a checkpoint's weights (under ``keys``) do not fit ``network`` (built on the meta device) by name or shape."""
+    """Which of a checkpoint's weights (under ``keys``) do not fit ``network`` (built on the meta device)
+    by name or shape."""
     with torch.device("meta"):
         expected = {name: tuple(value.shape) for name, value in network.state_dict().items()}
     for key in keys:
@@ -171,7 +195,10 @@ def weights_problem(content: dict[str, Any], network: torch.nn.Module, keys: tup
             return f"its {key} weights lack {missing[:3]} / have extra {extra[:3]} for the network its config describes"
         wrong = next((name for name in expected if found[name] != expected[name]), None)
         if wrong:
-            return f"{key} weight {wrong} has shape {list(found[wrong])}, its config's network needs {list(expected[wrong])}"
+            return (
+                f"{key} weight {wrong} has shape {list(found[wrong])}, "
+                f"its config's network needs {list(expected[wrong])}"
+            )
     return None
 
 
@@ -181,8 +208,12 @@ def settings_problem(content: dict[str, Any], image_channels: int) -> str | None
     try:
         data = content["data"]
         low, high = data["data_range"]
-        info = ModelInfo(schedule=dict(content["schedule"]), image_size=data["image_size"], image_channels=image_channels,
-                         data_range=(float(low), float(high)))
+        info = ModelInfo(
+            schedule=dict(content["schedule"]),
+            image_size=data["image_size"],
+            image_channels=image_channels,
+            data_range=(float(low), float(high)),
+        )
         found = info.problems()
     except (TypeError, ValueError, KeyError) as exc:
         return f"data or schedule settings unreadable ({exc})"
@@ -194,8 +225,10 @@ def is_project_checkpoint(content: Any) -> bool:
 
 
 def is_state_dict(content: Any) -> bool:
-    return isinstance(content, dict) and bool(content) and all(
-        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in content.items()
+    return (
+        isinstance(content, dict)
+        and bool(content)
+        and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in content.items())
     )
 
 
@@ -213,15 +246,15 @@ def validate_checkpoint(content: Any, path: str | Path) -> dict[str, Any]:
             raise DDPMError(f"{path}: checkpoint lacks {', '.join(missing)}")
         stored = content.get("checksum")  # checkpoints written before checksums existed have none
         if stored is not None and (not isinstance(stored, dict) or stored.get("sha256") != tensor_checksum(content)):
-            raise DDPMError(f"{path} is damaged: its weights or optimizer state do not match the checksum saved with them")
+            raise DDPMError(
+                f"{path} is damaged: its weights or optimizer state do not match the checksum saved with them"
+            )
         problem = contradiction(content)
         if problem:
             raise DDPMError(f"{path} contradicts itself: {problem}")
         return content
     if is_state_dict(content):
-        raise DDPMError(
-            f"{path} is a bare state dict (weights only): it has no optimizer, EMA or step to resume from"
-        )
+        raise DDPMError(f"{path} is a bare state dict (weights only): it has no optimizer, EMA or step to resume from")
     raise DDPMError(f"{path} is not a ddpm-mnist checkpoint (expected a dict with format={FORMAT!r})")
 
 
@@ -298,7 +331,9 @@ class RunLock:
         except OSError:
             os.close(self._fd)
             self._fd = None
-            raise DDPMError(f"{directory} is in use by another ddpm-train; wait for it to finish or choose another --out") from None
+            raise DDPMError(
+                f"{directory} is in use by another ddpm-train; wait for it to finish or choose another --out"
+            ) from None
 
     def release(self) -> None:
         if self._fd is not None:

@@ -16,10 +16,10 @@ from ..core.console import run_command
 from ..core.errors import DDPMError
 from ..core.files import check_writable_dir
 from .config import DataConfig, RunOptions, ScheduleConfig, TrainConfig, UNetConfig
-
-AUTOENCODER_ONLY = frozenset({"kl_weight"})
 from .options import click_options, from_args, run_options
 from .resume import ResolvedRun, SettingsConflict, resolve_run
+
+AUTOENCODER_ONLY = frozenset({"kl_weight"})
 
 
 def warn(message: str) -> None:
@@ -51,10 +51,14 @@ def claim_out_dir(ctx: click.Context, out_dir: Path, resumed: str | Path | None,
     found = run_files(out_dir)
     if args["resume"] == "auto" and resumed is None:  # the same run starting over: only unreadable checkpoints stop it
         found = [path for path in found if path.name.startswith("ckpt-")]
-    in_place = resumed is not None and Path(os.path.realpath(resumed)).parent == Path(os.path.realpath(out_dir))  # realpath: a link loop raises nothing
+    in_place = resumed is not None and Path(os.path.realpath(resumed)).parent == Path(
+        os.path.realpath(out_dir)
+    )  # realpath: a link loop raises nothing
     if found and not in_place and not args["overwrite"]:
-        raise DDPMError(f"{out_dir} holds another run ({found[0].name}); continue it with --resume auto, "
-                        "or pass --overwrite or another --out")
+        raise DDPMError(
+            f"{out_dir} holds another run ({found[0].name}); continue it with --resume auto, "
+            "or pass --overwrite or another --out"
+        )
 
 
 def describe(trainer: Any) -> None:
@@ -68,17 +72,23 @@ def describe(trainer: Any) -> None:
     gflops = forward_flops(trainer.model, size) / 1e9
     precision = "bf16 autocast" if trainer.use_bf16 else "fp32"
     processes = f", {trainer.dist.world} processes" if trainer.dist.world > 1 else ""
-    conditional = (f", conditional on {model_config.num_classes} classes (label dropout {config.label_dropout:g})"
-                   if model_config.num_classes else "")
+    conditional = (
+        f", conditional on {model_config.num_classes} classes (label dropout {config.label_dropout:g})"
+        if model_config.num_classes
+        else ""
+    )
     loss = f"Min-SNR-{config.min_snr_gamma:g}" if config.loss_weighting == "min-snr" else "L_simple"
     latent = ""
     if trainer.settings.latent:
         record = trainer.settings.autoencoder
-        latent = (f", latents {model_config.image_channels}x{size}x{size} of autoencoder {record['sha256'][:12]} "
-                  f"(scale {record['scale_factor']:.4g})")
+        latent = (
+            f", latents {model_config.image_channels}x{size}x{size} of autoencoder {record['sha256'][:12]} "
+            f"(scale {record['scale_factor']:.4g})"
+        )
     for line in (
         f"model: {config.preset}, {count_parameters(trainer.model):,} parameters, widths {model_config.widths()}, "
-        f"{gflops:.3f} GFLOP per forward at {size}x{size}, {schedule['kind']} schedule T={schedule['timesteps']}{conditional}",
+        f"{gflops:.3f} GFLOP per forward at {size}x{size}, "
+        f"{schedule['kind']} schedule T={schedule['timesteps']}{conditional}",
         f"data: {len(trainer.images):,} images from {trainer.options.data_dir} ({data_config.transform} to "
         f"{data_config.image_size}, range {list(data_config.data_range)}{latent}); device {trainer.device.type} "
         f"({precision}, {torch.get_num_threads()} threads{processes})",
@@ -101,18 +111,25 @@ def describe_autoencoder(trainer: Any) -> None:
         f"{side}x{side}x{config.image_channels} -> {latent}x{latent}x{config.latent_channels} (f = {config.factor})",
         f"data: {len(trainer.images):,} images from {trainer.options.data_dir} ({data.transform} to {side}); "
         f"device {trainer.device.type} ({'bf16 autocast' if trainer.use_bf16 else 'fp32'})",
-        f"plan: steps {trainer.step} -> {trainer.total_steps} ({trainer.steps_per_epoch} per epoch, batch {train.batch_size}), "
+        f"plan: steps {trainer.step} -> {trainer.total_steps} "
+        f"({trainer.steps_per_epoch} per epoch, batch {train.batch_size}), "
         f"lr {train.lr:g} ({train.lr_schedule}), L1 + {train.kl_weight:g} KL, EMA {train.ema_decay:g}; "
         f"checkpoints in {trainer.options.out_dir}/model.pt",
     ):
         click.echo(line, err=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
-               params=click_options(TrainConfig, UNetConfig, ScheduleConfig, DataConfig, RunOptions, skip=AUTOENCODER_ONLY))
-@click.option("--autoencoder", type=click.Path(path_type=Path), default=None,
-              help="Train a latent model: the U-Net learns this ddpm-autoencoder checkpoint's latents, which it carries "
-                   "(its image size, transform and range become the run's). Use with --preset latent.")
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+    params=click_options(TrainConfig, UNetConfig, ScheduleConfig, DataConfig, RunOptions, skip=AUTOENCODER_ONLY),
+)
+@click.option(
+    "--autoencoder",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Train a latent model: the U-Net learns this ddpm-autoencoder checkpoint's latents, which it carries "
+    "(its image size, transform and range become the run's). Use with --preset latent.",
+)
 @run_options(dry_run="Check the data and settings, print the model's size and cost, and exit.")
 @click.pass_context
 def train_command(ctx: click.Context, **args: Any) -> None:
@@ -132,11 +149,15 @@ def finished(trainer: Any, resume: str | None, out_dir: Path) -> bool:
     if trainer.step < trainer.total_steps:
         return False
     if resume != "auto":
-        raise DDPMError(f"the checkpoint is already at step {trainer.step}, the end of this run; raise --epochs or "
-                        "--max-steps to go on")
+        raise DDPMError(
+            f"the checkpoint is already at step {trainer.step}, the end of this run; raise --epochs or "
+            "--max-steps to go on"
+        )
     if trainer.dist.is_main:
-        click.echo(f"the run in {out_dir} is complete (step {trainer.step} of {trainer.total_steps}); nothing to do "
-                   "(raise --epochs or --max-steps to go on)")
+        click.echo(
+            f"the run in {out_dir} is complete (step {trainer.step} of {trainer.total_steps}); nothing to do "
+            "(raise --epochs or --max-steps to go on)"
+        )
     return True
 
 
@@ -144,10 +165,10 @@ def train(ctx: click.Context, args: dict[str, Any], kind: str) -> None:
     """Resolve, describe and run a training run of ``kind`` ("unet" or "autoencoder") from a command's arguments."""
     import torch
 
+    from .autoencoder_trainer import AutoencoderTrainer
     from .checkpoint import step_checkpoints
     from .data import data_change, resolve_data_dir
     from .distributed import resolve_device, shutdown_distributed
-    from .autoencoder_trainer import AutoencoderTrainer
     from .trainer import Trainer
 
     explicit = {name for name in args if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
@@ -164,8 +185,11 @@ def train(ctx: click.Context, args: dict[str, Any], kind: str) -> None:
         claim_out_dir(ctx, options.out_dir, resumed, args)
     options.replace_old = checkpoint is None and bool(step_checkpoints(options.out_dir))
     trainer = (AutoencoderTrainer if kind == "autoencoder" else Trainer)(settings, options, resume=checkpoint)
-    if checkpoint is not None and trainer.dist.is_main and (change := data_change(checkpoint.get("data_fingerprint"),
-                                                                                  trainer.data_fingerprint)):
+    if (
+        checkpoint is not None
+        and trainer.dist.is_main
+        and (change := data_change(checkpoint.get("data_fingerprint"), trainer.data_fingerprint))
+    ):
         warn(f"--data-dir {options.data_dir} holds {change}; the run goes on with it")
     try:
         if not args["dry_run"] and finished(trainer, args["resume"], options.out_dir):

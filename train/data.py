@@ -45,8 +45,9 @@ def resolve_data_dir(data_dir: Path, download: bool) -> Path:
     return data_dir
 
 
-def load_training_set(data_dir: Path, config: DataConfig, download: bool = False,
-                      max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def load_training_set(
+    data_dir: Path, config: DataConfig, download: bool = False, max_images: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Transformed training images [N,C,H,W], their labels [N] (int64) and the set's fingerprint."""
     folder = resolve_data_dir(Path(data_dir), download)
     images, labels = load_mnist(folder, "train")
@@ -55,7 +56,9 @@ def load_training_set(data_dir: Path, config: DataConfig, download: bool = False
     return transform_images(images, config), torch.from_numpy(labels.astype(np.int64)), fingerprint(images, labels)
 
 
-def load_training_images(data_dir: Path, config: DataConfig, download: bool = False, max_images: int | None = None) -> torch.Tensor:
+def load_training_images(
+    data_dir: Path, config: DataConfig, download: bool = False, max_images: int | None = None
+) -> torch.Tensor:
     return load_training_set(data_dir, config, download, max_images)[0]
 
 
@@ -79,4 +82,7 @@ def data_change(recorded: object, now: dict[str, Any]) -> str | None:
     if count != now["images"]:
         trained = f"{count:,}" if isinstance(count, int) else "another number"
         return f"{now['images']:,} training images, where the checkpoint was trained on {trained}"
-    return f"other training digits than the checkpoint was trained on (the same count, {now['images']:,}, but other content)"
+    return (
+        "other training digits than the checkpoint was trained on "
+        f"(the same count, {now['images']:,}, but other content)"
+    )

@@ -20,7 +20,9 @@ class Diffusion:
     """``min_snr_gamma``: weight each example's ε-loss by min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1−ᾱ_t)
     (Min-SNR-γ, Hang et al. 2023); None: plain L_simple."""
 
-    def __init__(self, schedule: Schedule, device: torch.device | str = "cpu", min_snr_gamma: float | None = None) -> None:
+    def __init__(
+        self, schedule: Schedule, device: torch.device | str = "cpu", min_snr_gamma: float | None = None
+    ) -> None:
         self.schedule = schedule
         self.timesteps = schedule.timesteps
         alpha_bars = schedule.alpha_bars
@@ -33,10 +35,14 @@ class Diffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t · x_0 + √(1−ᾱ_t) · ε."""
-        return self.sqrt_alpha_bars[t][:, None, None, None] * x0 + self.sqrt_one_minus_alpha_bars[t][:, None, None, None] * noise
+        return (
+            self.sqrt_alpha_bars[t][:, None, None, None] * x0
+            + self.sqrt_one_minus_alpha_bars[t][:, None, None, None] * noise
+        )
 
-    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-             y: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """L_simple = ‖ε − ε_θ(x_t, t[, y])‖² averaged over the batch, for the given t (uniform over 0..T−1) and ε;
         with Min-SNR-γ each example's term is weighted by w_t first."""
         x_t = self.q_sample(x0, t, noise.to(x0.dtype))

@@ -57,7 +57,9 @@ class StudentUNet(UNet):
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.alphas[t].to(like.dtype)[:, None, None, None], self.sigmas[t].to(like.dtype)[:, None, None, None]
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, output: str = "eps") -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, output: str = "eps"
+    ) -> torch.Tensor:
         """ε (what an export answers), or with ``output="x0"`` the x̂_0 the training loss compares."""
         v = super().forward(x, t, y)
         alpha = self.alphas[t].to(v.dtype)[:, None, None, None]
@@ -88,16 +90,25 @@ def teacher_record(checkpoint: dict[str, Any], path: Path, config: DistillConfig
     if config.guidance and not checkpoint["model_config"].get("num_classes"):
         raise DDPMError(f"--teacher {path} is unconditional: it has no guidance to build in; pass --guidance 0")
     if config.teacher_steps > (limit := solver_step_limit(schedule)):
-        raise DDPMError(f"--teacher-steps {config.teacher_steps} exceeds the {limit} steps the teacher's schedule has "
-                        "for an ODE solver")
+        raise DDPMError(
+            f"--teacher-steps {config.teacher_steps} exceeds the {limit} steps the teacher's schedule has "
+            "for an ODE solver"
+        )
     solver = DPMSolverSampler(schedule, config.teacher_steps, spacing=TEACHER_SPACING)
     if config.student_steps > config.teacher_steps:
-        raise DDPMError(f"--student-steps {config.student_steps} exceeds --teacher-steps {config.teacher_steps}: "
-                        "the student learns at the teacher solver's timesteps")
+        raise DDPMError(
+            f"--student-steps {config.student_steps} exceeds --teacher-steps {config.teacher_steps}: "
+            "the student learns at the teacher solver's timesteps"
+        )
     timesteps = student_timesteps(solver.model_timesteps, config.student_steps)
-    return {**config.to_dict(), "teacher_sha256": file_sha256(path), "teacher_step": int(checkpoint["progress"]["step"]),
-            "teacher_weights": checkpoint["ema"], "teacher_sampler": TEACHER_SAMPLER,
-            "timesteps": [int(t) for t in timesteps]}
+    return {
+        **config.to_dict(),
+        "teacher_sha256": file_sha256(path),
+        "teacher_step": int(checkpoint["progress"]["step"]),
+        "teacher_weights": checkpoint["ema"],
+        "teacher_sampler": TEACHER_SAMPLER,
+        "timesteps": [int(t) for t in timesteps],
+    }
 
 
 def build_teacher(record: dict[str, Any], config: UNetConfig, device: torch.device | str = "cpu") -> UNet:
@@ -125,7 +136,9 @@ class Trajectories:
         return {"images": len(self.targets), "sha256": digest.hexdigest()}
 
 
-def guided_eps(teacher: UNet, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float) -> torch.Tensor:
+def guided_eps(
+    teacher: UNet, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float
+) -> torch.Tensor:
     """(1+w)·ε(x, y) − w·ε(x, ∅) in one call of 2B rows; ε(x) alone without labels or guidance."""
     if y is None or not guidance:
         return teacher(x, t, y)
@@ -135,8 +148,9 @@ def guided_eps(teacher: UNet, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor 
 
 
 @torch.no_grad()
-def solve(teacher: UNet, schedule: Schedule, record: dict[str, Any], noise: np.ndarray,
-          labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def solve(
+    teacher: UNet, schedule: Schedule, record: dict[str, Any], noise: np.ndarray, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """One batch of teacher solves from ``noise`` [B, C, H, W]: the states at the student's timesteps
     [B, K, C, H, W] and the landing points [B, C, H, W]."""
     device = next(teacher.parameters()).device
@@ -154,8 +168,14 @@ def solve(teacher: UNet, schedule: Schedule, record: dict[str, Any], noise: np.n
     return states, x
 
 
-def draw_trajectories(teacher: UNet, schedule: Schedule, record: dict[str, Any], shape: tuple[int, int, int],
-                      seed: int, progress: bool = True) -> Trajectories:
+def draw_trajectories(
+    teacher: UNet,
+    schedule: Schedule,
+    record: dict[str, Any],
+    shape: tuple[int, int, int],
+    seed: int,
+    progress: bool = True,
+) -> Trajectories:
     """``record["trajectories"]`` teacher solves from noise keyed by ``seed``, digits drawn evenly over
     the classes of a conditional teacher."""
     count, classes = record["trajectories"], teacher.config.num_classes
@@ -169,19 +189,32 @@ def draw_trajectories(teacher: UNet, schedule: Schedule, record: dict[str, Any],
             noise = rng.standard_normal((size, *shape), dtype=np.float32)
             batch_labels = None if labels is None else labels[start : start + size].numpy()
             kept, landed = solve(teacher, schedule, record, noise, batch_labels)
-            states[start : start + size], targets[start : start + size] = torch.from_numpy(kept), torch.from_numpy(landed)
+            states[start : start + size], targets[start : start + size] = (
+                torch.from_numpy(kept),
+                torch.from_numpy(landed),
+            )
             bar.update(size)
     return Trajectories(states, targets, labels)
 
 
 def trajectory_key(record: dict[str, Any], seed: int) -> dict[str, Any]:
     """What decides a trajectory set: a cached set is reused only when all of it matches."""
-    return {"teacher_sha256": record["teacher_sha256"], "seed": seed,
-            **{name: record[name] for name in ("guidance", "teacher_steps", "trajectories", "timesteps")}}
+    return {
+        "teacher_sha256": record["teacher_sha256"],
+        "seed": seed,
+        **{name: record[name] for name in ("guidance", "teacher_steps", "trajectories", "timesteps")},
+    }
 
 
-def load_or_draw(out_dir: Path, teacher_fn, schedule: Schedule, record: dict[str, Any], shape: tuple[int, int, int],
-                 seed: int, progress: bool = True) -> Trajectories:
+def load_or_draw(
+    out_dir: Path,
+    teacher_fn,
+    schedule: Schedule,
+    record: dict[str, Any],
+    shape: tuple[int, int, int],
+    seed: int,
+    progress: bool = True,
+) -> Trajectories:
     """OUT/trajectories.pt when it holds this run's set (a resumed run does not solve again), else a
     fresh set, written there atomically."""
     path, key = out_dir / TRAJECTORY_FILE, trajectory_key(record, seed)

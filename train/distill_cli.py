@@ -13,18 +13,30 @@ from .config import DISTILL_TRAINING, DistillConfig, RunOptions, TrainConfig
 from .options import click_options, from_args, run_options
 
 # Settings of a diffusion run that a student takes from its teacher or does not use.
-NOT_DISTILL = frozenset({"preset", "max_images", "label_dropout", "kl_weight", "loss_weighting", "min_snr_gamma",
-                         "data_dir", "download", "sample_steps"})
+NOT_DISTILL = frozenset(
+    {
+        "preset",
+        "max_images",
+        "label_dropout",
+        "kl_weight",
+        "loss_weighting",
+        "min_snr_gamma",
+        "data_dir",
+        "download",
+        "sample_steps",
+    }
+)
 HELPS = {
     "epochs": f"Passes over every (teacher solve, student timestep) pair. [default: {DISTILL_TRAINING['epochs']}]",
     "batch_size": f"Pairs per step. [default: {DISTILL_TRAINING['batch_size']}]",
     "lr": f"AdamW peak learning rate. [default: {DISTILL_TRAINING['lr']:g}]",
-    "lr_warmup_steps": f"Ramp the learning rate linearly over this many steps. [default: {DISTILL_TRAINING['lr_warmup_steps']}]",
+    "lr_warmup_steps": "Ramp the learning rate linearly over this many steps. "
+    f"[default: {DISTILL_TRAINING['lr_warmup_steps']}]",
     "lr_schedule": f"After warm-up: constant, or cosine/linear decay to 0 at the run's last step. "
-                   f"[default: {DISTILL_TRAINING['lr_schedule']}]",
+    f"[default: {DISTILL_TRAINING['lr_schedule']}]",
     "ema_decay": f"EMA decay of the student's weights. [default: {DISTILL_TRAINING['ema_decay']}]",
     "out_dir": "Output folder for model.pt (always the latest checkpoint), trajectories.pt (the teacher's solves), "
-               "log.jsonl and sample grids. [default: runs/student]",
+    "log.jsonl and sample grids. [default: runs/student]",
     "sample_grid": "Write an EMA sample grid PNG (2 calls) at the end of each epoch.",
 }
 
@@ -38,24 +50,33 @@ def describe(trainer: Any) -> None:
     guidance = f", guidance {record['guidance']:g} built in" if trainer.model_config.num_classes else ""
     latent = " on latents" if trainer.settings.latent else ""
     for line in (
-        f"teacher: the {config.preset} preset's U-Net{latent}, checkpoint sha256 {record['teacher_sha256'][:12]} (step "
-        f"{record['teacher_step']:,}); {record['trajectories']:,} solves of {record['teacher_steps']} DPM-Solver++ (2M) "
-        f"steps{guidance}, {trainer.model_config.image_channels}x{size}x{size}",
-        f"student: learns at timesteps {record['timesteps']} (1 to {len(record['timesteps'])} calls); device "
-        f"{trainer.device.type} ({'bf16 autocast' if trainer.use_bf16 else 'fp32'}, {torch.get_num_threads()} threads)",
-        f"plan: steps {trainer.step} -> {trainer.total_steps} ({trainer.steps_per_epoch} per epoch of {pairs:,} pairs, batch "
-        f"{config.batch_size}), lr {config.lr:g} ({config.lr_schedule}), EMA {config.ema_decay:g}; checkpoints in "
-        f"{trainer.options.out_dir}/model.pt",
+        f"teacher: the {config.preset} preset's U-Net{latent}, checkpoint sha256 {record['teacher_sha256'][:12]} "
+        f"(step {record['teacher_step']:,}); {record['trajectories']:,} solves of {record['teacher_steps']} "
+        f"DPM-Solver++ (2M) steps{guidance}, {trainer.model_config.image_channels}x{size}x{size}",
+        f"student: learns at timesteps {record['timesteps']} (1 to {len(record['timesteps'])} calls); "
+        f"device {trainer.device.type} ({'bf16 autocast' if trainer.use_bf16 else 'fp32'}, "
+        f"{torch.get_num_threads()} threads)",
+        f"plan: steps {trainer.step} -> {trainer.total_steps} "
+        f"({trainer.steps_per_epoch} per epoch of {pairs:,} pairs, batch {config.batch_size}), "
+        f"lr {config.lr:g} ({config.lr_schedule}), EMA {config.ema_decay:g}; "
+        f"checkpoints in {trainer.options.out_dir}/model.pt",
     ):
         click.echo(line, err=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
-               params=click_options(TrainConfig, DistillConfig, RunOptions, skip=NOT_DISTILL, helps=HELPS,
-                                    from_preset=frozenset({"out_dir"})))
-@click.option("--teacher", type=click.Path(path_type=Path), default=None,
-              help="The ddpm-train checkpoint (pixel or latent U-Net) to learn from; its EMA weights start the student. "
-                   "Needed for a new run; a resumed student carries its teacher.")
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+    params=click_options(
+        TrainConfig, DistillConfig, RunOptions, skip=NOT_DISTILL, helps=HELPS, from_preset=frozenset({"out_dir"})
+    ),
+)
+@click.option(
+    "--teacher",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The ddpm-train checkpoint (pixel or latent U-Net) to learn from; its EMA weights start the student. "
+    "Needed for a new run; a resumed student carries its teacher.",
+)
 @run_options(dry_run="Check the teacher and settings, print the plan, and exit (no solves).")
 @click.pass_context
 def distill_command(ctx: click.Context, **args: Any) -> None:
@@ -83,15 +104,22 @@ def distill_command(ctx: click.Context, **args: Any) -> None:
     run = resolve(args, explicit, options.out_dir, "student")
     if args["dry_run"]:
         record = run.settings.student
-        click.echo(f"teacher {record['teacher_sha256'][:12]}: student timesteps {record['timesteps']}, "
-                   f"{record['trajectories']:,} solves of {record['teacher_steps']} steps", err=True)
+        click.echo(
+            f"teacher {record['teacher_sha256'][:12]}: student timesteps {record['timesteps']}, "
+            f"{record['trajectories']:,} solves of {record['teacher_steps']} steps",
+            err=True,
+        )
         return
     claim_out_dir(ctx, options.out_dir, run.source, args)
     options.replace_old = run.checkpoint is None and bool(step_checkpoints(options.out_dir))
     trainer = DistillTrainer(run.settings, options, resume=run.checkpoint)
-    if run.checkpoint is not None and (change := data_change(run.checkpoint.get("data_fingerprint"), trainer.data_fingerprint)):
-        warn(f"the teacher's solves in {options.out_dir} differ from those the checkpoint learned ({change}); "
-             "the run goes on with them")
+    if run.checkpoint is not None and (
+        change := data_change(run.checkpoint.get("data_fingerprint"), trainer.data_fingerprint)
+    ):
+        warn(
+            f"the teacher's solves in {options.out_dir} differ from those the checkpoint learned ({change}); "
+            "the run goes on with them"
+        )
     if finished(trainer, args["resume"], options.out_dir):
         return
     describe(trainer)

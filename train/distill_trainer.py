@@ -10,11 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.files import make_dir
 from ..core.images import to_uint8
 from ..core.outputs import write_png
 from ..core.samplers import ConsistencySampler, student_timesteps
 from ..core.schedule import make_schedule
-from ..core.files import make_dir
 from .diffusion import sample
 from .distill import StudentUNet, build_teacher, load_or_draw
 from .ema import EMA
@@ -34,8 +34,13 @@ class DistillTrainer(Trainer):
         self.model.load_state_dict(record["teacher_weights"])
         self.model = self.model.to(self.device, memory_format=self.memory_format)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.adam_betas,
-                                           weight_decay=config.weight_decay, fused=self.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.lr,
+            betas=config.adam_betas,
+            weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda",
+        )
         self.timesteps = torch.tensor(record["timesteps"], dtype=torch.long, device=self.device)
 
     def _load_data(self) -> None:
@@ -43,8 +48,15 @@ class DistillTrainer(Trainer):
         record, batch_size = self.settings.student, self.config.batch_size
         shape = (self.model_config.image_channels, self.sample_size, self.sample_size)
         make_dir(self.options.out_dir)
-        found = load_or_draw(self.options.out_dir, lambda: build_teacher(record, self.model_config, self.device),
-                             self.schedule, record, shape, self.config.seed, self.options.progress and self.dist.is_main)
+        found = load_or_draw(
+            self.options.out_dir,
+            lambda: build_teacher(record, self.model_config, self.device),
+            self.schedule,
+            record,
+            shape,
+            self.config.seed,
+            self.options.progress and self.dist.is_main,
+        )
         self.data_fingerprint = found.fingerprint()
         self.states, self.targets = found.states.to(self.device), found.targets.to(self.device)
         self.labels = None if found.labels is None else found.labels.to(self.device)
@@ -76,11 +88,17 @@ class DistillTrainer(Trainer):
         classes, record = self.model_config.num_classes, self.settings.student
         calls = min(PREVIEW_CALLS, len(record["timesteps"]))
         sampler = ConsistencySampler(self.schedule, student_timesteps(record["timesteps"], calls))
-        images = sample(self.ema.model, self.schedule, self.options.sample_count, self.sample_size, seed=self.config.seed,
-                        labels=np.arange(self.options.sample_count) % classes if classes else None, sampler=sampler)
+        images = sample(
+            self.ema.model,
+            self.schedule,
+            self.options.sample_count,
+            self.sample_size,
+            seed=self.config.seed,
+            labels=np.arange(self.options.sample_count) % classes if classes else None,
+            sampler=sampler,
+        )
         if self.settings.latent:
             images = self.decoder(torch.from_numpy(images).to(self.device)).float().cpu().numpy()
         path = self.options.out_dir / f"samples-epoch{epoch:03d}.png"
         write_png(path, to_uint8(images, self.data_config.data_range), scale=2)
         return path
-

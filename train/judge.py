@@ -67,7 +67,9 @@ def train_judge(data_dir: Path, epochs: int, seed: int, progress: bool = True) -
     test_images, test_labels = load_mnist(data_dir, "test")
     model = Judge()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=epochs * (len(train_images) // 128))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, total_steps=epochs * (len(train_images) // 128)
+    )
     generator = np.random.default_rng(seed)
     x_all, y_all = to_tensor(train_images), torch.from_numpy(train_labels.astype(np.int64))
     steps = len(train_images) // 128
@@ -86,7 +88,9 @@ def train_judge(data_dir: Path, epochs: int, seed: int, progress: bool = True) -
                 schedule.step()
                 bar.update(1, status=f"epoch {epoch + 1} loss {loss.item():.4f}")
     record = {
-        "epochs": epochs, "seed": seed, "train_seconds": time.perf_counter() - start,
+        "epochs": epochs,
+        "seed": seed,
+        "train_seconds": time.perf_counter() - start,
         "test_accuracy": accuracy(model, test_images, test_labels),
         "train_accuracy": accuracy(model, train_images[:10000], train_labels[:10000]),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -95,17 +99,24 @@ def train_judge(data_dir: Path, epochs: int, seed: int, progress: bool = True) -
 
 
 def export_judge(model: Judge, path: Path) -> bytes:
-    import warnings
     import contextlib
     import io
+    import warnings
 
     example = torch.rand(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (example,), None, dynamo=True, external_data=False, opset_version=18,
-            input_names=["images"], output_names=["logits", "features"], dynamic_shapes={"images": {0: batch}},
+            model,
+            (example,),
+            None,
+            dynamo=True,
+            external_data=False,
+            opset_version=18,
+            input_names=["images"],
+            output_names=["logits", "features"],
+            dynamic_shapes={"images": {0: batch}},
         )
     proto = program.model_proto
     proto.producer_name = "ddpm-mnist judge"
@@ -113,13 +124,27 @@ def export_judge(model: Judge, path: Path) -> bytes:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/mnist"), envvar="DDPM_DATA_DIR",
-              help="Folder with the four MNIST IDX files.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/mnist"),
+    envvar="DDPM_DATA_DIR",
+    help="Folder with the four MNIST IDX files.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=4, help="Passes over the 60,000 training images.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the initialisation and data order.")
-@click.option("--out", type=OutputPath(), required=True,
-              help="Where the ONNX judge goes (a .md card beside it); the repository's is runtime/models/judge.onnx.")
-@click.option("--min-accuracy", type=FiniteFloatRange(0.0, 1.0), default=0.99, help="Refuse to write a judge below this test accuracy.")
+@click.option(
+    "--out",
+    type=OutputPath(),
+    required=True,
+    help="Where the ONNX judge goes (a .md card beside it); the repository's is runtime/models/judge.onnx.",
+)
+@click.option(
+    "--min-accuracy",
+    type=FiniteFloatRange(0.0, 1.0),
+    default=0.99,
+    help="Refuse to write a judge below this test accuracy.",
+)
 def judge_command(data_dir: Path, epochs: int, seed: int, out: Path, min_accuracy: float) -> None:
     """Train the MNIST judge (about 180k parameters) and export it to ONNX for ddpm-eval."""
     from ..core.errors import DDPMError
@@ -127,20 +152,22 @@ def judge_command(data_dir: Path, epochs: int, seed: int, out: Path, min_accurac
     check_writable_dir(out.parent)
     model, record = train_judge(data_dir, epochs, seed)
     if record["test_accuracy"] < min_accuracy:
-        raise DDPMError(f"test accuracy {record['test_accuracy']:.4f} is below --min-accuracy {min_accuracy}; nothing written")
+        raise DDPMError(
+            f"test accuracy {record['test_accuracy']:.4f} is below --min-accuracy {min_accuracy}; nothing written"
+        )
     blob = export_judge(model, out)
     ort_check(blob, model)
     card = f"""# The judge
 
 `{out.name}` scores generated digits for `ddpm-eval`: a LeNet-like classifier with
-{record['parameters']:,} parameters (conv 5x5 32, max-pool, conv 5x5 64, max-pool, fc 128, fc 10).
+{record["parameters"]:,} parameters (conv 5x5 32, max-pool, conv 5x5 64, max-pool, fc 128, fc 10).
 
 - Input `images` float32 [B,1,28,28] in [0,1]; outputs `logits` [B,10] and `features` [B,128]
   (the penultimate layer, used for the Fréchet distance).
 - Trained on the 60,000 MNIST training images: {epochs} epochs, batch 128, Adam with a one-cycle
-  learning rate up to 3e-3, seed {seed}, {record['train_seconds']:.0f} s on the CPU.
-- Accuracy on the 10,000 MNIST test images: {record['test_accuracy']:.2%}
-  (first 10,000 training images: {record['train_accuracy']:.2%}).
+  learning rate up to 3e-3, seed {seed}, {record["train_seconds"]:.0f} s on the CPU.
+- Accuracy on the 10,000 MNIST test images: {record["test_accuracy"]:.2%}
+  (first 10,000 training images: {record["train_accuracy"]:.2%}).
 
 Reproduce with:
 

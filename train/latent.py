@@ -31,9 +31,17 @@ def autoencoder_record(path: Path) -> dict[str, Any]:
 
     checkpoint = load_checkpoint(path)
     if checkpoint.get("kind") != "autoencoder":
-        raise DDPMError(f"--autoencoder {path} is a U-Net checkpoint, not an autoencoder (train one with ddpm-autoencoder)")
-    return {"config": dict(checkpoint["model_config"]), "data": dict(checkpoint["data"]), "weights": checkpoint["ema"],
-            "sha256": file_sha256(path), "step": int(checkpoint["progress"]["step"]), "scale_factor": None}
+        raise DDPMError(
+            f"--autoencoder {path} is a U-Net checkpoint, not an autoencoder (train one with ddpm-autoencoder)"
+        )
+    return {
+        "config": dict(checkpoint["model_config"]),
+        "data": dict(checkpoint["data"]),
+        "weights": checkpoint["ema"],
+        "sha256": file_sha256(path),
+        "step": int(checkpoint["progress"]["step"]),
+        "scale_factor": None,
+    }
 
 
 def record_config(record: dict[str, Any]) -> AutoencoderConfig:

@@ -10,8 +10,17 @@ import click
 from ..core.console import FiniteFloatRange
 
 
-def setting(default: Any, help: str, type: Any = None, /, *, flag: str | None = None, preset: bool = False,
-            resumable: bool = False, **option: Any) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    type: Any = None,
+    /,
+    *,
+    flag: str | None = None,
+    preset: bool = False,
+    resumable: bool = False,
+    **option: Any,
+) -> Any:
     """A dataclass field with the option that sets it: ``--flag`` (the field's name by default).
 
     ``type`` bool makes a ``--flag/--no-flag`` switch. ``preset``: the option's default is None, so the
@@ -31,8 +40,12 @@ def flag_name(f: Field) -> str:
     return f.metadata["setting"]["flag"] or f.name.replace("_", "-")
 
 
-def click_options(*classes: type, skip: frozenset[str] = frozenset(), helps: dict[str, str] | None = None,
-                  from_preset: frozenset[str] = frozenset()) -> list[click.Option]:
+def click_options(
+    *classes: type,
+    skip: frozenset[str] = frozenset(),
+    helps: dict[str, str] | None = None,
+    from_preset: frozenset[str] = frozenset(),
+) -> list[click.Option]:
     """The options of these classes' settings, in declaration order, but for the fields named in ``skip``
     (another command's); each stores its value under the field's name. ``helps`` replaces the help of
     the fields it names, and ``from_preset`` names fields whose default comes from this command's
@@ -42,8 +55,14 @@ def click_options(*classes: type, skip: frozenset[str] = frozenset(), helps: dic
         spec, flag = f.metadata["setting"], flag_name(f)
         declaration = f"--{flag}/--no-{flag}" if spec["type"] is bool else f"--{flag}"
         default = None if spec["preset"] or f.name in from_preset else f.default
-        options.append(click.Option([declaration, f.name], type=spec["type"], help=(helps or {}).get(f.name, spec["help"]),
-                                    **{"default": default, **spec["option"]}))
+        options.append(
+            click.Option(
+                [declaration, f.name],
+                type=spec["type"],
+                help=(helps or {}).get(f.name, spec["help"]),
+                **{"default": default, **spec["option"]},
+            )
+        )
     return options
 
 
@@ -118,14 +137,25 @@ def run_options(dry_run: str):
     """The options every training command shares, in this order: --overwrite, --resume, --threads and
     --dry-run (whose help, ``dry_run``, says what that command checks before it exits)."""
     shared = [
-        click.option("--overwrite", is_flag=True,
-                     help="Start a new run even if OUT/model.pt exists (it is replaced at the first save)."),
-        click.option("--resume", default=None, metavar="PATH|auto",
-                     help="Continue from this checkpoint with its settings and optimizer; only --epochs/--max-steps "
-                          "may change. 'auto': the newest readable checkpoint in --out (skipping corrupt ones), or a "
-                          "new run if none."),
-        click.option("--threads", type=click.IntRange(1, 1024), default=None,
-                     help="CPU threads for PyTorch. [default: PyTorch's choice]"),
+        click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Start a new run even if OUT/model.pt exists (it is replaced at the first save).",
+        ),
+        click.option(
+            "--resume",
+            default=None,
+            metavar="PATH|auto",
+            help="Continue from this checkpoint with its settings and optimizer; only --epochs/--max-steps "
+            "may change. 'auto': the newest readable checkpoint in --out (skipping corrupt ones), or a "
+            "new run if none.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(1, 1024),
+            default=None,
+            help="CPU threads for PyTorch. [default: PyTorch's choice]",
+        ),
         click.option("--dry-run", is_flag=True, help=dry_run),
     ]
 

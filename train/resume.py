@@ -7,9 +7,10 @@ or the checkpoint, which the command line reports as a usage error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.errors import DDPMError
 from .config import (
@@ -48,8 +49,14 @@ class ResolvedRun:
     source: str | Path | None = None
 
 
-def resolve_run(values: dict[str, Any], explicit: set[str], resume: str | None, out_dir: Path,
-                warn: Callable[[str], None], kind: str = "unet") -> ResolvedRun:
+def resolve_run(
+    values: dict[str, Any],
+    explicit: set[str],
+    resume: str | None,
+    out_dir: Path,
+    warn: Callable[[str], None],
+    kind: str = "unet",
+) -> ResolvedRun:
     """The run to train: ``values`` holds every setting by field name (``explicit``: those the user gave),
     ``resume`` a checkpoint path, "auto" (the newest readable one in ``out_dir``, else a new run) or None.
 
@@ -77,7 +84,9 @@ def resolve_run(values: dict[str, Any], explicit: set[str], resume: str | None, 
         raise DDPMError(f"{resume} is a checkpoint of {COMMANDS[stored.kind]}; continue it with that command")
     if fresh is None:  # a student resumed without --teacher: the options given, over the checkpoint's own
         fresh = _student_options(stored, values)
-    differing = _differing_settings(fresh, stored, explicit) + _other_autoencoder(fresh, stored) + _other_teacher(fresh, stored)
+    differing = (
+        _differing_settings(fresh, stored, explicit) + _other_autoencoder(fresh, stored) + _other_teacher(fresh, stored)
+    )
     if differing:
         raise SettingsConflict(f"{resume} was trained with other settings: {'; '.join(differing)}")
     train = replace(stored.train, **{name: values[name] for name in RESUMABLE & explicit})
@@ -116,8 +125,10 @@ def _settings_from_args(args: dict[str, Any], explicit: set[str]) -> Settings:
     model_config = from_args(PRESETS[name], args)
     data_config, autoencoder = from_args(DataConfig(), args), None
     if name == "latent" and args.get("autoencoder") is None:
-        raise SettingsConflict("--preset latent learns an autoencoder's latents: name its checkpoint with --autoencoder "
-                               "(trained by ddpm-autoencoder)")
+        raise SettingsConflict(
+            "--preset latent learns an autoencoder's latents: name its checkpoint with --autoencoder "
+            "(trained by ddpm-autoencoder)"
+        )
     if args.get("autoencoder") is not None:
         autoencoder, data_config = _latent_source(Path(args["autoencoder"]), data_config, explicit)
         model_config = replace(model_config, image_channels=int(autoencoder["config"]["latent_channels"]))
@@ -132,7 +143,9 @@ def _settings_from_args(args: dict[str, Any], explicit: set[str]) -> Settings:
         raise SettingsConflict(f"{what} must be divisible by {2**levels} ({levels} downsamplings)")
     schedule = from_args(ScheduleConfig(), args)
     if schedule.kind == "cosine" and explicit & {"beta_start", "beta_end"}:
-        raise SettingsConflict("--beta-start/--beta-end set the linear schedule; the cosine schedule has no such settings")
+        raise SettingsConflict(
+            "--beta-start/--beta-end set the linear schedule; the cosine schedule has no such settings"
+        )
     if schedule.kind == "linear" and not schedule.beta_start <= schedule.beta_end:
         raise SettingsConflict("--beta-start must not exceed --beta-end")
     train_config = from_args(TrainConfig(preset=name, **PRESET_TRAINING[name]), args)
@@ -150,8 +163,10 @@ def _latent_source(path: Path, data_config: DataConfig, explicit: set[str]) -> t
     for name, value in given.items():
         if value != getattr(stored, name):
             flag = "--" + name.replace("_", "-")
-            raise SettingsConflict(f"{flag} {value} differs from the autoencoder's ({getattr(stored, name)}); "
-                                   "a latent model takes its data settings from its autoencoder")
+            raise SettingsConflict(
+                f"{flag} {value} differs from the autoencoder's ({getattr(stored, name)}); "
+                "a latent model takes its data settings from its autoencoder"
+            )
     return record, stored
 
 
@@ -164,8 +179,10 @@ def _autoencoder_settings(args: dict[str, Any]) -> Settings:
         raise SettingsConflict("invalid autoencoder settings: " + "; ".join(problems))
     data_config = from_args(DataConfig(**AUTOENCODER_DATA[name]), args)
     if data_config.image_size % model_config.factor:
-        raise SettingsConflict(f"--image-size {data_config.image_size} must be divisible by {model_config.factor} "
-                               f"({model_config.downsamplings()} downsamplings)")
+        raise SettingsConflict(
+            f"--image-size {data_config.image_size} must be divisible by {model_config.factor} "
+            f"({model_config.downsamplings()} downsamplings)"
+        )
     train_config = from_args(TrainConfig(preset=name, **AUTOENCODER_TRAINING), args)
     return Settings(model_config, data_config, {}, train_config)
 
@@ -176,7 +193,9 @@ def _other_autoencoder(fresh: Settings, stored: Settings) -> list[str]:
         return []
     if fresh.autoencoder["sha256"] == stored.autoencoder["sha256"]:
         return []
-    return [f"--autoencoder of sha256 {fresh.autoencoder['sha256'][:12]} (checkpoint: {stored.autoencoder['sha256'][:12]})"]
+    return [
+        f"--autoencoder of sha256 {fresh.autoencoder['sha256'][:12]} (checkpoint: {stored.autoencoder['sha256'][:12]})"
+    ]
 
 
 def _settings_from_checkpoint(checkpoint: dict[str, Any], origin: Any) -> Settings:
@@ -190,7 +209,12 @@ def _differing_settings(fresh: Settings, stored: Settings, explicit: set[str]) -
     """Options given on the command line whose values differ from the checkpoint's."""
     given, recorded = fresh.to_dict(), stored.to_dict()
     differing = {}
-    fixed = [(section, f) for section, cls in KINDS[stored.kind].items() for f in option_fields(cls) if f.name not in RESUMABLE]
+    fixed = [
+        (section, f)
+        for section, cls in KINDS[stored.kind].items()
+        for f in option_fields(cls)
+        if f.name not in RESUMABLE
+    ]
     for section, f in fixed:
         mine, theirs = given[section].get(f.name), recorded[section].get(f.name)
         if f.name in explicit and mine != theirs:

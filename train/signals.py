@@ -31,7 +31,7 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = self.received or signum
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -22,7 +22,6 @@ from ..core.images import to_uint8
 from ..core.outputs import write_png
 from ..core.progress import Progress
 from ..core.schedule import make_schedule
-
 from .checkpoint import (
     LATEST,
     capture_rng_state,
@@ -84,8 +83,10 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.world > 1:
             self.device = torch.device("cuda", self.dist.local_rank)
         if self.config.batch_size % self.dist.world:
-            raise DDPMError(f"--batch-size {self.config.batch_size} (the global batch) must be divisible by the "
-                            f"{self.dist.world} processes")
+            raise DDPMError(
+                f"--batch-size {self.config.batch_size} (the global batch) must be divisible by the "
+                f"{self.dist.world} processes"
+            )
         precision, on_cuda = self.config.precision, self.device.type == "cuda"
         self.use_bf16 = precision == "bf16" or (precision == "auto" and on_cuda)
         channels_last = self.options.channels_last if self.options.channels_last is not None else on_cuda
@@ -100,8 +101,13 @@ class Trainer:
         seed_everything(config.seed)
         self.model = UNet(self.model_config).to(self.device, memory_format=self.memory_format)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.adam_betas,
-                                           weight_decay=config.weight_decay, fused=self.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.lr,
+            betas=config.adam_betas,
+            weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda",
+        )
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         """Weights, optimizer state, progress and random state of the checkpoint this run continues."""
@@ -118,7 +124,9 @@ class Trainer:
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            module = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            module = DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         return torch.compile(module) if self.options.compile else module
 
     @property
@@ -144,8 +152,9 @@ class Trainer:
     def _load_data(self) -> None:
         """The whole (small) dataset, on the training device, and the run's length in steps."""
         batch_size = self.config.batch_size
-        images, labels, self.data_fingerprint = load_training_set(self.options.data_dir, self.data_config,
-                                                                  self.options.download, self.config.max_images)
+        images, labels, self.data_fingerprint = load_training_set(
+            self.options.data_dir, self.data_config, self.options.download, self.config.max_images
+        )
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
@@ -218,11 +227,17 @@ class Trainer:
         return path
 
     def _log(self, log: IO[str], window: LossWindow) -> str:
-        """Append the window's mean loss and speed to OUT/log.jsonl and start a new window; returns the progress status."""
+        """Append the window's mean loss and speed to OUT/log.jsonl and start a new window;
+        returns the progress status."""
         mean_loss = window.loss / window.steps
         rate = window.images / max(time.perf_counter() - window.start, 1e-9)
-        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": mean_loss, "images_per_s": rate,
-                  "elapsed_s": self.elapsed()}
+        record = {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "loss": mean_loss,
+            "images_per_s": rate,
+            "elapsed_s": self.elapsed(),
+        }
         if self.device.type == "cuda":
             record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         log.write(json.dumps(record) + "\n")
@@ -264,7 +279,9 @@ class Trainer:
             drop = torch.rand(batch, device=self.device, generator=generator) < self.config.label_dropout
         return t, noise, drop
 
-    def step_inputs(self, batch_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def step_inputs(
+        self, batch_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x0, t, ε and (conditional models) the labels of this process's share of the global batch."""
         share = slice(self.dist.rank, None, self.dist.world)
         t, noise, drop = self.step_noise(len(batch_ids))
@@ -353,7 +370,11 @@ class Trainer:
                     self._skip_bad_step(loss, bad_steps, warn)
                 window.add(loss, len(batch_ids))
                 end_of_epoch = self.step % self.steps_per_epoch == 0
-                saving = self.step >= self.total_steps or stop or (options.save_every and self.step % options.save_every == 0)
+                saving = (
+                    self.step >= self.total_steps
+                    or stop
+                    or (options.save_every and self.step % options.save_every == 0)
+                )
                 if main and window.steps and (window.steps >= options.log_every or saving or end_of_epoch):
                     progress.status = self._log(log, window)
                 progress.update(1)

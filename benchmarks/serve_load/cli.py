@@ -24,8 +24,13 @@ MODES = {"sweep": (run_sweep, sweep_markdown), "soak": (run_soak, soak_markdown)
 HOSTILE_TESTS = Path(__file__).resolve().parents[2] / "tests" / "test_serve_hostile.py"
 DEFAULTS = {  # option: (default, with --quick)
     "all": {"timeout": (120.0, 30.0), "drain": (120.0, 30.0)},
-    "sweep": {"levels": ([1, 4, 16, 64], [1, 4]), "seconds": (30.0, 2.0), "repeats": (5, 2), "repeats_engine": (3, 1),
-              "deadline": (1800.0, 180.0)},
+    "sweep": {
+        "levels": ([1, 4, 16, 64], [1, 4]),
+        "seconds": (30.0, 2.0),
+        "repeats": (5, 2),
+        "repeats_engine": (3, 1),
+        "deadline": (1800.0, 180.0),
+    },
     "soak": {"minutes": (10.0, 0.2), "capacity_seconds": (20.0, 3.0), "rss_every": (10.0, 1.0)},
 }
 
@@ -51,47 +56,80 @@ def checked(convert, test, says: str):
 def parser() -> Parser:
     number = checked(float, lambda v: 0 < v < float("inf"), "must be a finite number > 0")
     count = checked(int, lambda v: v > 0, "must be a whole number > 0")
-    levels = checked(lambda t: [int(p) for p in t.split(",") if p.strip()], lambda v: v and all(1 <= c <= 512 for c in v),
-                     "levels are comma-separated callers, 1 to 512")
-    tag = checked(str, lambda v: re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", v), "use up to 64 letters, digits, '.', '_' or '-'")
+    levels = checked(
+        lambda t: [int(p) for p in t.split(",") if p.strip()],
+        lambda v: v and all(1 <= c <= 512 for c in v),
+        "levels are comma-separated callers, 1 to 512",
+    )
+    tag = checked(
+        str,
+        lambda v: re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", v),
+        "use up to 64 letters, digits, '.', '_' or '-'",
+    )
     common = Parser(add_help=False)
     for flag, kind, text in (
-            ("--url", str, "A ddpm-serve already running on loopback. [default: start one here]"),
-            ("--pid", int, "With --url: the server's process id, for its memory and CPU."),
-            ("--token", str, "With --url: its bearer token. [default: $DDPM_SERVE_TOKEN]"),
-            ("--server-log", str, "Where the started server logs (read for tracebacks). [default: a temp file]"),
-            ("--onnx", str, "Passed to ddpm-serve (and used in process for the targets)."),
-            ("--model", str, "An embedded model's name, passed to ddpm-serve (and used in process)."),
-            ("--max-rows", count, "Passed to ddpm-serve. [default: its own]"),
-            ("--queue-rows", count, "Passed to ddpm-serve. [default: its own]"),
-            ("--threads", count, "Passed to ddpm-serve and to the in-process model."),
-            ("--timeout", number, "Seconds one request may take. [default: 120; 30 --quick]"),
-            ("--deadline", number, "Hard deadline of the whole mode, seconds."),
-            ("--drain", number, "Seconds a level or the soak waits for its last answers. [default: 120; 30 --quick]"),
-            ("--out", Path, "Write serve-load-<mode>-<tag>.json and .md here."),
-            ("--tag", tag, "File tag. [default: a short CPU kind, e.g. xeon-amx]")):
+        ("--url", str, "A ddpm-serve already running on loopback. [default: start one here]"),
+        ("--pid", int, "With --url: the server's process id, for its memory and CPU."),
+        ("--token", str, "With --url: its bearer token. [default: $DDPM_SERVE_TOKEN]"),
+        ("--server-log", str, "Where the started server logs (read for tracebacks). [default: a temp file]"),
+        ("--onnx", str, "Passed to ddpm-serve (and used in process for the targets)."),
+        ("--model", str, "An embedded model's name, passed to ddpm-serve (and used in process)."),
+        ("--max-rows", count, "Passed to ddpm-serve. [default: its own]"),
+        ("--queue-rows", count, "Passed to ddpm-serve. [default: its own]"),
+        ("--threads", count, "Passed to ddpm-serve and to the in-process model."),
+        ("--timeout", number, "Seconds one request may take. [default: 120; 30 --quick]"),
+        ("--deadline", number, "Hard deadline of the whole mode, seconds."),
+        ("--drain", number, "Seconds a level or the soak waits for its last answers. [default: 120; 30 --quick]"),
+        ("--out", Path, "Write serve-load-<mode>-<tag>.json and .md here."),
+        ("--tag", tag, "File tag. [default: a short CPU kind, e.g. xeon-amx]"),
+    ):
         common.add_argument(flag, type=kind, default=None, help=text)
-    common.add_argument("--precision", default=None, choices=("auto", "fp32", "int8", "bf16"), help="Passed to ddpm-serve.")
+    common.add_argument(
+        "--precision", default=None, choices=("auto", "fp32", "int8", "bf16"), help="Passed to ddpm-serve."
+    )
     common.add_argument("--mix", choices=sorted(MIXES), default="mixed", help="Request mix (see above).")
-    common.add_argument("--quick", action="store_true", help="A very short run (a few seconds a level), for development.")
-    top = Parser(prog="python -m ddpm.benchmarks.serve_load", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_argument(
+        "--quick", action="store_true", help="A very short run (a few seconds a level), for development."
+    )
+    top = Parser(
+        prog="python -m ddpm.benchmarks.serve_load",
+        description=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     modes = top.add_subparsers(dest="mode", required=True, metavar="MODE")
-    sweep = modes.add_parser("sweep", parents=[common], help="Closed loops of 1, 4, 16, 64 callers, with targets (a) and (b).")
+    sweep = modes.add_parser(
+        "sweep", parents=[common], help="Closed loops of 1, 4, 16, 64 callers, with targets (a) and (b)."
+    )
     sweep.add_argument("--levels", type=levels, help="Callers per level. [default: 1,4,16,64; 1,4 --quick]")
-    sweep.add_argument("--requests", type=count, help="Requests per level. [default: max(32, 4 x callers); callers --quick]")
+    sweep.add_argument(
+        "--requests", type=count, help="Requests per level. [default: max(32, 4 x callers); callers --quick]"
+    )
     sweep.add_argument("--seconds", type=number, help="Seconds per level, at most. [default: 30; 2 --quick]")
-    sweep.add_argument("--no-targets", dest="targets", action="store_false", help="Skip the in-process figures and target levels.")
+    sweep.add_argument(
+        "--no-targets", dest="targets", action="store_false", help="Skip the in-process figures and target levels."
+    )
     sweep.add_argument("--repeats", type=count, help="DDPM.generate(1) runs per kind (median). [default: 5; 2 --quick]")
     sweep.add_argument("--repeats-engine", type=count, help="In-process engine runs (median). [default: 3; 1 --quick]")
-    soak = modes.add_parser("soak", parents=[common], help="Open-loop overload for --minutes, every answer accounted for.")
+    soak = modes.add_parser(
+        "soak", parents=[common], help="Open-loop overload for --minutes, every answer accounted for."
+    )
     soak.add_argument("--minutes", type=number, help="Length of the soak. [default: 10; 0.2 --quick]")
     soak.add_argument("--rate", type=number, help="Arrivals per second. [default: --overload x the measured capacity]")
     soak.add_argument("--overload", type=number, default=2.0, help="Arrival rate over the measured capacity.")
     soak.add_argument("--capacity-seconds", type=number, help="Capacity measurement. [default: 20; 3 --quick]")
-    soak.add_argument("--capacity-callers", type=count, help="Callers while measuring capacity. [default: 2 x rows per call, 4 to 64]")
+    soak.add_argument(
+        "--capacity-callers", type=count, help="Callers while measuring capacity. [default: 2 x rows per call, 4 to 64]"
+    )
     soak.add_argument("--rss-every", type=number, help="Seconds between RSS reads. [default: 10; 1 --quick]")
-    soak.add_argument("--max-outstanding", type=count, default=512, help="Requests out at once, at most (uvicorn takes 1024 connections).")
-    modes.add_parser("hostile", help="The hostile cases, long: DDPM_HOSTILE_LONG=1 pytest tests/test_serve_hostile.py (a checkout).")
+    soak.add_argument(
+        "--max-outstanding",
+        type=count,
+        default=512,
+        help="Requests out at once, at most (uvicorn takes 1024 connections).",
+    )
+    modes.add_parser(
+        "hostile", help="The hostile cases, long: DDPM_HOSTILE_LONG=1 pytest tests/test_serve_hostile.py (a checkout)."
+    )
     return top
 
 
@@ -110,29 +148,55 @@ def short_cpu_kind(name: str | None = None, flags: str | None = None) -> str:
     words = re.sub(r"\((r|tm)\)", "", (cpu_name() if name is None else name).lower()).replace("-", " ").split()
     family = next((w for w in ("xeon", "epyc", "ryzen", "core", "graviton", "neoverse", "apple") if w in words), None)
     found = (flag_line() if flags is None else flags).split()
-    unit = "amx" if any(f.startswith("amx_") for f in found) else "avx512" if "avx512f" in found else "avx2" if "avx2" in found else None
+    unit = (
+        "amx"
+        if any(f.startswith("amx_") for f in found)
+        else "avx512"
+        if "avx512f" in found
+        else "avx2"
+        if "avx2" in found
+        else None
+    )
     return "-".join(filter(None, [family or "-".join(w for w in words[:2] if w.isalnum()) or "cpu", unit]))
 
 
 def render(opts: argparse.Namespace, result: dict, command: str) -> str:
     info, log, problems = result["machine"], result.get("server_log"), result["problems"]
-    lines = [f"# ddpm-serve under load: {opts.mode} on {info['cpu']}", "", f"`{command}`", "",
-             f"CPU: {info['cpu']}, {info['cores']} cores; flags: {info['flags']}; threads: {info['threads'] or 'default'}; "
-             f"model {info['model']} on {info['provider']}; {info['max_rows']} rows per network call; queue rows: "
-             f"{info['queue_rows']}; mix {opts.mix} ({MIXES[opts.mix][0]}). Load from locust; latency percentiles are "
-             "locust's (nearest rank, 3 significant digits).", "", *MODES[opts.mode][1](result)]
+    lines = [
+        f"# ddpm-serve under load: {opts.mode} on {info['cpu']}",
+        "",
+        f"`{command}`",
+        "",
+        f"CPU: {info['cpu']}, {info['cores']} cores; flags: {info['flags']}; threads: {info['threads'] or 'default'}; "
+        f"model {info['model']} on {info['provider']}; {info['max_rows']} rows per network call; queue rows: "
+        f"{info['queue_rows']}; mix {opts.mix} ({MIXES[opts.mix][0]}). Load from locust; latency percentiles are "
+        "locust's (nearest rank, 3 significant digits).",
+        "",
+        *MODES[opts.mode][1](result),
+    ]
     if log:
-        lines += ["", f"Server log: {str(log['tracebacks']) + ' TRACEBACK(S)' if log['tracebacks'] else 'no traceback'}; "
-                      f"exit status {log['returncode']}; last line: {log['last_line']}"]
-    return "\n".join(lines + ["", "Problems found: " + ("" if problems else "none.")] + [f"- {p}" for p in problems]) + "\n"
+        lines += [
+            "",
+            f"Server log: {str(log['tracebacks']) + ' TRACEBACK(S)' if log['tracebacks'] else 'no traceback'}; "
+            f"exit status {log['returncode']}; last line: {log['last_line']}",
+        ]
+    return (
+        "\n".join(lines + ["", "Problems found: " + ("" if problems else "none.")] + [f"- {p}" for p in problems])
+        + "\n"
+    )
 
 
 def problems_of(mode: str, result: dict) -> list[str]:
     """What a reader must not miss: lost, duplicated or wrong answers, 5xx or other errors, tracebacks."""
     runs = result["levels"] if mode == "sweep" else [result["soak"]]
-    found = [f"{run['level']}: lost {c['lost']}, duplicated {c['duplicated']}, wrong {c['mismatched']}, 429 without Retry-After "
-             f"{c['429_without_retry_after']}, other answers {counts(c['unexpected'])}; examples {c['examples']}"
-             for run in runs for c in [run["check"]] if not c["clean"]]
+    found = [
+        f"{run['level']}: lost {c['lost']}, duplicated {c['duplicated']}, wrong {c['mismatched']}, "
+        f"429 without Retry-After {c['429_without_retry_after']}, other answers {counts(c['unexpected'])}; "
+        f"examples {c['examples']}"
+        for run in runs
+        for c in [run["check"]]
+        if not c["clean"]
+    ]
     if mode == "soak" and result["healthz_after"]["status"] != 200:
         found.append(f"/healthz after the soak: {result['healthz_after']['status']}")
     if (log := result.get("server_log")) and log["tracebacks"]:
@@ -159,17 +223,28 @@ def run(argv: list[str] | None = None, echo=None) -> tuple[dict, str]:
         if server is not None:
             returncode = server.stop()
     served = result.get("served", {})
-    result["machine"] = {"cpu": cpu_name(), "flags": flag_line(), "cores": os.cpu_count(), "threads": opts.threads,
-                         "model": served.get("model"), "provider": served.get("provider"),
-                         "max_rows": served.get("rows_per_call"), "queue_rows": opts.queue_rows or "server default"}
+    result["machine"] = {
+        "cpu": cpu_name(),
+        "flags": flag_line(),
+        "cores": os.cpu_count(),
+        "threads": opts.threads,
+        "model": served.get("model"),
+        "provider": served.get("provider"),
+        "max_rows": served.get("rows_per_call"),
+        "queue_rows": opts.queue_rows or "server default",
+    }
     result["options"] = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(opts).items()}
     log_path = server.log_path if server is not None else Path(opts.server_log) if opts.server_log else None
     if log_path is not None and log_path.is_file():
         text = log_path.read_text(errors="replace")
         lines, at = text.strip().splitlines(), text.find("Traceback")
-        result["server_log"] = {"tracebacks": text.count("Traceback"), "returncode": returncode,
-                                "last_line": lines[-1] if lines else "", "path": str(log_path),
-                                "first_traceback": text[at:at + 600] if at >= 0 else None}
+        result["server_log"] = {
+            "tracebacks": text.count("Traceback"),
+            "returncode": returncode,
+            "last_line": lines[-1] if lines else "",
+            "path": str(log_path),
+            "first_traceback": text[at : at + 600] if at >= 0 else None,
+        }
     result["problems"] = problems_of(opts.mode, result)
     command = "python -m ddpm.benchmarks.serve_load " + " ".join(sys.argv[1:] if argv is None else argv)
     markdown = render(opts, result, command)
@@ -187,9 +262,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args == ["hostile"]:  # the long hostile cases live with the tests: run them as pytest would
             if not HOSTILE_TESTS.is_file():
-                raise LoadError(f"the hostile cases are a checkout's tests/test_serve_hostile.py, not found at {HOSTILE_TESTS}")
-            raise SystemExit(subprocess.call([sys.executable, "-m", "pytest", str(HOSTILE_TESTS), "-q", "-s", "-p", "no:cacheprovider"],
-                                             cwd=HOSTILE_TESTS.parents[1], env={**os.environ, "DDPM_HOSTILE_LONG": "1"}))
+                raise LoadError(
+                    f"the hostile cases are a checkout's tests/test_serve_hostile.py, not found at {HOSTILE_TESTS}"
+                )
+            raise SystemExit(
+                subprocess.call(
+                    [sys.executable, "-m", "pytest", str(HOSTILE_TESTS), "-q", "-s", "-p", "no:cacheprovider"],
+                    cwd=HOSTILE_TESTS.parents[1],
+                    env={**os.environ, "DDPM_HOSTILE_LONG": "1"},
+                )
+            )
         _, markdown = run(args)
     except LoadError as exc:
         print(f"serve_load: {exc}", file=sys.stderr)

@@ -24,10 +24,14 @@ def loopback_url(url: str) -> str:
     except ValueError as exc:
         raise LoadError(f"--url {url!r}: {exc}") from None
     if parts.scheme != "http":
-        raise LoadError(f"--url {url!r}: only plain http on loopback is load-tested, not {parts.scheme or 'no scheme'!r}")
+        raise LoadError(
+            f"--url {url!r}: only plain http on loopback is load-tested, not {parts.scheme or 'no scheme'!r}"
+        )
     host = parts.hostname
     if host not in LOOPBACK_HOSTS or parts.username is not None or parts.password is not None:
-        raise LoadError(f"--url {url!r}: this load generator talks only to loopback ({', '.join(LOOPBACK_HOSTS)}), not {host!r}")
+        raise LoadError(
+            f"--url {url!r}: this load generator talks only to loopback ({', '.join(LOOPBACK_HOSTS)}), not {host!r}"
+        )
     return f"http://{f'[{host}]' if ':' in host else host}:{port or 80}"
 
 
@@ -42,27 +46,44 @@ class Kind:
     guidance: float | None = None  # None: the server's default (guided with a digit)
 
     def body(self, index: int, seed: int) -> dict[str, Any]:
-        body = {"n": 1, "sampler": self.sampler, "steps": self.steps, "seed": seed, "guidance": self.guidance,
-                "digits": [index % 10] if self.digit else None}
+        body = {
+            "n": 1,
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "seed": seed,
+            "guidance": self.guidance,
+            "digits": [index % 10] if self.digit else None,
+        }
         return {key: value for key, value in body.items() if value is not None}
 
     def plan(self, ddpm, index: int):
-        return ddpm.plan(self.sampler, steps=self.steps, digits=[index % 10] if self.digit else None, guidance=self.guidance)
+        return ddpm.plan(
+            self.sampler, steps=self.steps, digits=[index % 10] if self.digit else None, guidance=self.guidance
+        )
 
 
-KINDS = {kind.name: kind for kind in (
-    Kind("sde20", "dpm++2m-sde", 20, digit=False),
-    Kind("sde20-digit", "dpm++2m-sde", 20, digit=True),
-    Kind("ancestral100-digit", "ancestral", 100, digit=True, guidance=0.0),
-    Kind("consistency2-digit", "consistency", 2, digit=True),  # a few-step student's, its guidance built in
-)}
+KINDS = {
+    kind.name: kind
+    for kind in (
+        Kind("sde20", "dpm++2m-sde", 20, digit=False),
+        Kind("sde20-digit", "dpm++2m-sde", 20, digit=True),
+        Kind("ancestral100-digit", "ancestral", 100, digit=True, guidance=0.0),
+        Kind("consistency2-digit", "consistency", 2, digit=True),  # a few-step student's, its guidance built in
+    )
+}
 TARGET_KIND = "sde20-digit"  # the single-digit 20-call request of the targets
 MIXES: dict[str, tuple[str, tuple[str, ...]]] = {  # name: (what it is, the kinds it cycles through)
-    "mixed": ("4/9 20-call dpm++2m-sde without a digit, 4/9 the same with a digit (guided), "
-              "1/9 100-step ancestral with a digit (unguided)", ("sde20", "sde20-digit") * 4 + ("ancestral100-digit",)),
+    "mixed": (
+        "4/9 20-call dpm++2m-sde without a digit, 4/9 the same with a digit (guided), "
+        "1/9 100-step ancestral with a digit (unguided)",
+        ("sde20", "sde20-digit") * 4 + ("ancestral100-digit",),
+    ),
     "single-digit-20": ("n=1 with a digit (0-9 in turn), guided, 20 dpm++2m-sde calls", ("sde20-digit",)),
     "no-digit-20": ("n=1 without a digit, 20 dpm++2m-sde calls", ("sde20",)),
-    "student-2": ("n=1 with a digit (0-9 in turn), 2 consistency calls: few-step students only", ("consistency2-digit",)),
+    "student-2": (
+        "n=1 with a digit (0-9 in turn), 2 consistency calls: few-step students only",
+        ("consistency2-digit",),
+    ),
 }
 
 
@@ -83,11 +104,31 @@ class Ledger:
             raise ValueError(f"seed {seed} sent twice")
         self.sent.add(seed)
 
-    def answer(self, seed: int, status: int | None, *, error: str = "", detail: str = "", header_seed: int | None = None,
-               png_seed: int | None = None, is_png: bool = False, retry_after: str | None = None) -> None:
+    def answer(
+        self,
+        seed: int,
+        status: int | None,
+        *,
+        error: str = "",
+        detail: str = "",
+        header_seed: int | None = None,
+        png_seed: int | None = None,
+        is_png: bool = False,
+        retry_after: str | None = None,
+    ) -> None:
         """``status`` None: no HTTP answer came (``error`` says why)."""
-        self.answers.append({"seed": seed, "status": status, "error": error, "detail": detail, "header_seed": header_seed,
-                             "png_seed": png_seed, "is_png": is_png, "retry_after": retry_after})
+        self.answers.append(
+            {
+                "seed": seed,
+                "status": status,
+                "error": error,
+                "detail": detail,
+                "header_seed": header_seed,
+                "png_seed": png_seed,
+                "is_png": is_png,
+                "retry_after": retry_after,
+            }
+        )
 
     def check(self) -> dict[str, Any]:
         """Counts of what went wrong; ``clean`` when each request got exactly one right answer."""
@@ -98,20 +139,35 @@ class Ledger:
         ok = [a for a in self.answers if a["status"] == 200]
         claims = Counter(a["header_seed"] for a in ok if a["header_seed"] is not None)
         duplicated = sorted(seed for seed, count in claims.items() if count > 1)  # one digit handed to two requests
-        wrong = [a for a in ok if a["seed"] in self.sent and not (a["is_png"] and a["header_seed"] == a["seed"] == a["png_seed"])]
+        wrong = [
+            a
+            for a in ok
+            if a["seed"] in self.sent and not (a["is_png"] and a["header_seed"] == a["seed"] == a["png_seed"])
+        ]
         refused = [a for a in self.answers if a["status"] == 429]
         bare_429 = [a for a in refused if not str(a["retry_after"] or "").strip().isdigit()]
         others = [a for a in self.answers if a["status"] not in (200, 429)]
         label = lambda a: str(a["status"]) if a["status"] is not None else f"no response ({a['error'].split(':')[0]})"  # noqa: E731
-        examples = {"lost": lost[:5], "duplicated_seeds": duplicated[:5],
-                    "mismatched": [{k: a[k] for k in ("seed", "header_seed", "png_seed", "is_png")} for a in wrong[:5]],
-                    "unexpected": {label(a): a["detail"] or a["error"] for a in others}}
-        return {"sent": len(self.sent), "answered": sum(answered.values()), "ok": len(ok), "refused": len(refused),
-                "lost": len(lost), "duplicated": len(duplicated) + len(twice), "mismatched": len(wrong),
-                "strangers": len(strangers), "429_without_retry_after": len(bare_429),
-                "unexpected": dict(Counter(label(a) for a in others)),
-                "clean": not (lost or duplicated or twice or wrong or strangers or bare_429 or others),
-                "examples": {key: value for key, value in examples.items() if value}}
+        examples = {
+            "lost": lost[:5],
+            "duplicated_seeds": duplicated[:5],
+            "mismatched": [{k: a[k] for k in ("seed", "header_seed", "png_seed", "is_png")} for a in wrong[:5]],
+            "unexpected": {label(a): a["detail"] or a["error"] for a in others},
+        }
+        return {
+            "sent": len(self.sent),
+            "answered": sum(answered.values()),
+            "ok": len(ok),
+            "refused": len(refused),
+            "lost": len(lost),
+            "duplicated": len(duplicated) + len(twice),
+            "mismatched": len(wrong),
+            "strangers": len(strangers),
+            "429_without_retry_after": len(bare_429),
+            "unexpected": dict(Counter(label(a) for a in others)),
+            "clean": not (lost or duplicated or twice or wrong or strangers or bare_429 or others),
+            "examples": {key: value for key, value in examples.items() if value},
+        }
 
 
 def metric_values(text: str) -> dict[str, float]:
@@ -119,8 +175,14 @@ def metric_values(text: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        return {sample.name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items())) + "}" if sample.labels else ""):
-                sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
+        return {
+            sample.name
+            + (
+                "{" + ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items())) + "}" if sample.labels else ""
+            ): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
     except ValueError:
         return {}
 

@@ -28,8 +28,15 @@ from PIL import Image, UnidentifiedImageError
 from ddpm.benchmarks.serve_load.ledger import Ledger, mix_kind
 
 LEDGER, HEADERS = Ledger(), {}
-RUN = {"next": 0, "first_send": None, "last_answer": None, "quitting": False, "arrivals_sent": 0,
-       "skipped_at_client_cap": 0, "arrival_seconds": None}
+RUN = {
+    "next": 0,
+    "first_send": None,
+    "last_answer": None,
+    "quitting": False,
+    "arrivals_sent": 0,
+    "skipped_at_client_cap": 0,
+    "arrival_seconds": None,
+}
 
 
 def three_digits(ms: float) -> int:
@@ -42,9 +49,17 @@ locust.stats.bucket_response_time = three_digits  # locust's documented hook for
 
 @events.init_command_line_parser.add_listener
 def options(parser) -> None:
-    for name, kind, default in (("--mix", str, "mixed"), ("--count", int, 1_000_000), ("--seed-base", int, 0),
-                                ("--request-timeout", float, 120.0), ("--rate", float, 1.0), ("--seconds", float, 60.0),
-                                ("--drain", float, 30.0), ("--max-outstanding", int, 512), ("--facts", str, "")):
+    for name, kind, default in (
+        ("--mix", str, "mixed"),
+        ("--count", int, 1_000_000),
+        ("--seed-base", int, 0),
+        ("--request-timeout", float, 120.0),
+        ("--rate", float, 1.0),
+        ("--seconds", float, 60.0),
+        ("--drain", float, 30.0),
+        ("--max-outstanding", int, 512),
+        ("--facts", str, ""),
+    ):
         parser.add_argument(name, type=kind, default=default)
 
 
@@ -67,17 +82,26 @@ def post(user: FastHttpUser, index: int) -> float:
     kind, seed, pause = mix_kind(opts.mix, index), opts.seed_base + index, 0.0
     LEDGER.send(seed)
     RUN["first_send"] = RUN["first_send"] or time.perf_counter()
-    with user.client.post("/v1/samples", json=kind.body(index, seed), headers=HEADERS, name=kind.name,
-                          catch_response=True) as response:
+    with user.client.post(
+        "/v1/samples", json=kind.body(index, seed), headers=HEADERS, name=kind.name, catch_response=True
+    ) as response:
         status, header = response.status_code, response.headers.get if response.headers else lambda _: None
         if status == 200:
             try:
                 image = Image.open(io.BytesIO(response.content or b""))
-                text, is_png = image.text, image.format == "PNG" and (header("content-type") or "").startswith("image/png")
+                text, is_png = (
+                    image.text,
+                    image.format == "PNG" and (header("content-type") or "").startswith("image/png"),
+                )
             except (UnidentifiedImageError, OSError, SyntaxError):
                 text, is_png = {}, False
-            LEDGER.answer(seed, 200, header_seed=seed_of(header("x-ddpm-seed")), png_seed=seed_of(text.get("ddpm.seed")),
-                          is_png=is_png)
+            LEDGER.answer(
+                seed,
+                200,
+                header_seed=seed_of(header("x-ddpm-seed")),
+                png_seed=seed_of(text.get("ddpm.seed")),
+                is_png=is_png,
+            )
             response.success()
         elif status == 429:
             LEDGER.answer(seed, 429, retry_after=header("retry-after"))
@@ -86,8 +110,12 @@ def post(user: FastHttpUser, index: int) -> float:
             response.success()
         else:
             error = getattr(response, "error", None)
-            LEDGER.answer(seed, status or None, detail=(response.text or "")[:200] if status else "",
-                          error="" if status else f"{type(error).__name__}: {error}"[:200])
+            LEDGER.answer(
+                seed,
+                status or None,
+                detail=(response.text or "")[:200] if status else "",
+                error="" if status else f"{type(error).__name__}: {error}"[:200],
+            )
             response.request_meta["name"] = "error"
             response.failure(str(status or type(error).__name__))
     RUN["last_answer"] = time.perf_counter()
@@ -120,7 +148,11 @@ class Arrivals(FastHttpUser):
     fixed_count = 1
 
     def on_start(self) -> None:
-        self.rng, self.out, self.began = random.Random(0), Pool(self.environment.parsed_options.max_outstanding), time.monotonic()
+        self.rng, self.out, self.began = (
+            random.Random(0),
+            Pool(self.environment.parsed_options.max_outstanding),
+            time.monotonic(),
+        )
 
     def wait_time(self) -> float:
         return 1.0 if RUN["quitting"] else self.rng.expovariate(self.environment.parsed_options.rate)
@@ -142,8 +174,10 @@ class Arrivals(FastHttpUser):
 def figures(entry: StatsEntry | None) -> dict:
     """Locust's count and percentiles of a stats entry, in seconds (None without requests)."""
     count = entry.num_requests if entry is not None else 0
-    return {"requests": count, **{f"p{q}_s": entry.get_response_time_percentile(q / 100) / 1000 if count else None
-                                  for q in (50, 99)}}
+    return {
+        "requests": count,
+        **{f"p{q}_s": entry.get_response_time_percentile(q / 100) / 1000 if count else None for q in (50, 99)},
+    }
 
 
 @events.test_stop.add_listener
@@ -154,9 +188,14 @@ def write_facts(environment, **_) -> None:
     for entry in kinds.values():
         ok.extend(entry)
     span = RUN["last_answer"] - RUN["first_send"] if RUN["first_send"] and RUN["last_answer"] else 0.0
-    facts = {"check": LEDGER.check(), "span_s": span, "ok": figures(ok), "refused": figures(stats.entries.get(("429", "POST"))),
-             "kinds": {name: figures(entry) for name, entry in sorted(kinds.items())},
-             "arrivals": {key: RUN[key] for key in ("arrivals_sent", "skipped_at_client_cap", "arrival_seconds")}}
+    facts = {
+        "check": LEDGER.check(),
+        "span_s": span,
+        "ok": figures(ok),
+        "refused": figures(stats.entries.get(("429", "POST"))),
+        "kinds": {name: figures(entry) for name, entry in sorted(kinds.items())},
+        "arrivals": {key: RUN[key] for key in ("arrivals_sent", "skipped_at_client_cap", "arrival_seconds")},
+    }
     if environment.parsed_options.facts:
         with open(environment.parsed_options.facts, "w") as file:
             json.dump(facts, file)

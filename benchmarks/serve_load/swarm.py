@@ -13,9 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .ledger import KINDS, LoadError, metric_values, rows_per_call
 
@@ -28,19 +29,27 @@ class ServerProcess:
     """``ddpm-serve`` on 127.0.0.1, port 0, as a subprocess without a token; its log in a file."""
 
     def __init__(self, opts: argparse.Namespace) -> None:
-        self.log_path = Path(opts.server_log) if opts.server_log else Path(tempfile.mkdtemp(prefix="serve-load-")) / "serve.log"
+        self.log_path = (
+            Path(opts.server_log) if opts.server_log else Path(tempfile.mkdtemp(prefix="serve-load-")) / "serve.log"
+        )
         self.process: subprocess.Popen | None = None
         self.args = ["--host", "127.0.0.1", "--port", "0", "--grace", "5"]
         for name in ("max_rows", "queue_rows", "threads", "onnx", "model", "precision"):
-            self.args += [f"--{name.replace('_', '-')}", str(getattr(opts, name))] if getattr(opts, name) is not None else []
+            self.args += (
+                [f"--{name.replace('_', '-')}", str(getattr(opts, name))] if getattr(opts, name) is not None else []
+            )
 
     def start(self) -> str:
         """Start it; its base URL once it listens."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-c", "from ddpm.serve.cli import main; main()", *self.args],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            env={k: v for k, v in os.environ.items() if k != "DDPM_SERVE_TOKEN"})
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from ddpm.serve.cli import main; main()", *self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if k != "DDPM_SERVE_TOKEN"},
+            )
         deadline = time.monotonic() + SERVER_START_S
         while not (found := LISTENING.search(self.log_path.read_text(errors="replace"))):
             tail = " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-8:])
@@ -100,8 +109,13 @@ def http(target: Target, path: str, body: dict | None = None, timeout: float = 1
     with requests.Session() as session:
         session.trust_env = False  # no proxy from the environment may carry loopback requests elsewhere
         try:
-            response = session.request("POST" if body else "GET", target.base + path, json=body, timeout=timeout,
-                                       headers={"Authorization": f"Bearer {target.token}"} if target.token else {})
+            response = session.request(
+                "POST" if body else "GET",
+                target.base + path,
+                json=body,
+                timeout=timeout,
+                headers={"Authorization": f"Bearer {target.token}"} if target.token else {},
+            )
             return response.status_code, response.content, time.perf_counter() - start
         except requests.RequestException as exc:
             return None, f"{type(exc).__name__}: {exc}".encode(), time.perf_counter() - start
@@ -129,20 +143,59 @@ def warm_up(target: Target, kinds: list[str], warmed: set[str]) -> None:
         warmed.add(name)
 
 
-def swarm(target: Target, name: str, user: str, users: int, mix: str, count: int, seconds: float, drain: float,
-          deadline: float, extra: dict[str, Any] | None = None, every: tuple[float, Callable[[], None]] | None = None) -> dict:
+def swarm(
+    target: Target,
+    name: str,
+    user: str,
+    users: int,
+    mix: str,
+    count: int,
+    seconds: float,
+    drain: float,
+    deadline: float,
+    extra: dict[str, Any] | None = None,
+    every: tuple[float, Callable[[], None]] | None = None,
+) -> dict:
     """Run ``users`` of locustfile.py's ``user`` class in a process of its own for at most ``seconds`` and
     ``count`` requests, then ``drain`` s for the answers out; stopped past ``deadline`` (monotonic).
     ``every``: (seconds, callback) called while it runs. The run's figures: digits/s from the first send
     to the last answer (a request is a digit), locust's percentiles of the 200s, rows per network call
     (the /metrics counters' deltas), and the ledger's check."""
     facts = Path(tempfile.mkdtemp(prefix="serve-load-")) / "facts.json"
-    options = {"mix": mix, "count": count, "seed-base": target.next_seed, "request-timeout": target.timeout, "drain": drain,
-               "facts": facts, **(extra or {})}
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", target.base, "--users", str(users),
-               "--spawn-rate", str(users), "--run-time", f"{math.ceil(seconds)}s", "--stop-timeout", str(math.ceil(drain)),
-               "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
-               *(part for key, value in options.items() for part in (f"--{key}", str(value))), user]
+    options = {
+        "mix": mix,
+        "count": count,
+        "seed-base": target.next_seed,
+        "request-timeout": target.timeout,
+        "drain": drain,
+        "facts": facts,
+        **(extra or {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        target.base,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(users),
+        "--run-time",
+        f"{math.ceil(seconds)}s",
+        "--stop-timeout",
+        str(math.ceil(drain)),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--exit-code-on-error",
+        "0",
+        *(part for key, value in options.items() for part in (f"--{key}", str(value))),
+        user,
+    ]
     env = {key: value for key, value in os.environ.items() if key != "DDPM_SERVE_TOKEN"}
     env.update({"DDPM_SERVE_TOKEN": target.token} if target.token else {})  # not on the command line, where ps shows it
     before = scrape(target)
@@ -167,9 +220,22 @@ def swarm(target: Target, name: str, user: str, users: int, mix: str, count: int
     found = json.loads(facts.read_text())
     check, span = found["check"], found["span_s"]
     target.next_seed += check["sent"]
-    return {"level": name, "concurrency": users if user == "Caller" else None, "mix": mix, "requests": check["sent"],
-            "ok": check["ok"], "refused_429": check["refused"], "errors": check["unexpected"], "digits": check["ok"],
-            "seconds": span, "digits_per_s": check["ok"] / span if span > 0 else 0.0, "p50_s": found["ok"]["p50_s"],
-            "p99_s": found["ok"]["p99_s"], "p99_429_s": found["refused"]["p99_s"],
-            "rows_per_call": rows_per_call(before, scrape(target)), "kinds": found["kinds"], "check": check,
-            **({"arrivals": found["arrivals"]} if user == "Arrivals" else {})}
+    return {
+        "level": name,
+        "concurrency": users if user == "Caller" else None,
+        "mix": mix,
+        "requests": check["sent"],
+        "ok": check["ok"],
+        "refused_429": check["refused"],
+        "errors": check["unexpected"],
+        "digits": check["ok"],
+        "seconds": span,
+        "digits_per_s": check["ok"] / span if span > 0 else 0.0,
+        "p50_s": found["ok"]["p50_s"],
+        "p99_s": found["ok"]["p99_s"],
+        "p99_429_s": found["refused"]["p99_s"],
+        "rows_per_call": rows_per_call(before, scrape(target)),
+        "kinds": found["kinds"],
+        "check": check,
+        **({"arrivals": found["arrivals"]} if user == "Arrivals" else {}),
+    }

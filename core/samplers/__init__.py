@@ -6,8 +6,18 @@ from __future__ import annotations
 from ..errors import SettingError
 from . import ancestral, consistency, ddim, dpm_solver, unipc
 from .ancestral import AncestralSampler
+from .base import (
+    LAMBDA_MIN,
+    SPACINGS,
+    Multistep,
+    Sampler,
+    half_log_snr,
+    predict_x0,
+    solver_step_limit,
+    solver_timesteps,
+    spaced_timesteps,
+)
 from .consistency import ConsistencySampler, student_timesteps
-from .base import LAMBDA_MIN, SPACINGS, Multistep, Sampler, half_log_snr, predict_x0, solver_step_limit, solver_timesteps, spaced_timesteps
 from .ddim import DDIMSampler
 from .dpm_solver import DPMSolverSampler
 from .spec import Option, SamplerSpec
@@ -41,6 +51,28 @@ def accepting(name: str) -> tuple[SamplerSpec, ...]:
     return tuple(spec for spec in SPECS if spec.option(name) is not None)
 
 
-__all__ = ["AncestralSampler", "ConsistencySampler", "DDIMSampler", "DPMSolverSampler", "LAMBDA_MIN", "Multistep", "NAMES", "Option", "SPACINGS",
-           "SPECS", "Sampler", "SamplerSpec", "UniPCSampler", "accepting", "choices", "find", "half_log_snr", "option_names", "predict_x0",
-           "solver_step_limit", "solver_timesteps", "spaced_timesteps", "student_timesteps"]
+__all__ = [
+    "AncestralSampler",
+    "ConsistencySampler",
+    "DDIMSampler",
+    "DPMSolverSampler",
+    "LAMBDA_MIN",
+    "Multistep",
+    "NAMES",
+    "Option",
+    "SPACINGS",
+    "SPECS",
+    "Sampler",
+    "SamplerSpec",
+    "UniPCSampler",
+    "accepting",
+    "choices",
+    "find",
+    "half_log_snr",
+    "option_names",
+    "predict_x0",
+    "solver_step_limit",
+    "solver_timesteps",
+    "spaced_timesteps",
+    "student_timesteps",
+]

@@ -22,7 +22,9 @@ class AncestralSampler(Sampler):
     adds σ z on the final step as well (the labml code does; the paper returns the mean).
     """
 
-    def __init__(self, schedule: Schedule, steps: int | None = None, variance: str = "beta", noise_at_last_step: bool = False) -> None:
+    def __init__(
+        self, schedule: Schedule, steps: int | None = None, variance: str = "beta", noise_at_last_step: bool = False
+    ) -> None:
         total = schedule.timesteps
         # Ascending model timesteps that always include the last one, T-1.
         kept = spaced_timesteps(total, total if steps is None else int(steps))
@@ -53,7 +55,7 @@ class AncestralSampler(Sampler):
         }
 
 
-def _build(schedule: Schedule, info: "ModelInfo", steps: int) -> AncestralSampler:
+def _build(schedule: Schedule, info: ModelInfo, steps: int) -> AncestralSampler:
     """The model decides the variance and the last step's noise (labml checkpoints add it)."""
     return AncestralSampler(schedule, steps, variance=info.variance, noise_at_last_step=info.noise_at_last_step)
 

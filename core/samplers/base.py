@@ -34,7 +34,9 @@ def predict_x0(x: np.ndarray, eps: np.ndarray, alpha_bar: float) -> np.ndarray:
     return (x - np.sqrt(1.0 - alpha_bar) * eps) / np.sqrt(alpha_bar)
 
 
-def spaced_timesteps(total: int, steps: int, spacing: str = "uniform", alpha_bars: np.ndarray | None = None) -> np.ndarray:
+def spaced_timesteps(
+    total: int, steps: int, spacing: str = "uniform", alpha_bars: np.ndarray | None = None
+) -> np.ndarray:
     """``steps`` (1..total) distinct ascending model timesteps in [0, total), always 0 and total−1.
 
     "uniform" spaces them evenly; "quadratic" along (i/(S−1))² · (T−1), denser near t = 0

@@ -13,7 +13,8 @@ n calls take n of them, evenly spread over that list from its first.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class ConsistencySampler(Sampler):
         return self._finish(np.sqrt(self._alpha_bars_next[i]) * self.predict_x0(x, i, eps), i, noise)
 
 
-def _build(schedule: Schedule, info: "ModelInfo", steps: int) -> ConsistencySampler:
+def _build(schedule: Schedule, info: ModelInfo, steps: int) -> ConsistencySampler:
     return ConsistencySampler(schedule, student_timesteps(info.student["timesteps"], steps))
 
 

@@ -25,7 +25,9 @@ class DDIMSampler(Sampler):
     ancestral sampler with the posterior variance β̃.
     """
 
-    def __init__(self, schedule: Schedule, steps: int | None = None, eta: float = 0.0, spacing: str = "uniform") -> None:
+    def __init__(
+        self, schedule: Schedule, steps: int | None = None, eta: float = 0.0, spacing: str = "uniform"
+    ) -> None:
         total = schedule.timesteps
         kept = spaced_timesteps(total, total if steps is None else int(steps), spacing, schedule.alpha_bars)
         alpha_bars = schedule.alpha_bars[kept]
@@ -44,7 +46,7 @@ class DDIMSampler(Sampler):
         return self._finish(result, i, noise)
 
 
-def _build(schedule: Schedule, info: "ModelInfo", steps: int, eta: float, spacing: str) -> DDIMSampler:
+def _build(schedule: Schedule, info: ModelInfo, steps: int, eta: float, spacing: str) -> DDIMSampler:
     return DDIMSampler(schedule, steps, eta=eta, spacing=spacing)
 
 
@@ -55,8 +57,15 @@ SPEC = SamplerSpec(
     steps=50,
     options=(
         # Beyond 1 the noise would exceed the ancestral sampler's and no direction term is left.
-        Option("eta", "DDIM noise: 0 deterministic, 1 as much as the ancestral sampler (with β̃).", 0.0, low=0.0, high=1.0,
-               bounds="between 0 (deterministic) and 1 (as noisy as the ancestral sampler)", label="η"),
+        Option(
+            "eta",
+            "DDIM noise: 0 deterministic, 1 as much as the ancestral sampler (with β̃).",
+            0.0,
+            low=0.0,
+            high=1.0,
+            bounds="between 0 (deterministic) and 1 (as noisy as the ancestral sampler)",
+            label="η",
+        ),
         spacing("uniform"),
     ),
 )

@@ -27,8 +27,14 @@ class DPMSolverSampler(Multistep):
     Timesteps come from :func:`solver_timesteps` ("uniform", "quadratic" or "logsnr").
     """
 
-    def __init__(self, schedule: Schedule, steps: int | None = None, spacing: str = "uniform", order: int = 2,
-                 stochastic: bool = False) -> None:
+    def __init__(
+        self,
+        schedule: Schedule,
+        steps: int | None = None,
+        spacing: str = "uniform",
+        order: int = 2,
+        stochastic: bool = False,
+    ) -> None:
         kept = solver_timesteps(schedule, schedule.timesteps if steps is None else int(steps), spacing)
         self.order, self.stochastic = order, stochastic
         self.model_timesteps: np.ndarray = kept[::-1].copy()
@@ -67,23 +73,40 @@ class DPMSolverSampler(Multistep):
 
     def coefficients(self) -> dict[str, np.ndarray]:
         """Per-step factors in sampling order: x_next = x_scale·x + d_scale·D + sigma·z, D = x̂_0 + correction·Δx̂_0."""
-        return {"timesteps": self.model_timesteps.copy(), "x_scale": self._x_scale.copy(),
-                "d_scale": self._d_scale.copy(), "sigma": self._sigmas.copy(), "correction": self._correction.copy()}
+        return {
+            "timesteps": self.model_timesteps.copy(),
+            "x_scale": self._x_scale.copy(),
+            "d_scale": self._d_scale.copy(),
+            "sigma": self._sigmas.copy(),
+            "correction": self._correction.copy(),
+        }
 
 
-def _ode(schedule: Schedule, info: "ModelInfo", steps: int, spacing: str) -> DPMSolverSampler:
+def _ode(schedule: Schedule, info: ModelInfo, steps: int, spacing: str) -> DPMSolverSampler:
     return DPMSolverSampler(schedule, steps, spacing=spacing)
 
 
-def _sde(schedule: Schedule, info: "ModelInfo", steps: int, spacing: str) -> DPMSolverSampler:
+def _sde(schedule: Schedule, info: ModelInfo, steps: int, spacing: str) -> DPMSolverSampler:
     return DPMSolverSampler(schedule, steps, spacing=spacing, stochastic=True)
 
 
 # Second order in λ, so they step evenly in it: uniform-in-t steps leave a last step 5x longer in λ
 # than the one before.
 SPECS = (
-    SamplerSpec(name="dpm++2m", summary="DPM-Solver++ (2M), a second-order ODE solver", build=_ode, steps=20,
-                options=(spacing("logsnr"),), solver=True),
-    SamplerSpec(name="dpm++2m-sde", summary="its stochastic variant, the more forgiving of an imperfect model", build=_sde,
-                steps=20, options=(spacing("logsnr"),), solver=True),
+    SamplerSpec(
+        name="dpm++2m",
+        summary="DPM-Solver++ (2M), a second-order ODE solver",
+        build=_ode,
+        steps=20,
+        options=(spacing("logsnr"),),
+        solver=True,
+    ),
+    SamplerSpec(
+        name="dpm++2m-sde",
+        summary="its stochastic variant, the more forgiving of an imperfect model",
+        build=_sde,
+        steps=20,
+        options=(spacing("logsnr"),),
+        solver=True,
+    ),
 )

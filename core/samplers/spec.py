@@ -8,8 +8,9 @@ file with its class and spec, and one entry in the registry (``ddpm.core.sampler
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SettingError
 from ..schedule import Schedule
@@ -17,7 +18,6 @@ from .base import SPACINGS, Sampler, solver_step_limit
 
 if TYPE_CHECKING:
     from ..metadata import ModelInfo
-
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,21 @@ class Option:
         except (TypeError, ValueError):
             raise SettingError(self.name, f"must be a number, got {value!r}") from None
         if (self.low is not None and not number >= self.low) or (self.high is not None and not number <= self.high):
-            raise SettingError(self.name, f"must be {self.bounds or f'between {self.low:g} and {self.high:g}'}, got {value}")
+            raise SettingError(
+                self.name, f"must be {self.bounds or f'between {self.low:g} and {self.high:g}'}, got {value}"
+            )
         return number
 
 
 def spacing(default: str) -> Option:
     """The timestep spacing setting, shared by the samplers that space their steps freely."""
-    return Option("spacing", "Timesteps evenly spaced in t, quadratic in t (denser near t = 0), or evenly spaced in log-SNR.",
-                  default, kind=str, choices=SPACINGS)
+    return Option(
+        "spacing",
+        "Timesteps evenly spaced in t, quadratic in t (denser near t = 0), or evenly spaced in log-SNR.",
+        default,
+        kind=str,
+        choices=SPACINGS,
+    )
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class SamplerSpec:
     def option(self, name: str) -> Option | None:
         return next((option for option in self.options if option.name == name), None)
 
-    def step_limit(self, schedule: Schedule, info: "ModelInfo") -> tuple[int, str]:
+    def step_limit(self, schedule: Schedule, info: ModelInfo) -> tuple[int, str]:
         """The most network calls this sampler can make on ``schedule`` with this model, and why: the
         words that follow "between 1 and N" in the error."""
         if self.student:
@@ -91,10 +98,11 @@ class SamplerSpec:
             limit = solver_step_limit(schedule)
             left_out = schedule.timesteps - limit
             return limit, f"for {self.name} on this model" + (
-                f" (a solver leaves out its schedule's {left_out} noisiest steps)" if left_out else "")
+                f" (a solver leaves out its schedule's {left_out} noisiest steps)" if left_out else ""
+            )
         return schedule.timesteps, "(the model's T)"
 
-    def check_steps(self, steps: int | None, schedule: Schedule, info: "ModelInfo") -> int:
+    def check_steps(self, steps: int | None, schedule: Schedule, info: ModelInfo) -> int:
         limit, why = self.step_limit(schedule, info)
         if steps is None:
             return min(self.steps or schedule.timesteps, limit)

@@ -144,11 +144,17 @@ class UniPCSampler(Multistep):
         position i − k (after the corrector of position i, weights ``corrector`` on the same x̂_0)."""
         width = self.order + 1
         pad = lambda rows: np.array([np.pad(row, (0, width - len(row))) for row in rows])  # noqa: E731
-        return {"timesteps": self.model_timesteps.copy(), "x_scale": self._x_scale.copy(), "d_scale": self._d_scale.copy(),
-                "order": self._orders.copy(), "predictor": pad(self._predictor), "corrector": pad(self._corrector)}
+        return {
+            "timesteps": self.model_timesteps.copy(),
+            "x_scale": self._x_scale.copy(),
+            "d_scale": self._d_scale.copy(),
+            "order": self._orders.copy(),
+            "predictor": pad(self._predictor),
+            "corrector": pad(self._corrector),
+        }
 
 
-def _build(schedule: Schedule, info: "ModelInfo", steps: int, spacing: str) -> UniPCSampler:
+def _build(schedule: Schedule, info: ModelInfo, steps: int, spacing: str) -> UniPCSampler:
     """Order 2: on the shipped model order 3 draws worse digits at 10 calls
     (benchmarks/results/sampler-quality-unipc.md), so it is no setting."""
     return UniPCSampler(schedule, steps, spacing=spacing, order=2)
