@@ -94,11 +94,6 @@ def machine_key(session) -> str:
     return " | ".join(parts)
 
 
-def measure(session, candidates: tuple[int, ...] = CANDIDATES, repeats: int = 5) -> dict[int, float]:
-    """Per-image milliseconds of one network call at each batch size (see :func:`measure_together`)."""
-    return measure_together([session], candidates, repeats)[0]
-
-
 def measure_together(
     sessions: list, candidates: tuple[int, ...] = CANDIDATES, repeats: int = 5
 ) -> list[dict[int, float]]:
