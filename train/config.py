@@ -274,11 +274,12 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
         "loss_weighting": "min-snr",
         "ema_decay": 0.9995,
     },
-    # half the small preset's peak lr: 1e-3 diverges on the 8x8x4 latents
+    # half the small preset's peak lr: 1e-3 diverges on the 8x8x4 latents; 60 epochs (under 1.5 h on one
+    # bf16 CPU thread): the latent U-Net keeps improving to there (docs/RESULTS.md, Latent models)
     "latent": {
         "batch_size": 128,
         "lr": 5e-4,
-        "epochs": 20,
+        "epochs": 60,
         "lr_schedule": "cosine",
         "lr_warmup_steps": 200,
         "loss_weighting": "min-snr",
