@@ -7,7 +7,7 @@ One process measures every row side by side, with the machine's own limit beside
   and update in one graph, x kept on the device; with and without a CUDA graph), fp16 (CUDA
   only; alone and fused with a CUDA graph), TensorRT (when it starts), int8 (CPU only: the
   model's QDQ copy as ``ddpm-export --int8`` makes it, or the package's own for the embedded model),
-  and OpenVINO's CPU engine at f32, at bf16 and on the int8 copy (the openvino extra); variants other
+  and OpenVINO's CPU backend at f32, at bf16 and on the int8 copy (the openvino extra); variants other
   than the model file itself are exported on the spot from the PyTorch module;
 - a *step* is one network call plus the DDPM update, in the implementation's own arrays;
 - per row: median, min and max step time after warm-up; per-sample latency = step time x T / B

@@ -1,6 +1,6 @@
 """OpenVINO's performance hints on this CPU: LATENCY (one request on every core, what the runtime
 uses) against THROUGHPUT (the streams OpenVINO picks, the batch split over as many requests run at
-once), for the embedded model at each of the engine's precisions. Calls interleaved, minimum of
+once), for the embedded model at each of the backend's precisions. Calls interleaved, minimum of
 the repeats, ms per image per network call.
 
     python -m ddpm.benchmarks.openvino_hints [--batches 16,32,64] [--repeats 7] [--out hints.md]

@@ -35,7 +35,8 @@ IMPLEMENTATIONS = (
     "ort-fp16-fused-cudagraph",
     "tensorrt",
 )
-# The ONNX variant each ONNX Runtime row runs: (graph, precision, fixed batch), and the engine.
+# The ONNX variant each ONNX Runtime row runs: (graph, precision, fixed batch), and the engine
+# (how each step reaches ONNX Runtime: "plain" or "iobinding", as ddpm-run --engine).
 # "fused" graphs take (x, t, noise) and return x_{t-1}; x stays in device buffers between steps.
 ORT_VARIANTS = {
     "ort": ("eps", "fp32", False, "plain"),

@@ -1,5 +1,5 @@
 """What a request to open a model names, checked against the one set of rules: which model (an
-embedded one by name, or a file), on which provider, in which arithmetic; and the engine session
+embedded one by name, or a file), on which provider, in which arithmetic; and the backend session
 that each such choice runs on.
 
 The rules are written here and nowhere else: :func:`~ddpm.runtime.pipeline.open_model` checks every
@@ -30,7 +30,7 @@ DESCRIPTIONS = {  # one line each, for --model's help
 DEFAULT_EMBEDDED = "pixel"  # the one sampled when no model is named
 EMBEDDED_STUDENT = "latent-student"  # the one sampled when no model is named and the consistency sampler is asked for
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
-PROVIDERS = ("auto", *ONNXRUNTIME_PROVIDERS, "openvino")  # "openvino": OpenVINO's CPU engine
+PROVIDERS = ("auto", *ONNXRUNTIME_PROVIDERS, "openvino")  # "openvino": OpenVINO's CPU backend
 
 
 class ChoiceError(DDPMError):
@@ -54,7 +54,7 @@ class ModelChoice:
 
     @property
     def session_provider(self) -> str:
-        """The provider of the session opened first: OpenVINO's engine for bf16, else the one asked for."""
+        """The provider of the session opened first: OpenVINO for bf16, else the one asked for."""
         return "openvino" if self.precision == "bf16" else self.provider
 
 
@@ -82,14 +82,14 @@ def choose_model(
         )
     if precision == "bf16" and provider not in ("auto", "openvino"):
         raise ChoiceError(
-            f"bf16 runs on the OpenVINO engine; use provider 'openvino' (or 'auto'), not {provider!r}",
-            f"--precision bf16 runs on the OpenVINO engine; use --provider openvino (or auto), not {provider}",
+            f"bf16 runs on the OpenVINO backend; use provider 'openvino' (or 'auto'), not {provider!r}",
+            f"--precision bf16 runs on the OpenVINO backend; use --provider openvino (or auto), not {provider}",
         )
     choice = ModelChoice(embedded, None if embedded else Path(model), provider, precision, cuda_graph)
     if cuda_graph and choice.session_provider == "openvino":
         raise ChoiceError(
-            "a CUDA graph runs on the CUDA provider, not on the OpenVINO engine",
-            "--engine cudagraph runs on the CUDA provider, not on the OpenVINO engine",
+            "a CUDA graph runs on the CUDA provider, not on the OpenVINO backend",
+            "--engine cudagraph runs on the CUDA provider, not on the OpenVINO backend",
         )
     return choice
 
@@ -102,7 +102,7 @@ def open_session(
     device_id: int = 0,
     cuda_graph: bool = False,
 ) -> EpsCalls:
-    """The engine session that runs ``file``: OpenVINO's CPU engine for provider "openvino" (its float
+    """The backend session that runs ``file``: OpenVINO's CPU backend for provider "openvino" (its float
     layers in bfloat16 where ``bf16``), else ONNX Runtime on ``provider``."""
     if provider == "openvino":
         return OpenVINOSession(file, precision="bf16" if bf16 else "fp32", threads=threads)

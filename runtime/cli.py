@@ -117,7 +117,7 @@ ENGINE_CHOICES = (
     "provider, fixed-batch model); 'auto' is iobinding on a GPU, plain on the CPU.",
 )
 @click.option(
-    "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads. [default: the engine's own choice]"
+    "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads. [default: the backend's own choice]"
 )
 @click.option(
     "--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several."
@@ -354,7 +354,7 @@ def summarize(
     n, seed = run.settings.num_samples, run.settings.seed
     outside = 1.0 - run.run_seconds / run.seconds if run.seconds else 0.0
     precision = (
-        "" if ddpm.session.precision == "fp32" or ddpm.session.engine == "openvino" else f"{ddpm.session.precision}, "
+        "" if ddpm.session.precision == "fp32" or ddpm.session.backend == "openvino" else f"{ddpm.session.precision}, "
     )
     click.echo(
         f"{n} samples x {run.settings.steps} steps in {run.seconds:.1f} s on {ddpm.provider} "

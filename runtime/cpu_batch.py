@@ -3,7 +3,7 @@ once (seconds to a minute) and remembered in the user's cache folder.
 
 The best batch differs between CPUs (cache sizes, AVX-512 or not, int8 or fp32 kernels), so a
 constant tuned on one machine is wrong on the next. The measurement is keyed by everything that
-sets the cost of one network call: the CPU, the thread count, the engine (ONNX Runtime or OpenVINO)
+sets the cost of one network call: the CPU, the thread count, the backend (ONNX Runtime or OpenVINO)
 and its version, the arithmetic it runs (fp32, bf16, int8) and the network's shape (not its weights).
 
 Timings that are compared with each other come from one interleaved pass (:func:`time_together`):
@@ -87,7 +87,7 @@ def machine_key(session) -> str:
         cpu_name(),
         str(os.cpu_count()),
         f"threads={session.threads or 'default'}",
-        f"{session.engine} {session.version}",
+        f"{session.backend} {session.version}",
         session.precision,
         hashlib.sha256(network.encode()).hexdigest()[:16],
     ]
@@ -254,7 +254,7 @@ def time_together(sessions: list, on_measure: Callable[[], None] | None = None, 
         on_measure()
     try:
         measured = measure_together(sessions)
-    except Exception:  # an engine's failure here will show, in one line, in the real run
+    except Exception:  # a backend's failure here will show, in one line, in the real run
         measured = [{} for _ in sessions]
     stamp = timestamp()
     choices = []
@@ -289,18 +289,18 @@ def _cached(entry: dict | None) -> BatchChoice | None:
     return BatchChoice(batch, measured, cached=True, measured=stamp, confirmed=isinstance(entry.get("confirmed"), str))
 
 
-def recheck(session, choice: BatchChoice, engine: Timing | None = None) -> str | None:
-    """Hold the CPU timings behind ``choice`` and ``engine`` (the engine choice's figure of the path
+def recheck(session, choice: BatchChoice, path: Timing | None = None) -> str | None:
+    """Hold the CPU timings behind ``choice`` and ``path`` (the backend choice's figure of the path
     that ran, where ``auto`` chose it) against the run that ``session`` has just made on them.
 
     A timing taken on a busy machine (or a run on one) is not repeated as fact: when the run's own
     time per image and a timing at the same batch are more than :data:`RECHECK_RATIO` apart, every
-    timing of this CPU at this thread count is forgotten (batches and engine choices alike), so that
+    timing of this CPU at this thread count is forgotten (batches and backend choices alike), so that
     the next run times them again, all together; the note returned says so. When they agree, the
     entries are marked confirmed and not checked again. Only runs of :data:`RECHECK_CALLS` calls or
     more, each of a timing's batch, are compared with it.
 
-    One test serves both: an engine choice says the path that runs is ``ratio`` = other_ms / timed_ms
+    One test serves both: a backend choice says the path that runs is ``ratio`` = other_ms / timed_ms
     times as fast as another, and the run says other_ms / run_ms; the two ratios stand apart by
     run_ms / timed_ms, the same quotient the batch's timing is held to.
     """
@@ -309,7 +309,7 @@ def recheck(session, choice: BatchChoice, engine: Timing | None = None) -> str |
         return None
     timings = [
         timing
-        for timing in (_timing(session, choice), engine)
+        for timing in (_timing(session, choice), path)
         if timing is not None and not timing.confirmed and rows == calls * timing.batch
     ]
     if not timings:
@@ -360,5 +360,5 @@ def _same_timing(entry: dict | None, timing: Timing) -> bool:
 
 
 def _machine_prefix(session) -> str:
-    """The start of every cache key of this CPU at this thread count, whatever the engine and model."""
+    """The start of every cache key of this CPU at this thread count, whatever the backend and model."""
     return " | ".join(machine_key(session).split(" | ")[:3]) + " | "

@@ -48,7 +48,7 @@ def fit_images(images: np.ndarray, info: ModelInfo) -> np.ndarray:
     if info.source.get("transform", "pad") == "pad" and size >= max(height, width):
         top, left = (size - height) // 2, (size - width) // 2
         pixels = np.pad(pixels, ((0, 0), (top, size - height - top), (left, size - width - left)))
-    else:  # nearest-neighbour resampling: close enough for comparing two engines on the same inputs
+    else:  # nearest-neighbour resampling: close enough for comparing two paths on the same inputs
         rows, cols = (np.arange(size) * height) // size, (np.arange(size) * width) // size
         pixels = pixels[:, rows][:, :, cols]
     low, high = info.data_range

@@ -68,7 +68,7 @@ class OpenVINOSession(EpsCalls):
     float round-off) or "bf16". An int8 copy runs its quantized layers in int8 and the rest at f32.
     """
 
-    engine = "openvino"
+    backend = "openvino"
     on_cpu = True
     cuda_graph = False
     device_id = 0

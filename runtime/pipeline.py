@@ -86,7 +86,7 @@ class DDPM:
         self.decoder = Decoder(session.path, self.info, session.threads) if self.info.latent is not None else None
         self.schedule = self.info.make_schedule()
         self._cpu_batch: cpu_batch.BatchChoice | None = None
-        self.note: str | None = None  # why this engine and precision, when open_model chose them
+        self.note: str | None = None  # why this backend and precision, when open_model chose them
         # the timed figure behind that choice, for the first real run to check (cpu_batch.recheck)
         self.path_timing: cpu_batch.Timing | None = None
 
@@ -108,9 +108,9 @@ class DDPM:
         """Open an exported model; without a path, the embedded one (through :func:`open_model`).
 
         ``provider``: "auto" (CUDA when a GPU is usable, else ONNX Runtime's CPU provider), "cpu",
-        "cuda", "tensorrt", or "openvino" (OpenVINO's CPU engine). ``precision``: "fp32" runs the file
+        "cuda", "tensorrt", or "openvino" (OpenVINO's CPU backend). ``precision``: "fp32" runs the file
         as it is; "bf16" runs its float layers in bfloat16 on OpenVINO (CPUs with AMX or
-        AVX512-BF16); "int8" opens the embedded int8 copy; "auto" picks the fastest eligible engine
+        AVX512-BF16); "int8" opens the embedded int8 copy; "auto" picks the fastest eligible backend
         and precision on a CPU (:mod:`.precision`; the reason is in ``note``). ``device_id`` picks
         the GPU on a machine with several.
         """
@@ -160,8 +160,8 @@ class DDPM:
             raise SettingError("engine", f"must be one of {', '.join(ENGINES)}, got {choice!r}")
         if self.session.cuda_graph and choice == "plain":
             raise SettingError("engine", "a CUDA-graph session runs through IOBinding", needs=("engine", "iobinding"))
-        if self.session.engine != "onnxruntime" and choice == "iobinding":
-            raise SettingError("engine", "IOBinding is ONNX Runtime's; the OpenVINO engine runs plain")
+        if self.session.backend != "onnxruntime" and choice == "iobinding":
+            raise SettingError("engine", "IOBinding is ONNX Runtime's; the OpenVINO backend runs plain")
         if choice == "auto":
             return "plain" if self.session.on_cpu and not self.session.cuda_graph else "iobinding"
         return choice
@@ -296,7 +296,7 @@ def open_model(
     on_measure: Callable[[], None] | None = None,
     check: Callable[[DDPM], None] | None = None,
 ) -> DDPM:
-    """A model opened for sampling, with ``note`` saying why this engine and precision run (None:
+    """A model opened for sampling, with ``note`` saying why this backend and precision run (None:
     nothing to say); the request is checked against the rules of :mod:`.choice` first.
 
     ``model``: None (the embedded default), an embedded model's name ("pixel"), or an exported file.

@@ -1,4 +1,4 @@
-"""Which path samples on a CPU when the precision is ``auto``: an engine (ONNX Runtime or OpenVINO)
+"""Which path samples on a CPU when the precision is ``auto``: a backend (ONNX Runtime or OpenVINO)
 and an arithmetic (fp32, bf16, int8), for the file named or the embedded model with its int8 copy.
 
     # note: which path and why
@@ -8,8 +8,9 @@ No one path is fastest on every CPU: bf16 pays where the CPU has AMX, int8 where
 kernels, and ONNX Runtime and OpenVINO differ by CPU. So ``auto`` measures every eligible path at
 its own best batch, interleaved, once per machine, and remembers the choice (:mod:`cpu_batch`).
 The choice is made from one pass alone: when the remembered one cannot be used (a path is new or
-gone, an engine's version changed, the record is of the older format whose figures could be of
-different ages), every path is timed again, together; a cached figure never meets a fresh one.
+gone, a backend's version changed, the record is of an older format: figures that could be of
+different ages, or the backend stored under its former key "engine"), every path is timed again,
+together; a cached figure never meets a fresh one.
 The first real run holds the chosen path's figure to account (``timing``, see
 :func:`cpu_batch.recheck`): far from it, the choice is forgotten and the next run times all again.
 A path other than fp32 is eligible only when its ε stays within the int8 export's tolerance of
@@ -33,7 +34,7 @@ from .eps_check import TOLERANCE, eps_difference
 from .openvino_session import bf16_support, openvino_version
 from .session import EpsCalls, UNetSession, read_model_file
 
-ENGINES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+BACKENDS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 MARGIN = 1.05  # a path other than the fp32 reference must beat it by this much: less is within timing noise
 SAME_NETWORK = (
     "schedule",
@@ -50,13 +51,13 @@ SAME_NETWORK = (
 
 @dataclass(frozen=True)
 class CpuPath:
-    """An engine and the arithmetic it runs: the unit ``auto`` chooses among."""
+    """A backend and the arithmetic it runs: the unit ``auto`` chooses among."""
 
-    engine: str  # "onnxruntime" or "openvino"
+    backend: str  # "onnxruntime" or "openvino"
     precision: str  # "fp32", "bf16" (OpenVINO only) or "int8" (the int8 copy)
 
     def __str__(self) -> str:
-        return f"{ENGINES[self.engine]} {self.precision}"
+        return f"{BACKENDS[self.backend]} {self.precision}"
 
 
 def fastest_path(
@@ -81,7 +82,7 @@ def fastest_path(
     paths = candidate_paths(provider, files, notes)
     if len(paths) == 1:
         return reference, "; ".join(notes) or None, None
-    reference_path = CpuPath(reference.engine, "fp32")
+    reference_path = CpuPath(reference.backend, "fp32")
     key = choice_key(reference, paths)
     cached = read_choice(key, paths)
     if cached is not None:
@@ -96,7 +97,7 @@ def fastest_path(
 def int8_copy(reference: EpsCalls, path: Path) -> tuple[Path | None, str | None]:
     """``path``, the embedded int8 copy, when it is a copy of the running fp32 model; else why not."""
     try:
-        info = read_model_file(path).info  # the metadata alone: no engine session for a file that may not run
+        info = read_model_file(path).info  # the metadata alone: no backend session for a file that may not run
     except DDPMError as exc:
         return None, f"the int8 copy is not used: {exc}"
     fp32 = reference.info
@@ -111,13 +112,13 @@ def int8_copy(reference: EpsCalls, path: Path) -> tuple[Path | None, str | None]
 
 def candidate_paths(provider: str, files: dict[str, Path], notes: list[str]) -> list[CpuPath]:
     """The paths the provider allows for these files, in the order of preference when times tie."""
-    engines = {"cpu": ["onnxruntime"], "openvino": ["openvino"]}.get(provider, ["onnxruntime", "openvino"])
-    if "openvino" in engines and openvino_version() is None:
-        engines.remove("openvino")
+    backends = {"cpu": ["onnxruntime"], "openvino": ["openvino"]}.get(provider, ["onnxruntime", "openvino"])
+    if "openvino" in backends and openvino_version() is None:
+        backends.remove("openvino")
     paths = []
-    for engine in engines:
-        paths += [CpuPath(engine, precision) for precision in files]
-        if engine == "openvino" and "fp32" in files:
+    for backend in backends:
+        paths += [CpuPath(backend, precision) for precision in files]
+        if backend == "openvino" and "fp32" in files:
             refusal = bf16_support()
             if refusal is None:
                 paths.append(CpuPath("openvino", "bf16"))
@@ -127,9 +128,9 @@ def candidate_paths(provider: str, files: dict[str, Path], notes: list[str]) -> 
 
 
 def _open(path: CpuPath, files: dict[str, Path], threads: int | None) -> EpsCalls | None:
-    """A session on ``path``; None when it cannot be opened (the engine is gone, the file broken)."""
+    """A session on ``path``; None when it cannot be opened (the backend is gone, the file broken)."""
     file = files["int8" if path.precision == "int8" else "fp32"]
-    provider = "openvino" if path.engine == "openvino" else "cpu"
+    provider = "openvino" if path.backend == "openvino" else "cpu"
     try:
         return open_session(file, provider, bf16=path.precision == "bf16", threads=threads)
     except DDPMError:
@@ -217,20 +218,21 @@ def reason(
 
 
 def choice_key(session, paths: list[CpuPath]) -> str:
-    """The cache key of a choice: the reference session's machine key and the engines' versions."""
+    """The cache key of a choice: the reference session's machine key and the backends' versions."""
     versions = {"onnxruntime": UNetSession.version, "openvino": openvino_version()}
-    offered = ",".join(f"{path.engine}-{versions[path.engine]}-{path.precision}" for path in paths)
+    offered = ",".join(f"{path.backend}-{versions[path.backend]}-{path.precision}" for path in paths)
     return f"path | {cpu_batch.machine_key(session)} | {hashlib.sha256(offered.encode()).hexdigest()[:16]}"
 
 
 def read_choice(key: str, paths: list[CpuPath]) -> tuple[CpuPath, str, cpu_batch.Timing] | None:
     """A remembered choice among ``paths``, why, and the chosen path's figure; None when there is none,
-    it names a path not offered now, or it is not one pass's record (the older format, whose figures
-    could be of different ages, is timed again as a whole)."""
+    it names a path not offered now (as a record of the former format that stored its backend under
+    "engine" does), or it is not one pass's record (the older format, whose figures could be of
+    different ages, is timed again as a whole)."""
     entry = cpu_batch.read_cache().get(key)
     if not isinstance(entry, dict) or entry.get("one_pass") is not True:
         return None
-    path = CpuPath(str(entry.get("engine")), str(entry.get("precision")))
+    path = CpuPath(str(entry.get("backend")), str(entry.get("precision")))
     ratio, difference, when, versus, batch = (
         entry.get(name) for name in ("ratio", "eps_difference", "measured", "versus", "batch")
     )
@@ -261,7 +263,7 @@ def write_choice(
 ) -> None:
     """One record of one pass: every path's figure, the chosen path's batch, the pass's one timestamp."""
     entry = {
-        "engine": best.engine,
+        "backend": best.backend,
         "precision": best.precision,
         "versus": versus,
         "ratio": round(ratio, 4),

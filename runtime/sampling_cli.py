@@ -35,12 +35,12 @@ SAMPLER_SETTINGS = ("sampler", "steps", *option_names())  # the keywords samplin
 
 PRECISION_HELP = (
     "The arithmetic on a CPU: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' the float layers in "
-    "bfloat16 on OpenVINO (CPUs with AMX or AVX512-BF16); 'auto' the fastest eligible engine and precision, "
+    "bfloat16 on OpenVINO (CPUs with AMX or AVX512-BF16); 'auto' the fastest eligible backend and precision, "
     "measured once per machine and cached (bf16 and int8 only where their ε stays within 5% of fp32's). "
     "With --onnx: fp32 (the file as it is), auto or bf16."
 )
 PROVIDER_HELP = (
-    "Where the network runs: ONNX Runtime's 'cpu', 'cuda' or 'tensorrt' provider, or OpenVINO's CPU engine "
+    "Where the network runs: ONNX Runtime's 'cpu', 'cuda' or 'tensorrt' provider, or OpenVINO's CPU backend "
     "('openvino', the openvino extra); 'auto' uses CUDA when a GPU is usable, else the fastest CPU path."
 )
 EVAL_PRECISION_HELP = (

@@ -137,7 +137,7 @@ class ModelFile:
 
 
 def read_model_file(path: Path) -> ModelFile:
-    """Read and check a model file before any engine parses it: a regular file of a possible size,
+    """Read and check a model file before any backend parses it: a regular file of a possible size,
     a well-formed ONNX outline, metadata the runtime understands, and the graph contract."""
     problem = input_problem(path)
     if problem:
@@ -156,7 +156,7 @@ def read_model_file(path: Path) -> ModelFile:
 
 
 class EpsCalls:
-    """ε(x, t, y) for a batch on top of a session's ``run(output, feeds)``, shared by the engines."""
+    """ε(x, t, y) for a batch on top of a session's ``run(output, feeds)``, shared by the backends."""
 
     info: ModelInfo
     path: Path
@@ -175,7 +175,7 @@ class EpsCalls:
         return feeds
 
     def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """ε for a batch; a failure of the engine or an ε of another shape or type is a one-line error."""
+        """ε for a batch; a failure of the backend or an ε of another shape or type is a one-line error."""
         result = self.run(self.output_name, self.feeds(x, t, y))
         if result.shape != x.shape or result.dtype != np.float32:
             raise DDPMError(
@@ -243,7 +243,7 @@ class UNetSession(EpsCalls):
         self.run_calls = 0
         self.run_rows = 0  # images through the plain run(): the per-image time of a real run
 
-    engine = "onnxruntime"
+    backend = "onnxruntime"
     version = ort.__version__
 
     @property

@@ -161,7 +161,7 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> None:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", help=PRECISION_HELP)
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help=PROVIDER_HELP)
 @click.option(
-    "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads. [default: the engine's own choice]"
+    "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads. [default: the backend's own choice]"
 )
 @click.option(
     "--device-id", type=click.IntRange(min=0), default=0, help="Which CUDA device, on a machine with several."
@@ -178,7 +178,7 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> None:
     "--replica-cpus",
     type=FiniteFloatRange(0.1, 256),
     default=1.0,
-    help="With --ray: CPUs Ray reserves for each replica; its engine's threads unless --threads says.",
+    help="With --ray: CPUs Ray reserves for each replica; its backend's threads unless --threads says.",
 )
 @click.option(
     "--address",

@@ -176,7 +176,7 @@ def cached_timing(cache, session, per_image_ms, **extra):
     key = cpu_batch.machine_key(session)
     entries = {
         key: {"batch": 4, "per_image_ms": per_image_ms, "measured": "2026-01-01T00:00:00Z", **extra},
-        f"path | {key} | 0123456789abcdef": {"engine": "onnxruntime", "precision": "fp32"},
+        f"path | {key} | 0123456789abcdef": {"backend": "onnxruntime", "precision": "fp32"},
         "Another CPU | 64 | threads=default | onnxruntime 1.0 | fp32 | 0": {
             "batch": 8,
             "per_image_ms": {"8": 1.0},

@@ -244,7 +244,7 @@ def test_the_student_exports_with_its_teacher_and_timesteps(student, teacher):
 
 
 def test_ddpm_run_samples_a_student_in_two_calls_by_default(invoke, student, tmp_path):
-    # the engine, precision and batch are pinned: auto picks per CPU, and each choice rounds differently
+    # the backend, precision and batch are pinned: auto picks per CPU, and each choice rounds differently
     result = invoke(
         run_main,
         "--onnx",

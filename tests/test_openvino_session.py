@@ -1,4 +1,4 @@
-"""The OpenVINO engine (runtime/openvino_session.py): the same ε as ONNX Runtime at f32, bf16 within the int8
+"""The OpenVINO backend (runtime/openvino_session.py): the same ε as ONNX Runtime at f32, bf16 within the int8
 tolerance, the session interface the pipeline and the serving engine use, and one-line refusals."""
 
 import builtins

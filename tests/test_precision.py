@@ -1,6 +1,6 @@
-"""Which path samples on a CPU (runtime/precision.py): the fastest eligible engine and precision, each at its
+"""Which path samples on a CPU (runtime/precision.py): the fastest eligible backend and precision, each at its
 best batch; bf16 and int8 only where their ε holds and the int8 copy is a copy of the same network; the
-choice cached with the engines' versions; the same choice through ddpm-run and the Python API."""
+choice cached with the backends' versions; the same choice through ddpm-run and the Python API."""
 
 import json
 import time
@@ -37,14 +37,14 @@ def opened(model=None, precision="auto", provider="auto"):
 
 
 def fake_times(monkeypatch, times: dict[tuple[str, str], float], calls: list | None = None):
-    """cpu_batch.time_together answering ``times`` (ms per image) by (engine, precision)."""
+    """cpu_batch.time_together answering ``times`` (ms per image) by (backend, precision)."""
 
     def time_together(sessions, on_measure=None, note=""):
         if calls is not None:
-            calls.append([(s.engine, s.precision) for s in sessions])
+            calls.append([(s.backend, s.precision) for s in sessions])
         stamp = cpu_batch.timestamp()
         return [
-            cpu_batch.BatchChoice(8, {8: times[(s.engine, s.precision)]}, cached=False, measured=stamp)
+            cpu_batch.BatchChoice(8, {8: times[(s.backend, s.precision)]}, cached=False, measured=stamp)
             for s in sessions
         ]
 
@@ -90,7 +90,7 @@ FIVE_PATHS = {
 @pytest.mark.parametrize(
     "fastest", [("openvino", "int8"), ("openvino", "fp32")] + ([("openvino", "bf16")] if NATIVE_BF16 else [])
 )
-def test_auto_picks_the_fastest_path_across_engines(invoke, embedded_pair, tmp_path, monkeypatch, fastest):
+def test_auto_picks_the_fastest_path_across_backends(invoke, embedded_pair, tmp_path, monkeypatch, fastest):
     times = {**FIVE_PATHS, fastest: 1.5}
     calls = []
     fake_times(monkeypatch, times, calls)
@@ -107,22 +107,22 @@ def test_the_choice_is_cached_and_said_to_be(embedded_pair, monkeypatch):
     calls = []
     fake_times(monkeypatch, times, calls)
     first, note = opened()
-    assert (first.session.engine, first.session.precision) == ("openvino", "int8") and "measured now" in note
+    assert (first.session.backend, first.session.precision) == ("openvino", "int8") and "measured now" in note
     again, note = opened()
     assert len(calls) == 1, "measured although cached"
-    assert (again.session.engine, again.session.precision) == ("openvino", "int8")
+    assert (again.session.backend, again.session.precision) == ("openvino", "int8")
     assert "cached on 20" in note and "1.50x" not in note and "2.00x the speed of ONNX Runtime fp32" in note
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
-def test_a_cached_engine_that_is_gone_means_measuring_again(embedded_pair, monkeypatch):
+def test_a_cached_backend_that_is_gone_means_measuring_again(embedded_pair, monkeypatch):
     times = {**FIVE_PATHS, ("openvino", "int8"): 1.5}
     calls = []
     fake_times(monkeypatch, times, calls)
     opened()
     monkeypatch.setattr(embedded_pair, "openvino_version", lambda: None)  # uninstalled since
     ddpm, note = opened()
-    assert len(calls) == 2 and ddpm.session.engine == "onnxruntime" and "measured now" in note
+    assert len(calls) == 2 and ddpm.session.backend == "onnxruntime" and "measured now" in note
 
 
 def test_a_cached_choice_of_a_path_not_offered_is_not_believed(embedded_pair, monkeypatch):
@@ -132,7 +132,7 @@ def test_a_cached_choice_of_a_path_not_offered_is_not_believed(embedded_pair, mo
     cache = cpu_batch.cache_file()
     stored = json.loads(cache.read_text())
     key = next(key for key in stored if key.startswith("path | "))
-    stored[key].update(engine="tensorflow", precision="fp4")
+    stored[key].update(backend="tensorflow", precision="fp4")
     cache.write_text(json.dumps(stored))
     ddpm, note = opened(provider="cpu")
     assert len(calls) == 2 and ddpm.session.precision == "int8" and "measured now" in note
@@ -197,7 +197,7 @@ def test_the_python_api_makes_the_same_choice(embedded_pair, monkeypatch):
     [
         ("unet.onnx", "int8", "auto", "a named file has its own"),
         (None, "fp16", "auto", "unknown precision 'fp16'"),
-        (None, "bf16", "cpu", "bf16 runs on the OpenVINO engine"),
+        (None, "bf16", "cpu", "bf16 runs on the OpenVINO backend"),
     ],
 )
 def test_the_python_api_refuses_a_precision_it_cannot_honour(
@@ -210,7 +210,7 @@ def test_the_python_api_refuses_a_precision_it_cannot_honour(
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (("--precision", "bf16", "--provider", "cpu"), "bf16 runs on the OpenVINO engine"),
+        (("--precision", "bf16", "--provider", "cpu"), "bf16 runs on the OpenVINO backend"),
         (("--precision", "int8", "--onnx", "ONNX"), "--precision int8 picks a copy of the embedded model"),
         (("--engine", "cudagraph", "--provider", "openvino"), "cudagraph needs --provider cuda"),
     ],
@@ -253,12 +253,12 @@ def test_a_gain_within_timing_noise_keeps_fp32(embedded_pair, monkeypatch):
 
 
 def fake_pass(monkeypatch, times: dict[tuple[str, str], float], calls: list, clock: dict):
-    """cpu_batch.measure_together answering ``times`` (ms per image at batch 4) by (engine, precision),
+    """cpu_batch.measure_together answering ``times`` (ms per image at batch 4) by (backend, precision),
     each pass's sessions appended to ``calls``; cpu_batch's clock reads ``clock["now"]``."""
 
     def measure_together(sessions, *args, **kwargs):
-        calls.append({(s.engine, s.precision) for s in sessions})
-        return [{4: times[(s.engine, s.precision)]} for s in sessions]
+        calls.append({(s.backend, s.precision) for s in sessions})
+        return [{4: times[(s.backend, s.precision)]} for s in sessions]
 
     monkeypatch.setattr(cpu_batch, "measure_together", measure_together)
     monkeypatch.setattr(cpu_batch, "timestamp", lambda: clock["now"])
@@ -271,7 +271,7 @@ def path_record(paths: set[str]) -> dict:
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
-def test_a_new_engine_retimes_every_path_in_one_pass(embedded_pair, monkeypatch):
+def test_a_new_backend_retimes_every_path_in_one_pass(embedded_pair, monkeypatch):
     """The reported case: ONNX Runtime timed while the cores were shared, OpenVINO installed later."""
     calls, clock = [], {"now": "2026-01-01T21:40:00Z"}
     busy = {("onnxruntime", "fp32"): 32.0, ("onnxruntime", "int8"): 40.0}
@@ -292,7 +292,7 @@ def test_a_new_engine_retimes_every_path_in_one_pass(embedded_pair, monkeypatch)
     ddpm, note = opened()
     offered = {path for path in quiet if path[1] != "bf16" or NATIVE_BF16}
     assert calls == [set(busy), offered]  # the cached ONNX Runtime figures were timed again with the new ones
-    assert (ddpm.session.engine, ddpm.session.precision) == ("onnxruntime", "fp32") and "measured now" in note
+    assert (ddpm.session.backend, ddpm.session.precision) == ("onnxruntime", "fp32") and "measured now" in note
     record = path_record({str(embedded_pair.CpuPath(*path)) for path in offered})
     assert record["measured"] == "2026-01-01T22:36:00Z" and record["one_pass"] is True
     assert record["per_image_ms"]["ONNX Runtime fp32"] == 9.6
@@ -317,6 +317,25 @@ def test_a_record_of_the_older_format_is_timed_again_as_a_whole(embedded_pair, m
     assert path_record({"ONNX Runtime fp32", "ONNX Runtime int8"})["measured"] == "2026-01-01T22:36:00Z"
 
 
+def test_a_record_naming_its_backend_under_the_former_key_is_timed_again(embedded_pair, monkeypatch):
+    """A cache written before the rename stored the backend as "engine": re-timed, never trusted or a crash."""
+    calls, clock = [], {"now": "2026-01-01T21:40:00Z"}
+    times = {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 2.0}
+    fake_pass(monkeypatch, times, calls, clock)
+    opened(provider="cpu")
+    cache = cpu_batch.cache_file()
+    stored = json.loads(cache.read_text())
+    key = next(key for key in stored if key.startswith("path | "))
+    stored[key]["engine"] = stored[key].pop("backend")  # otherwise a well-formed one-pass record
+    cache.write_text(json.dumps(stored))
+    clock["now"] = "2026-01-01T22:36:00Z"
+    ddpm, note = opened(provider="cpu")
+    assert calls == [set(times), set(times)] and "measured now" in note and ddpm.session.precision == "int8"
+    record = path_record({"ONNX Runtime fp32", "ONNX Runtime int8"})
+    assert record["backend"] == "onnxruntime" and "engine" not in record
+    assert record["measured"] == "2026-01-01T22:36:00Z"
+
+
 def confirm_batch_entry(session):
     """Mark ``session``'s batch timing confirmed, as an earlier run at that precision would have."""
     cache = cpu_batch.cache_file()
@@ -325,14 +344,14 @@ def confirm_batch_entry(session):
     cache.write_text(json.dumps(stored))
 
 
-def test_the_first_real_run_retimes_an_engine_choice_it_contradicts(invoke, embedded_pair, tmp_path, monkeypatch):
+def test_the_first_real_run_retimes_a_backend_choice_it_contradicts(invoke, embedded_pair, tmp_path, monkeypatch):
     calls, clock = [], {"now": "2026-01-01T21:40:00Z"}
     fake_pass(
         monkeypatch, {("onnxruntime", "fp32"): 3.0, ("onnxruntime", "int8"): 1e-3}, calls, clock
     )  # int8: far too fast
     ddpm, _ = opened(provider="cpu")
     assert ddpm.session.precision == "int8"
-    confirm_batch_entry(ddpm.session)  # the batch's own check is done: only the engine choice's can see this
+    confirm_batch_entry(ddpm.session)  # the batch's own check is done: only the backend choice's can see this
     result = invoke(
         run_main,
         "--precision",
@@ -358,7 +377,7 @@ def test_the_first_real_run_retimes_an_engine_choice_it_contradicts(invoke, embe
     assert calls[1] == {("onnxruntime", "fp32"), ("onnxruntime", "int8")}  # every path again, together
 
 
-def test_a_first_real_run_that_agrees_confirms_the_engine_choice_once(embedded_pair, monkeypatch):
+def test_a_first_real_run_that_agrees_confirms_the_backend_choice_once(embedded_pair, monkeypatch):
     from tests_support import fake_run
 
     calls, clock = [], {"now": "2026-01-01T21:40:00Z"}

@@ -74,7 +74,7 @@ def test_samples_match_the_library(client, ddpm, request_body, plan):
     assert settings.get("labels") == (None if expected.settings.labels is None else list(expected.settings.labels))
 
 
-def test_the_openvino_engine_serves_the_same_digits(ddpm):
+def test_the_openvino_backend_serves_the_same_digits(ddpm):
     pytest.importorskip("openvino")
     served = DDPM.load(provider="openvino", threads=1)
     with TestClient(create_app(served, Settings(max_rows=4))) as client:
