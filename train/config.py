@@ -456,11 +456,12 @@ class DistillConfig:
         return asdict(self)
 
 
-# A student's recipe: short, at the lr of fine-tuning, from the teacher's weights.
+# A student's recipe: short, at the lr of fine-tuning, from the teacher's weights; 12 epochs over the
+# solves (under half an hour on one CPU thread), where the 2-call FD reaches the teacher's loop's 1.15x
 DISTILL_TRAINING: dict[str, Any] = {
     "batch_size": 128,
     "lr": 2e-4,
-    "epochs": 6,
+    "epochs": 12,
     "lr_schedule": "cosine",
     "lr_warmup_steps": 100,
     "ema_decay": 0.999,
