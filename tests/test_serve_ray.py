@@ -41,6 +41,9 @@ def cluster(tmp_path_factory):
             "1",
             "--threads",
             "1",
+            # fp32 by name: auto would time every CPU path in each replica first, a minute of start-up here
+            "--precision",
+            "fp32",
             "--max-rows",
             "8",
             "--port",
