@@ -207,8 +207,9 @@ def sampler_markdown(rows: list[dict]) -> list[str]:
         "",
         "## Samplers: time to a finished digit",
         "",
-        "One run of a whole batch per sampler at its recommended step count, each model at its fastest batch "
-        "(quality per step count: docs/RESULTS.md); a latent model's time includes its decoder.",
+        "A whole batch per sampler at its recommended step count (the median of 5 runs where one takes under "
+        "2 s), each model at its fastest batch (quality per step count: docs/RESULTS.md); a latent model's time "
+        "includes its decoder.",
         "",
         "| model | provider | sampler | network calls | batch | ms per sample | decoder share | x seed |",
         "|---|---|---|---:|---:|---:|---:|---:|",

@@ -80,6 +80,7 @@ def test_quick_end_to_end(invoke, tiny_export, tmp_path):
     ort = [r for r in rows if r["implementation"] == "ort"]  # batch 1's row too: on a busy CPU it can be the fastest
     fastest = min(ort, key=lambda r: r["step_s_median"] / r["batch"])["batch"]
     for row in samplers:  # each model at its fastest batch
+        assert row["runs"] == 5  # the tiny model's runs are short: each row is the median of five
         assert row["per_sample_s"] == pytest.approx(row["seconds"] / row["batch"]) and row["batch"] == fastest
         assert row["decoder_share"] == 0.0  # a pixel model decodes nothing
     markdown = (tmp_path / "bench-t.md").read_text()
