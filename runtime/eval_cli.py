@@ -135,8 +135,15 @@ def eval_command(
     if npz is not None:
         images, settings, source = read_samples(npz, half)
     else:
-        ddpm = open_model(model, provider, precision, threads, device_id)
-        check_distinct_paths({"--json": json_path}, ddpm.decoder_files())
+        # --json against the decoder too, before auto's CPU timing
+        ddpm = open_model(
+            model,
+            provider,
+            precision,
+            threads,
+            device_id,
+            check=lambda opened: check_distinct_paths({"--json": json_path}, opened.decoder_files()),
+        )
         request = sampling_request(ddpm, num_samples, digit, **sampling)
         images, settings, source = draw_samples(ddpm, request, seed, batch_size, quiet)
     chosen = settings.get("transform", "pad") if transform == "auto" else transform
