@@ -4,11 +4,18 @@ sampler finishes with into images (one call per batch of finished samples, and p
 The U-Net's metadata names the decoder by file name (beside the U-Net) and SHA-256; a decoder that is
 missing, another file, another autoencoder's, a U-Net, or one whose images are not finite is refused in
 one line before anything is sampled.
+
+The decoder runs on the backend its U-Net runs on, in the same float arithmetic (:func:`decoder_backend`): beside
+an OpenVINO U-Net on OpenVINO, in bf16 beside a bf16 one, else on ONNX Runtime's CPU provider in fp32.
+So a CPU that ``auto`` measured faster on OpenVINO or in bf16 runs both graphs that way. A bf16
+decoder is used only while its images stay within :data:`BF16_TOLERANCE` of fp32's on the check
+latents; past it the decoder runs in fp32 and says why in ``note``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +25,20 @@ from ..core.errors import DDPMError, summary
 from ..core.files import input_problem
 from ..core.metadata import DecoderInfo, ModelInfo
 from .onnx_check import read_outline
-from .session import CPU_PROVIDER, MAX_MODEL_BYTES, session_options
+from .openvino_session import OPENVINO_PROVIDER, openvino_module
+from .session import CPU_PROVIDER, MAX_MODEL_BYTES, EpsCalls, session_options
+
+BF16_TOLERANCE = 4.0 / 127.5  # largest |bf16 − fp32| pixel allowed, in the [-1, 1] data range: 4 grey levels
+CHECK_LATENTS = 16  # standard-normal latents, seed 0, on which a bf16 decoder is compared with fp32
+
+
+def decoder_backend(session: EpsCalls) -> tuple[str, str]:
+    """The (backend, precision) a latent U-Net's decoder runs on beside ``session``: OpenVINO beside
+    OpenVINO, at bf16 beside bf16 and fp32 beside anything else (there is no int8 decoder); ONNX Runtime
+    fp32 on the CPU beside every ONNX Runtime session, a GPU one included."""
+    if session.backend == "openvino":
+        return "openvino", "bf16" if session.precision == "bf16" else "fp32"
+    return "onnxruntime", "fp32"
 
 
 def decoder_path(model_path: Path, info: ModelInfo) -> Path:
@@ -63,26 +83,61 @@ def read_decoder_file(path: Path, unet: ModelInfo, unet_path: Path) -> tuple[byt
 
 class Decoder:
     """Scaled latents [B, L, h, w] → float32 images [B, C, H, W] in the model's data range, on the CPU
-    through ONNX Runtime (the decoder runs once per sample, the U-Net once per step)."""
+    (the decoder runs once per sample, the U-Net once per step).
 
-    def __init__(self, unet_path: Path, unet: ModelInfo, threads: int | None = None, max_rows: int = 256) -> None:
-        import onnxruntime as ort
+    ``backend`` "onnxruntime" or "openvino" and ``precision`` "fp32" or "bf16" (OpenVINO only), as
+    :func:`decoder_backend` gives them; ``provider`` says what runs, ``note`` why bf16 was declined (else None).
+    """
 
+    def __init__(
+        self,
+        unet_path: Path,
+        unet: ModelInfo,
+        threads: int | None = None,
+        max_rows: int = 256,
+        *,
+        backend: str = "onnxruntime",
+        precision: str = "fp32",
+    ) -> None:
         self.path = decoder_path(unet_path, unet)
         data, self.info = read_decoder_file(self.path, unet, unet_path)
         self.max_rows = max_rows
-        try:
-            self.session = ort.InferenceSession(data, session_options(threads), providers=[CPU_PROVIDER])
-        except Exception as exc:  # ONNX Runtime's own exception types
-            raise DDPMError(f"decoder {self.path} cannot be loaded: {summary(exc)}") from None
+        self.note: str | None = None
         self.run_seconds = 0.0
         self.run_calls = 0
+        self._open(data, backend, precision, threads)
         self._check_finite()
+        if self.precision == "bf16":
+            self._check_bf16(data, threads)
+
+    def _open(self, data: bytes, backend: str, precision: str, threads: int | None) -> None:
+        if backend == "openvino":
+            self._run = _OpenVINORunner(data, self.path, precision, threads)
+            self.provider = f"{OPENVINO_PROVIDER} {precision}"
+        else:
+            self._run = _OnnxRuntimeRunner(data, self.path, threads)
+            self.provider = CPU_PROVIDER
+        self.session = self._run.session  # the backend's own session (ONNX Runtime) or compiled model (OpenVINO)
+        self.backend, self.precision = backend, precision
 
     def _check_finite(self) -> None:
         """A decoder with broken weights (NaN, infinite) draws no digit: refuse it before sampling."""
         info = self.info
         self.decode(np.zeros((1, info.latent_channels, info.latent_size, info.latent_size), np.float32))
+
+    def _check_bf16(self, data: bytes, threads: int | None) -> None:
+        """bf16 images against fp32's on the check latents; too far apart, the decoder runs in fp32."""
+        info = self.info
+        shape = (CHECK_LATENTS, info.latent_channels, info.latent_size, info.latent_size)
+        z = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        exact = _OpenVINORunner(data, self.path, "fp32", threads)(z)
+        difference = float(np.abs(self._run(z) - exact).max())
+        if not difference <= BF16_TOLERANCE:
+            self.note = (
+                f"the decoder runs in fp32: in bf16 its images differ from fp32's by up to {difference:.3f} "
+                f"(tolerance {BF16_TOLERANCE:.3f})"
+            )
+            self._open(data, "openvino", "fp32", threads)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Images for a batch of latents, in calls of at most ``max_rows`` rows; each answer is checked
@@ -91,10 +146,7 @@ class Decoder:
         for start in range(0, len(z), self.max_rows):
             rows = np.ascontiguousarray(z[start : start + self.max_rows], np.float32)
             began = time.perf_counter()
-            try:
-                image = self.session.run(["image"], {"z": rows})[0]
-            except Exception as exc:
-                raise DDPMError(f"decoder {self.path} failed: {summary(exc)}") from None
+            image = self._run(rows)
             self.run_seconds += time.perf_counter() - began
             self.run_calls += 1
             parts.append(self._checked(image, len(rows)))
@@ -110,3 +162,50 @@ class Decoder:
         if not np.isfinite(image).all():
             raise DDPMError(f"decoder {self.path} produces NaN or infinite images; its weights are broken")
         return image
+
+
+class _OnnxRuntimeRunner:
+    """z → images through an ONNX Runtime CPU session (``session``); its failures are one line."""
+
+    def __init__(self, data: bytes, path: Path, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        self.path = path
+        try:
+            self.session = ort.InferenceSession(data, session_options(threads), providers=[CPU_PROVIDER])
+        except Exception as exc:  # ONNX Runtime's own exception types
+            raise DDPMError(f"decoder {path} cannot be loaded: {summary(exc)}") from None
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run(["image"], {"z": z})[0]
+        except Exception as exc:
+            raise DDPMError(f"decoder {self.path} failed: {summary(exc)}") from None
+
+
+class _OpenVINORunner:
+    """z → images through an OpenVINO CPU compiled model (``session``) at ``precision`` ("fp32" or "bf16")."""
+
+    def __init__(self, data: bytes, path: Path, precision: str, threads: int | None) -> None:
+        ov = openvino_module()
+        core = ov.Core()
+        hint = "bf16" if precision == "bf16" else "f32"
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.session = core.compile_model(core.read_model(data), "CPU", config)
+        except Exception as exc:  # OpenVINO's front ends raise their own types
+            raise DDPMError(f"decoder {path} cannot be loaded by OpenVINO: {summary(exc)}") from None
+        self.path = path
+        self.request = self.session.create_infer_request()
+        self.output = self.session.output("image")
+        self.lock = threading.Lock()  # one request, reused: two engines sharing the decoder take turns
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        with self.lock:
+            try:
+                result = self.request.infer({"z": z})[self.output]
+            except Exception as exc:
+                raise DDPMError(f"decoder {self.path} failed: {summary(exc)}") from None
+            return np.array(result, dtype=np.float32, copy=True)  # the request reuses its output buffer

@@ -38,7 +38,8 @@ from ..core.record import RunSettings
 from ..core.variant import Variant
 from . import cpu_batch
 from .choice import DEFAULT_EMBEDDED, EMBEDDED, choose_model, open_session
-from .decoder import Decoder
+from .decoder import Decoder, decoder_backend
+from .decoder_choice import fastest_decoder
 from .engine import Job, SampleRun, SamplingEngine, class_prior_labels, frame_positions
 from .installed import models_dir
 from .precision import fastest_path
@@ -83,7 +84,11 @@ class DDPM:
     def __init__(self, session: UNetSession) -> None:
         self.session = session
         self.info: ModelInfo = session.info
-        self.decoder = Decoder(session.path, self.info, session.threads) if self.info.latent is not None else None
+        if self.info.latent is None:
+            self.decoder = None
+        else:
+            backend, precision = decoder_backend(session)
+            self.decoder = Decoder(session.path, self.info, session.threads, backend=backend, precision=precision)
         self.schedule = self.info.make_schedule()
         self._cpu_batch: cpu_batch.BatchChoice | None = None
         self.note: str | None = None  # why this backend and precision, when open_model chose them
@@ -308,7 +313,8 @@ def open_model(
     file = choice.path or embedded_model_path(choice.embedded, "int8" if precision == "int8" else "fp32")
     session = open_session(file, choice.session_provider, precision == "bf16", threads, device_id, cuda_graph)
     ddpm = DDPM(session)
-    ddpm.note = f"{precision}, as asked" if precision in ("int8", "bf16") else None
+    asked = f"{precision}, as asked" if precision in ("int8", "bf16") else None
+    ddpm.note = _joined(asked, ddpm.decoder.note if ddpm.decoder is not None else None)
     if check is not None:
         check(ddpm)
     if precision != "auto" or not session.on_cpu or session.fixed_batch is not None:
@@ -317,7 +323,14 @@ def open_model(
     chosen, note, timing = fastest_path(session, int8_file, provider, threads, on_measure)
     ddpm = ddpm if chosen is session else DDPM(chosen)
     ddpm.note, ddpm.path_timing = note, timing
+    if ddpm.decoder is not None:
+        ddpm.decoder, decoder_note = fastest_decoder(ddpm.session, ddpm.info, provider, threads, on_measure)
+        ddpm.note = _joined(ddpm.note, decoder_note, ddpm.decoder.note)
     return ddpm
+
+
+def _joined(*notes: str | None) -> str | None:
+    return "; ".join(note for note in notes if note) or None
 
 
 def _int8_copy_file(name: str) -> Path | None:
