@@ -159,6 +159,16 @@ def student_note(info) -> str:
     )
 
 
+def quality_section(reports: list[tuple[str, dict]]) -> str:
+    """The card's table of ddpm-eval reports beside their floor ("" without reports)."""
+    if not reports:
+        return ""
+    return (
+        "\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
+        + metrics_table(reports)
+    )
+
+
 def epoch_data(info) -> str:
     """What one training epoch of the model passed over, for its card."""
     if info.student is None:
@@ -195,12 +205,7 @@ def card(
     source, config, schedule = info.source, info.model_config, info.schedule
     role, grid = role_and_grids(info.num_classes, files, schedule["timesteps"], grid_steps, info.student is not None)
     name = "" if files["onnx"] == DEFAULT_MODEL else f" --name {files['name']}"
-    quality = ""
-    if reports:
-        quality = (
-            "\nQuality (`ddpm-eval`; the floor is as many real MNIST test digits, scored the same way):\n\n"
-            + metrics_table(reports)
-        )
+    quality = quality_section(reports)
     title = "Embedded default model" if files["onnx"] == DEFAULT_MODEL else f"Embedded model '{files['name']}'"
     preset, transform, side = source.get("preset") or "small", source.get("transform") or "pad", info.output_size
     notes = f"{latent_note(info)}{student_note(info)}{training_note(summary, planned_steps, epoch_data(info))}"

@@ -91,22 +91,11 @@ def quantize(
 ) -> onnx.ModelProto:
     """The int8 QDQ copy of ``model`` (an fp32 ε graph), metadata saying so; ``keep``: the nodes left
     in float [default: :func:`float_nodes`]."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if info.graph != "eps" or info.precision != "fp32" or info.fixed_batch is not None:
         raise DDPMError("int8 copies are made of the plain fp32 ε graph with a dynamic batch")
-
-    class Feeds(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.pending = iter(calibration)
-
-        def get_next(self):
-            return next(self.pending, None)
-
-    named = onnx.ModelProto()
-    named.CopyFrom(model)
-    for index, node in enumerate(named.graph.node):  # the quantizer addresses nodes by name
-        node.name = node.name or f"node_{index}"
+    named = with_node_names(model)
     quantizer_log = logging.getLogger()  # the quantizer advises through the root logger, once per call
     level = quantizer_log.level
     quantizer_log.setLevel(logging.ERROR)
@@ -120,7 +109,7 @@ def quantize(
             quantize_static(
                 source,
                 target,
-                Feeds(),
+                calibration_reader(calibration),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=True,
@@ -142,6 +131,29 @@ def quantize(
         quantized.metadata_props.add(key=key, value=value)
     quantized.producer_name = model.producer_name
     return quantized
+
+
+def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose nodes all have names (the quantizer addresses nodes by name)."""
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    for index, node in enumerate(named.graph.node):
+        node.name = node.name or f"node_{index}"
+    return named
+
+
+def calibration_reader(calibration: list[dict]):
+    """The calibration feeds as the quantizer reads them: one feed at a time, then None."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.pending = iter(calibration)
+
+        def get_next(self):
+            return next(self.pending, None)
+
+    return Feeds()
 
 
 def relative_error(fp32: bytes, int8: bytes, feeds: list[dict]) -> float:
