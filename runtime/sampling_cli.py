@@ -2,85 +2,28 @@
 
 ``--sampler``'s choices and every sampler setting's flag and help are drawn from the sampler specs
 (``ddpm.core.samplers``); the values pass through unchecked and become one :class:`SamplingPlan`,
-whose errors come back as errors about the flags.
+whose errors come back as errors about the flags. The flags that choose the model and where it runs are
+in model_flags.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import click
 
 from ..core.console import FiniteFloatRange
-from ..core.plan import (
-    DEFAULT_GUIDANCE,
-    DEFAULT_SAMPLER,
-    DIGIT_SAMPLER,
-    MAX_GUIDANCE,
-    STUDENT_SAMPLER,
-    SamplingPlan,
-    SettingError,
-)
+from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, SamplingPlan, SettingError
 from ..core.samplers import SPECS, Option, accepting, choices, option_names
-from .choice import DEFAULT_EMBEDDED, DESCRIPTIONS, EMBEDDED, EMBEDDED_STUDENT, ChoiceError, choose_model
 from .pipeline import DDPM
 
 DEFAULT_COUNT = 16
 MAX_DIGIT_LIST = 1000  # a --digit list longer than this is a mistake (lists are cycled over the samples)
 FLAGS = {"digits": "--digit", "n": "--num-samples", "batch_size": "--batch-size"}
 SAMPLER_SETTINGS = ("sampler", "steps", *option_names())  # the keywords sampling_options adds
-
-PRECISION_HELP = (
-    "The arithmetic on a CPU: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' the float layers in "
-    "bfloat16 on OpenVINO (CPUs with AMX or AVX512-BF16); 'auto' the fastest eligible backend and precision, "
-    "measured once per machine and cached (bf16 and int8 only where their ε stays within 5% of fp32's). "
-    "With --onnx: fp32 (the file as it is), auto or bf16."
-)
-PROVIDER_HELP = (
-    "Where the network runs: ONNX Runtime's 'cpu', 'cuda' or 'tensorrt' provider, or OpenVINO's CPU backend "
-    "('openvino', the openvino extra); 'auto' uses CUDA when a GPU is usable, else the fastest CPU path."
-)
-EVAL_PRECISION_HELP = (
-    "When sampling: 'fp32'; 'int8' the embedded model's int8 copy; 'bf16' on OpenVINO; 'auto' the fastest "
-    "eligible CPU path, as ddpm-run picks it."
-)
-
-
-MODEL_HELP = (
-    "A model shipped with the package, by name: "
-    + "; ".join(f"'{name}': {DESCRIPTIONS[name]}" for name in EMBEDDED)
-    + f". --onnx names any exported file instead. [default: {DEFAULT_EMBEDDED}; {EMBEDDED_STUDENT} with --sampler "
-    f"{STUDENT_SAMPLER}]"
-)
-
-
-def model_option(function: Callable) -> Callable:
-    """``--model NAME``: an embedded model (the commands that take --onnx also take this)."""
-    return click.option("--model", "model_name", type=click.Choice(tuple(EMBEDDED)), default=None, help=MODEL_HELP)(
-        function
-    )
-
-
-def chosen_model(onnx_path: Path | None, model_name: str | None, sampler: str | None = None) -> Path | str | None:
-    """What --onnx and --model name together: a file, an embedded model's name, or None (the default);
-    with neither, ``--sampler consistency`` names the embedded few-step student."""
-    if onnx_path is not None and model_name is not None:
-        raise click.UsageError("--onnx and --model both name the model; give one of them")
-    if onnx_path is None and model_name is None and sampler == STUDENT_SAMPLER:
-        return EMBEDDED_STUDENT
-    return onnx_path if onnx_path is not None else model_name
-
-
-def check_model_flags(model: Path | str | None, provider: str, precision: str, cuda_graph: bool = False) -> None:
-    """--onnx or --model, --provider and --precision (and --engine cudagraph) against the rules of
-    :mod:`.choice`, before anything is opened: a refusal is a usage error (exit 2), said in the flags."""
-    try:
-        choose_model(model, provider, precision, cuda_graph)
-    except ChoiceError as exc:
-        raise click.UsageError(exc.flags) from None
+Args = TypeVar("Args")
 
 
 def flag(setting: str) -> str:
@@ -148,6 +91,14 @@ def sampling_options(function: Callable) -> Callable:
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def split_sampling(cls: type[Args], options: dict[str, Any]) -> Args:
+    """A command's arguments, ``cls`` (a dataclass with a ``sampling`` field), from click's keywords: each
+    field by its name, and the rest, the sampler flags of :func:`sampling_options`, in ``sampling``."""
+    named = {field.name for field in fields(cls)} - {"sampling"}
+    sampling = {name: value for name, value in options.items() if name not in named}
+    return cls(**{name: value for name, value in options.items() if name in named}, sampling=sampling)
 
 
 @dataclass

@@ -365,9 +365,9 @@ def test_video_and_show_bad_input(invoke, tiny_export, tmp_path, args, fragment)
 
 
 def test_video_without_ffmpeg_names_the_extra(invoke, tiny_export, tmp_path, monkeypatch):
-    from ddpm.runtime import cli
+    from ddpm.runtime import run_outputs
 
-    monkeypatch.setattr(cli, "video_available", lambda: False)
+    monkeypatch.setattr(run_outputs, "video_available", lambda: False)
     result = invoke(run_main, "--onnx", tiny_export / "unet.onnx", "--video", tmp_path / "d.mp4")
     assert_one_line_error(result, 'pip install "ddpm-mnist[video]"')
     assert list(tmp_path.iterdir()) == []
