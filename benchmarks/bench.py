@@ -41,13 +41,13 @@ from ..runtime.session import gpu_present
 from .loop import sampler_batch, time_full_loop, time_samplers
 from .machine import describe_machine, measure_limits, try_import_torch, usable_cpus
 from .models import BenchModel, prepare_models
-from .report import fill_rates, latent_lines, student_lines, target_lines, write_results
+from .report import fill_rates, latent64_lines, latent_lines, student_lines, target_lines, write_results
 from .steps import IMPLEMENTATIONS, SETTLE_SECONDS, Row, time_model
 
 PROVIDERS = tuple(
     alias for alias in SESSION_PROVIDERS if alias != "tensorrt"
 )  # TensorRT is an implementation on "cuda"
-MODELS = ("small", "latent", "student", "labml")
+MODELS = ("small", "latent", "latent64", "student", "labml")
 RESULTS_DIR = Path("bench-results")  # in the current directory: never inside the installed package
 QUICK_WARMUP, QUICK_REPEATS = 2, 10
 
@@ -131,9 +131,9 @@ def run_benchmark(
     type=CommaList(MODELS),
     default=None,
     help="Which networks to time: 'small' the pixel model, 'latent' the latent one (U-Net on 8x8 latents, its "
-    "decoder in the sampler rows), 'student' the latent model's few-step student (its sampler rows: 1 to 4 "
-    "consistency calls), 'labml' the seed's. [default: small,latent,student,labml; small,latent,student "
-    "with --quick]",
+    "decoder in the sampler rows), 'latent64' the latent model of 64x64 digits (the same 8x8 latents, a larger "
+    "decoder), 'student' the latent model's few-step student (its sampler rows: 1 to 4 consistency calls), "
+    "'labml' the seed's. [default: small,latent,latent64,student,labml; small,latent,latent64,student with --quick]",
 )
 @click.option(
     "--implementations",
@@ -178,6 +178,13 @@ def run_benchmark(
     type=click.Path(path_type=Path),
     default=None,
     help="A latent model for the 'latent' rows (its decoder beside it). [default: the embedded latent model]",
+)
+@click.option(
+    "--latent64-onnx",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A latent model of 64x64 digits for the 'latent64' rows (its decoder beside it). "
+    "[default: the embedded latent64 model]",
 )
 @click.option(
     "--student-onnx",
@@ -227,6 +234,7 @@ def bench_command(
     small_onnx,
     latent_onnx,
     student_onnx,
+    latent64_onnx,
     labml_onnx,
     quick,
     out_dir,
@@ -249,7 +257,7 @@ def bench_command(
     if "cuda" in providers and not gpu_present():
         raise DDPMError("--providers cuda: no NVIDIA GPU driver found on this machine")
     if models is None:
-        models = ["small", "latent", "student"] if quick else list(MODELS)
+        models = [name for name in MODELS if name != "labml"] if quick else list(MODELS)
     if labml_onnx is not None and "labml" not in models:
         raise click.UsageError("--labml-onnx is given but labml is not among --models")
     if quick:
@@ -262,7 +270,7 @@ def bench_command(
     machine = describe_machine(threads, torch)
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as workdir:
         bench_models, notes = prepare_models(
-            models, small_onnx, labml_onnx, Path(workdir), torch, echo, latent_onnx, student_onnx
+            models, small_onnx, labml_onnx, Path(workdir), torch, echo, latent_onnx, student_onnx, latent64_onnx
         )
         limits = measure_limits(machine, providers, torch, echo)
         batches = {"cpu": cpu_batches, "cuda": gpu_batches}
@@ -280,11 +288,14 @@ def bench_command(
             loop_repeats,
         )
         sampler_rows = []
-        for model in (m for m in bench_models if samplers and m.name in ("small", "latent", "student")):
+        for model in (m for m in bench_models if samplers and m.name != "labml"):
             for provider in providers:
                 sampler_rows += time_samplers(
                     model, provider, threads, quick, echo, sampler_batch(rows, model, provider)
                 )
+            if "cpu" in providers and model.name != "small":  # each graph on its fastest path too
+                batch = sampler_batch(rows, model, "cpu")
+                sampler_rows += time_samplers(model, "cpu", threads, True, echo, batch, precision="auto")
     notes += row_notes
     for model in bench_models:
         for row in rows:
@@ -298,6 +309,8 @@ def bench_command(
         )
     if small_onnx is None and latent_onnx is None:  # set for the embedded pair, as the others are
         targets += latent_lines(sampler_rows)
+    if latent_onnx is None and latent64_onnx is None:
+        targets += latent64_lines(sampler_rows)
     targets += student_lines(sampler_rows)
     for line in targets:
         echo(line)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from ..core.plan import STUDENT_SAMPLER
 from ..runtime.pipeline import DDPM
+from ..runtime.precision import BACKENDS
 from .models import BenchModel
 from .report import SEED_SECONDS_PER_SAMPLE
 from .steps import Row, settle
@@ -68,13 +69,25 @@ def sampler_batch(rows: list[Row], model: BenchModel, provider: str) -> int:
 
 
 def time_samplers(
-    model: BenchModel, provider: str, threads: int, quick: bool, echo: Callable[[str], None], batch: int = SAMPLER_BATCH
+    model: BenchModel,
+    provider: str,
+    threads: int,
+    quick: bool,
+    echo: Callable[[str], None],
+    batch: int = SAMPLER_BATCH,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Whole sampling runs of one batch per sampler (the same seed), seconds per finished sample; a latent
     model's include its decoder, whose share of the time each row records.
 
-    --quick leaves out the 1000-step ancestral run (its time is the full-loop row's, times the batch gain)."""
-    ddpm = DDPM.load(model.onnx_path, provider=provider, threads=threads if provider == "cpu" else None)
+    --quick leaves out the 1000-step ancestral run (its time is the full-loop row's, times the batch gain).
+    ``precision`` "auto" runs the U-Net and a latent model's decoder each on the path this CPU measures
+    fastest for it, as ddpm-run's auto does; the rows' provider then names both paths."""
+    ddpm = DDPM.load(
+        model.onnx_path, provider=provider, threads=threads if provider == "cpu" else None, precision=precision
+    )
+    if precision == "auto":
+        provider = f"{provider} auto ({path_names(ddpm)})"
     rows = []
     settings = SAMPLER_SETTINGS
     if ddpm.info.student is not None:  # a few-step student: its own sampler, at each number of calls it learned
@@ -109,6 +122,14 @@ def time_samplers(
             + (f", median of {len(runs)} runs" if len(runs) > 1 else "")
         )
     return rows
+
+
+def path_names(ddpm: DDPM) -> str:
+    """The backend and arithmetic of the U-Net and, for a latent model, of its decoder."""
+    unet = f"U-Net {BACKENDS[ddpm.session.backend]} {ddpm.session.precision}"
+    if ddpm.decoder is None:
+        return unet
+    return f"{unet}, decoder {BACKENDS[ddpm.decoder.backend]} {ddpm.decoder.precision}"
 
 
 def timed_run(ddpm: DDPM, plan, batch: int) -> tuple[float, float]:

@@ -107,6 +107,7 @@ def embedded(name: str) -> Path | None:
 EMBEDDED_BY_ROW = {
     "small": "pixel",
     "latent": "latent",
+    "latent64": "latent64",
     "student": "latent-student",
 }  # the embedded model each row times
 
@@ -120,13 +121,15 @@ def prepare_models(
     echo: Callable[[str], None],
     latent_onnx: Path | None = None,
     student_onnx: Path | None = None,
+    latent64_onnx: Path | None = None,
 ) -> tuple[list[BenchModel], list[str]]:
     """The networks named, in order: 'small' (the embedded pixel model or --onnx), 'latent' (the embedded
     latent model or --latent-onnx; its rows time the U-Net on the latent, its sampler rows the decoder too),
+    'latent64' (the embedded latent model of 64x64 digits or --latent64-onnx, timed as 'latent' is),
     'student' (the embedded few-step student or --student-onnx; its sampler rows are consistency sampling)
     and 'labml'."""
     models, notes = [], []
-    given_files = {"small": small_onnx, "latent": latent_onnx, "student": student_onnx}
+    given_files = {"small": small_onnx, "latent": latent_onnx, "latent64": latent64_onnx, "student": student_onnx}
     for name in names:
         if name in given_files:
             given = given_files[name]

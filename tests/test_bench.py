@@ -3,6 +3,7 @@ that need PyTorch and the chart that needs matplotlib skipped without them, and 
 in one line."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -224,7 +225,11 @@ def test_latent_rows_time_the_unet_on_latents_and_the_decoder_in_the_sampler_row
     report = json.loads((tmp_path / "bench-t.json").read_text())
     assert {r["model"] for r in report["rows"]} == {"small", "latent"}
     latent = [r for r in report["sampler_rows"] if r["model"] == "latent"]
-    assert [r["sampler"] for r in latent] == ["ddim", "dpm++2m", "dpm++2m-sde", "unipc"]
+    fp32 = [r for r in latent if r["provider"] == "cpu"]
+    assert [r["sampler"] for r in fp32] == ["ddim", "dpm++2m", "dpm++2m-sde", "unipc"]
+    fastest = [r for r in latent if r["provider"] != "cpu"]  # again with each graph on its fastest path
+    assert [r["sampler"] for r in fastest] == ["ddim", "dpm++2m", "dpm++2m-sde", "unipc"]
+    assert all(re.fullmatch(r"cpu auto \(U-Net .+ \w+, decoder .+ \w+\)", r["provider"]) for r in fastest)
     assert all(0.0 < r["decoder_share"] < 1.0 for r in latent)
     assert report["models"]["latent"]["flops_per_image_step"] < report["models"]["small"]["flops_per_image_step"]
     assert not any(line.startswith("Latent vs pixel") for line in report["targets"])  # set for the embedded pair only
