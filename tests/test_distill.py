@@ -303,8 +303,12 @@ def test_ddpm_bench_times_the_student_at_each_number_of_calls(invoke, student, t
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "bench-t.json").read_text())
     rows = [r for r in report["sampler_rows"] if r["model"] == "student"]
-    assert [(r["sampler"], r["steps"]) for r in rows] == [("consistency", 1), ("consistency", 2), ("consistency", 3)]
-    assert any(line.startswith("Student per digit, consistency 2 calls") for line in report["targets"])
+    each_calls = [("consistency", 1), ("consistency", 2), ("consistency", 3)]
+    assert [(r["sampler"], r["steps"]) for r in rows if r["provider"] == "cpu"] == each_calls
+    fastest = [r for r in rows if r["provider"].startswith("cpu auto (U-Net ")]  # each graph on its fastest path
+    assert [(r["sampler"], r["steps"]) for r in fastest] == each_calls
+    lines = [line for line in report["targets"] if line.startswith("Student per digit, consistency 2 calls")]
+    assert len(lines) == 2 and ", cpu, batch " in lines[0] and f", {fastest[0]['provider']}, batch " in lines[1]
 
 
 def test_ddpm_serve_draws_a_students_digits_in_its_calls(student):
