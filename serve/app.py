@@ -29,7 +29,7 @@ from starlette.routing import Match
 from ..core.errors import DDPMError, SettingError, summary
 from ..runtime.pipeline import DDPM
 from . import events
-from .jobs import MEDIA_TYPES, Backend, Jobs, LocalBackend, QueueFull, ServedJob, Unavailable
+from .jobs import MEDIA_TYPES, Jobs, LocalRunner, QueueFull, Runner, ServedJob, Unavailable
 from .limits import BODY_LIMIT, BearerAuth, BodyLimit, HostCheck
 from .metrics import Counted, Metrics
 from .schema import MAX_SAMPLES, Health, JobView, Problem, SampleBody, check, reason
@@ -55,28 +55,28 @@ class Settings:
     allowed_hosts: list[str] | None = None
 
 
-def local_backend(ddpm: DDPM, settings: Settings) -> LocalBackend:
+def local_runner(ddpm: DDPM, settings: Settings) -> LocalRunner:
     """An engine in this process for ``settings``: its rows per call, requests of up to 64 guided
     samples, and the queue limit."""
     engine = ddpm.serving_engine(settings.max_rows, max_request_rows=2 * MAX_SAMPLES)
-    return LocalBackend(ddpm, engine, settings.queue_rows or max(4 * engine.max_rows, 2 * MAX_SAMPLES))
+    return LocalRunner(ddpm, engine, settings.queue_rows or max(4 * engine.max_rows, 2 * MAX_SAMPLES))
 
 
-def create_app(ddpm: DDPM, settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
-    """The app over ``backend`` (default: an engine of its own, :func:`local_backend`), started and
-    stopped with the app's lifespan. ``ddpm`` checks the requests; the backend samples them."""
+def create_app(ddpm: DDPM, settings: Settings | None = None, runner: Runner | None = None) -> FastAPI:
+    """The app over ``runner`` (default: an engine of its own, :func:`local_runner`), started and
+    stopped with the app's lifespan. ``ddpm`` checks the requests; the runner samples them."""
     settings = settings or Settings()
-    backend = backend or local_backend(ddpm, settings)
-    jobs = Jobs(backend, keep=settings.keep_jobs)
+    runner = runner or local_runner(ddpm, settings)
+    jobs = Jobs(runner, keep=settings.keep_jobs)
     queued = lambda: sum(1 for served in jobs.live() if served.job.state == "queued")  # noqa: E731
-    metrics = Metrics(getattr(backend, "engine", None), queued)
+    metrics = Metrics(getattr(runner, "engine", None), queued)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        backend.start()
+        runner.start()
         yield
         app.state.draining = True
-        await asyncio.to_thread(backend.stop, settings.grace)
+        await asyncio.to_thread(runner.stop, settings.grace)
 
     app = FastAPI(
         title="ddpm-serve",
@@ -85,8 +85,8 @@ def create_app(ddpm: DDPM, settings: Settings | None = None, backend: Backend | 
         description="MNIST digits from a DDPM, sampled by a continuous-batching engine: many requests share "
         "each network call.",
     )
-    app.state.ddpm, app.state.backend, app.state.jobs, app.state.metrics = ddpm, backend, jobs, metrics
-    app.state.engine = getattr(backend, "engine", None)
+    app.state.ddpm, app.state.runner, app.state.jobs, app.state.metrics = ddpm, runner, jobs, metrics
+    app.state.engine = getattr(runner, "engine", None)
     app.state.draining, app.state.settings = False, settings
     _errors(app)
     # Outermost last: counted, the Host, then CORS (its preflights carry no token), the token, the body limit.
@@ -243,7 +243,7 @@ public = APIRouter()  # open without a token: health, and the page (it holds no 
 )
 async def healthz(request: Request):
     state = request.app.state
-    if state.draining or not state.backend.running:
+    if state.draining or not state.runner.running:
         raise HTTPException(
             503, "draining: the server is shutting down" if state.draining else "the engine is not running"
         )
@@ -270,7 +270,7 @@ async def _checked_submit(request: Request, body: SampleBody) -> ServedJob:
     except Unavailable as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
     except DDPMError as exc:  # too large for the engine or the memory, or the engine stopping
-        if state.backend.stopping:
+        if state.runner.stopping:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
         raise HTTPException(422, str(exc)) from None
 

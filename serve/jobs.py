@@ -88,9 +88,9 @@ class ServedJob:
         await future
 
 
-class Backend(Protocol):
-    """Where the requests run: :class:`LocalBackend` (an engine in this process) or, on Ray, the
-    ingress's remote backend (``ddpm.serve.ray_app.RemoteBackend``)."""
+class Runner(Protocol):
+    """Where the requests run: :class:`LocalRunner` (an engine in this process) or, on Ray, the
+    ingress's remote runner (``ddpm.serve.ray_app.RemoteRunner``)."""
 
     running: bool  # taking and advancing requests
     stopping: bool  # shutting down: takes no new ones
@@ -106,7 +106,7 @@ class Backend(Protocol):
     def stop(self, grace: float) -> None: ...
 
 
-class LocalBackend:
+class LocalRunner:
     """Requests run on an engine in this process, within a limit of rows.
 
     ``queue_rows``: the most rows in flight or waiting (a guided sample counts 2); a request beyond
@@ -155,17 +155,17 @@ class LocalBackend:
 
 
 class Jobs:
-    """Submits checked requests to the backend and keeps the recent ones for ``/v1/jobs``: ``keep``
+    """Submits checked requests to the runner and keeps the recent ones for ``/v1/jobs``: ``keep``
     finished jobs (oldest finished dropped first), each for at most ``keep_seconds``."""
 
-    def __init__(self, backend: Backend, keep: int = 128, keep_seconds: float = 600.0) -> None:
-        self.backend, self.keep, self.keep_seconds = backend, keep, keep_seconds
+    def __init__(self, runner: Runner, keep: int = 128, keep_seconds: float = 600.0) -> None:
+        self.runner, self.keep, self.keep_seconds = runner, keep, keep_seconds
         self._jobs: OrderedDict[str, ServedJob] = OrderedDict()
         self._renders = asyncio.Semaphore(GIF_RENDERS)
         self._gifs: OrderedDict[str, ServedJob] = OrderedDict()  # jobs holding a rendered GIF, oldest first
 
     async def submit(self, checked: Checked) -> ServedJob:
-        job = await self.backend.submit(checked)
+        job = await self.runner.submit(checked)
         served = ServedJob(secrets.token_urlsafe(12), job, checked)
         self._forget_old()
         self._jobs[served.id] = served
@@ -213,7 +213,7 @@ class Jobs:
                 raise DDPMError("this job kept no frames: submit it with frames > 0 for a GIF")
             frames, scale = gif_budget(run.frames, checked.scale, checked.columns)
             return gif_bytes(frames, fps=GIF_FPS, hold=GIF_HOLD, scale=scale, columns=checked.columns)
-        settings = self.backend.record(served.job)
+        settings = self.runner.record(served.job)
         if kind == "npz":
             return npz_bytes(run.images, settings)
         return png_bytes(run.images, scale=checked.scale, columns=checked.columns, settings=settings)

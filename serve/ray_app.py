@@ -30,7 +30,7 @@ from ray.exceptions import TaskCancelledError
 from ..core.errors import DDPMError, summary
 from ..runtime.engine import SampleRun
 from ..runtime.pipeline import DDPM, open_model
-from .app import Settings, create_app, local_backend
+from .app import Settings, create_app, local_runner
 from .jobs import QueueFull, Unavailable
 from .schema import Checked
 
@@ -58,18 +58,18 @@ class SamplerReplica:
     """A replica: one model, one engine; each request is a stream of plain dicts."""
 
     def __init__(self, options: ModelOptions, settings: Settings) -> None:
-        self.backend = local_backend(options.open(), settings)
-        self.backend.start()
+        self.runner = local_runner(options.open(), settings)
+        self.runner.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     async def run(self, checked: Checked):
         try:
-            job = await self.backend.submit(checked)
+            job = await self.runner.submit(checked)
         except QueueFull as exc:
             yield {"kind": "refused", "status": 429, "detail": str(exc), "retry_after": exc.retry_after}
             return
         except DDPMError as exc:
-            yield {"kind": "refused", "status": 503 if self.backend.stopping else 422, "detail": str(exc)}
+            yield {"kind": "refused", "status": 503 if self.runner.stopping else 422, "detail": str(exc)}
             return
         yield {"kind": "accepted", "steps": job.steps, "replica": self.replica}
         try:
@@ -93,9 +93,7 @@ class SamplerReplica:
             await asyncio.sleep(POLL)
         end = {"kind": "end", "state": job.state, "error": job.error}
         if job.state == "done":
-            end.update(
-                images=job.result.images, settings=self.backend.record(job).to_dict(), seconds=job.result.seconds
-            )
+            end.update(images=job.result.images, settings=self.runner.record(job).to_dict(), seconds=job.result.seconds)
         yield end
 
 
@@ -183,8 +181,8 @@ class RemoteJob:
                 pass
 
 
-class RemoteBackend:
-    """The ingress's backend: each request streamed to a sampler replica through a deployment handle."""
+class RemoteRunner:
+    """The ingress's runner: each request streamed to a sampler replica through a deployment handle."""
 
     def __init__(self, handle) -> None:
         self.handle = handle
@@ -224,7 +222,7 @@ class Ingress:
     """The HTTP app of ``ddpm-serve`` over the sampler replicas."""
 
     def __init__(self, sampler, options: ModelOptions, settings: Settings) -> None:
-        self.http_app = create_app(options.open(), settings, RemoteBackend(sampler))  # "app" is the wrapper's
+        self.http_app = create_app(options.open(), settings, RemoteRunner(sampler))  # "app" is the wrapper's
 
     def __serve_build_asgi_app__(self):
         return self.http_app

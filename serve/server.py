@@ -99,9 +99,7 @@ class Server:
             f"{state.settings.grace:g} s",
             err=True,
         )
-        threading.Thread(
-            target=state.backend.stop, args=(state.settings.grace,), name="ddpm-drain", daemon=True
-        ).start()
+        threading.Thread(target=state.runner.stop, args=(state.settings.grace,), name="ddpm-drain", daemon=True).start()
 
     def _status(self) -> None:
         engine = self.app.state.engine
