@@ -431,6 +431,17 @@ def test_model_names_an_embedded_model(invoke):
     assert json.loads(result.out)["model"].endswith("default.onnx")
 
 
+def test_the_embedded_64x64_model_samples_8x8_latents_and_decodes_64x64_digits(invoke, tmp_path):
+    info = json.loads(invoke(run_main, "--model", "latent64", "--info").out)
+    assert info["ddpm.image_size"] == 8 and info["ddpm.latent"]["image_size"] == 64
+    assert info["ddpm.latent"]["decoder_file"] == "latent64.decoder.onnx"
+    args = ("--model", "latent64", "--sampler", "unipc", "--steps", 2, "-n", 2, "--seed", 0, "--provider", "cpu")
+    result = invoke(run_main, *args, "--precision", "fp32", "--npz", tmp_path / "s.npz")
+    assert result.code == 0, result.err
+    with np.load(tmp_path / "s.npz") as archive:
+        assert archive["images"].shape == (2, 64, 64)
+
+
 def test_the_consistency_sampler_alone_runs_the_embedded_student_in_two_calls(invoke, tmp_path):
     result = invoke(run_main, "--sampler", "consistency", "-n", "2", "--seed", "0", "--png", tmp_path / "s.png")
     assert result.code == 0, result.err
