@@ -293,9 +293,11 @@ def bench_command(
                 sampler_rows += time_samplers(
                     model, provider, threads, quick, echo, sampler_batch(rows, model, provider)
                 )
-            if "cpu" in providers and model.name != "small":  # each graph on its fastest path too
+            if "cpu" in providers and model.name != "small" and not gpu_present():
+                # each graph on its own fastest CPU path too, as ddpm-run's auto picks them (provider auto
+                # offers OpenVINO beside ONNX Runtime; on a machine with a GPU it would open the GPU)
                 batch = sampler_batch(rows, model, "cpu")
-                sampler_rows += time_samplers(model, "cpu", threads, True, echo, batch, precision="auto")
+                sampler_rows += time_samplers(model, "auto", threads, True, echo, batch, precision="auto")
     notes += row_notes
     for model in bench_models:
         for row in rows:

@@ -83,11 +83,10 @@ def time_samplers(
     --quick leaves out the 1000-step ancestral run (its time is the full-loop row's, times the batch gain).
     ``precision`` "auto" runs the U-Net and a latent model's decoder each on the path this CPU measures
     fastest for it, as ddpm-run's auto does; the rows' provider then names both paths."""
-    ddpm = DDPM.load(
-        model.onnx_path, provider=provider, threads=threads if provider == "cpu" else None, precision=precision
-    )
+    on_cpu = provider in ("cpu", "auto")
+    ddpm = DDPM.load(model.onnx_path, provider=provider, threads=threads if on_cpu else None, precision=precision)
     if precision == "auto":
-        provider = f"{provider} auto ({path_names(ddpm)})"
+        provider = f"cpu auto ({path_names(ddpm)})"
     rows = []
     settings = SAMPLER_SETTINGS
     if ddpm.info.student is not None:  # a few-step student: its own sampler, at each number of calls it learned
