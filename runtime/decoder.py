@@ -5,11 +5,11 @@ The U-Net's metadata names the decoder by file name (beside the U-Net) and SHA-2
 missing, another file, another autoencoder's, a U-Net, or one whose images are not finite is refused in
 one line before anything is sampled.
 
-The decoder runs on the backend its U-Net runs on, in the same float arithmetic (:func:`decoder_backend`): beside
-an OpenVINO U-Net on OpenVINO, in bf16 beside a bf16 one, else on ONNX Runtime's CPU provider in fp32.
-So a CPU that ``auto`` measured faster on OpenVINO or in bf16 runs both graphs that way. A bf16
-decoder is used only while its images stay within :data:`BF16_TOLERANCE` of fp32's on the check
-latents; past it the decoder runs in fp32 and says why in ``note``.
+Where the precision is pinned, the decoder runs beside its U-Net (:func:`decoder_backend`): on OpenVINO
+beside an OpenVINO U-Net, in bf16 beside a bf16 one, else on ONNX Runtime's CPU provider in fp32. Under
+``auto`` it has a timed choice of its own (:mod:`.decoder_choice`). A bf16 decoder is used only while
+its images stay within :data:`BF16_TOLERANCE` of fp32's on the check latents; past it the decoder runs
+in fp32 and says why in ``note``.
 """
 
 from __future__ import annotations
