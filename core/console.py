@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -32,6 +33,18 @@ EXTRAS = {
     "ray": "ray",
     "openvino": "openvino",
 }
+
+
+def with_options(options: Sequence[Callable]) -> Callable[[Callable], Callable]:
+    """A decorator that puts ``options`` (``click.option`` decorators) on a command, the first listed
+    first in its ``--help``."""
+
+    def decorate(function: Callable) -> Callable:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
 
 
 def missing_extra(exc: ModuleNotFoundError) -> str | None:

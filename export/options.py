@@ -3,13 +3,12 @@ they give the command."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from ..core.console import FiniteFloatRange, OutputPath
+from ..core.console import FiniteFloatRange, OutputPath, with_options
 from ..core.download import download_options
 from .pipeline import DEFAULT_ATOL, DEFAULT_FP16_ATOL, DEFAULT_INT8_TOL, DEFAULT_OPSET
 
@@ -116,11 +115,7 @@ OPTIONS = [
 ]
 
 
-def export_options(function: Callable) -> Callable:
-    """Every option of ``ddpm-export`` on ``function``, the first listed first in ``--help``."""
-    for option in reversed(OPTIONS):
-        function = option(function)
-    return function
+export_options = with_options(OPTIONS)  # every option of ``ddpm-export``, in ``--help`` order
 
 
 @dataclass(frozen=True)

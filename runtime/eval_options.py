@@ -3,14 +3,13 @@ give the command."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..core.console import OutputPath
+from ..core.console import OutputPath, with_options
 from ..core.download import download_options
 from .choice import PRECISIONS, PROVIDERS
 from .model_flags import EVAL_PRECISION_HELP, PROVIDER_HELP, model_option
@@ -68,11 +67,7 @@ OPTIONS = [
 ]
 
 
-def eval_options(function: Callable) -> Callable:
-    """Every option of ``ddpm-eval`` on ``function``, the first listed first in ``--help``."""
-    for option in reversed(OPTIONS):
-        function = option(function)
-    return function
+eval_options = with_options(OPTIONS)  # every option of ``ddpm-eval``, in ``--help`` order
 
 
 @dataclass(frozen=True)

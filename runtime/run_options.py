@@ -3,14 +3,13 @@ give the command."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..core.console import FiniteFloatRange, OutputPath
+from ..core.console import FiniteFloatRange, OutputPath, with_options
 from ..core.plan import MAX_SEED, SHOW
 from .choice import PRECISIONS, PROVIDERS
 from .model_flags import PRECISION_HELP, PROVIDER_HELP, model_option
@@ -108,11 +107,7 @@ OPTIONS = [
 ]
 
 
-def run_options(function: Callable) -> Callable:
-    """Every option of ``ddpm-run`` on ``function``, the first listed first in ``--help``."""
-    for option in reversed(OPTIONS):
-        function = option(function)
-    return function
+run_options = with_options(OPTIONS)  # every option of ``ddpm-run``, in ``--help`` order
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..core.console import FiniteFloatRange
+from ..core.console import FiniteFloatRange, with_options
 from ..core.plan import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DIGIT_SAMPLER, MAX_GUIDANCE, SamplingPlan, SettingError
 from ..core.samplers import SPECS, Option, accepting, choices, option_names
 from .pipeline import DDPM
@@ -88,9 +88,7 @@ def sampling_options(function: Callable) -> Callable:
             f"0 = plain conditional. [default: {DEFAULT_GUIDANCE:g} with --digit]",
         ),
     ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    return with_options(options)(function)
 
 
 def split_sampling(cls: type[Args], options: dict[str, Any]) -> Args:

@@ -3,13 +3,12 @@ they give the command."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from ..core.console import FiniteFloatRange
+from ..core.console import FiniteFloatRange, with_options
 from ..runtime.choice import PRECISIONS, PROVIDERS
 from ..runtime.model_flags import PRECISION_HELP, PROVIDER_HELP, model_option
 
@@ -111,11 +110,7 @@ OPTIONS = [
 ]
 
 
-def serve_options(function: Callable) -> Callable:
-    """Every option of ``ddpm-serve`` on ``function``, the first listed first in ``--help``."""
-    for option in reversed(OPTIONS):
-        function = option(function)
-    return function
+serve_options = with_options(OPTIONS)  # every option of ``ddpm-serve``, in ``--help`` order
 
 
 @dataclass(frozen=True)

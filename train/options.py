@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..core.console import FiniteFloatRange
+from ..core.console import FiniteFloatRange, with_options
 
 
 def setting(
@@ -158,10 +158,4 @@ def run_options(dry_run: str):
         ),
         click.option("--dry-run", is_flag=True, help=dry_run),
     ]
-
-    def decorate(command):
-        for option in reversed(shared):
-            command = option(command)
-        return command
-
-    return decorate
+    return with_options(shared)
