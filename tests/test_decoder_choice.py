@@ -51,6 +51,14 @@ def fake_unet_times(monkeypatch):
     monkeypatch.setattr(cpu_batch, "time_together", time_together)
 
 
+def timed_decoders(monkeypatch, times) -> list:
+    """The U-Net's timing answered at once and the decoders' by ``times``; the list of decoder timings made."""
+    fake_unet_times(monkeypatch)
+    calls = []
+    fake_decoder_times(monkeypatch, times, calls)
+    return calls
+
+
 PINNED = [("cpu", "fp32", ("onnxruntime", "fp32"))]
 if HAS_OPENVINO:
     PINNED.append(("openvino", "fp32", ("openvino", "fp32")))
@@ -79,10 +87,8 @@ def test_the_cpu_provider_offers_the_decoder_onnx_runtime_alone():
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
 def test_auto_keeps_the_fastest_decoder_and_remembers_it(latent_export, own_cache, monkeypatch):
-    fake_unet_times(monkeypatch)
-    calls = []
-    fake_decoder_times(
-        monkeypatch, {("onnxruntime", "fp32"): 1.0, ("openvino", "fp32"): 0.5, ("openvino", "bf16"): 0.8}, calls
+    calls = timed_decoders(
+        monkeypatch, {("onnxruntime", "fp32"): 1.0, ("openvino", "fp32"): 0.5, ("openvino", "bf16"): 0.8}
     )
     ddpm = pipeline.open_model(latent_export / "unet.onnx", "auto", "auto")
     assert (ddpm.decoder.backend, ddpm.decoder.precision) == ("openvino", "fp32")
@@ -97,27 +103,24 @@ def test_auto_keeps_the_fastest_decoder_and_remembers_it(latent_export, own_cach
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
 def test_a_decoder_gain_within_timing_noise_keeps_onnx_runtime(latent_export, own_cache, monkeypatch):
-    fake_unet_times(monkeypatch)
-    calls = []
-    fake_decoder_times(
-        monkeypatch, {("onnxruntime", "fp32"): 1.0, ("openvino", "fp32"): 0.97, ("openvino", "bf16"): 0.99}, calls
-    )
+    timed_decoders(monkeypatch, {("onnxruntime", "fp32"): 1.0, ("openvino", "fp32"): 0.97, ("openvino", "bf16"): 0.99})
     ddpm = pipeline.open_model(latent_export / "unet.onnx", "auto", "auto")
     assert (ddpm.decoder.backend, ddpm.decoder.precision) == ("onnxruntime", "fp32")
     assert "decoder on ONNX Runtime fp32: the reference path (measured now)" in ddpm.note
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="needs the openvino extra")
-def test_a_remembered_decoder_path_no_longer_offered_is_not_used(latent_export, own_cache, monkeypatch):
-    fake_unet_times(monkeypatch)
-    calls = []
-    fake_decoder_times(
-        monkeypatch, {("onnxruntime", "fp32"): 1.0, ("openvino", "fp32"): 0.5, ("openvino", "bf16"): 0.5}, calls
+def test_a_remembered_decoder_path_not_offered_is_timed_again(latent_export, own_cache, monkeypatch):
+    calls = timed_decoders(
+        monkeypatch, {("onnxruntime", "fp32"): 1.0, ("openvino", "fp32"): 0.5, ("openvino", "bf16"): 0.8}
     )
     pipeline.open_model(latent_export / "unet.onnx", "auto", "auto")
-    monkeypatch.setattr(decoder_choice, "openvino_version", lambda: None)  # the extra uninstalled since
-    ddpm = pipeline.open_model(latent_export / "unet.onnx", "cpu", "auto")
-    assert (ddpm.decoder.backend, ddpm.decoder.precision) == ("onnxruntime", "fp32")
+    (key,) = [key for key in cpu_batch.read_cache() if key.startswith("decoder | ")]
+    cpu_batch.remember(key, {**cpu_batch.read_cache()[key], "backend": "tensorrt"})  # no decoder path
+    ddpm = pipeline.open_model(latent_export / "unet.onnx", "auto", "auto")
+    assert len(calls) == 2, "a remembered path that is not offered was used"
+    assert (ddpm.decoder.backend, ddpm.decoder.precision) == ("openvino", "fp32")
+    assert "decoder on OpenVINO fp32: 2.00x ONNX Runtime fp32 (measured now)" in ddpm.note
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="needs OpenVINO and a CPU with native bf16")
