@@ -51,11 +51,13 @@ def fastest_decoder(
     provider: str,
     threads: int | None,
     on_measure: Callable[[], None] | None = None,
+    opened: Decoder | None = None,
 ) -> tuple[Decoder, str | None]:
     """The fastest decoder path of ``session``'s latent model on this CPU (cached per machine and
-    decoder file) and why (None: only one path is allowed)."""
+    decoder file) and why (None: only one path is allowed). ``opened``: a decoder of that model already
+    open, used again where its path is wanted instead of opening a second one."""
     paths = candidates(provider)
-    open_path = _opener(session, info, threads)
+    open_path = _opener(session, info, threads, opened)
     if len(paths) == 1:
         return open_path(paths[0]), None
     key = choice_key(session, info, paths)
@@ -91,9 +93,13 @@ def decoder_label(decoder: Decoder) -> str:
     return name((decoder.backend, decoder.precision))
 
 
-def _opener(session: EpsCalls, info: ModelInfo, threads: int | None) -> Callable[[tuple[str, str]], Decoder]:
+def _opener(
+    session: EpsCalls, info: ModelInfo, threads: int | None, opened: Decoder | None
+) -> Callable[[tuple[str, str]], Decoder]:
     def open_path(path: tuple[str, str]) -> Decoder:
         backend, precision = path
+        if opened is not None and (opened.backend, opened.precision) == path:
+            return opened
         return Decoder(session.path, info, threads, backend=backend, precision=precision)
 
     return open_path

@@ -324,7 +324,9 @@ def open_model(
     ddpm = ddpm if chosen is session else DDPM(chosen)
     ddpm.note, ddpm.path_timing = note, timing
     if ddpm.decoder is not None:
-        ddpm.decoder, decoder_note = fastest_decoder(ddpm.session, ddpm.info, provider, threads, on_measure)
+        ddpm.decoder, decoder_note = fastest_decoder(
+            ddpm.session, ddpm.info, provider, threads, on_measure, opened=ddpm.decoder
+        )
         ddpm.note = _joined(ddpm.note, decoder_note, ddpm.decoder.note)
     return ddpm
 
