@@ -20,18 +20,14 @@ def loopback_url(url: str) -> str:
     """``url`` reduced to ``http://host:port`` if it names this machine's loopback; else LoadError."""
     try:
         parts = urlsplit(url)
-        port = parts.port
+        port, host = parts.port, parts.hostname
     except ValueError as exc:
         raise LoadError(f"--url {url!r}: {exc}") from None
     if parts.scheme != "http":
-        raise LoadError(
-            f"--url {url!r}: only plain http on loopback is load-tested, not {parts.scheme or 'no scheme'!r}"
-        )
-    host = parts.hostname
+        raise LoadError(f"--url {url!r}: only plain http on loopback is load-tested, not {parts.scheme or 'none'!r}")
     if host not in LOOPBACK_HOSTS or parts.username is not None or parts.password is not None:
-        raise LoadError(
-            f"--url {url!r}: this load generator talks only to loopback ({', '.join(LOOPBACK_HOSTS)}), not {host!r}"
-        )
+        hosts = ", ".join(LOOPBACK_HOSTS)
+        raise LoadError(f"--url {url!r}: this load generator talks only to loopback ({hosts}), not {host!r}")
     return f"http://{f'[{host}]' if ':' in host else host}:{port or 80}"
 
 
@@ -46,20 +42,12 @@ class Kind:
     guidance: float | None = None  # None: the server's default (guided with a digit)
 
     def body(self, index: int, seed: int) -> dict[str, Any]:
-        body = {
-            "n": 1,
-            "sampler": self.sampler,
-            "steps": self.steps,
-            "seed": seed,
-            "guidance": self.guidance,
-            "digits": [index % 10] if self.digit else None,
-        }
-        return {key: value for key, value in body.items() if value is not None}
+        body = {"n": 1, "sampler": self.sampler, "steps": self.steps, "seed": seed, "guidance": self.guidance}
+        return {k: v for k, v in body.items() if v is not None} | ({"digits": [index % 10]} if self.digit else {})
 
     def plan(self, ddpm, index: int):
-        return ddpm.plan(
-            self.sampler, steps=self.steps, digits=[index % 10] if self.digit else None, guidance=self.guidance
-        )
+        digits = [index % 10] if self.digit else None
+        return ddpm.plan(self.sampler, steps=self.steps, digits=digits, guidance=self.guidance)
 
 
 KINDS = {
@@ -104,31 +92,11 @@ class Ledger:
             raise ValueError(f"seed {seed} sent twice")
         self.sent.add(seed)
 
-    def answer(
-        self,
-        seed: int,
-        status: int | None,
-        *,
-        error: str = "",
-        detail: str = "",
-        header_seed: int | None = None,
-        png_seed: int | None = None,
-        is_png: bool = False,
-        retry_after: str | None = None,
-    ) -> None:
-        """``status`` None: no HTTP answer came (``error`` says why)."""
-        self.answers.append(
-            {
-                "seed": seed,
-                "status": status,
-                "error": error,
-                "detail": detail,
-                "header_seed": header_seed,
-                "png_seed": png_seed,
-                "is_png": is_png,
-                "retry_after": retry_after,
-            }
-        )
+    def answer(self, seed: int, status: int | None, **facts: Any) -> None:
+        """``status`` None: no HTTP answer came (``error`` says why). ``facts``: ``header_seed``,
+        ``png_seed``, ``is_png`` of a 200, ``retry_after`` of a 429, ``detail`` of another status."""
+        empty = {"error": "", "detail": "", "header_seed": None, "png_seed": None, "is_png": False, "retry_after": None}
+        self.answers.append({**empty, **facts, "seed": seed, "status": status})
 
     def check(self) -> dict[str, Any]:
         """Counts of what went wrong; ``clean`` when each request got exactly one right answer."""
@@ -139,15 +107,12 @@ class Ledger:
         ok = [a for a in self.answers if a["status"] == 200]
         claims = Counter(a["header_seed"] for a in ok if a["header_seed"] is not None)
         duplicated = sorted(seed for seed, count in claims.items() if count > 1)  # one digit handed to two requests
-        wrong = [
-            a
-            for a in ok
-            if a["seed"] in self.sent and not (a["is_png"] and a["header_seed"] == a["seed"] == a["png_seed"])
-        ]
+        right = lambda a: a["is_png"] and a["header_seed"] == a["seed"] == a["png_seed"]  # noqa: E731
+        wrong = [a for a in ok if a["seed"] in self.sent and not right(a)]
         refused = [a for a in self.answers if a["status"] == 429]
         bare_429 = [a for a in refused if not str(a["retry_after"] or "").strip().isdigit()]
         others = [a for a in self.answers if a["status"] not in (200, 429)]
-        label = lambda a: str(a["status"]) if a["status"] is not None else f"no response ({a['error'].split(':')[0]})"  # noqa: E731
+        label = lambda a: str(a["status"]) if a["status"] else f"no response ({a['error'].split(':')[0]})"  # noqa: E731
         examples = {
             "lost": lost[:5],
             "duplicated_seeds": duplicated[:5],
@@ -174,15 +139,9 @@ def metric_values(text: str) -> dict[str, float]:
     """Prometheus text as {sample name with its labels, as written: value}; {} for anything else."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    labels = lambda s: "{" + ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items())) + "}" if s.labels else ""  # noqa: E731
     try:
-        return {
-            sample.name
-            + (
-                "{" + ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items())) + "}" if sample.labels else ""
-            ): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+        return {s.name + labels(s): s.value for family in text_string_to_metric_families(text) for s in family.samples}
     except ValueError:
         return {}
 

@@ -28,14 +28,18 @@ from PIL import Image, UnidentifiedImageError
 from ddpm.benchmarks.serve_load.ledger import Ledger, mix_kind
 
 LEDGER, HEADERS = Ledger(), {}
-RUN = {
-    "next": 0,
-    "first_send": None,
-    "last_answer": None,
-    "quitting": False,
-    "arrivals_sent": 0,
-    "skipped_at_client_cap": 0,
-    "arrival_seconds": None,
+RUN = {"next": 0, "first_send": None, "last_answer": None, "quitting": False}
+ARRIVALS = {"arrivals_sent": 0, "skipped_at_client_cap": 0, "arrival_seconds": None}
+OPTIONS = {  # this file's own command-line options: their types and defaults
+    "--mix": (str, "mixed"),
+    "--count": (int, 1_000_000),
+    "--seed-base": (int, 0),
+    "--request-timeout": (float, 120.0),
+    "--rate": (float, 1.0),
+    "--seconds": (float, 60.0),
+    "--drain": (float, 30.0),
+    "--max-outstanding": (int, 512),
+    "--facts": (str, ""),
 }
 
 
@@ -49,17 +53,7 @@ locust.stats.bucket_response_time = three_digits  # locust's documented hook for
 
 @events.init_command_line_parser.add_listener
 def options(parser) -> None:
-    for name, kind, default in (
-        ("--mix", str, "mixed"),
-        ("--count", int, 1_000_000),
-        ("--seed-base", int, 0),
-        ("--request-timeout", float, 120.0),
-        ("--rate", float, 1.0),
-        ("--seconds", float, 60.0),
-        ("--drain", float, 30.0),
-        ("--max-outstanding", int, 512),
-        ("--facts", str, ""),
-    ):
+    for name, (kind, default) in OPTIONS.items():
         parser.add_argument(name, type=kind, default=default)
 
 
@@ -76,48 +70,41 @@ def seed_of(text: str | None) -> int | None:
     return int(text) if text and text.isdigit() else None
 
 
+def png_facts(response, header) -> dict:
+    """What a 200 says of its seed: the ``X-DDPM-Seed`` header, and the PNG's own ``ddpm.seed`` text."""
+    try:
+        image = Image.open(io.BytesIO(response.content or b""))
+        text, is_png = image.text, image.format == "PNG" and (header("content-type") or "").startswith("image/png")
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        text, is_png = {}, False
+    return {"header_seed": seed_of(header("x-ddpm-seed")), "png_seed": seed_of(text.get("ddpm.seed")), "is_png": is_png}
+
+
 def post(user: FastHttpUser, index: int) -> float:
     """One sampling request, its answer in the ledger and locust's stats; returns the caller's pause."""
     opts = user.environment.parsed_options
     kind, seed, pause = mix_kind(opts.mix, index), opts.seed_base + index, 0.0
     LEDGER.send(seed)
     RUN["first_send"] = RUN["first_send"] or time.perf_counter()
-    with user.client.post(
-        "/v1/samples", json=kind.body(index, seed), headers=HEADERS, name=kind.name, catch_response=True
-    ) as response:
-        status, header = response.status_code, response.headers.get if response.headers else lambda _: None
+    body = kind.body(index, seed)
+    with user.client.post("/v1/samples", json=body, headers=HEADERS, name=kind.name, catch_response=True) as answer:
+        status, header = answer.status_code, answer.headers.get if answer.headers else lambda _: None
         if status == 200:
-            try:
-                image = Image.open(io.BytesIO(response.content or b""))
-                text, is_png = (
-                    image.text,
-                    image.format == "PNG" and (header("content-type") or "").startswith("image/png"),
-                )
-            except (UnidentifiedImageError, OSError, SyntaxError):
-                text, is_png = {}, False
-            LEDGER.answer(
-                seed,
-                200,
-                header_seed=seed_of(header("x-ddpm-seed")),
-                png_seed=seed_of(text.get("ddpm.seed")),
-                is_png=is_png,
-            )
-            response.success()
+            LEDGER.answer(seed, 200, **png_facts(answer, header))
+            answer.success()
         elif status == 429:
             LEDGER.answer(seed, 429, retry_after=header("retry-after"))
             pause = min(float(seed_of(header("retry-after")) or 1), 1.0)
-            response.request_meta["name"] = "429"
-            response.success()
+            answer.request_meta["name"] = "429"
+            answer.success()
         else:
-            error = getattr(response, "error", None)
-            LEDGER.answer(
-                seed,
-                status or None,
-                detail=(response.text or "")[:200] if status else "",
-                error="" if status else f"{type(error).__name__}: {error}"[:200],
+            error = getattr(answer, "error", None)
+            why = (
+                {"detail": (answer.text or "")[:200]} if status else {"error": f"{type(error).__name__}: {error}"[:200]}
             )
-            response.request_meta["name"] = "error"
-            response.failure(str(status or type(error).__name__))
+            LEDGER.answer(seed, status or None, **why)
+            answer.request_meta["name"] = "error"
+            answer.failure(str(status or type(error).__name__))
     RUN["last_answer"] = time.perf_counter()
     return pause
 
@@ -148,11 +135,8 @@ class Arrivals(FastHttpUser):
     fixed_count = 1
 
     def on_start(self) -> None:
-        self.rng, self.out, self.began = (
-            random.Random(0),
-            Pool(self.environment.parsed_options.max_outstanding),
-            time.monotonic(),
-        )
+        self.rng, self.began = random.Random(0), time.monotonic()
+        self.out = Pool(self.environment.parsed_options.max_outstanding)
 
     def wait_time(self) -> float:
         return 1.0 if RUN["quitting"] else self.rng.expovariate(self.environment.parsed_options.rate)
@@ -160,29 +144,27 @@ class Arrivals(FastHttpUser):
     @task
     def arrive(self) -> None:
         opts = self.environment.parsed_options
-        if time.monotonic() - self.began >= opts.seconds or RUN["arrivals_sent"] >= opts.count:
-            RUN["arrival_seconds"] = RUN["arrival_seconds"] or time.monotonic() - self.began
+        if time.monotonic() - self.began >= opts.seconds or ARRIVALS["arrivals_sent"] >= opts.count:
+            ARRIVALS["arrival_seconds"] = ARRIVALS["arrival_seconds"] or time.monotonic() - self.began
             self.out.join(timeout=opts.drain)
             return quit_once(self.environment)
         if self.out.full():
-            RUN["skipped_at_client_cap"] += 1
+            ARRIVALS["skipped_at_client_cap"] += 1
             return
-        self.out.spawn(post, self, RUN["arrivals_sent"])
-        RUN["arrivals_sent"] += 1
+        self.out.spawn(post, self, ARRIVALS["arrivals_sent"])
+        ARRIVALS["arrivals_sent"] += 1
 
 
 def figures(entry: StatsEntry | None) -> dict:
     """Locust's count and percentiles of a stats entry, in seconds (None without requests)."""
     count = entry.num_requests if entry is not None else 0
-    return {
-        "requests": count,
-        **{f"p{q}_s": entry.get_response_time_percentile(q / 100) / 1000 if count else None for q in (50, 99)},
-    }
+    percentile = lambda q: entry.get_response_time_percentile(q) / 1000 if count else None  # noqa: E731
+    return {"requests": count, "p50_s": percentile(0.5), "p99_s": percentile(0.99)}
 
 
 @events.test_stop.add_listener
 def write_facts(environment, **_) -> None:
-    stats = environment.stats
+    stats, facts_path = environment.stats, environment.parsed_options.facts
     kinds = {name: entry for (name, _), entry in stats.entries.items() if name not in ("429", "error")}
     ok = StatsEntry(stats, "200", "POST")
     for entry in kinds.values():
@@ -194,8 +176,8 @@ def write_facts(environment, **_) -> None:
         "ok": figures(ok),
         "refused": figures(stats.entries.get(("429", "POST"))),
         "kinds": {name: figures(entry) for name, entry in sorted(kinds.items())},
-        "arrivals": {key: RUN[key] for key in ("arrivals_sent", "skipped_at_client_cap", "arrival_seconds")},
+        "arrivals": ARRIVALS,
     }
-    if environment.parsed_options.facts:
-        with open(environment.parsed_options.facts, "w") as file:
+    if facts_path:
+        with open(facts_path, "w") as file:
             json.dump(facts, file)
