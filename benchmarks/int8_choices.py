@@ -56,7 +56,7 @@ def main() -> None:
     for index, node in enumerate(model.graph.node):
         node.name = node.name or f"node_{index}"
     info = ModelInfo.from_metadata({p.key: p.value for p in model.metadata_props}, str(args.onnx))
-    calibration, held_out = q.calibration_data(info, args.data_dir)
+    calibration, held_out, _, _ = q.calibration_data(info, args.data_dir)
     fp32 = model.SerializeToString()
     threads = args.threads
     print(f"fp32: {call_ms(fp32, held_out[0], threads):.2f} ms per call at batch 16")

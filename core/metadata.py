@@ -322,3 +322,18 @@ class DecoderInfo:
         if problems:
             raise DDPMError(f"{origin}: impossible decoder metadata: {problems[0]}")
         return info
+
+
+def int8_decoder_metadata(props: Mapping[str, str], fp32_sha256: str) -> dict[str, str]:
+    """An int8 decoder copy's metadata: its fp32 decoder's, and two entries of its own, the precision and
+    the SHA-256 of the fp32 file it was quantized from (an fp32 decoder carries neither)."""
+    return {**props, PREFIX + "precision": json.dumps("int8"), PREFIX + "fp32_sha256": json.dumps(fp32_sha256)}
+
+
+def int8_decoder_source(props: Mapping[str, str], origin: str) -> str:
+    """The SHA-256 of the fp32 decoder that an int8 decoder copy (``props``) was quantized from; a file
+    that is no int8 decoder copy is refused in one line."""
+    values = read_values(props, origin)
+    if values.get("precision") != "int8" or not _sha256(values.get("fp32_sha256")):
+        raise DDPMError(f"{origin} is not an int8 copy of a decoder (its metadata lacks {PREFIX}precision=int8)")
+    return values["fp32_sha256"]

@@ -10,7 +10,6 @@ import click
 
 from ..core.console import run_command
 from ..core.download import require_mnist
-from ..core.errors import DDPMError
 from .options import ExportArgs, export_options
 from .output_paths import planned_outputs, with_decoder
 from .pipeline import ExportOutputs, Tolerances, export_and_verify, read_calibration
@@ -51,7 +50,7 @@ def export_command(**options: Any) -> None:
         )
     source, outputs = loaded_source(args, outputs)
     describe(args.ckpt, source, args.raw)
-    calibration = read_calibration(source.info, args.data_dir) if args.int8 else None
+    calibration = read_calibration(source, args.data_dir) if args.int8 else None
     tolerances = Tolerances(args.atol, args.fp16_atol, args.int8_tol)
     report = export_and_verify(
         source, outputs, opset=args.opset, tolerances=tolerances, verify=not args.no_verify, calibration=calibration
@@ -71,8 +70,6 @@ def loaded_source(args: ExportArgs, outputs: ExportOutputs) -> tuple[ExportSourc
         )
     if source.decoder is not None:
         outputs = with_decoder(outputs, args.ckpt, args.overwrite)
-        if args.int8:
-            raise DDPMError("--int8 copies of latent models are not made yet; export without --int8")
     return source, outputs
 
 

@@ -11,6 +11,8 @@ A class-conditional model serves both ``ddpm-run`` (every digit equally often) a
 --digit``; its card also gets digits.png (every digit in turn, with the defaults of ``--digit``).
 ``--metrics`` adds ddpm-eval reports (``--json``) to the card as a table. ``--data-dir`` also writes
 check-digits.npz, the MNIST test digits the runtime's ε check feeds (:mod:`ddpm.runtime.eps_check`).
+``--int8 MNIST_DIR`` ships the int8 copies too (NAME.int8.onnx, and a latent model's
+NAME.decoder.int8.onnx), made and checked as ``ddpm-export --int8`` makes them.
 """
 
 from __future__ import annotations
@@ -29,12 +31,11 @@ from ..core.mnist import load_mnist
 from ..core.outputs import png_bytes
 from ..core.plan import STUDENT_SAMPLER
 from ..core.samplers import find
-from ..core.variant import Variant
 from ..runtime.eps_check import CHECK_DIGITS
 from ..runtime.pipeline import DDPM, DEFAULT_MODEL
 from ..train.checkpoint import read_checkpoint_file
 from .load import load_for_export
-from .pipeline import ExportOutputs, export_and_verify
+from .pipeline import INT8, PLAIN, ExportOutputs, ExportReport, export_and_verify, read_calibration
 
 STUDENT_DEFAULT_CALLS = find(STUDENT_SAMPLER).steps
 
@@ -190,6 +191,23 @@ def latent_note(info) -> str:
     )
 
 
+def int8_note(report: ExportReport, files: dict[str, str]) -> str:
+    """The card's line on the int8 copies ("" where none ships)."""
+    if "int8" not in files:
+        return ""
+    decoder = (
+        f", and `{files['decoder_int8']}`, whose images are {report.decoder_int8_difference:.2f} grey levels from "
+        "the fp32 decoder's on average"
+        if "decoder_int8" in files
+        else ""
+    )
+    return (
+        f"- int8: `{files['int8']}`, whose ε differs from the fp32 export's by {report.int8_difference:.3f} "
+        f"(relative RMS){decoder}, on held-out training digits; static QDQ, 7-bit per-channel weights. The "
+        "runtime times them against fp32 under `--precision auto` and runs them with `--precision int8`.\n"
+    )
+
+
 def card(
     info,
     parameters: int,
@@ -197,7 +215,7 @@ def card(
     planned_steps: int,
     command: str,
     hardware: str,
-    atol_diff: float,
+    report: ExportReport,
     files: dict[str, str],
     reports: list[tuple[str, dict]],
     grid_steps: int | None = None,
@@ -209,6 +227,7 @@ def card(
     title = "Embedded default model" if files["onnx"] == DEFAULT_MODEL else f"Embedded model '{files['name']}'"
     preset, transform, side = source.get("preset") or "small", source.get("transform") or "pad", info.output_size
     notes = f"{latent_note(info)}{student_note(info)}{training_note(summary, planned_steps, epoch_data(info))}"
+    atol_diff = report.differences[files["onnx"]]
     return f"""# {title}
 
 `{files["onnx"]}` is {role}.
@@ -223,7 +242,7 @@ def card(
 {notes}- Weights: {source["weights"].upper()} at step {source["step"]:,}; checkpoint sha256 `{source["sha256"]}`.
 - Hardware: {hardware}.
 - Export: opset 18, dynamic batch; ONNX Runtime CPU vs PyTorch max abs difference {atol_diff:.1e}.
-{quality}
+{int8_note(report, files)}{quality}
 Training command:
 
 ```bash
@@ -270,6 +289,14 @@ def parse_args() -> argparse.Namespace:
         "another, e.g. 'latent', ships NAME.onnx (and NAME.decoder.onnx), NAME-samples.png, NAME.md",
     )
     parser.add_argument(
+        "--int8",
+        type=Path,
+        default=None,
+        metavar="MNIST_DIR",
+        help="also ship int8 copies (NAME.int8.onnx, and a latent model's NAME.decoder.int8.onnx), "
+        "calibrated on the MNIST training digits in MNIST_DIR",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -296,8 +323,9 @@ def planned_steps(ckpt: Path) -> int:
     return planned
 
 
-def file_names(name: str, num_classes: int, latent: bool) -> dict[str, str]:
-    """The files an embedded model ships as: the default model's own names, or NAME-prefixed ones."""
+def file_names(name: str, num_classes: int, latent: bool, int8: bool = False) -> dict[str, str]:
+    """The files an embedded model ships as: the default model's own names, or NAME-prefixed ones; with
+    ``int8`` its int8 copies too."""
     if name == "default":
         files = {"onnx": DEFAULT_MODEL, "png": "samples.png", "card": "README.md", "digits": "digits.png"}
     else:
@@ -311,6 +339,10 @@ def file_names(name: str, num_classes: int, latent: bool) -> dict[str, str]:
         del files["digits"]
     if latent:
         files["decoder"] = f"{Path(files['onnx']).stem}.decoder.onnx"
+    if int8:
+        files["int8"] = INT8.file_name(files["onnx"])
+    if int8 and latent:
+        files["decoder_int8"] = INT8.file_name(files["decoder"])
     return {"name": name, **files}
 
 
@@ -340,15 +372,16 @@ def embed(args: argparse.Namespace) -> None:
     summary = training_summary(log, source.info.source["step"]) if log.exists() else {}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     classes = source.info.num_classes
-    files = file_names(args.name, classes, source.decoder is not None)
+    files = file_names(args.name, classes, source.decoder is not None, args.int8 is not None)
+    calibration = read_calibration(source, args.int8) if args.int8 is not None else None
     with tempfile.TemporaryDirectory(prefix="ddpm-embed-") as folder, StagedFiles() as staged:
         # exported under the final names first, so that a latent U-Net finds its decoder when the grids are drawn
         work = Path(folder)
-        outputs = ExportOutputs(
-            {Variant(): work / files["onnx"]}, decoder=work / files["decoder"] if "decoder" in files else None
-        )
-        report = export_and_verify(source, outputs)
-        for key in ("onnx", "decoder"):
+        named = {key: work / files[key] if key in files else None for key in ("decoder", "decoder_int8")}
+        copies = {PLAIN: work / files["onnx"], **({INT8: work / files["int8"]} if "int8" in files else {})}
+        outputs = ExportOutputs(copies, decoder=named["decoder"], decoder_int8=named["decoder_int8"])
+        report = export_and_verify(source, outputs, calibration=calibration)
+        for key in ("onnx", "decoder", "int8", "decoder_int8"):
             if key in files:
                 staged.stage(args.out_dir / files[key]).write_bytes((work / files[key]).read_bytes())
         write_grids(work / files["onnx"], args.out_dir, files, classes, staged, args.grid_steps)
@@ -361,7 +394,7 @@ def embed(args: argparse.Namespace) -> None:
                 planned_steps(args.ckpt),
                 args.command,
                 args.hardware,
-                report.differences[files["onnx"]],
+                report,
                 files,
                 reports,
                 args.grid_steps,

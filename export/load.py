@@ -33,6 +33,7 @@ class ExportSource:
     kind: str  # "ddpm-mnist" or "labml"
     decoder: nn.Module | None = None  # a latent model's: scaled latents → images (train.latent.LatentDecoder)
     decoder_info: DecoderInfo | None = None
+    autoencoder: dict[str, Any] | None = None  # a latent model's autoencoder record, for int8 calibration
 
 
 def looks_like_labml(state: dict[str, Any]) -> bool:
@@ -228,7 +229,7 @@ def latent_source(unet: ExportSource, record: dict[str, Any]) -> ExportSource:
         },
         versions=unet.info.versions,
     )
-    return ExportSource(unet.model, info, unet.kind, latent_decoder(record), decoder_info)
+    return ExportSource(unet.model, info, unet.kind, latent_decoder(record), decoder_info, record)
 
 
 def labml_source(

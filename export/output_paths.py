@@ -13,7 +13,7 @@ from ..core.mnist import data_files
 from ..core.variant import Variant
 from ..runtime.installed import installed_inputs
 from .options import ExportArgs
-from .pipeline import PLAIN, ExportOutputs, requested_variants
+from .pipeline import INT8, PLAIN, ExportOutputs, requested_variants
 
 
 def _output_path(explicit: Path | None, out_dir: Path, name: str) -> Path:
@@ -76,17 +76,18 @@ def output_paths(
 
 def with_decoder(outputs: ExportOutputs, ckpt: Path, overwrite: bool) -> ExportOutputs:
     """A latent model's outputs: its decoder beside the U-Net (unet.onnx → unet.decoder.onnx, unet.ts.pt →
-    unet.decoder.ts.pt), checked as the other outputs are."""
+    unet.decoder.ts.pt, and with an int8 U-Net unet.decoder.int8.onnx), checked as the other outputs are."""
     plain = outputs.onnx[PLAIN]
     decoder = plain.with_name(f"{plain.stem}.decoder{plain.suffix}")
+    decoder_int8 = decoder.with_name(INT8.file_name(decoder.name)) if INT8 in outputs.onnx else None
     scripted = outputs.torchscript
     decoder_script = (
         None if scripted is None else scripted.with_name(scripted.name.replace(".ts.pt", "") + ".decoder.ts.pt")
     )
-    named = {"decoder": decoder, "decoder TorchScript": decoder_script}
+    named = {"decoder": decoder, "decoder TorchScript": decoder_script, "int8 decoder": decoder_int8}
     check_distinct_paths(
         {**named, **{path.name: path for path in outputs.paths()}}, {"--ckpt": ckpt, **installed_inputs()}
     )
     if not overwrite and (existing := [path for path in named.values() if path is not None and os.path.lexists(path)]):
         raise DDPMError(f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out-dir or --onnx")
-    return ExportOutputs(outputs.onnx, outputs.torchscript, decoder, decoder_script)
+    return ExportOutputs(outputs.onnx, outputs.torchscript, decoder, decoder_script, decoder_int8)

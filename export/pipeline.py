@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import DDPMError
 from ..core.files import StagedFiles
-from ..core.metadata import ModelInfo
-from ..core.variant import INT8_TOLERANCE, Variant
+from ..core.variant import DECODER_INT8_TOLERANCE, INT8_TOLERANCE, Variant
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .load import ExportSource
 
 DEFAULT_OPSET = 18
@@ -50,18 +51,23 @@ class ExportOutputs:
     torchscript: Path | None = None
     decoder: Path | None = None  # a latent model's decoder (ONNX), made first: the U-Net names it
     decoder_torchscript: Path | None = None
+    decoder_int8: Path | None = None  # its int8 copy, beside it (with an int8 copy of the U-Net)
 
     def paths(self) -> list[Path]:
-        decoder = [path for path in (self.decoder, self.decoder_torchscript) if path is not None]
+        decoders = (self.decoder, self.decoder_torchscript, self.decoder_int8)
+        decoder = [path for path in decoders if path is not None]
         return [*decoder, *self.onnx.values(), *([self.torchscript] if self.torchscript is not None else [])]
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Noisy training digits for the int8 copy: feeds for the quantizer, and other ones to judge it."""
+    """Noisy training digits (or their latents) for the int8 copy: feeds for the quantizer, and other
+    ones to judge it; a latent model's clean latents of both, for its decoder's copy."""
 
     feeds: list[dict]
     held_out: list[dict]
+    latents: list[np.ndarray] = field(default_factory=list)
+    held_out_latents: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class ExportReport:
     differences: dict[str, float] = field(default_factory=dict)  # max abs diff to eager fp32 by file name
     # ("torchscript" for the TorchScript file), in the order checked; empty when not verified
     int8_difference: float | None = None  # relative RMS of the int8 copy's ε to the fp32 export's
+    decoder_int8_difference: float | None = None  # mean |image| difference of the int8 decoder, grey levels
     temporary: dict[Path, Path] = field(default_factory=dict)  # final path → temporary one, while a
     # caller's StagedFiles holds them (empty once export_and_verify has written them itself)
 
@@ -84,11 +91,17 @@ def requested_variants(fp16: bool, fused_step: bool, fixed_batch: int | None, in
     ] + ([INT8] if int8 else [])
 
 
-def read_calibration(info: ModelInfo, data_dir: Path) -> Calibration:
-    """The int8 copy's calibration and check digits from the MNIST training files in ``data_dir``."""
+def read_calibration(source: ExportSource, data_dir: Path) -> Calibration:
+    """The int8 copy's calibration and check digits from the MNIST training files in ``data_dir``; for
+    a latent model, encoded by its autoencoder."""
     from .quantize import calibration_data
 
-    return Calibration(*calibration_data(info, data_dir))
+    record = source.autoencoder
+    if record is None:
+        return Calibration(*calibration_data(source.info, data_dir))
+    from ..train.latent import encoded_digits
+
+    return Calibration(*calibration_data(source.info, data_dir, lambda images: encoded_digits(record, images)))
 
 
 def export_and_verify(
@@ -115,34 +128,36 @@ def export_and_verify(
                 source, outputs, opset=opset, tolerances=tolerances, verify=verify, calibration=calibration, staged=own
             )
             own.commit()
-        return ExportReport(report.seconds, report.differences, report.int8_difference)
+        return replace(report, temporary={})
     temporary = {path: staged.stage(path) for path in outputs.paths()}
     staged_outputs = ExportOutputs(
         {variant: temporary[path] for variant, path in outputs.onnx.items()},
-        temporary.get(outputs.torchscript),
-        temporary.get(outputs.decoder),
-        temporary.get(outputs.decoder_torchscript),
+        *(temporary.get(path) for path in (outputs.torchscript, outputs.decoder, outputs.decoder_torchscript)),
+        temporary.get(outputs.decoder_int8),
     )
-    source, decoder_seconds = write_decoder(source, staged_outputs, outputs, opset)
+    source, decoder_seconds = write_decoder(source, staged_outputs, outputs, opset, calibration)
     seconds = dict(zip(outputs.paths(), decoder_seconds + write_files(source, staged_outputs, opset, calibration)))
     if not verify:
         return ExportReport(seconds, temporary=temporary)
     names = {variant: path.name for variant, path in outputs.onnx.items()}
     int8_difference, failures = compare_int8(staged_outputs, names, calibration, tolerances.int8_tol)
     differences, more = compare_with_eager(source, staged_outputs, names, tolerances)
+    decoder_int8 = None
     if source.decoder is not None:
         decoder_differences, decoder_failures = compare_decoder(source, staged_outputs, outputs, tolerances.atol)
-        differences, more = {**decoder_differences, **differences}, decoder_failures + more
+        decoder_int8, int8_failures = compare_decoder_int8(source, staged_outputs, outputs, calibration)
+        differences, more = {**decoder_differences, **differences}, decoder_failures + int8_failures + more
     if failures + more:
         raise DDPMError(f"verification failed against eager PyTorch: {', '.join(failures + more)}; nothing written")
-    return ExportReport(seconds, differences, int8_difference, temporary)
+    return ExportReport(seconds, differences, int8_difference, decoder_int8, temporary)
 
 
 def write_decoder(
-    source: ExportSource, staged: ExportOutputs, final: ExportOutputs, opset: int
+    source: ExportSource, staged: ExportOutputs, final: ExportOutputs, opset: int, calibration: Calibration | None
 ) -> tuple[ExportSource, list[float]]:
-    """A latent model's decoder (ONNX, and TorchScript where asked), written before the U-Net, and the
-    source whose metadata names the decoder by its final file name and SHA-256; the seconds each took."""
+    """A latent model's decoder (ONNX, TorchScript and the int8 copy where asked), written before the
+    U-Net, and the source whose metadata names the decoder by its final file name and SHA-256; the
+    seconds each took."""
     if source.decoder is None:
         return source, []
     if final.decoder is None:
@@ -157,11 +172,17 @@ def write_decoder(
         start = time.perf_counter()
         save_decoder_torchscript(source, staged.decoder_torchscript)
         seconds.append(time.perf_counter() - start)
-    latent = {
-        **source.info.latent,
-        "decoder_file": final.decoder.name,
-        "decoder_sha256": hashlib.sha256(data).hexdigest(),
-    }
+    sha256 = hashlib.sha256(data).hexdigest()
+    if staged.decoder_int8 is not None:
+        import onnx
+
+        from .quantize import quantize_decoder
+
+        start = time.perf_counter()
+        copy = quantize_decoder(onnx.load_from_string(data), sha256, calibration.latents)
+        staged.decoder_int8.write_bytes(copy.SerializeToString())
+        seconds.append(time.perf_counter() - start)
+    latent = {**source.info.latent, "decoder_file": final.decoder.name, "decoder_sha256": sha256}
     return replace(source, info=replace(source.info, latent=latent)), seconds
 
 
@@ -183,6 +204,26 @@ def compare_decoder(
     return differences, failures
 
 
+def compare_decoder_int8(
+    source: ExportSource, staged: ExportOutputs, final: ExportOutputs, calibration: Calibration | None
+) -> tuple[float | None, list[str]]:
+    """The int8 decoder's images against the fp32 decoder's on held-out latents: the mean difference in
+    grey levels (None without an int8 decoder) and any failure."""
+    if staged.decoder_int8 is None:
+        return None, []
+    from .quantize import decoder_difference
+
+    fp32, int8 = staged.decoder.read_bytes(), staged.decoder_int8.read_bytes()
+    difference = decoder_difference(fp32, int8, calibration.held_out_latents, source.decoder_info.data_range)
+    name = final.decoder_int8.name
+    if difference != difference:
+        return difference, [f"{name}: its images are NaN or infinite"]
+    if not difference <= DECODER_INT8_TOLERANCE:
+        limit = DECODER_INT8_TOLERANCE
+        return difference, [f"{name}: images differ from fp32's by {difference:.2f} grey levels > {limit:g}"]
+    return difference, []
+
+
 def check_outputs(outputs: ExportOutputs, calibration: Calibration | None) -> None:
     """Refuse, before any work, what cannot be made: the plain copy must come first (the TorchScript
     file is checked beside it, the int8 copy quantized from it), and the only int8 copy is the plain one's."""
@@ -191,8 +232,10 @@ def check_outputs(outputs: ExportOutputs, calibration: Calibration | None) -> No
         raise DDPMError("an export starts with the plain copy (fp32, ε graph, dynamic batch)")
     if any(variant.precision == "int8" and variant != INT8 for variant in variants):
         raise DDPMError("int8 copies are made of the plain fp32 ε graph with a dynamic batch")
-    if INT8 in outputs.onnx and calibration is None:
+    if (INT8 in outputs.onnx or outputs.decoder_int8 is not None) and calibration is None:
         raise DDPMError("an int8 copy needs calibration digits (read_calibration)")
+    if outputs.decoder_int8 is not None and not calibration.latents:
+        raise DDPMError("an int8 decoder needs calibration latents (read_calibration of a latent model)")
 
 
 def write_files(

@@ -1,11 +1,15 @@
-"""An int8 copy of an exported U-Net: static QDQ quantization, per-channel weights, calibrated on
-real noisy digits x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at timesteps spread over 0..T−1 (the activation
-ranges near t = 0 and near t = T differ a lot, so every part of the range is seen).
+"""int8 copies of an exported model: static QDQ quantization, per-channel weights.
+
+The U-Net's copy is calibrated on real noisy inputs x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at timesteps spread
+over 0..T−1 (the activation ranges near t = 0 and near t = T differ a lot, so every part of the range
+is seen), x_0 being training digits, or for a latent model their scaled latents. A latent model's
+decoder gets a copy of its own, calibrated on those latents.
 
 What stays float, and why (``benchmarks/int8_choices.py`` measures each choice's ε error and speed;
 results in benchmarks/results/int8-choices.md):
 
-- the first and the last convolution: they read x and write ε, where every grey level counts;
+- the first and the last convolution: they read x (or z) and write ε (or the image), where every
+  grey level counts;
 - attention's two products of activations (QKᵀ and softmax·V) and the softmax;
 - the timestep and class embeddings (Gemm, not among the quantized op types): they act on one
   vector per image, a negligible share of the work, and their error would reach every block.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,27 +29,22 @@ import numpy as np
 import onnx
 
 from ..core.errors import DDPMError, summary
-from ..core.metadata import ModelInfo
+from ..core.metadata import ModelInfo, int8_decoder_metadata
 from ..core.mnist import load_mnist
 from ..runtime.session import cpu_session
 
 QUANTIZED_OPS = ("Conv", "MatMul")
 CALIBRATION_SEED = 20_201_126
 CALIBRATION_IMAGES = 256  # 16 batches of 16, t stratified over the whole schedule
+Encoder = Callable[[np.ndarray], np.ndarray]  # uint8 MNIST digits -> a latent model's scaled latents
 
 
-def noisy_digits(
-    info: ModelInfo, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator
-) -> list[dict[str, np.ndarray]]:
-    """Feeds {x, t[, y]} of 16 images each: x_t of the given digits with t stratified over 0..T−1,
-    and for a class-conditional model the digit's label (one in ten the "no class" index, which
-    guidance feeds)."""
-    from ..train.data import DataConfig, transform_images
-
-    count, schedule = len(images), info.make_schedule()
+def noisy_feeds(info: ModelInfo, x0: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> list[dict]:
+    """Feeds {x, t[, y]} of 16 inputs each: x_t of the clean inputs ``x0`` (digits in the data range, or
+    a latent model's scaled latents) with t stratified over 0..T−1, and for a class-conditional model
+    the digit's label (one in ten the "no class" index, which guidance feeds)."""
+    count, schedule = len(x0), info.make_schedule()
     steps = schedule.timesteps
-    config = DataConfig(info.image_size, info.source.get("transform") or "pad", info.data_range)
-    x0 = transform_images(images, config).numpy()
     t = (np.arange(count) * steps // count + rng.integers(0, max(1, steps // count), count)).clip(0, steps - 1)
     t = rng.permutation(t)
     alpha_bar = schedule.alpha_bars[t].astype(np.float32)[:, None, None, None]
@@ -60,20 +60,40 @@ def noisy_digits(
     return feeds
 
 
-def calibration_data(info: ModelInfo, data_dir: Path, count: int = CALIBRATION_IMAGES) -> tuple[list[dict], list[dict]]:
+def clean_inputs(info: ModelInfo, images: np.ndarray, encode: Encoder | None) -> np.ndarray:
+    """What the model denoises, for MNIST digits ``images`` (uint8 [N, 28, 28]): the digits as the model
+    was trained on them, or through ``encode`` a latent model's scaled latents."""
+    if encode is not None:
+        return encode(images)
+    from ..train.data import DataConfig, transform_images
+
+    config = DataConfig(info.image_size, info.source.get("transform") or "pad", info.data_range)
+    return transform_images(images, config).numpy()
+
+
+def calibration_data(
+    info: ModelInfo, data_dir: Path, encode: Encoder | None = None, count: int = CALIBRATION_IMAGES
+) -> tuple[list[dict], list[dict], list[np.ndarray], list[np.ndarray]]:
     """Calibration feeds of ``count`` MNIST training digits, and held-out feeds (a quarter as many
-    other digits, other noise) for checking the result."""
+    other digits, other noise) for checking the result; for a latent model (``encode`` given) also
+    the clean latents of both, in batches of 16, for its decoder's copy."""
     images, labels = load_mnist(data_dir, "train")
     held = count // 4
     if len(images) < count + held:
         raise DDPMError(f"{data_dir}: {len(images)} training images; int8 calibration needs {count + held}")
     rng = np.random.default_rng(CALIBRATION_SEED)
     pick = rng.choice(len(images), size=count + held, replace=False)
-    calibration, check = pick[:count], pick[count:]
-    return (
-        noisy_digits(info, images[calibration], labels[calibration], rng),
-        noisy_digits(info, images[check], labels[check], rng),
-    )
+    x0 = clean_inputs(info, images[pick], encode).astype(np.float32)
+    calibration, check = slice(0, count), slice(count, count + held)
+    feeds = noisy_feeds(info, x0[calibration], labels[pick][calibration], rng)
+    held_out = noisy_feeds(info, x0[check], labels[pick][check], rng)
+    if encode is None:
+        return feeds, held_out, [], []
+    return feeds, held_out, _batches(x0[calibration]), _batches(x0[check])
+
+
+def _batches(x: np.ndarray, size: int = 16) -> list[np.ndarray]:
+    return [np.ascontiguousarray(x[start : start + size]) for start in range(0, len(x), size)]
 
 
 def float_nodes(model: onnx.ModelProto) -> list[str]:
@@ -91,11 +111,29 @@ def quantize(
 ) -> onnx.ModelProto:
     """The int8 QDQ copy of ``model`` (an fp32 ε graph), metadata saying so; ``keep``: the nodes left
     in float [default: :func:`float_nodes`]."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
     if info.graph != "eps" or info.precision != "fp32" or info.fixed_batch is not None:
         raise DDPMError("int8 copies are made of the plain fp32 ε graph with a dynamic batch")
     named = with_node_names(model)
+    quantized = quantize_static_qdq(named, calibration, float_nodes(named) if keep is None else keep)
+    return with_metadata(quantized, model, replace(info, precision="int8").to_metadata())
+
+
+def quantize_decoder(model: onnx.ModelProto, fp32_sha256: str, latents: list[np.ndarray]) -> onnx.ModelProto:
+    """The int8 QDQ copy of a latent model's decoder (``model``, the fp32 file whose SHA-256 is
+    ``fp32_sha256``), calibrated on scaled latents of training digits: every convolution in int8 but
+    the first and the last. Its metadata is the fp32 decoder's, with its precision and that SHA-256."""
+    named = with_node_names(model)
+    quantized = quantize_static_qdq(named, [{"z": z} for z in latents], float_nodes(named))
+    props = {entry.key: entry.value for entry in model.metadata_props}
+    return with_metadata(quantized, model, int8_decoder_metadata(props, fp32_sha256))
+
+
+def quantize_static_qdq(named: onnx.ModelProto, calibration: list[dict], keep: list[str]) -> onnx.ModelProto:
+    """ONNX Runtime's static QDQ quantization of ``named`` (every node named), calibrated on the feeds
+    ``calibration``, the nodes ``keep`` left in float; its failures are one DDPMError."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as quantize_onnx
+
     quantizer_log = logging.getLogger()  # the quantizer advises through the root logger, once per call
     level = quantizer_log.level
     quantizer_log.setLevel(logging.ERROR)
@@ -106,7 +144,7 @@ def quantize(
             # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x s8 pairs with a
             # saturating 16-bit add (VPMADDUBSW), which full-range weights overflow; the copy must
             # compute the same on whichever CPU runs it, not only on the one that made it.
-            quantize_static(
+            quantize_onnx(
                 source,
                 target,
                 calibration_reader(calibration),
@@ -116,20 +154,22 @@ def quantize(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=list(QUANTIZED_OPS),
-                nodes_to_exclude=float_nodes(named) if keep is None else keep,
+                nodes_to_exclude=keep,
                 extra_options={"ActivationSymmetric": False},
             )
-            quantized = onnx.load(target)
-        except DDPMError:
-            raise
+            return onnx.load(target)
         except Exception as exc:  # the quantizer's failures come in many types
             raise DDPMError(f"int8 quantization failed: {summary(exc)}") from None
         finally:
             quantizer_log.setLevel(level)
+
+
+def with_metadata(quantized: onnx.ModelProto, original: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelProto:
+    """``quantized`` with ``props`` for metadata and the original's producer name."""
     del quantized.metadata_props[:]
-    for key, value in replace(info, precision="int8").to_metadata().items():
+    for key, value in props.items():
         quantized.metadata_props.add(key=key, value=value)
-    quantized.producer_name = model.producer_name
+    quantized.producer_name = original.producer_name
     return quantized
 
 
@@ -167,3 +207,16 @@ def relative_error(fp32: bytes, int8: bytes, feeds: list[dict]) -> float:
         squared_ref += float(np.sum(reference**2))
     ratio = np.sqrt(squared_diff / squared_ref) if squared_ref > 0 else float("nan")
     return float(ratio) if np.isfinite(ratio) else float("nan")
+
+
+def decoder_difference(fp32: bytes, int8: bytes, latents: list[np.ndarray], data_range: tuple[float, float]) -> float:
+    """Mean |image_int8 − image_fp32| over ``latents``, in grey levels of 255, on ONNX Runtime's CPU
+    provider (NaN when either is not finite)."""
+    sessions = [cpu_session(blob) for blob in (fp32, int8)]
+    total = count = 0.0
+    for z in latents:
+        reference, quantized = (session.run(["image"], {"z": z})[0].astype(np.float64) for session in sessions)
+        total += float(np.abs(quantized - reference).sum())
+        count += reference.size
+    mean = total / count * 255.0 / (data_range[1] - data_range[0]) if count else float("nan")
+    return float(mean) if np.isfinite(mean) else float("nan")

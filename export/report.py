@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..core.variant import DECODER_INT8_TOLERANCE
 from .pipeline import ExportReport, Tolerances
 
 
@@ -39,6 +40,11 @@ def show_report(report: ExportReport, tolerances: Tolerances, verified: bool, fp
     if report.int8_difference is not None:
         click.echo(
             f"int8 vs fp32 ε: relative RMS difference {report.int8_difference:.3f} (tolerance {tolerances.int8_tol:g})"
+        )
+    if report.decoder_int8_difference is not None:
+        click.echo(
+            f"int8 vs fp32 decoder: images differ by {report.decoder_int8_difference:.2f} grey levels on average "
+            f"(tolerance {DECODER_INT8_TOLERANCE:g})"
         )
     differences = ", ".join(f"{label} {value:.2e}" for label, value in report.differences.items())
     click.echo(

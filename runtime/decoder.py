@@ -6,10 +6,13 @@ missing, another file, another autoencoder's, a U-Net, or one whose images are n
 one line before anything is sampled.
 
 Where the precision is pinned, the decoder runs beside its U-Net (:func:`decoder_backend`): on OpenVINO
-beside an OpenVINO U-Net, in bf16 beside a bf16 one, else on ONNX Runtime's CPU provider in fp32. Under
+beside an OpenVINO U-Net, in bf16 beside a bf16 one, its int8 copy (``NAME.decoder.int8.onnx``, made
+by ``ddpm-export --int8``) beside an int8 U-Net, else on ONNX Runtime's CPU provider in fp32. Under
 ``auto`` it has a timed choice of its own (:mod:`.decoder_choice`). A bf16 decoder is used only while
-its images stay within :data:`BF16_TOLERANCE` of fp32's on the check latents; past it the decoder runs
-in fp32 and says why in ``note``.
+its images stay within :data:`BF16_TOLERANCE` of fp32's on the check latents, an int8 copy only when it
+was quantized from this decoder file and its images stay within
+:data:`~ddpm.core.variant.DECODER_INT8_TOLERANCE` of fp32's on average; otherwise the decoder runs in
+fp32 and says why in ``note``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numpy as np
 
 from ..core.errors import DDPMError, summary
 from ..core.files import input_problem
-from ..core.metadata import DecoderInfo, ModelInfo
+from ..core.metadata import DecoderInfo, ModelInfo, int8_decoder_source
+from ..core.variant import DECODER_INT8_TOLERANCE, Variant
 from .onnx_check import read_outline
 from .openvino_session import OPENVINO_PROVIDER, openvino_module
 from .session import CPU_PROVIDER, MAX_MODEL_BYTES, EpsCalls, session_options
@@ -34,11 +38,16 @@ CHECK_LATENTS = 16  # standard-normal latents, seed 0, on which a bf16 decoder i
 
 def decoder_backend(session: EpsCalls) -> tuple[str, str]:
     """The (backend, precision) a latent U-Net's decoder runs on beside ``session``: OpenVINO beside
-    OpenVINO, at bf16 beside bf16 and fp32 beside anything else (there is no int8 decoder); ONNX Runtime
-    fp32 on the CPU beside every ONNX Runtime session, a GPU one included."""
+    OpenVINO, at bf16 beside bf16 and fp32 beside anything else; ONNX Runtime on the CPU beside every
+    ONNX Runtime session, a GPU one included, in int8 beside an int8 U-Net and fp32 otherwise."""
     if session.backend == "openvino":
         return "openvino", "bf16" if session.precision == "bf16" else "fp32"
-    return "onnxruntime", "fp32"
+    return "onnxruntime", "int8" if session.precision == "int8" else "fp32"
+
+
+def int8_decoder_path(decoder: Path) -> Path:
+    """Where a decoder's int8 copy lies: beside it, tagged as the U-Net's int8 copy is."""
+    return decoder.with_name(Variant("int8").file_name(decoder.name))
 
 
 def decoder_path(model_path: Path, info: ModelInfo) -> Path:
@@ -85,8 +94,9 @@ class Decoder:
     """Scaled latents [B, L, h, w] → float32 images [B, C, H, W] in the model's data range, on the CPU
     (the decoder runs once per sample, the U-Net once per step).
 
-    ``backend`` "onnxruntime" or "openvino" and ``precision`` "fp32" or "bf16" (OpenVINO only), as
-    :func:`decoder_backend` gives them; ``provider`` says what runs, ``note`` why bf16 was declined (else None).
+    ``backend`` "onnxruntime" or "openvino" and ``precision`` "fp32", "bf16" (OpenVINO only) or "int8"
+    (ONNX Runtime only), as :func:`decoder_backend` gives them; ``provider`` says what runs, ``note`` why
+    bf16 or int8 was declined (else None).
     """
 
     def __init__(
@@ -109,11 +119,19 @@ class Decoder:
         self._check_finite()
         if self.precision == "bf16":
             self._check_bf16(data, threads)
+        if self.precision == "int8":
+            self._check_int8(data, threads)
 
     def _open(self, data: bytes, backend: str, precision: str, threads: int | None) -> None:
         if backend == "openvino":
             self._run = _OpenVINORunner(data, self.path, precision, threads)
             self.provider = f"{OPENVINO_PROVIDER} {precision}"
+        elif precision == "int8":
+            copy = self._int8_copy(data)
+            if copy is None:
+                return self._open(data, backend, "fp32", threads)
+            self._run = _OnnxRuntimeRunner(copy, int8_decoder_path(self.path), threads)
+            self.provider = f"{CPU_PROVIDER} int8"
         else:
             self._run = _OnnxRuntimeRunner(data, self.path, threads)
             self.provider = CPU_PROVIDER
@@ -138,6 +156,39 @@ class Decoder:
                 f"(tolerance {BF16_TOLERANCE:.3f})"
             )
             self._open(data, "openvino", "fp32", threads)
+
+    def _int8_copy(self, data: bytes) -> bytes | None:
+        """The int8 copy's bytes when one lies beside this decoder and was quantized from it; else None,
+        with ``note`` saying why."""
+        path = int8_decoder_path(self.path)
+        if not path.is_file():
+            self.note = f"the decoder runs in fp32: no int8 copy of it ({path.name}) lies beside it"
+            return None
+        try:
+            copy = path.read_bytes()
+            source = int8_decoder_source(read_outline(copy, str(path)).metadata, str(path))
+        except (OSError, DDPMError) as exc:
+            self.note = f"the decoder runs in fp32: {summary(exc)}"
+            return None
+        if source != hashlib.sha256(data).hexdigest():
+            self.note = f"the decoder runs in fp32: {path.name} was quantized from another decoder file"
+            return None
+        return copy
+
+    def _check_int8(self, data: bytes, threads: int | None) -> None:
+        """int8 images against fp32's on the check latents; too far apart on average, the decoder runs in fp32."""
+        info = self.info
+        shape = (CHECK_LATENTS, info.latent_channels, info.latent_size, info.latent_size)
+        z = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        exact = _OnnxRuntimeRunner(data, self.path, threads)(z)
+        low, high = info.data_range
+        difference = float(np.abs(self._run(z) - exact).mean()) * 255.0 / (high - low)
+        if not difference <= DECODER_INT8_TOLERANCE:
+            self.note = (
+                f"the decoder runs in fp32: its int8 copy's images differ from fp32's by {difference:.2f} grey "
+                f"levels on average (tolerance {DECODER_INT8_TOLERANCE:g})"
+            )
+            self._open(data, "onnxruntime", "fp32", threads)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Images for a batch of latents, in calls of at most ``max_rows`` rows; each answer is checked

@@ -3,8 +3,9 @@
 The decoder is a second graph with its own best backend: the arithmetic that pays for the U-Net's
 small 8x8 calls need not pay for the decoder's 32x32 (or 64x64) ones, nor the other way round. So,
 as :mod:`.precision` does for the U-Net, ``auto`` times every decoder path the provider allows (ONNX
-Runtime fp32, OpenVINO f32, OpenVINO bf16 where the CPU runs it natively and its images pass the
-decoder's bf16 check), interleaved, once per machine, and remembers the fastest. A path other than
+Runtime fp32, ONNX Runtime int8 where the decoder's int8 copy lies beside it and passes its check,
+OpenVINO f32, OpenVINO bf16 where the CPU runs it natively and its images pass the decoder's bf16
+check), interleaved, once per machine, and remembers the fastest. A path other than
 ONNX Runtime fp32 replaces it only when it measures :data:`~.precision.MARGIN` times faster.
 
     decoder, note = fastest_decoder(ddpm.session, ddpm.info, provider="auto", threads=None)
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..core.metadata import ModelInfo
 from . import cpu_batch
-from .decoder import Decoder
+from .decoder import Decoder, decoder_path, int8_decoder_path
 from .openvino_session import bf16_support, openvino_version
 from .precision import BACKENDS, MARGIN
 from .session import EpsCalls, UNetSession
@@ -29,10 +30,10 @@ TIMING_ROWS = 64  # latents per timed call: a batch of finished samples, as the 
 TIMING_REPEATS = 5  # the fastest of these calls per path, after one warm-up
 
 
-def candidates(provider: str) -> list[tuple[str, str]]:
+def candidates(provider: str, int8: bool = False) -> list[tuple[str, str]]:
     """The (backend, precision) paths ``provider`` allows the decoder, ONNX Runtime fp32 first: the
-    reference the others must beat."""
-    paths = [] if provider == "openvino" else [("onnxruntime", "fp32")]
+    reference the others must beat; ``int8``: the decoder has an int8 copy beside it."""
+    paths = [] if provider == "openvino" else [("onnxruntime", "fp32")] + [("onnxruntime", "int8")] * int8
     if provider in ("auto", "openvino") and openvino_version() is not None:
         paths.append(("openvino", "fp32"))
         if bf16_support() is None:
@@ -56,7 +57,7 @@ def fastest_decoder(
     """The fastest decoder path of ``session``'s latent model on this CPU (cached per machine and
     decoder file) and why (None: only one path is allowed). ``opened``: a decoder of that model already
     open, used again where its path is wanted instead of opening a second one."""
-    paths = candidates(provider)
+    paths = candidates(provider, int8_decoder_path(decoder_path(session.path, info)).is_file())
     open_path = _opener(session, info, threads, opened)
     if len(paths) == 1:
         return open_path(paths[0]), None
@@ -69,7 +70,7 @@ def fastest_decoder(
     if on_measure is not None:
         on_measure()
     decoders = {path: open_path(path) for path in paths}
-    # a bf16 decoder that fell back to fp32 (see Decoder.note) is not a path of its own
+    # a bf16 or int8 decoder that fell back to fp32 (see Decoder.note) is not a path of its own
     decoders = {path: decoder for path, decoder in decoders.items() if decoder.precision == path[1]}
     times = time_decoders(list(decoders.values()), info)
     reference = paths[0]

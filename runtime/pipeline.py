@@ -38,7 +38,7 @@ from ..core.record import RunSettings
 from ..core.variant import Variant
 from . import cpu_batch
 from .choice import DEFAULT_EMBEDDED, EMBEDDED, choose_model, open_session
-from .decoder import Decoder, decoder_backend
+from .decoder import Decoder, decoder_backend, int8_decoder_path
 from .decoder_choice import fastest_decoder
 from .engine import Job, SampleRun, SamplingEngine, class_prior_labels, frame_positions
 from .installed import models_dir
@@ -96,9 +96,14 @@ class DDPM:
         self.path_timing: cpu_batch.Timing | None = None
 
     def decoder_files(self) -> dict[str, Path]:
-        """The files this model reads besides the one it was opened from (a latent model's decoder), named
-        for :func:`~ddpm.core.files.check_distinct_paths`: an output must not be one of them either."""
-        return {} if self.decoder is None else {f"the decoder {self.decoder.path.name}": self.decoder.path}
+        """The files this model reads besides the one it was opened from (a latent model's decoder and
+        its int8 copy), named for :func:`~ddpm.core.files.check_distinct_paths`: an output must not be
+        one of them either."""
+        if self.decoder is None:
+            return {}
+        copy = int8_decoder_path(self.decoder.path)
+        files = {f"the decoder {self.decoder.path.name}": self.decoder.path}
+        return files | ({f"the decoder's int8 copy {copy.name}": copy} if copy.is_file() else {})
 
     @classmethod
     def load(

@@ -46,6 +46,7 @@ SAME_NETWORK = (
     "num_classes",
     "noise_at_last_step",
     "model_config",
+    "latent",  # a latent model's copies name the same decoder file
 )
 
 

@@ -96,11 +96,3 @@ def test_an_existing_decoder_is_not_overwritten(invoke, latent_export, tmp_path)
     assert_one_line_error(result, "unet.decoder.onnx exists", "--overwrite")
     assert (out / "unet.decoder.onnx").read_bytes() == b"mine"
     assert not (out / "unet.onnx").exists()
-
-
-def test_int8_copies_of_latent_models_are_refused(invoke, latent_export, tmp_path, data_dir):
-    result = invoke(
-        export_main, "--ckpt", latent_export / "model.pt", "--out-dir", tmp_path, "--int8", "--data-dir", data_dir
-    )
-    assert_one_line_error(result, "--int8 copies of latent models")
-    assert list(tmp_path.iterdir()) == []

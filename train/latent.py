@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,6 +68,15 @@ def build_autoencoder(record: dict[str, Any], device: torch.device | str = "cpu"
 def encode(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
     """The posterior means of ``images`` [N, C, H, W], in batches: the deterministic latents the U-Net learns."""
     return torch.cat([model.encoder(images[i : i + ENCODE_BATCH])[0] for i in range(0, len(images), ENCODE_BATCH)])
+
+
+def encoded_digits(record: dict[str, Any], images: np.ndarray) -> np.ndarray:
+    """MNIST digits (uint8 [N, 28, 28]) as the recorded autoencoder's scaled latents [N, L, h, w]: the
+    clean inputs the latent U-Net learned to denoise (its int8 copy calibrates on them)."""
+    from .data import transform_images
+
+    images = transform_images(images, record_data(record))
+    return (encode(build_autoencoder(record), images) * float(record["scale_factor"])).numpy()
 
 
 def scale_factor(latents: torch.Tensor) -> float:
