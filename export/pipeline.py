@@ -136,7 +136,8 @@ def export_and_verify(
         temporary.get(outputs.decoder_int8),
     )
     source, decoder_seconds = write_decoder(source, staged_outputs, outputs, opset, calibration)
-    seconds = dict(zip(outputs.paths(), decoder_seconds + write_files(source, staged_outputs, opset, calibration)))
+    unet_seconds = write_files(source, staged_outputs, opset, calibration, tolerances)
+    seconds = dict(zip(outputs.paths(), decoder_seconds + unet_seconds))
     if not verify:
         return ExportReport(seconds, temporary=temporary)
     names = {variant: path.name for variant, path in outputs.onnx.items()}
@@ -239,7 +240,11 @@ def check_outputs(outputs: ExportOutputs, calibration: Calibration | None) -> No
 
 
 def write_files(
-    source: ExportSource, outputs: ExportOutputs, opset: int, calibration: Calibration | None
+    source: ExportSource,
+    outputs: ExportOutputs,
+    opset: int,
+    calibration: Calibration | None,
+    tolerances: Tolerances = Tolerances(),
 ) -> list[float]:
     """Every file of ``outputs`` written; the seconds each took, in the order of ExportOutputs.paths()."""
     from .exporter import onnx_model, save_torchscript, torchscript_module
@@ -248,9 +253,9 @@ def write_files(
     for variant, path in outputs.onnx.items():
         start = time.perf_counter()
         if variant == INT8:
-            from .quantize import quantize
+            from .quantize import quantize_within
 
-            model = quantize(plain, source.info, calibration.feeds)
+            model = quantize_within(plain, source.info, calibration.feeds, calibration.held_out, tolerances.int8_tol)
         else:
             model = onnx_model(
                 source, opset, fixed_batch=variant.fixed_batch, graph=variant.graph, fp16=variant.precision == "fp16"

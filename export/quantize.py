@@ -9,7 +9,9 @@ What stays float, and why (``benchmarks/int8_choices.py`` measures each choice's
 results in benchmarks/results/int8-choices.md):
 
 - the first and the last convolution: they read x (or z) and write ε (or the image), where every
-  grey level counts;
+  grey level counts; and where the U-Net's copy misses its tolerance so, a few more at either end
+  (:func:`quantize_within`: a distilled student, whose few calls leave no later step to correct an
+  error, needs them);
 - attention's two products of activations (QKᵀ and softmax·V) and the softmax;
 - the timestep and class embeddings (Gemm, not among the quantized op types): they act on one
   vector per image, a negligible share of the work, and their error would reach every block.
@@ -36,6 +38,7 @@ from ..runtime.session import cpu_session
 QUANTIZED_OPS = ("Conv", "MatMul")
 CALIBRATION_SEED = 20_201_126
 CALIBRATION_IMAGES = 256  # 16 batches of 16, t stratified over the whole schedule
+MORE_FLOAT = (0, 2, 4)  # convolutions kept float at either end beyond the first and last, tried in turn
 Encoder = Callable[[np.ndarray], np.ndarray]  # uint8 MNIST digits -> a latent model's scaled latents
 
 
@@ -96,12 +99,13 @@ def _batches(x: np.ndarray, size: int = 16) -> list[np.ndarray]:
     return [np.ascontiguousarray(x[start : start + size]) for start in range(0, len(x), size)]
 
 
-def float_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the weighted nodes kept in float: the first and the last convolution, and every
-    product of two activations (attention's QKᵀ and softmax·V)."""
+def float_nodes(model: onnx.ModelProto, more: int = 0) -> list[str]:
+    """Names of the weighted nodes kept in float: the first and the last convolution (and ``more``
+    after the first and before the last), and every product of two activations (attention's QKᵀ and
+    softmax·V)."""
     stored = {tensor.name for tensor in model.graph.initializer}
-    convs = [node for node in model.graph.node if node.op_type == "Conv"]
-    keep = {convs[0].name, convs[-1].name} if convs else set()
+    convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
+    keep = set(convs[: 1 + more] + convs[len(convs) - 1 - more :]) if convs else set()
     keep |= {node.name for node in model.graph.node if node.op_type == "MatMul" and not set(node.input) & stored}
     return sorted(keep)
 
@@ -116,6 +120,20 @@ def quantize(
     named = with_node_names(model)
     quantized = quantize_static_qdq(named, calibration, float_nodes(named) if keep is None else keep)
     return with_metadata(quantized, model, replace(info, precision="int8").to_metadata())
+
+
+def quantize_within(
+    model: onnx.ModelProto, info: ModelInfo, calibration: list[dict], held_out: list[dict], tolerance: float
+) -> onnx.ModelProto:
+    """The int8 copy with the fewest float convolutions whose ε stays within ``tolerance`` (relative
+    RMS) of fp32's on ``held_out``: :func:`float_nodes` first, then with each of :data:`MORE_FLOAT`
+    more convolutions at either end; the last try where none does (the export then reports its miss)."""
+    named, fp32 = with_node_names(model), model.SerializeToString()
+    for more in MORE_FLOAT:
+        copy = quantize(model, info, calibration, float_nodes(named, more))
+        if relative_error(fp32, copy.SerializeToString(), held_out) <= tolerance:
+            break
+    return copy
 
 
 def quantize_decoder(model: onnx.ModelProto, fp32_sha256: str, latents: list[np.ndarray]) -> onnx.ModelProto:

@@ -68,3 +68,18 @@ def test_int8_without_calibration_data_is_one_line_before_work(invoke, tiny_expo
     )
     assert_one_line_error(result, "nowhere")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_within_keeps_more_convolutions_float_only_while_the_copy_misses(tiny_export):
+    from ddpm.export.quantize import MORE_FLOAT, calibration_data, quantize_within
+
+    model = onnx.load(tiny_export / "unet.onnx")
+    info = ModelInfo.from_metadata({p.key: p.value for p in model.metadata_props})
+    feeds, held_out, _, _ = calibration_data(info, DATA_DIR, count=64)
+
+    def float_convs(copy):
+        produced_by = {out: n.op_type for n in copy.graph.node for out in n.output}
+        return sum(produced_by.get(n.input[1]) != "DequantizeLinear" for n in copy.graph.node if n.op_type == "Conv")
+
+    assert float_convs(quantize_within(model, info, feeds, held_out, tolerance=1e9)) == 2  # the first try passes
+    assert float_convs(quantize_within(model, info, feeds, held_out, tolerance=0.0)) == 2 + 2 * MORE_FLOAT[-1]
