@@ -82,9 +82,11 @@ def time_samplers(
 
     --quick leaves out the 1000-step ancestral run (its time is the full-loop row's, times the batch gain).
     ``precision`` "auto" runs the U-Net and a latent model's decoder each on the path this CPU measures
-    fastest for it, as ddpm-run's auto does; the rows' provider then names both paths."""
+    fastest for it, as ddpm-run's auto does (an embedded model opened by its name, so that its int8 copies
+    are among the paths); the rows' provider then names both paths."""
     on_cpu = provider in ("cpu", "auto")
-    ddpm = DDPM.load(model.onnx_path, provider=provider, threads=threads if on_cpu else None, precision=precision)
+    source = model.shipped if precision == "auto" and model.shipped else model.onnx_path
+    ddpm = DDPM.load(source, provider=provider, threads=threads if on_cpu else None, precision=precision)
     if precision == "auto":
         provider = f"cpu auto ({path_names(ddpm)})"
     rows = []

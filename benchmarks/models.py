@@ -34,6 +34,7 @@ class BenchModel:
     torch_module: Any = None
     workdir: Path | None = None
     variants: dict[Variant, Path] = field(default_factory=dict)
+    shipped: str | None = None  # the embedded model's name (choice.EMBEDDED) where the row times the package's file
 
     @property
     def embedded(self) -> bool:
@@ -44,9 +45,9 @@ class BenchModel:
             return False
 
     def shipped_int8(self) -> Path | None:
-        """The package's int8 copy, when this is the embedded model and the package ships one."""
+        """The package's int8 copy, when this row times an embedded model and the package ships one."""
         try:
-            return default_model_path("int8") if self.embedded else None
+            return embedded_model_path(self.shipped, "int8") if self.shipped else None
         except DDPMError:
             return None
 
@@ -161,7 +162,8 @@ def prepare_models(
             weight_bytes = 4.0 * count_parameters(module)
             if name != "labml" and given_files[name] is None:
                 weights = "embedded (trained) in ONNX rows; random in PyTorch rows"
-        models.append(BenchModel(name, path, info, weights, flops, weight_bytes, module, workdir))
+        shipped = EMBEDDED_BY_ROW[name] if name in given_files and given_files[name] is None else None
+        models.append(BenchModel(name, path, info, weights, flops, weight_bytes, module, workdir, shipped=shipped))
     return models, notes
 
 

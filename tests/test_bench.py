@@ -234,3 +234,14 @@ def test_latent_rows_time_the_unet_on_latents_and_the_decoder_in_the_sampler_row
     assert report["models"]["latent"]["flops_per_image_step"] < report["models"]["small"]["flops_per_image_step"]
     assert not any(line.startswith("Latent vs pixel") for line in report["targets"])  # set for the embedded pair only
     assert "decoder share" in (tmp_path / "bench-t.md").read_text()
+
+
+def test_rows_of_embedded_models_know_their_names_and_int8_copies(tmp_path, latent_export):
+    from ddpm.benchmarks.models import prepare_models
+    from ddpm.runtime.pipeline import embedded_model_path
+
+    shipped, _ = prepare_models(["student"], None, None, tmp_path, None, lambda line: None)
+    assert shipped[0].shipped == "latent-student"  # auto rows open it by name, its int8 copy among the paths
+    assert shipped[0].shipped_int8() == embedded_model_path("latent-student", "int8")
+    given, _ = prepare_models(["student"], None, None, tmp_path, None, print, student_onnx=latent_export / "unet.onnx")
+    assert given[0].shipped is None and given[0].shipped_int8() is None
