@@ -33,7 +33,9 @@ TIMING_REPEATS = 5  # the fastest of these calls per path, after one warm-up
 def candidates(provider: str, int8: bool = False) -> list[tuple[str, str]]:
     """The (backend, precision) paths ``provider`` allows the decoder, ONNX Runtime fp32 first: the
     reference the others must beat; ``int8``: the decoder has an int8 copy beside it."""
-    paths = [] if provider == "openvino" else [("onnxruntime", "fp32")] + [("onnxruntime", "int8")] * int8
+    paths = []
+    if provider != "openvino":
+        paths += [("onnxruntime", "fp32"), ("onnxruntime", "int8")] if int8 else [("onnxruntime", "fp32")]
     if provider in ("auto", "openvino") and openvino_version() is not None:
         paths.append(("openvino", "fp32"))
         if bf16_support() is None:
