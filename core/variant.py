@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
+import numpy as np
+
 from .errors import DDPMError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -18,6 +20,13 @@ INT8_TOLERANCE = 0.05
 # Mean |image_int8 − image_fp32| of a latent model's int8 decoder, in grey levels of 255: the bound its
 # export passes (on held-out latents of training digits), and the int8 decoder at load (on check latents).
 DECODER_INT8_TOLERANCE = 2.0
+
+
+def grey_level_difference(images: np.ndarray, reference: np.ndarray, data_range: tuple[float, float]) -> float:
+    """Mean |images − reference| in grey levels of 255, for images in ``data_range``: the unit of
+    :data:`DECODER_INT8_TOLERANCE`."""
+    low, high = data_range
+    return float(np.abs(images.astype(np.float64) - reference).mean()) * 255.0 / (high - low)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from ..core.errors import DDPMError
 from ..core.files import check_distinct_paths, output_target
 from ..core.mnist import data_files
 from ..core.variant import Variant
+from ..runtime.decoder import int8_decoder_path
 from ..runtime.installed import installed_inputs
 from .options import ExportArgs
 from .pipeline import INT8, PLAIN, ExportOutputs, requested_variants
@@ -79,7 +80,7 @@ def with_decoder(outputs: ExportOutputs, ckpt: Path, overwrite: bool) -> ExportO
     unet.decoder.ts.pt, and with an int8 U-Net unet.decoder.int8.onnx), checked as the other outputs are."""
     plain = outputs.onnx[PLAIN]
     decoder = plain.with_name(f"{plain.stem}.decoder{plain.suffix}")
-    decoder_int8 = decoder.with_name(INT8.file_name(decoder.name)) if INT8 in outputs.onnx else None
+    decoder_int8 = int8_decoder_path(decoder) if INT8 in outputs.onnx else None
     scripted = outputs.torchscript
     decoder_script = (
         None if scripted is None else scripted.with_name(scripted.name.replace(".ts.pt", "") + ".decoder.ts.pt")

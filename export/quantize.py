@@ -33,6 +33,7 @@ import onnx
 from ..core.errors import DDPMError, summary
 from ..core.metadata import ModelInfo, int8_decoder_metadata
 from ..core.mnist import load_mnist
+from ..core.variant import grey_level_difference
 from ..runtime.session import cpu_session
 
 QUANTIZED_OPS = ("Conv", "MatMul")
@@ -230,11 +231,9 @@ def relative_error(fp32: bytes, int8: bytes, feeds: list[dict]) -> float:
 def decoder_difference(fp32: bytes, int8: bytes, latents: list[np.ndarray], data_range: tuple[float, float]) -> float:
     """Mean |image_int8 − image_fp32| over ``latents``, in grey levels of 255, on ONNX Runtime's CPU
     provider (NaN when either is not finite)."""
-    sessions = [cpu_session(blob) for blob in (fp32, int8)]
-    total = count = 0.0
-    for z in latents:
-        reference, quantized = (session.run(["image"], {"z": z})[0].astype(np.float64) for session in sessions)
-        total += float(np.abs(quantized - reference).sum())
-        count += reference.size
-    mean = total / count * 255.0 / (data_range[1] - data_range[0]) if count else float("nan")
-    return float(mean) if np.isfinite(mean) else float("nan")
+    reference, quantized = (
+        np.concatenate([session.run(["image"], {"z": z})[0] for z in latents])
+        for session in (cpu_session(blob) for blob in (fp32, int8))
+    )
+    difference = grey_level_difference(quantized, reference, data_range)
+    return difference if np.isfinite(difference) else float("nan")

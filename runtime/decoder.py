@@ -27,7 +27,7 @@ import numpy as np
 from ..core.errors import DDPMError, summary
 from ..core.files import input_problem
 from ..core.metadata import DecoderInfo, ModelInfo, int8_decoder_source
-from ..core.variant import DECODER_INT8_TOLERANCE, Variant
+from ..core.variant import DECODER_INT8_TOLERANCE, Variant, grey_level_difference
 from .onnx_check import read_outline
 from .openvino_session import OPENVINO_PROVIDER, openvino_module
 from .session import CPU_PROVIDER, MAX_MODEL_BYTES, EpsCalls, session_options
@@ -111,6 +111,7 @@ class Decoder:
     ) -> None:
         self.path = decoder_path(unet_path, unet)
         data, self.info = read_decoder_file(self.path, unet, unet_path)
+        self.sha256 = unet.latent["decoder_sha256"]  # read_decoder_file found the file's own hash equal to it
         self.max_rows = max_rows
         self.note: str | None = None
         self.run_seconds = 0.0
@@ -143,11 +144,15 @@ class Decoder:
         info = self.info
         self.decode(np.zeros((1, info.latent_channels, info.latent_size, info.latent_size), np.float32))
 
-    def _check_bf16(self, data: bytes, threads: int | None) -> None:
-        """bf16 images against fp32's on the check latents; too far apart, the decoder runs in fp32."""
+    def _check_latents(self) -> np.ndarray:
+        """The latents a bf16 decoder or an int8 copy is compared with fp32 on: standard normal, seed 0."""
         info = self.info
         shape = (CHECK_LATENTS, info.latent_channels, info.latent_size, info.latent_size)
-        z = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        return np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+
+    def _check_bf16(self, data: bytes, threads: int | None) -> None:
+        """bf16 images against fp32's on the check latents; too far apart, the decoder runs in fp32."""
+        z = self._check_latents()
         exact = _OpenVINORunner(data, self.path, "fp32", threads)(z)
         difference = float(np.abs(self._run(z) - exact).max())
         if not difference <= BF16_TOLERANCE:
@@ -170,19 +175,16 @@ class Decoder:
         except (OSError, DDPMError) as exc:
             self.note = f"the decoder runs in fp32: {summary(exc)}"
             return None
-        if source != hashlib.sha256(data).hexdigest():
+        if source != self.sha256:
             self.note = f"the decoder runs in fp32: {path.name} was quantized from another decoder file"
             return None
         return copy
 
     def _check_int8(self, data: bytes, threads: int | None) -> None:
         """int8 images against fp32's on the check latents; too far apart on average, the decoder runs in fp32."""
-        info = self.info
-        shape = (CHECK_LATENTS, info.latent_channels, info.latent_size, info.latent_size)
-        z = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        z = self._check_latents()
         exact = _OnnxRuntimeRunner(data, self.path, threads)(z)
-        low, high = info.data_range
-        difference = float(np.abs(self._run(z) - exact).mean()) * 255.0 / (high - low)
+        difference = grey_level_difference(self._run(z), exact, self.info.data_range)
         if not difference <= DECODER_INT8_TOLERANCE:
             self.note = (
                 f"the decoder runs in fp32: its int8 copy's images differ from fp32's by {difference:.2f} grey "
