@@ -77,18 +77,21 @@ def write_video(
 def png_bytes(
     images: np.ndarray, scale: int = 3, columns: int | None = None, settings: Recorded | None = None
 ) -> bytes:
-    """A PNG grid; ``settings`` go into text chunks (``ddpm.seed``, ``ddpm.settings`` as JSON)."""
-    buffer = io.BytesIO()
-    extra = {}
-    if settings:
-        from PIL.PngImagePlugin import PngInfo  # Pillow comes with imageio
+    """A PNG grid; ``settings`` go into text chunks (``ddpm.seed``, ``ddpm.settings`` as JSON).
 
+    Written by Pillow directly: imageio's plugin lookup costs more than the encoding of a small grid,
+    and under ddpm-serve's render threads it serialises them on Python's import lock."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if settings:
         recorded = _recorded(settings)
         info = PngInfo()
         info.add_text("ddpm.seed", str(recorded.get("seed", "")))
         info.add_text("ddpm.settings", json.dumps(recorded, sort_keys=True))
-        extra["pnginfo"] = info
-    iio.imwrite(buffer, make_grid(images, columns=columns, scale=scale), extension=".png", **extra)
+    buffer = io.BytesIO()
+    Image.fromarray(make_grid(images, columns=columns, scale=scale)).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 
