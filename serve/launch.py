@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..runtime.pipeline import open_model
+from ..runtime.session import cores_shared
 from .options import ServeArgs
 
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ def serve_here(args: ServeArgs, model: Path | str | None, settings: Settings) ->
             lambda: click.echo("timing this CPU once (seconds to a minute; the result is cached)", err=True)
         )
     )
-    ddpm = open_model(model, args.provider, args.precision, args.threads, args.device_id, on_measure=announce)
+    with cores_shared():  # the HTTP front and the PNG renders run on the engine's cores
+        ddpm = open_model(model, args.provider, args.precision, args.threads, args.device_id, on_measure=announce)
     server = Server(ddpm, settings, args.host, args.port, args.quiet, on_measure=announce)
     if not args.quiet:
         click.echo(

@@ -30,6 +30,7 @@ from ray.exceptions import TaskCancelledError
 from ..core.errors import DDPMError, summary
 from ..runtime.engine import SampleRun
 from ..runtime.pipeline import DDPM, open_model
+from ..runtime.session import cores_shared
 from .app import Settings, create_app, local_runner
 from .jobs import QueueFull, Unavailable
 from .schema import Checked
@@ -51,7 +52,8 @@ class ModelOptions:
 
     def open(self) -> DDPM:
         model = Path(self.onnx) if self.onnx is not None else self.embedded
-        return open_model(model, self.provider, self.precision, self.threads, self.device_id)
+        with cores_shared():  # the replica's request handling runs on its engine's cores
+            return open_model(model, self.provider, self.precision, self.threads, self.device_id)
 
 
 class SamplerReplica:

@@ -8,7 +8,7 @@ from conftest import DATA_DIR, assert_one_line_error
 from ddpm.core.errors import DDPMError
 from ddpm.runtime.cli import main as run_main
 from ddpm.runtime.eval_cli import main as eval_main
-from ddpm.runtime.session import BoundStep, UNetSession
+from ddpm.runtime.session import BoundStep, UNetSession, cores_shared
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -159,3 +159,48 @@ def test_onnx_runtime_prints_nothing_before_the_one_line_error(tiny_export, tmp_
     )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 1 and len(lines) == 1 and "is not a loadable ONNX model" in lines[0], result.stderr
+
+
+def spinning(session) -> str | None:
+    """A session's intra-op spinning setting: None where unset (ONNX Runtime spins)."""
+    try:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:
+        return None
+
+
+def test_sessions_opened_with_cores_shared_do_not_spin(latent_export):
+    """Inside cores_shared both of a latent model's sessions sleep when idle; before and after it, they spin."""
+    from ddpm.runtime.pipeline import open_model
+
+    before = open_model(latent_export / "unet.onnx", "cpu", "fp32", 1)
+    with cores_shared():
+        shared = open_model(latent_export / "unet.onnx", "cpu", "fp32", 1)
+    after = open_model(latent_export / "unet.onnx", "cpu", "fp32", 1)
+    assert [spinning(shared.session.session), spinning(shared.decoder._run.session)] == ["0", "0"]
+    for ddpm in (before, after):
+        assert [spinning(ddpm.session.session), spinning(ddpm.decoder._run.session)] == [None, None]
+
+
+def test_ddpm_serve_opens_its_model_with_cores_shared(invoke, tiny_export, monkeypatch):
+    """The server's HTTP front and PNG renders share the engine's cores: its sessions do not spin."""
+    from ddpm.serve import server as server_module
+    from ddpm.serve.cli import main as serve_main
+
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    opened = []
+
+    class Recorded:
+        def __init__(self, ddpm, *args, **kwargs):
+            opened.append(ddpm)
+
+        def run(self):
+            pass
+
+        def report(self):
+            return "0 requests"
+
+    monkeypatch.setattr(server_module, "Server", Recorded)
+    result = invoke(serve_main, "--onnx", tiny_export / "unet.onnx", "--precision", "fp32", "--provider", "cpu")
+    assert result.code == 0, result.err
+    assert [spinning(ddpm.session.session) for ddpm in opened] == ["0"]
