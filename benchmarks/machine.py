@@ -16,11 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ..core.errors import DDPMError
-from ..runtime.machine import cpu_flags, cpu_name
+from ..runtime.machine import cpu_name, kernel_flags
 from ..runtime.openvino_session import bf16_support, openvino_module, openvino_version
-
-# The flags that decide which CPU path is fastest: bf16 matrix units, bf16 and int8 dot products.
-NAMED_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 
 @dataclass
@@ -31,7 +28,7 @@ class Machine:
     gpu: str | None
     python: str
     versions: dict[str, str] = field(default_factory=dict)
-    flags: list[str] = field(default_factory=list)  # those of NAMED_FLAGS the CPU has
+    flags: list[str] = field(default_factory=list)  # those of runtime.machine.KERNEL_FLAGS the CPU has
 
 
 def try_import_torch():
@@ -57,7 +54,6 @@ def describe_machine(threads: int, torch) -> Machine:
         versions["torch"] = str(torch.__version__)
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
-    flags = cpu_flags() or frozenset()
     return Machine(
         cpu_name(),
         os.cpu_count() or 1,
@@ -65,7 +61,7 @@ def describe_machine(threads: int, torch) -> Machine:
         gpu,
         platform.python_version(),
         versions,
-        [flag for flag in NAMED_FLAGS if flag in flags],
+        kernel_flags(),
     )
 
 

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.machine import cpu_flags, cpu_name
+from ..runtime.machine import cpu_name, flag_line
 from ..runtime.openvino_session import BF16_FLAGS, bf16_support, openvino_module, openvino_version
 from ..runtime.pipeline import default_model_path
-
-NAMED = ("amx_bf16", "avx512_bf16", "avx512_vnni", "amx_int8")
 
 
 def compiled(ov, path: Path, precision: str, hint: str):
@@ -83,11 +81,10 @@ def measure(batches: list[int], repeats: int) -> tuple[list[str], dict[str, dict
 
 
 def report(batches: list[int], names: list[str], found: dict[str, dict[int, float]]) -> str:
-    flags = cpu_flags() or frozenset()
     lines = [
         f"# OpenVINO {openvino_version()} performance hints, {cpu_name()}",
         "",
-        f"Flags: {', '.join(f for f in NAMED if f in flags) or 'none of ' + ', '.join(NAMED)}"
+        f"Flags: {flag_line()}"
         f" (native bf16 needs {' or '.join(BF16_FLAGS)}). ms per image per network call, minimum of the repeats.",
         "",
         "| path and hint | " + " | ".join(f"batch {b}" for b in batches) + " |",

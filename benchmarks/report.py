@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import StagedFiles
-from .machine import NAMED_FLAGS, Machine
+from ..runtime.machine import KERNEL_FLAGS
+from .machine import Machine
 from .models import BenchModel
 from .steps import Row
 
@@ -168,7 +169,7 @@ def markdown(
     lines = [
         f"# ddpm-bench results ({machine.cpu}{', ' + machine.gpu if machine.gpu else ''})",
         "",
-        f"CPU flags: {', '.join(machine.flags) or 'none of ' + ', '.join(NAMED_FLAGS)}; {machine.threads} threads; "
+        f"CPU flags: {', '.join(machine.flags) or 'none of ' + ', '.join(KERNEL_FLAGS)}; {machine.threads} threads; "
         f"versions: {', '.join(f'{k} {v}' for k, v in machine.versions.items())}.",
         "Limits measured in the same run: "
         + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in limits.items())

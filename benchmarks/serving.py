@@ -38,7 +38,7 @@ import numpy as np
 from ..core.outputs import write_bytes
 from ..core.plan import SamplingPlan
 from ..runtime.engine import SamplingEngine
-from ..runtime.machine import cpu_flags, cpu_name
+from ..runtime.machine import cpu_name, flag_line
 from ..runtime.pipeline import DDPM, default_model_path
 
 
@@ -67,15 +67,6 @@ class Outcome:
 
     def percentile(self, q: float, values: list[float] | None = None) -> float:
         return float(np.percentile(values if values is not None else self.latencies, q))
-
-
-def flag_line() -> str:
-    """The CPU features that decide which kernels run (AVX-512 with BF16 and VNNI, AMX), as one line."""
-    flags = cpu_flags()
-    if flags is None:
-        return "unknown"
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-    return " ".join(flag for flag in wanted if flag in flags) or "none of avx2/avx512/amx"
 
 
 def _record(

@@ -12,7 +12,7 @@ pytest.importorskip("prometheus_client", reason="the serve extra is not installe
 
 from conftest import assert_one_line_error  # noqa: E402
 
-from ddpm.benchmarks.serve_load.cli import main, parser, run, short_cpu_kind  # noqa: E402
+from ddpm.benchmarks.serve_load.cli import main, parser, run  # noqa: E402
 from ddpm.benchmarks.serve_load.ledger import Ledger, LoadError, loopback_url, metric_values, rows_per_call  # noqa: E402
 from ddpm.benchmarks.serve_load.swarm import ServerProcess  # noqa: E402
 
@@ -115,12 +115,6 @@ def test_rows_per_call_from_the_counters_deltas_in_prometheus_text():
     assert rows_per_call(before, after) == pytest.approx(8.0)
     assert rows_per_call(after, after) is None and rows_per_call({}, after) is None
     assert metric_values("<html>not metrics</html>") == {}
-
-
-def test_short_cpu_kind_names_the_family_and_the_widest_unit():
-    assert short_cpu_kind("Intel(R) Xeon(R) Platinum 8480+", "avx2 avx512f amx_bf16") == "xeon-amx"
-    assert short_cpu_kind("AMD EPYC 7B13 64-Core Processor", "avx2 avx512f") == "epyc-avx512"
-    assert short_cpu_kind("Some Chip(TM) 9000 CPU", "none of avx2/avx512/amx") == "some-chip"
 
 
 @pytest.fixture(scope="module")

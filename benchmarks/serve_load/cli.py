@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from ...core.outputs import write_bytes
-from ...runtime.machine import cpu_name
-from ..serving import flag_line
+from ...runtime.machine import cpu_kind, cpu_name, flag_line
 from . import __doc__ as USAGE
 from .ledger import MIXES, LoadError, counts, loopback_url
 from .modes import run_soak, run_sweep, soak_markdown, sweep_markdown
@@ -127,20 +126,6 @@ def settle(opts: argparse.Namespace) -> argparse.Namespace:
     return opts
 
 
-def short_cpu_kind(name: str | None = None, flags: str | None = None) -> str:
-    """A file tag for this CPU: its family and widest vector unit, e.g. ``xeon-amx``, ``epyc-avx512``."""
-    words = re.sub(r"\((r|tm)\)", "", (cpu_name() if name is None else name).lower()).replace("-", " ").split()
-    family = next((w for w in ("xeon", "epyc", "ryzen", "core", "graviton", "neoverse", "apple") if w in words), None)
-    found = (flag_line() if flags is None else flags).split()
-    units = (
-        ("amx", any(f.startswith("amx_") for f in found)),
-        ("avx512", "avx512f" in found),
-        ("avx2", "avx2" in found),
-    )
-    unit = next((unit for unit, has in units if has), None)
-    return "-".join(filter(None, [family or "-".join(w for w in words[:2] if w.isalnum()) or "cpu", unit]))
-
-
 def server_log(path: Path | None, returncode: int | None) -> dict | None:
     """The started (or named) server's log: its tracebacks, its exit status and last line."""
     if path is None or not path.is_file():
@@ -229,7 +214,7 @@ def run(argv: list[str] | None = None, echo=None) -> tuple[dict, str]:
         opts, result, "python -m ddpm.benchmarks.serve_load " + " ".join(sys.argv[1:] if argv is None else argv)
     )
     if opts.out is not None:
-        stem = opts.out / f"serve-load-{opts.mode}-{opts.tag or short_cpu_kind()}"
+        stem = opts.out / f"serve-load-{opts.mode}-{opts.tag or cpu_kind()}"
         opts.out.mkdir(parents=True, exist_ok=True)
         write_bytes(stem.with_name(stem.name + ".md"), markdown.encode())
         write_bytes(stem.with_name(stem.name + ".json"), (json.dumps(result, indent=2, default=str) + "\n").encode())
