@@ -124,10 +124,9 @@ _SPIN = contextvars.ContextVar("ddpm_ort_spin", default=True)
 
 @contextlib.contextmanager
 def cores_shared() -> Iterator[None]:
-    """ONNX Runtime sessions opened inside do not spin: their idle threads sleep at once instead of
-    busy-waiting for the next call. For a process whose other threads need the same cores between
-    network calls (ddpm-serve's HTTP front and PNG renders beside its engine); elsewhere ONNX Runtime's
-    spinning stays, which keeps back-to-back calls on an otherwise idle CPU fast."""
+    """ONNX Runtime sessions opened inside do not spin at all: their threads sleep whenever they wait,
+    inside a call too. For a process whose other threads need the same cores while calls run
+    (ddpm-serve's HTTP front and PNG renders beside its engine)."""
     token = _SPIN.set(False)
     try:
         yield
@@ -137,12 +136,15 @@ def cores_shared() -> Iterator[None]:
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Every session's options: all graph optimizations, ONNX Runtime's own log quiet, ``threads`` CPU
-    threads, spinning off inside :func:`cores_shared`."""
+    threads, and their spinning stopped when a call returns. A sampling loop runs NumPy between its
+    network calls, and a latent model's decoder session between its U-Net's: threads spinning for the
+    next call would take the cores that work needs. Inside :func:`cores_shared` they do not spin at all."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if not _SPIN.get():
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options

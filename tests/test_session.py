@@ -161,25 +161,31 @@ def test_onnx_runtime_prints_nothing_before_the_one_line_error(tiny_export, tmp_
     assert result.returncode == 1 and len(lines) == 1 and "is not a loadable ONNX model" in lines[0], result.stderr
 
 
-def spinning(session) -> str | None:
-    """A session's intra-op spinning setting: None where unset (ONNX Runtime spins)."""
-    try:
-        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-    except RuntimeError:
-        return None
+def spinning(session) -> tuple[str | None, str | None]:
+    """A session's (intra-op spinning, stop spinning when a call returns) settings; None where unset."""
+    options = session.get_session_options()
+
+    def entry(key: str) -> str | None:
+        try:
+            return options.get_session_config_entry(key)
+        except RuntimeError:
+            return None
+
+    return entry("session.intra_op.allow_spinning"), entry("session.force_spinning_stop")
 
 
-def test_sessions_opened_with_cores_shared_do_not_spin(latent_export):
-    """Inside cores_shared both of a latent model's sessions sleep when idle; before and after it, they spin."""
+def test_sessions_stop_spinning_between_calls_and_inside_cores_shared_at_all(latent_export):
+    """Both of a latent model's sessions stop spinning when a call returns; opened inside cores_shared
+    they never spin; before and after it, the first holds again."""
     from ddpm.runtime.pipeline import open_model
 
     before = open_model(latent_export / "unet.onnx", "cpu", "fp32", 1)
     with cores_shared():
         shared = open_model(latent_export / "unet.onnx", "cpu", "fp32", 1)
     after = open_model(latent_export / "unet.onnx", "cpu", "fp32", 1)
-    assert [spinning(shared.session.session), spinning(shared.decoder._run.session)] == ["0", "0"]
+    assert [spinning(shared.session.session), spinning(shared.decoder._run.session)] == [("0", "1")] * 2
     for ddpm in (before, after):
-        assert [spinning(ddpm.session.session), spinning(ddpm.decoder._run.session)] == [None, None]
+        assert [spinning(ddpm.session.session), spinning(ddpm.decoder._run.session)] == [(None, "1")] * 2
 
 
 def test_ddpm_serve_opens_its_model_with_cores_shared(invoke, tiny_export, monkeypatch):
@@ -203,4 +209,4 @@ def test_ddpm_serve_opens_its_model_with_cores_shared(invoke, tiny_export, monke
     monkeypatch.setattr(server_module, "Server", Recorded)
     result = invoke(serve_main, "--onnx", tiny_export / "unet.onnx", "--precision", "fp32", "--provider", "cpu")
     assert result.code == 0, result.err
-    assert [spinning(ddpm.session.session) for ddpm in opened] == ["0"]
+    assert [spinning(ddpm.session.session) for ddpm in opened] == [("0", "1")]
