@@ -12,8 +12,9 @@ pytest.importorskip("prometheus_client", reason="the serve extra is not installe
 
 from conftest import assert_one_line_error  # noqa: E402
 
-from ddpm.benchmarks.serve_load.cli import main, parser, run  # noqa: E402
+from ddpm.benchmarks.serve_load.cli import main, run  # noqa: E402
 from ddpm.benchmarks.serve_load.ledger import Ledger, LoadError, loopback_url, metric_values, rows_per_call  # noqa: E402
+from ddpm.benchmarks.serve_load.options import parser  # noqa: E402
 from ddpm.benchmarks.serve_load.swarm import ServerProcess  # noqa: E402
 
 
