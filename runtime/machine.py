@@ -40,17 +40,18 @@ def cpu_flags() -> frozenset[str] | None:
     return None if flags is None else frozenset(flags.split())
 
 
-def kernel_flags() -> list[str]:
-    """Those of :data:`KERNEL_FLAGS` this CPU has."""
-    flags = cpu_flags() or frozenset()
+def kernel_flags(flags: frozenset[str] | None = None) -> list[str]:
+    """Those of :data:`KERNEL_FLAGS` this CPU has (or ``flags``, as :func:`cpu_flags` read them)."""
+    flags = (cpu_flags() if flags is None else flags) or frozenset()
     return [flag for flag in KERNEL_FLAGS if flag in flags]
 
 
 def flag_line() -> str:
     """:func:`kernel_flags` as one line for a report ("unknown" where the system lists no flags)."""
-    if cpu_flags() is None:
+    flags = cpu_flags()
+    if flags is None:
         return "unknown"
-    return " ".join(kernel_flags()) or "none of avx2/avx512/amx"
+    return " ".join(kernel_flags(flags)) or "none of avx2/avx512/amx"
 
 
 def cpu_kind(name: str | None = None, flags: str | None = None) -> str:
