@@ -186,6 +186,24 @@ def test_distillation_lowers_the_loss_on_the_teachers_solves(invoke, tiny_export
     assert after < 0.9 * before, (before, after)
 
 
+def test_bf16_solves_stay_near_the_fp32_ones(teacher):
+    """--precision bf16 runs the teacher's calls under autocast: other bits, the same solves to bf16's
+    round-off (the solver's own arithmetic stays fp32)."""
+    from ddpm.train.config import DistillConfig, UNetConfig
+    from ddpm.train.distill import build_teacher, draw_trajectories, teacher_record
+
+    checkpoint = load_checkpoint(teacher)
+    config = DistillConfig(teacher_steps=6, student_steps=3, trajectories=8)
+    record = teacher_record(checkpoint, teacher, config, SCHEDULE)
+    network = build_teacher(record, UNetConfig.from_dict(checkpoint["model_config"]))
+    shape = (1, 32, 32)
+    exact = draw_trajectories(network, SCHEDULE, record, shape, seed=0, progress=False)
+    rounded = draw_trajectories(network, SCHEDULE, record, shape, seed=0, progress=False, bf16=True)
+    assert torch.equal(exact.labels, rounded.labels) and not torch.equal(exact.targets, rounded.targets)
+    error = (rounded.targets - exact.targets).pow(2).mean().sqrt() / exact.targets.pow(2).mean().sqrt()
+    assert error < 0.05, float(error)
+
+
 def test_the_checkpoint_records_the_teacher(invoke, teacher, tmp_path):
     out = tmp_path / "s"
     result = invoke(distill_main, *distill_args(teacher, out, "--max-steps", 2))

@@ -149,10 +149,16 @@ def guided_eps(
 
 @torch.no_grad()
 def solve(
-    teacher: UNet, schedule: Schedule, record: dict[str, Any], noise: np.ndarray, labels: np.ndarray | None
+    teacher: UNet,
+    schedule: Schedule,
+    record: dict[str, Any],
+    noise: np.ndarray,
+    labels: np.ndarray | None,
+    bf16: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One batch of teacher solves from ``noise`` [B, C, H, W]: the states at the student's timesteps
-    [B, K, C, H, W] and the landing points [B, C, H, W]."""
+    [B, K, C, H, W] and the landing points [B, C, H, W]. ``bf16``: the teacher's calls under bf16
+    autocast (the solver's own arithmetic stays fp32)."""
     device = next(teacher.parameters()).device
     solver = DPMSolverSampler(schedule, record["teacher_steps"], spacing=TEACHER_SPACING)
     keep = {int(t): k for k, t in enumerate(record["timesteps"])}
@@ -163,7 +169,9 @@ def solve(
         if int(t) in keep:
             states[:, keep[int(t)]] = x
         t_batch = torch.full((len(x),), int(t), dtype=torch.long, device=device)
-        eps = guided_eps(teacher, torch.from_numpy(x).to(device), t_batch, y, record["guidance"]).float().cpu().numpy()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            eps = guided_eps(teacher, torch.from_numpy(x).to(device), t_batch, y, record["guidance"])
+        eps = eps.float().cpu().numpy()
         x = solver.step(x, i, eps, None)
     return states, x
 
@@ -175,6 +183,7 @@ def draw_trajectories(
     shape: tuple[int, int, int],
     seed: int,
     progress: bool = True,
+    bf16: bool = False,
 ) -> Trajectories:
     """``record["trajectories"]`` teacher solves from noise keyed by ``seed``, digits drawn evenly over
     the classes of a conditional teacher."""
@@ -188,7 +197,7 @@ def draw_trajectories(
             size = min(TRAJECTORY_BATCH, count - start)
             noise = rng.standard_normal((size, *shape), dtype=np.float32)
             batch_labels = None if labels is None else labels[start : start + size].numpy()
-            kept, landed = solve(teacher, schedule, record, noise, batch_labels)
+            kept, landed = solve(teacher, schedule, record, noise, batch_labels, bf16)
             states[start : start + size], targets[start : start + size] = (
                 torch.from_numpy(kept),
                 torch.from_numpy(landed),
@@ -214,9 +223,11 @@ def load_or_draw(
     shape: tuple[int, int, int],
     seed: int,
     progress: bool = True,
+    bf16: bool = False,
 ) -> Trajectories:
     """OUT/trajectories.pt when it holds this run's set (a resumed run does not solve again), else a
-    fresh set, written there atomically."""
+    fresh set, written there atomically. A set solved under the other precision is the same set up to
+    round-off, so precision is not part of its key."""
     path, key = out_dir / TRAJECTORY_FILE, trajectory_key(record, seed)
     if path.is_file():
         try:
@@ -225,7 +236,7 @@ def load_or_draw(
                 return Trajectories(cached["states"], cached["targets"], cached["labels"])
         except Exception:  # unreadable or foreign: solved again below and replaced
             pass
-    found = draw_trajectories(teacher_fn(), schedule, record, shape, seed, progress)
+    found = draw_trajectories(teacher_fn(), schedule, record, shape, seed, progress, bf16)
     try:
         with atomic_write(path) as handle:
             torch.save({"key": key, "states": found.states, "targets": found.targets, "labels": found.labels}, handle)

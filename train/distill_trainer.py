@@ -56,6 +56,7 @@ class DistillTrainer(Trainer):
             shape,
             self.config.seed,
             self.options.progress and self.dist.is_main,
+            self.use_bf16,
         )
         self.data_fingerprint = found.fingerprint()
         self.states, self.targets = found.states.to(self.device), found.targets.to(self.device)
