@@ -26,15 +26,18 @@ EMBEDDED = {
     "latent": "latent.onnx",
     "latent64": "latent64.onnx",
     "latent-student": "latent-student.onnx",
+    "pixel-student": "pixel-student.onnx",
 }
 DESCRIPTIONS = {  # one line each, for --model's help
     "pixel": "the class-conditional U-Net on 32x32 pixels (small preset)",
     "latent": "a class-conditional U-Net on 8x8x4 latents with its decoder, about 10x less time per digit",
     "latent64": "64x64 digits (MNIST resized) from the same 8x8x4 latents: a larger decoder, the same U-Net calls",
     "latent-student": "the latent model distilled into a few-step student: a digit in 1 to 4 calls (2 by default)",
+    "pixel-student": "the pixel model distilled into a few-step student: a digit in 1 to 4 calls (2 by default)",
 }
 DEFAULT_EMBEDDED = "pixel"  # the one sampled when no model is named
-EMBEDDED_STUDENT = "latent-student"  # the one sampled when no model is named and the consistency sampler is asked for
+# the default model's student: sampled when no model is named and the consistency sampler is asked for
+EMBEDDED_STUDENT = "pixel-student"
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
 PROVIDERS = ("auto", *ONNXRUNTIME_PROVIDERS, "openvino")  # "openvino": OpenVINO's CPU backend
 

@@ -442,13 +442,16 @@ def test_the_embedded_64x64_model_samples_8x8_latents_and_decodes_64x64_digits(i
         assert archive["images"].shape == (2, 64, 64)
 
 
-def test_the_consistency_sampler_alone_runs_the_embedded_student_in_two_calls(invoke, tmp_path):
+def test_the_consistency_sampler_alone_runs_the_default_models_student_in_two_calls(invoke, tmp_path):
     result = invoke(run_main, "--sampler", "consistency", "-n", "2", "--seed", "0", "--png", tmp_path / "s.png")
     assert result.code == 0, result.err
     # the student's fp32 file or its int8 copy, as this CPU's timing chose
-    assert re.search(r"model latent-student(\.int8)?\.onnx", result.err) and "x 2 steps" in result.err
-    info = json.loads(invoke(run_main, "--model", "latent-student", "--info").out)
-    assert info["ddpm.student"]["timesteps"][0] == 999 and len(info["ddpm.student"]["timesteps"]) >= 2
+    assert re.search(r"model pixel-student(\.int8)?\.onnx", result.err) and "x 2 steps" in result.err
+    for student, teacher in (("pixel-student", "pixel"), ("latent-student", "latent")):
+        info = json.loads(invoke(run_main, "--model", student, "--info").out)
+        assert info["ddpm.student"]["timesteps"][0] == 999 and len(info["ddpm.student"]["timesteps"]) >= 2
+        taught = json.loads(invoke(run_main, "--model", teacher, "--info").out)
+        assert info["ddpm.image_size"] == taught["ddpm.image_size"]  # a student of its own kind of model
     refused = invoke(run_main, "--model", "latent", "--sampler", "consistency", "--png", tmp_path / "t.png")
     assert_one_line_error(refused, "few-step students")
     assert not (tmp_path / "t.png").exists()
